@@ -1,1 +1,185 @@
-//! tmp
+//! # Storage: a key's sibling versions, durably
+//!
+//! A replica stores, per key, the set of live versions ([`Record`], a
+//! [`kv_vclock::Siblings`] of [`Version`]s): value bytes, content type, causal identity (dot and
+//! context), a tombstone flag and the write time. The one way to change a key is
+//! [`Engine::update`] (or its shorthand [`Engine::put_versions`]): under the key's lock it reads
+//! the stored versions, merges the new ones in, drops only versions that another version has
+//! seen, and writes the result back. A concurrent version is never lost.
+//!
+//! ## Layout on disk
+//!
+//! Records live under `hash(key) ++ key`, with the hash big-endian, using the ring's hash
+//! ([`kv_ring::hash_key`]). Keys are therefore ordered by ring position, and the keys of a ring
+//! range are one contiguous scan ([`Engine::scan`]) for Merkle trees and rebalancing. The value
+//! is a format byte and the postcard encoding of the versions, each value optionally LZ4
+//! compressed ([`Compression`]).
+//!
+//! ## Durability
+//!
+//! [`SyncMode`] decides when a write is acknowledged: `always` fsyncs for every write, `batch`
+//! (default) shares fsyncs between concurrent writers by eager group commit (see [`commit`]),
+//! and `none` never waits for the disk (for benchmarks: a crash loses recent acknowledged
+//! writes). After a failed fsync the store refuses writes until restarted.
+//!
+//! ## Engines
+//!
+//! All engines share [`Store`] and differ only in their [`backend::Backend`]: `fjall` (an LSM
+//! tree: commit log, memtable, sorted files with bloom filters; default), `sled` (see its
+//! caveats in [`backend::sled`]) and `memory` (tests). One conformance suite
+//! (`tests/conformance.rs`) runs against each.
+//!
+//! # Layout
+//! - [`backend`]: the raw byte stores.
+//! - [`commit`]: group commit.
+//! - [`store`]: [`Store`], the [`Engine`] implementation.
+//! - [`version`]: [`Version`] and the record encoding.
+//! - [`metrics`]: [`StorageMetrics`].
+//! - [`error`]: [`Error`].
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub mod backend;
+pub mod commit;
+pub mod error;
+pub mod metrics;
+pub mod store;
+pub mod version;
+
+pub use error::{Error, Result};
+pub use metrics::StorageMetrics;
+pub use store::Store;
+pub use version::{Record, Version};
+
+/// A store of versioned records. Implemented by [`Store`] for every backend.
+pub trait Engine: Send + Sync {
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
+
+    /// The live versions of `key`; empty when never written (tombstones are versions too).
+    fn get(&self, key: &[u8]) -> Result<Record>;
+
+    /// Atomically: read `key`'s versions, call `build` with them, merge what it returns, store
+    /// the result, and return it once durable under the store's [`SyncMode`].
+    fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record>;
+
+    /// Merges `incoming` into `key`'s versions (dropping only obsolete ones) and returns the
+    /// merged set once durable.
+    fn put_versions(&self, key: &[u8], incoming: Vec<Version>) -> Result<Record> {
+        let mut incoming = Some(incoming);
+        self.update(key, &mut |_| incoming.take().unwrap_or_default())
+    }
+
+    /// Up to `limit` records whose key hash is in `first_hash..=last_hash`, in hash order,
+    /// starting after key `after` (a cursor: the last key of the previous page).
+    fn scan(&self, first_hash: u64, last_hash: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Record)>>;
+
+    /// Makes all completed writes durable (shutdown, tests).
+    fn sync(&self) -> Result<()>;
+
+    /// Refreshes size gauges (disk bytes, key count) in the metrics.
+    fn refresh_gauges(&self);
+}
+
+/// Which backend stores the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// fjall LSM tree (default).
+    Fjall,
+    /// sled 0.34.7; see [`backend::sled`] for its caveats.
+    Sled,
+    /// In memory; nothing survives a restart.
+    Memory,
+}
+
+/// When writes are acknowledged relative to fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// fsync before acknowledging every write.
+    Always,
+    /// Eager group commit: acknowledged after an fsync that started after the write.
+    Batch,
+    /// Never wait for fsync. For benchmarks: a crash loses acknowledged writes.
+    None,
+}
+
+/// How values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// As they are.
+    None,
+    /// LZ4 for values of 64 bytes or more, when it makes them smaller.
+    Lz4,
+}
+
+macro_rules! named_enum {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+) => {
+        impl $ty {
+            /// All names accepted by `FromStr`.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+            /// The name used in flags and metrics.
+            pub fn name(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s { $($name => Ok($ty::$variant),)+
+                    other => Err(format!("unknown {} {other:?}; expected one of {}", $what, Self::NAMES.join(", "))) }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.name()) }
+        }
+    };
+}
+
+named_enum!(EngineKind, "engine", Fjall => "fjall", Sled => "sled", Memory => "memory");
+named_enum!(SyncMode, "sync mode", Always => "always", Batch => "batch", None => "none");
+named_enum!(Compression, "compression", None => "none", Lz4 => "lz4");
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Backend.
+    pub engine: EngineKind,
+    /// Durability mode.
+    pub sync: SyncMode,
+    /// Value compression.
+    pub compression: Compression,
+    /// Engine cache for hot data, in bytes (fjall block cache, sled page cache).
+    pub cache_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { engine: EngineKind::Fjall, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 64 << 20 }
+    }
+}
+
+/// Opens the engine under `dir` (created if missing; ignored for memory).
+pub fn open(dir: &Path, options: &Options, metrics: StorageMetrics) -> Result<Arc<dyn Engine>> {
+    let backend: Box<dyn backend::Backend> = match options.engine {
+        EngineKind::Fjall => Box::new(backend::fjall::FjallBackend::open(dir, options.cache_bytes)?),
+        EngineKind::Sled => Box::new(backend::sled::SledBackend::open(dir, options.cache_bytes)?),
+        EngineKind::Memory => Box::<backend::memory::MemoryBackend>::default(),
+    };
+    Ok(Store::new(options.engine, backend, options.sync, options.compression, metrics))
+}
+
+/// Where `key` is stored: its ring hash, big-endian, then the key.
+pub fn storage_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&kv_ring::hash_key(key).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The user key inside a storage key; `None` when it is too short to hold the hash.
+pub fn user_key(storage_key: &[u8]) -> Option<&[u8]> {
+    storage_key.get(8..)
+}

@@ -1,0 +1,200 @@
+//! The storage conformance suite: every engine must pass every case here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_storage::{open, Compression, Engine, EngineKind, Options, Record, StorageMetrics, SyncMode, Version};
+use kv_vclock::{Dot, VClock, Versioned};
+
+const ENGINES: [EngineKind; 3] = [EngineKind::Fjall, EngineKind::Sled, EngineKind::Memory];
+
+fn open_engine(kind: EngineKind, dir: &Path) -> Arc<dyn Engine> {
+    let options = Options { engine: kind, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 8 << 20 };
+    open(dir, &options, StorageMetrics::unregistered()).unwrap()
+}
+
+/// Runs `case` once per engine, each in a fresh directory.
+fn each_engine(case: impl Fn(EngineKind, &Path, Arc<dyn Engine>)) {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_engine(kind, dir.path());
+        case(kind, dir.path(), engine);
+    }
+}
+
+/// A write coordinated by `node`: the new version's counter is above every counter of `node`
+/// already stored, as a coordinator builds it.
+fn coordinate(engine: &dyn Engine, key: &[u8], node: &str, context: &VClock, value: &[u8], tombstone: bool) -> Record {
+    let context = context.clone();
+    let value = value.to_vec();
+    engine
+        .update(key, &mut |current| {
+            let counter = current.max_counter(node).max(context.get(node)) + 1;
+            vec![Version {
+                dot: Dot { node: node.into(), counter, timestamp: counter },
+                context: context.clone(),
+                value: value.clone(),
+                content_type: "application/octet-stream".into(),
+                tombstone,
+                written_at: 1,
+            }]
+        })
+        .unwrap()
+}
+
+fn values(record: &Record) -> BTreeSet<Vec<u8>> {
+    record.versions().iter().map(|v| v.value.clone()).collect()
+}
+
+#[test]
+fn absent_key_is_empty() {
+    each_engine(|kind, _, engine| {
+        assert!(engine.get(b"nothing").unwrap().is_empty(), "{kind}");
+    });
+}
+
+#[test]
+fn round_trips_every_byte_value_and_content_type() {
+    each_engine(|kind, _, engine| {
+        let value: Vec<u8> = (0..=255u8).cycle().take(2048).collect();
+        let key = "clé/ü/🔑".as_bytes();
+        coordinate(&*engine, key, "n1", &VClock::new(), &value, false);
+        let record = engine.get(key).unwrap();
+        assert_eq!(record.len(), 1, "{kind}");
+        assert_eq!(record.versions()[0].value, value, "{kind}");
+        assert_eq!(record.versions()[0].content_type, "application/octet-stream");
+    });
+}
+
+#[test]
+fn blind_writes_become_siblings_and_a_context_resolves_them() {
+    each_engine(|kind, _, engine| {
+        coordinate(&*engine, b"k", "n1", &VClock::new(), b"one", false);
+        let both = coordinate(&*engine, b"k", "n1", &VClock::new(), b"two", false);
+        assert_eq!(values(&both), [b"one".to_vec(), b"two".to_vec()].into(), "{kind}");
+        let resolved = coordinate(&*engine, b"k", "n2", &both.context(), b"three", false);
+        assert_eq!(values(&resolved), [b"three".to_vec()].into(), "{kind}");
+        assert_eq!(values(&engine.get(b"k").unwrap()), [b"three".to_vec()].into(), "{kind}");
+    });
+}
+
+#[test]
+fn put_versions_drops_only_obsolete_versions() {
+    each_engine(|kind, _, engine| {
+        let first = coordinate(&*engine, b"k", "n1", &VClock::new(), b"v1", false);
+        let v1 = first.versions()[0].clone();
+        // A replica copy of the same version changes nothing.
+        let again = engine.put_versions(b"k", vec![v1.clone()]).unwrap();
+        assert_eq!(again, first, "{kind}");
+        // A version from another node that saw v1 replaces it.
+        let v2 = Version { dot: Dot { node: "n2".into(), counter: 1, timestamp: 2 }, context: v1.clock(), value: b"v2".to_vec(), ..v1.clone() };
+        let merged = engine.put_versions(b"k", vec![v2.clone()]).unwrap();
+        assert_eq!(merged.versions(), &[v2.clone()], "{kind}");
+        // v1 arriving late (read repair from a stale replica) must not come back.
+        assert_eq!(engine.put_versions(b"k", vec![v1]).unwrap().versions(), &[v2.clone()], "{kind}");
+        // A concurrent version from a third node is kept beside v2.
+        let v3 = Version { dot: Dot { node: "n3".into(), counter: 1, timestamp: 3 }, context: VClock::new(), value: b"v3".to_vec(), ..v2 };
+        assert_eq!(engine.put_versions(b"k", vec![v3]).unwrap().len(), 2, "{kind}");
+    });
+}
+
+#[test]
+fn tombstones_are_versions() {
+    each_engine(|kind, _, engine| {
+        let live = coordinate(&*engine, b"k", "n1", &VClock::new(), b"v", false);
+        let deleted = coordinate(&*engine, b"k", "n1", &live.context(), b"", true);
+        assert_eq!(deleted.len(), 1, "{kind}");
+        assert!(engine.get(b"k").unwrap().versions()[0].tombstone, "{kind}");
+    });
+}
+
+#[test]
+fn scan_returns_a_hash_range_in_order_and_pages() {
+    each_engine(|kind, _, engine| {
+        let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+        for key in &keys {
+            coordinate(&*engine, key.as_bytes(), "n1", &VClock::new(), key.as_bytes(), false);
+        }
+        let (lo, hi) = (u64::MAX / 4, u64::MAX / 4 * 3);
+        let mut expected: Vec<(u64, String)> = keys
+            .iter()
+            .map(|k| (kv_ring::hash_key(k.as_bytes()), k.clone()))
+            .filter(|(h, _)| (lo..=hi).contains(h))
+            .collect();
+        expected.sort();
+        let mut got = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = engine.scan(lo, hi, after.as_deref(), 7).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = Some(page.last().unwrap().0.clone());
+            for (key, record) in page {
+                assert_eq!(record.versions()[0].value, key, "{kind}");
+                got.push(String::from_utf8(key).unwrap());
+            }
+        }
+        assert_eq!(got, expected.into_iter().map(|(_, k)| k).collect::<Vec<_>>(), "{kind}");
+        let everything = engine.scan(0, u64::MAX, None, 10_000).unwrap();
+        assert_eq!(everything.len(), keys.len(), "{kind}");
+    });
+}
+
+#[test]
+fn concurrent_blind_writes_to_one_key_are_all_kept() {
+    each_engine(|kind, _, engine| {
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let engine = engine.clone();
+                scope.spawn(move || {
+                    for i in 0..10 {
+                        coordinate(&*engine, b"hot", "n1", &VClock::new(), format!("{t}-{i}").as_bytes(), false);
+                    }
+                });
+            }
+        });
+        assert_eq!(engine.get(b"hot").unwrap().len(), 80, "{kind}: a concurrent write was lost");
+    });
+}
+
+#[test]
+fn disk_engines_keep_data_across_reopen() {
+    for kind in [EngineKind::Fjall, EngineKind::Sled] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = open_engine(kind, dir.path());
+            for i in 0..100 {
+                coordinate(&*engine, format!("k{i}").as_bytes(), "n1", &VClock::new(), b"v", false);
+            }
+            engine.sync().unwrap();
+        }
+        let engine = open_engine(kind, dir.path());
+        for i in 0..100 {
+            assert_eq!(engine.get(format!("k{i}").as_bytes()).unwrap().len(), 1, "{kind} lost k{i}");
+        }
+    }
+}
+
+#[test]
+fn every_sync_mode_acknowledges_writes() {
+    for kind in ENGINES {
+        for sync in [SyncMode::Always, SyncMode::Batch, SyncMode::None] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = Options { engine: kind, sync, compression: Compression::None, cache_bytes: 8 << 20 };
+            let engine = open(dir.path(), &options, StorageMetrics::unregistered()).unwrap();
+            std::thread::scope(|scope| {
+                for t in 0..4 {
+                    let engine = engine.clone();
+                    scope.spawn(move || {
+                        for i in 0..25 {
+                            coordinate(&*engine, format!("{t}/{i}").as_bytes(), "n1", &VClock::new(), b"v", false);
+                        }
+                    });
+                }
+            });
+            assert_eq!(engine.scan(0, u64::MAX, None, 1000).unwrap().len(), 100, "{kind}/{sync}");
+        }
+    }
+}
