@@ -1,1 +1,253 @@
-//! tmp
+//! # A typed client for the store's HTTP API
+//!
+//! [`Client`] speaks the client API of a `kvnode` (and, once it exists, a `kvgateway`): `PUT`,
+//! `GET` and `DELETE` on `/kv/{key}` with the `X-Context` causal token. Reads come back as a
+//! [`Read`]: one value, siblings to reconcile, or nothing. To resolve siblings, write the value
+//! you want with the context of the read that returned them.
+//!
+//! The client is blocking (reqwest's blocking client) because its users, `kvctl` and tests, are
+//! sequential; it keeps connections alive between calls.
+//!
+//! # Layout
+//! - [`Client`], [`Read`], [`Sibling`] and [`Error`] are all in this file.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+/// Header carrying the causal context token.
+pub const CONTEXT_HEADER: &str = "x-context";
+
+/// What went wrong with a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached, or the connection failed. May succeed if retried.
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// The underlying error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error (`{"error": code, "message": ...}`).
+    #[error("server answered {status}: {code}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable error code.
+        code: String,
+        /// Human-readable message.
+        message: String,
+    },
+    /// The answer did not follow the API.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed (network trouble, 503).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport { .. } => true,
+            Error::Server { status, .. } => *status == 503,
+            Error::Protocol(_) => false,
+        }
+    }
+}
+
+/// One of several concurrent versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Its Content-Type.
+    pub content_type: String,
+    /// Whether this sibling is a delete.
+    pub deleted: bool,
+}
+
+/// The outcome of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// Exactly one live version.
+    Value {
+        /// The value bytes.
+        value: Vec<u8>,
+        /// Its Content-Type.
+        content_type: String,
+        /// Context token to send with a write that replaces it.
+        context: String,
+    },
+    /// Concurrent versions: write one value back with `context` to resolve them.
+    Siblings {
+        /// Context token covering every sibling.
+        context: String,
+        /// The versions.
+        siblings: Vec<Sibling>,
+    },
+    /// Never written, or deleted (`context` covers the tombstones, if any).
+    NotFound {
+        /// Context token, when the key has tombstones.
+        context: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct SiblingsBody {
+    context: String,
+    siblings: Vec<SiblingBody>,
+}
+
+#[derive(Deserialize)]
+struct SiblingBody {
+    value: String,
+    content_type: String,
+    #[serde(default)]
+    deleted: bool,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+/// A client for one base URL (a node or a gateway).
+pub struct Client {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// A client for `base_url` (e.g. `http://127.0.0.1:7000`) with a per-call `timeout`.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Client, Error> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|source| Error::Transport { url: base_url.to_owned(), source })?;
+        Ok(Client { base: base_url.trim_end_matches('/').to_owned(), http })
+    }
+
+    /// The URL of `key`, percent-encoded.
+    pub fn key_url(&self, key: &str) -> String {
+        format!("{}/kv/{}", self.base, encode_key(key))
+    }
+
+    /// Stores `value`; with `context` it replaces exactly what that read saw. Returns the new
+    /// version's context.
+    pub fn put(&self, key: &str, value: Vec<u8>, content_type: &str, context: Option<&str>) -> Result<String, Error> {
+        let url = self.key_url(key);
+        let mut request = self.http.put(&url).header("content-type", content_type).body(value);
+        if let Some(context) = context {
+            request = request.header(CONTEXT_HEADER, context);
+        }
+        let response = self.send(&url, request)?;
+        expect_status(response, StatusCode::NO_CONTENT).map(|r| header(&r, CONTEXT_HEADER).unwrap_or_default())
+    }
+
+    /// Reads `key`.
+    pub fn get(&self, key: &str) -> Result<Read, Error> {
+        let url = self.key_url(key);
+        let response = self.send(&url, self.http.get(&url))?;
+        let context = header(&response, CONTEXT_HEADER);
+        match response.status() {
+            StatusCode::OK => {
+                let content_type = header(&response, "content-type").unwrap_or_default();
+                let value = response.bytes().map_err(|source| Error::Transport { url, source })?.to_vec();
+                Ok(Read::Value { value, content_type, context: context.unwrap_or_default() })
+            }
+            StatusCode::MULTIPLE_CHOICES => {
+                let body: SiblingsBody = response.json().map_err(|e| Error::Protocol(format!("siblings body: {e}")))?;
+                let mut siblings = Vec::with_capacity(body.siblings.len());
+                for s in body.siblings {
+                    let value = base64::engine::general_purpose::STANDARD
+                        .decode(&s.value)
+                        .map_err(|e| Error::Protocol(format!("sibling value is not base64: {e}")))?;
+                    siblings.push(Sibling { value, content_type: s.content_type, deleted: s.deleted });
+                }
+                Ok(Read::Siblings { context: body.context, siblings })
+            }
+            StatusCode::NOT_FOUND => {
+                let status = response.status();
+                let body: ErrorBody = response.json().map_err(|e| Error::Protocol(format!("404 body: {e}")))?;
+                if body.error == "not_found" {
+                    Ok(Read::NotFound { context })
+                } else {
+                    Err(Error::Server { status: status.as_u16(), code: body.error, message: body.message })
+                }
+            }
+            _ => Err(server_error(response)),
+        }
+    }
+
+    /// Deletes `key`: with `context`, exactly what that read saw; without, whatever the
+    /// coordinating node holds.
+    pub fn delete(&self, key: &str, context: Option<&str>) -> Result<(), Error> {
+        let url = self.key_url(key);
+        let mut request = self.http.delete(&url);
+        if let Some(context) = context {
+            request = request.header(CONTEXT_HEADER, context);
+        }
+        let response = self.send(&url, request)?;
+        expect_status(response, StatusCode::NO_CONTENT).map(drop)
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, Error> {
+        request.send().map_err(|source| Error::Transport { url: url.to_owned(), source })
+    }
+}
+
+fn header(response: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn expect_status(
+    response: reqwest::blocking::Response,
+    expected: StatusCode,
+) -> Result<reqwest::blocking::Response, Error> {
+    if response.status() == expected {
+        Ok(response)
+    } else {
+        Err(server_error(response))
+    }
+}
+
+fn server_error(response: reqwest::blocking::Response) -> Error {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => Error::Server { status, code: body.error, message: body.message },
+        Err(_) => Error::Server { status, code: "unknown".into(), message: text.chars().take(200).collect() },
+    }
+}
+
+/// Percent-encodes every byte of `key` outside RFC 3986's unreserved set, so any UTF-8 key
+/// (slashes, spaces, `?`) is one path segment.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_become_one_segment() {
+        assert_eq!(encode_key("a/b c?é"), "a%2Fb%20c%3F%C3%A9");
+        assert_eq!(encode_key("plain-key_1.~"), "plain-key_1.~");
+    }
+}

@@ -31,9 +31,9 @@
 //! - Pure: no I/O, no clock, no randomness. The same members give the same ring everywhere.
 //!
 //! # Layout
-//! - [`ring`]: [`Ring`], [`Node`], preference lists and ownership shares.
-//! - [`diff`]: [`RangeMove`], the ownership difference between two rings.
-//! - [`error`]: [`Error`].
+//! - [`ring`] — [`Ring`], [`Node`], preference lists and ownership shares.
+//! - [`diff`] — [`RangeMove`], the ownership difference between two rings.
+//! - [`error`] — [`Error`].
 
 pub mod diff;
 pub mod error;

@@ -87,10 +87,7 @@ impl Ring {
     }
 
     /// Builds a ring where each node gets `weight × vnodes_per_weight` vnodes.
-    pub fn with_vnodes(
-        nodes: impl IntoIterator<Item = Node>,
-        vnodes_per_weight: u32,
-    ) -> Result<Ring, Error> {
+    pub fn with_vnodes(nodes: impl IntoIterator<Item = Node>, vnodes_per_weight: u32) -> Result<Ring, Error> {
         if vnodes_per_weight == 0 {
             return Err(Error::ZeroVnodes);
         }
@@ -201,8 +198,7 @@ impl Ring {
     /// Each node's share of the ring as a primary replica (n = 1) or as any of `n` replicas
     /// (shares then sum to min(n, nodes)).
     pub fn ownership(&self, n: usize) -> BTreeMap<String, f64> {
-        let mut shares: BTreeMap<String, f64> =
-            self.nodes.iter().map(|node| (node.id.clone(), 0.0)).collect();
+        let mut shares: BTreeMap<String, f64> = self.nodes.iter().map(|node| (node.id.clone(), 0.0)).collect();
         for range in self.ranges() {
             for node in self.preference_list_at(range.end, n) {
                 *shares.entry(node.id.clone()).or_default() += range.fraction();
@@ -245,7 +241,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_members() {
-        assert_eq!(Ring::new(vec![Node::new("a", "z"), Node::new("a", "y")]).unwrap_err(), Error::DuplicateNode("a".into()));
+        assert_eq!(
+            Ring::new(vec![Node::new("a", "z"), Node::new("a", "y")]).unwrap_err(),
+            Error::DuplicateNode("a".into())
+        );
         let zero = Node { id: "a".into(), zone: "z".into(), weight: 0 };
         assert_eq!(Ring::new(vec![zero]).unwrap_err(), Error::ZeroWeight("a".into()));
         assert_eq!(Ring::new(vec![Node::new("", "z")]).unwrap_err(), Error::EmptyId);

@@ -30,12 +30,12 @@
 //! (`tests/conformance.rs`) runs against each.
 //!
 //! # Layout
-//! - [`backend`]: the raw byte stores.
-//! - [`commit`]: group commit.
-//! - [`store`]: [`Store`], the [`Engine`] implementation.
-//! - [`version`]: [`Version`] and the record encoding.
-//! - [`metrics`]: [`StorageMetrics`].
-//! - [`error`]: [`Error`].
+//! - [`backend`] — the raw byte stores.
+//! - [`commit`] — group commit.
+//! - [`store`] — [`Store`], the [`Engine`] implementation.
+//! - [`version`] — [`Version`] and the record encoding.
+//! - [`metrics`] — [`StorageMetrics`].
+//! - [`error`] — [`Error`].
 
 use std::fmt;
 use std::path::Path;
@@ -75,7 +75,13 @@ pub trait Engine: Send + Sync {
 
     /// Up to `limit` records whose key hash is in `first_hash..=last_hash`, in hash order,
     /// starting after key `after` (a cursor: the last key of the previous page).
-    fn scan(&self, first_hash: u64, last_hash: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Record)>>;
+    fn scan(
+        &self,
+        first_hash: u64,
+        last_hash: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>>;
 
     /// Makes all completed writes durable (shutdown, tests).
     fn sync(&self) -> Result<()>;
@@ -157,7 +163,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { engine: EngineKind::Fjall, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 64 << 20 }
+        Options {
+            engine: EngineKind::Fjall,
+            sync: SyncMode::Batch,
+            compression: Compression::Lz4,
+            cache_bytes: 64 << 20,
+        }
     }
 }
 

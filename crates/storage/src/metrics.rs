@@ -1,6 +1,8 @@
 //! Every storage metric, in one place.
 
-use prometheus::{exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Storage metrics. Create once per process with [`StorageMetrics::register`].
 #[derive(Clone)]
@@ -24,22 +26,36 @@ impl StorageMetrics {
     /// Metrics not attached to any registry (tests, benchmarks).
     pub fn unregistered() -> Self {
         let latency = exponential_buckets(0.000_01, 2.0, 20).unwrap_or_default();
-        let op = HistogramOpts::new("kv_storage_operation_duration_seconds", "Time spent in the storage engine per operation, including the wait for durability on puts")
-            .buckets(latency.clone());
+        let op = HistogramOpts::new(
+            "kv_storage_operation_duration_seconds",
+            "Time spent in the storage engine per operation, including the wait for durability on puts",
+        )
+        .buckets(latency.clone());
         // The names and label sets below are fixed and valid, so construction cannot fail.
         StorageMetrics {
-            operations: IntCounterVec::new(Opts::new("kv_storage_operations_total", "Storage operations by kind and outcome"), &["op", "outcome"])
-                .expect("invariant: valid metric"),
-            operation_seconds: HistogramVec::new(op, &["op"]).expect("invariant: valid metric"),
-            fsync_seconds: Histogram::with_opts(HistogramOpts::new("kv_storage_fsync_duration_seconds", "Duration of each fsync of the storage log").buckets(latency))
-                .expect("invariant: valid metric"),
-            group_commit_writes: Histogram::with_opts(
-                HistogramOpts::new("kv_storage_group_commit_writes", "Writes made durable by one fsync (group commit batch size)")
-                    .buckets(exponential_buckets(1.0, 2.0, 12).unwrap_or_default()),
+            operations: IntCounterVec::new(
+                Opts::new("kv_storage_operations_total", "Storage operations by kind and outcome"),
+                &["op", "outcome"],
             )
             .expect("invariant: valid metric"),
-            disk_bytes: IntGauge::new("kv_storage_disk_bytes", "Bytes of storage engine files on disk").expect("invariant: valid metric"),
-            keys: IntGauge::new("kv_storage_keys", "Approximate number of stored keys").expect("invariant: valid metric"),
+            operation_seconds: HistogramVec::new(op, &["op"]).expect("invariant: valid metric"),
+            fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new("kv_storage_fsync_duration_seconds", "Duration of each fsync of the storage log")
+                    .buckets(latency),
+            )
+            .expect("invariant: valid metric"),
+            group_commit_writes: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kv_storage_group_commit_writes",
+                    "Writes made durable by one fsync (group commit batch size)",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 12).unwrap_or_default()),
+            )
+            .expect("invariant: valid metric"),
+            disk_bytes: IntGauge::new("kv_storage_disk_bytes", "Bytes of storage engine files on disk")
+                .expect("invariant: valid metric"),
+            keys: IntGauge::new("kv_storage_keys", "Approximate number of stored keys")
+                .expect("invariant: valid metric"),
         }
     }
 

@@ -30,7 +30,13 @@ pub struct Store {
 
 impl Store {
     /// Wraps `backend`.
-    pub fn new(kind: EngineKind, backend: Box<dyn Backend>, sync: SyncMode, compression: Compression, metrics: StorageMetrics) -> Arc<Self> {
+    pub fn new(
+        kind: EngineKind,
+        backend: Box<dyn Backend>,
+        sync: SyncMode,
+        compression: Compression,
+        metrics: StorageMetrics,
+    ) -> Arc<Self> {
         Arc::new(Store {
             kind,
             backend,
@@ -91,7 +97,13 @@ impl Engine for Store {
         })
     }
 
-    fn scan(&self, first_hash: u64, last_hash: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Record)>> {
+    fn scan(
+        &self,
+        first_hash: u64,
+        last_hash: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>> {
         self.timed("scan", || {
             let lo = first_hash.to_be_bytes();
             let after_key = after.map(storage_key);

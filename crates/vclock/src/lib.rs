@@ -46,9 +46,9 @@
 //! clock only as an opaque base64url context token ([`VClock::to_token`]).
 //!
 //! # Layout
-//! - [`clock`]: [`VClock`], [`Entry`], [`Causality`], the encoding and tokens.
-//! - [`siblings`]: [`Dot`], [`Versioned`], [`Siblings`].
-//! - [`error`]: [`Error`].
+//! - [`clock`] — [`VClock`], [`Entry`], [`Causality`], the encoding and tokens.
+//! - [`siblings`] — [`Dot`], [`Versioned`], [`Siblings`].
+//! - [`error`] — [`Error`].
 
 pub mod clock;
 pub mod error;

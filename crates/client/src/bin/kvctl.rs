@@ -1,1 +1,156 @@
-fn main() {}
+//! `kvctl`: the store from the command line.
+//!
+//! Exit codes, for scripts: 0 success; 1 key not found; 2 usage error; 3 siblings (a conflict
+//! to resolve); 4 request refused (4xx); 5 server or network unavailable (retry may help).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kv_client::{Client, Error, Read};
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_SIBLINGS: u8 = 3;
+const EXIT_REFUSED: u8 = 4;
+const EXIT_UNAVAILABLE: u8 = 5;
+
+#[derive(Parser)]
+#[command(
+    name = "kvctl",
+    version,
+    about = "Put, get and delete values in the kv store",
+    after_help = "Exit codes: 0 ok, 1 not found, 2 usage, 3 siblings, 4 refused (4xx), 5 unavailable (retry may help)."
+)]
+struct Cli {
+    /// Base URL of a node or gateway.
+    #[arg(long, env = "KV_URL", default_value = "http://127.0.0.1:7000", global = true)]
+    url: String,
+    /// Per-request timeout in seconds.
+    #[arg(long, env = "KV_TIMEOUT", default_value_t = 10, global = true)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store a value (blind, or replacing what --context saw).
+    Put {
+        /// The key (any UTF-8, 1-1024 bytes).
+        key: String,
+        /// The value; or use --file.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file ("-" for stdin).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Content-Type stored with the value.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+        /// Context token from an earlier get: the write replaces exactly what that read saw.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Print a value to stdout; siblings are listed on stdout with their context.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Context token: delete exactly what that read saw.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Resolve siblings: read the key and write VALUE with the read's context.
+    Resolve {
+        /// The key.
+        key: String,
+        /// The value that replaces every sibling.
+        value: String,
+        /// Content-Type stored with the value.
+        #[arg(long, default_value = "application/octet-stream")]
+        content_type: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kvctl: error: {e:#}");
+            let code = match e.downcast_ref::<Error>() {
+                Some(err) if err.is_retryable() => EXIT_UNAVAILABLE,
+                Some(Error::Server { .. }) => EXIT_REFUSED,
+                Some(_) => EXIT_UNAVAILABLE,
+                None => 2,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let client = Client::new(&cli.url, Duration::from_secs(cli.timeout))?;
+    match cli.command {
+        Command::Put { key, value, file, content_type, context } => {
+            let bytes = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+                (None, Some(path)) => {
+                    std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                }
+                (None, None) => anyhow::bail!("give a VALUE or --file"),
+            };
+            let context = client.put(&key, bytes, &content_type, context.as_deref())?;
+            eprintln!("context: {context}");
+            Ok(0)
+        }
+        Command::Get { key } => match client.get(&key)? {
+            Read::Value { value, context, .. } => {
+                std::io::stdout().write_all(&value)?;
+                eprintln!("context: {context}");
+                Ok(0)
+            }
+            Read::Siblings { context, siblings } => {
+                println!("{} siblings (resolve with: kvctl put {key:?} VALUE --context {context})", siblings.len());
+                for (i, s) in siblings.iter().enumerate() {
+                    let shown = if s.deleted {
+                        "<deleted>".to_owned()
+                    } else {
+                        String::from_utf8(s.value.clone())
+                            .unwrap_or_else(|_| format!("<{} bytes of binary>", s.value.len()))
+                    };
+                    println!("  [{}] {} ({})", i + 1, shown, s.content_type);
+                }
+                println!("context: {context}");
+                Ok(EXIT_SIBLINGS)
+            }
+            Read::NotFound { .. } => {
+                eprintln!("not found: {key}");
+                Ok(EXIT_NOT_FOUND)
+            }
+        },
+        Command::Delete { key, context } => {
+            client.delete(&key, context.as_deref())?;
+            Ok(0)
+        }
+        Command::Resolve { key, value, content_type } => {
+            let context = match client.get(&key)? {
+                Read::Value { context, .. } | Read::Siblings { context, .. } => Some(context),
+                Read::NotFound { context } => context,
+            };
+            client.put(&key, value.into_bytes(), &content_type, context.as_deref())?;
+            Ok(0)
+        }
+    }
+}

@@ -3,12 +3,21 @@
 //! This is the seed's write and read path: a write appends to the journal (commit log) and
 //! lands in the memtable; full memtables are flushed to sorted table files; reads check the
 //! memtable, then tables newest first, skipping tables whose bloom filter rules the key out.
-//! Durability: fjall only fsyncs its journal on `persist(PersistMode::SyncAll)`, which
-//! [`Backend::sync`] calls. A memtable flush briefly stalls inserts (about 110 ms once per
-//! million inserts measured here): it shows in tail latency, not in throughput.
+//! Durability: fjall fsyncs its journal only when asked. `persist(PersistMode::SyncAll)` does
+//! it while holding the journal's writer lock, so every insert waits for the fsync and group
+//! commit can hardly batch (measured here: 16 writers, 19,700 puts/s). [`Backend::sync`]
+//! instead hands buffered journal bytes to the OS with `persist(PersistMode::Buffer)` and then
+//! fsyncs the active journal file through its own handle, outside fjall's lock, so writers keep
+//! appending while one fsync covers them. This is sound because fjall fsyncs a journal and its
+//! directory itself when it rotates to a new one, so only the newest `<id>.jnl` can hold
+//! unsynced bytes. A memtable flush briefly stalls inserts (about 110 ms once per million
+//! inserts measured here): it shows in tail latency, not in throughput.
 
+use std::fs::File;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -22,16 +31,16 @@ const RECORDS: &str = "records";
 pub struct FjallBackend {
     db: Database,
     records: Keyspace,
+    dir: PathBuf,
+    /// The newest journal file we know of, opened for fsync.
+    journal: Mutex<Option<(u64, File)>>,
 }
 
 impl FjallBackend {
     /// Opens or creates the database under `path` with a block cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
-        let open_err = |e: fjall::Error| Error::Open {
-            engine: "fjall",
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
+        let open_err =
+            |e: fjall::Error| Error::Open { engine: "fjall", path: path.display().to_string(), reason: e.to_string() };
         let db = Database::builder(path)
             .cache_size(cache_bytes)
             // Group commit decides when to fsync; fjall only needs to hand writes to the OS.
@@ -39,8 +48,40 @@ impl FjallBackend {
             .open()
             .map_err(open_err)?;
         let records = db.keyspace(RECORDS, KeyspaceCreateOptions::default).map_err(open_err)?;
-        Ok(FjallBackend { db, records })
+        Ok(FjallBackend { db, records, dir: path.to_owned(), journal: Mutex::new(None) })
     }
+
+    /// fsyncs the active journal file, following rotations.
+    fn sync_journal(&self) -> std::io::Result<()> {
+        let mut journal = self.journal.lock();
+        let mut id = match journal.as_ref() {
+            Some((id, _)) => *id,
+            None => newest_journal(&self.dir)?,
+        };
+        // A rotation creates `<id + 1>.jnl`; the files before it were fsynced by fjall.
+        while self.dir.join(format!("{}.jnl", id + 1)).exists() {
+            id += 1;
+        }
+        if journal.as_ref().map(|(known, _)| *known) != Some(id) {
+            *journal = Some((id, File::open(self.dir.join(format!("{id}.jnl")))?));
+        }
+        match journal.as_ref() {
+            Some((_, file)) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The highest journal id in `dir`.
+fn newest_journal(dir: &Path) -> std::io::Result<u64> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".jnl")).and_then(|n| n.parse::<u64>().ok()) {
+            newest = newest.max(Some(id));
+        }
+    }
+    newest.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no journal file in the fjall directory"))
 }
 
 fn io(e: fjall::Error) -> Error {
@@ -70,7 +111,8 @@ impl Backend for FjallBackend {
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncAll).map_err(io)
+        self.db.persist(PersistMode::Buffer).map_err(io)?;
+        self.sync_journal().map_err(|e| Error::Io(format!("fsync fjall journal: {e}")))
     }
 
     fn disk_bytes(&self) -> u64 {

@@ -31,11 +31,7 @@ impl Backend for MemoryBackend {
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Pairs> {
         let map = self.map.read();
-        Ok(map
-            .range::<[u8], _>((start, end))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(map.range::<[u8], _>((start, end)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn sync(&self) -> Result<()> {

@@ -30,16 +30,9 @@ pub struct SledBackend {
 impl SledBackend {
     /// Opens or creates the database under `path` with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self> {
-        let open_err = |reason: String| Error::Open {
-            engine: "sled",
-            path: path.display().to_string(),
-            reason,
-        };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+        let open_err = |reason: String| Error::Open { engine: "sled", path: path.display().to_string(), reason };
+        let db =
+            sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| open_err(e.to_string()))?;
         let records = db.open_tree(RECORDS).map_err(|e| open_err(e.to_string()))?;
         let data_file = File::open(path.join("db")).map_err(|e| open_err(format!("data file: {e}")))?;
         Ok(SledBackend { db, records, data_file })

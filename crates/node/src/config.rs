@@ -1,0 +1,383 @@
+//! Configuration: flags, `KV_*` environment variables and a TOML file, validated at start-up.
+//!
+//! Precedence, lowest first: built-in defaults < `--config` file < environment < flags. Every
+//! setting is validated into a typed value before anything starts; a bad one stops the process
+//! with a message naming the setting (exit status 2).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use kv_storage::{Compression, EngineKind, SyncMode};
+use serde::Deserialize;
+
+/// Default client API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+
+/// Largest `--max-value-bytes` accepted: values are meant to be small (the seed expects under
+/// 10 KB); 64 MiB bounds the memory one request can take.
+const MAX_VALUE_LIMIT: u64 = 64 << 20;
+
+/// Largest `--weight`: a node gets `weight × 512` vnodes, so 100 keeps rings small.
+const MAX_WEIGHT: u32 = 100;
+
+/// Every setting, as given. All optional so that the file, the environment and the flags can be
+/// layered; [`Settings::validate`] applies defaults and checks.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "kvnode", version, about = "Storage node of the kv store: serves the client API over HTTP/JSON")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// TOML file with any of the settings below, keyed by long flag name (e.g. `node-id = "n1"`).
+    #[arg(long, env = "KV_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Stable node id, the name in vector clocks: 1-64 of [A-Za-z0-9._-]. Default: the id stored
+    /// in the data directory, else the host name. A node refuses to start under a different id
+    /// than its data directory records.
+    #[arg(long, env = "KV_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address the HTTP server binds [default: 127.0.0.1:7000].
+    #[arg(long, env = "KV_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address other nodes and clients use to reach this node [default: --listen].
+    #[arg(long, env = "KV_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Directory for the node id and the storage engine's files [default: ./data].
+    #[arg(long, env = "KV_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Failure domain (data center, rack); replicas spread over zones [default: default].
+    #[arg(long, env = "KV_ZONE")]
+    pub zone: Option<String>,
+    /// Relative capacity, 1-100; ring share is proportional to it [default: 1].
+    #[arg(long, env = "KV_WEIGHT")]
+    pub weight: Option<u32>,
+    /// Storage engine: fjall (LSM tree, default), sled (0.34.7: known corruption reports after
+    /// unclean stops, see docs/storage.md) or memory (tests: nothing survives a restart).
+    #[arg(long, env = "KV_ENGINE")]
+    pub engine: Option<String>,
+    /// When writes are acknowledged: always (fsync each), batch (group commit, default) or none
+    /// (no fsync wait: for benchmarks, loses acknowledged writes on a crash).
+    #[arg(long, env = "KV_SYNC")]
+    pub sync: Option<String>,
+    /// Engine cache for hot data, in MiB [default: 64].
+    #[arg(long, env = "KV_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// Value compression: lz4 (default) or none.
+    #[arg(long, env = "KV_COMPRESSION")]
+    pub compression: Option<String>,
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "KV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<u64>,
+    /// Log format: text (default) or json. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "KV_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// How long shutdown waits for in-flight requests, e.g. 10s, 500ms [default: 10s].
+    #[arg(long, env = "KV_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+    /// Deadline for one client request [default: 30s].
+    #[arg(long, env = "KV_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// Requests served at once; more wait in line [default: 1024].
+    #[arg(long, env = "KV_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node id from flags, env or file; `None` means "from the data directory or host name".
+    pub node_id: Option<String>,
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Address others use for this node.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Zone.
+    pub zone: String,
+    /// Weight.
+    pub weight: NonZeroU32,
+    /// Storage options.
+    pub storage: kv_storage::Options,
+    /// Largest value, bytes.
+    pub max_value_bytes: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Drain deadline on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+    /// Concurrent request limit.
+    pub max_in_flight: NonZeroUsize,
+}
+
+macro_rules! layer {
+    ($top:ident, $bottom:ident, $($field:ident),+) => {
+        $( if $top.$field.is_none() { $top.$field = $bottom.$field.take(); } )+
+    };
+}
+
+impl Settings {
+    /// Parses flags and environment, then fills gaps from the `--config` file.
+    pub fn load() -> Result<Settings, String> {
+        let mut settings = Settings::parse();
+        if let Some(path) = settings.config.clone() {
+            let mut file = Settings::from_file(&path)?;
+            settings.layer_over(&mut file);
+        }
+        Ok(settings)
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Fills every unset field of `self` from `lower`.
+    pub fn layer_over(&mut self, lower: &mut Settings) {
+        let top = self;
+        layer!(
+            top,
+            lower,
+            node_id,
+            listen,
+            advertise,
+            data_dir,
+            zone,
+            weight,
+            engine,
+            sync,
+            cache_mb,
+            compression,
+            max_value_bytes,
+            log_format,
+            shutdown_timeout,
+            request_timeout,
+            max_in_flight
+        );
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> Result<Config, String> {
+        if let Some(id) = &self.node_id {
+            validate_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
+        }
+        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = parse_addr(&listen_text).map_err(|e| format!("--listen: {e}"))?;
+        let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
+        if !advertise.contains(':') || advertise.len() > 255 {
+            return Err(format!("--advertise: expected HOST:PORT, got {advertise:?}"));
+        }
+        let zone = self.zone.unwrap_or_else(|| "default".to_owned());
+        validate_node_id(&zone).map_err(|e| format!("--zone: {e}"))?;
+        let weight = self.weight.unwrap_or(1);
+        let weight = NonZeroU32::new(weight)
+            .filter(|w| w.get() <= MAX_WEIGHT)
+            .ok_or_else(|| format!("--weight: must be 1 to {MAX_WEIGHT}, got {weight}"))?;
+        let engine: EngineKind =
+            self.engine.as_deref().unwrap_or("fjall").parse().map_err(|e| format!("--engine: {e}"))?;
+        let sync: SyncMode = self.sync.as_deref().unwrap_or("batch").parse().map_err(|e| format!("--sync: {e}"))?;
+        let compression: Compression =
+            self.compression.as_deref().unwrap_or("lz4").parse().map_err(|e| format!("--compression: {e}"))?;
+        let cache_mb = self.cache_mb.unwrap_or(64);
+        if cache_mb == 0 || cache_mb > 1 << 20 {
+            return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
+        }
+        let max_value_bytes = self.max_value_bytes.unwrap_or(1 << 20);
+        if max_value_bytes == 0 || max_value_bytes > MAX_VALUE_LIMIT {
+            return Err(format!("--max-value-bytes: must be 1 to {MAX_VALUE_LIMIT}, got {max_value_bytes}"));
+        }
+        let log_format = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(format!("--log-format: expected text or json, got {other:?}")),
+        };
+        let shutdown_timeout = parse_duration(self.shutdown_timeout.as_deref().unwrap_or("10s"))
+            .map_err(|e| format!("--shutdown-timeout: {e}"))?;
+        let request_timeout = parse_duration(self.request_timeout.as_deref().unwrap_or("30s"))
+            .map_err(|e| format!("--request-timeout: {e}"))?;
+        if request_timeout.is_zero() {
+            return Err("--request-timeout: must be greater than zero".into());
+        }
+        let max_in_flight =
+            NonZeroUsize::new(self.max_in_flight.unwrap_or(1024)).ok_or("--max-in-flight: must be at least 1")?;
+        Ok(Config {
+            node_id: self.node_id,
+            listen,
+            advertise,
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            zone,
+            weight,
+            storage: kv_storage::Options { engine, sync, compression, cache_bytes: cache_mb << 20 },
+            max_value_bytes: max_value_bytes as usize,
+            log_format,
+            shutdown_timeout,
+            request_timeout,
+            max_in_flight,
+        })
+    }
+}
+
+/// Checks a node id or zone name: 1-64 of `[A-Za-z0-9._-]`.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{id:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"))
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// Parses `250ms`, `10s`, `2m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+}
+
+/// The node id to run as: the configured one, else the one recorded in the data directory,
+/// else the host name. Records it in `data_dir/node_id` on first start, and refuses to run a data
+/// directory under another id (its clocks would mix two identities).
+pub fn resolve_node_id(configured: Option<&str>, data_dir: &Path) -> Result<String, String> {
+    let file = data_dir.join("node_id");
+    let recorded = match std::fs::read_to_string(&file) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let id = match (configured, recorded) {
+        (Some(c), Some(r)) if c != r => {
+            return Err(format!(
+                "--node-id is {c:?} but data directory {} belongs to node {r:?}; use that id or another directory",
+                data_dir.display()
+            ))
+        }
+        (Some(c), _) => c.to_owned(),
+        (None, Some(r)) => r,
+        (None, None) => host_name(),
+    };
+    validate_node_id(&id).map_err(|e| format!("node id: {e}"))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    if !file.exists() {
+        std::fs::write(&file, format!("{id}\n")).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    Ok(id)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| validate_node_id(h).is_ok())
+        .unwrap_or_else(|| "kvnode".to_owned())
+}
+
+/// The engine's directory inside the data directory. Each engine has its own, and a node
+/// refuses to start with one engine over another engine's data, which it could not read.
+pub fn engine_dir(data_dir: &Path, engine: EngineKind) -> Result<PathBuf, String> {
+    for other in [EngineKind::Fjall, EngineKind::Sled] {
+        let dir = data_dir.join(other.name());
+        if other != engine && dir.is_dir() {
+            return Err(format!(
+                "data directory {} holds {other} data ({}) but --engine is {engine}; start with --engine {other} or use another directory",
+                data_dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(data_dir.join(engine.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.storage.engine, EngineKind::Fjall);
+        assert_eq!(config.storage.sync, SyncMode::Batch);
+        assert_eq!(config.max_value_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (Settings { engine: Some("rocks".into()), ..Default::default() }, "--engine"),
+            (Settings { sync: Some("sometimes".into()), ..Default::default() }, "--sync"),
+            (Settings { listen: Some("nowhere".into()), ..Default::default() }, "--listen"),
+            (Settings { weight: Some(0), ..Default::default() }, "--weight"),
+            (Settings { node_id: Some("a b".into()), ..Default::default() }, "--node-id"),
+            (Settings { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
+            (Settings { shutdown_timeout: Some("soon".into()), ..Default::default() }, "--shutdown-timeout"),
+            (Settings { log_format: Some("xml".into()), ..Default::default() }, "--log-format"),
+        ];
+        for (settings, flag) in cases {
+            let err = settings.validate().unwrap_err();
+            assert!(err.starts_with(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut top = Settings { listen: Some("127.0.0.1:1".into()), ..Default::default() };
+        let mut file: Settings = toml::from_str("listen = \"127.0.0.1:2\"\nzone = \"z9\"").unwrap();
+        top.layer_over(&mut file);
+        let config = top.validate().unwrap();
+        assert_eq!(config.listen.port(), 1);
+        assert_eq!(config.zone, "z9");
+        assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("1h").is_err());
+    }
+
+    #[test]
+    fn node_id_is_recorded_and_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_node_id(Some("n1"), dir.path()).unwrap(), "n1");
+        assert_eq!(resolve_node_id(None, dir.path()).unwrap(), "n1");
+        assert!(resolve_node_id(Some("n2"), dir.path()).unwrap_err().contains("belongs to node \"n1\""));
+    }
+}

@@ -1,0 +1,94 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Bodies are JSON `{"error": "<code>", "message": "..."}`. A 5xx never carries internals: the
+//! details go to the log, the client gets a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Everything a client request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The key is empty, too long or not UTF-8.
+    #[error("{0}")]
+    BadKey(String),
+    /// The `X-Context` header is not a token this store issued.
+    #[error("bad X-Context: {0}")]
+    BadContext(String),
+    /// Another header or parameter is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than `--max-value-bytes`.
+    #[error("value is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The key has no live version (never written, or deleted).
+    #[error("key not found")]
+    NotFoundKey,
+    /// No route matches.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed on this endpoint")]
+    WrongMethod,
+    /// The node is starting or shutting down.
+    #[error("node is not ready")]
+    NotReady,
+    /// Storage failed in a way that may pass (I/O error).
+    #[error("storage temporarily unavailable")]
+    Unavailable(String),
+    /// Anything else; the string is logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_key"),
+            ApiError::BadContext(_) => (StatusCode::BAD_REQUEST, "bad_context"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
+            ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<kv_storage::Error> for ApiError {
+    fn from(e: kv_storage::Error) -> Self {
+        if e.is_retryable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Unavailable(detail) | ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, code, "request failed");
+        }
+        (status, Json(json!({ "error": code, "message": self.to_string() }))).into_response()
+    }
+}
+
+/// Fallback for unknown routes.
+pub async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// Fallback for known routes with the wrong method.
+pub async fn wrong_method() -> ApiError {
+    ApiError::WrongMethod
+}

@@ -1,0 +1,218 @@
+//! The client API of a single real kvnode process.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine as _;
+use common::{kvnode, Node};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--node-id", "n1"];
+    args.extend_from_slice(extra);
+    let node = Node::start(&dir.path().join("data"), &args);
+    (dir, node)
+}
+
+fn context(response: &reqwest::blocking::Response) -> String {
+    response.headers()["x-context"].to_str().unwrap().to_owned()
+}
+
+#[test]
+fn every_byte_value_and_a_non_ascii_key_round_trip() {
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    let value: Vec<u8> = (0..=255u8).collect();
+    let key = "clé-ключ-鍵 🔑/with slash?&";
+    let put =
+        client.put(node.key_url(key)).header("content-type", "application/x-test").body(value.clone()).send().unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    assert!(!context(&put).is_empty());
+    let got = client.get(node.key_url(key)).send().unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["content-type"], "application/x-test");
+    assert!(!context(&got).is_empty());
+    assert_eq!(got.bytes().unwrap().to_vec(), value);
+}
+
+#[test]
+fn blind_writes_are_siblings_until_a_write_with_their_context() {
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    let url = node.key_url("cart");
+    for value in ["apples", "pears"] {
+        assert_eq!(client.put(&url).body(value).send().unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    let conflict = client.get(&url).send().unwrap();
+    assert_eq!(conflict.status(), StatusCode::MULTIPLE_CHOICES);
+    let body: Value = conflict.json().unwrap();
+    let mut values: Vec<Vec<u8>> = body["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec![b"apples".to_vec(), b"pears".to_vec()]);
+    let token = body["context"].as_str().unwrap();
+    let resolve = client.put(&url).header("x-context", token).body("apples+pears").send().unwrap();
+    assert_eq!(resolve.status(), StatusCode::NO_CONTENT);
+    let resolved = client.get(&url).send().unwrap();
+    assert_eq!(resolved.status(), StatusCode::OK);
+    assert_eq!(resolved.text().unwrap(), "apples+pears");
+}
+
+#[test]
+fn delete_then_get_is_not_found() {
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    let url = node.key_url("gone");
+    client.put(&url).body("v").send().unwrap();
+    assert_eq!(client.delete(&url).send().unwrap().status(), StatusCode::NO_CONTENT);
+    let got = client.get(&url).send().unwrap();
+    assert_eq!(got.status(), StatusCode::NOT_FOUND);
+    assert_eq!(got.json::<Value>().unwrap()["error"], "not_found");
+    // A delete with a stale context leaves the concurrent write as a sibling of the tombstone.
+    let first = client.put(node.key_url("k2")).body("a").send().unwrap();
+    let stale = context(&first);
+    client.put(node.key_url("k2")).body("b").send().unwrap();
+    client.delete(node.key_url("k2")).header("x-context", stale).send().unwrap();
+    let both = client.get(node.key_url("k2")).send().unwrap();
+    assert_eq!(both.status(), StatusCode::MULTIPLE_CHOICES);
+    let siblings: Value = both.json().unwrap();
+    assert_eq!(siblings["siblings"].as_array().unwrap().len(), 2);
+    assert!(siblings["siblings"].as_array().unwrap().iter().any(|s| s["deleted"] == true));
+}
+
+#[test]
+fn bad_requests_get_clear_4xx() {
+    let (_dir, node) = start(&["--max-value-bytes", "1000"]);
+    let client = Client::new();
+    let too_large = client.put(node.key_url("big")).body(vec![0u8; 1001]).send().unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_large.json::<Value>().unwrap()["error"], "value_too_large");
+    assert_eq!(client.put(node.key_url("fits")).body(vec![0u8; 1000]).send().unwrap().status(), StatusCode::NO_CONTENT);
+
+    let garbage = client.put(node.key_url("k")).header("x-context", "not a token!").body("v").send().unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(garbage.json::<Value>().unwrap()["error"], "bad_context");
+    let truncated = client.put(node.key_url("k")).header("x-context", "AQECbjEB").body("v").send().unwrap();
+    assert_eq!(truncated.status(), StatusCode::BAD_REQUEST);
+
+    let long_key = "k".repeat(1025);
+    let rejected = client.put(node.key_url(&long_key)).body("v").send().unwrap();
+    assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(rejected.json::<Value>().unwrap()["error"], "bad_key");
+    assert_eq!(client.put(node.key_url(&"k".repeat(1024))).body("v").send().unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(client.get(node.url("/kv/%FF%FE")).send().unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(client.get(node.url("/kv/")).send().unwrap().status(), StatusCode::BAD_REQUEST);
+
+    let no_route = client.get(node.url("/nope")).send().unwrap();
+    assert_eq!(no_route.status(), StatusCode::NOT_FOUND);
+    assert_eq!(no_route.json::<Value>().unwrap()["error"], "no_route");
+    let wrong_method = client.post(node.key_url("k")).body("v").send().unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.json::<Value>().unwrap()["error"], "method_not_allowed");
+}
+
+#[test]
+fn health_and_metrics_report() {
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    client.put(node.key_url("m")).body("v").send().unwrap();
+    client.get(node.key_url("m")).send().unwrap();
+    let health: Value = client.get(node.url("/health")).send().unwrap().json().unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node_id"], "n1");
+    let text = client.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    for needle in [
+        r#"kv_http_requests_total{method="PUT",route="/kv/{key}",status="204"} 1"#,
+        r#"kv_http_requests_total{method="GET",route="/kv/{key}",status="200"} 1"#,
+        "kv_http_request_duration_seconds_bucket",
+        "kv_storage_fsync_duration_seconds_count",
+        r#"kv_storage_operations_total{op="put",outcome="ok"} 1"#,
+        "kv_storage_disk_bytes",
+        "kv_storage_group_commit_writes_bucket",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn sigterm_drains_syncs_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = Node::start(&data, &["--node-id", "n1", "--sync", "none"]);
+    let client = Client::new();
+    for i in 0..50 {
+        client.put(node.key_url(&format!("k{i}"))).body("v").send().unwrap();
+    }
+    let status = node.terminate();
+    assert_eq!(status.code(), Some(0), "{}", node.log_text());
+    // With --sync none only the shutdown sync made these durable.
+    let node = Node::start(&data, &["--sync", "none"]);
+    for i in 0..50 {
+        assert_eq!(client.get(node.key_url(&format!("k{i}"))).send().unwrap().status(), StatusCode::OK);
+    }
+}
+
+#[test]
+fn bad_configuration_exits_with_status_2_and_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--engine".into(), "rocks".into()], "--engine"),
+        (vec!["--listen".into(), "not-an-address".into()], "--listen"),
+        (vec!["--no-such-flag".into()], "no-such-flag"),
+        (vec!["--config".into(), dir.path().join("missing.toml").display().to_string()], "cannot read config file"),
+    ];
+    for (args, needle) in cases {
+        let out = kvnode().args(&args).arg("--data-dir").arg(dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "node-id = \"n1\"\nsurprise = true\n").unwrap();
+    let out = kvnode().arg("--config").arg(&bad_file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+    // The environment is read, and a bad value there is as clear as a bad flag.
+    let out = kvnode().env("KV_SYNC", "later").arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sync"));
+}
+
+#[test]
+fn config_file_env_and_flags_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "node-id = \"from-file\"\nzone = \"file-zone\"\n").unwrap();
+    let port = common::free_port();
+    let mut child = kvnode()
+        .arg("--config")
+        .arg(&file)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("KV_NODE_ID", "from-env")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new();
+    let mut health = None;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send() {
+            health = Some(r.json::<Value>().unwrap());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health.expect("node served")["node_id"], "from-env");
+}
