@@ -366,6 +366,16 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kvnode.example.toml");
+        let settings = Settings::from_file(&path).unwrap();
+        // Every setting but `config` itself is shown in the example.
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("None") || shown.matches("None").count() == 1, "{shown}");
+        settings.validate().unwrap();
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs, idempotently: the Rust components and cargo-nextest.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo is missing; install Rust with rustup first" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "install-deps: cargo-nextest not found; installing it from crates.io"
+  cargo install cargo-nextest --locked
+fi
+command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3; }
+command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }

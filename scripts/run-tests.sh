@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test with nextest and leaves no kvnode behind, even when a test fails or hangs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+target="$(pwd)/target/debug"
+
+cleanup() {
+  # Tests kill their children on drop; this catches any a killed test process left behind.
+  pkill -KILL -f "^$target/kvnode" 2>/dev/null || true
+  pkill -KILL -f "^$target/kvgateway" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+cargo nextest run --workspace --no-fail-fast
