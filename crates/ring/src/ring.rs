@@ -345,6 +345,27 @@ mod tests {
         assert!((fraction - 1.0 / 11.0).abs() < 0.02, "moved {fraction}");
     }
 
+    /// Figure: preference lists over many keys and cluster shapes hold n distinct nodes and
+    /// min(n, zones) zones.
+    #[test]
+    fn figures_preference_lists() {
+        let mut lists = 0;
+        for (count, zones) in [(3, 1), (5, 2), (6, 3), (12, 3), (20, 5)] {
+            let ring = Ring::new(nodes(count, zones)).unwrap();
+            for n in 1..=5 {
+                for i in 0..2_000 {
+                    let list = ring.preference_list(&key(i), n);
+                    let ids: HashSet<&str> = list.iter().map(|x| x.id.as_str()).collect();
+                    let used: HashSet<&str> = list.iter().map(|x| x.zone.as_str()).collect();
+                    assert_eq!((list.len(), ids.len()), (n.min(count), n.min(count)));
+                    assert_eq!(used.len(), n.min(count).min(zones));
+                    lists += 1;
+                }
+            }
+        }
+        println!("preference lists: {lists} lists over 5 cluster shapes, n = 1..5: all hold n distinct nodes in min(n, zones) zones");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -217,6 +217,57 @@ mod tests {
         })
     }
 
+    /// Figure: the clock and sibling laws over thousands of random cases, with the count printed.
+    #[test]
+    fn figures_clock_and_sibling_laws() {
+        use crate::Causality;
+        use proptest::test_runner::{Config, TestRunner};
+        let cases = 5_000;
+        let clock = || {
+            proptest::collection::vec((0u8..5, 1u64..5), 0..6).prop_map(|entries| {
+                let mut c = VClock::new();
+                for (node, counter) in entries {
+                    c.set(&format!("n{node}"), counter, 0);
+                }
+                c
+            })
+        };
+        let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+        runner
+            .run(&(clock(), clock(), clock()), |(a, b, c)| {
+                prop_assert_eq!(a.merged(&b), b.merged(&a));
+                prop_assert_eq!(a.merged(&b).merged(&c), a.merged(&b.merged(&c)));
+                prop_assert_eq!(a.merged(&a), a.clone());
+                let le = |x: &VClock, y: &VClock| matches!(x.compare(y), Causality::Before | Causality::Equal);
+                prop_assert!(le(&a, &a.merged(&b)) && le(&b, &a.merged(&b)));
+                prop_assert_eq!(le(&a, &b), a.merged(&b) == b);
+                if le(&a, &b) && le(&b, &c) {
+                    prop_assert!(le(&a, &c));
+                }
+                Ok(())
+            })
+            .unwrap();
+        let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+        let kept = std::cell::Cell::new(0usize);
+        runner
+            .run(&arb_history(), |history| {
+                let set = Siblings::from_versions(history);
+                for a in set.versions() {
+                    for b in set.versions() {
+                        prop_assert!(a == b || !a.obsoleted_by(b));
+                    }
+                }
+                kept.set(kept.get() + set.len());
+                Ok(())
+            })
+            .unwrap();
+        println!(
+            "clock laws: merge commutative, associative, idempotent and compare a partial order consistent with merge on {cases} random triples; \
+             siblings: {cases} random histories, {} surviving versions, none dominated by another",
+            kept.get()
+        );
+    }
+
     proptest! {
         #[test]
         fn never_holds_an_obsoleted_version(history in arb_history()) {
