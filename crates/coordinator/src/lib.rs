@@ -1,8 +1,60 @@
-//! # Quorum coordination (not built yet)
+//! # Coordination: N replicas, R and W quorums, read repair
 //!
-//! The coordinator sends a write to the N replicas of a key's preference list and answers after
-//! W acknowledgements; a read asks the replicas, answers after R replies, merges their versions
-//! into siblings and repairs stale replicas (Dynamo §4.5). The replication issue fills this crate;
-//! until then `kvnode` is a cluster of one (N = R = W = 1) and coordinates its writes locally.
+//! Every key lives on the N nodes of its preference list ([`kv_ring`]). A [`Coordinator`]
+//! (in every kvnode and in the stateless kvgateway) turns a client's request into replica calls
+//! (Dynamo §4.5):
 //!
-//! This crate exports nothing yet, so nothing can depend on behaviour it does not have.
+//! - **Write:** the first replica of the preference list that answers *coordinates*: under the
+//!   key's lock it builds the new version ([`wire::build_version`]: a dot above every counter it
+//!   has seen for itself, the client's context) and stores it. The coordinator then sends that
+//!   replica's whole sibling set to the other N-1 replicas in parallel and answers after W
+//!   acknowledgements in total; the rest complete in the background. Only storage nodes ever
+//!   create dots, so a gateway never appears in a clock. Shipping the whole set, not just the new
+//!   version, keeps the invariant that dot comparison relies on (see [`kv_vclock`]).
+//! - **Read:** ask all N replicas (or only R, then more as some fail), answer after R replies
+//!   with their versions merged into siblings, then, in the background, wait for the late
+//!   answers and send the merged versions to every replica that answered with less (*read
+//!   repair*, counted in `kv_read_repairs_total`).
+//! - **Delete:** a tombstone, written like a value. Tombstones are purged only after the grace
+//!   period and only when a read heard all N replicas hold exactly the same tombstones; each
+//!   replica re-checks under its key lock that nothing newer arrived before it drops the key.
+//!
+//! A write that misses its quorum (`503 quorum_not_met`, with how many acknowledged) may still be
+//! on the replicas that did acknowledge. Retrying with the same context and value is safe: the
+//! coordinating replica finds the identical version and reuses it instead of making a sibling.
+//!
+//! The crate knows nothing of HTTP: replicas are reached through the [`ReplicaClient`] trait,
+//! which the node implements over its internal API ([`wire`]) and tests implement with slow,
+//! failing and lying replicas.
+//!
+//! # Layout
+//! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
+//! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
+//! - [`wire`] — internal protocol messages, version building, merging.
+//! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
+//! - [`auth`] — signing and checking internal requests.
+//! - [`metrics`] — [`CoordinatorMetrics`].
+//! - [`error`] — [`Error`], [`ReplicaError`].
+
+pub mod auth;
+pub mod coordinator;
+pub mod error;
+pub mod metrics;
+pub mod quorum;
+pub mod topology;
+pub mod wire;
+
+pub use coordinator::{Coordinator, GetOutcome, Options, PutOutcome};
+pub use error::{Error, ReplicaError};
+pub use metrics::CoordinatorMetrics;
+pub use quorum::Quorum;
+pub use topology::{BoxFuture, Peer, ReplicaClient, Topology};
+pub use wire::Write;
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

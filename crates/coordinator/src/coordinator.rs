@@ -1,0 +1,266 @@
+//! [`Coordinator`]: quorum writes and reads over a [`ReplicaClient`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_storage::{Record, Version};
+use kv_vclock::{Dot, Versioned};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::CoordinatorMetrics;
+use crate::topology::{Peer, ReplicaClient, Topology};
+use crate::wire::{is_stale, merge_records, Write};
+use crate::{Error, Quorum, ReplicaError};
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster defaults for N, R and W.
+    pub quorum: Quorum,
+    /// Deadline of one call to one replica.
+    pub replica_timeout: Duration,
+    /// Reads ask all N replicas at once (`true`) or only R, then more if some fail (`false`).
+    pub read_all: bool,
+    /// Tombstones younger than this are never purged.
+    pub tombstone_grace: Duration,
+}
+
+/// Result of a write.
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    /// The version written.
+    pub created: Version,
+    /// Node ids that acknowledged by the time of the answer (at least W).
+    pub acked: Vec<String>,
+    /// Replicas in the key's preference list.
+    pub replicas: usize,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone)]
+pub struct GetOutcome {
+    /// Merged versions from the replicas that answered.
+    pub record: Record,
+    /// Node ids that answered by the time of the answer (at least R).
+    pub answered: Vec<String>,
+    /// Replicas in the key's preference list.
+    pub replicas: usize,
+}
+
+/// Sends writes to N replicas and answers after W; reads from replicas and answers after R,
+/// repairing stale replicas in the background. Cheap to share (`Arc`).
+pub struct Coordinator {
+    client: Arc<dyn ReplicaClient>,
+    topology: watch::Receiver<Arc<Topology>>,
+    options: Options,
+    metrics: CoordinatorMetrics,
+    /// Replication and read repair that outlive the client's answer; drained on shutdown.
+    tasks: TaskTracker,
+}
+
+type ReadResult = (Peer, Result<Record, ReplicaError>);
+
+impl Coordinator {
+    /// A coordinator over `client`, placing keys by the latest `topology`.
+    pub fn new(
+        client: Arc<dyn ReplicaClient>,
+        topology: watch::Receiver<Arc<Topology>>,
+        options: Options,
+        metrics: CoordinatorMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Coordinator { client, topology, options, metrics, tasks: TaskTracker::new() })
+    }
+
+    /// Cluster defaults.
+    pub fn quorum(&self) -> Quorum {
+        self.options.quorum
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Background work (replication past W, read repair). Shutdown closes and waits on it.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Writes (or deletes, for a tombstone `write`) `key` with `w` acknowledgements (default W).
+    ///
+    /// The first replica of the preference list that answers creates the version; the others
+    /// receive its whole sibling set in parallel. Answers after `w` replicas hold the write;
+    /// the remaining replicas complete in the background.
+    pub async fn put(self: &Arc<Self>, key: Vec<u8>, write: Write, w: Option<usize>) -> Result<PutOutcome, Error> {
+        let op = if write.tombstone { "delete" } else { "put" };
+        let peers = self.topology().preference_list(&key, self.options.quorum.n);
+        if peers.is_empty() {
+            return Err(Error::NoMembers);
+        }
+        let replicas = peers.len();
+        let required = w.unwrap_or(self.options.quorum.w).min(replicas);
+
+        let mut coordinated = None;
+        for (index, peer) in peers.iter().enumerate() {
+            match self.call("coordinate", self.client.coordinate(peer, &key, &write)).await {
+                Ok(response) => {
+                    coordinated = Some((index, response));
+                    break;
+                }
+                Err(ReplicaError::Refused { message, .. }) => return Err(Error::Refused { node: peer.id.clone(), message }),
+                Err(e) => tracing::debug!(peer = %peer.id, error = %e, "coordinating replica unavailable; trying the next"),
+            }
+        }
+        let Some((index, response)) = coordinated else {
+            return Err(self.quorum_failure(op, required, 0, replicas));
+        };
+
+        let versions: Arc<Vec<Version>> = Arc::new(response.record.into_versions());
+        let key: Arc<[u8]> = key.into();
+        let (acks, mut ack_rx) = mpsc::channel(replicas);
+        for (i, peer) in peers.iter().enumerate() {
+            if i == index {
+                continue;
+            }
+            let (this, peer, key, versions, acks) = (self.clone(), peer.clone(), key.clone(), versions.clone(), acks.clone());
+            self.tasks.spawn(async move {
+                let ok = this.call("store", this.client.store(&peer, &key, &versions)).await.is_ok();
+                let _ = acks.send((peer.id, ok)).await;
+            });
+        }
+        drop(acks);
+        let mut acked = vec![peers[index].id.clone()];
+        while acked.len() < required {
+            match ack_rx.recv().await {
+                Some((id, true)) => acked.push(id),
+                Some((_, false)) => {}
+                None => break,
+            }
+        }
+        if acked.len() < required {
+            return Err(self.quorum_failure(op, required, acked.len(), replicas));
+        }
+        Ok(PutOutcome { created: response.created, acked, replicas })
+    }
+
+    /// Reads `key` with `r` replies (default R), merging the replicas' versions into siblings.
+    /// Replicas that answered with stale or missing versions are repaired in the background.
+    pub async fn get(self: &Arc<Self>, key: Vec<u8>, r: Option<usize>) -> Result<GetOutcome, Error> {
+        let peers = self.topology().preference_list(&key, self.options.quorum.n);
+        if peers.is_empty() {
+            return Err(Error::NoMembers);
+        }
+        let replicas = peers.len();
+        let required = r.unwrap_or(self.options.quorum.r).min(replicas);
+        let key: Arc<[u8]> = key.into();
+        let (results_tx, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
+        let first_wave = if self.options.read_all { replicas } else { required };
+        let mut next = 0;
+        while next < first_wave {
+            self.spawn_read(&peers[next], &key, &results_tx);
+            next += 1;
+        }
+        let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
+        let mut outstanding = next;
+        while answers.len() < required && outstanding > 0 {
+            let Some((peer, result)) = results_rx.recv().await else { break };
+            outstanding -= 1;
+            match result {
+                Ok(record) => answers.push((peer, record)),
+                Err(_) if next < replicas => {
+                    // Ask one more replica for each that failed.
+                    self.spawn_read(&peers[next], &key, &results_tx);
+                    next += 1;
+                    outstanding += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        drop(results_tx);
+        if answers.len() < required {
+            return Err(self.quorum_failure("get", required, answers.len(), replicas));
+        }
+        let record = merge_records(answers.iter().map(|(_, r)| r));
+        let answered = answers.iter().map(|(p, _)| p.id.clone()).collect();
+        let this = self.clone();
+        let merged = record.clone();
+        self.tasks.spawn(async move {
+            // Wait for the late answers too, so that every replica we heard from is checked.
+            while outstanding > 0 {
+                let Some((peer, result)) = results_rx.recv().await else { break };
+                outstanding -= 1;
+                if let Ok(record) = result {
+                    answers.push((peer, record));
+                }
+            }
+            this.repair(&key, answers, merged, replicas).await;
+        });
+        Ok(GetOutcome { record, answered, replicas })
+    }
+
+    fn spawn_read(self: &Arc<Self>, peer: &Peer, key: &Arc<[u8]>, results: &mpsc::Sender<ReadResult>) {
+        let (this, peer, key, results) = (self.clone(), peer.clone(), key.clone(), results.clone());
+        self.tasks.spawn(async move {
+            let result = this.call("read", this.client.read(&peer, &key)).await;
+            let _ = results.send((peer, result)).await;
+        });
+    }
+
+    /// Read repair, then tombstone purge when every replica holds the same old tombstones.
+    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record, replicas: usize) {
+        let versions = merged.versions().to_vec();
+        let mut in_sync = 0;
+        for (peer, record) in &answers {
+            if !is_stale(record, &merged) {
+                in_sync += 1;
+                continue;
+            }
+            if self.call("store", self.client.store(peer, key, &versions)).await.is_ok() {
+                self.metrics.read_repairs.inc();
+                tracing::debug!(peer = %peer.id, "read repair");
+                in_sync += 1;
+            }
+        }
+        let now = crate::now_ms();
+        let grace = self.options.tombstone_grace.as_millis() as u64;
+        let purgeable = in_sync == replicas
+            && answers.len() == replicas
+            && !versions.is_empty()
+            && versions.iter().all(|v| v.tombstone && now.saturating_sub(v.written_at) >= grace)
+            && answers.iter().all(|(_, r)| r.len() == merged.len());
+        if purgeable {
+            let dots: Vec<Dot> = versions.iter().map(|v| v.dot().clone()).collect();
+            for (peer, _) in &answers {
+                if self.call("purge", self.client.purge(peer, key, &dots)).await.is_ok() {
+                    self.metrics.tombstones_purged.inc();
+                }
+            }
+        }
+    }
+
+    /// One replica call with the timeout and metrics.
+    async fn call<T>(&self, op: &str, call: impl Future<Output = Result<T, ReplicaError>>) -> Result<T, ReplicaError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.options.replica_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicaError::Unreachable(format!("no answer within {:?}", self.options.replica_timeout))),
+        };
+        self.metrics.replica_call_seconds.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ReplicaError::Unreachable(_)) => "unreachable",
+            Err(ReplicaError::Failed { .. }) => "failed",
+            Err(ReplicaError::Refused { .. }) => "refused",
+            Err(ReplicaError::Decode(_)) => "bad_answer",
+        };
+        self.metrics.replica_calls.with_label_values(&[op, outcome]).inc();
+        result
+    }
+
+    fn quorum_failure(&self, op: &'static str, required: usize, acks: usize, replicas: usize) -> Error {
+        self.metrics.quorum_failures.with_label_values(&[op]).inc();
+        Error::QuorumNotMet { op, required, acks, replicas }
+    }
+}

@@ -1,0 +1,52 @@
+//! Every coordinator metric.
+
+use prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+/// Coordinator metrics.
+#[derive(Clone)]
+pub struct CoordinatorMetrics {
+    /// `kv_replica_calls_total{op, outcome}`: calls to replicas (coordinate, store, read, purge)
+    /// by outcome (ok, unreachable, failed, refused, timeout).
+    pub replica_calls: IntCounterVec,
+    /// `kv_replica_call_duration_seconds{op}`.
+    pub replica_call_seconds: HistogramVec,
+    /// `kv_quorum_failures_total{op}`: operations answered 503 for lack of replicas.
+    pub quorum_failures: IntCounterVec,
+    /// `kv_read_repairs_total`: replicas sent newer versions after a read.
+    pub read_repairs: IntCounter,
+    /// `kv_tombstones_purged_total`: keys purged from replicas after the grace period.
+    pub tombstones_purged: IntCounter,
+}
+
+impl CoordinatorMetrics {
+    /// Metrics attached to no registry (tests).
+    pub fn unregistered() -> Self {
+        // Fixed names and labels: construction cannot fail.
+        CoordinatorMetrics {
+            replica_calls: IntCounterVec::new(Opts::new("kv_replica_calls_total", "Calls to replicas by operation and outcome"), &["op", "outcome"])
+                .expect("invariant: valid metric"),
+            replica_call_seconds: HistogramVec::new(
+                HistogramOpts::new("kv_replica_call_duration_seconds", "Latency of calls to replicas")
+                    .buckets(exponential_buckets(0.000_05, 2.0, 18).unwrap_or_default()),
+                &["op"],
+            )
+            .expect("invariant: valid metric"),
+            quorum_failures: IntCounterVec::new(Opts::new("kv_quorum_failures_total", "Operations that did not reach their quorum"), &["op"])
+                .expect("invariant: valid metric"),
+            read_repairs: IntCounter::new("kv_read_repairs_total", "Replicas repaired with newer versions after a read").expect("invariant: valid metric"),
+            tombstones_purged: IntCounter::new("kv_tombstones_purged_total", "Replica copies of keys purged after the tombstone grace period")
+                .expect("invariant: valid metric"),
+        }
+    }
+
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = CoordinatorMetrics::unregistered();
+        registry.register(Box::new(m.replica_calls.clone()))?;
+        registry.register(Box::new(m.replica_call_seconds.clone()))?;
+        registry.register(Box::new(m.quorum_failures.clone()))?;
+        registry.register(Box::new(m.read_repairs.clone()))?;
+        registry.register(Box::new(m.tombstones_purged.clone()))?;
+        Ok(m)
+    }
+}

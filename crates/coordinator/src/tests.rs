@@ -1,0 +1,207 @@
+//! Coordinator behaviour over simulated replicas: down, slow and lying ones.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_ring::{Node, Ring};
+use kv_storage::{Record, Version};
+use kv_vclock::{Dot, VClock};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::wire::{build_version, CoordinateResponse, Write};
+use crate::*;
+
+/// One simulated replica: a map of records and fault switches.
+#[derive(Default)]
+struct SimReplica {
+    records: Mutex<HashMap<Vec<u8>, Record>>,
+    down: AtomicBool,
+    slow: AtomicBool,
+    lying: AtomicBool,
+}
+
+struct SimCluster {
+    replicas: HashMap<String, SimReplica>,
+}
+
+impl SimCluster {
+    async fn gate(&self, peer: &Peer) -> Result<&SimReplica, ReplicaError> {
+        let replica = &self.replicas[&peer.id];
+        if replica.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if replica.down.load(Ordering::SeqCst) {
+            return Err(ReplicaError::Unreachable("connection refused".into()));
+        }
+        if replica.lying.load(Ordering::SeqCst) {
+            return Err(ReplicaError::Decode("garbage".into()));
+        }
+        Ok(replica)
+    }
+}
+
+impl ReplicaClient for SimCluster {
+    fn coordinate<'a>(&'a self, peer: &'a Peer, key: &'a [u8], write: &'a Write) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
+        Box::pin(async move {
+            let replica = self.gate(peer).await?;
+            let mut records = replica.records.lock();
+            let record = records.entry(key.to_vec()).or_default();
+            let created = build_version(&peer.id, record, write, now_ms());
+            record.insert(created.clone());
+            Ok(CoordinateResponse { record: record.clone(), created })
+        })
+    }
+
+    fn store<'a>(&'a self, peer: &'a Peer, key: &'a [u8], versions: &'a [Version]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move {
+            let replica = self.gate(peer).await?;
+            replica.records.lock().entry(key.to_vec()).or_default().merge(versions.iter().cloned());
+            Ok(())
+        })
+    }
+
+    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
+        Box::pin(async move {
+            let replica = self.gate(peer).await?;
+            Ok(replica.records.lock().get(key).cloned().unwrap_or_default())
+        })
+    }
+
+    fn purge<'a>(&'a self, peer: &'a Peer, key: &'a [u8], tombstones: &'a [Dot]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move {
+            let replica = self.gate(peer).await?;
+            let mut records = replica.records.lock();
+            let same = records.get(key).is_some_and(|r| {
+                r.versions().iter().all(|v| v.tombstone) && r.versions().iter().map(|v| &v.dot).eq(tombstones.iter())
+            });
+            if same {
+                records.remove(key);
+            }
+            Ok(())
+        })
+    }
+}
+
+fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
+    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let ring = Ring::new(ids.iter().map(|id| Node::new(id.clone(), id.clone()))).unwrap();
+    let addresses = ids.iter().map(|id| (id.clone(), format!("{id}:1"))).collect();
+    let (_tx, rx) = watch::channel(Arc::new(Topology { ring, addresses }));
+    // Keep the sender alive for the test's duration by leaking it: the receiver only borrows.
+    std::mem::forget(_tx);
+    let cluster = Arc::new(SimCluster { replicas: ids.iter().map(|id| (id.clone(), SimReplica::default())).collect() });
+    let options = Options {
+        quorum: Quorum::new(3, 2, 2).unwrap(),
+        replica_timeout: Duration::from_millis(500),
+        read_all: true,
+        tombstone_grace: grace,
+    };
+    let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
+    (cluster, coordinator, ids)
+}
+
+fn write(value: &str, context: VClock) -> Write {
+    Write { value: value.into(), content_type: "text/plain".into(), context, tombstone: false }
+}
+
+fn holders(cluster: &SimCluster, key: &[u8]) -> Vec<usize> {
+    let mut ids: Vec<(String, usize)> =
+        cluster.replicas.iter().map(|(id, r)| (id.clone(), r.records.lock().get(key).map_or(0, Record::len))).collect();
+    ids.sort();
+    ids.into_iter().map(|(_, n)| n).collect()
+}
+
+async fn settle(coordinator: &Coordinator) {
+    // Background replication and repair finish within the replica timeout.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = coordinator;
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_all_reaches_every_replica() {
+    let (cluster, coordinator, _) = setup(Duration::from_secs(10));
+    let outcome = coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(3)).await.unwrap();
+    assert_eq!(outcome.acked.len(), 3);
+    assert_eq!(holders(&cluster, b"k"), vec![1, 1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_replica_down_meets_two_but_not_three() {
+    let (cluster, coordinator, ids) = setup(Duration::from_secs(10));
+    cluster.replicas[&ids[2]].down.store(true, Ordering::SeqCst);
+    assert_eq!(coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap().acked.len(), 2);
+    let err = coordinator.put(b"k".to_vec(), write("v2", VClock::new()), Some(3)).await.unwrap_err();
+    assert_eq!(err, Error::QuorumNotMet { op: "put", required: 3, acks: 2, replicas: 3 });
+    assert_eq!(coordinator.get(b"k".to_vec(), Some(2)).await.unwrap().answered.len(), 2);
+    assert!(matches!(coordinator.get(b"k".to_vec(), Some(3)).await.unwrap_err(), Error::QuorumNotMet { acks: 2, .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_and_lying_replicas_do_not_block_a_quorum() {
+    let (cluster, coordinator, ids) = setup(Duration::from_secs(10));
+    let pl = coordinator.topology().preference_list(b"k", 3);
+    // The preferred coordinator hangs: the write fails over to the next replica.
+    cluster.replicas[&pl[0].id].slow.store(true, Ordering::SeqCst);
+    let outcome = coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
+    assert_eq!(outcome.created.dot.node, pl[1].id);
+    cluster.replicas[&pl[0].id].slow.store(false, Ordering::SeqCst);
+    cluster.replicas[&ids.iter().find(|id| **id != pl[1].id).unwrap().clone()].lying.store(true, Ordering::SeqCst);
+    let read = coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();
+    assert_eq!(read.record.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_repair_fixes_a_replica_that_missed_a_write() {
+    let (cluster, coordinator, _) = setup(Duration::from_secs(10));
+    let pl = coordinator.topology().preference_list(b"k", 3);
+    let late = &cluster.replicas[&pl[2].id];
+    late.down.store(true, Ordering::SeqCst);
+    coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
+    settle(&coordinator).await;
+    late.down.store(false, Ordering::SeqCst);
+    assert!(late.records.lock().get(b"k".as_slice()).is_none());
+    coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();
+    settle(&coordinator).await;
+    assert_eq!(late.records.lock().get(b"k".as_slice()).map(Record::len), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_blind_writes_are_siblings_until_resolved() {
+    let (cluster, coordinator, _) = setup(Duration::from_secs(10));
+    let (a, b) = tokio::join!(
+        coordinator.put(b"k".to_vec(), write("a", VClock::new()), None),
+        coordinator.put(b"k".to_vec(), write("b", VClock::new()), None),
+    );
+    a.unwrap();
+    b.unwrap();
+    settle(&coordinator).await;
+    let read = coordinator.get(b"k".to_vec(), Some(3)).await.unwrap();
+    assert_eq!(read.record.len(), 2);
+    coordinator.put(b"k".to_vec(), write("ab", read.record.context()), Some(3)).await.unwrap();
+    assert_eq!(holders(&cluster, b"k"), vec![1, 1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tombstones_are_purged_after_grace_when_all_replicas_agree() {
+    let (cluster, coordinator, _) = setup(Duration::from_millis(0));
+    coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(3)).await.unwrap();
+    let context = coordinator.get(b"k".to_vec(), None).await.unwrap().record.context();
+    let delete = Write { tombstone: true, ..write("", context) };
+    coordinator.put(b"k".to_vec(), delete, Some(3)).await.unwrap();
+    assert_eq!(holders(&cluster, b"k"), vec![1, 1, 1]);
+    coordinator.get(b"k".to_vec(), Some(3)).await.unwrap();
+    settle(&coordinator).await;
+    assert_eq!(holders(&cluster, b"k"), vec![0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn young_tombstones_are_kept() {
+    let (cluster, coordinator, _) = setup(Duration::from_secs(3600));
+    coordinator.put(b"k".to_vec(), Write { tombstone: true, ..write("", VClock::new()) }, Some(3)).await.unwrap();
+    coordinator.get(b"k".to_vec(), Some(3)).await.unwrap();
+    settle(&coordinator).await;
+    assert_eq!(holders(&cluster, b"k"), vec![1, 1, 1]);
+}

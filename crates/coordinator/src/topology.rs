@@ -1,0 +1,62 @@
+//! What a coordinator knows of the cluster: the ring and how to reach each member.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use kv_ring::Ring;
+use kv_storage::{Record, Version};
+use kv_vclock::Dot;
+
+use crate::wire::{CoordinateResponse, Write};
+use crate::ReplicaError;
+
+/// A member as the coordinator calls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Node id.
+    pub id: String,
+    /// `host:port` of its API.
+    pub address: String,
+}
+
+/// The ring plus member addresses. Immutable; membership publishes a new one on change.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Placement.
+    pub ring: Ring,
+    /// Address per node id.
+    pub addresses: HashMap<String, String>,
+}
+
+impl Topology {
+    /// An empty cluster.
+    pub fn empty() -> Topology {
+        Topology { ring: Ring::with_vnodes(Vec::new(), 1).expect("invariant: an empty ring is valid"), addresses: HashMap::new() }
+    }
+
+    /// The replicas of `key`, in preference order.
+    pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<Peer> {
+        self.ring
+            .preference_list(key, n)
+            .into_iter()
+            .map(|node| Peer { id: node.id.clone(), address: self.addresses.get(&node.id).cloned().unwrap_or_default() })
+            .collect()
+    }
+}
+
+/// A boxed future, so that [`ReplicaClient`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a coordinator talks to replicas. The node implements it over HTTP (with a shortcut
+/// for itself); tests implement it with slow, failing and lying replicas.
+pub trait ReplicaClient: Send + Sync + 'static {
+    /// Asks `peer` to create a version of `key` from `write` and store it.
+    fn coordinate<'a>(&'a self, peer: &'a Peer, key: &'a [u8], write: &'a Write) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
+    /// Asks `peer` to merge `versions` into its copy of `key` (durably).
+    fn store<'a>(&'a self, peer: &'a Peer, key: &'a [u8], versions: &'a [Version]) -> BoxFuture<'a, Result<(), ReplicaError>>;
+    /// Reads `peer`'s versions of `key`.
+    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>>;
+    /// Asks `peer` to drop `key` if its only versions are exactly `tombstones`.
+    fn purge<'a>(&'a self, peer: &'a Peer, key: &'a [u8], tombstones: &'a [Dot]) -> BoxFuture<'a, Result<(), ReplicaError>>;
+}

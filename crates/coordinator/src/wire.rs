@@ -1,0 +1,174 @@
+//! The internal replica protocol: messages between coordinators and replicas.
+//!
+//! Bodies are postcard (compact binary), not JSON: values travel as raw bytes instead of
+//! base64 text, and clocks stay small. Every message type is versioned by the URL prefix
+//! (`/internal/v1/...`) and by [`crate::auth::InternalAuth`]'s header, so a node refuses a peer
+//! speaking another version instead of misreading it.
+
+use kv_storage::{Record, Version};
+use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
+use serde::{Deserialize, Serialize};
+
+/// Path of the coordinate call: create a version on this replica and store it.
+pub const COORDINATE_PATH: &str = "/internal/v1/coordinate";
+/// Path of the store call: merge versions into this replica.
+pub const STORE_PATH: &str = "/internal/v1/store";
+/// Path of the read call: this replica's versions of a key.
+pub const READ_PATH: &str = "/internal/v1/read";
+/// Path of the purge call: drop a key whose only versions are the given tombstones.
+pub const PURGE_PATH: &str = "/internal/v1/purge";
+
+/// A client's write, as the coordinator forwards it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Write {
+    /// The value (empty for a delete).
+    pub value: Vec<u8>,
+    /// Its Content-Type.
+    pub content_type: String,
+    /// What the client had read; empty for a blind write.
+    pub context: VClock,
+    /// Whether this is a delete.
+    pub tombstone: bool,
+}
+
+/// `POST /internal/v1/coordinate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordinateRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The write.
+    pub write: Write,
+}
+
+/// Answer to a coordinate call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoordinateResponse {
+    /// The replica's whole sibling set after the write: what the coordinator replicates.
+    pub record: Record,
+    /// The version this write created (or the identical one it reused).
+    pub created: Version,
+}
+
+/// `POST /internal/v1/store`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Versions to merge in.
+    pub versions: Vec<Version>,
+}
+
+/// `POST /internal/v1/read`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// `POST /internal/v1/purge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The tombstones the caller saw on every replica; the key is dropped only if they are
+    /// still its only versions.
+    pub tombstones: Vec<Dot>,
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising plain owned data into a Vec cannot fail.
+    postcard::to_stdvec(message).unwrap_or_default()
+}
+
+/// Decodes a message, refusing trailing bytes.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("{} trailing bytes", rest.len()))
+    }
+}
+
+/// The version a write coordinated by `node` creates on top of the stored `current` versions.
+///
+/// Its dot counter is above every counter of `node` seen so far (in storage or in the client's
+/// context), so two writes through the same node never share a dot. Retry safety: when
+/// `current` already holds a version with the same context and the same value, content type and
+/// delete flag, that version is returned instead of a new one, so a retried write (after a
+/// quorum failure or a lost answer) does not become a sibling of itself.
+pub fn build_version(node: &str, current: &Record, write: &Write, now_ms: u64) -> Version {
+    let mut context = write.context.clone();
+    context.prune(DEFAULT_MAX_ENTRIES, Some(node));
+    if let Some(same) = current.versions().iter().find(|v| {
+        v.context == context && v.tombstone == write.tombstone && v.value == write.value && v.content_type == write.content_type
+    }) {
+        return same.clone();
+    }
+    let counter = current.max_counter(node).max(write.context.get(node)) + 1;
+    Version {
+        dot: Dot { node: node.to_owned(), counter, timestamp: now_ms },
+        context,
+        value: write.value.clone(),
+        content_type: write.content_type.clone(),
+        tombstone: write.tombstone,
+        written_at: now_ms,
+    }
+}
+
+/// Whether `replica` lacks something `merged` has (a stale or missing replica to repair).
+pub fn is_stale(replica: &Record, merged: &Record) -> bool {
+    merged.versions().iter().any(|m| !replica.versions().iter().any(|r| r.dot() == m.dot()))
+}
+
+/// Merges replica answers into one sibling set.
+pub fn merge_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Record {
+    let mut merged = Siblings::new();
+    for record in records {
+        merged.merge(record.versions().iter().cloned());
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(value: &str, context: &VClock) -> Write {
+        Write { value: value.into(), content_type: "text/plain".into(), context: context.clone(), tombstone: false }
+    }
+
+    #[test]
+    fn retried_write_reuses_its_version() {
+        let mut record = Record::new();
+        let first = build_version("n1", &record, &write("v", &VClock::new()), 1);
+        record.insert(first.clone());
+        let retry = build_version("n1", &record, &write("v", &VClock::new()), 2);
+        assert_eq!(retry, first);
+        let other = build_version("n1", &record, &write("w", &VClock::new()), 3);
+        assert_ne!(other.dot, first.dot);
+        assert!(record.insert(other));
+        assert_eq!(record.len(), 2);
+    }
+
+    #[test]
+    fn messages_round_trip_and_reject_garbage() {
+        let request = StoreRequest { key: b"k".to_vec(), versions: vec![] };
+        let bytes = encode(&request);
+        let back: StoreRequest = decode(&bytes).unwrap();
+        assert_eq!(back.key, b"k");
+        assert!(decode::<StoreRequest>(&[0xff, 0xff, 0xff]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode::<StoreRequest>(&long).is_err());
+    }
+
+    #[test]
+    fn stale_means_missing_a_merged_version() {
+        let mut full = Record::new();
+        full.insert(build_version("n1", &Record::new(), &write("a", &VClock::new()), 1));
+        assert!(is_stale(&Record::new(), &full));
+        assert!(!is_stale(&full, &full));
+    }
+}
