@@ -1,22 +1,23 @@
 //! The client API: `PUT`, `GET` and `DELETE` on `/kv/{key}`, plus `/health` and `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use kv_coordinator::{PutOutcome, Write};
 use kv_storage::Record;
-use kv_vclock::VClock;
+use kv_vclock::{VClock, Versioned};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::replica::{Replica, Write};
 use crate::AppState;
 
 /// Longest key accepted, in bytes (UTF-8).
@@ -31,17 +32,22 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Header carrying the causal context token.
 pub static X_CONTEXT: HeaderName = HeaderName::from_static("x-context");
 
-/// `PUT /kv/{key}`: store the body as a new version.
+/// Header saying how many replicas answered, e.g. `2/3`.
+pub static X_REPLICAS: HeaderName = HeaderName::from_static("x-replicas");
+
+/// `PUT /kv/{key}?w=`: store the body as a new version on W of N replicas.
 pub async fn put(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
-    let body = body.map_err(|e| body_error(e, state.config.max_value_bytes))?;
-    if body.len() > state.config.max_value_bytes {
-        return Err(ApiError::TooLarge { limit: state.config.max_value_bytes });
+    let w = quorum_param(&state, query, "w")?;
+    let body = body.map_err(|e| body_error(e, state.max_value_bytes))?;
+    if body.len() > state.max_value_bytes {
+        return Err(ApiError::TooLarge { limit: state.max_value_bytes });
     }
     let write = Write {
         // Copy: keeping the request's `Bytes` would pin hyper's read buffer.
@@ -50,36 +56,67 @@ pub async fn put(
         context: context(&headers)?,
         tombstone: false,
     };
-    let (_, created) = state.replica.coordinate(key, write).await?;
-    Ok(with_context(StatusCode::NO_CONTENT.into_response(), &kv_vclock::Versioned::clock(&created)))
+    let outcome = state.coordinator.put(key, write, w).await?;
+    Ok(written(outcome))
 }
 
-/// `GET /kv/{key}`: the value, `300` with the siblings, or `404`.
+/// `GET /kv/{key}?r=`: the value, `300` with the siblings, or `404`, from R of N replicas.
 pub async fn get(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
-    let record = state.replica.get(key).await?;
-    Ok(read_response(&record))
+    let r = quorum_param(&state, query, "r")?;
+    let outcome = state.coordinator.get(key, r).await?;
+    let mut response = read_response(&outcome.record);
+    set_replicas(&mut response, outcome.answered.len(), outcome.replicas);
+    Ok(response)
 }
 
-/// `DELETE /kv/{key}`: write a tombstone. Without `X-Context` it deletes every version this
-/// node holds (the coordinator reads its own versions first); with one, exactly what that read
-/// saw, so a concurrent write survives as a sibling.
+/// `DELETE /kv/{key}?w=`: write a tombstone. With `X-Context` it deletes exactly what that read
+/// saw, so a concurrent write survives as a sibling; without, the coordinator first reads the
+/// key (R replicas) and deletes every version it found.
 pub async fn delete(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
+    let w = quorum_param(&state, query, "w")?;
     let context = match headers.get(&X_CONTEXT) {
         Some(_) => context(&headers)?,
-        None => Replica::context_of(&state.replica.get(key.clone()).await?),
+        None => state.coordinator.get(key.clone(), None).await?.record.context(),
     };
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
-    let (_, created) = state.replica.coordinate(key, write).await?;
-    Ok(with_context(StatusCode::NO_CONTENT.into_response(), &kv_vclock::Versioned::clock(&created)))
+    let outcome = state.coordinator.put(key, write, w).await?;
+    Ok(written(outcome))
+}
+
+fn written(outcome: PutOutcome) -> Response {
+    let mut response = with_context(StatusCode::NO_CONTENT.into_response(), &outcome.created.clock());
+    set_replicas(&mut response, outcome.acked.len(), outcome.replicas);
+    response
+}
+
+fn set_replicas(response: &mut Response, answered: usize, replicas: usize) {
+    if let Ok(value) = HeaderValue::from_str(&format!("{answered}/{replicas}")) {
+        response.headers_mut().insert(X_REPLICAS.clone(), value);
+    }
+}
+
+/// The per-request `r` or `w` (`name`), if given; any other parameter is refused.
+fn quorum_param(
+    state: &AppState,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    name: &str,
+) -> Result<Option<usize>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    if let Some(other) = params.keys().find(|k| k.as_str() != name) {
+        return Err(ApiError::BadParameter(format!("unknown parameter {other:?}; this request takes only {name}")));
+    }
+    params.get(name).map(|text| state.coordinator.quorum().parse(name, text).map_err(ApiError::from)).transpose()
 }
 
 /// `PUT`/`GET`/`DELETE /kv/`: the empty key.
@@ -92,23 +129,38 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Va
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady);
     }
-    Ok(Json(json!({
-        "status": "ok",
-        "node_id": state.replica.node_id(),
-        "engine": state.replica.engine().kind().name(),
-    })))
+    let mut body = json!({ "status": "ok", "members": state.membership.members().len() });
+    match &state.replica {
+        Some(replica) => {
+            body["role"] = json!("node");
+            body["node_id"] = json!(replica.node_id());
+            body["engine"] = json!(replica.engine().kind().name());
+        }
+        None => body["role"] = json!("gateway"),
+    }
+    Ok(Json(body))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.replica.engine().refresh_gauges();
+    if let Some(replica) = &state.replica {
+        replica.engine().refresh_gauges();
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 /// The response for a read of `record`.
 pub fn read_response(record: &Record) -> Response {
     let context = record.context();
-    let versions = record.versions();
+    // Siblings with the same value, type and delete flag (a retried write coordinated twice)
+    // are one answer to the client; the context still covers all of them.
+    let mut versions: Vec<&kv_storage::Version> = Vec::with_capacity(record.len());
+    for v in record.versions() {
+        if !versions.iter().any(|u| u.tombstone == v.tombstone && u.value == v.value && u.content_type == v.content_type) {
+            versions.push(v);
+        }
+    }
+    let versions = versions.as_slice();
     let response = match versions {
         [] => ApiError::NotFoundKey.into_response(),
         _ if versions.iter().all(|v| v.tombstone) => ApiError::NotFoundKey.into_response(),
@@ -144,7 +196,8 @@ fn with_context(mut response: Response, context: &VClock) -> Response {
     response
 }
 
-fn valid_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
+/// The key of a `/kv/{key}` request, checked: UTF-8, 1 to [`MAX_KEY_BYTES`] bytes.
+pub fn valid_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
     let Path(key) =
         key.map_err(|e| ApiError::BadKey(format!("key must be percent-encoded UTF-8: {}", e.body_text())))?;
     if key.is_empty() || key.len() > MAX_KEY_BYTES {

@@ -9,8 +9,9 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, CommandFactory, Parser};
 use kv_storage::{Compression, EngineKind, SyncMode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// Default client API address.
@@ -23,11 +24,70 @@ const MAX_VALUE_LIMIT: u64 = 64 << 20;
 /// Largest `--weight`: a node gets `weight × 512` vnodes, so 100 keeps rings small.
 const MAX_WEIGHT: u32 = 100;
 
-/// Every setting, as given. All optional so that the file, the environment and the flags can be
-/// layered; [`Settings::validate`] applies defaults and checks.
+/// Settings shared by every server process (kvnode and kvgateway).
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerSettings {
+    /// Address the HTTP server binds [default: 127.0.0.1:7000 for kvnode, 127.0.0.1:8080 for kvgateway].
+    #[arg(long, env = "KV_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "KV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<u64>,
+    /// Log format: text (default) or json. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "KV_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// How long shutdown waits for in-flight requests, e.g. 10s, 500ms [default: 10s].
+    #[arg(long, env = "KV_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+    /// Deadline for one client request [default: 30s].
+    #[arg(long, env = "KV_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// Requests served at once; more wait in line [default: 1024].
+    #[arg(long, env = "KV_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Settings of the cluster and its quorums, shared by kvnode and kvgateway.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterSettings {
+    /// Comma-separated HOST:PORT of members to learn the cluster from [default: none, a
+    /// cluster of one].
+    #[arg(long, env = "KV_SEEDS", value_name = "HOST:PORT,...")]
+    pub seeds: Option<String>,
+    /// Replicas per key, N [default: 3].
+    #[arg(long, env = "KV_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Replies a read waits for, R [default: N/2 + 1].
+    #[arg(long, env = "KV_READ_QUORUM")]
+    pub read_quorum: Option<usize>,
+    /// Acknowledgements a write waits for, W [default: N/2 + 1].
+    #[arg(long, env = "KV_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
+    /// Deadline of one call to one replica [default: 2s].
+    #[arg(long, env = "KV_REPLICA_TIMEOUT")]
+    pub replica_timeout: Option<String>,
+    /// Replicas a read asks first: all (default; more read repair, tolerates a slow replica)
+    /// or quorum (only R, then more if some fail; fewer requests).
+    #[arg(long, env = "KV_READ_FANOUT")]
+    pub read_fanout: Option<String>,
+    /// Calls to replicas in flight at once from this process; more wait [default: 512].
+    #[arg(long, env = "KV_MAX_REPLICA_CALLS")]
+    pub max_replica_calls: Option<usize>,
+    /// How often membership is refreshed from the seeds and known members [default: 2s].
+    #[arg(long, env = "KV_REFRESH_INTERVAL")]
+    pub refresh_interval: Option<String>,
+    /// Tombstones younger than this are never purged, e.g. 10d, 12h [default: 10d].
+    #[arg(long, env = "KV_TOMBSTONE_GRACE")]
+    pub tombstone_grace: Option<String>,
+}
+
+/// Every kvnode setting, as given. All optional so that the file, the environment and the flags
+/// can be layered; [`Settings::validate`] applies defaults and checks.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "kvnode", version, about = "Storage node of the kv store: serves the client API over HTTP/JSON")]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[command(name = "kvnode", version, about = "Storage node of the kv store: replica, coordinator and client API over HTTP/JSON")]
+#[serde(rename_all = "kebab-case")]
 pub struct Settings {
     /// TOML file with any of the settings below, keyed by long flag name (e.g. `node-id = "n1"`).
     #[arg(long, env = "KV_CONFIG", value_name = "FILE")]
@@ -38,13 +98,10 @@ pub struct Settings {
     /// than its data directory records.
     #[arg(long, env = "KV_NODE_ID")]
     pub node_id: Option<String>,
-    /// Address the HTTP server binds [default: 127.0.0.1:7000].
-    #[arg(long, env = "KV_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
     /// Address other nodes and clients use to reach this node [default: --listen].
     #[arg(long, env = "KV_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
-    /// Directory for the node id and the storage engine's files [default: ./data].
+    /// Directory for the node id, known members and the storage engine's files [default: ./data].
     #[arg(long, env = "KV_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Failure domain (data center, rack); replicas spread over zones [default: default].
@@ -67,21 +124,14 @@ pub struct Settings {
     /// Value compression: lz4 (default) or none.
     #[arg(long, env = "KV_COMPRESSION")]
     pub compression: Option<String>,
-    /// Largest value accepted, in bytes [default: 1048576].
-    #[arg(long, env = "KV_MAX_VALUE_BYTES")]
-    pub max_value_bytes: Option<u64>,
-    /// Log format: text (default) or json. Levels come from RUST_LOG (default info).
-    #[arg(long, env = "KV_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// How long shutdown waits for in-flight requests, e.g. 10s, 500ms [default: 10s].
-    #[arg(long, env = "KV_SHUTDOWN_TIMEOUT")]
-    pub shutdown_timeout: Option<String>,
-    /// Deadline for one client request [default: 30s].
-    #[arg(long, env = "KV_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<String>,
-    /// Requests served at once; more wait in line [default: 1024].
-    #[arg(long, env = "KV_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<usize>,
+    /// HTTP server settings.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// Cluster and quorum settings.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub cluster: ClusterSettings,
 }
 
 /// Log output format.
@@ -93,23 +143,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Validated configuration.
+/// Validated server settings.
 #[derive(Debug, Clone)]
-pub struct Config {
-    /// Node id from flags, env or file; `None` means "from the data directory or host name".
-    pub node_id: Option<String>,
+pub struct ServerConfig {
     /// Bind address.
     pub listen: SocketAddr,
-    /// Address others use for this node.
-    pub advertise: String,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Zone.
-    pub zone: String,
-    /// Weight.
-    pub weight: NonZeroU32,
-    /// Storage options.
-    pub storage: kv_storage::Options,
     /// Largest value, bytes.
     pub max_value_bytes: usize,
     /// Log format.
@@ -122,80 +160,69 @@ pub struct Config {
     pub max_in_flight: NonZeroUsize,
 }
 
+/// Validated cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Seed addresses.
+    pub seeds: Vec<String>,
+    /// Coordinator options (N/R/W, timeouts, fan-out, grace).
+    pub coordinator: kv_coordinator::Options,
+    /// Replica calls in flight at once.
+    pub max_replica_calls: NonZeroUsize,
+    /// Membership refresh period.
+    pub refresh_interval: Duration,
+}
+
+/// Validated kvnode configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node id from flags, env or file; `None` means "from the data directory or host name".
+    pub node_id: Option<String>,
+    /// Address others use for this node.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Zone.
+    pub zone: String,
+    /// Weight.
+    pub weight: NonZeroU32,
+    /// Storage options.
+    pub storage: kv_storage::Options,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Cluster and quorums.
+    pub cluster: ClusterConfig,
+}
+
 macro_rules! layer {
-    ($top:ident, $bottom:ident, $($field:ident),+) => {
+    ($top:expr, $bottom:expr, $($field:ident),+) => {
         $( if $top.$field.is_none() { $top.$field = $bottom.$field.take(); } )+
     };
 }
 
-impl Settings {
-    /// Parses flags and environment, then fills gaps from the `--config` file.
-    pub fn load() -> Result<Settings, String> {
-        let mut settings = Settings::parse();
-        if let Some(path) = settings.config.clone() {
-            let mut file = Settings::from_file(&path)?;
-            settings.layer_over(&mut file);
-        }
-        Ok(settings)
+/// Reads a TOML settings file for the command `T`, refusing keys that are not among `T`'s long
+/// flags (a typo must stop the process, not be ignored).
+pub fn settings_file<T: DeserializeOwned + CommandFactory>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let command = T::command();
+    let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+    if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str()) || k.as_str() == "config") {
+        return Err(format!("config file {}: unknown key {unknown:?}", path.display()));
+    }
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+impl ServerSettings {
+    /// Fills every unset field from `lower`.
+    pub fn layer_over(&mut self, lower: &mut ServerSettings) {
+        layer!(self, lower, listen, max_value_bytes, log_format, shutdown_timeout, request_timeout, max_in_flight);
     }
 
-    /// Reads a TOML settings file.
-    pub fn from_file(path: &Path) -> Result<Settings, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
-    }
-
-    /// Fills every unset field of `self` from `lower`.
-    pub fn layer_over(&mut self, lower: &mut Settings) {
-        let top = self;
-        layer!(
-            top,
-            lower,
-            node_id,
-            listen,
-            advertise,
-            data_dir,
-            zone,
-            weight,
-            engine,
-            sync,
-            cache_mb,
-            compression,
-            max_value_bytes,
-            log_format,
-            shutdown_timeout,
-            request_timeout,
-            max_in_flight
-        );
-    }
-
-    /// Applies defaults and checks every value.
-    pub fn validate(self) -> Result<Config, String> {
-        if let Some(id) = &self.node_id {
-            validate_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
-        }
-        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    /// Applies defaults (`default_listen` for the bind address) and checks.
+    pub fn validate(self, default_listen: &str) -> Result<ServerConfig, String> {
+        let listen_text = self.listen.unwrap_or_else(|| default_listen.to_owned());
         let listen = parse_addr(&listen_text).map_err(|e| format!("--listen: {e}"))?;
-        let advertise = self.advertise.unwrap_or_else(|| listen.to_string());
-        if !advertise.contains(':') || advertise.len() > 255 {
-            return Err(format!("--advertise: expected HOST:PORT, got {advertise:?}"));
-        }
-        let zone = self.zone.unwrap_or_else(|| "default".to_owned());
-        validate_node_id(&zone).map_err(|e| format!("--zone: {e}"))?;
-        let weight = self.weight.unwrap_or(1);
-        let weight = NonZeroU32::new(weight)
-            .filter(|w| w.get() <= MAX_WEIGHT)
-            .ok_or_else(|| format!("--weight: must be 1 to {MAX_WEIGHT}, got {weight}"))?;
-        let engine: EngineKind =
-            self.engine.as_deref().unwrap_or("fjall").parse().map_err(|e| format!("--engine: {e}"))?;
-        let sync: SyncMode = self.sync.as_deref().unwrap_or("batch").parse().map_err(|e| format!("--sync: {e}"))?;
-        let compression: Compression =
-            self.compression.as_deref().unwrap_or("lz4").parse().map_err(|e| format!("--compression: {e}"))?;
-        let cache_mb = self.cache_mb.unwrap_or(64);
-        if cache_mb == 0 || cache_mb > 1 << 20 {
-            return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
-        }
         let max_value_bytes = self.max_value_bytes.unwrap_or(1 << 20);
         if max_value_bytes == 0 || max_value_bytes > MAX_VALUE_LIMIT {
             return Err(format!("--max-value-bytes: must be 1 to {MAX_VALUE_LIMIT}, got {max_value_bytes}"));
@@ -205,23 +232,15 @@ impl Settings {
             "json" => LogFormat::Json,
             other => return Err(format!("--log-format: expected text or json, got {other:?}")),
         };
-        let shutdown_timeout = parse_duration(self.shutdown_timeout.as_deref().unwrap_or("10s"))
-            .map_err(|e| format!("--shutdown-timeout: {e}"))?;
-        let request_timeout = parse_duration(self.request_timeout.as_deref().unwrap_or("30s"))
-            .map_err(|e| format!("--request-timeout: {e}"))?;
+        let shutdown_timeout = duration_setting("--shutdown-timeout", self.shutdown_timeout.as_deref(), "10s")?;
+        let request_timeout = duration_setting("--request-timeout", self.request_timeout.as_deref(), "30s")?;
         if request_timeout.is_zero() {
             return Err("--request-timeout: must be greater than zero".into());
         }
         let max_in_flight =
             NonZeroUsize::new(self.max_in_flight.unwrap_or(1024)).ok_or("--max-in-flight: must be at least 1")?;
-        Ok(Config {
-            node_id: self.node_id,
+        Ok(ServerConfig {
             listen,
-            advertise,
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
-            zone,
-            weight,
-            storage: kv_storage::Options { engine, sync, compression, cache_bytes: cache_mb << 20 },
             max_value_bytes: max_value_bytes as usize,
             log_format,
             shutdown_timeout,
@@ -229,6 +248,132 @@ impl Settings {
             max_in_flight,
         })
     }
+}
+
+impl ClusterSettings {
+    /// Fills every unset field from `lower`.
+    pub fn layer_over(&mut self, lower: &mut ClusterSettings) {
+        layer!(
+            self,
+            lower,
+            seeds,
+            replicas,
+            read_quorum,
+            write_quorum,
+            replica_timeout,
+            read_fanout,
+            max_replica_calls,
+            refresh_interval,
+            tombstone_grace
+        );
+    }
+
+    /// Applies defaults and checks.
+    pub fn validate(self) -> Result<ClusterConfig, String> {
+        let seeds: Vec<String> = self
+            .seeds
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for seed in &seeds {
+            if seed.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(format!("--seeds: {seed:?} is not HOST:PORT"));
+            }
+        }
+        let n = self.replicas.unwrap_or(3);
+        if n == 0 || n > 16 {
+            return Err(format!("--replicas: must be 1 to 16, got {n}"));
+        }
+        let majority = n / 2 + 1;
+        let quorum = kv_coordinator::Quorum::new(n, self.read_quorum.unwrap_or(majority), self.write_quorum.unwrap_or(majority))
+            .map_err(|e| format!("--read-quorum/--write-quorum: {e}"))?;
+        let replica_timeout = duration_setting("--replica-timeout", self.replica_timeout.as_deref(), "2s")?;
+        if replica_timeout.is_zero() {
+            return Err("--replica-timeout: must be greater than zero".into());
+        }
+        let read_all = match self.read_fanout.as_deref().unwrap_or("all") {
+            "all" => true,
+            "quorum" => false,
+            other => return Err(format!("--read-fanout: expected all or quorum, got {other:?}")),
+        };
+        let max_replica_calls = NonZeroUsize::new(self.max_replica_calls.unwrap_or(512))
+            .ok_or("--max-replica-calls: must be at least 1")?;
+        let refresh_interval = duration_setting("--refresh-interval", self.refresh_interval.as_deref(), "2s")?;
+        if refresh_interval.is_zero() {
+            return Err("--refresh-interval: must be greater than zero".into());
+        }
+        let tombstone_grace = duration_setting("--tombstone-grace", self.tombstone_grace.as_deref(), "10d")?;
+        Ok(ClusterConfig {
+            seeds,
+            coordinator: kv_coordinator::Options { quorum, replica_timeout, read_all, tombstone_grace },
+            max_replica_calls,
+            refresh_interval,
+        })
+    }
+}
+
+impl Settings {
+    /// Parses flags and environment, then fills gaps from the `--config` file.
+    pub fn load() -> Result<Settings, String> {
+        let mut settings = Settings::parse();
+        if let Some(path) = settings.config.clone() {
+            let mut file: Settings = settings_file(&path)?;
+            settings.layer_over(&mut file);
+        }
+        Ok(settings)
+    }
+
+    /// Fills every unset field of `self` from `lower`.
+    pub fn layer_over(&mut self, lower: &mut Settings) {
+        layer!(self, lower, node_id, advertise, data_dir, zone, weight, engine, sync, cache_mb, compression);
+        self.server.layer_over(&mut lower.server);
+        self.cluster.layer_over(&mut lower.cluster);
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> Result<Config, String> {
+        if let Some(id) = &self.node_id {
+            validate_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
+        }
+        let server = self.server.validate(DEFAULT_LISTEN)?;
+        let advertise = self.advertise.unwrap_or_else(|| server.listen.to_string());
+        if advertise.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() || advertise.len() > 255 {
+            return Err(format!("--advertise: expected HOST:PORT, got {advertise:?}"));
+        }
+        let zone = self.zone.unwrap_or_else(|| "default".to_owned());
+        validate_node_id(&zone).map_err(|e| format!("--zone: {e}"))?;
+        let weight = self.weight.unwrap_or(1);
+        let weight = NonZeroU32::new(weight)
+            .filter(|w| w.get() <= MAX_WEIGHT)
+            .ok_or_else(|| format!("--weight: must be 1 to {MAX_WEIGHT}, got {weight}"))?;
+        let engine: EngineKind = self.engine.as_deref().unwrap_or("fjall").parse().map_err(|e| format!("--engine: {e}"))?;
+        let sync: SyncMode = self.sync.as_deref().unwrap_or("batch").parse().map_err(|e| format!("--sync: {e}"))?;
+        let compression: Compression =
+            self.compression.as_deref().unwrap_or("lz4").parse().map_err(|e| format!("--compression: {e}"))?;
+        let cache_mb = self.cache_mb.unwrap_or(64);
+        if cache_mb == 0 || cache_mb > 1 << 20 {
+            return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
+        }
+        let cluster = self.cluster.validate()?;
+        Ok(Config {
+            node_id: self.node_id,
+            advertise,
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            zone,
+            weight,
+            storage: kv_storage::Options { engine, sync, compression, cache_bytes: cache_mb << 20 },
+            server,
+            cluster,
+        })
+    }
+}
+
+fn duration_setting(flag: &str, value: Option<&str>, default: &str) -> Result<Duration, String> {
+    parse_duration(value.unwrap_or(default)).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// Checks a node id or zone name: 1-64 of `[A-Za-z0-9._-]`.
@@ -253,19 +398,21 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
-/// Parses `250ms`, `10s`, `2m` or a plain number of seconds.
+/// Parses `250ms`, `10s`, `2m`, `12h`, `10d` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 2m, 12h or 10d"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
+        _ => Err(format!("{text:?}: unit must be ms, s, m, h or d")),
     }
 }
 
@@ -330,10 +477,12 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = Settings::default().validate().unwrap();
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.storage.engine, EngineKind::Fjall);
         assert_eq!(config.storage.sync, SyncMode::Batch);
-        assert_eq!(config.max_value_bytes, 1 << 20);
+        assert_eq!(config.server.max_value_bytes, 1 << 20);
+        assert_eq!(config.cluster.coordinator.quorum, kv_coordinator::Quorum::new(3, 2, 2).unwrap());
+        assert!(config.cluster.seeds.is_empty());
     }
 
     #[test]
@@ -341,12 +490,28 @@ mod tests {
         let cases: Vec<(Settings, &str)> = vec![
             (Settings { engine: Some("rocks".into()), ..Default::default() }, "--engine"),
             (Settings { sync: Some("sometimes".into()), ..Default::default() }, "--sync"),
-            (Settings { listen: Some("nowhere".into()), ..Default::default() }, "--listen"),
+            (
+                Settings { server: ServerSettings { listen: Some("nowhere".into()), ..Default::default() }, ..Default::default() },
+                "--listen",
+            ),
+            (
+                Settings { cluster: ClusterSettings { replicas: Some(1), write_quorum: Some(2), ..Default::default() }, ..Default::default() },
+                "--read-quorum/--write-quorum",
+            ),
+            (
+                Settings { cluster: ClusterSettings { seeds: Some("a:1,nowhere".into()), ..Default::default() }, ..Default::default() },
+                "--seeds",
+            ),
             (Settings { weight: Some(0), ..Default::default() }, "--weight"),
             (Settings { node_id: Some("a b".into()), ..Default::default() }, "--node-id"),
-            (Settings { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
-            (Settings { shutdown_timeout: Some("soon".into()), ..Default::default() }, "--shutdown-timeout"),
-            (Settings { log_format: Some("xml".into()), ..Default::default() }, "--log-format"),
+            (
+                Settings { server: ServerSettings { max_value_bytes: Some(0), ..Default::default() }, ..Default::default() },
+                "--max-value-bytes",
+            ),
+            (
+                Settings { server: ServerSettings { log_format: Some("xml".into()), ..Default::default() }, ..Default::default() },
+                "--log-format",
+            ),
         ];
         for (settings, flag) in cases {
             let err = settings.validate().unwrap_err();
@@ -356,22 +521,27 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let mut top = Settings { listen: Some("127.0.0.1:1".into()), ..Default::default() };
-        let mut file: Settings = toml::from_str("listen = \"127.0.0.1:2\"\nzone = \"z9\"").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:2\"\nzone = \"z9\"\nreplicas = 5\n").unwrap();
+        let mut top = Settings { server: ServerSettings { listen: Some("127.0.0.1:1".into()), ..Default::default() }, ..Default::default() };
+        let mut file: Settings = settings_file(&path).unwrap();
         top.layer_over(&mut file);
         let config = top.validate().unwrap();
-        assert_eq!(config.listen.port(), 1);
+        assert_eq!(config.server.listen.port(), 1);
         assert_eq!(config.zone, "z9");
-        assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
+        assert_eq!(config.cluster.coordinator.quorum.n, 5);
+        std::fs::write(&path, "no-such-key = 1\n").unwrap();
+        assert!(settings_file::<Settings>(&path).unwrap_err().contains("no-such-key"));
     }
 
     #[test]
     fn example_config_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kvnode.example.toml");
-        let settings = Settings::from_file(&path).unwrap();
+        let settings: Settings = settings_file(&path).unwrap();
         // Every setting but `config` itself is shown in the example.
         let shown = format!("{settings:?}");
-        assert!(!shown.contains("None") || shown.matches("None").count() == 1, "{shown}");
+        assert_eq!(shown.matches("None").count(), 1, "{shown}");
         settings.validate().unwrap();
     }
 
@@ -380,7 +550,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("10d").unwrap(), Duration::from_secs(864_000));
+        assert!(parse_duration("1w").is_err());
     }
 
     #[test]

@@ -26,6 +26,24 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// A query parameter is malformed (e.g. `r` or `w` outside 1..=N).
+    #[error("{0}")]
+    BadParameter(String),
+    /// An internal request failed its signature check.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too few replicas answered.
+    #[error("{op}: {acks} of {required} required replicas answered ({replicas} in the preference list)")]
+    QuorumNotMet {
+        /// `put`, `delete` or `get`.
+        op: &'static str,
+        /// R or W.
+        required: usize,
+        /// Replicas that answered.
+        acks: usize,
+        /// Replicas of the key.
+        replicas: usize,
+    },
     /// The key has no live version (never written, or deleted).
     #[error("key not found")]
     NotFoundKey,
@@ -52,6 +70,9 @@ impl ApiError {
             ApiError::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_key"),
             ApiError::BadContext(_) => (StatusCode::BAD_REQUEST, "bad_context"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::QuorumNotMet { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
             ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
@@ -73,13 +94,32 @@ impl From<kv_storage::Error> for ApiError {
     }
 }
 
+impl From<kv_coordinator::Error> for ApiError {
+    fn from(e: kv_coordinator::Error) -> Self {
+        match e {
+            kv_coordinator::Error::QuorumNotMet { op, required, acks, replicas } => {
+                ApiError::QuorumNotMet { op, required, acks, replicas }
+            }
+            kv_coordinator::Error::BadQuorum(message) => ApiError::BadParameter(message),
+            kv_coordinator::Error::NoMembers => ApiError::NotReady,
+            refused @ kv_coordinator::Error::Refused { .. } => ApiError::Internal(refused.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if let ApiError::Unavailable(detail) | ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, code, "request failed");
         }
-        (status, Json(json!({ "error": code, "message": self.to_string() }))).into_response()
+        let mut body = json!({ "error": code, "message": self.to_string() });
+        if let ApiError::QuorumNotMet { required, acks, replicas, .. } = &self {
+            body["required"] = json!(required);
+            body["acks"] = json!(acks);
+            body["replicas"] = json!(replicas);
+        }
+        (status, Json(body)).into_response()
     }
 }
 

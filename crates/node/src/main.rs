@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
-use kv_node::config::{LogFormat, Settings};
-use kv_node::server::{cancel_on_signal, run, RunError};
+use kv_node::config::Settings;
+use kv_node::server::{cancel_on_signal, init_logging, run, RunError};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = match Settings::load().and_then(Settings::validate) {
@@ -15,12 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    init_logging(config.server.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

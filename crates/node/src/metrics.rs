@@ -8,6 +8,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use kv_coordinator::CoordinatorMetrics;
 use kv_storage::StorageMetrics;
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -24,8 +25,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `kv_http_request_duration_seconds{route, method}`.
     pub request_seconds: HistogramVec,
-    /// Storage metrics, registered in the same registry.
-    pub storage: StorageMetrics,
+    /// Coordinator metrics (replica calls, quorum failures, read repairs).
+    pub coordinator: CoordinatorMetrics,
 }
 
 impl Metrics {
@@ -43,8 +44,13 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
-        let storage = StorageMetrics::register(&registry)?;
-        Ok(Metrics { registry, requests, request_seconds, storage })
+        let coordinator = CoordinatorMetrics::register(&registry)?;
+        Ok(Metrics { registry, requests, request_seconds, coordinator })
+    }
+
+    /// Storage metrics, registered in the same registry (nodes only).
+    pub fn register_storage(&self) -> prometheus::Result<StorageMetrics> {
+        StorageMetrics::register(&self.registry)
     }
 
     /// The Prometheus text exposition of every metric.

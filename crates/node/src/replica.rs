@@ -1,30 +1,18 @@
-//! The local replica: reads and coordinates writes on this node's storage.
+//! The local replica: this node's storage, serving replica calls and coordinating writes.
 //!
 //! A write is coordinated here as Dynamo's coordinator does it: under the key's lock, read the
-//! stored versions, give the new version a dot whose counter is above every counter of this node
-//! seen so far (in storage or in the client's context), so that two writes through this node
-//! never share a dot, and store it beside every version its context did not see.
+//! stored versions, build the new version ([`kv_coordinator::wire::build_version`]) and store it
+//! beside every version its context did not see. The whole resulting sibling set goes back to
+//! the caller, which replicates it to the other replicas.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use kv_coordinator::wire::build_version;
+use kv_coordinator::{now_ms, Write};
 use kv_storage::{Engine, Record, Version};
-use kv_vclock::{Dot, VClock, DEFAULT_MAX_ENTRIES};
+use kv_vclock::Dot;
 
 use crate::error::ApiError;
-
-/// A write as the client asked for it.
-#[derive(Debug, Clone)]
-pub struct Write {
-    /// The value bytes (owned: never a view into a request buffer).
-    pub value: Vec<u8>,
-    /// Content-Type to echo on reads.
-    pub content_type: String,
-    /// What the client read before writing; empty for a blind write.
-    pub context: VClock,
-    /// Whether this is a delete.
-    pub tombstone: bool,
-}
 
 /// This node's storage, as a replica and a coordinator.
 #[derive(Clone)]
@@ -50,9 +38,21 @@ impl Replica {
     }
 
     /// The stored versions of `key`.
-    pub async fn get(&self, key: Vec<u8>) -> Result<Record, ApiError> {
+    pub async fn read(&self, key: Vec<u8>) -> Result<Record, ApiError> {
         let engine = self.engine.clone();
         blocking(move || engine.get(&key)).await
+    }
+
+    /// Merges `versions` into `key` and returns the result once durable.
+    pub async fn store(&self, key: Vec<u8>, versions: Vec<Version>) -> Result<Record, ApiError> {
+        let engine = self.engine.clone();
+        blocking(move || engine.put_versions(&key, versions)).await
+    }
+
+    /// Drops `key` if its only versions are the tombstones `dots`.
+    pub async fn purge(&self, key: Vec<u8>, dots: Vec<Dot>) -> Result<bool, ApiError> {
+        let engine = self.engine.clone();
+        blocking(move || engine.purge_tombstones(&key, &dots)).await
     }
 
     /// Creates a new version of `key` from `write` and stores it. Returns the merged versions
@@ -63,7 +63,7 @@ impl Replica {
         blocking(move || {
             let mut created = None;
             let record = engine.update(&key, &mut |current| {
-                let version = new_version(&node, current, &write);
+                let version = build_version(&node, current, &write, now_ms());
                 created = Some(version.clone());
                 vec![version]
             })?;
@@ -72,32 +72,6 @@ impl Replica {
         })
         .await
     }
-
-    /// The context a client should send to supersede everything in `record`.
-    pub fn context_of(record: &Record) -> VClock {
-        record.context()
-    }
-}
-
-/// The version a write through `node` creates on top of `current`.
-fn new_version(node: &str, current: &Record, write: &Write) -> Version {
-    let now = now_ms();
-    let counter = current.max_counter(node).max(write.context.get(node)) + 1;
-    let mut context = write.context.clone();
-    context.prune(DEFAULT_MAX_ENTRIES, Some(node));
-    Version {
-        dot: Dot { node: node.to_owned(), counter, timestamp: now },
-        context,
-        value: write.value.clone(),
-        content_type: write.content_type.clone(),
-        tombstone: write.tombstone,
-        written_at: now,
-    }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs blocking storage work (which may wait for an fsync) off the async workers.

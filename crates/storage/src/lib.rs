@@ -83,6 +83,11 @@ pub trait Engine: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>>;
 
+    /// Removes `key` if its versions are exactly the tombstones `dots` (in any order), checked
+    /// under the key's lock so that a write that arrived meanwhile is never dropped. Returns
+    /// whether the key was removed.
+    fn purge_tombstones(&self, key: &[u8], dots: &[kv_vclock::Dot]) -> Result<bool>;
+
     /// Makes all completed writes durable (shutdown, tests).
     fn sync(&self) -> Result<()>;
 

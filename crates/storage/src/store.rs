@@ -64,6 +64,11 @@ impl Store {
     }
 }
 
+/// The lock stripe of `key`.
+fn stripe(key: &[u8]) -> usize {
+    (kv_ring::hash_key(key) as usize) % LOCK_STRIPES
+}
+
 impl Engine for Store {
     fn kind(&self) -> EngineKind {
         self.kind
@@ -77,9 +82,8 @@ impl Engine for Store {
         self.timed("put", || {
             self.commit.check()?;
             let skey = storage_key(key);
-            let stripe = (kv_ring::hash_key(key) as usize) % LOCK_STRIPES;
             let (merged, ticket) = {
-                let _guard = self.locks[stripe].lock();
+                let _guard = self.locks[stripe(key)].lock();
                 let current = self.read(&skey)?;
                 let mut merged = current.clone();
                 merged.merge(build(&current));
@@ -122,6 +126,22 @@ impl Engine for Store {
                 out.push((key.to_vec(), decode(&bytes)?));
             }
             Ok(out)
+        })
+    }
+
+    fn purge_tombstones(&self, key: &[u8], dots: &[kv_vclock::Dot]) -> Result<bool> {
+        self.timed("purge", || {
+            self.commit.check()?;
+            let skey = storage_key(key);
+            let _guard = self.locks[stripe(key)].lock();
+            let current = self.read(&skey)?;
+            let exact = !current.is_empty()
+                && current.len() == dots.len()
+                && current.versions().iter().all(|v| v.tombstone && dots.contains(&v.dot));
+            if exact {
+                self.backend.delete(&skey)?;
+            }
+            Ok(exact)
         })
     }
 

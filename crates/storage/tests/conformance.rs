@@ -122,6 +122,20 @@ fn tombstones_are_versions() {
 }
 
 #[test]
+fn purge_removes_only_the_exact_tombstones() {
+    each_engine(|kind, _, engine| {
+        let live = coordinate(&*engine, b"k", "n1", &VClock::new(), b"v", false);
+        assert!(!engine.purge_tombstones(b"k", &[live.versions()[0].dot.clone()]).unwrap(), "{kind}: purged a live value");
+        let dead = coordinate(&*engine, b"k", "n1", &live.context(), b"", true);
+        let dots: Vec<Dot> = dead.versions().iter().map(|v| v.dot.clone()).collect();
+        // A tombstone the caller did not see is not purged.
+        assert!(!engine.purge_tombstones(b"k", &[Dot { node: "n9".into(), counter: 1, timestamp: 0 }]).unwrap());
+        assert!(engine.purge_tombstones(b"k", &dots).unwrap(), "{kind}");
+        assert!(engine.get(b"k").unwrap().is_empty(), "{kind}");
+    });
+}
+
+#[test]
 fn scan_returns_a_hash_range_in_order_and_pages() {
     each_engine(|kind, _, engine| {
         let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
