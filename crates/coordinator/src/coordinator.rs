@@ -109,8 +109,12 @@ impl Coordinator {
                     coordinated = Some((index, response));
                     break;
                 }
-                Err(ReplicaError::Refused { message, .. }) => return Err(Error::Refused { node: peer.id.clone(), message }),
-                Err(e) => tracing::debug!(peer = %peer.id, error = %e, "coordinating replica unavailable; trying the next"),
+                Err(ReplicaError::Refused { message, .. }) => {
+                    return Err(Error::Refused { node: peer.id.clone(), message })
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.id, error = %e, "coordinating replica unavailable; trying the next")
+                }
             }
         }
         let Some((index, response)) = coordinated else {
@@ -124,7 +128,8 @@ impl Coordinator {
             if i == index {
                 continue;
             }
-            let (this, peer, key, versions, acks) = (self.clone(), peer.clone(), key.clone(), versions.clone(), acks.clone());
+            let (this, peer, key, versions, acks) =
+                (self.clone(), peer.clone(), key.clone(), versions.clone(), acks.clone());
             self.tasks.spawn(async move {
                 let ok = this.call("store", this.client.store(&peer, &key, &versions)).await.is_ok();
                 let _ = acks.send((peer.id, ok)).await;

@@ -23,19 +23,32 @@ impl CoordinatorMetrics {
     pub fn unregistered() -> Self {
         // Fixed names and labels: construction cannot fail.
         CoordinatorMetrics {
-            replica_calls: IntCounterVec::new(Opts::new("kv_replica_calls_total", "Calls to replicas by operation and outcome"), &["op", "outcome"])
-                .expect("invariant: valid metric"),
+            replica_calls: IntCounterVec::new(
+                Opts::new("kv_replica_calls_total", "Calls to replicas by operation and outcome"),
+                &["op", "outcome"],
+            )
+            .expect("invariant: valid metric"),
             replica_call_seconds: HistogramVec::new(
                 HistogramOpts::new("kv_replica_call_duration_seconds", "Latency of calls to replicas")
                     .buckets(exponential_buckets(0.000_05, 2.0, 18).unwrap_or_default()),
                 &["op"],
             )
             .expect("invariant: valid metric"),
-            quorum_failures: IntCounterVec::new(Opts::new("kv_quorum_failures_total", "Operations that did not reach their quorum"), &["op"])
-                .expect("invariant: valid metric"),
-            read_repairs: IntCounter::new("kv_read_repairs_total", "Replicas repaired with newer versions after a read").expect("invariant: valid metric"),
-            tombstones_purged: IntCounter::new("kv_tombstones_purged_total", "Replica copies of keys purged after the tombstone grace period")
-                .expect("invariant: valid metric"),
+            quorum_failures: IntCounterVec::new(
+                Opts::new("kv_quorum_failures_total", "Operations that did not reach their quorum"),
+                &["op"],
+            )
+            .expect("invariant: valid metric"),
+            read_repairs: IntCounter::new(
+                "kv_read_repairs_total",
+                "Replicas repaired with newer versions after a read",
+            )
+            .expect("invariant: valid metric"),
+            tombstones_purged: IntCounter::new(
+                "kv_tombstones_purged_total",
+                "Replica copies of keys purged after the tombstone grace period",
+            )
+            .expect("invariant: valid metric"),
         }
     }
 

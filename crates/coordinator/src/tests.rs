@@ -44,7 +44,12 @@ impl SimCluster {
 }
 
 impl ReplicaClient for SimCluster {
-    fn coordinate<'a>(&'a self, peer: &'a Peer, key: &'a [u8], write: &'a Write) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
+    fn coordinate<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        write: &'a Write,
+    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
             let replica = self.gate(peer).await?;
             let mut records = replica.records.lock();
@@ -55,7 +60,12 @@ impl ReplicaClient for SimCluster {
         })
     }
 
-    fn store<'a>(&'a self, peer: &'a Peer, key: &'a [u8], versions: &'a [Version]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+    fn store<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        versions: &'a [Version],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             let replica = self.gate(peer).await?;
             replica.records.lock().entry(key.to_vec()).or_default().merge(versions.iter().cloned());
@@ -70,7 +80,12 @@ impl ReplicaClient for SimCluster {
         })
     }
 
-    fn purge<'a>(&'a self, peer: &'a Peer, key: &'a [u8], tombstones: &'a [Dot]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+    fn purge<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        tombstones: &'a [Dot],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             let replica = self.gate(peer).await?;
             let mut records = replica.records.lock();

@@ -32,7 +32,10 @@ pub struct Topology {
 impl Topology {
     /// An empty cluster.
     pub fn empty() -> Topology {
-        Topology { ring: Ring::with_vnodes(Vec::new(), 1).expect("invariant: an empty ring is valid"), addresses: HashMap::new() }
+        Topology {
+            ring: Ring::with_vnodes(Vec::new(), 1).expect("invariant: an empty ring is valid"),
+            addresses: HashMap::new(),
+        }
     }
 
     /// The replicas of `key`, in preference order.
@@ -40,7 +43,10 @@ impl Topology {
         self.ring
             .preference_list(key, n)
             .into_iter()
-            .map(|node| Peer { id: node.id.clone(), address: self.addresses.get(&node.id).cloned().unwrap_or_default() })
+            .map(|node| Peer {
+                id: node.id.clone(),
+                address: self.addresses.get(&node.id).cloned().unwrap_or_default(),
+            })
             .collect()
     }
 }
@@ -52,11 +58,26 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// for itself); tests implement it with slow, failing and lying replicas.
 pub trait ReplicaClient: Send + Sync + 'static {
     /// Asks `peer` to create a version of `key` from `write` and store it.
-    fn coordinate<'a>(&'a self, peer: &'a Peer, key: &'a [u8], write: &'a Write) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
+    fn coordinate<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        write: &'a Write,
+    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
     /// Asks `peer` to merge `versions` into its copy of `key` (durably).
-    fn store<'a>(&'a self, peer: &'a Peer, key: &'a [u8], versions: &'a [Version]) -> BoxFuture<'a, Result<(), ReplicaError>>;
+    fn store<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        versions: &'a [Version],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// Reads `peer`'s versions of `key`.
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>>;
     /// Asks `peer` to drop `key` if its only versions are exactly `tombstones`.
-    fn purge<'a>(&'a self, peer: &'a Peer, key: &'a [u8], tombstones: &'a [Dot]) -> BoxFuture<'a, Result<(), ReplicaError>>;
+    fn purge<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        tombstones: &'a [Dot],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>>;
 }

@@ -102,7 +102,10 @@ pub fn build_version(node: &str, current: &Record, write: &Write, now_ms: u64) -
     let mut context = write.context.clone();
     context.prune(DEFAULT_MAX_ENTRIES, Some(node));
     if let Some(same) = current.versions().iter().find(|v| {
-        v.context == context && v.tombstone == write.tombstone && v.value == write.value && v.content_type == write.content_type
+        v.context == context
+            && v.tombstone == write.tombstone
+            && v.value == write.value
+            && v.content_type == write.content_type
     }) {
         return same.clone();
     }

@@ -156,7 +156,10 @@ pub fn read_response(record: &Record) -> Response {
     // are one answer to the client; the context still covers all of them.
     let mut versions: Vec<&kv_storage::Version> = Vec::with_capacity(record.len());
     for v in record.versions() {
-        if !versions.iter().any(|u| u.tombstone == v.tombstone && u.value == v.value && u.content_type == v.content_type) {
+        if !versions
+            .iter()
+            .any(|u| u.tombstone == v.tombstone && u.value == v.value && u.content_type == v.content_type)
+        {
             versions.push(v);
         }
     }

@@ -86,7 +86,11 @@ pub struct ClusterSettings {
 /// Every kvnode setting, as given. All optional so that the file, the environment and the flags
 /// can be layered; [`Settings::validate`] applies defaults and checks.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "kvnode", version, about = "Storage node of the kv store: replica, coordinator and client API over HTTP/JSON")]
+#[command(
+    name = "kvnode",
+    version,
+    about = "Storage node of the kv store: replica, coordinator and client API over HTTP/JSON"
+)]
 #[serde(rename_all = "kebab-case")]
 pub struct Settings {
     /// TOML file with any of the settings below, keyed by long flag name (e.g. `node-id = "n1"`).
@@ -289,8 +293,9 @@ impl ClusterSettings {
             return Err(format!("--replicas: must be 1 to 16, got {n}"));
         }
         let majority = n / 2 + 1;
-        let quorum = kv_coordinator::Quorum::new(n, self.read_quorum.unwrap_or(majority), self.write_quorum.unwrap_or(majority))
-            .map_err(|e| format!("--read-quorum/--write-quorum: {e}"))?;
+        let quorum =
+            kv_coordinator::Quorum::new(n, self.read_quorum.unwrap_or(majority), self.write_quorum.unwrap_or(majority))
+                .map_err(|e| format!("--read-quorum/--write-quorum: {e}"))?;
         let replica_timeout = duration_setting("--replica-timeout", self.replica_timeout.as_deref(), "2s")?;
         if replica_timeout.is_zero() {
             return Err("--replica-timeout: must be greater than zero".into());
@@ -341,7 +346,8 @@ impl Settings {
         }
         let server = self.server.validate(DEFAULT_LISTEN)?;
         let advertise = self.advertise.unwrap_or_else(|| server.listen.to_string());
-        if advertise.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() || advertise.len() > 255 {
+        if advertise.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() || advertise.len() > 255
+        {
             return Err(format!("--advertise: expected HOST:PORT, got {advertise:?}"));
         }
         let zone = self.zone.unwrap_or_else(|| "default".to_owned());
@@ -350,7 +356,8 @@ impl Settings {
         let weight = NonZeroU32::new(weight)
             .filter(|w| w.get() <= MAX_WEIGHT)
             .ok_or_else(|| format!("--weight: must be 1 to {MAX_WEIGHT}, got {weight}"))?;
-        let engine: EngineKind = self.engine.as_deref().unwrap_or("fjall").parse().map_err(|e| format!("--engine: {e}"))?;
+        let engine: EngineKind =
+            self.engine.as_deref().unwrap_or("fjall").parse().map_err(|e| format!("--engine: {e}"))?;
         let sync: SyncMode = self.sync.as_deref().unwrap_or("batch").parse().map_err(|e| format!("--sync: {e}"))?;
         let compression: Compression =
             self.compression.as_deref().unwrap_or("lz4").parse().map_err(|e| format!("--compression: {e}"))?;
@@ -491,25 +498,40 @@ mod tests {
             (Settings { engine: Some("rocks".into()), ..Default::default() }, "--engine"),
             (Settings { sync: Some("sometimes".into()), ..Default::default() }, "--sync"),
             (
-                Settings { server: ServerSettings { listen: Some("nowhere".into()), ..Default::default() }, ..Default::default() },
+                Settings {
+                    server: ServerSettings { listen: Some("nowhere".into()), ..Default::default() },
+                    ..Default::default()
+                },
                 "--listen",
             ),
             (
-                Settings { cluster: ClusterSettings { replicas: Some(1), write_quorum: Some(2), ..Default::default() }, ..Default::default() },
+                Settings {
+                    cluster: ClusterSettings { replicas: Some(1), write_quorum: Some(2), ..Default::default() },
+                    ..Default::default()
+                },
                 "--read-quorum/--write-quorum",
             ),
             (
-                Settings { cluster: ClusterSettings { seeds: Some("a:1,nowhere".into()), ..Default::default() }, ..Default::default() },
+                Settings {
+                    cluster: ClusterSettings { seeds: Some("a:1,nowhere".into()), ..Default::default() },
+                    ..Default::default()
+                },
                 "--seeds",
             ),
             (Settings { weight: Some(0), ..Default::default() }, "--weight"),
             (Settings { node_id: Some("a b".into()), ..Default::default() }, "--node-id"),
             (
-                Settings { server: ServerSettings { max_value_bytes: Some(0), ..Default::default() }, ..Default::default() },
+                Settings {
+                    server: ServerSettings { max_value_bytes: Some(0), ..Default::default() },
+                    ..Default::default()
+                },
                 "--max-value-bytes",
             ),
             (
-                Settings { server: ServerSettings { log_format: Some("xml".into()), ..Default::default() }, ..Default::default() },
+                Settings {
+                    server: ServerSettings { log_format: Some("xml".into()), ..Default::default() },
+                    ..Default::default()
+                },
                 "--log-format",
             ),
         ];
@@ -524,7 +546,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:2\"\nzone = \"z9\"\nreplicas = 5\n").unwrap();
-        let mut top = Settings { server: ServerSettings { listen: Some("127.0.0.1:1".into()), ..Default::default() }, ..Default::default() };
+        let mut top = Settings {
+            server: ServerSettings { listen: Some("127.0.0.1:1".into()), ..Default::default() },
+            ..Default::default()
+        };
         let mut file: Settings = settings_file(&path).unwrap();
         top.layer_over(&mut file);
         let config = top.validate().unwrap();

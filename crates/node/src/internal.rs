@@ -6,7 +6,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
-use kv_coordinator::wire::{decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest};
+use kv_coordinator::wire::{
+    decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest,
+};
 use serde::de::DeserializeOwned;
 
 use crate::api::MAX_KEY_BYTES;

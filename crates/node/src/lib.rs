@@ -109,7 +109,10 @@ pub fn router(state: AppState, server: &config::ServerConfig) -> Router {
                 // 503s (quorum not met) are expected in a degraded cluster: log them at debug;
                 // real server faults are logged where they happen.
                 .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
-                .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, server.request_timeout))
+                .layer(TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    server.request_timeout,
+                ))
                 .layer(ConcurrencyLimitLayer::new(server.max_in_flight.get())),
         )
         .with_state(state)

@@ -195,7 +195,8 @@ impl MembershipRefresher {
     async fn refresh(&self) {
         let mut addresses: Vec<String> = self.seeds.clone();
         let me = self.membership.local().map(|m| m.id.clone());
-        addresses.extend(self.membership.members().into_iter().filter(|m| Some(&m.id) != me.as_ref()).map(|m| m.address));
+        addresses
+            .extend(self.membership.members().into_iter().filter(|m| Some(&m.id) != me.as_ref()).map(|m| m.address));
         addresses.sort();
         addresses.dedup();
         let fetches = addresses.iter().map(|address| self.fetch(address));

@@ -89,7 +89,12 @@ fn bad_answer(e: String) -> ReplicaError {
 }
 
 impl ReplicaClient for NodeReplicaClient {
-    fn coordinate<'a>(&'a self, peer: &'a Peer, key: &'a [u8], write: &'a Write) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
+    fn coordinate<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        write: &'a Write,
+    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
             if let Some(local) = self.local_for(peer) {
                 let (record, created) = local.coordinate(key.to_vec(), write.clone()).await.map_err(local_error)?;
@@ -104,7 +109,12 @@ impl ReplicaClient for NodeReplicaClient {
         })
     }
 
-    fn store<'a>(&'a self, peer: &'a Peer, key: &'a [u8], versions: &'a [Version]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+    fn store<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        versions: &'a [Version],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             if let Some(local) = self.local_for(peer) {
                 return local.store(key.to_vec(), versions.to_vec()).await.map(drop).map_err(local_error);
@@ -125,7 +135,12 @@ impl ReplicaClient for NodeReplicaClient {
         })
     }
 
-    fn purge<'a>(&'a self, peer: &'a Peer, key: &'a [u8], tombstones: &'a [Dot]) -> BoxFuture<'a, Result<(), ReplicaError>> {
+    fn purge<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        tombstones: &'a [Dot],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             if let Some(local) = self.local_for(peer) {
                 return local.purge(key.to_vec(), tombstones.to_vec()).await.map(drop).map_err(local_error);

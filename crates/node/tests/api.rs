@@ -2,19 +2,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use base64::Engine as _;
-use common::{kvnode, Node};
+use kv_testkit::{start_node, Proc};
+
+fn kvnode() -> std::process::Command {
+    std::process::Command::new(kv_testkit::binary("kvnode"))
+}
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-fn start(extra: &[&str]) -> (tempfile::TempDir, Node) {
+fn start(extra: &[&str]) -> (tempfile::TempDir, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--node-id", "n1"];
     args.extend_from_slice(extra);
-    let node = Node::start(&dir.path().join("data"), &args);
+    let node = start_node(&dir.path().join("data"), &args);
     (dir, node)
 }
 
@@ -146,7 +148,7 @@ fn health_and_metrics_report() {
 fn sigterm_drains_syncs_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut node = Node::start(&data, &["--node-id", "n1", "--sync", "none"]);
+    let mut node = start_node(&data, &["--node-id", "n1", "--sync", "none"]);
     let client = Client::new();
     for i in 0..50 {
         client.put(node.key_url(&format!("k{i}"))).body("v").send().unwrap();
@@ -154,7 +156,7 @@ fn sigterm_drains_syncs_and_exits_zero() {
     let status = node.terminate();
     assert_eq!(status.code(), Some(0), "{}", node.log_text());
     // With --sync none only the shutdown sync made these durable.
-    let node = Node::start(&data, &["--sync", "none"]);
+    let node = start_node(&data, &["--sync", "none"]);
     for i in 0..50 {
         assert_eq!(client.get(node.key_url(&format!("k{i}"))).send().unwrap().status(), StatusCode::OK);
     }
@@ -191,7 +193,7 @@ fn config_file_env_and_flags_layer() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("node.toml");
     std::fs::write(&file, "node-id = \"from-file\"\nzone = \"file-zone\"\n").unwrap();
-    let port = common::free_port();
+    let port = kv_testkit::free_port();
     let mut child = kvnode()
         .arg("--config")
         .arg(&file)

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::Node;
+use kv_testkit::start_node;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 
@@ -18,7 +16,7 @@ const WRITERS: usize = 8;
 fn acknowledged_writes_survive_kill_9(engine: &str, sync: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut node = Node::start(&data, &["--node-id", "n1", "--engine", engine, "--sync", sync]);
+    let mut node = start_node(&data, &["--node-id", "n1", "--engine", engine, "--sync", sync]);
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..WRITERS {

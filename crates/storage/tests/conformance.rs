@@ -125,7 +125,10 @@ fn tombstones_are_versions() {
 fn purge_removes_only_the_exact_tombstones() {
     each_engine(|kind, _, engine| {
         let live = coordinate(&*engine, b"k", "n1", &VClock::new(), b"v", false);
-        assert!(!engine.purge_tombstones(b"k", &[live.versions()[0].dot.clone()]).unwrap(), "{kind}: purged a live value");
+        assert!(
+            !engine.purge_tombstones(b"k", &[live.versions()[0].dot.clone()]).unwrap(),
+            "{kind}: purged a live value"
+        );
         let dead = coordinate(&*engine, b"k", "n1", &live.context(), b"", true);
         let dots: Vec<Dot> = dead.versions().iter().map(|v| v.dot.clone()).collect();
         // A tombstone the caller did not see is not purged.

@@ -1,0 +1,261 @@
+//! Replication with real processes: 3 kvnodes and kvgateways, started and killed by the tests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kv_testkit::Cluster;
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// Values a read shows: the value on 200, every live sibling on 300, nothing on 404.
+fn visible_values(response: reqwest::blocking::Response) -> BTreeSet<String> {
+    match response.status() {
+        StatusCode::OK => [response.text().unwrap()].into(),
+        StatusCode::MULTIPLE_CHOICES => {
+            let body: Value = response.json().unwrap();
+            body["siblings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["deleted"] != true)
+                .map(|s| {
+                    String::from_utf8(
+                        base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap(),
+                    )
+                    .unwrap()
+                })
+                .collect()
+        }
+        StatusCode::NOT_FOUND => BTreeSet::new(),
+        other => panic!("read failed with {other}: {}", response.text().unwrap()),
+    }
+}
+
+fn local_values(cluster: &Cluster, index: usize, key: &str) -> Vec<String> {
+    cluster.local(index, key)["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v["value"].as_str().unwrap()).unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Polls `check` for up to 10 s (background replication and repair are asynchronous).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn write_all_lands_on_every_replica_with_node_only_clocks() {
+    let cluster = Cluster::start(3, 1, &[]);
+    let c = client();
+    let put = c.put(format!("{}?w=3", cluster.gateways[0].key_url("k"))).body("v1").send().unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    assert_eq!(put.headers()["x-replicas"], "3/3");
+    for i in 0..3 {
+        let local = cluster.local(i, "k");
+        assert_eq!(local_values(&cluster, i, "k"), vec!["v1"], "node {i}");
+        let clock = local["versions"][0]["clock"].as_object().unwrap();
+        assert!(clock.keys().all(|id| ["n1", "n2", "n3"].contains(&id.as_str())), "clock {clock:?} names a non-node");
+    }
+}
+
+#[test]
+fn one_node_down_two_of_three_succeed_three_of_three_fail() {
+    let mut cluster = Cluster::start(3, 1, &[]);
+    cluster.node("n3").kill9();
+    let c = client();
+    // Through the gateway and through a node alike.
+    for front in [cluster.gateways[0].url(""), cluster.nodes[0].url("")] {
+        let url = |key: &str, q: &str| format!("{front}/kv/{key}?{q}");
+        let ok = c.put(url("a", "w=2")).body("x").send().unwrap();
+        assert_eq!(ok.status(), StatusCode::NO_CONTENT, "{front}");
+        assert_eq!(ok.headers()["x-replicas"], "2/3");
+        let fail = c.put(url("b", "w=3")).body("x").send().unwrap();
+        assert_eq!(fail.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = fail.json().unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["acks"].as_u64(), body["required"].as_u64()),
+            (Some("quorum_not_met"), Some(2), Some(3))
+        );
+        let read = c.get(url("a", "r=2")).send().unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(read.headers()["x-replicas"], "2/3");
+        let read_all = c.get(url("a", "r=3")).send().unwrap();
+        assert_eq!(read_all.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(read_all.json::<Value>().unwrap()["acks"], 2);
+        let bad = c.get(url("a", "r=4")).send().unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let zero = c.put(url("a", "w=0")).body("x").send().unwrap();
+        assert_eq!(zero.status(), StatusCode::BAD_REQUEST);
+    }
+}
+
+#[test]
+fn read_repair_brings_a_returning_replica_up_to_date() {
+    let mut cluster = Cluster::start(3, 1, &[]);
+    let c = client();
+    c.put(format!("{}?w=3", cluster.gateways[0].key_url("k"))).body("old").send().unwrap();
+    cluster.node("n3").kill9();
+    let read = c.get(cluster.gateways[0].key_url("k")).send().unwrap();
+    let context = read.headers()["x-context"].to_str().unwrap().to_owned();
+    let put = c.put(cluster.gateways[0].key_url("k")).header("x-context", context).body("new").send().unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    cluster.node("n3").restart();
+    assert_eq!(local_values(&cluster, 2, "k"), vec!["old"], "n3 should have missed the write");
+    // A read that touches n3 (reads ask all replicas) repairs it; there is no anti-entropy.
+    let read = c.get(format!("{}?r=3", cluster.gateways[0].key_url("k"))).send().unwrap();
+    assert_eq!(visible_values(read), ["new".to_owned()].into());
+    eventually("n3 to be repaired", || local_values(&cluster, 2, "k") == vec!["new"]);
+    let metrics = c.get(cluster.gateways[0].url("/metrics")).send().unwrap().text().unwrap();
+    let repairs = metrics.lines().find(|l| l.starts_with("kv_read_repairs_total")).unwrap();
+    assert!(!repairs.ends_with(" 0"), "{repairs}");
+}
+
+#[test]
+fn concurrent_blind_writes_through_two_gateways_become_siblings_until_resolved() {
+    let cluster = Cluster::start(3, 2, &[]);
+    let barrier = Arc::new(Barrier::new(2));
+    std::thread::scope(|scope| {
+        for (gateway, value) in cluster.gateways.iter().zip(["from-g0", "from-g1"]) {
+            let barrier = barrier.clone();
+            scope.spawn(move || {
+                let c = client();
+                barrier.wait();
+                let put = c.put(gateway.key_url("shared")).body(value).send().unwrap();
+                assert_eq!(put.status(), StatusCode::NO_CONTENT);
+            });
+        }
+    });
+    let c = client();
+    let read = c.get(format!("{}?r=3", cluster.gateways[0].key_url("shared"))).send().unwrap();
+    assert_eq!(read.status(), StatusCode::MULTIPLE_CHOICES);
+    let body: Value = read.json().unwrap();
+    let context = body["context"].as_str().unwrap().to_owned();
+    let values: BTreeSet<String> = body["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(values, ["from-g0".to_owned(), "from-g1".to_owned()].into());
+    let resolve =
+        c.put(cluster.gateways[1].key_url("shared")).header("x-context", context).body("merged").send().unwrap();
+    assert_eq!(resolve.status(), StatusCode::NO_CONTENT);
+    for i in 0..3 {
+        eventually("every replica to hold only the resolved value", || {
+            local_values(&cluster, i, "shared") == vec!["merged"]
+        });
+    }
+}
+
+#[test]
+fn two_blind_writes_through_one_node_both_survive() {
+    let cluster = Cluster::start(3, 0, &[]);
+    let c = client();
+    for value in ["one", "two"] {
+        assert_eq!(c.put(cluster.nodes[1].key_url("k")).body(value).send().unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    // Read through another node: the siblings were replicated.
+    let values = visible_values(c.get(cluster.nodes[2].key_url("k")).send().unwrap());
+    assert_eq!(values, ["one".to_owned(), "two".to_owned()].into());
+}
+
+#[test]
+fn a_value_written_through_one_node_reads_the_same_everywhere() {
+    let cluster = Cluster::start(3, 1, &[]);
+    let c = client();
+    c.put(cluster.nodes[1].key_url("everywhere")).header("content-type", "text/plain").body("same").send().unwrap();
+    for front in cluster.nodes.iter().chain(&cluster.gateways) {
+        let read = c.get(front.key_url("everywhere")).send().unwrap();
+        assert_eq!(read.status(), StatusCode::OK, "{}", front.address());
+        assert_eq!(read.headers()["content-type"], "text/plain");
+        assert_eq!(read.text().unwrap(), "same");
+    }
+    assert_eq!(c.delete(cluster.gateways[0].key_url("everywhere")).send().unwrap().status(), StatusCode::NO_CONTENT);
+    for front in cluster.nodes.iter().chain(&cluster.gateways) {
+        assert_eq!(c.get(front.key_url("everywhere")).send().unwrap().status(), StatusCode::NOT_FOUND);
+    }
+}
+
+/// 2 writers × 2,000 keys at w=2 through the gateway; one node is killed with `kill -9` and
+/// restarted mid-run. Every acknowledged value must be readable at r=2 afterwards.
+#[test]
+fn no_acknowledged_write_is_lost_when_a_node_is_killed_mid_run() {
+    const KEYS: usize = 2000;
+    let mut cluster = Cluster::start(3, 1, &[]);
+    let gateway = cluster.gateways[0].url("");
+    let acknowledged: Mutex<HashMap<String, Vec<String>>> = Mutex::new(HashMap::new());
+    let progress = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for writer in 0..2 {
+            let (gateway, acknowledged, progress, failed) = (&gateway, &acknowledged, &progress, &failed);
+            scope.spawn(move || {
+                let c = client();
+                for i in 0..KEYS {
+                    let key = format!("key-{i}");
+                    let value = format!("w{writer}-{i}");
+                    match c.put(format!("{gateway}/kv/{key}?w=2")).body(value.clone()).send() {
+                        Ok(r) if r.status() == StatusCode::NO_CONTENT => {
+                            acknowledged.lock().unwrap().entry(key).or_default().push(value);
+                        }
+                        _ => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // Kill n2 a quarter of the way in, bring it back at the half.
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < KEYS / 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cluster.node("n2").kill9();
+        while progress.load(std::sync::atomic::Ordering::Relaxed) < KEYS {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cluster.node("n2").restart();
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let c = client();
+    let mut lost = Vec::new();
+    let mut checked = 0;
+    for (key, values) in &acknowledged {
+        let visible = visible_values(c.get(format!("{gateway}/kv/{key}?r=2")).send().unwrap());
+        for value in values {
+            checked += 1;
+            if !visible.contains(value) {
+                lost.push(format!("{key}={value}"));
+            }
+        }
+    }
+    println!(
+        "no-loss run: {checked} acknowledged writes of {} attempted ({} refused during the kill), all checked at r=2, {} lost",
+        2 * KEYS,
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+        lost.len()
+    );
+    assert!(checked > KEYS, "too few writes were acknowledged: {checked}");
+    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+}

@@ -1,0 +1,277 @@
+//! # Test harness for multi-process tests
+//!
+//! Starts the real `kvnode` and `kvgateway` binaries (found beside the running test executable
+//! in cargo's target directory, so `cargo build --bins` or a workspace test run must have
+//! built them) on free loopback ports with data in temp directories, waits until they serve,
+//! and kills every one of them on drop, even when the test panics.
+//!
+//! # Layout
+//! - [`Proc`] — one child process.
+//! - [`Cluster`] — N nodes and G gateways that know each other.
+//! - helpers: [`free_port`], [`encode_key`], [`binary`].
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+/// A free TCP port on loopback (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Path of a workspace binary (`kvnode`, `kvgateway`, `kvctl`) built for this test run.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` (make test does)", path.display());
+    path
+}
+
+/// Percent-encodes every byte outside the unreserved set, so any key is one path segment.
+pub fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One running server process. Killed (SIGKILL) on drop.
+pub struct Proc {
+    child: Option<Child>,
+    program: PathBuf,
+    args: Vec<String>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with `args` (which must make it listen on `port`), logging to `log`,
+    /// and waits until `/health` answers 200.
+    pub fn start(program: PathBuf, args: Vec<String>, port: u16, log: PathBuf) -> Proc {
+        let mut proc = Proc { child: None, program, args, port, log };
+        proc.spawn();
+        proc
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = Client::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status} before serving:\n{}", self.program.display(), self.log_text());
+            }
+            if client.get(self.url("/health")).send().map(|r| r.status().is_success()).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not become ready:\n{}", self.program.display(), self.log_text());
+    }
+
+    /// What the process wrote to stderr.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// URL of a key on the client API.
+    pub fn key_url(&self, key: &str) -> String {
+        self.url(&format!("/kv/{}", encode_key(key)))
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no chance to flush or drain.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL and a panic if it does not exit in 30 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("process running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit after SIGTERM", self.program.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same process again (same port, same arguments), killing it first if running.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts one kvnode in `data_dir` with extra `args`, on a free port.
+pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
+    let port = free_port();
+    let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--data-dir".to_owned()];
+    all.push(data_dir.display().to_string());
+    all.extend(args.iter().map(|s| s.to_string()));
+    Proc::start(binary("kvnode"), all, port, data_dir.with_extension("log"))
+}
+
+/// A cluster of real processes: `nodes` kvnodes (ids `n1`, `n2`, ...) that know each other,
+/// and gateways seeded with them.
+pub struct Cluster {
+    /// Storage nodes; index 0 is `n1`.
+    pub nodes: Vec<Proc>,
+    /// Gateways.
+    pub gateways: Vec<Proc>,
+    /// Temp directory holding every data directory and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes and `gateways` gateways; `node_args` go to every node. Returns once
+    /// every process lists all nodes as members.
+    pub fn start(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir };
+        for (i, port) in ports.iter().enumerate() {
+            let id = format!("n{}", i + 1);
+            let data = cluster.dir.path().join(&id);
+            let mut args: Vec<String> = [
+                "--node-id",
+                &id,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                &data.display().to_string(),
+                "--seeds",
+                &seeds,
+                "--refresh-interval",
+                "200ms",
+                "--replica-timeout",
+                "1s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(node_args.iter().map(|s| s.to_string()));
+            cluster.nodes.push(Proc::start(binary("kvnode"), args, *port, data.with_extension("log")));
+        }
+        for g in 0..gateways {
+            cluster.add_gateway(&format!("g{g}"));
+        }
+        cluster.wait_for_members(nodes);
+        cluster
+    }
+
+    /// Starts one more gateway seeded with every node.
+    pub fn add_gateway(&mut self, name: &str) {
+        let port = free_port();
+        let seeds = self.nodes.iter().map(Proc::address).collect::<Vec<_>>().join(",");
+        let args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--seeds",
+            &seeds,
+            "--refresh-interval",
+            "200ms",
+            "--replica-timeout",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.gateways.push(Proc::start(binary("kvgateway"), args, port, log));
+    }
+
+    /// Waits until every running process lists `count` members.
+    pub fn wait_for_members(&self, count: usize) {
+        let client = Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for proc in self.nodes.iter().chain(&self.gateways).filter(|p| p.is_running()) {
+            loop {
+                let members = client
+                    .get(proc.url("/cluster/members"))
+                    .send()
+                    .ok()
+                    .and_then(|r| r.json::<Value>().ok())
+                    .and_then(|v| v["members"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                if members == count {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{} lists {members} members, expected {count}", proc.address());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The node whose id is `id` (`n1` ...).
+    pub fn node(&mut self, id: &str) -> &mut Proc {
+        let index: usize = id.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+        &mut self.nodes[index]
+    }
+
+    /// What node `index` holds for `key` (`/admin/local`), as JSON.
+    pub fn local(&self, index: usize, key: &str) -> Value {
+        Client::new()
+            .get(self.nodes[index].url(&format!("/admin/local/{}", encode_key(key))))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
