@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Runs the curl examples of Markdown docs against a real, freshly started kvnode.
+"""Runs the curl examples of Markdown docs against a real, freshly started local cluster.
 
 Every ```sh block that calls curl is run in order with bash (set -euo pipefail). When the
 block is followed directly by a ```text block, the command's output must equal it (trailing
-whitespace ignored). The node listens on 127.0.0.1:7000, the address the docs use, with a
-throw-away data directory; if that port is taken (say `make run` is up), a free port is used
-and the address is rewritten in the commands, which is reported.
+whitespace ignored). The cluster is the one `make run` starts (scripts/cluster.sh: nodes on
+127.0.0.1:7001-7003, gateway on 127.0.0.1:8080, the addresses the docs use) with a throw-away
+data directory; if one of those ports is taken (say `make run` is up), free ports are used and
+the addresses are rewritten in the commands, which is reported.
 
 Usage: scripts/check_doc_examples.py FILE.md [FILE.md ...]
 """
@@ -13,17 +14,15 @@ Usage: scripts/check_doc_examples.py FILE.md [FILE.md ...]
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KVNODE = os.path.join(ROOT, "target", "release", "kvnode")
-DOC_ADDR = "127.0.0.1:7000"
+CLUSTER = os.path.join(ROOT, "scripts", "cluster.sh")
+DOC_NODE_PORTS = [7001, 7002, 7003]
+DOC_GATEWAY_PORT = 8080
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 
 
@@ -60,45 +59,35 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(addr, proc):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"check_doc_examples: kvnode exited with {proc.returncode} before serving")
-        try:
-            with urllib.request.urlopen(f"http://{addr}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("check_doc_examples: kvnode did not become ready")
-
-
 def normalise(text):
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
 def main(paths):
-    if not os.access(KVNODE, os.X_OK):
-        sys.exit(f"check_doc_examples: {KVNODE} missing; run `cargo build --release` first")
-    addr = DOC_ADDR
-    if not port_free(7000):
-        addr = f"127.0.0.1:{free_port()}"
-        print(f"check_doc_examples: {DOC_ADDR} is taken; running the examples against {addr}")
+    node_ports, gateway_port = DOC_NODE_PORTS, DOC_GATEWAY_PORT
+    rewrite = {}
+    if not all(port_free(p) for p in node_ports + [gateway_port]):
+        # cluster.sh numbers node ports consecutively from a base.
+        base = free_port()
+        while not all(port_free(base + i) for i in range(len(node_ports))):
+            base = free_port()
+        node_ports = [base + i for i in range(len(DOC_NODE_PORTS))]
+        gateway_port = free_port()
+        pairs = zip(DOC_NODE_PORTS + [DOC_GATEWAY_PORT], node_ports + [gateway_port])
+        rewrite = {f"127.0.0.1:{a}": f"127.0.0.1:{b}" for a, b in pairs}
+        print(f"check_doc_examples: the documented ports are taken; using {rewrite}")
     data = tempfile.mkdtemp(prefix="kv-doc-examples-")
-    proc = subprocess.Popen(
-        [KVNODE, "--node-id", "docs", "--listen", addr, "--data-dir", os.path.join(data, "node")],
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(data, "kvnode.log"), "w"),
-    )
+    env = dict(os.environ, KV_DATA=data, KV_BASE_PORT=str(node_ports[0]), KV_GATEWAY_PORT=str(gateway_port))
     failures = 0
     total = 0
     try:
-        wait_ready(addr, proc)
+        subprocess.run([CLUSTER, "start", "--nodes", "3"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
         for path in paths:
             for body, expected in blocks(path):
                 total += 1
-                script = body.replace(DOC_ADDR, addr)
+                script = body
+                for old, new in rewrite.items():
+                    script = script.replace(old, new)
                 run = subprocess.run(
                     ["bash", "-euo", "pipefail", "-c", script],
                     capture_output=True, text=True, timeout=60,
@@ -111,11 +100,7 @@ def main(paths):
                     print(f"FAIL {path}:\n{body}\n--- exit {run.returncode}; stdout:\n{run.stdout}"
                           f"\n--- stderr:\n{run.stderr}\n--- expected:\n{expected}\n")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        subprocess.run([CLUSTER, "stop"], env=env, stdout=subprocess.DEVNULL, timeout=120)
         shutil.rmtree(data, ignore_errors=True)
     print(f"examples: {total - failures} passed, {failures} failed")
     return 1 if failures else 0

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# Starts a local kvnode on 127.0.0.1:7000 with its data under ./data, in the foreground.
-# Ctrl-C stops it cleanly (it drains requests and syncs storage).
+# `make run`: a local cluster of 3 kvnodes (127.0.0.1:7001-7003, data under ./data) and a
+# kvgateway on 127.0.0.1:8080, in the foreground. Ctrl-C stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=./target/release/kvnode
-[ -x "$bin" ] || cargo build --release --bins
+[ -x ./target/release/kvnode ] && [ -x ./target/release/kvgateway ] || cargo build --release --bins
 
-mkdir -p data
+stop() {
+  trap - INT TERM EXIT
+  echo
+  ./scripts/cluster.sh stop
+}
+trap stop INT TERM EXIT
+
+./scripts/cluster.sh start --nodes 3
 cat <<MSG
-kvnode: client API on http://127.0.0.1:7000 (data in ./data/node1)
-  health:  curl -sS http://127.0.0.1:7000/health
-  put:     curl -sS -X PUT --data-binary 'hello' http://127.0.0.1:7000/kv/greeting
-  get:     curl -sS http://127.0.0.1:7000/kv/greeting
-  metrics: curl -sS http://127.0.0.1:7000/metrics
+
+Local cluster:
+  nodes:    http://127.0.0.1:7001  http://127.0.0.1:7002  http://127.0.0.1:7003
+  gateway:  http://127.0.0.1:8080
+  data:     ./data/n1 ./data/n2 ./data/n3   logs: ./data/logs
+Try:
+  curl -sS -X PUT --data-binary 'hello' http://127.0.0.1:8080/kv/greeting
+  curl -sS http://127.0.0.1:8080/kv/greeting
+  curl -sS http://127.0.0.1:8080/cluster/members
 Press Ctrl-C to stop.
 MSG
-exec "$bin" --node-id node1 --listen 127.0.0.1:7000 --data-dir ./data/node1 "$@"
+# Follow the logs until interrupted.
+tail -n 0 -F ./data/logs/*.log &
+wait $!

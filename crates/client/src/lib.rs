@@ -1,6 +1,6 @@
 //! # A typed client for the store's HTTP API
 //!
-//! [`Client`] speaks the client API of a `kvnode` (and, once it exists, a `kvgateway`): `PUT`,
+//! [`Client`] speaks the client API of a `kvgateway` or any `kvnode`: `PUT`,
 //! `GET` and `DELETE` on `/kv/{key}` with the `X-Context` causal token. Reads come back as a
 //! [`Read`]: one value, siblings to reconcile, or nothing. To resolve siblings, write the value
 //! you want with the context of the read that returned them.
@@ -118,6 +118,8 @@ struct ErrorBody {
 pub struct Client {
     base: String,
     http: reqwest::blocking::Client,
+    r: Option<String>,
+    w: Option<String>,
 }
 
 impl Client {
@@ -127,7 +129,37 @@ impl Client {
             .timeout(timeout)
             .build()
             .map_err(|source| Error::Transport { url: base_url.to_owned(), source })?;
-        Ok(Client { base: base_url.trim_end_matches('/').to_owned(), http })
+        Ok(Client { base: base_url.trim_end_matches('/').to_owned(), http, r: None, w: None })
+    }
+
+    /// Per-request quorums for every later call: `r` for reads, `w` for writes (`1..=N`, `one`,
+    /// `quorum` or `all`; `None` for the cluster default).
+    pub fn with_quorum(mut self, r: Option<String>, w: Option<String>) -> Client {
+        self.r = r;
+        self.w = w;
+        self
+    }
+
+    fn with_param(url: String, name: &str, value: &Option<String>) -> String {
+        match value {
+            Some(v) => format!("{url}?{name}={}", encode_key(v)),
+            None => url,
+        }
+    }
+
+    /// `GET /cluster/members` as JSON.
+    pub fn members(&self) -> Result<serde_json::Value, Error> {
+        self.json(&format!("{}/cluster/members", self.base))
+    }
+
+    /// `GET /cluster/ring` as JSON.
+    pub fn ring(&self) -> Result<serde_json::Value, Error> {
+        self.json(&format!("{}/cluster/ring", self.base))
+    }
+
+    fn json(&self, url: &str) -> Result<serde_json::Value, Error> {
+        let response = expect_status(self.send(url, self.http.get(url))?, StatusCode::OK)?;
+        response.json().map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// The URL of `key`, percent-encoded.
@@ -138,7 +170,7 @@ impl Client {
     /// Stores `value`; with `context` it replaces exactly what that read saw. Returns the new
     /// version's context.
     pub fn put(&self, key: &str, value: Vec<u8>, content_type: &str, context: Option<&str>) -> Result<String, Error> {
-        let url = self.key_url(key);
+        let url = Self::with_param(self.key_url(key), "w", &self.w);
         let mut request = self.http.put(&url).header("content-type", content_type).body(value);
         if let Some(context) = context {
             request = request.header(CONTEXT_HEADER, context);
@@ -149,7 +181,7 @@ impl Client {
 
     /// Reads `key`.
     pub fn get(&self, key: &str) -> Result<Read, Error> {
-        let url = self.key_url(key);
+        let url = Self::with_param(self.key_url(key), "r", &self.r);
         let response = self.send(&url, self.http.get(&url))?;
         let context = header(&response, CONTEXT_HEADER);
         match response.status() {
@@ -185,7 +217,7 @@ impl Client {
     /// Deletes `key`: with `context`, exactly what that read saw; without, whatever the
     /// coordinating node holds.
     pub fn delete(&self, key: &str, context: Option<&str>) -> Result<(), Error> {
-        let url = self.key_url(key);
+        let url = Self::with_param(self.key_url(key), "w", &self.w);
         let mut request = self.http.delete(&url);
         if let Some(context) = context {
             request = request.header(CONTEXT_HEADER, context);

@@ -24,9 +24,15 @@ const EXIT_UNAVAILABLE: u8 = 5;
     after_help = "Exit codes: 0 ok, 1 not found, 2 usage, 3 siblings, 4 refused (4xx), 5 unavailable (retry may help)."
 )]
 struct Cli {
-    /// Base URL of a node or gateway.
-    #[arg(long, env = "KV_URL", default_value = "http://127.0.0.1:7000", global = true)]
+    /// Base URL of a gateway or node.
+    #[arg(long, env = "KV_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
+    /// Read quorum for this request: 1..N, one, quorum or all [default: the cluster's R].
+    #[arg(long, global = true)]
+    r: Option<String>,
+    /// Write quorum for this request: 1..N, one, quorum or all [default: the cluster's W].
+    #[arg(long, global = true)]
+    w: Option<String>,
     /// Per-request timeout in seconds.
     #[arg(long, env = "KV_TIMEOUT", default_value_t = 10, global = true)]
     timeout: u64,
@@ -66,6 +72,10 @@ enum Command {
         #[arg(long)]
         context: Option<String>,
     },
+    /// List the cluster's members.
+    Members,
+    /// Show each member's share of the ring.
+    Ring,
     /// Resolve siblings: read the key and write VALUE with the read's context.
     Resolve {
         /// The key.
@@ -96,7 +106,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let client = Client::new(&cli.url, Duration::from_secs(cli.timeout))?;
+    let client = Client::new(&cli.url, Duration::from_secs(cli.timeout))?.with_quorum(cli.r, cli.w);
     match cli.command {
         Command::Put { key, value, file, content_type, context } => {
             let bytes = match (value, file) {
@@ -144,6 +154,30 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             client.delete(&key, context.as_deref())?;
             Ok(0)
         }
+        Command::Members => {
+            let members = client.members()?;
+            println!("{:<16} {:<24} {:<12} weight", "id", "address", "zone");
+            for m in members["members"].as_array().into_iter().flatten() {
+                println!("{:<16} {:<24} {:<12} {}", text(&m["id"]), text(&m["address"]), text(&m["zone"]), m["weight"]);
+            }
+            Ok(0)
+        }
+        Command::Ring => {
+            let ring = client.ring()?;
+            println!("N = {}, zones = {}", ring["replicas"], ring["zones"]);
+            println!("{:<16} {:<12} {:>7} {:>9} {:>9}", "id", "zone", "vnodes", "primary", "replica");
+            for n in ring["nodes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<12} {:>7} {:>8.1}% {:>8.1}%",
+                    text(&n["id"]),
+                    text(&n["zone"]),
+                    n["vnodes"],
+                    n["primary_share"].as_f64().unwrap_or(0.0) * 100.0,
+                    n["replica_share"].as_f64().unwrap_or(0.0) * 100.0
+                );
+            }
+            Ok(0)
+        }
         Command::Resolve { key, value, content_type } => {
             let context = match client.get(&key)? {
                 Read::Value { context, .. } | Read::Siblings { context, .. } => Some(context),
@@ -153,4 +187,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn text(value: &serde_json::Value) -> &str {
+    value.as_str().unwrap_or("?")
 }

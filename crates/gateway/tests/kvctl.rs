@@ -1,0 +1,45 @@
+//! `kvctl` against a real cluster: commands, output and exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+use kv_testkit::{binary, Cluster};
+
+fn kvctl(url: &str, args: &[&str]) -> Output {
+    Command::new(binary("kvctl")).arg("--url").arg(url).args(args).output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn put_get_siblings_resolve_delete_and_exit_codes() {
+    let cluster = Cluster::start(3, 1, &[]);
+    let url = cluster.gateways[0].url("");
+    assert_eq!(kvctl(&url, &["put", "k", "one"]).status.code(), Some(0));
+    let got = kvctl(&url, &["get", "k", "--r", "all"]);
+    assert_eq!((got.status.code(), stdout(&got).as_str()), (Some(0), "one"));
+    assert_eq!(kvctl(&url, &["put", "k", "two", "--w", "3"]).status.code(), Some(0));
+    let siblings = kvctl(&url, &["get", "k"]);
+    assert_eq!(siblings.status.code(), Some(3), "{}", stdout(&siblings));
+    assert!(
+        stdout(&siblings).contains("2 siblings")
+            && stdout(&siblings).contains("one")
+            && stdout(&siblings).contains("two")
+    );
+    assert_eq!(kvctl(&url, &["resolve", "k", "both"]).status.code(), Some(0));
+    assert_eq!(stdout(&kvctl(&url, &["get", "k"])), "both");
+    assert_eq!(kvctl(&url, &["delete", "k"]).status.code(), Some(0));
+    assert_eq!(kvctl(&url, &["get", "k"]).status.code(), Some(1));
+    // Refused (4xx) and unavailable (no server) are told apart.
+    assert_eq!(kvctl(&url, &["get", "k", "--r", "9"]).status.code(), Some(4));
+    assert_eq!(kvctl("http://127.0.0.1:1", &["get", "k"]).status.code(), Some(5));
+    assert_eq!(kvctl(&url, &["frobnicate"]).status.code(), Some(2));
+    let members = kvctl(&url, &["members"]);
+    assert_eq!(members.status.code(), Some(0));
+    assert!(["n1", "n2", "n3"].iter().all(|id| stdout(&members).contains(id)), "{}", stdout(&members));
+    let ring = kvctl(&url, &["ring"]);
+    assert!(stdout(&ring).contains("N = 3"), "{}", stdout(&ring));
+}

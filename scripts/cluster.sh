@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# A local cluster in the background: K kvnodes on 127.0.0.1:7001.. and a kvgateway on :8080.
+#
+#   scripts/cluster.sh start  [--nodes K]   start what is not running yet, wait until ready
+#   scripts/cluster.sh stop                 SIGTERM everything (SIGKILL after 15 s)
+#   scripts/cluster.sh status               what runs, and its health
+#
+# Idempotent: starting a running cluster or stopping a stopped one changes nothing.
+# Environment: KV_DATA (default ./data), KV_BIN (./target/release), KV_BASE_PORT (7001),
+# KV_GATEWAY_PORT (8080). Data lives in $KV_DATA/nK, logs in $KV_DATA/logs, pids in $KV_DATA/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=${KV_DATA:-./data}
+bin=${KV_BIN:-./target/release}
+base=${KV_BASE_PORT:-7001}
+gw_port=${KV_GATEWAY_PORT:-8080}
+cmd=${1:-}
+shift || true
+nodes=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
+    *) echo "cluster.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+case "$nodes" in ''|*[!0-9]*|0) echo "cluster.sh: --nodes must be a positive number" >&2; exit 2 ;; esac
+
+mkdir -p "$data/logs" "$data/run"
+seeds=$(for i in $(seq 1 "$nodes"); do printf '127.0.0.1:%s,' $((base + i - 1)); done)
+seeds=${seeds%,}
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+health() { curl -fsS -m 1 "http://$1/health" >/dev/null 2>&1; }
+
+wait_healthy() {
+  for _ in $(seq 1 300); do health "$1" && return 0; sleep 0.1; done
+  echo "cluster.sh: $1 did not become healthy; see $data/logs" >&2
+  return 1
+}
+
+start_one() { # name pidfile command...
+  local name=$1 pidfile=$2; shift 2
+  if running "$pidfile"; then echo "$name already running (pid $(cat "$pidfile"))"; return; fi
+  nohup "$@" >>"$data/logs/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  echo "$name started (pid $!)"
+}
+
+case "$cmd" in
+  start)
+    for b in kvnode kvgateway; do
+      [ -x "$bin/$b" ] || { echo "cluster.sh: $bin/$b missing; run cargo build --release --bins" >&2; exit 1; }
+    done
+    for i in $(seq 1 "$nodes"); do
+      port=$((base + i - 1))
+      start_one "n$i" "$data/run/n$i.pid" "$bin/kvnode" --node-id "n$i" --listen "127.0.0.1:$port" \
+        --data-dir "$data/n$i" --seeds "$seeds"
+    done
+    for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + i - 1))"; done
+    start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" --seeds "$seeds"
+    wait_healthy "127.0.0.1:$gw_port"
+    # Ready when the gateway knows every node.
+    for _ in $(seq 1 100); do
+      count=$( (curl -fsS -m 1 "http://127.0.0.1:$gw_port/cluster/members" 2>/dev/null || true) | grep -o '"id"' | wc -l || true)
+      [ "${count:-0}" -ge "$nodes" ] && break
+      sleep 0.1
+    done
+    echo "cluster ready: $nodes nodes ($seeds), gateway 127.0.0.1:$gw_port"
+    ;;
+  stop)
+    for pidfile in "$data"/run/*.pid; do
+      [ -e "$pidfile" ] || continue
+      if running "$pidfile"; then kill -TERM "$(cat "$pidfile")" 2>/dev/null || true; fi
+    done
+    for pidfile in "$data"/run/*.pid; do
+      [ -e "$pidfile" ] || continue
+      for _ in $(seq 1 150); do running "$pidfile" || break; sleep 0.1; done
+      if running "$pidfile"; then kill -KILL "$(cat "$pidfile")" 2>/dev/null || true; fi
+      echo "$(basename "$pidfile" .pid) stopped"
+      rm -f "$pidfile"
+    done
+    ;;
+  status)
+    any=0
+    for pidfile in "$data"/run/*.pid; do
+      [ -e "$pidfile" ] || continue
+      any=1
+      name=$(basename "$pidfile" .pid)
+      if running "$pidfile"; then echo "$name: running (pid $(cat "$pidfile"))"; else echo "$name: not running"; fi
+    done
+    [ "$any" = 1 ] || echo "no cluster processes recorded in $data/run"
+    ;;
+  *)
+    echo "usage: scripts/cluster.sh start|stop|status [--nodes K]" >&2
+    exit 2
+    ;;
+esac
