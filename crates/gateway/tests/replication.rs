@@ -259,3 +259,23 @@ fn no_acknowledged_write_is_lost_when_a_node_is_killed_mid_run() {
     assert!(checked > KEYS, "too few writes were acknowledged: {checked}");
     assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
 }
+
+#[test]
+fn tombstones_are_purged_once_all_replicas_hold_them_after_the_grace_period() {
+    let cluster = Cluster::start(3, 0, &["--tombstone-grace", "0s"]);
+    let c = client();
+    let node = &cluster.nodes[0];
+    c.put(format!("{}?w=3", node.key_url("doomed"))).body("v").send().unwrap();
+    assert_eq!(c.delete(format!("{}?w=3", node.key_url("doomed"))).send().unwrap().status(), StatusCode::NO_CONTENT);
+    for i in 0..3 {
+        let local = cluster.local(i, "doomed");
+        assert_eq!(local["versions"][0]["tombstone"], true, "node {i} holds the tombstone");
+    }
+    assert_eq!(c.get(format!("{}?r=3", node.key_url("doomed"))).send().unwrap().status(), StatusCode::NOT_FOUND);
+    for i in 0..3 {
+        eventually("the tombstone to be purged", || {
+            cluster.local(i, "doomed")["versions"].as_array().unwrap().is_empty()
+        });
+    }
+    assert_eq!(c.get(node.key_url("doomed")).send().unwrap().status(), StatusCode::NOT_FOUND);
+}
