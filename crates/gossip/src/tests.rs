@@ -1,0 +1,258 @@
+//! Gossip state machine tests, and the simulation of 10 to 100 members over a lossy network.
+
+use super::*;
+
+fn state(id: &str, generation: u64) -> MemberState {
+    MemberState {
+        id: id.into(),
+        address: format!("{id}:7000"),
+        zone: "z".into(),
+        weight: 1,
+        status: Status::Normal,
+        generation,
+        heartbeat: 0,
+        suspects: Vec::new(),
+    }
+}
+
+const SUSPECT_MS: u64 = 5_000;
+
+#[test]
+fn merge_keeps_newer_and_converges_in_any_order() {
+    let mut a1 = state("a", 1);
+    a1.heartbeat = 5;
+    let mut a2 = state("a", 2);
+    a2.heartbeat = 1;
+    let mut b = state("b", 1);
+    b.heartbeat = 3;
+    let inputs = [vec![a1.clone(), b.clone()], vec![a2.clone()], vec![a1.clone()]];
+    let mut forward = Gossip::new(None, SUSPECT_MS, 0);
+    for batch in inputs.iter() {
+        forward.merge(batch.clone(), 0);
+    }
+    let mut backward = Gossip::new(None, SUSPECT_MS, 0);
+    for batch in inputs.iter().rev() {
+        backward.merge(batch.clone(), 0);
+        backward.merge(batch.clone(), 0); // duplicates change nothing
+    }
+    assert_eq!(forward.states(), backward.states());
+    assert_eq!(forward.state("a").unwrap().generation, 2, "a restart (new generation) wins over a higher heartbeat");
+}
+
+#[test]
+fn removed_beats_its_generation_but_not_a_new_one() {
+    let mut observer = Gossip::new(Some(state("me", 1)), SUSPECT_MS, 0);
+    let mut x = state("x", 3);
+    x.heartbeat = 10;
+    observer.merge(vec![x.clone()], 0);
+    assert!(observer.remove("x"));
+    x.heartbeat = 50;
+    observer.merge(vec![x.clone()], 0);
+    assert_eq!(observer.state("x").unwrap().status, Status::Removed);
+    observer.merge(vec![state("x", 4)], 0);
+    assert_eq!(observer.state("x").unwrap().status, Status::Normal);
+    assert!(!observer.remove("me"));
+}
+
+#[test]
+fn states_about_ourselves_are_ignored() {
+    let mut me = Gossip::new(Some(state("me", 1)), SUSPECT_MS, 0);
+    let mut forged = state("me", 9);
+    forged.status = Status::Left;
+    assert!(!me.merge(vec![forged], 0));
+    assert_eq!(me.my_state().unwrap().status, Status::Normal);
+}
+
+/// Three members; `c` stops. Both others must suspect it before it is down.
+#[test]
+fn down_needs_two_reporters() {
+    let mut a = Gossip::new(Some(state("a", 1)), SUSPECT_MS, 0);
+    let mut b = Gossip::new(Some(state("b", 1)), SUSPECT_MS, 0);
+    let mut c = Gossip::new(Some(state("c", 1)), SUSPECT_MS, 0);
+    let exchange = |x: &mut Gossip, y: &mut Gossip, now| {
+        let xs = x.states();
+        x.merge(y.states(), now);
+        y.merge(xs, now);
+    };
+    for t in 0..3 {
+        let now = t * 1000;
+        for g in [&mut a, &mut b, &mut c] {
+            g.tick(now);
+        }
+        exchange(&mut a, &mut b, now);
+        exchange(&mut b, &mut c, now);
+        exchange(&mut a, &mut c, now);
+    }
+    // c stops; a keeps hearing b.
+    for t in 3..20 {
+        let now = t * 1000;
+        a.tick(now);
+        b.tick(now);
+        if t < 12 {
+            // Only a gossips with b late: until then b has not published its suspicion.
+            exchange(&mut a, &mut b, now);
+        }
+        if t == 9 {
+            assert!(a.views(now).iter().any(|v| v.state.id == "c" && v.suspected));
+        }
+    }
+    let now = 19_000;
+    assert!(a.is_down("c", now), "a and b both suspect c");
+    assert!(!a.is_down("b", now) || !b.is_down("a", now));
+}
+
+#[test]
+fn a_single_suspicion_does_not_make_a_member_down() {
+    // a stops hearing from c, but b still does and keeps c fresh.
+    let mut a = Gossip::new(Some(state("a", 1)), SUSPECT_MS, 0);
+    let mut view_c = state("c", 1);
+    a.merge(vec![state("b", 1), view_c.clone()], 0);
+    let mut b_state = state("b", 1);
+    for t in 1..30u64 {
+        let now = t * 1000;
+        a.tick(now);
+        b_state.heartbeat += 1;
+        view_c.heartbeat += 1;
+        // a only hears b, whose entry has no suspicion of c.
+        a.merge(vec![b_state.clone()], now);
+    }
+    assert!(a.views(29_000).iter().any(|v| v.state.id == "c" && v.suspected));
+    assert!(!a.is_down("c", 29_000), "one observer's suspicion is not enough");
+}
+
+/// A simulated cluster: every member ticks and gossips with `FANOUT` random live peers per
+/// round (1 s), push-pull, over a network that drops `DROP_PERCENT` of exchanges.
+struct Sim {
+    members: Vec<Gossip>,
+    alive: Vec<bool>,
+    rng: Rng,
+    /// Rounds run so far (the simulated clock, in seconds).
+    t: u64,
+}
+
+const FANOUT: usize = 2;
+const DROP_PERCENT: usize = 10;
+
+impl Sim {
+    fn new(n: usize, seed: u64) -> Sim {
+        let all: Vec<MemberState> = (0..n).map(|i| state(&format!("m{i}"), 1)).collect();
+        let members = (0..n)
+            .map(|i| {
+                let mut g = Gossip::new(Some(all[i].clone()), SUSPECT_MS, 0);
+                g.merge(all.clone(), 0);
+                g
+            })
+            .collect();
+        Sim { members, alive: vec![true; n], rng: Rng::new(seed), t: 0 }
+    }
+
+    fn index(address: &str) -> usize {
+        address.trim_start_matches('m').split(':').next().unwrap().parse().unwrap()
+    }
+
+    fn round(&mut self) {
+        self.t += 1;
+        let now = self.t * 1000;
+        for i in 0..self.members.len() {
+            if !self.alive[i] {
+                continue;
+            }
+            self.members[i].tick(now);
+            let mut targets = self.members[i].targets(FANOUT, now, &mut self.rng);
+            if targets.is_empty() {
+                targets.push("m0:7000".into()); // the seed
+            }
+            for target in targets {
+                let j = Sim::index(&target);
+                if j == i || !self.alive[j] || self.rng.below(100) < DROP_PERCENT {
+                    continue;
+                }
+                let mine = self.members[i].states();
+                let theirs = self.members[j].states();
+                self.members[j].merge(mine, now);
+                self.members[i].merge(theirs, now);
+            }
+        }
+    }
+
+    /// Rounds until a new member, knowing only the seed, is known to every member.
+    fn join_rounds(&mut self) -> u64 {
+        let id = self.members.len();
+        let joiner = state(&format!("m{id}"), 1);
+        self.members.push(Gossip::new(Some(joiner), SUSPECT_MS, 0));
+        self.alive.push(true);
+        for rounds in 1..200 {
+            self.round();
+            if self.members.iter().all(|g| g.state(&format!("m{id}")).is_some()) {
+                return rounds;
+            }
+        }
+        panic!("join did not spread");
+    }
+
+    /// Rounds from a member's failure until every live member considers it down.
+    fn failure_rounds(&mut self) -> u64 {
+        let victim = 1;
+        self.alive[victim] = false;
+        for rounds in 1..300 {
+            self.round();
+            let now = self.t * 1000;
+            if rounds % 4 == 0 {
+                assert_eq!(self.false_downs(now), 0, "a live member was marked down");
+            }
+            if self.members.iter().enumerate().filter(|(i, _)| self.alive[*i]).all(|(_, g)| g.is_down("m1", now)) {
+                return rounds;
+            }
+        }
+        panic!("failure was not detected");
+    }
+
+    fn false_downs(&self, now: u64) -> usize {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.alive[*i])
+            .map(|(_, g)| g.views(now).iter().filter(|v| v.down && self.alive[Sim::index(&v.state.address)]).count())
+            .sum()
+    }
+}
+
+#[test]
+fn figures_gossip_spreads_in_logarithmic_rounds() {
+    let suspect_rounds = SUSPECT_MS / 1000;
+    let mut rows = Vec::new();
+    for n in [10usize, 25, 50, 100] {
+        let (mut join_total, mut fail_total, runs) = (0, 0, 5u64);
+        for seed in 1..=runs {
+            let mut sim = Sim::new(n, seed * 7919);
+            for _ in 0..5 {
+                sim.round();
+            }
+            join_total += sim.join_rounds();
+            // Quiet rounds, in which no live member may be marked down.
+            for quiet in 0..30 {
+                sim.round();
+                if quiet % 5 == 4 {
+                    assert_eq!(sim.false_downs(sim.t * 1000), 0, "a live member was marked down");
+                }
+            }
+            fail_total += sim.failure_rounds();
+        }
+        let join = join_total as f64 / runs as f64;
+        let fail = fail_total as f64 / runs as f64;
+        rows.push((n, join, fail));
+    }
+    println!("gossip simulation: fanout {FANOUT}, {DROP_PERCENT}% of exchanges dropped, 1 round = 1 s, suspect after {suspect_rounds} rounds, mean of 5 runs");
+    println!("  members | rounds until all know a joiner | rounds until all mark a failed member down | log2(n)");
+    for (n, join, fail) in &rows {
+        println!("  {n:>7} | {join:>31.1} | {fail:>41.1} | {:.1}", (*n as f64).log2());
+    }
+    // Logarithmic growth: 10x the members costs a few more rounds, not 10x.
+    for (n, join, fail) in &rows {
+        let log = (*n as f64).log2();
+        assert!(*join <= 2.0 * log + 2.0, "join took {join} rounds for {n} members");
+        assert!(*fail - suspect_rounds as f64 <= 2.0 * log + 4.0, "failure spread took {fail} rounds for {n} members");
+    }
+    let (small, large) = (rows[0], rows[rows.len() - 1]);
+    assert!(large.1 / small.1 < 4.0, "join rounds grew {:.1}x from {} to {} members", large.1 / small.1, small.0, large.0);
+}
