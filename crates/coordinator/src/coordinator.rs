@@ -95,15 +95,21 @@ impl Coordinator {
     /// the remaining replicas complete in the background.
     pub async fn put(self: &Arc<Self>, key: Vec<u8>, write: Write, w: Option<usize>) -> Result<PutOutcome, Error> {
         let op = if write.tombstone { "delete" } else { "put" };
-        let peers = self.topology().preference_list(&key, self.options.quorum.n);
+        let topology = self.topology();
+        let peers = topology.preference_list(&key, self.options.quorum.n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
         let required = w.unwrap_or(self.options.quorum.w).min(replicas);
+        let pending = topology.pending_replicas(&key, self.options.quorum.n, &peers);
 
+        // Coordinate at the first replica not known to be down; down ones are tried last.
+        let mut order: Vec<usize> = (0..replicas).collect();
+        order.sort_by_key(|&i| topology.down.contains(&peers[i].id));
         let mut coordinated = None;
-        for (index, peer) in peers.iter().enumerate() {
+        for index in order {
+            let peer = &peers[index];
             match self.call("coordinate", self.client.coordinate(peer, &key, &write)).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
@@ -133,6 +139,13 @@ impl Coordinator {
             self.tasks.spawn(async move {
                 let ok = this.call("store", this.client.store(&peer, &key, &versions)).await.is_ok();
                 let _ = acks.send((peer.id, ok)).await;
+            });
+        }
+        // Future owners of a moving range get the write too; they do not count toward W.
+        for peer in pending {
+            let (this, key, versions) = (self.clone(), key.clone(), versions.clone());
+            self.tasks.spawn(async move {
+                let _ = this.call("store", this.client.store(&peer, &key, &versions)).await;
             });
         }
         drop(acks);

@@ -104,7 +104,7 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
     let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
     let ring = Ring::new(ids.iter().map(|id| Node::new(id.clone(), id.clone()))).unwrap();
     let addresses = ids.iter().map(|id| (id.clone(), format!("{id}:1"))).collect();
-    let (_tx, rx) = watch::channel(Arc::new(Topology { ring, addresses }));
+    let (_tx, rx) = watch::channel(Arc::new(Topology::new(ring, addresses)));
     // Keep the sender alive for the test's duration by leaking it: the receiver only borrows.
     std::mem::forget(_tx);
     let cluster = Arc::new(SimCluster { replicas: ids.iter().map(|id| (id.clone(), SimReplica::default())).collect() });

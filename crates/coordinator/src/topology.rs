@@ -1,6 +1,6 @@
 //! What a coordinator knows of the cluster: the ring and how to reach each member.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -20,33 +20,52 @@ pub struct Peer {
     pub address: String,
 }
 
-/// The ring plus member addresses. Immutable; membership publishes a new one on change.
+/// The rings plus member addresses. Immutable; membership publishes a new one on change.
+///
+/// `ring` places reads and counts write quorums: the members that own their ranges now
+/// (normal, leaving and down ones). `pending` is the ring after the moves in progress (joining
+/// members in, leaving ones out); while it differs, writes also go to its extra replicas so that
+/// a range's new owner misses nothing written during the move.
 #[derive(Debug, Clone)]
 pub struct Topology {
-    /// Placement.
+    /// Placement for reads and write quorums.
     pub ring: Ring,
+    /// Placement once the moves in progress complete, when it differs from `ring`.
+    pub pending: Option<Ring>,
     /// Address per node id.
     pub addresses: HashMap<String, String>,
+    /// Members confirmed down: tried last when choosing a coordinating replica.
+    pub down: HashSet<String>,
 }
 
 impl Topology {
     /// An empty cluster.
     pub fn empty() -> Topology {
-        Topology {
-            ring: Ring::with_vnodes(Vec::new(), 1).expect("invariant: an empty ring is valid"),
-            addresses: HashMap::new(),
-        }
+        Topology::new(Ring::with_vnodes(Vec::new(), 1).expect("invariant: an empty ring is valid"), HashMap::new())
+    }
+
+    /// A topology with no moves in progress and nobody down.
+    pub fn new(ring: Ring, addresses: HashMap<String, String>) -> Topology {
+        Topology { ring, pending: None, addresses, down: HashSet::new() }
+    }
+
+    fn peer(&self, id: &str) -> Peer {
+        Peer { id: id.to_owned(), address: self.addresses.get(id).cloned().unwrap_or_default() }
     }
 
     /// The replicas of `key`, in preference order.
     pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<Peer> {
-        self.ring
+        self.ring.preference_list(key, n).into_iter().map(|node| self.peer(&node.id)).collect()
+    }
+
+    /// Replicas of `key` in the pending ring that are not among its current replicas.
+    pub fn pending_replicas(&self, key: &[u8], n: usize, current: &[Peer]) -> Vec<Peer> {
+        let Some(pending) = &self.pending else { return Vec::new() };
+        pending
             .preference_list(key, n)
             .into_iter()
-            .map(|node| Peer {
-                id: node.id.clone(),
-                address: self.addresses.get(&node.id).cloned().unwrap_or_default(),
-            })
+            .filter(|node| !current.iter().any(|p| p.id == node.id))
+            .map(|node| self.peer(&node.id))
             .collect()
     }
 }

@@ -18,6 +18,45 @@ pub const READ_PATH: &str = "/internal/v1/read";
 /// Path of the purge call: drop a key whose only versions are the given tombstones.
 pub const PURGE_PATH: &str = "/internal/v1/purge";
 
+/// Path of the scan call: a page of this replica's records in a range of key hashes.
+pub const SCAN_PATH: &str = "/internal/v1/scan";
+/// Path of the batch store call: merge many keys' versions (range hand-off).
+pub const STORE_BATCH_PATH: &str = "/internal/v1/store-batch";
+/// Path of the gossip exchange: send our member states, receive the peer's.
+pub const GOSSIP_PATH: &str = "/internal/v1/gossip";
+
+/// `POST /internal/v1/scan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanRequest {
+    /// First key hash of the range (inclusive).
+    pub first_hash: u64,
+    /// Last key hash of the range (inclusive).
+    pub last_hash: u64,
+    /// Continue after this key (the last key of the previous page).
+    pub after: Option<Vec<u8>>,
+    /// Most records in the answer.
+    pub limit: u32,
+}
+
+/// A key and its versions, as a range moves.
+pub type Entry = (Vec<u8>, Vec<Version>);
+
+/// Answer to a scan: up to `limit` records in hash order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanResponse {
+    /// The records.
+    pub entries: Vec<Entry>,
+    /// Whether the range is exhausted.
+    pub done: bool,
+}
+
+/// `POST /internal/v1/store-batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreBatchRequest {
+    /// Keys and versions to merge in.
+    pub entries: Vec<Entry>,
+}
+
 /// A client's write, as the coordinator forwards it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {

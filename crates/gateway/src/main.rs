@@ -1,9 +1,10 @@
 //! `kvgateway`: a stateless coordinator in front of the storage nodes.
 //!
 //! It serves exactly the client API of a kvnode (`/kv/{key}`, `/cluster/*`, `/health`,
-//! `/metrics`) through the same coordinator, but stores nothing: it learns the members from
-//! `--seeds`, places keys on the ring and talks to the replicas itself, so any number of
-//! gateways can run side by side. It never appears in a vector clock: a storage node
+//! `/metrics`) through the same coordinator, but stores nothing: it follows the cluster's
+//! gossip as an observer that owns no range (pulling member states from `--seeds` and known
+//! members every `--gossip-interval`), places keys on the ring and talks to the replicas itself,
+//! so any number of gateways can run side by side. It never appears in a vector clock: a storage node
 //! coordinates every write.
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kv_node::config::{settings_file, ClusterSettings, ServerSettings};
 use kv_node::metrics::Metrics;
-use kv_node::server::{bind, cancel_on_signal, init_logging, serve, service, RunError};
+use kv_node::server::{bind, cancel_on_signal, gateway_service, init_logging, serve, RunError};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +72,7 @@ fn start() -> Result<(), RunError> {
         .map_err(|e| RunError::Startup(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
-        let service = service(None, None, &cluster, &server, metrics).map_err(RunError::Startup)?;
+        let service = gateway_service(&cluster, &server, metrics).map_err(RunError::Startup)?;
         let listener = bind(server.listen).await?;
         tracing::info!(listen = %server.listen, seeds = ?cluster.seeds, quorum = ?cluster.coordinator.quorum, "kvgateway serving");
         let shutdown = CancellationToken::new();

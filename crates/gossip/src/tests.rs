@@ -254,5 +254,11 @@ fn figures_gossip_spreads_in_logarithmic_rounds() {
         assert!(*fail - suspect_rounds as f64 <= 2.0 * log + 4.0, "failure spread took {fail} rounds for {n} members");
     }
     let (small, large) = (rows[0], rows[rows.len() - 1]);
-    assert!(large.1 / small.1 < 4.0, "join rounds grew {:.1}x from {} to {} members", large.1 / small.1, small.0, large.0);
+    assert!(
+        large.1 / small.1 < 4.0,
+        "join rounds grew {:.1}x from {} to {} members",
+        large.1 / small.1,
+        small.0,
+        large.0
+    );
 }

@@ -1,10 +1,15 @@
-//! Cluster and admin endpoints: `/cluster/members`, `/cluster/ring`, `/admin/local/{key}`.
+//! Cluster and admin endpoints: `/cluster/members`, `/cluster/ring`, `/admin/local/{key}`,
+//! `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`.
+
+use std::collections::HashMap;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use kv_gossip::Status;
 use kv_vclock::Versioned;
 use serde_json::{json, Value};
 
@@ -39,7 +44,22 @@ pub async fn ring(State(state): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "replicas": n, "zones": topology.ring.zone_count(), "nodes": nodes }))
+    // Ranges whose replicas change once the moves in progress complete.
+    let moving: Vec<Value> = topology
+        .pending
+        .as_ref()
+        .map(|pending| kv_ring::diff(&topology.ring, pending, n))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| json!({ "start": m.range.start, "end": m.range.end, "from": m.lost(), "to": m.gained() }))
+        .collect();
+    Json(json!({
+        "replicas": n,
+        "zones": topology.ring.zone_count(),
+        "nodes": nodes,
+        "moving_ranges": moving.len(),
+        "moving": moving.into_iter().take(100).collect::<Vec<_>>(),
+    }))
 }
 
 /// `GET /admin/local/{key}`: this node's own versions of a key, without asking any other node.
@@ -72,4 +92,59 @@ pub async fn local(
         "context": record.context().to_token(),
         "versions": versions,
     })))
+}
+
+/// `POST /admin/leave`: hand this node's ranges to their new owners, leave, and exit.
+pub async fn leave(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match state.membership.my_status() {
+        Some(Status::Normal) => {
+            state.membership.set_status(Status::Leaving);
+            Ok((StatusCode::ACCEPTED, Json(json!({ "status": "leaving" }))))
+        }
+        Some(Status::Leaving) => Ok((StatusCode::ACCEPTED, Json(json!({ "status": "leaving" })))),
+        Some(other) => Err(ApiError::Conflict(format!("cannot leave while {}", other.name()))),
+        None => Err(ApiError::NoRoute),
+    }
+}
+
+/// `POST /admin/remove/{id}?force=true`: declare a member permanently failed; the others
+/// re-replicate its ranges. Refused for a member that is not down unless `force=true`.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let force = params.get("force").is_some_and(|v| v == "true");
+    if let Some(other) = params.keys().find(|k| k.as_str() != "force") {
+        return Err(ApiError::BadParameter(format!("unknown parameter {other:?}")));
+    }
+    let Some(member) = state.membership.state(&id) else {
+        return Err(ApiError::NotFoundMember(id));
+    };
+    if !member.status.is_member() {
+        return Ok(Json(json!({ "id": id, "status": member.status.name() })));
+    }
+    if !force && !state.membership.is_down(&id) {
+        return Err(ApiError::Conflict(format!(
+            "{id} is not down; removing a live node discards its replicas. Stop it first, or add ?force=true"
+        )));
+    }
+    state.membership.remove(&id).map_err(ApiError::Conflict)?;
+    Ok(Json(json!({ "id": id, "status": "removed" })))
+}
+
+/// `GET /admin/keys`: every key this node stores (live or deleted), for operators and tests.
+pub async fn keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let replica = state.replica.as_ref().ok_or(ApiError::NoRoute)?;
+    let mut keys = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = replica.scan(0, u64::MAX, after.clone(), 10_000).await?;
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|(k, _)| k.clone());
+        keys.extend(page.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()));
+    }
+    Ok(Json(json!({ "node_id": replica.node_id(), "count": keys.len(), "keys": keys })))
 }

@@ -75,9 +75,17 @@ pub struct ClusterSettings {
     /// Calls to replicas in flight at once from this process; more wait [default: 512].
     #[arg(long, env = "KV_MAX_REPLICA_CALLS")]
     pub max_replica_calls: Option<usize>,
-    /// How often membership is refreshed from the seeds and known members [default: 2s].
-    #[arg(long, env = "KV_REFRESH_INTERVAL")]
-    pub refresh_interval: Option<String>,
+    /// Gossip round period: each round a node bumps its heartbeat and exchanges member states
+    /// with --gossip-fanout random peers; a gateway pulls the states [default: 1s].
+    #[arg(long, env = "KV_GOSSIP_INTERVAL")]
+    pub gossip_interval: Option<String>,
+    /// Peers contacted per gossip round [default: 2].
+    #[arg(long, env = "KV_GOSSIP_FANOUT")]
+    pub gossip_fanout: Option<usize>,
+    /// A member whose heartbeat has not risen for this long is suspected; it is marked down
+    /// once two members suspect it [default: 5s].
+    #[arg(long, env = "KV_SUSPECT_AFTER")]
+    pub suspect_after: Option<String>,
     /// Tombstones younger than this are never purged, e.g. 10d, 12h [default: 10d].
     #[arg(long, env = "KV_TOMBSTONE_GRACE")]
     pub tombstone_grace: Option<String>,
@@ -128,6 +136,13 @@ pub struct Settings {
     /// Value compression: lz4 (default) or none.
     #[arg(long, env = "KV_COMPRESSION")]
     pub compression: Option<String>,
+    /// On SIGTERM, hand this node's ranges to their new owners and leave the cluster before
+    /// exiting (a decommission), instead of a restart-style stop [default: false].
+    #[arg(long, env = "KV_LEAVE_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
+    pub leave_on_shutdown: Option<bool>,
+    /// Ranges streamed at once while joining, leaving or re-replicating [default: 4].
+    #[arg(long, env = "KV_STREAM_CONCURRENCY")]
+    pub stream_concurrency: Option<usize>,
     /// HTTP server settings.
     #[command(flatten)]
     #[serde(flatten)]
@@ -173,8 +188,12 @@ pub struct ClusterConfig {
     pub coordinator: kv_coordinator::Options,
     /// Replica calls in flight at once.
     pub max_replica_calls: NonZeroUsize,
-    /// Membership refresh period.
-    pub refresh_interval: Duration,
+    /// Gossip round period.
+    pub gossip_interval: Duration,
+    /// Peers per gossip round.
+    pub gossip_fanout: usize,
+    /// Heartbeat silence before suspicion.
+    pub suspect_after: Duration,
 }
 
 /// Validated kvnode configuration.
@@ -196,6 +215,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Cluster and quorums.
     pub cluster: ClusterConfig,
+    /// Leave the cluster on SIGTERM.
+    pub leave_on_shutdown: bool,
+    /// Ranges streamed at once.
+    pub stream_concurrency: NonZeroUsize,
 }
 
 macro_rules! layer {
@@ -267,7 +290,9 @@ impl ClusterSettings {
             replica_timeout,
             read_fanout,
             max_replica_calls,
-            refresh_interval,
+            gossip_interval,
+            gossip_fanout,
+            suspect_after,
             tombstone_grace
         );
     }
@@ -307,16 +332,29 @@ impl ClusterSettings {
         };
         let max_replica_calls = NonZeroUsize::new(self.max_replica_calls.unwrap_or(512))
             .ok_or("--max-replica-calls: must be at least 1")?;
-        let refresh_interval = duration_setting("--refresh-interval", self.refresh_interval.as_deref(), "2s")?;
-        if refresh_interval.is_zero() {
-            return Err("--refresh-interval: must be greater than zero".into());
+        let gossip_interval = duration_setting("--gossip-interval", self.gossip_interval.as_deref(), "1s")?;
+        if gossip_interval.is_zero() {
+            return Err("--gossip-interval: must be greater than zero".into());
+        }
+        let gossip_fanout = self.gossip_fanout.unwrap_or(2);
+        if !(1..=16).contains(&gossip_fanout) {
+            return Err(format!("--gossip-fanout: must be 1 to 16, got {gossip_fanout}"));
+        }
+        let suspect_after = duration_setting("--suspect-after", self.suspect_after.as_deref(), "5s")?;
+        if suspect_after < gossip_interval * 2 {
+            return Err(format!(
+                "--suspect-after: must be at least two gossip intervals ({:?}), got {suspect_after:?}",
+                gossip_interval * 2
+            ));
         }
         let tombstone_grace = duration_setting("--tombstone-grace", self.tombstone_grace.as_deref(), "10d")?;
         Ok(ClusterConfig {
             seeds,
             coordinator: kv_coordinator::Options { quorum, replica_timeout, read_all, tombstone_grace },
             max_replica_calls,
-            refresh_interval,
+            gossip_interval,
+            gossip_fanout,
+            suspect_after,
         })
     }
 }
@@ -334,7 +372,21 @@ impl Settings {
 
     /// Fills every unset field of `self` from `lower`.
     pub fn layer_over(&mut self, lower: &mut Settings) {
-        layer!(self, lower, node_id, advertise, data_dir, zone, weight, engine, sync, cache_mb, compression);
+        layer!(
+            self,
+            lower,
+            node_id,
+            advertise,
+            data_dir,
+            zone,
+            weight,
+            engine,
+            sync,
+            cache_mb,
+            compression,
+            leave_on_shutdown,
+            stream_concurrency
+        );
         self.server.layer_over(&mut lower.server);
         self.cluster.layer_over(&mut lower.cluster);
     }
@@ -366,7 +418,12 @@ impl Settings {
             return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
         }
         let cluster = self.cluster.validate()?;
+        let stream_concurrency = NonZeroUsize::new(self.stream_concurrency.unwrap_or(4))
+            .filter(|c| c.get() <= 64)
+            .ok_or("--stream-concurrency: must be 1 to 64")?;
         Ok(Config {
+            leave_on_shutdown: self.leave_on_shutdown.unwrap_or(false),
+            stream_concurrency,
             node_id: self.node_id,
             advertise,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),

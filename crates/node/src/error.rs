@@ -44,6 +44,12 @@ pub enum ApiError {
         /// Replicas of the key.
         replicas: usize,
     },
+    /// The request conflicts with the node's or member's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// No member with this id.
+    #[error("no member {0:?}")]
+    NotFoundMember(String),
     /// The key has no live version (never written, or deleted).
     #[error("key not found")]
     NotFoundKey,
@@ -75,6 +81,8 @@ impl ApiError {
             ApiError::QuorumNotMet { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
             ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFoundMember(_) => (StatusCode::NOT_FOUND, "no_member"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),

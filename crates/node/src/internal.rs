@@ -7,8 +7,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::wire::{
-    decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest,
+    decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, ScanRequest, ScanResponse,
+    StoreBatchRequest, StoreRequest,
 };
+use kv_gossip::MemberState;
 use serde::de::DeserializeOwned;
 
 use crate::api::MAX_KEY_BYTES;
@@ -74,4 +76,43 @@ pub async fn purge(State(state): State<AppState>, body: Bytes) -> Result<Respons
     check_key(&request.key)?;
     replica(&state)?.purge(request.key, request.tombstones).await?;
     Ok(binary(Vec::new()))
+}
+
+/// Largest scan page served.
+const MAX_SCAN_PAGE: u32 = 10_000;
+
+/// `POST /internal/v1/scan`: a page of this replica's records in a range of key hashes.
+pub async fn scan(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ScanRequest = message(&body)?;
+    if request.first_hash > request.last_hash || request.limit == 0 || request.limit > MAX_SCAN_PAGE {
+        return Err(ApiError::BadRequest(format!("scan needs first <= last and 1 to {MAX_SCAN_PAGE} records")));
+    }
+    let limit = request.limit as usize;
+    let entries = replica(&state)?.scan(request.first_hash, request.last_hash, request.after, limit).await?;
+    let done = entries.len() < limit;
+    state.metrics.stream_keys.with_label_values(&["out"]).inc_by(entries.len() as u64);
+    let value_bytes: u64 = entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
+    state.metrics.stream_bytes.with_label_values(&["out"]).inc_by(value_bytes);
+    Ok(binary(encode(&ScanResponse { entries, done })))
+}
+
+/// `POST /internal/v1/store-batch`: merge many keys (a range handed off by a leaving node).
+pub async fn store_batch(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request: StoreBatchRequest = message(&body)?;
+    for (key, _) in &request.entries {
+        check_key(key)?;
+    }
+    let keys = request.entries.len() as u64;
+    let value_bytes: u64 = request.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
+    replica(&state)?.store_batch(request.entries).await?;
+    state.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
+    state.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
+    Ok(binary(Vec::new()))
+}
+
+/// `POST /internal/v1/gossip`: merge the sender's member states, answer with ours.
+pub async fn gossip(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let states: Vec<MemberState> = message(&body)?;
+    state.membership.merge(states);
+    Ok(binary(encode(&state.membership.states())))
 }

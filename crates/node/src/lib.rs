@@ -5,7 +5,9 @@
 //! and concurrent versions returned as siblings (`300 Multiple Choices`). Any node coordinates
 //! any request ([`kv_coordinator`]): it places the key on the ring, writes to W of its N replicas
 //! and reads from R of them. As a replica it serves the internal API ([`internal`]) over its
-//! local storage engine ([`kv_storage`]).
+//! local storage engine ([`kv_storage`]). Members find each other by gossip ([`kv_gossip`],
+//! [`membership`]); a new node streams in the ranges it gains, a leaving one hands its ranges
+//! off, and the ranges of a removed one are re-replicated ([`rebalance`]).
 //!
 //! The same client API, without storage, is `kvgateway` (crate `kv-gateway`), built from this
 //! crate's [`router`] with no local replica.
@@ -28,7 +30,8 @@
 //! - [`api`] — client API handlers.
 //! - [`internal`] — the replica API for other nodes.
 //! - [`cluster`] — `/cluster/*` and `/admin/local/{key}`.
-//! - [`membership`] — members learned from seeds, and the topology.
+//! - [`membership`] — the gossip view, the topology built from it, the gossip driver.
+//! - [`rebalance`] — streaming ranges on join, leave and removal.
 //! - [`replica`] — local reads, stores and write coordination.
 //! - [`peer_client`] — the coordinator's replica client.
 //! - [`error`] — [`error::ApiError`] and its HTTP mapping.
@@ -55,6 +58,7 @@ pub mod internal;
 pub mod membership;
 pub mod metrics;
 pub mod peer_client;
+pub mod rebalance;
 pub mod replica;
 pub mod server;
 
@@ -97,9 +101,17 @@ pub fn router(state: AppState, server: &config::ServerConfig) -> Router {
             .route(kv_coordinator::wire::STORE_PATH, post(internal::store))
             .route(kv_coordinator::wire::READ_PATH, post(internal::read))
             .route(kv_coordinator::wire::PURGE_PATH, post(internal::purge))
+            .route(kv_coordinator::wire::SCAN_PATH, post(internal::scan))
+            .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
+            .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
             .route_layer(axum::middleware::from_fn(internal::verify))
             .layer(DefaultBodyLimit::max(body_limit.saturating_mul(INTERNAL_BODY_VALUES)));
-        app = app.merge(internal).route("/admin/local/{key}", get(cluster::local));
+        app = app
+            .merge(internal)
+            .route("/admin/local/{key}", get(cluster::local))
+            .route("/admin/keys", get(cluster::keys))
+            .route("/admin/leave", post(cluster::leave))
+            .route("/admin/remove/{id}", post(cluster::remove));
     }
     app.fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)

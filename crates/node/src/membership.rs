@@ -1,19 +1,32 @@
-//! Membership for now: a static member list learned from `--seeds`.
+//! Membership: the gossip view of this process, the topology built from it, and the gossip
+//! driver that keeps it fresh.
 //!
-//! Each process knows itself (a gateway knows no self) and, every `--refresh-interval`, asks
-//! its seeds and every member it knows for their member lists (`GET /cluster/members`), adding
-//! whoever it has not seen. A member once learned stays: a node that is down is still a replica
-//! of its keys (temporary failures must not move data), so the ring changes only when a new
-//! member appears. Nodes record the list in `data-dir/members.json`, so that a node restarted
-//! while a peer is down still places keys on that peer. The gossip issue replaces this with
-//! gossiped membership, failure detection and removal.
+//! [`Membership`] wraps a [`kv_gossip::Gossip`] (a node's own view, or an observer's in a
+//! gateway) and publishes a [`Topology`] to the coordinator whenever the members, their status
+//! or their liveness change:
+//!
+//! - the *read ring* holds members that own ranges now: normal and leaving ones, down or not
+//!   (a down node keeps its ranges: a temporary failure moves no data);
+//! - the *pending ring* holds the owners once moves complete: normal and joining ones; writes
+//!   also go to its extra replicas;
+//! - *down* members (confirmed by two observers) are tried last as coordinators.
+//!
+//! Nodes record every member's last state in `data-dir/members.json`, so a node restarted while
+//! a peer is down still places keys on that peer, and knows its own last status.
+//!
+//! [`GossipDriver`] runs the rounds: bump our heartbeat, exchange states with `--gossip-fanout`
+//! random live peers (and now and then with a seed, which heals partitions and lets new members
+//! in), merge what comes back. A gateway runs it as an observer that owns no range.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
+use kv_coordinator::wire::{decode, encode, GOSSIP_PATH};
 use kv_coordinator::Topology;
+use kv_gossip::{Gossip, MemberState, MemberView, Rng, Status};
 use kv_ring::{Node, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -21,14 +34,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::validate_node_id;
+use crate::metrics::Metrics;
 
 /// Largest member list accepted from a peer; bounds what a confused or hostile peer can make
 /// us hold.
-const MAX_MEMBERS: usize = 1024;
+pub const MAX_MEMBERS: usize = 1024;
 
-/// A storage node as the cluster knows it.
+/// A member as `/cluster/members` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
+pub struct MemberInfo {
     /// Node id.
     pub id: String,
     /// `host:port` of its API.
@@ -37,64 +51,96 @@ pub struct Member {
     pub zone: String,
     /// Relative capacity.
     pub weight: u32,
-}
-
-impl Member {
-    /// Checks a member received from a peer or read from disk.
-    pub fn validate(&self) -> Result<(), String> {
-        validate_node_id(&self.id)?;
-        validate_node_id(&self.zone).map_err(|e| format!("zone of {}: {e}", self.id))?;
-        if !(1..=100).contains(&self.weight) {
-            return Err(format!("weight of {} must be 1 to 100", self.id));
-        }
-        if self.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(format!("address of {} is not HOST:PORT", self.id));
-        }
-        Ok(())
-    }
+    /// `joining`, `normal`, `leaving`, `left`, `removed`, or `down` (confirmed by two observers).
+    pub status: String,
+    /// Its gossip status, whatever its liveness.
+    pub gossip_status: String,
+    /// Heartbeat counter of its current generation.
+    pub heartbeat: u64,
+    /// Incarnation (grows at every start).
+    pub generation: u64,
+    /// This observer suspects it.
+    pub suspected: bool,
+    /// Milliseconds since its heartbeat last rose, as seen here (`None` for ourselves).
+    pub last_seen_ms_ago: Option<u64>,
 }
 
 /// Body of `GET /cluster/members`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberList {
     /// Members, sorted by id.
-    pub members: Vec<Member>,
+    pub members: Vec<MemberInfo>,
 }
 
-/// The known members and the topology built from them.
+/// Checks a member state received from a peer or read from disk.
+pub fn validate_state(state: &MemberState) -> Result<(), String> {
+    validate_node_id(&state.id)?;
+    validate_node_id(&state.zone).map_err(|e| format!("zone of {}: {e}", state.id))?;
+    if !(1..=100).contains(&state.weight) {
+        return Err(format!("weight of {} must be 1 to 100", state.id));
+    }
+    if state.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(format!("address of {} is not HOST:PORT", state.id));
+    }
+    if state.suspects.len() > MAX_MEMBERS {
+        return Err(format!("{} reports too many suspects", state.id));
+    }
+    Ok(())
+}
+
+/// What makes two topologies differ: members with their placement-relevant fields, and who is
+/// down.
+type Signature = (Vec<(String, String, String, u32, Status)>, Vec<String>);
+
+/// The gossip view and the topology built from it.
 pub struct Membership {
-    local: Option<Member>,
-    members: Mutex<BTreeMap<String, Member>>,
+    gossip: Mutex<Gossip>,
     topology: watch::Sender<Arc<Topology>>,
+    signature: Mutex<Signature>,
     state_file: Option<PathBuf>,
+    started: Instant,
+    metrics: Option<Metrics>,
 }
 
 impl Membership {
-    /// Membership of a node (`local`) or a gateway (`None`), restoring members recorded in
-    /// `state_file` if it exists.
-    pub fn new(local: Option<Member>, state_file: Option<PathBuf>) -> Result<Arc<Membership>, String> {
-        let mut members = BTreeMap::new();
+    /// A node's membership (`local` is its own state) or an observer's (`None`), restoring the
+    /// states recorded in `state_file`. Returns it and our own status as last recorded.
+    pub fn new(
+        local: Option<MemberState>,
+        state_file: Option<PathBuf>,
+        suspect_after: Duration,
+        metrics: Option<Metrics>,
+    ) -> Result<(Arc<Membership>, Option<Status>), String> {
+        let mut recorded: Vec<MemberState> = Vec::new();
         if let Some(path) = &state_file {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
-                    let list: MemberList =
-                        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                    for member in list.members {
-                        member.validate().map_err(|e| format!("{}: {e}", path.display()))?;
-                        members.insert(member.id.clone(), member);
+                    recorded = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                    for state in &recorded {
+                        validate_state(state).map_err(|e| format!("{}: {e}", path.display()))?;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
             }
         }
-        if let Some(me) = &local {
-            members.insert(me.id.clone(), me.clone());
-        }
-        let (topology, _) = watch::channel(Arc::new(build_topology(&members)));
-        let membership = Membership { local, members: Mutex::new(members), topology, state_file };
-        membership.persist();
-        Ok(Arc::new(membership))
+        let previous = local.as_ref().and_then(|me| recorded.iter().find(|s| s.id == me.id)).map(|s| s.status);
+        let mut gossip = Gossip::new(local, suspect_after.as_millis() as u64, 0);
+        gossip.merge(recorded, 0);
+        let membership = Membership {
+            gossip: Mutex::new(gossip),
+            topology: watch::channel(Arc::new(Topology::empty())).0,
+            signature: Mutex::new((Vec::new(), Vec::new())),
+            state_file,
+            started: Instant::now(),
+            metrics,
+        };
+        membership.refresh(true);
+        Ok((Arc::new(membership), previous))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Receives every new topology.
@@ -102,127 +148,294 @@ impl Membership {
         self.topology.subscribe()
     }
 
-    /// This node, or `None` in a gateway.
-    pub fn local(&self) -> Option<&Member> {
-        self.local.as_ref()
-    }
-
-    /// The known members, sorted by id.
-    pub fn members(&self) -> Vec<Member> {
-        self.members.lock().values().cloned().collect()
-    }
-
     /// The current topology.
     pub fn topology(&self) -> Arc<Topology> {
         self.topology.borrow().clone()
     }
 
-    /// Adds members not yet known and updates changed addresses; ignores invalid entries and
-    /// anything said about this node itself. Returns whether anything changed.
-    pub fn learn(&self, learned: Vec<Member>) -> bool {
-        let mut members = self.members.lock();
-        let mut changed = false;
-        for member in learned.into_iter().take(MAX_MEMBERS) {
-            if let Err(e) = member.validate() {
-                tracing::warn!(error = %e, "ignoring an invalid member from a peer");
-                continue;
+    /// Our own state (`None` in a gateway).
+    pub fn my_state(&self) -> Option<MemberState> {
+        self.gossip.lock().my_state().cloned()
+    }
+
+    /// Our own status.
+    pub fn my_status(&self) -> Option<Status> {
+        self.my_state().map(|s| s.status)
+    }
+
+    /// Changes our status; it spreads with the next gossip rounds.
+    pub fn set_status(&self, status: Status) {
+        self.gossip.lock().set_status(status);
+        tracing::info!(status = status.name(), "own status changed");
+        self.refresh(true);
+    }
+
+    /// Declares `id` permanently failed.
+    pub fn remove(&self, id: &str) -> Result<(), String> {
+        if !self.gossip.lock().remove(id) {
+            return Err(format!("{id:?} is not a member, or is this node"));
+        }
+        tracing::warn!(id, "member removed by an operator");
+        self.refresh(true);
+        Ok(())
+    }
+
+    /// Whether `id` is confirmed down.
+    pub fn is_down(&self, id: &str) -> bool {
+        self.gossip.lock().is_down(id, self.now_ms())
+    }
+
+    /// The state of `id`.
+    pub fn state(&self, id: &str) -> Option<MemberState> {
+        self.gossip.lock().state(id).cloned()
+    }
+
+    /// Every member's state (what a gossip message carries).
+    pub fn states(&self) -> Vec<MemberState> {
+        self.gossip.lock().states()
+    }
+
+    /// One round's local work: our heartbeat and suspicions; liveness may have changed.
+    pub fn tick(&self) {
+        self.gossip.lock().tick(self.now_ms());
+        self.refresh(false);
+    }
+
+    /// Merges states from a peer, dropping invalid ones.
+    pub fn merge(&self, states: Vec<MemberState>) {
+        let valid: Vec<MemberState> = states
+            .into_iter()
+            .take(MAX_MEMBERS)
+            .filter(|s| match validate_state(s) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring an invalid member state from a peer");
+                    false
+                }
+            })
+            .collect();
+        let changed = self.gossip.lock().merge(valid, self.now_ms());
+        if changed {
+            self.refresh(false);
+        }
+    }
+
+    /// Gossip targets for this round.
+    pub fn targets(&self, fanout: usize, rng: &mut Rng) -> Vec<String> {
+        self.gossip.lock().targets(fanout, self.now_ms(), rng)
+    }
+
+    /// Every member as `/cluster/members` shows it.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let now = self.now_ms();
+        self.gossip.lock().views(now).into_iter().map(|view| info(view, now)).collect()
+    }
+
+    /// Rebuilds and publishes the topology if placement or liveness changed; records states
+    /// when `persist` or when the topology changed.
+    fn refresh(&self, persist: bool) {
+        let now = self.now_ms();
+        let views = self.gossip.lock().views(now);
+        let signature: Signature = (
+            views
+                .iter()
+                .map(|v| {
+                    let s = &v.state;
+                    (s.id.clone(), s.address.clone(), s.zone.clone(), s.weight, s.status)
+                })
+                .collect(),
+            views.iter().filter(|v| v.down).map(|v| v.state.id.clone()).collect(),
+        );
+        let changed = {
+            let mut current = self.signature.lock();
+            if *current == signature {
+                false
+            } else {
+                *current = signature;
+                true
             }
-            if self.local.as_ref().is_some_and(|me| me.id == member.id) || members.len() >= MAX_MEMBERS {
-                continue;
-            }
-            if members.get(&member.id) != Some(&member) {
-                tracing::info!(id = %member.id, address = %member.address, zone = %member.zone, "member learned");
-                members.insert(member.id.clone(), member);
-                changed = true;
+        };
+        if changed {
+            self.topology.send_replace(Arc::new(build_topology(&views)));
+            if let Some(metrics) = &self.metrics {
+                let mut counts: BTreeMap<&str, i64> =
+                    ["joining", "normal", "leaving", "left", "removed", "down"].iter().map(|s| (*s, 0)).collect();
+                for view in &views {
+                    *counts.entry(if view.down { "down" } else { view.state.status.name() }).or_default() += 1;
+                }
+                for (status, count) in counts {
+                    metrics.members.with_label_values(&[status]).set(count);
+                }
             }
         }
-        if changed {
-            self.topology.send_replace(Arc::new(build_topology(&members)));
-            drop(members);
+        if changed || persist {
             self.persist();
         }
-        changed
     }
 
     fn persist(&self) {
         let Some(path) = &self.state_file else { return };
-        let list = MemberList { members: self.members() };
-        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&self.states()).unwrap_or_default();
         let tmp = path.with_extension("json.tmp");
-        // Write then rename, so a crash never leaves a half-written list.
+        // Write then rename, so a crash never leaves a half-written file.
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
             tracing::warn!(error = %e, path = %path.display(), "cannot record members");
         }
     }
 }
 
-fn build_topology(members: &BTreeMap<String, Member>) -> Topology {
-    let nodes = members.values().map(|m| Node { id: m.id.clone(), zone: m.zone.clone(), weight: m.weight });
-    // Members are validated and keyed by id: ids are unique, non-empty, weights non-zero.
-    let ring = Ring::new(nodes).unwrap_or_else(|_| Topology::empty().ring);
-    let addresses = members.values().map(|m| (m.id.clone(), m.address.clone())).collect();
-    Topology { ring, addresses }
+fn info(view: MemberView, now: u64) -> MemberInfo {
+    let s = view.state;
+    MemberInfo {
+        status: if view.down && s.status.is_member() { "down".into() } else { s.status.name().into() },
+        gossip_status: s.status.name().into(),
+        id: s.id,
+        address: s.address,
+        zone: s.zone,
+        weight: s.weight,
+        heartbeat: s.heartbeat,
+        generation: s.generation,
+        suspected: view.suspected,
+        last_seen_ms_ago: view.last_seen_ms.map(|t| now.saturating_sub(t)),
+    }
 }
 
-/// Background job: learns members from the seeds and from every known member.
-pub struct MembershipRefresher {
+/// A ring of the members whose status passes `include`.
+pub fn ring_of(states: impl IntoIterator<Item = MemberState>, include: impl Fn(Status) -> bool) -> Ring {
+    let nodes =
+        states.into_iter().filter(|s| include(s.status)).map(|s| Node { id: s.id, zone: s.zone, weight: s.weight });
+    // States are validated and keyed by id: ids unique and non-empty, weights non-zero.
+    Ring::new(nodes).unwrap_or_else(|_| Topology::empty().ring)
+}
+
+/// Members that own ranges now.
+pub fn owns_now(status: Status) -> bool {
+    matches!(status, Status::Normal | Status::Leaving)
+}
+
+/// Members that will own ranges once the moves in progress complete.
+pub fn owns_later(status: Status) -> bool {
+    matches!(status, Status::Normal | Status::Joining)
+}
+
+fn build_topology(views: &[MemberView]) -> Topology {
+    let states = views.iter().map(|v| v.state.clone());
+    let ring = ring_of(states.clone(), owns_now);
+    let now: HashSet<&str> = views.iter().filter(|v| owns_now(v.state.status)).map(|v| v.state.id.as_str()).collect();
+    let later: HashSet<&str> =
+        views.iter().filter(|v| owns_later(v.state.status)).map(|v| v.state.id.as_str()).collect();
+    let pending = (now != later).then(|| ring_of(states, owns_later));
+    let addresses = views.iter().map(|v| (v.state.id.clone(), v.state.address.clone())).collect();
+    let down = views.iter().filter(|v| v.down).map(|v| v.state.id.clone()).collect();
+    Topology { ring, pending, addresses, down }
+}
+
+/// Background job: gossip rounds.
+pub struct GossipDriver {
     membership: Arc<Membership>,
     seeds: Vec<String>,
     http: reqwest::Client,
     interval: Duration,
+    fanout: usize,
+    rng: Rng,
+    metrics: Metrics,
 }
 
-impl MembershipRefresher {
-    /// A refresher asking `seeds` and known members every `interval`, each call bounded by
-    /// `timeout`.
-    pub fn new(membership: Arc<Membership>, seeds: Vec<String>, interval: Duration, timeout: Duration) -> Self {
+impl GossipDriver {
+    /// A driver for `membership`, contacting `seeds` when it knows no live peer and now and
+    /// then otherwise; each exchange bounded by `timeout`.
+    pub fn new(
+        membership: Arc<Membership>,
+        seeds: Vec<String>,
+        interval: Duration,
+        fanout: usize,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let http = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
-        MembershipRefresher { membership, seeds, http, interval }
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        GossipDriver { membership, seeds, http, interval, fanout, rng: Rng::new(seed), metrics }
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs rounds until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => self.refresh().await,
+                _ = tick.tick() => self.round().await,
             }
         }
     }
 
-    async fn refresh(&self) {
-        let mut addresses: Vec<String> = self.seeds.clone();
-        let me = self.membership.local().map(|m| m.id.clone());
-        addresses
-            .extend(self.membership.members().into_iter().filter(|m| Some(&m.id) != me.as_ref()).map(|m| m.address));
-        addresses.sort();
-        addresses.dedup();
-        let fetches = addresses.iter().map(|address| self.fetch(address));
-        for list in futures::future::join_all(fetches).await.into_iter().flatten() {
-            self.membership.learn(list.members);
+    async fn round(&mut self) {
+        self.membership.tick();
+        self.metrics.gossip_rounds.inc();
+        let mut targets = self.membership.targets(self.fanout, &mut self.rng);
+        // Seeds: always when we know no live peer; otherwise one round in five, which lets a
+        // partitioned group find the rest again.
+        if !self.seeds.is_empty() && (targets.is_empty() || self.rng.below(5) == 0) {
+            let seed = self.seeds[self.rng.below(self.seeds.len())].clone();
+            let addresses = resolve(&seed).await;
+            if !addresses.is_empty() {
+                targets.push(addresses[self.rng.below(addresses.len())].clone());
+            }
+        }
+        let me = self.membership.my_state().map(|s| s.address);
+        targets.retain(|t| Some(t) != me.as_ref());
+        targets.dedup();
+        let body = encode(&self.membership.states());
+        let exchanges = targets.iter().map(|target| self.exchange(target, body.clone()));
+        for states in futures::future::join_all(exchanges).await.into_iter().flatten() {
+            self.membership.merge(states);
         }
     }
 
-    async fn fetch(&self, address: &str) -> Option<MemberList> {
-        let url = format!("http://{address}/cluster/members");
-        match self.http.get(&url).send().await {
-            Ok(response) if response.status().is_success() => match response.json::<MemberList>().await {
-                Ok(list) => Some(list),
-                Err(e) => {
-                    tracing::warn!(%url, error = %e, "bad member list");
-                    None
-                }
-            },
-            Ok(response) => {
-                tracing::debug!(%url, status = %response.status(), "member list refused");
-                None
+    async fn exchange(&self, target: &str, body: Vec<u8>) -> Option<Vec<MemberState>> {
+        let signature = InternalAuth.sign("POST", GOSSIP_PATH, &body);
+        self.metrics.gossip_bytes.with_label_values(&["sent"]).inc_by(body.len() as u64);
+        let response = self
+            .http
+            .post(format!("http://{target}{GOSSIP_PATH}"))
+            .header(INTERNAL_HEADER, signature)
+            .body(body)
+            .send()
+            .await;
+        let bytes = match response {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok()?,
+            Ok(r) => {
+                tracing::debug!(%target, status = %r.status(), "gossip refused");
+                return None;
             }
             Err(e) => {
-                tracing::debug!(%url, error = %e, "member list unreachable");
+                tracing::debug!(%target, error = %e, "gossip peer unreachable");
+                return None;
+            }
+        };
+        self.metrics.gossip_bytes.with_label_values(&["received"]).inc_by(bytes.len() as u64);
+        match decode::<Vec<MemberState>>(&bytes) {
+            Ok(states) => Some(states),
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "bad gossip answer");
                 None
             }
+        }
+    }
+}
+
+/// Every address `seed` (`host:port`) resolves to: a DNS name with several records counts as
+/// several seeds.
+pub async fn resolve(seed: &str) -> Vec<String> {
+    if seed.parse::<std::net::SocketAddr>().is_ok() {
+        return vec![seed.to_owned()];
+    }
+    match tokio::net::lookup_host(seed).await {
+        Ok(addresses) => addresses.map(|a| a.to_string()).collect(),
+        Err(e) => {
+            tracing::debug!(seed, error = %e, "cannot resolve seed");
+            Vec::new()
         }
     }
 }

@@ -11,7 +11,8 @@ use axum::response::Response;
 use kv_coordinator::CoordinatorMetrics;
 use kv_storage::StorageMetrics;
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::AppState;
@@ -27,6 +28,18 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Coordinator metrics (replica calls, quorum failures, read repairs).
     pub coordinator: CoordinatorMetrics,
+    /// `kv_members{status}`: members by status as this process sees them (`down` counted apart).
+    pub members: IntGaugeVec,
+    /// `kv_gossip_rounds_total`.
+    pub gossip_rounds: IntCounter,
+    /// `kv_gossip_bytes_total{direction}`: gossip message bytes sent and received.
+    pub gossip_bytes: IntCounterVec,
+    /// `kv_ranges_streaming`: ranges being streamed in or out now.
+    pub ranges_streaming: IntGauge,
+    /// `kv_stream_keys_total{direction}`: keys streamed in (pulled or received) and out.
+    pub stream_keys: IntCounterVec,
+    /// `kv_stream_bytes_total{direction}`: value bytes streamed in and out.
+    pub stream_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,7 +58,35 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         let coordinator = CoordinatorMetrics::register(&registry)?;
-        Ok(Metrics { registry, requests, request_seconds, coordinator })
+        let members = IntGaugeVec::new(Opts::new("kv_members", "Members by status as seen here"), &["status"])?;
+        let gossip_rounds = IntCounter::new("kv_gossip_rounds_total", "Gossip rounds run")?;
+        let gossip_bytes =
+            IntCounterVec::new(Opts::new("kv_gossip_bytes_total", "Gossip bytes by direction"), &["direction"])?;
+        let ranges_streaming = IntGauge::new("kv_ranges_streaming", "Ranges being streamed in or out")?;
+        let stream_keys =
+            IntCounterVec::new(Opts::new("kv_stream_keys_total", "Keys streamed by direction"), &["direction"])?;
+        let stream_bytes = IntCounterVec::new(
+            Opts::new("kv_stream_bytes_total", "Value bytes streamed by direction"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(gossip_rounds.clone()))?;
+        registry.register(Box::new(gossip_bytes.clone()))?;
+        registry.register(Box::new(ranges_streaming.clone()))?;
+        registry.register(Box::new(stream_keys.clone()))?;
+        registry.register(Box::new(stream_bytes.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_seconds,
+            coordinator,
+            members,
+            gossip_rounds,
+            gossip_bytes,
+            ranges_streaming,
+            stream_keys,
+            stream_bytes,
+        })
     }
 
     /// Storage metrics, registered in the same registry (nodes only).

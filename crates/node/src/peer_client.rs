@@ -37,7 +37,8 @@ impl HttpReplicaClient {
         Ok(HttpReplicaClient { http, permits: Arc::new(Semaphore::new(max_calls)), auth: InternalAuth })
     }
 
-    async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+    /// POSTs a signed internal message to `peer` and returns the answer's body.
+    pub async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
         let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::Unreachable("client closed".into()))?;
         let signature = self.auth.sign("POST", path, &body);
         let response = self
@@ -66,12 +67,12 @@ impl HttpReplicaClient {
 /// The node's replica client: calls to itself go straight to its storage, others over HTTP.
 pub struct NodeReplicaClient {
     local: Option<Replica>,
-    remote: HttpReplicaClient,
+    remote: Arc<HttpReplicaClient>,
 }
 
 impl NodeReplicaClient {
     /// A client for a node (`Some(replica)`) or a gateway (`None`).
-    pub fn new(local: Option<Replica>, remote: HttpReplicaClient) -> Self {
+    pub fn new(local: Option<Replica>, remote: Arc<HttpReplicaClient>) -> Self {
         NodeReplicaClient { local, remote }
     }
 

@@ -49,6 +49,34 @@ impl Replica {
         blocking(move || engine.put_versions(&key, versions)).await
     }
 
+    /// Merges many keys' versions (a range hand-off) in one blocking task.
+    pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<(), ApiError> {
+        let engine = self.engine.clone();
+        blocking(move || {
+            for (key, versions) in entries {
+                engine.put_versions(&key, versions)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` records with key hashes in `first..=last`, after key `after`.
+    pub async fn scan(
+        &self,
+        first: u64,
+        last: u64,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<Version>)>, ApiError> {
+        let engine = self.engine.clone();
+        blocking(move || {
+            let page = engine.scan(first, last, after.as_deref(), limit)?;
+            Ok(page.into_iter().map(|(k, record)| (k, record.into_versions())).collect())
+        })
+        .await
+    }
+
     /// Drops `key` if its only versions are the tombstones `dots`.
     pub async fn purge(&self, key: Vec<u8>, dots: Vec<Dot>) -> Result<bool, ApiError> {
         let engine = self.engine.clone();

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{engine_dir, resolve_node_id, ClusterConfig, Config, LogFormat, ServerConfig};
-use crate::membership::{Member, Membership, MembershipRefresher};
+use crate::membership::{GossipDriver, Membership};
 use crate::metrics::Metrics;
 use crate::peer_client::{HttpReplicaClient, NodeReplicaClient};
+use crate::rebalance::{Rebalancer, RebalancerOptions};
 use crate::replica::Replica;
 use crate::{router, AppState};
+use kv_gossip::{MemberState, Status};
 
 /// A start-up failure (exit status 2) or a failure while running (exit status 1).
 #[derive(Debug)]
@@ -41,30 +43,39 @@ pub fn init_logging(format: LogFormat) {
 pub struct Service {
     /// Handler state.
     pub state: AppState,
-    /// The membership refresher, run by [`serve`].
-    pub refresher: MembershipRefresher,
+    /// The gossip rounds, run by [`serve`].
+    pub gossip: GossipDriver,
+    /// Data movement (nodes only), run by [`serve`].
+    pub rebalancer: Option<Rebalancer>,
 }
 
-/// Builds the coordinator, membership and handler state for a node (`local` is its replica and
-/// member) or a gateway (`None`).
-pub fn service(
-    local: Option<(Replica, Member)>,
-    state_file: Option<std::path::PathBuf>,
+/// Builds the coordinator, membership and handler state for a gateway: an observer that owns
+/// no range.
+pub fn gateway_service(cluster: &ClusterConfig, server: &ServerConfig, metrics: Metrics) -> Result<Service, String> {
+    let (membership, _) = Membership::new(None, None, cluster.suspect_after, Some(metrics.clone()))?;
+    let remote =
+        Arc::new(HttpReplicaClient::new(cluster.coordinator.replica_timeout, cluster.max_replica_calls.get())?);
+    build(membership, None, remote, cluster, server, metrics)
+}
+
+fn build(
+    membership: Arc<Membership>,
+    replica: Option<Replica>,
+    remote: Arc<HttpReplicaClient>,
     cluster: &ClusterConfig,
     server: &ServerConfig,
     metrics: Metrics,
 ) -> Result<Service, String> {
-    let (replica, member) = local.map_or((None, None), |(r, m)| (Some(r), Some(m)));
-    let membership = Membership::new(member, state_file)?;
-    let remote = HttpReplicaClient::new(cluster.coordinator.replica_timeout, cluster.max_replica_calls.get())?;
     let client = Arc::new(NodeReplicaClient::new(replica.clone(), remote));
     let coordinator =
         Coordinator::new(client, membership.subscribe(), cluster.coordinator.clone(), metrics.coordinator.clone());
-    let refresher = MembershipRefresher::new(
+    let gossip = GossipDriver::new(
         membership.clone(),
         cluster.seeds.clone(),
-        cluster.refresh_interval,
+        cluster.gossip_interval,
+        cluster.gossip_fanout,
         cluster.coordinator.replica_timeout,
+        metrics.clone(),
     );
     let state = AppState {
         max_value_bytes: server.max_value_bytes,
@@ -74,7 +85,7 @@ pub fn service(
         metrics,
         ready: Arc::new(AtomicBool::new(true)),
     };
-    Ok(Service { state, refresher })
+    Ok(Service { state, gossip, rebalancer: None })
 }
 
 /// Binds the listener, turning "address in use" into a start-up error.
@@ -90,11 +101,14 @@ pub async fn serve(
     server: &ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let Service { state, refresher } = service;
+    let Service { state, gossip, rebalancer } = service;
     let ready = state.ready.clone();
     let coordinator: Arc<Coordinator> = state.coordinator.clone();
     let app: Router = router(state, server);
-    let refresher = tokio::spawn(refresher.run(shutdown.clone()));
+    // Background jobs stop with the server; their handles are awaited below.
+    let workers = CancellationToken::new();
+    let gossip = tokio::spawn(gossip.run(workers.clone()));
+    let rebalancer = rebalancer.map(|r| tokio::spawn(r.run(workers.clone())));
     let stop = shutdown.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
@@ -110,7 +124,11 @@ pub async fn serve(
         result = serve => result.context("HTTP server failed").map_err(RunError::Runtime)?,
         () = drain_deadline => tracing::warn!(timeout = ?server.shutdown_timeout, "shutdown: drain deadline passed; closing remaining requests"),
     }
-    let _ = refresher.await;
+    workers.cancel();
+    let _ = gossip.await;
+    if let Some(rebalancer) = rebalancer {
+        let _ = rebalancer.await;
+    }
     let tasks = coordinator.tasks();
     tasks.close();
     let left = server.shutdown_timeout.saturating_sub(deadline.elapsed());
@@ -120,36 +138,104 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs a kvnode: opens storage, binds, serves until `shutdown`, drains and syncs.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs a kvnode: opens storage, joins the cluster, serves until `signal` (or until it has
+/// left the cluster), drains and syncs. With `--leave-on-shutdown`, a signal first hands the
+/// node's ranges off.
+pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunError> {
     let node_id = resolve_node_id(config.node_id.as_deref(), &config.data_dir).map_err(RunError::Startup)?;
+    let generation = next_generation(&config.data_dir).map_err(RunError::Startup)?;
     let metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
     let storage_metrics = metrics.register_storage().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
-    let member = Member {
+    let me = MemberState {
         id: node_id.clone(),
         address: config.advertise.clone(),
         zone: config.zone.clone(),
         weight: config.weight.get(),
+        status: Status::Joining,
+        generation,
+        heartbeat: 0,
+        suspects: Vec::new(),
     };
-    let replica = Replica::new(node_id.clone(), engine.clone());
-    let service = service(
-        Some((replica, member)),
+    let (membership, previous) = Membership::new(
+        Some(me),
         Some(config.data_dir.join("members.json")),
-        &config.cluster,
-        &config.server,
-        metrics,
+        config.cluster.suspect_after,
+        Some(metrics.clone()),
     )
     .map_err(RunError::Startup)?;
+    let status = match previous {
+        Some(Status::Left) => {
+            return Err(RunError::Startup(format!(
+                "node {node_id} has left the cluster; to join again, start it with an empty data directory"
+            )))
+        }
+        Some(Status::Removed) => {
+            return Err(RunError::Startup(format!(
+                "node {node_id} was removed from the cluster; start it with an empty data directory"
+            )))
+        }
+        Some(status) => status,
+        // A new node joins; the first node of a cluster (no seeds) simply starts owning.
+        None if config.cluster.seeds.is_empty() => Status::Normal,
+        None => Status::Joining,
+    };
+    membership.set_status(status);
+    let replica = Replica::new(node_id.clone(), engine.clone());
+    let remote = Arc::new(
+        HttpReplicaClient::new(config.cluster.coordinator.replica_timeout, config.cluster.max_replica_calls.get())
+            .map_err(RunError::Startup)?,
+    );
+    let mut service = build(
+        membership.clone(),
+        Some(replica.clone()),
+        remote.clone(),
+        &config.cluster,
+        &config.server,
+        metrics.clone(),
+    )
+    .map_err(RunError::Startup)?;
+    let shutdown = CancellationToken::new();
+    service.rebalancer = Some(Rebalancer::new(
+        membership.clone(),
+        replica,
+        remote,
+        RebalancerOptions {
+            replicas: config.cluster.coordinator.quorum.n,
+            gossip_interval: config.cluster.gossip_interval,
+            concurrency: config.stream_concurrency.get(),
+            progress_file: config.data_dir.join("streams.json"),
+        },
+        metrics,
+        shutdown.clone(),
+    ));
     let listener = bind(config.server.listen).await?;
     tracing::info!(
-        node_id, listen = %config.server.listen, advertise = %config.advertise, engine = %config.storage.engine,
-        sync = %config.storage.sync, data_dir = %config.data_dir.display(), seeds = ?config.cluster.seeds,
-        quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
+        node_id, generation, status = status.name(), listen = %config.server.listen, advertise = %config.advertise,
+        engine = %config.storage.engine, sync = %config.storage.sync, data_dir = %config.data_dir.display(),
+        seeds = ?config.cluster.seeds, quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
     );
-    serve(listener, service, &config.server, shutdown).await?;
+    // A signal stops the node, or with --leave-on-shutdown starts a leave, after which the
+    // rebalancer stops it.
+    let leave_on_shutdown = config.leave_on_shutdown;
+    let on_signal = {
+        let (membership, shutdown) = (membership.clone(), shutdown.clone());
+        async move {
+            signal.cancelled().await;
+            if leave_on_shutdown && membership.my_status() == Some(Status::Normal) {
+                tracing::info!("signal: leaving the cluster before exiting (--leave-on-shutdown)");
+                membership.set_status(Status::Leaving);
+            } else {
+                shutdown.cancel();
+            }
+        }
+    };
+    let watcher = tokio::spawn(on_signal);
+    let served = serve(listener, service, &config.server, shutdown).await;
+    watcher.abort();
+    served?;
     tokio::task::spawn_blocking(move || engine.sync())
         .await
         .context("storage sync task")
@@ -157,6 +243,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .map_err(RunError::Runtime)?;
     tracing::info!("shutdown complete: storage synced");
     Ok(())
+}
+
+/// The generation (incarnation) for this start: above the recorded one and at least the wall
+/// clock in seconds, recorded in `data-dir/generation`.
+fn next_generation(data_dir: &std::path::Path) -> Result<u64, String> {
+    let path = data_dir.join("generation");
+    let previous = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let generation = now.max(previous + 1);
+    std::fs::write(&path, format!("{generation}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(generation)
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

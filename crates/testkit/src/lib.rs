@@ -158,6 +158,24 @@ impl Drop for Proc {
     }
 }
 
+/// Member id → status (`normal`, `down`, ...) as `proc` sees them.
+pub fn statuses(proc: &Proc) -> std::collections::BTreeMap<String, String> {
+    Client::new()
+        .get(proc.url("/cluster/members"))
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+        .and_then(|v| {
+            v["members"].as_array().map(|members| {
+                members
+                    .iter()
+                    .map(|m| (m["id"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Starts one kvnode in `data_dir` with extra `args`, on a free port.
 pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
     let port = free_port();
@@ -166,6 +184,10 @@ pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
     all.extend(args.iter().map(|s| s.to_string()));
     Proc::start(binary("kvnode"), all, port, data_dir.with_extension("log"))
 }
+
+/// Gossip and timeout settings for test clusters: rounds every 200 ms, suspicion after 2 s,
+/// replica calls bounded by 1 s, so joins and failure detection take seconds, not minutes.
+pub const FAST_GOSSIP: [&str; 6] = ["--gossip-interval", "200ms", "--suspect-after", "2s", "--replica-timeout", "1s"];
 
 /// A cluster of real processes: `nodes` kvnodes (ids `n1`, `n2`, ...) that know each other,
 /// and gateways seeded with them.
@@ -180,34 +202,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `nodes` nodes and `gateways` gateways; `node_args` go to every node. Returns once
-    /// every process lists all nodes as members.
+    /// every process lists all nodes as normal members.
     pub fn start(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir };
-        for (i, port) in ports.iter().enumerate() {
-            let id = format!("n{}", i + 1);
-            let data = cluster.dir.path().join(&id);
-            let mut args: Vec<String> = [
-                "--node-id",
-                &id,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                &data.display().to_string(),
-                "--seeds",
-                &seeds,
-                "--refresh-interval",
-                "200ms",
-                "--replica-timeout",
-                "1s",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(node_args.iter().map(|s| s.to_string()));
-            cluster.nodes.push(Proc::start(binary("kvnode"), args, *port, data.with_extension("log")));
+        for port in ports {
+            cluster.spawn_node(port, &seeds, node_args);
         }
         for g in 0..gateways {
             cluster.add_gateway(&format!("g{g}"));
@@ -216,44 +218,56 @@ impl Cluster {
         cluster
     }
 
+    fn spawn_node(&mut self, port: u16, seeds: &str, extra: &[&str]) {
+        let id = format!("n{}", self.nodes.len() + 1);
+        let data = self.dir.path().join(&id);
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id,
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--seeds".into(),
+            seeds.to_owned(),
+        ];
+        args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.nodes.push(Proc::start(binary("kvnode"), args, port, data.with_extension("log")));
+    }
+
+    /// Starts one more node (the next id) seeded with the running nodes; it joins by itself.
+    /// Returns its index.
+    pub fn add_node(&mut self, extra: &[&str]) -> usize {
+        let seeds = self.nodes.iter().filter(|p| p.is_running()).map(Proc::address).collect::<Vec<_>>().join(",");
+        self.spawn_node(free_port(), &seeds, extra);
+        self.nodes.len() - 1
+    }
+
     /// Starts one more gateway seeded with every node.
     pub fn add_gateway(&mut self, name: &str) {
         let port = free_port();
         let seeds = self.nodes.iter().map(Proc::address).collect::<Vec<_>>().join(",");
-        let args: Vec<String> = [
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--seeds",
-            &seeds,
-            "--refresh-interval",
-            "200ms",
-            "--replica-timeout",
-            "1s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}"), "--seeds".into(), seeds];
+        args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("{name}.log"));
         self.gateways.push(Proc::start(binary("kvgateway"), args, port, log));
     }
 
-    /// Waits until every running process lists `count` members.
+    /// Waits until every running process lists `count` members with status `normal`.
     pub fn wait_for_members(&self, count: usize) {
-        let client = Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         for proc in self.nodes.iter().chain(&self.gateways).filter(|p| p.is_running()) {
             loop {
-                let members = client
-                    .get(proc.url("/cluster/members"))
-                    .send()
-                    .ok()
-                    .and_then(|r| r.json::<Value>().ok())
-                    .and_then(|v| v["members"].as_array().map(Vec::len))
-                    .unwrap_or(0);
-                if members == count {
+                let normal = statuses(proc).values().filter(|s| s.as_str() == "normal").count();
+                if normal == count {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{} lists {members} members, expected {count}", proc.address());
+                assert!(
+                    Instant::now() < deadline,
+                    "{} lists {normal} normal members, expected {count}",
+                    proc.address()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
