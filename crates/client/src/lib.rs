@@ -157,6 +157,24 @@ impl Client {
         self.json(&format!("{}/cluster/ring", self.base))
     }
 
+    /// `POST /admin/leave` on the node at the base URL: it hands off its ranges and exits.
+    pub fn leave(&self) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/admin/leave", self.base);
+        let response = expect_status(self.send(&url, self.http.post(&url))?, StatusCode::ACCEPTED)?;
+        response.json().map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// `POST /admin/remove/{id}`: declare member `id` permanently failed (`force` even if it is
+    /// not down).
+    pub fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, Error> {
+        let mut url = format!("{}/admin/remove/{}", self.base, encode_key(id));
+        if force {
+            url.push_str("?force=true");
+        }
+        let response = expect_status(self.send(&url, self.http.post(&url))?, StatusCode::OK)?;
+        response.json().map_err(|e| Error::Protocol(e.to_string()))
+    }
+
     fn json(&self, url: &str) -> Result<serde_json::Value, Error> {
         let response = expect_status(self.send(url, self.http.get(url))?, StatusCode::OK)?;
         response.json().map_err(|e| Error::Protocol(e.to_string()))

@@ -140,7 +140,7 @@ pub struct Settings {
     /// exiting (a decommission), instead of a restart-style stop [default: false].
     #[arg(long, env = "KV_LEAVE_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_shutdown: Option<bool>,
-    /// Ranges streamed at once while joining, leaving or re-replicating [default: 4].
+    /// Ranges streamed at once while joining, leaving or re-replicating [default: 16].
     #[arg(long, env = "KV_STREAM_CONCURRENCY")]
     pub stream_concurrency: Option<usize>,
     /// HTTP server settings.
@@ -418,7 +418,7 @@ impl Settings {
             return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
         }
         let cluster = self.cluster.validate()?;
-        let stream_concurrency = NonZeroUsize::new(self.stream_concurrency.unwrap_or(4))
+        let stream_concurrency = NonZeroUsize::new(self.stream_concurrency.unwrap_or(16))
             .filter(|c| c.get() <= 64)
             .ok_or("--stream-concurrency: must be 1 to 64")?;
         Ok(Config {

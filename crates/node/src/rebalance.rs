@@ -42,6 +42,9 @@ use crate::replica::Replica;
 /// with 100-byte values) to bound memory per stream.
 const PAGE: u32 = 500;
 
+/// How often stream progress is written to `streams.json`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Gossip rounds to wait before streaming in, so coordinators learn of the join first.
 const JOIN_DELAY_ROUNDS: u32 = 3;
 
@@ -74,6 +77,8 @@ pub struct Rebalancer {
     concurrency: usize,
     progress_file: PathBuf,
     progress: Mutex<HashMap<String, Cursor>>,
+    /// When progress was last written to disk.
+    saved: Mutex<Instant>,
     metrics: Metrics,
     /// Cancelled once this node has left the cluster, which stops the process.
     exit: CancellationToken,
@@ -114,6 +119,7 @@ impl Rebalancer {
             concurrency: options.concurrency,
             progress_file: options.progress_file,
             progress: Mutex::new(progress),
+            saved: Mutex::new(Instant::now()),
             metrics,
             exit,
         }
@@ -421,6 +427,9 @@ impl Rebalancer {
         self.progress.lock().get(name).and_then(|c| c.after.as_deref()).and_then(from_hex)
     }
 
+    /// Records where a range got to. Written to disk at most once per [`PROGRESS_EVERY`]: a
+    /// restart redoes at most that much work (merging is idempotent), and a join over
+    /// thousands of small ranges does not rewrite the file thousands of times.
     fn save_cursor(&self, name: &str, after: Option<&[u8]>, done: bool) {
         let text = {
             let mut progress = self.progress.lock();
@@ -429,6 +438,11 @@ impl Rebalancer {
                 cursor.after = after.map(to_hex);
             }
             cursor.done = done;
+            let mut saved = self.saved.lock();
+            if saved.elapsed() < PROGRESS_EVERY {
+                return;
+            }
+            *saved = Instant::now();
             serde_json::to_string(&*progress).unwrap_or_default()
         };
         let tmp = self.progress_file.with_extension("json.tmp");

@@ -52,13 +52,7 @@ impl Replica {
     /// Merges many keys' versions (a range hand-off) in one blocking task.
     pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<(), ApiError> {
         let engine = self.engine.clone();
-        blocking(move || {
-            for (key, versions) in entries {
-                engine.put_versions(&key, versions)?;
-            }
-            Ok(())
-        })
-        .await
+        blocking(move || engine.put_batch(entries)).await
     }
 
     /// Up to `limit` records with key hashes in `first..=last`, after key `after`.

@@ -73,6 +73,10 @@ pub trait Engine: Send + Sync {
         self.update(key, &mut |_| incoming.take().unwrap_or_default())
     }
 
+    /// Merges many keys' versions (a range being streamed in) and returns once all of them are
+    /// durable: one durability wait for the whole batch instead of one per key.
+    fn put_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<()>;
+
     /// Up to `limit` records whose key hash is in `first_hash..=last_hash`, in hash order,
     /// starting after key `after` (a cursor: the last key of the previous page).
     fn scan(

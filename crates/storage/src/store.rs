@@ -64,6 +64,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Under the key's lock: read, merge what `build` returns, write if anything changed.
+    /// Returns the merged versions and the ticket to wait on for durability.
+    fn merge_one(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<(Record, u64)> {
+        let skey = storage_key(key);
+        let _guard = self.locks[stripe(key)].lock();
+        let current = self.read(&skey)?;
+        let mut merged = current.clone();
+        merged.merge(build(&current));
+        if merged == current {
+            // Nothing new, but what we read may be another writer's not-yet-synced write: do
+            // not answer before it is durable.
+            Ok((merged, self.commit.latest()))
+        } else {
+            self.backend.put(&skey, &encode(&merged, self.compression))?;
+            Ok((merged, self.commit.written()))
+        }
+    }
+}
+
 /// The lock stripe of `key`.
 fn stripe(key: &[u8]) -> usize {
     (kv_ring::hash_key(key) as usize) % LOCK_STRIPES
@@ -81,23 +101,22 @@ impl Engine for Store {
     fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record> {
         self.timed("put", || {
             self.commit.check()?;
-            let skey = storage_key(key);
-            let (merged, ticket) = {
-                let _guard = self.locks[stripe(key)].lock();
-                let current = self.read(&skey)?;
-                let mut merged = current.clone();
-                merged.merge(build(&current));
-                if merged == current {
-                    // Nothing new, but what we read may be another writer's not-yet-synced
-                    // write: do not answer before it is durable.
-                    (merged, self.commit.latest())
-                } else {
-                    self.backend.put(&skey, &encode(&merged, self.compression))?;
-                    (merged, self.commit.written())
-                }
-            };
+            let (merged, ticket) = self.merge_one(key, build)?;
             self.commit.wait(ticket, &self.metrics, || self.backend.sync())?;
             Ok(merged)
+        })
+    }
+
+    fn put_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<()> {
+        self.timed("put_batch", || {
+            self.commit.check()?;
+            let mut ticket = 0;
+            for (key, versions) in entries {
+                let mut versions = Some(versions);
+                let (_, t) = self.merge_one(&key, &mut |_| versions.take().unwrap_or_default())?;
+                ticket = ticket.max(t);
+            }
+            self.commit.wait(ticket, &self.metrics, || self.backend.sync())
         })
     }
 

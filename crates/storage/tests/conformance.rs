@@ -139,6 +139,24 @@ fn purge_removes_only_the_exact_tombstones() {
 }
 
 #[test]
+fn put_batch_merges_every_key() {
+    each_engine(|kind, _, engine| {
+        coordinate(&*engine, b"a", "n1", &VClock::new(), b"old", false);
+        let theirs = |value: &str| Version {
+            dot: Dot { node: "n2".into(), counter: 1, timestamp: 1 },
+            context: VClock::new(),
+            value: value.as_bytes().to_vec(),
+            content_type: "text/plain".into(),
+            tombstone: false,
+            written_at: 1,
+        };
+        engine.put_batch(vec![(b"a".to_vec(), vec![theirs("new")]), (b"b".to_vec(), vec![theirs("b")])]).unwrap();
+        assert_eq!(values(&engine.get(b"a").unwrap()), [b"new".to_vec(), b"old".to_vec()].into(), "{kind}");
+        assert_eq!(values(&engine.get(b"b").unwrap()), [b"b".to_vec()].into(), "{kind}");
+    });
+}
+
+#[test]
 fn scan_returns_a_hash_range_in_order_and_pages() {
     each_engine(|kind, _, engine| {
         let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();

@@ -145,6 +145,22 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit by itself (within `limit`, else SIGKILL and panic).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("process running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit within {limit:?}:\n{}", self.program.display(), self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the same process again (same port, same arguments), killing it first if running.
     pub fn restart(&mut self) {
         self.kill9();
@@ -189,6 +205,48 @@ pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
 /// replica calls bounded by 1 s, so joins and failure detection take seconds, not minutes.
 pub const FAST_GOSSIP: [&str; 6] = ["--gossip-interval", "200ms", "--suspect-after", "2s", "--replica-timeout", "1s"];
 
+/// [`FAST_GOSSIP`] without the flags `extra` sets itself.
+fn fast_gossip_unless(extra: &[&str]) -> Vec<String> {
+    FAST_GOSSIP.chunks(2).filter(|pair| !extra.contains(&pair[0])).flatten().map(|s| s.to_string()).collect()
+}
+
+/// Writes `keys` keys `key-0`.. with value `value-<i>` through `base` (a gateway or node URL)
+/// from `threads` threads at the cluster's default W. Panics on any failed write.
+pub fn load(base: &str, keys: usize, threads: usize) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let client = Client::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= keys {
+                        return;
+                    }
+                    let response = client.put(format!("{base}/kv/key-{i}")).body(format!("value-{i}")).send().unwrap();
+                    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT, "loading key-{i}");
+                }
+            });
+        }
+    });
+}
+
+/// The keys node `proc` stores (`/admin/keys`).
+pub fn stored_keys(proc: &Proc) -> std::collections::BTreeSet<String> {
+    let body: Value = Client::new().get(proc.url("/admin/keys")).send().unwrap().json().unwrap();
+    body["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect()
+}
+
+/// A counter or gauge from `proc`'s `/metrics`: the sum of every series of `name` whose labels
+/// contain `labels` (e.g. `direction="in"`).
+pub fn metric(proc: &Proc, name: &str, labels: &str) -> f64 {
+    let text = Client::new().get(proc.url("/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// A cluster of real processes: `nodes` kvnodes (ids `n1`, `n2`, ...) that know each other,
 /// and gateways seeded with them.
 pub struct Cluster {
@@ -231,7 +289,7 @@ impl Cluster {
             "--seeds".into(),
             seeds.to_owned(),
         ];
-        args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
+        args.extend(fast_gossip_unless(extra));
         args.extend(extra.iter().map(|s| s.to_string()));
         self.nodes.push(Proc::start(binary("kvnode"), args, port, data.with_extension("log")));
     }

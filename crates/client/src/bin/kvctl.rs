@@ -72,8 +72,18 @@ enum Command {
         #[arg(long)]
         context: Option<String>,
     },
-    /// List the cluster's members.
+    /// List the cluster's members: status, heartbeat, generation, last seen.
     Members,
+    /// Decommission the node at --url: it hands its ranges to their new owners and exits.
+    Leave,
+    /// Declare a member permanently failed; the others re-replicate its ranges.
+    Remove {
+        /// The member's id.
+        id: String,
+        /// Remove even if the member is not down (its replicas are discarded).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show each member's share of the ring.
     Ring,
     /// Resolve siblings: read the key and write VALUE with the read's context.
@@ -156,10 +166,35 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Members => {
             let members = client.members()?;
-            println!("{:<16} {:<24} {:<12} weight", "id", "address", "zone");
+            println!(
+                "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>12} {:>9}",
+                "id", "address", "zone", "weight", "status", "heartbeat", "generation", "seen ago"
+            );
             for m in members["members"].as_array().into_iter().flatten() {
-                println!("{:<16} {:<24} {:<12} {}", text(&m["id"]), text(&m["address"]), text(&m["zone"]), m["weight"]);
+                let seen =
+                    m["last_seen_ms_ago"].as_u64().map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                println!(
+                    "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>12} {:>9}",
+                    text(&m["id"]),
+                    text(&m["address"]),
+                    text(&m["zone"]),
+                    m["weight"],
+                    text(&m["status"]),
+                    m["heartbeat"],
+                    m["generation"],
+                    seen
+                );
             }
+            Ok(0)
+        }
+        Command::Leave => {
+            client.leave()?;
+            println!("leaving: the node hands off its ranges, then exits");
+            Ok(0)
+        }
+        Command::Remove { id, force } => {
+            client.remove(&id, force)?;
+            println!("{id} removed: its ranges are being re-replicated");
             Ok(0)
         }
         Command::Ring => {
