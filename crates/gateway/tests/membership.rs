@@ -267,7 +267,6 @@ fn removing_a_node_whose_data_is_gone_restores_n_replicas() {
     wait_for("n2 to be marked down", Duration::from_secs(15), || {
         survivors.iter().all(|p| statuses(p).get("n2").map(String::as_str) == Some("down"))
     });
-    let started = Instant::now();
     let removed = client().post(cluster.nodes[0].url("/admin/remove/n2")).send().unwrap();
     assert_eq!(removed.status(), StatusCode::OK, "{}", removed.text().unwrap());
     // N = 3 on 3 remaining nodes: every key on every survivor.
