@@ -61,9 +61,9 @@ case "$cmd" in
     for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + i - 1))"; done
     start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" --seeds "$seeds"
     wait_healthy "127.0.0.1:$gw_port"
-    # Ready when the gateway knows every node.
-    for _ in $(seq 1 100); do
-      count=$( (curl -fsS -m 1 "http://127.0.0.1:$gw_port/cluster/members" 2>/dev/null || true) | grep -o '"id"' | wc -l || true)
+    # Ready when the gateway sees every node as a normal member (new nodes join first).
+    for _ in $(seq 1 300); do
+      count=$( (curl -fsS -m 1 "http://127.0.0.1:$gw_port/cluster/members" 2>/dev/null || true) | grep -o '"status":"normal"' | wc -l || true)
       [ "${count:-0}" -ge "$nodes" ] && break
       sleep 0.1
     done

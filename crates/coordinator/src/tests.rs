@@ -213,6 +213,41 @@ async fn tombstones_are_purged_after_grace_when_all_replicas_agree() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
+    let ids: Vec<String> = (1..=4).map(|i| format!("n{i}")).collect();
+    let ring_of = |members: &[String]| Ring::new(members.iter().map(|id| Node::new(id.clone(), "z"))).unwrap();
+    let addresses = ids.iter().map(|id| (id.clone(), format!("{id}:1"))).collect();
+    let mut topology = Topology::new(ring_of(&ids[..3]), addresses);
+    topology.pending = Some(ring_of(&ids));
+    // A key the joining n4 will replicate.
+    let key = (0..1000u32)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| topology.pending.as_ref().unwrap().preference_list(k, 3).iter().any(|n| n.id == "n4"))
+        .unwrap();
+    let first = topology.preference_list(&key, 3)[0].id.clone();
+    topology.down.insert(first.clone());
+    let (tx, rx) = watch::channel(Arc::new(topology));
+    std::mem::forget(tx);
+    let cluster = Arc::new(SimCluster { replicas: ids.iter().map(|id| (id.clone(), SimReplica::default())).collect() });
+    let options = Options {
+        quorum: Quorum::new(3, 2, 2).unwrap(),
+        replica_timeout: Duration::from_millis(500),
+        read_all: true,
+        tombstone_grace: Duration::from_secs(10),
+    };
+    let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
+    let outcome = coordinator.put(key.clone(), write("v", VClock::new()), Some(3)).await.unwrap();
+    assert_ne!(outcome.created.dot.node, first, "a down replica is not asked to coordinate first");
+    assert_eq!(outcome.replicas, 3, "the pending owner does not count toward N");
+    settle(&coordinator).await;
+    assert_eq!(
+        cluster.replicas["n4"].records.lock().get(&key).map(Record::len),
+        Some(1),
+        "the joining owner got the write"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn young_tombstones_are_kept() {
     let (cluster, coordinator, _) = setup(Duration::from_secs(3600));
     coordinator.put(b"k".to_vec(), Write { tombstone: true, ..write("", VClock::new()) }, Some(3)).await.unwrap();

@@ -40,6 +40,11 @@ fn put_get_siblings_resolve_delete_and_exit_codes() {
     let members = kvctl(&url, &["members"]);
     assert_eq!(members.status.code(), Some(0));
     assert!(["n1", "n2", "n3"].iter().all(|id| stdout(&members).contains(id)), "{}", stdout(&members));
+    assert!(stdout(&members).contains("normal"), "{}", stdout(&members));
     let ring = kvctl(&url, &["ring"]);
     assert!(stdout(&ring).contains("N = 3"), "{}", stdout(&ring));
+    // Removing a live member is refused (409) unless forced.
+    let node = cluster.nodes[0].url("");
+    assert_eq!(kvctl(&node, &["remove", "n2"]).status.code(), Some(4));
+    assert_eq!(kvctl(&node, &["remove", "nobody"]).status.code(), Some(4));
 }
