@@ -11,4 +11,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Multi-process tests start the workspace's binaries (kvnode, kvgateway, kvctl) from the target
+# directory; a test run alone builds only those of packages with integration tests.
+cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast

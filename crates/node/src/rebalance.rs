@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use kv_coordinator::wire::{decode, encode, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH};
-use kv_coordinator::Peer;
+use kv_coordinator::{Peer, Topology};
 use kv_gossip::Status;
 use kv_ring::{diff, RangeMove, Ring};
 use parking_lot::Mutex;
@@ -261,23 +261,22 @@ impl Rebalancer {
         every_source: bool,
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
-        let topology = self.membership.topology();
-        let jobs: Vec<(u64, u64, Vec<Peer>)> = moves
-            .iter()
-            .flat_map(|m| {
-                let sources: Vec<Peer> = m
-                    .old
-                    .iter()
-                    .filter(|id| !exclude.contains(id))
-                    .map(|id| Peer { id: id.clone(), address: topology.addresses.get(id).cloned().unwrap_or_default() })
-                    .collect();
-                m.range.intervals().into_iter().map(move |(lo, hi)| (lo, hi, sources.clone()))
-            })
-            .filter(|(_, _, sources)| !sources.is_empty())
-            .collect();
+        let jobs = jobs(&moves, &self.membership.topology(), |m| {
+            m.old.iter().filter(|id| !exclude.contains(id)).cloned().collect()
+        });
+        self.run_all(jobs, |lo, hi, sources| self.pull(lo, hi, sources, every_source, shutdown)).await
+    }
+
+    /// Runs `job` for every interval, [`Rebalancer::concurrency`] at a time, and adds up what
+    /// moved; the first failure fails the whole (it is retried from its progress).
+    async fn run_all<F, Fut>(&self, jobs: Vec<(u64, u64, Vec<Peer>)>, job: F) -> Result<Moved, String>
+    where
+        F: Fn(u64, u64, Vec<Peer>) -> Fut,
+        Fut: std::future::Future<Output = Result<Moved, String>>,
+    {
         let ranges = jobs.len();
         let results: Vec<Result<Moved, String>> = stream::iter(jobs)
-            .map(|(lo, hi, sources)| self.pull(lo, hi, sources, every_source, shutdown))
+            .map(|(lo, hi, peers)| job(lo, hi, peers))
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -355,38 +354,12 @@ impl Rebalancer {
 
     async fn leave(&self, shutdown: &CancellationToken) -> Result<Moved, String> {
         let me = self.me()?;
-        let topology = self.membership.topology();
-        let before = topology.ring.clone();
+        let before = self.membership.topology().ring.clone();
         let after = self.ring_with_me_as(Status::Left)?;
         let moves: Vec<RangeMove> =
             diff(&before, &after, self.replicas).into_iter().filter(|m| m.lost().contains(&me.as_str())).collect();
-        let jobs: Vec<(u64, u64, Vec<Peer>)> = moves
-            .iter()
-            .flat_map(|m| {
-                let targets: Vec<Peer> = m
-                    .gained()
-                    .into_iter()
-                    .map(|id| Peer {
-                        id: id.to_owned(),
-                        address: topology.addresses.get(id).cloned().unwrap_or_default(),
-                    })
-                    .collect();
-                m.range.intervals().into_iter().map(move |(lo, hi)| (lo, hi, targets.clone()))
-            })
-            .collect();
-        let ranges = jobs.len();
-        let results: Vec<Result<Moved, String>> = stream::iter(jobs)
-            .map(|(lo, hi, targets)| self.push(lo, hi, targets, shutdown))
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        let mut total = Moved { ranges, ..Moved::default() };
-        for result in results {
-            let moved = result?;
-            total.keys += moved.keys;
-            total.bytes += moved.bytes;
-        }
-        Ok(total)
+        let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained().into_iter().map(str::to_owned).collect());
+        self.run_all(jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
     }
 
     async fn push(&self, lo: u64, hi: u64, targets: Vec<Peer>, shutdown: &CancellationToken) -> Result<Moved, String> {
@@ -455,6 +428,26 @@ impl Rebalancer {
         self.progress.lock().clear();
         let _ = std::fs::remove_file(&self.progress_file);
     }
+}
+
+/// One job per interval of every move, with the peers `peers_of` picks (sources or targets);
+/// moves with no peer are skipped.
+fn jobs(
+    moves: &[RangeMove],
+    topology: &Topology,
+    peers_of: impl Fn(&RangeMove) -> Vec<String>,
+) -> Vec<(u64, u64, Vec<Peer>)> {
+    moves
+        .iter()
+        .flat_map(|m| {
+            let peers: Vec<Peer> = peers_of(m)
+                .into_iter()
+                .map(|id| Peer { address: topology.addresses.get(&id).cloned().unwrap_or_default(), id })
+                .collect();
+            m.range.intervals().into_iter().map(move |(lo, hi)| (lo, hi, peers.clone()))
+        })
+        .filter(|(_, _, peers)| !peers.is_empty())
+        .collect()
 }
 
 /// Sleeps `duration`; returns true if `shutdown` came first.
