@@ -48,3 +48,36 @@ fn put_get_siblings_resolve_delete_and_exit_codes() {
     assert_eq!(kvctl(&node, &["remove", "n2"]).status.code(), Some(4));
     assert_eq!(kvctl(&node, &["remove", "nobody"]).status.code(), Some(4));
 }
+
+#[test]
+fn kvbench_loads_runs_a_workload_and_reports_json() {
+    let cluster = Cluster::start(3, 1, &[]);
+    let out = Command::new(binary("kvbench"))
+        .args(["--url", &cluster.gateways[0].url(""), "--workload", "a", "--keys", "200", "--ops", "400"])
+        .args(["--concurrency", "8", "--json", "--label", "smoke"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["label"], "smoke");
+    assert_eq!(result["ops"], 400, "{result}");
+    assert!(result["errors"].as_object().unwrap().is_empty(), "{result}");
+    assert!(result["p99_ms"].as_f64().unwrap() >= result["p50_ms"].as_f64().unwrap());
+    // The no-op endpoint answers every method without touching storage.
+    let noop = Command::new(binary("kvbench"))
+        .args([
+            "--url",
+            &cluster.nodes[0].url("/noop"),
+            "--protocol",
+            "noop",
+            "--workload",
+            "w",
+            "--ops",
+            "100",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&noop.stdout).unwrap();
+    assert_eq!(result["ops"], 100, "{result}");
+}

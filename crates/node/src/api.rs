@@ -141,6 +141,12 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(body))
 }
 
+/// `/noop`, any method: `204` without touching storage or the coordinator. The HTTP ceiling
+/// for benchmarks (`kvbench --protocol noop`): what any HTTP store could reach on this machine.
+pub async fn noop(_body: Bytes) -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(replica) = &state.replica {

@@ -92,6 +92,7 @@ pub fn router(state: AppState, server: &config::ServerConfig) -> Router {
         .route("/kv/", put(api::empty_key).get(api::empty_key).delete(api::empty_key))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
+        .route("/noop", axum::routing::any(api::noop))
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring))
         .layer(DefaultBodyLimit::max(body_limit));

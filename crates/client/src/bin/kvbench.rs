@@ -1,0 +1,389 @@
+//! `kvbench`: YCSB-style load for the store, and for the stores it is compared with.
+//!
+//! Workloads: `a` (50% reads, 50% updates), `b` (95/5), `c` (reads only), `w` (writes only),
+//! over `--keys` keys chosen uniformly or by a zipfian distribution, with `--value-size`-byte
+//! values, `--concurrency` requests in flight, for `--duration` or `--ops`. A load phase writes
+//! every key first (skip with `--no-load`). Latencies go into an HDR histogram (p50, p90, p99,
+//! p99.9, max); errors are counted by kind. Targets (`--protocol`):
+//!
+//! - `kv`: this store's client API (`PUT`/`GET /kv/{key}`, `?r=`/`?w=`), at a gateway or node;
+//! - `noop`: `GET`/`PUT` on a no-op endpoint (`--url .../noop`): the HTTP ceiling;
+//! - `etcd`: etcd's v3 HTTP/JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`);
+//! - `redis`: Redis over RESP (`SET`/`GET`), `--url redis://host:port`.
+//!
+//! A progress line goes to stderr every second; the result is a table, or JSON with `--json`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Workload {
+    /// 50% reads, 50% updates.
+    A,
+    /// 95% reads, 5% updates.
+    B,
+    /// Reads only.
+    C,
+    /// Writes only.
+    W,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Distribution {
+    Uniform,
+    Zipfian,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Protocol {
+    Kv,
+    Noop,
+    Etcd,
+    Redis,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvbench",
+    version,
+    about = "YCSB-style benchmark for the kv store (and etcd, Redis, the HTTP ceiling)"
+)]
+struct Args {
+    /// Target base URL (http://host:port, or redis://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// What the target speaks.
+    #[arg(long, value_enum, default_value = "kv")]
+    protocol: Protocol,
+    /// Workload mix.
+    #[arg(long, value_enum, default_value = "a")]
+    workload: Workload,
+    /// Key space size.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Key choice.
+    #[arg(long, value_enum, default_value = "uniform")]
+    distribution: Distribution,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to run the measured phase, in seconds (ignored with --ops).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Run this many operations instead of a duration.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Per-request read quorum (kv only).
+    #[arg(long)]
+    r: Option<String>,
+    /// Per-request write quorum (kv only).
+    #[arg(long)]
+    w: Option<String>,
+    /// Skip the load phase (the keys exist already).
+    #[arg(long)]
+    no_load: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Name of this run in the output.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+/// One connection's way of doing a read or a write.
+enum Conn {
+    Http { client: reqwest::Client, base: String, protocol: Protocol, r: String, w: String },
+    Redis { reader: BufReader<tokio::net::tcp::OwnedReadHalf>, writer: tokio::net::tcp::OwnedWriteHalf },
+}
+
+impl Conn {
+    async fn open(args: &Args, client: &reqwest::Client) -> anyhow::Result<Conn> {
+        if args.protocol == Protocol::Redis {
+            let address = args.url.trim_start_matches("redis://");
+            let stream = TcpStream::connect(address).await.with_context(|| format!("connect {address}"))?;
+            stream.set_nodelay(true)?;
+            let (read, writer) = stream.into_split();
+            return Ok(Conn::Redis { reader: BufReader::new(read), writer });
+        }
+        let q = |name: &str, v: &Option<String>| v.as_ref().map_or(String::new(), |v| format!("?{name}={v}"));
+        Ok(Conn::Http {
+            client: client.clone(),
+            base: args.url.trim_end_matches('/').to_owned(),
+            protocol: args.protocol,
+            r: q("r", &args.r),
+            w: q("w", &args.w),
+        })
+    }
+
+    /// Performs one operation; `Err` carries the error kind.
+    async fn op(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Http { client, base, protocol, r, w } => {
+                let request = match (*protocol, write) {
+                    (Protocol::Kv, true) => client.put(format!("{base}/kv/{key}{w}")).body(value.to_vec()),
+                    (Protocol::Kv, false) => client.get(format!("{base}/kv/{key}{r}")),
+                    (Protocol::Noop, true) => client.put(base.clone()).body(value.to_vec()),
+                    (Protocol::Noop, false) => client.get(base.clone()),
+                    (Protocol::Etcd, true) => {
+                        client.post(format!("{base}/v3/kv/put")).body(etcd_body(key, Some(value)))
+                    }
+                    (Protocol::Etcd, false) => client.post(format!("{base}/v3/kv/range")).body(etcd_body(key, None)),
+                    (Protocol::Redis, _) => return Err("internal: redis over http".into()),
+                };
+                let response = request.send().await.map_err(|e| {
+                    if e.is_timeout() {
+                        "timeout".into()
+                    } else {
+                        "connection".to_string()
+                    }
+                })?;
+                let status = response.status();
+                let _ = response.bytes().await.map_err(|_| "connection".to_string())?;
+                if status.is_success() || (!write && status == reqwest::StatusCode::NOT_FOUND) || status.as_u16() == 300
+                {
+                    Ok(())
+                } else {
+                    Err(format!("http_{}", status.as_u16()))
+                }
+            }
+            Conn::Redis { reader, writer } => {
+                let mut command = Vec::with_capacity(64 + value.len());
+                if write {
+                    command.extend_from_slice(
+                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), value.len()).as_bytes(),
+                    );
+                    command.extend_from_slice(value);
+                    command.extend_from_slice(b"\r\n");
+                } else {
+                    command.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+                }
+                writer.write_all(&command).await.map_err(|_| "connection".to_string())?;
+                let mut line = String::new();
+                reader.read_line(&mut line).await.map_err(|_| "connection".to_string())?;
+                match line.as_bytes().first() {
+                    Some(b'+') => Ok(()),
+                    Some(b'$') => {
+                        let len: i64 = line[1..].trim().parse().map_err(|_| "protocol".to_string())?;
+                        if len >= 0 {
+                            let mut body = vec![0u8; len as usize + 2];
+                            reader.read_exact(&mut body).await.map_err(|_| "connection".to_string())?;
+                        }
+                        Ok(())
+                    }
+                    _ => Err(format!("redis_error: {}", line.trim())),
+                }
+            }
+        }
+    }
+}
+
+fn etcd_body(key: &str, value: Option<&[u8]>) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    match value {
+        Some(v) => format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key.as_bytes()), b64(v)),
+        None => format!("{{\"key\":\"{}\"}}", b64(key.as_bytes())),
+    }
+}
+
+/// Zipfian key choice (YCSB's constant 0.99) over `n` items, by inverse CDF on a precomputed table.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: u64) -> Zipf {
+        let weights: Vec<f64> = (1..=n).map(|i| 1.0 / (i as f64).powf(0.99)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        Zipf {
+            cdf: weights
+                .iter()
+                .map(|w| {
+                    acc += w / total;
+                    acc
+                })
+                .collect(),
+        }
+    }
+
+    fn sample(&self, u: f64) -> u64 {
+        self.cdf.partition_point(|c| *c < u) as u64
+    }
+}
+
+/// xorshift64*, one per worker: key and operation choice without locks.
+struct Rand(u64);
+
+impl Rand {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Shared {
+    histogram: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    done: AtomicU64,
+    issued: AtomicU64,
+    stop: AtomicBool,
+}
+
+async fn run_phase(args: &Args, load: bool, client: &reqwest::Client) -> anyhow::Result<(Arc<Shared>, Duration)> {
+    let shared = Arc::new(Shared {
+        histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        errors: Mutex::new(BTreeMap::new()),
+        done: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let zipf = Arc::new((args.distribution == Distribution::Zipfian).then(|| Zipf::new(args.keys)));
+    let limit = if load { Some(args.keys) } else { args.ops };
+    let value = Arc::new(vec![b'v'; args.value_size]);
+    let read_fraction = match args.workload {
+        Workload::A => 0.5,
+        Workload::B => 0.95,
+        Workload::C => 1.0,
+        Workload::W => 0.0,
+    };
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let mut conn = Conn::open(args, client).await?;
+        let (shared, zipf, value) = (shared.clone(), zipf.clone(), value.clone());
+        let keys = args.keys;
+        workers.push(tokio::spawn(async move {
+            let mut rand = Rand(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("invariant: valid bounds");
+            loop {
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let n = shared.issued.fetch_add(1, Ordering::Relaxed);
+                if limit.is_some_and(|l| n >= l) {
+                    break;
+                }
+                let (write, index) = if load {
+                    (true, n)
+                } else {
+                    let index = match zipf.as_ref() {
+                        Some(z) => z.sample(rand.unit()),
+                        None => rand.next() % keys,
+                    };
+                    (rand.unit() >= read_fraction, index)
+                };
+                let key = format!("user{index:010}");
+                let t = Instant::now();
+                let result = conn.op(write, &key, &value).await;
+                let micros = t.elapsed().as_micros() as u64;
+                match result {
+                    Ok(()) => {
+                        let _ = local.record(micros.max(1));
+                    }
+                    Err(kind) => {
+                        *shared.errors.lock().expect("invariant: no panics while locked").entry(kind).or_default() += 1;
+                    }
+                }
+                shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = shared.histogram.lock().map(|mut h| h.add(&local));
+        }));
+    }
+    let progress = {
+        let shared = shared.clone();
+        let total = limit;
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = shared.done.load(Ordering::Relaxed);
+                match total {
+                    Some(t) => {
+                        eprint!("\r{} {done}/{t} ops, {} ops/s   ", if load { "load" } else { "run" }, done - last)
+                    }
+                    None => eprint!("\rrun {done} ops, {} ops/s   ", done - last),
+                }
+                last = done;
+            }
+        })
+    };
+    if limit.is_none() {
+        tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    progress.abort();
+    eprintln!();
+    Ok((shared, started.elapsed()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.keys == 0 || args.concurrency == 0 {
+        bail!("--keys and --concurrency must be at least 1");
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+    if !args.no_load && args.workload != Workload::W && args.protocol != Protocol::Noop {
+        let (load, took) = run_phase(&args, true, &client).await?;
+        eprintln!("loaded {} keys in {:.1} s", load.done.load(Ordering::Relaxed), took.as_secs_f64());
+    }
+    let (shared, took) = run_phase(&args, false, &client).await?;
+    let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+    let errors = shared.errors.lock().map_err(|_| anyhow::anyhow!("errors lock poisoned"))?.clone();
+    let ok = histogram.len();
+    let ops_per_sec = ok as f64 / took.as_secs_f64();
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    if args.json {
+        let result = serde_json::json!({
+            "label": args.label,
+            "protocol": format!("{:?}", args.protocol).to_lowercase(),
+            "workload": format!("{:?}", args.workload).to_lowercase(),
+            "keys": args.keys, "value_size": args.value_size, "concurrency": args.concurrency,
+            "seconds": took.as_secs_f64(), "ops": ok, "ops_per_sec": ops_per_sec,
+            "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+            "max_ms": histogram.max() as f64 / 1000.0, "errors": errors,
+        });
+        println!("{result}");
+    } else {
+        println!(
+            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  errors",
+            "run", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        println!(
+            "{:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            args.label,
+            ops_per_sec,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            histogram.max() as f64 / 1000.0,
+            errors
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# `make bench`: the store side by side with the HTTP ceiling, etcd and Redis, in one run on this
+# machine, with the same value size (100 bytes) and concurrency (64) everywhere. Installs
+# etcd-server and redis-server from Debian if missing. Prints one table and writes it, with the
+# machine description, to docs/benchmarks.md (between the BENCH markers).
+#
+# Environment: BENCH_SECS (default 10 per run), BENCH_KEYS (default 100000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs=${BENCH_SECS:-10}
+keys=${BENCH_KEYS:-100000}
+conc=64
+vsize=100
+work=$(mktemp -d /tmp/kv-bench.XXXXXX)
+results="$work/results.jsonl"
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
+  sleep 1
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+need() { # command package
+  command -v "$1" >/dev/null 2>&1 && return
+  echo "bench: installing $2"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need etcd etcd-server
+need redis-server redis-server
+need curl curl
+
+cargo build --release --bins
+bin=./target/release
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 not ready" >&2; return 1; }
+
+bench() { # label url protocol workload [extra...]
+  local label=$1 url=$2 protocol=$3 workload=$4; shift 4
+  echo "bench: $label" >&2
+  "$bin/kvbench" --url "$url" --protocol "$protocol" --workload "$workload" --keys "$keys" \
+    --value-size "$vsize" --concurrency "$conc" --duration "$secs" --label "$label" --json "$@" 2>/dev/null >>"$results"
+}
+
+# 1. The HTTP ceiling and one node, N=1, --sync batch.
+p=$(free_port)
+"$bin/kvnode" --node-id solo --listen "127.0.0.1:$p" --data-dir "$work/solo" --replicas 1 --sync batch \
+  >"$work/solo.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$p/health"
+bench "ceiling GET (noop)" "http://127.0.0.1:$p/noop" noop c
+bench "ceiling PUT (noop)" "http://127.0.0.1:$p/noop" noop w
+bench "1 node N=1 W" "http://127.0.0.1:$p" kv w
+bench "1 node N=1 C" "http://127.0.0.1:$p" kv c
+
+# 2. 3 nodes and a gateway, N=3, R=2, W=2.
+base=$(free_port); gw=$(free_port)
+KV_DATA="$work/cluster" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
+for wl in a b c w; do
+  bench "3 nodes+gw N=3 ${wl^^}" "http://127.0.0.1:$gw" kv "$wl" $([ "$wl" = a ] || [ "$wl" = w ] || echo --no-load)
+done
+KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null
+
+# 3. etcd: 3 members on loopback, durable by default, through its v3 HTTP/JSON gateway.
+cluster=""
+declare -a cports
+for i in 1 2 3; do cports[$i]=$(free_port); peer=$(free_port); eval "peer$i=$peer"; cluster+="e$i=http://127.0.0.1:$peer,"; done
+cluster=${cluster%,}
+for i in 1 2 3; do
+  eval "peer=\$peer$i"
+  etcd --name "e$i" --data-dir "$work/etcd$i" --listen-client-urls "http://127.0.0.1:${cports[$i]}" \
+    --advertise-client-urls "http://127.0.0.1:${cports[$i]}" --listen-peer-urls "http://127.0.0.1:$peer" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "$cluster" \
+    --initial-cluster-state new --log-level error >"$work/etcd$i.log" 2>&1 &
+  pids+=($!)
+done
+wait_http "http://127.0.0.1:${cports[1]}/health"
+bench "etcd 3 members PUT" "http://127.0.0.1:${cports[1]}" etcd w
+bench "etcd 3 members GET" "http://127.0.0.1:${cports[1]}" etcd c
+
+# 4. Redis, single node: appendfsync always, then no persistence.
+rp=$(free_port)
+redis-server --port "$rp" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync always --save '' \
+  --daemonize no >"$work/redis1.log" 2>&1 &
+pids+=($!); sleep 0.5
+bench "redis fsync always SET" "redis://127.0.0.1:$rp" redis w
+bench "redis fsync always GET" "redis://127.0.0.1:$rp" redis c
+rp2=$(free_port)
+redis-server --port "$rp2" --bind 127.0.0.1 --appendonly no --save '' --daemonize no >"$work/redis2.log" 2>&1 &
+pids+=($!); sleep 0.5
+bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
+bench "redis no persistence GET" "redis://127.0.0.1:$rp2" redis c
+
+python3 scripts/bench_report.py "$results" "$secs" "$keys" "$conc" "$vsize"
