@@ -295,19 +295,25 @@ impl Gossip {
             .collect()
     }
 
-    /// Up to `fanout` distinct addresses of members to gossip with this round, chosen at
-    /// random among those we do not suspect (not us, not left or removed). Suspected members
-    /// are contacted by the driver's occasional seed and retry rounds instead.
+    /// Addresses to gossip with this round: up to `fanout` distinct members we do not suspect
+    /// (not us, not left or removed), chosen at random, plus, with probability
+    /// suspected / (live + 1), one suspected member (as Cassandra does): a member that came
+    /// back, or the other side of a healed partition, is heard from again without waiting for
+    /// a seed.
     pub fn targets(&self, fanout: usize, now_ms: u64, rng: &mut Rng) -> Vec<String> {
-        let mut candidates: Vec<&MemberState> = self
+        let (mut live, suspected): (Vec<&MemberState>, Vec<&MemberState>) = self
             .members
             .values()
-            .filter(|m| Some(&m.id) != self.me.as_ref() && m.status.is_member() && !self.suspects(m, now_ms))
-            .collect();
+            .filter(|m| Some(&m.id) != self.me.as_ref() && m.status.is_member())
+            .partition(|m| !self.suspects(m, now_ms));
         let mut out = Vec::new();
-        while out.len() < fanout && !candidates.is_empty() {
-            let pick = candidates.swap_remove(rng.below(candidates.len()));
+        while out.len() < fanout && !live.is_empty() {
+            let pick = live.swap_remove(rng.below(live.len()));
             out.push(pick.address.clone());
+        }
+        let live_count = out.len() + live.len();
+        if !suspected.is_empty() && rng.below(live_count + 1) < suspected.len() {
+            out.push(suspected[rng.below(suspected.len())].address.clone());
         }
         out
     }

@@ -128,6 +128,11 @@ struct Sim {
     rng: Rng,
     /// Rounds run so far (the simulated clock, in seconds).
     t: u64,
+    /// Partition: a member's group; exchanges across groups are lost.
+    group: Vec<usize>,
+    /// Deliver every exchange one round late (states sent now, merged next round).
+    delay: bool,
+    in_flight: Vec<(usize, Vec<MemberState>)>,
 }
 
 const FANOUT: usize = 2;
@@ -143,7 +148,15 @@ impl Sim {
                 g
             })
             .collect();
-        Sim { members, alive: vec![true; n], rng: Rng::new(seed), t: 0 }
+        Sim {
+            members,
+            alive: vec![true; n],
+            rng: Rng::new(seed),
+            t: 0,
+            group: vec![0; n],
+            delay: false,
+            in_flight: Vec::new(),
+        }
     }
 
     fn index(address: &str) -> usize {
@@ -153,6 +166,11 @@ impl Sim {
     fn round(&mut self) {
         self.t += 1;
         let now = self.t * 1000;
+        for (to, states) in std::mem::take(&mut self.in_flight) {
+            if self.alive[to] {
+                self.members[to].merge(states, now);
+            }
+        }
         for i in 0..self.members.len() {
             if !self.alive[i] {
                 continue;
@@ -164,13 +182,18 @@ impl Sim {
             }
             for target in targets {
                 let j = Sim::index(&target);
-                if j == i || !self.alive[j] || self.rng.below(100) < DROP_PERCENT {
+                if j == i || !self.alive[j] || self.group[i] != self.group[j] || self.rng.below(100) < DROP_PERCENT {
                     continue;
                 }
                 let mine = self.members[i].states();
                 let theirs = self.members[j].states();
-                self.members[j].merge(mine, now);
-                self.members[i].merge(theirs, now);
+                if self.delay {
+                    self.in_flight.push((j, mine));
+                    self.in_flight.push((i, theirs));
+                } else {
+                    self.members[j].merge(mine, now);
+                    self.members[i].merge(theirs, now);
+                }
             }
         }
     }
@@ -181,6 +204,7 @@ impl Sim {
         let joiner = state(&format!("m{id}"), 1);
         self.members.push(Gossip::new(Some(joiner), SUSPECT_MS, 0));
         self.alive.push(true);
+        self.group.push(0);
         for rounds in 1..200 {
             self.round();
             if self.members.iter().all(|g| g.state(&format!("m{id}")).is_some()) {
@@ -261,4 +285,42 @@ fn figures_gossip_spreads_in_logarithmic_rounds() {
         small.0,
         large.0
     );
+}
+
+/// A partition makes each side see the other as down (both sides confirm it); once healed,
+/// everyone is up again within a few rounds. With every message delivered a round late, nobody
+/// is marked down falsely and a failure is still confirmed.
+#[test]
+fn figures_partitions_heal_and_delays_cause_no_false_downs() {
+    let mut sim = Sim::new(10, 42);
+    for _ in 0..5 {
+        sim.round();
+    }
+    sim.group = (0..10).map(|i| usize::from(i >= 6)).collect();
+    for _ in 0..15 {
+        sim.round();
+    }
+    let now = sim.t * 1000;
+    assert!(sim.members[0].is_down("m7", now), "the majority side confirms the other side down");
+    assert!(sim.members[7].is_down("m0", now), "and the minority side the majority");
+    sim.group = vec![0; 10];
+    let mut healed = None;
+    for rounds in 1..30 {
+        sim.round();
+        if sim.false_downs(sim.t * 1000) == 0 {
+            healed = Some(rounds);
+            break;
+        }
+    }
+    let healed = healed.expect("the partition did not heal");
+    println!("partition of 6 | 4 for 15 rounds: each side saw the other down; healed in {healed} rounds");
+
+    let mut delayed = Sim::new(10, 7);
+    delayed.delay = true;
+    for _ in 0..40 {
+        delayed.round();
+        assert_eq!(delayed.false_downs(delayed.t * 1000), 0, "a one-round delay caused a false down");
+    }
+    let rounds = delayed.failure_rounds();
+    assert!(rounds <= 15, "failure took {rounds} rounds with delayed messages");
 }
