@@ -67,6 +67,19 @@ pub struct Moved {
     pub bytes: u64,
 }
 
+impl Moved {
+    /// Logs a completed movement with its counts and duration.
+    fn log(&self, started: Instant, what: &str) {
+        tracing::info!(
+            ranges = self.ranges,
+            keys = self.keys,
+            bytes = self.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "{what}"
+        );
+    }
+}
+
 /// The node's data-movement job.
 pub struct Rebalancer {
     membership: Arc<Membership>,
@@ -138,13 +151,7 @@ impl Rebalancer {
                     let started = Instant::now();
                     match self.join(&shutdown).await {
                         Ok(moved) => {
-                            tracing::info!(
-                                ranges = moved.ranges,
-                                keys = moved.keys,
-                                bytes = moved.bytes,
-                                seconds = started.elapsed().as_secs_f64(),
-                                "join complete: streamed in our ranges"
-                            );
+                            moved.log(started, "join complete: streamed in our ranges");
                             self.clear_progress();
                             self.membership.set_status(Status::Normal);
                         }
@@ -161,13 +168,7 @@ impl Rebalancer {
                     let started = Instant::now();
                     match self.leave(&shutdown).await {
                         Ok(moved) => {
-                            tracing::info!(
-                                ranges = moved.ranges,
-                                keys = moved.keys,
-                                bytes = moved.bytes,
-                                seconds = started.elapsed().as_secs_f64(),
-                                "leave complete: handed off our ranges"
-                            );
+                            moved.log(started, "leave complete: handed off our ranges");
                             self.membership.set_status(Status::Left);
                             // Let `left` spread before the process goes away.
                             let _ = pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await;
