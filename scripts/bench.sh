@@ -4,7 +4,10 @@
 # etcd-server and redis-server from Debian if missing. Prints one table and writes it, with the
 # machine description, to docs/benchmarks.md (between the BENCH markers).
 #
-# Environment: BENCH_SECS (default 10 per run), BENCH_KEYS (default 100000).
+# Last, one node is filled with 1,000,000 keys and its resident memory is measured.
+#
+# Environment: BENCH_SECS (default 10 per run), BENCH_KEYS (default 100000),
+# BENCH_MEMORY_KEYS (default 1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,4 +98,19 @@ pids+=($!); sleep 0.5
 bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
 bench "redis no persistence GET" "redis://127.0.0.1:$rp2" redis c
 
-python3 scripts/bench_report.py "$results" "$secs" "$keys" "$conc" "$vsize"
+# 5. Memory: one node, N=1, filled with 1,000,000 keys of 100 bytes, then read for a while.
+mkeys=${BENCH_MEMORY_KEYS:-1000000}
+p=$(free_port)
+"$bin/kvnode" --node-id mem --listen "127.0.0.1:$p" --data-dir "$work/mem" --replicas 1 --sync batch \
+  >"$work/mem.log" 2>&1 &
+mem_pid=$!; pids+=($mem_pid)
+wait_http "http://127.0.0.1:$p/health"
+echo "bench: memory at $mkeys keys" >&2
+"$bin/kvbench" --url "http://127.0.0.1:$p" --protocol kv --workload c --keys "$mkeys" --value-size "$vsize" \
+  --concurrency "$conc" --duration 5 --label memory --json >/dev/null 2>&1
+stored=$(curl -fsS "http://127.0.0.1:$p/metrics" | awk '/^kv_storage_keys /{print $2}')
+rss=$(awk '/^VmRSS/{print $2}' "/proc/$mem_pid/status")
+hwm=$(awk '/^VmHWM/{print $2}' "/proc/$mem_pid/status")
+echo "{\"label\":\"memory\",\"keys\":$mkeys,\"stored\":${stored:-0},\"rss_kb\":$rss,\"hwm_kb\":$hwm}" >"$work/memory.json"
+
+python3 scripts/bench_report.py "$results" "$secs" "$keys" "$conc" "$vsize" "$work/memory.json"

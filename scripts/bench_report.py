@@ -2,7 +2,7 @@
 """Turns kvbench JSON lines into the comparison table, prints it and writes it into
 docs/benchmarks.md between the BENCH markers, with the machine it ran on.
 
-Usage: bench_report.py RESULTS.jsonl SECS KEYS CONCURRENCY VALUE_SIZE
+Usage: bench_report.py RESULTS.jsonl SECS KEYS CONCURRENCY VALUE_SIZE [MEMORY.json]
 """
 
 import datetime
@@ -30,9 +30,12 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, Linux {platform.release()}, load generator on the same machine"
 
 
-def main(path, secs, keys, conc, vsize):
+def main(path, secs, keys, conc, vsize, memory_path=None):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     by = {r["label"]: r for r in rows}
+
+    def p99(label):
+        return by[label]["p99_ms"] if label in by else float("nan")
 
     def ratio(a, b):
         if a in by and b in by and by[b]["ops_per_sec"] > 0:
@@ -59,7 +62,15 @@ def main(path, secs, keys, conc, vsize):
         f"| N=3 R=2 reads / etcd gets | {ratio(c, 'etcd 3 members GET'):.2f}x | 4x |",
         f"| N=3 R=2 reads / ceiling GET | {ratio(c, 'ceiling GET (noop)'):.2f}x | 0.25x |",
         f"| 1 node N=1 batch writes / ceiling PUT | {ratio('1 node N=1 W', 'ceiling PUT (noop)'):.2f}x | 0.6x |",
+        f"| N=3 W=2 writes p99 | {p99(w):.2f} ms | < 5 ms |",
+        f"| N=3 R=2 reads p99 | {p99(c):.2f} ms | < 5 ms |",
     ]
+    if memory_path:
+        m = json.load(open(memory_path))
+        lines.append(
+            f"| resident memory, 1 node, {m['keys']:,} keys of {vsize} B ({m['stored']:,} stored) "
+            f"| {m['rss_kb'] / 1024:.0f} MB (peak {m['hwm_kb'] / 1024:.0f} MB) | < 300 MB |"
+        )
     table = "\n".join(lines)
     print(table)
     text = open(DOC).read()
@@ -72,6 +83,6 @@ def main(path, secs, keys, conc, vsize):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 6:
+    if len(sys.argv) not in (6, 7):
         sys.exit(__doc__)
     main(sys.argv[1], *sys.argv[2:])

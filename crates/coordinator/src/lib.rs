@@ -23,6 +23,10 @@
 //! on the replicas that did acknowledge. Retrying with the same context and value is safe: the
 //! coordinating replica finds the identical version and reuses it instead of making a sibling.
 //!
+//! Calls to one replica that are in flight at the same time travel together: a
+//! [`batch::Batcher`] per peer sends whatever has queued as one request, so the per-call cost
+//! of HTTP and fsync is shared by many operations under load, and a lone call is not delayed.
+//!
 //! The crate knows nothing of HTTP: replicas are reached through the [`ReplicaClient`] trait,
 //! which the node implements over its internal API ([`wire`]) and tests implement with slow,
 //! failing and lying replicas.
@@ -31,12 +35,14 @@
 //! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
 //! - [`wire`] — internal protocol messages, version building, merging.
+//! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
 //! - [`auth`] — signing and checking internal requests.
 //! - [`metrics`] — [`CoordinatorMetrics`].
 //! - [`error`] — [`Error`], [`ReplicaError`].
 
 pub mod auth;
+pub mod batch;
 pub mod coordinator;
 pub mod error;
 pub mod metrics;

@@ -12,6 +12,8 @@ pub struct CoordinatorMetrics {
     pub replica_call_seconds: HistogramVec,
     /// `kv_quorum_failures_total{op}`: operations answered 503 for lack of replicas.
     pub quorum_failures: IntCounterVec,
+    /// `kv_replica_batch_calls`: calls per batch sent to a replica (local or remote).
+    pub batch_calls: prometheus::Histogram,
     /// `kv_read_repairs_total`: replicas sent newer versions after a read.
     pub read_repairs: IntCounter,
     /// `kv_tombstones_purged_total`: keys purged from replicas after the grace period.
@@ -39,6 +41,11 @@ impl CoordinatorMetrics {
                 &["op"],
             )
             .expect("invariant: valid metric"),
+            batch_calls: prometheus::Histogram::with_opts(
+                HistogramOpts::new("kv_replica_batch_calls", "Replica calls coalesced into one batch")
+                    .buckets(exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
+            )
+            .expect("invariant: valid metric"),
             read_repairs: IntCounter::new(
                 "kv_read_repairs_total",
                 "Replicas repaired with newer versions after a read",
@@ -58,6 +65,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.replica_calls.clone()))?;
         registry.register(Box::new(m.replica_call_seconds.clone()))?;
         registry.register(Box::new(m.quorum_failures.clone()))?;
+        registry.register(Box::new(m.batch_calls.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.tombstones_purged.clone()))?;
         Ok(m)

@@ -9,14 +9,15 @@ use kv_storage::{Record, Version};
 use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
 use serde::{Deserialize, Serialize};
 
-/// Path of the coordinate call: create a version on this replica and store it.
-pub const COORDINATE_PATH: &str = "/internal/v1/coordinate";
-/// Path of the store call: merge versions into this replica.
-pub const STORE_PATH: &str = "/internal/v1/store";
-/// Path of the read call: this replica's versions of a key.
-pub const READ_PATH: &str = "/internal/v1/read";
-/// Path of the purge call: drop a key whose only versions are the given tombstones.
-pub const PURGE_PATH: &str = "/internal/v1/purge";
+/// Path of the batch call: many [`Call`]s (coordinate, store, read, purge) in one request,
+/// answered by as many [`Reply`]s in the same order. Replica calls travel only this way: a
+/// caller coalesces the calls that are queued for one peer at the moment it sends (see
+/// [`crate::batch`]), so under load one HTTP exchange and one fsync serve many operations.
+pub const BATCH_PATH: &str = "/internal/v1/batch";
+
+/// Most calls in one batch. A bigger batch is refused (400): it would hold one blocking
+/// storage task too long. Callers send at most [`crate::batch::MAX_BATCH_CALLS`].
+pub const MAX_BATCH_CALLS: usize = 1024;
 
 /// Path of the scan call: a page of this replica's records in a range of key hashes.
 pub const SCAN_PATH: &str = "/internal/v1/scan";
@@ -112,6 +113,67 @@ pub struct PurgeRequest {
     /// The tombstones the caller saw on every replica; the key is dropped only if they are
     /// still its only versions.
     pub tombstones: Vec<Dot>,
+}
+
+/// Bytes allowed per call and per version, beyond keys and values, when estimating a batch's
+/// size: a context of 10 entries with 16-byte node ids, a dot, a content type.
+pub const CALL_OVERHEAD: usize = 256;
+
+/// One replica call inside a batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Call {
+    /// Create a version on this replica from a client's write and store it.
+    Coordinate(CoordinateRequest),
+    /// Merge versions into this replica.
+    Store(StoreRequest),
+    /// This replica's versions of a key.
+    Read(ReadRequest),
+    /// Drop a key whose only versions are the given tombstones.
+    Purge(PurgeRequest),
+}
+
+impl Call {
+    /// The key the call is about.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Call::Coordinate(c) => &c.key,
+            Call::Store(c) => &c.key,
+            Call::Read(c) => &c.key,
+            Call::Purge(c) => &c.key,
+        }
+    }
+
+    /// An upper estimate of the bytes the call takes on the wire (to bound a batch's size):
+    /// key and values, plus [`CALL_OVERHEAD`] per version for dots, clocks and content types.
+    pub fn weight(&self) -> usize {
+        let values = match self {
+            Call::Coordinate(c) => c.write.value.len() + CALL_OVERHEAD,
+            Call::Store(c) => c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum(),
+            Call::Read(_) | Call::Purge(_) => 0,
+        };
+        self.key().len() + values + CALL_OVERHEAD
+    }
+}
+
+/// The answer to one [`Call`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// A coordinate call succeeded.
+    Coordinated(CoordinateResponse),
+    /// A store call is durable.
+    Stored,
+    /// A read's versions.
+    Read(Vec<Version>),
+    /// A purge call ran (whether or not the key was still purgeable).
+    Purged,
+    /// The call failed; `status` is what the HTTP status of a single call would have been
+    /// (4xx: the call itself is wrong, 5xx: the replica could not do it now).
+    Failed {
+        /// HTTP-style status.
+        status: u16,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Encodes a message.

@@ -72,7 +72,8 @@ pub struct ClusterSettings {
     /// or quorum (only R, then more if some fail; fewer requests).
     #[arg(long, env = "KV_READ_FANOUT")]
     pub read_fanout: Option<String>,
-    /// Calls to replicas in flight at once from this process; more wait [default: 512].
+    /// Requests to other nodes in flight at once from this process (each carries a batch of
+    /// replica calls, or a range stream page); more wait [default: 512].
     #[arg(long, env = "KV_MAX_REPLICA_CALLS")]
     pub max_replica_calls: Option<usize>,
     /// Gossip round period: each round a node bumps its heartbeat and exchanges member states
@@ -186,7 +187,7 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     /// Coordinator options (N/R/W, timeouts, fan-out, grace).
     pub coordinator: kv_coordinator::Options,
-    /// Replica calls in flight at once.
+    /// Requests to other nodes in flight at once.
     pub max_replica_calls: NonZeroUsize,
     /// Gossip round period.
     pub gossip_interval: Duration,

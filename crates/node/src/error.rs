@@ -71,6 +71,19 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        self.status_and_code().0.as_u16()
+    }
+
+    /// The full message, internals included: for peers and logs, never for clients.
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Unavailable(detail) | ApiError::Internal(detail) => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadKey(_) => (StatusCode::BAD_REQUEST, "bad_key"),

@@ -7,8 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::wire::{
-    decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, ScanRequest, ScanResponse,
-    StoreBatchRequest, StoreRequest,
+    decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, MAX_BATCH_CALLS,
 };
 use kv_gossip::MemberState;
 use serde::de::DeserializeOwned;
@@ -46,36 +45,28 @@ fn binary(bytes: Vec<u8>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
 }
 
-/// `POST /internal/v1/coordinate`: create a version here and store it.
-pub async fn coordinate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: CoordinateRequest = message(&body)?;
-    check_key(&request.key)?;
-    let (record, created) = replica(&state)?.coordinate(request.key, request.write).await?;
-    Ok(binary(encode(&CoordinateResponse { record, created })))
-}
-
-/// `POST /internal/v1/store`: merge versions into this replica.
-pub async fn store(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: StoreRequest = message(&body)?;
-    check_key(&request.key)?;
-    replica(&state)?.store(request.key, request.versions).await?;
-    Ok(binary(Vec::new()))
-}
-
-/// `POST /internal/v1/read`: this replica's versions.
-pub async fn read(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: ReadRequest = message(&body)?;
-    check_key(&request.key)?;
-    let record = replica(&state)?.read(request.key).await?;
-    Ok(binary(encode(&record.into_versions())))
-}
-
-/// `POST /internal/v1/purge`: drop a key whose only versions are the given tombstones.
-pub async fn purge(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let request: PurgeRequest = message(&body)?;
-    check_key(&request.key)?;
-    replica(&state)?.purge(request.key, request.tombstones).await?;
-    Ok(binary(Vec::new()))
+/// `POST /internal/v1/batch`: run many replica calls, answer one reply per call in order.
+/// A call with a bad key fails alone (400 in its reply); a malformed or oversized batch is
+/// refused whole.
+pub async fn batch(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let calls: Vec<Call> = message(&body)?;
+    if calls.len() > MAX_BATCH_CALLS {
+        return Err(ApiError::BadRequest(format!("a batch holds at most {MAX_BATCH_CALLS} calls")));
+    }
+    let replica = replica(&state)?;
+    let mut bad = Vec::new();
+    let mut good = Vec::with_capacity(calls.len());
+    for (i, call) in calls.into_iter().enumerate() {
+        match check_key(call.key()) {
+            Ok(()) => good.push(call),
+            Err(e) => bad.push((i, Reply::Failed { status: e.status(), message: e.to_string() })),
+        }
+    }
+    let mut replies = replica.execute(good).await;
+    for (i, reply) in bad {
+        replies.insert(i, reply);
+    }
+    Ok(binary(encode(&replies)))
 }
 
 /// Largest scan page served.

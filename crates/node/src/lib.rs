@@ -74,12 +74,13 @@ pub struct AppState {
     /// Local storage; `None` in a gateway.
     pub replica: Option<replica::Replica>,
     /// Metrics registry.
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// False once shutdown has begun.
     pub ready: Arc<AtomicBool>,
 }
 
-/// Internal messages carry a key's whole sibling set; allow this many values' worth.
+/// Internal messages carry a key's whole sibling set; allow this many values' worth (plus a
+/// full batch of small calls, see [`kv_coordinator::batch`]).
 const INTERNAL_BODY_VALUES: usize = 16;
 
 /// The HTTP routes and layers, separate from `main` so tests can drive it directly.
@@ -98,15 +99,16 @@ pub fn router(state: AppState, server: &config::ServerConfig) -> Router {
         .layer(DefaultBodyLimit::max(body_limit));
     if state.replica.is_some() {
         let internal = Router::new()
-            .route(kv_coordinator::wire::COORDINATE_PATH, post(internal::coordinate))
-            .route(kv_coordinator::wire::STORE_PATH, post(internal::store))
-            .route(kv_coordinator::wire::READ_PATH, post(internal::read))
-            .route(kv_coordinator::wire::PURGE_PATH, post(internal::purge))
+            .route(kv_coordinator::wire::BATCH_PATH, post(internal::batch))
             .route(kv_coordinator::wire::SCAN_PATH, post(internal::scan))
             .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
             .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
             .route_layer(axum::middleware::from_fn(internal::verify))
-            .layer(DefaultBodyLimit::max(body_limit.saturating_mul(INTERNAL_BODY_VALUES)));
+            .layer(DefaultBodyLimit::max(
+                body_limit
+                    .saturating_mul(INTERNAL_BODY_VALUES)
+                    .saturating_add(2 * kv_coordinator::batch::MAX_BATCH_BYTES),
+            ));
         app = app
             .merge(internal)
             .route("/admin/local/{key}", get(cluster::local))

@@ -1,5 +1,9 @@
 //! `kvnode`: parse configuration, set up logging, run the node.
 
+/// mimalloc: glibc malloc and free were ~15% of CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use kv_node::config::Settings;

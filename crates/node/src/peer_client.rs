@@ -1,49 +1,54 @@
-//! [`ReplicaClient`] for real processes: HTTP to other nodes, direct calls to this one.
+//! [`ReplicaClient`] for real processes: batched HTTP to other nodes, batched direct calls to
+//! this one.
+//!
+//! Every replica call goes through a [`Batcher`]: one per peer address for remote calls (sent as
+//! one `POST /internal/v1/batch`), and one for this node's own replica (run as one blocking
+//! storage task). Concurrent operations therefore share HTTP exchanges, thread hand-offs and
+//! fsyncs; see [`kv_coordinator::batch`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
+use kv_coordinator::batch::{Batcher, SendBatch};
 use kv_coordinator::wire::{
-    decode, encode, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest, COORDINATE_PATH,
-    PURGE_PATH, READ_PATH, STORE_PATH,
+    decode, encode, Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest,
+    BATCH_PATH,
 };
 use kv_coordinator::{BoxFuture, Peer, ReplicaClient, ReplicaError, Write};
 use kv_storage::{Record, Version};
 use kv_vclock::{Dot, Siblings};
+use parking_lot::Mutex;
+use prometheus::Histogram;
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
 use crate::replica::Replica;
 
-/// Calls replicas over their internal HTTP API with postcard bodies, on pooled keep-alive
-/// connections, with at most `max_calls` calls in flight.
-pub struct HttpReplicaClient {
+/// Batches in flight per remote peer. More overlap network and storage time; fewer make
+/// bigger batches. Four keeps a peer's two cores busy while the next batch fills.
+const REMOTE_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Batches in flight on this node's own storage: one runs its merges while the other waits
+/// for its fsync.
+const LOCAL_BATCHES_IN_FLIGHT: usize = 2;
+
+/// The HTTP side: pooled keep-alive connections, signed requests, a bound on requests in
+/// flight. Cheap to clone (shares the pool and the bound).
+#[derive(Clone)]
+struct Transport {
     http: reqwest::Client,
     permits: Arc<Semaphore>,
     auth: InternalAuth,
 }
 
-impl HttpReplicaClient {
-    /// A client whose calls each take at most `timeout`.
-    pub fn new(timeout: Duration, max_calls: usize) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(HttpReplicaClient { http, permits: Arc::new(Semaphore::new(max_calls)), auth: InternalAuth })
-    }
-
-    /// POSTs a signed internal message to `peer` and returns the answer's body.
-    pub async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+impl Transport {
+    async fn post(&self, address: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
         let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::Unreachable("client closed".into()))?;
         let signature = self.auth.sign("POST", path, &body);
         let response = self
             .http
-            .post(format!("http://{}{path}", peer.address))
+            .post(format!("http://{address}{path}"))
             .header(INTERNAL_HEADER, signature)
             .header("content-type", "application/octet-stream")
             .body(body)
@@ -56,37 +61,113 @@ impl HttpReplicaClient {
             return Ok(bytes.to_vec());
         }
         let message = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        if status.is_client_error() {
-            Err(ReplicaError::Refused { status: status.as_u16(), message })
-        } else {
-            Err(ReplicaError::Failed { status: status.as_u16(), message })
+        Err(status_error(status.as_u16(), message))
+    }
+}
+
+fn status_error(status: u16, message: String) -> ReplicaError {
+    if (400..500).contains(&status) {
+        ReplicaError::Refused { status, message }
+    } else {
+        ReplicaError::Failed { status, message }
+    }
+}
+
+/// Calls replicas over their internal HTTP API with postcard bodies, on pooled keep-alive
+/// connections, with at most `max_calls` requests in flight.
+pub struct HttpReplicaClient {
+    transport: Transport,
+    /// One queue per peer address; a handful of entries (one per member ever called).
+    batchers: Mutex<HashMap<String, Arc<Batcher>>>,
+    batch_sizes: Option<Histogram>,
+}
+
+impl HttpReplicaClient {
+    /// A client whose requests each take at most `timeout`; batch sizes go to `batch_sizes`.
+    pub fn new(timeout: Duration, max_calls: usize, batch_sizes: Option<Histogram>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let transport = Transport { http, permits: Arc::new(Semaphore::new(max_calls)), auth: InternalAuth };
+        Ok(HttpReplicaClient { transport, batchers: Mutex::new(HashMap::new()), batch_sizes })
+    }
+
+    /// POSTs a signed internal message to `peer` and returns the answer's body.
+    pub async fn post(&self, peer: &Peer, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+        self.transport.post(&peer.address, path, body).await
+    }
+
+    /// Sends `call` to `peer` in the next batch for it.
+    pub async fn call(&self, peer: &Peer, call: Call) -> Result<Reply, ReplicaError> {
+        let batcher = self.batcher(&peer.address);
+        batcher.call(call).await
+    }
+
+    fn batcher(&self, address: &str) -> Arc<Batcher> {
+        let mut batchers = self.batchers.lock();
+        if let Some(batcher) = batchers.get(address) {
+            return batcher.clone();
         }
+        let (transport, target) = (self.transport.clone(), address.to_owned());
+        let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
+            let (transport, target) = (transport.clone(), target.clone());
+            Box::pin(async move {
+                let bytes = transport.post(&target, BATCH_PATH, encode(&calls)).await?;
+                decode::<Vec<Reply>>(&bytes).map_err(ReplicaError::Decode)
+            })
+        });
+        let batcher = Arc::new(Batcher::spawn(send, REMOTE_BATCHES_IN_FLIGHT, self.batch_sizes.clone()));
+        batchers.insert(address.to_owned(), batcher.clone());
+        batcher
     }
 }
 
 /// The node's replica client: calls to itself go straight to its storage, others over HTTP.
 pub struct NodeReplicaClient {
-    local: Option<Replica>,
+    local: Option<(Replica, Batcher)>,
     remote: Arc<HttpReplicaClient>,
 }
 
 impl NodeReplicaClient {
-    /// A client for a node (`Some(replica)`) or a gateway (`None`).
-    pub fn new(local: Option<Replica>, remote: Arc<HttpReplicaClient>) -> Self {
+    /// A client for a node (`Some(replica)`) or a gateway (`None`). Must be called inside a
+    /// tokio runtime (it starts the local batcher).
+    pub fn new(local: Option<Replica>, remote: Arc<HttpReplicaClient>, batch_sizes: Option<Histogram>) -> Self {
+        let local = local.map(|replica| {
+            let target = replica.clone();
+            let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
+                let target = target.clone();
+                Box::pin(async move { Ok(target.execute(calls).await) })
+            });
+            (replica, Batcher::spawn(send, LOCAL_BATCHES_IN_FLIGHT, batch_sizes))
+        });
         NodeReplicaClient { local, remote }
     }
 
-    fn local_for(&self, peer: &Peer) -> Option<&Replica> {
-        self.local.as_ref().filter(|r| r.node_id() == peer.id)
+    async fn call(&self, peer: &Peer, call: Call) -> Result<Reply, ReplicaError> {
+        let reply = match &self.local {
+            Some((replica, local)) if replica.node_id() == peer.id => local.call(call).await?,
+            _ => self.remote.call(peer, call).await?,
+        };
+        match reply {
+            Reply::Failed { status, message } => Err(status_error(status, message)),
+            reply => Ok(reply),
+        }
     }
 }
 
-fn local_error(e: ApiError) -> ReplicaError {
-    ReplicaError::Failed { status: 500, message: e.to_string() }
-}
-
-fn bad_answer(e: String) -> ReplicaError {
-    ReplicaError::Decode(e)
+fn unexpected(reply: &Reply) -> ReplicaError {
+    let kind = match reply {
+        Reply::Coordinated(_) => "coordinated",
+        Reply::Stored => "stored",
+        Reply::Read(_) => "read",
+        Reply::Purged => "purged",
+        Reply::Failed { .. } => "failed",
+    };
+    ReplicaError::Decode(format!("reply {kind:?} does not answer the call"))
 }
 
 impl ReplicaClient for NodeReplicaClient {
@@ -97,16 +178,15 @@ impl ReplicaClient for NodeReplicaClient {
         write: &'a Write,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
-            if let Some(local) = self.local_for(peer) {
-                let (record, created) = local.coordinate(key.to_vec(), write.clone()).await.map_err(local_error)?;
-                return Ok(CoordinateResponse { record, created });
+            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone() });
+            match self.call(peer, call).await? {
+                Reply::Coordinated(mut response) => {
+                    // Re-establish the sibling invariant on what a peer sent.
+                    response.record = Siblings::from_versions(response.record.into_versions());
+                    Ok(response)
+                }
+                other => Err(unexpected(&other)),
             }
-            let body = encode(&CoordinateRequest { key: key.to_vec(), write: write.clone() });
-            let bytes = self.remote.post(peer, COORDINATE_PATH, body).await?;
-            let mut response: CoordinateResponse = decode(&bytes).map_err(bad_answer)?;
-            // Re-establish the sibling invariant on what a peer sent.
-            response.record = Siblings::from_versions(response.record.into_versions());
-            Ok(response)
         })
     }
 
@@ -117,22 +197,20 @@ impl ReplicaClient for NodeReplicaClient {
         versions: &'a [Version],
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            if let Some(local) = self.local_for(peer) {
-                return local.store(key.to_vec(), versions.to_vec()).await.map(drop).map_err(local_error);
+            let call = Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec() });
+            match self.call(peer, call).await? {
+                Reply::Stored => Ok(()),
+                other => Err(unexpected(&other)),
             }
-            let body = encode(&StoreRequest { key: key.to_vec(), versions: versions.to_vec() });
-            self.remote.post(peer, STORE_PATH, body).await.map(drop)
         })
     }
 
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
         Box::pin(async move {
-            if let Some(local) = self.local_for(peer) {
-                return local.read(key.to_vec()).await.map_err(local_error);
+            match self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await? {
+                Reply::Read(versions) => Ok(Siblings::from_versions(versions)),
+                other => Err(unexpected(&other)),
             }
-            let bytes = self.remote.post(peer, READ_PATH, encode(&ReadRequest { key: key.to_vec() })).await?;
-            let versions: Vec<Version> = decode(&bytes).map_err(bad_answer)?;
-            Ok(Siblings::from_versions(versions))
         })
     }
 
@@ -143,11 +221,11 @@ impl ReplicaClient for NodeReplicaClient {
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            if let Some(local) = self.local_for(peer) {
-                return local.purge(key.to_vec(), tombstones.to_vec()).await.map(drop).map_err(local_error);
+            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
+            match self.call(peer, call).await? {
+                Reply::Purged => Ok(()),
+                other => Err(unexpected(&other)),
             }
-            let body = encode(&PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
-            self.remote.post(peer, PURGE_PATH, body).await.map(drop)
         })
     }
 }

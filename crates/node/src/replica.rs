@@ -4,13 +4,15 @@
 //! stored versions, build the new version ([`kv_coordinator::wire::build_version`]) and store it
 //! beside every version its context did not see. The whole resulting sibling set goes back to
 //! the caller, which replicates it to the other replicas.
+//!
+//! Replica calls arrive in batches ([`Replica::execute`], from `/internal/v1/batch` or from
+//! this node's own coordinator): one blocking task and one fsync serve the whole batch.
 
 use std::sync::Arc;
 
-use kv_coordinator::wire::build_version;
+use kv_coordinator::wire::{build_version, Call, CoordinateResponse, Reply};
 use kv_coordinator::{now_ms, Write};
 use kv_storage::{Engine, Record, Version};
-use kv_vclock::Dot;
 
 use crate::error::ApiError;
 
@@ -43,12 +45,6 @@ impl Replica {
         blocking(move || engine.get(&key)).await
     }
 
-    /// Merges `versions` into `key` and returns the result once durable.
-    pub async fn store(&self, key: Vec<u8>, versions: Vec<Version>) -> Result<Record, ApiError> {
-        let engine = self.engine.clone();
-        blocking(move || engine.put_versions(&key, versions)).await
-    }
-
     /// Merges many keys' versions (a range hand-off) in one blocking task.
     pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<(), ApiError> {
         let engine = self.engine.clone();
@@ -71,29 +67,89 @@ impl Replica {
         .await
     }
 
-    /// Drops `key` if its only versions are the tombstones `dots`.
-    pub async fn purge(&self, key: Vec<u8>, dots: Vec<Dot>) -> Result<bool, ApiError> {
-        let engine = self.engine.clone();
-        blocking(move || engine.purge_tombstones(&key, &dots)).await
-    }
-
-    /// Creates a new version of `key` from `write` and stores it. Returns the merged versions
-    /// and the new version.
-    pub async fn coordinate(&self, key: Vec<u8>, write: Write) -> Result<(Record, Version), ApiError> {
+    /// Runs a batch of replica calls in one blocking task: reads and purges one by one, all
+    /// writes (coordinate and store calls) through [`Engine::update_many`], so the batch waits
+    /// for one fsync. Replies come in call order; a failed call fails alone. The calls of a
+    /// batch are concurrent requests, so their order inside it is not an ordering promise:
+    /// reads run before the batch's writes.
+    pub async fn execute(&self, calls: Vec<Call>) -> Vec<Reply> {
         let engine = self.engine.clone();
         let node = self.node_id.clone();
-        blocking(move || {
-            let mut created = None;
-            let record = engine.update(&key, &mut |current| {
-                let version = build_version(&node, current, &write, now_ms());
-                created = Some(version.clone());
-                vec![version]
-            })?;
-            let created = created.ok_or_else(|| kv_storage::Error::Io("update did not build a version".into()))?;
-            Ok((record, created))
-        })
-        .await
+        let count = calls.len();
+        match tokio::task::spawn_blocking(move || execute_blocking(&*engine, &node, calls)).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                let message = format!("storage task failed: {e}");
+                tracing::error!(error = %message, "replica batch failed");
+                (0..count).map(|_| Reply::Failed { status: 500, message: message.clone() }).collect()
+            }
+        }
     }
+}
+
+/// What a write call of a batch asks for, once its key is split off.
+enum WriteCall {
+    Coordinate(Write),
+    Store(Vec<Version>),
+}
+
+fn execute_blocking(engine: &dyn Engine, node: &str, calls: Vec<Call>) -> Vec<Reply> {
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
+    // Write calls, split into parallel lists: call index, key, what to write.
+    let mut indexes = Vec::new();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut payloads: Vec<Option<WriteCall>> = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = match call {
+            Call::Read(c) => Some(engine.get(&c.key).map_or_else(failed, |r| Reply::Read(r.into_versions()))),
+            Call::Purge(c) => {
+                Some(engine.purge_tombstones(&c.key, &c.tombstones).map_or_else(failed, |_| Reply::Purged))
+            }
+            Call::Coordinate(c) => {
+                indexes.push(i);
+                keys.push(c.key);
+                payloads.push(Some(WriteCall::Coordinate(c.write)));
+                None
+            }
+            Call::Store(c) => {
+                indexes.push(i);
+                keys.push(c.key);
+                payloads.push(Some(WriteCall::Store(c.versions)));
+                None
+            }
+        };
+        replies.push(reply);
+    }
+    if !keys.is_empty() {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut created: Vec<Option<Version>> = vec![None; keys.len()];
+        let now = now_ms();
+        let results = engine.update_many(&keys, &mut |j, current| match payloads[j].take() {
+            Some(WriteCall::Coordinate(write)) => {
+                let version = build_version(node, current, &write, now);
+                created[j] = Some(version.clone());
+                vec![version]
+            }
+            Some(WriteCall::Store(versions)) => versions,
+            None => Vec::new(),
+        });
+        for ((j, result), i) in results.into_iter().enumerate().zip(indexes) {
+            replies[i] = Some(match (result, created[j].take()) {
+                (Ok(record), Some(created)) => Reply::Coordinated(CoordinateResponse { record, created }),
+                (Ok(_), None) => Reply::Stored,
+                (Err(e), _) => failed(e),
+            });
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Reply::Failed { status: 500, message: "call was not run".into() }))
+        .collect()
+}
+
+fn failed(e: kv_storage::Error) -> Reply {
+    let error = ApiError::from(e);
+    Reply::Failed { status: error.status(), message: error.detail() }
 }
 
 /// Runs blocking storage work (which may wait for an fsync) off the async workers.

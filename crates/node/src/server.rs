@@ -53,8 +53,11 @@ pub struct Service {
 /// no range.
 pub fn gateway_service(cluster: &ClusterConfig, server: &ServerConfig, metrics: Metrics) -> Result<Service, String> {
     let (membership, _) = Membership::new(None, None, cluster.suspect_after, Some(metrics.clone()))?;
-    let remote =
-        Arc::new(HttpReplicaClient::new(cluster.coordinator.replica_timeout, cluster.max_replica_calls.get())?);
+    let remote = Arc::new(HttpReplicaClient::new(
+        cluster.coordinator.replica_timeout,
+        cluster.max_replica_calls.get(),
+        Some(metrics.coordinator.batch_calls.clone()),
+    )?);
     build(membership, None, remote, cluster, server, metrics)
 }
 
@@ -66,7 +69,8 @@ fn build(
     server: &ServerConfig,
     metrics: Metrics,
 ) -> Result<Service, String> {
-    let client = Arc::new(NodeReplicaClient::new(replica.clone(), remote));
+    let client =
+        Arc::new(NodeReplicaClient::new(replica.clone(), remote, Some(metrics.coordinator.batch_calls.clone())));
     let coordinator =
         Coordinator::new(client, membership.subscribe(), cluster.coordinator.clone(), metrics.coordinator.clone());
     let gossip = GossipDriver::new(
@@ -82,7 +86,7 @@ fn build(
         coordinator,
         membership,
         replica,
-        metrics,
+        metrics: Arc::new(metrics),
         ready: Arc::new(AtomicBool::new(true)),
     };
     Ok(Service { state, gossip, rebalancer: None })
@@ -185,8 +189,12 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     membership.set_status(status);
     let replica = Replica::new(node_id.clone(), engine.clone());
     let remote = Arc::new(
-        HttpReplicaClient::new(config.cluster.coordinator.replica_timeout, config.cluster.max_replica_calls.get())
-            .map_err(RunError::Startup)?,
+        HttpReplicaClient::new(
+            config.cluster.coordinator.replica_timeout,
+            config.cluster.max_replica_calls.get(),
+            Some(metrics.coordinator.batch_calls.clone()),
+        )
+        .map_err(RunError::Startup)?,
     );
     let mut service = build(
         membership.clone(),

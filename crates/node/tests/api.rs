@@ -218,3 +218,60 @@ fn config_file_env_and_flags_layer() {
     let _ = child.wait();
     assert_eq!(health.expect("node served")["node_id"], "from-env");
 }
+
+#[test]
+fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
+    use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
+    use kv_coordinator::wire::{
+        decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Write, BATCH_PATH, MAX_BATCH_CALLS,
+    };
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    let post = |calls: &[Call]| {
+        let body = encode(&calls.to_vec());
+        client
+            .post(node.url(BATCH_PATH))
+            .header(INTERNAL_HEADER, InternalAuth.sign("POST", BATCH_PATH, &body))
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let write = Write {
+        value: b"v".to_vec(),
+        content_type: "text/plain".into(),
+        context: kv_vclock::VClock::new(),
+        tombstone: false,
+    };
+    let calls = [
+        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: write.clone() }),
+        Call::Read(ReadRequest { key: Vec::new() }),
+        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new() }),
+        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: Write { value: b"w".to_vec(), ..write } }),
+        Call::Read(ReadRequest { key: b"a".to_vec() }),
+    ];
+    let response = post(&calls);
+    assert_eq!(response.status(), StatusCode::OK);
+    let replies: Vec<Reply> = decode(&response.bytes().unwrap()).unwrap();
+    assert_eq!(replies.len(), calls.len());
+    assert!(matches!(&replies[0], Reply::Coordinated(c) if c.created.value == b"v"));
+    assert!(matches!(&replies[1], Reply::Failed { status: 400, .. }), "empty key fails alone: {:?}", replies[1]);
+    assert!(matches!(&replies[2], Reply::Failed { status: 400, .. }), "long key fails alone: {:?}", replies[2]);
+    // Two blind writes through one node in one batch are siblings. Calls in a batch are
+    // concurrent: the read in it may or may not see them, a later batch sees both.
+    assert!(matches!(&replies[3], Reply::Coordinated(c) if c.record.len() == 2));
+    assert!(matches!(&replies[4], Reply::Read(_)));
+    let replies: Vec<Reply> = decode(&post(&calls[4..]).bytes().unwrap()).unwrap();
+    assert!(matches!(&replies[..], [Reply::Read(versions)] if versions.len() == 2), "{replies:?}");
+
+    let too_many = vec![Call::Read(ReadRequest { key: b"a".to_vec() }); MAX_BATCH_CALLS + 1];
+    assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);
+    let garbage = client
+        .post(node.url(BATCH_PATH))
+        .header(INTERNAL_HEADER, InternalAuth.sign("POST", BATCH_PATH, b"\xff\xff"))
+        .body(&b"\xff\xff"[..])
+        .send()
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    let unsigned = client.post(node.url(BATCH_PATH)).body(encode(&calls.to_vec())).send().unwrap();
+    assert_eq!(unsigned.status(), StatusCode::FORBIDDEN);
+}

@@ -1,7 +1,7 @@
 //! Storage errors, grouped by what the caller can do about them.
 
 /// Why a storage operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The engine could not be opened (bad path, locked by another process, incompatible
     /// files). Start-up stops with this message.

@@ -66,6 +66,13 @@ pub trait Engine: Send + Sync {
     /// the result, and return it once durable under the store's [`SyncMode`].
     fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record>;
 
+    /// [`Engine::update`] for many keys with one durability wait: `build` is called with each
+    /// key's index in `keys` and its stored versions, and the merged records come back in the
+    /// same order once all of them are durable. Concurrent writers coalesce this way into one
+    /// fsync and one blocking hand-off (the replica API's batches).
+    fn update_many(&self, keys: &[&[u8]], build: &mut dyn FnMut(usize, &Record) -> Vec<Version>)
+        -> Vec<Result<Record>>;
+
     /// Merges `incoming` into `key`'s versions (dropping only obsolete ones) and returns the
     /// merged set once durable.
     fn put_versions(&self, key: &[u8], incoming: Vec<Version>) -> Result<Record> {

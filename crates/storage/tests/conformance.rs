@@ -157,6 +157,35 @@ fn put_batch_merges_every_key() {
 }
 
 #[test]
+fn update_many_builds_each_key_in_order_and_sees_earlier_writes() {
+    each_engine(|kind, _, engine| {
+        coordinate(&*engine, b"a", "n1", &VClock::new(), b"stored", false);
+        // The same key twice: the second build sees the first one's version.
+        let keys: [&[u8]; 3] = [b"a", b"b", b"a"];
+        let mut seen = Vec::new();
+        let results = engine.update_many(&keys, &mut |i, current| {
+            seen.push((i, current.len()));
+            let counter = current.max_counter("n1") + 1;
+            vec![Version {
+                dot: Dot { node: "n1".into(), counter, timestamp: counter },
+                context: VClock::new(),
+                value: format!("batch{i}").into_bytes(),
+                content_type: "text/plain".into(),
+                tombstone: false,
+                written_at: 1,
+            }]
+        });
+        assert_eq!(seen, [(0, 1), (1, 0), (2, 2)], "{kind}");
+        let records: Vec<Record> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(records[1].len(), 1, "{kind}");
+        let expected: BTreeSet<Vec<u8>> = [b"stored".to_vec(), b"batch0".to_vec(), b"batch2".to_vec()].into();
+        assert_eq!(values(&records[2]), expected, "{kind}");
+        assert_eq!(values(&engine.get(b"a").unwrap()), expected, "{kind}");
+        assert_eq!(values(&engine.get(b"b").unwrap()), [b"batch1".to_vec()].into(), "{kind}");
+    });
+}
+
+#[test]
 fn scan_returns_a_hash_range_in_order_and_pages() {
     each_engine(|kind, _, engine| {
         let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();

@@ -13,6 +13,10 @@
 //!
 //! A progress line goes to stderr every second; the result is a table, or JSON with `--json`.
 
+/// mimalloc: glibc malloc and free were ~15% of CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,13 +107,31 @@ struct Args {
 }
 
 /// One connection's way of doing a read or a write.
+///
+/// HTTP targets are driven over one plain HTTP/1.1 keep-alive connection per worker, written
+/// by hand like the Redis one: a general client (reqwest) cost more CPU per request than the
+/// server it measured, and on a 2-core machine the load generator's cost comes out of every
+/// target's numbers. It is the same code for this store, the no-op ceiling and etcd.
 enum Conn {
-    Http { client: reqwest::Client, base: String, protocol: Protocol, r: String, w: String },
-    Redis { reader: BufReader<tokio::net::tcp::OwnedReadHalf>, writer: tokio::net::tcp::OwnedWriteHalf },
+    Http {
+        address: String,
+        stream: Option<BufReader<TcpStream>>,
+        protocol: Protocol,
+        base_path: String,
+        r: String,
+        w: String,
+    },
+    Redis {
+        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: tokio::net::tcp::OwnedWriteHalf,
+    },
 }
 
+/// Deadline of one operation, connection included.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Conn {
-    async fn open(args: &Args, client: &reqwest::Client) -> anyhow::Result<Conn> {
+    async fn open(args: &Args) -> anyhow::Result<Conn> {
         if args.protocol == Protocol::Redis {
             let address = args.url.trim_start_matches("redis://");
             let stream = TcpStream::connect(address).await.with_context(|| format!("connect {address}"))?;
@@ -117,11 +139,17 @@ impl Conn {
             let (read, writer) = stream.into_split();
             return Ok(Conn::Redis { reader: BufReader::new(read), writer });
         }
+        let rest = args
+            .url
+            .strip_prefix("http://")
+            .with_context(|| format!("--url {}: expected http://host:port[/path]", args.url))?;
+        let (address, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         let q = |name: &str, v: &Option<String>| v.as_ref().map_or(String::new(), |v| format!("?{name}={v}"));
         Ok(Conn::Http {
-            client: client.clone(),
-            base: args.url.trim_end_matches('/').to_owned(),
+            address: address.to_owned(),
+            stream: None,
             protocol: args.protocol,
+            base_path: format!("/{}", path.trim_end_matches('/')).trim_end_matches('/').to_owned(),
             r: q("r", &args.r),
             w: q("w", &args.w),
         })
@@ -129,33 +157,55 @@ impl Conn {
 
     /// Performs one operation; `Err` carries the error kind.
     async fn op(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
+        match tokio::time::timeout(OP_TIMEOUT, self.op_inner(write, key, value)).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Conn::Http { stream, .. } = self {
+                    *stream = None;
+                }
+                Err("timeout".into())
+            }
+        }
+    }
+
+    async fn op_inner(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            Conn::Http { client, base, protocol, r, w } => {
-                let request = match (*protocol, write) {
-                    (Protocol::Kv, true) => client.put(format!("{base}/kv/{key}{w}")).body(value.to_vec()),
-                    (Protocol::Kv, false) => client.get(format!("{base}/kv/{key}{r}")),
-                    (Protocol::Noop, true) => client.put(base.clone()).body(value.to_vec()),
-                    (Protocol::Noop, false) => client.get(base.clone()),
+            Conn::Http { address, stream, protocol, base_path, r, w } => {
+                let (method, path, body) = match (*protocol, write) {
+                    (Protocol::Kv, true) => ("PUT", format!("{base_path}/kv/{key}{w}"), value.to_vec()),
+                    (Protocol::Kv, false) => ("GET", format!("{base_path}/kv/{key}{r}"), Vec::new()),
+                    (Protocol::Noop, true) => ("PUT", base_path.clone(), value.to_vec()),
+                    (Protocol::Noop, false) => ("GET", base_path.clone(), Vec::new()),
                     (Protocol::Etcd, true) => {
-                        client.post(format!("{base}/v3/kv/put")).body(etcd_body(key, Some(value)))
+                        ("POST", format!("{base_path}/v3/kv/put"), etcd_body(key, Some(value)).into_bytes())
                     }
-                    (Protocol::Etcd, false) => client.post(format!("{base}/v3/kv/range")).body(etcd_body(key, None)),
+                    (Protocol::Etcd, false) => {
+                        ("POST", format!("{base_path}/v3/kv/range"), etcd_body(key, None).into_bytes())
+                    }
                     (Protocol::Redis, _) => return Err("internal: redis over http".into()),
                 };
-                let response = request.send().await.map_err(|e| {
-                    if e.is_timeout() {
-                        "timeout".into()
-                    } else {
-                        "connection".to_string()
+                if stream.is_none() {
+                    let tcp = TcpStream::connect(address.as_str()).await.map_err(|_| "connection".to_string())?;
+                    tcp.set_nodelay(true).map_err(|_| "connection".to_string())?;
+                    *stream = Some(BufReader::new(tcp));
+                }
+                let conn = stream.as_mut().ok_or("connection")?;
+                let result = http_exchange(conn, address, method, &path, &body).await;
+                match result {
+                    Ok((status, keep_alive)) => {
+                        if !keep_alive {
+                            *stream = None;
+                        }
+                        if (200..300).contains(&status) || (!write && status == 404) || status == 300 {
+                            Ok(())
+                        } else {
+                            Err(format!("http_{status}"))
+                        }
                     }
-                })?;
-                let status = response.status();
-                let _ = response.bytes().await.map_err(|_| "connection".to_string())?;
-                if status.is_success() || (!write && status == reqwest::StatusCode::NOT_FOUND) || status.as_u16() == 300
-                {
-                    Ok(())
-                } else {
-                    Err(format!("http_{}", status.as_u16()))
+                    Err(kind) => {
+                        *stream = None;
+                        Err(kind)
+                    }
                 }
             }
             Conn::Redis { reader, writer } => {
@@ -187,6 +237,73 @@ impl Conn {
             }
         }
     }
+}
+
+/// Reads one line into `line` (cleared first); end of stream is an error.
+async fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> Result<(), String> {
+    line.clear();
+    match conn.read_line(line).await {
+        Ok(0) | Err(_) => Err("connection".to_string()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// One HTTP/1.1 request and its whole response (body read and dropped). Returns the status
+/// and whether the connection stays open; `Err` is an error kind.
+async fn http_exchange(
+    conn: &mut BufReader<TcpStream>,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, bool), String> {
+    let mut request = Vec::with_capacity(128 + body.len());
+    request.extend_from_slice(
+        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+    );
+    request.extend_from_slice(body);
+    conn.get_mut().write_all(&request).await.map_err(|_| "connection".to_string())?;
+    let mut line = String::new();
+    read_line(conn, &mut line).await?;
+    let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("protocol")?;
+    let (mut length, mut chunked, mut keep_alive) = (None, false, true);
+    loop {
+        read_line(conn, &mut line).await?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else { return Err("protocol".into()) };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| "protocol")?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        }
+    }
+    let mut sink = Vec::new();
+    if chunked {
+        loop {
+            read_line(conn, &mut line).await?;
+            let size =
+                usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| "protocol")?;
+            sink.resize(size + 2, 0);
+            conn.read_exact(&mut sink).await.map_err(|_| "connection".to_string())?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(length) = length {
+        sink.resize(length, 0);
+        conn.read_exact(&mut sink).await.map_err(|_| "connection".to_string())?;
+    } else if status != 204 && status != 304 && method != "HEAD" {
+        // Body until close.
+        conn.read_to_end(&mut sink).await.map_err(|_| "connection".to_string())?;
+        keep_alive = false;
+    }
+    Ok((status, keep_alive))
 }
 
 fn etcd_body(key: &str, value: Option<&[u8]>) -> String {
@@ -246,7 +363,7 @@ struct Shared {
     stop: AtomicBool,
 }
 
-async fn run_phase(args: &Args, load: bool, client: &reqwest::Client) -> anyhow::Result<(Arc<Shared>, Duration)> {
+async fn run_phase(args: &Args, load: bool) -> anyhow::Result<(Arc<Shared>, Duration)> {
     let shared = Arc::new(Shared {
         histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(BTreeMap::new()),
@@ -266,7 +383,7 @@ async fn run_phase(args: &Args, load: bool, client: &reqwest::Client) -> anyhow:
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
-        let mut conn = Conn::open(args, client).await?;
+        let mut conn = Conn::open(args).await?;
         let (shared, zipf, value) = (shared.clone(), zipf.clone(), value.clone());
         let keys = args.keys;
         workers.push(tokio::spawn(async move {
@@ -342,16 +459,11 @@ async fn main() -> anyhow::Result<()> {
     if args.keys == 0 || args.concurrency == 0 {
         bail!("--keys and --concurrency must be at least 1");
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(args.concurrency)
-        .tcp_nodelay(true)
-        .build()?;
     if !args.no_load && args.workload != Workload::W && args.protocol != Protocol::Noop {
-        let (load, took) = run_phase(&args, true, &client).await?;
+        let (load, took) = run_phase(&args, true).await?;
         eprintln!("loaded {} keys in {:.1} s", load.done.load(Ordering::Relaxed), took.as_secs_f64());
     }
-    let (shared, took) = run_phase(&args, false, &client).await?;
+    let (shared, took) = run_phase(&args, false).await?;
     let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
     let errors = shared.errors.lock().map_err(|_| anyhow::anyhow!("errors lock poisoned"))?.clone();
     let ok = histogram.len();
