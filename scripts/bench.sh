@@ -22,6 +22,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
+  KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
   sleep 1
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -60,13 +61,21 @@ bench "ceiling PUT (noop)" "http://127.0.0.1:$p/noop" noop w
 bench "1 node N=1 W" "http://127.0.0.1:$p" kv w
 bench "1 node N=1 C" "http://127.0.0.1:$p" kv c
 
-# 2. 3 nodes and a gateway, N=3, R=2, W=2.
+# 2. 3 nodes and a gateway, N=3, R=2, W=2. Five processes share two cores here, so each runs
+#    one worker thread (--worker-threads 1, as an operator co-locating them would set); then
+#    W and C again with the default (one thread per core) for comparison.
 base=$(free_port); gw=$(free_port)
-KV_DATA="$work/cluster" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
+KV_WORKER_THREADS=1 KV_DATA="$work/cluster" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw \
+  ./scripts/cluster.sh start --nodes 3 >/dev/null
 for wl in a b c w; do
   bench "3 nodes+gw N=3 ${wl^^}" "http://127.0.0.1:$gw" kv "$wl" $([ "$wl" = a ] || [ "$wl" = w ] || echo --no-load)
 done
 KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null
+base=$(free_port); gw=$(free_port)
+KV_DATA="$work/cluster2" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
+bench "3 nodes+gw N=3 W, threads per core" "http://127.0.0.1:$gw" kv w
+bench "3 nodes+gw N=3 C, threads per core" "http://127.0.0.1:$gw" kv c --no-load
+KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null
 
 # 3. etcd: 3 members on loopback, durable by default, through its v3 HTTP/JSON gateway.
 cluster=""

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use kv_storage::{Record, Version};
 use kv_vclock::{Dot, Versioned};
 use tokio::sync::{mpsc, watch};
@@ -129,26 +130,29 @@ impl Coordinator {
 
         let versions: Arc<Vec<Version>> = Arc::new(response.record.into_versions());
         let key: Arc<[u8]> = key.into();
+        // One background task per write drives every store (so replication past W outlives
+        // the client's answer); it reports the ones that count toward W.
         let (acks, mut ack_rx) = mpsc::channel(replicas);
-        for (i, peer) in peers.iter().enumerate() {
-            if i == index {
-                continue;
+        let counted: Vec<Peer> =
+            peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, p)| p.clone()).collect();
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let mut stores = FuturesUnordered::new();
+            // Future owners of a moving range get the write too; they do not count toward W.
+            for (peer, counts) in counted.into_iter().map(|p| (p, true)).chain(pending.into_iter().map(|p| (p, false)))
+            {
+                let (this, key, versions) = (&this, &key, &versions);
+                stores.push(async move {
+                    let ok = this.call("store", this.client.store(&peer, key, versions)).await.is_ok();
+                    (peer.id, ok, counts)
+                });
             }
-            let (this, peer, key, versions, acks) =
-                (self.clone(), peer.clone(), key.clone(), versions.clone(), acks.clone());
-            self.tasks.spawn(async move {
-                let ok = this.call("store", this.client.store(&peer, &key, &versions)).await.is_ok();
-                let _ = acks.send((peer.id, ok)).await;
-            });
-        }
-        // Future owners of a moving range get the write too; they do not count toward W.
-        for peer in pending {
-            let (this, key, versions) = (self.clone(), key.clone(), versions.clone());
-            self.tasks.spawn(async move {
-                let _ = this.call("store", this.client.store(&peer, &key, &versions)).await;
-            });
-        }
-        drop(acks);
+            while let Some((id, ok, counts)) = stores.next().await {
+                if counts {
+                    let _ = acks.send((id, ok)).await;
+                }
+            }
+        });
         let mut acked = vec![peers[index].id.clone()];
         while acked.len() < required {
             match ack_rx.recv().await {
@@ -172,58 +176,51 @@ impl Coordinator {
         }
         let replicas = peers.len();
         let required = r.unwrap_or(self.options.quorum.r).min(replicas);
-        let key: Arc<[u8]> = key.into();
-        let (results_tx, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
         let first_wave = if self.options.read_all { replicas } else { required };
-        let mut next = 0;
-        while next < first_wave {
-            self.spawn_read(&peers[next], &key, &results_tx);
-            next += 1;
-        }
-        let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
-        let mut outstanding = next;
-        while answers.len() < required && outstanding > 0 {
-            let Some((peer, result)) = results_rx.recv().await else { break };
-            outstanding -= 1;
-            match result {
-                Ok(record) => answers.push((peer, record)),
-                Err(_) if next < replicas => {
-                    // Ask one more replica for each that failed.
-                    self.spawn_read(&peers[next], &key, &results_tx);
-                    next += 1;
-                    outstanding += 1;
+        // One background task per read asks the replicas (one more for each that fails),
+        // passes every answer on, and once all have answered repairs the stale ones.
+        let (results, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let key: &[u8] = &key;
+            let read = |peer: Peer| {
+                let this = &this;
+                async move {
+                    let result = this.call("read", this.client.read(&peer, key)).await;
+                    (peer, result)
                 }
-                Err(_) => {}
+            };
+            let mut reads: FuturesUnordered<_> = peers[..first_wave].iter().cloned().map(read).collect();
+            let mut next = first_wave;
+            let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
+            while let Some((peer, result)) = reads.next().await {
+                match &result {
+                    Ok(record) => answers.push((peer.clone(), record.clone())),
+                    Err(_) if next < replicas => {
+                        reads.push(read(peers[next].clone()));
+                        next += 1;
+                    }
+                    Err(_) => {}
+                }
+                let _ = results.send((peer, result)).await;
+            }
+            drop(results);
+            let merged = merge_records(answers.iter().map(|(_, r)| r));
+            this.repair(key, answers, merged, replicas).await;
+        });
+        let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
+        while answers.len() < required {
+            let Some((peer, result)) = results_rx.recv().await else { break };
+            if let Ok(record) = result {
+                answers.push((peer, record));
             }
         }
-        drop(results_tx);
         if answers.len() < required {
             return Err(self.quorum_failure("get", required, answers.len(), replicas));
         }
         let record = merge_records(answers.iter().map(|(_, r)| r));
-        let answered = answers.iter().map(|(p, _)| p.id.clone()).collect();
-        let this = self.clone();
-        let merged = record.clone();
-        self.tasks.spawn(async move {
-            // Wait for the late answers too, so that every replica we heard from is checked.
-            while outstanding > 0 {
-                let Some((peer, result)) = results_rx.recv().await else { break };
-                outstanding -= 1;
-                if let Ok(record) = result {
-                    answers.push((peer, record));
-                }
-            }
-            this.repair(&key, answers, merged, replicas).await;
-        });
+        let answered = answers.into_iter().map(|(p, _)| p.id).collect();
         Ok(GetOutcome { record, answered, replicas })
-    }
-
-    fn spawn_read(self: &Arc<Self>, peer: &Peer, key: &Arc<[u8]>, results: &mpsc::Sender<ReadResult>) {
-        let (this, peer, key, results) = (self.clone(), peer.clone(), key.clone(), results.clone());
-        self.tasks.spawn(async move {
-            let result = this.call("read", this.client.read(&peer, &key)).await;
-            let _ = results.send((peer, result)).await;
-        });
     }
 
     /// Read repair, then tombstone purge when every replica holds the same old tombstones.

@@ -72,8 +72,7 @@ fn start() -> Result<(), RunError> {
         return Err(RunError::Startup("--seeds: a gateway needs at least one node to learn the cluster from".into()));
     }
     init_logging(server.log_format);
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| RunError::Startup(format!("cannot start the async runtime: {e}")))?;
+    let runtime = server.runtime().map_err(|e| RunError::Startup(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
         let service = gateway_service(&cluster, &server, metrics).map_err(RunError::Startup)?;

@@ -46,6 +46,11 @@ pub struct ServerSettings {
     /// Requests served at once; more wait in line [default: 1024].
     #[arg(long, env = "KV_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Threads that run request handling, 1 to 256. One is cheapest when several kvnode and
+    /// kvgateway processes share a small machine (no cross-thread wake-ups) [default: one per
+    /// CPU core].
+    #[arg(long, env = "KV_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 /// Settings of the cluster and its quorums, shared by kvnode and kvgateway.
@@ -76,6 +81,12 @@ pub struct ClusterSettings {
     /// replica calls, or a range stream page); more wait [default: 512].
     #[arg(long, env = "KV_MAX_REPLICA_CALLS")]
     pub max_replica_calls: Option<usize>,
+    /// Batches of replica calls in flight to one peer (and to this node's own storage) at once,
+    /// 1 to 64. Calls that queue while they are out travel together in the next batch: fewer
+    /// means bigger batches and less CPU per operation, more means less waiting behind a slow
+    /// batch; a lone call never waits [default: 1].
+    #[arg(long, env = "KV_BATCHES_PER_PEER")]
+    pub batches_per_peer: Option<usize>,
     /// Gossip round period: each round a node bumps its heartbeat and exchanges member states
     /// with --gossip-fanout random peers; a gateway pulls the states [default: 1s].
     #[arg(long, env = "KV_GOSSIP_INTERVAL")]
@@ -163,6 +174,17 @@ pub enum LogFormat {
     Json,
 }
 
+impl ServerConfig {
+    /// The async runtime these settings ask for.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.worker_threads {
+            builder.worker_threads(threads);
+        }
+        builder.enable_all().build()
+    }
+}
+
 /// Validated server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -178,6 +200,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Concurrent request limit.
     pub max_in_flight: NonZeroUsize,
+    /// Async worker threads; `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 /// Validated cluster settings.
@@ -189,6 +213,8 @@ pub struct ClusterConfig {
     pub coordinator: kv_coordinator::Options,
     /// Requests to other nodes in flight at once.
     pub max_replica_calls: NonZeroUsize,
+    /// Batches in flight to one peer.
+    pub batches_per_peer: usize,
     /// Gossip round period.
     pub gossip_interval: Duration,
     /// Peers per gossip round.
@@ -244,7 +270,17 @@ pub fn settings_file<T: DeserializeOwned + CommandFactory>(path: &Path) -> Resul
 impl ServerSettings {
     /// Fills every unset field from `lower`.
     pub fn layer_over(&mut self, lower: &mut ServerSettings) {
-        layer!(self, lower, listen, max_value_bytes, log_format, shutdown_timeout, request_timeout, max_in_flight);
+        layer!(
+            self,
+            lower,
+            listen,
+            max_value_bytes,
+            log_format,
+            shutdown_timeout,
+            request_timeout,
+            max_in_flight,
+            worker_threads
+        );
     }
 
     /// Applies defaults (`default_listen` for the bind address) and checks.
@@ -267,6 +303,9 @@ impl ServerSettings {
         }
         let max_in_flight =
             NonZeroUsize::new(self.max_in_flight.unwrap_or(1024)).ok_or("--max-in-flight: must be at least 1")?;
+        if let Some(threads) = self.worker_threads.filter(|t| !(1..=256).contains(t)) {
+            return Err(format!("--worker-threads: must be 1 to 256, got {threads}"));
+        }
         Ok(ServerConfig {
             listen,
             max_value_bytes: max_value_bytes as usize,
@@ -274,6 +313,7 @@ impl ServerSettings {
             shutdown_timeout,
             request_timeout,
             max_in_flight,
+            worker_threads: self.worker_threads,
         })
     }
 }
@@ -291,6 +331,7 @@ impl ClusterSettings {
             replica_timeout,
             read_fanout,
             max_replica_calls,
+            batches_per_peer,
             gossip_interval,
             gossip_fanout,
             suspect_after,
@@ -333,6 +374,10 @@ impl ClusterSettings {
         };
         let max_replica_calls = NonZeroUsize::new(self.max_replica_calls.unwrap_or(512))
             .ok_or("--max-replica-calls: must be at least 1")?;
+        let batches_per_peer = self.batches_per_peer.unwrap_or(1);
+        if !(1..=64).contains(&batches_per_peer) {
+            return Err(format!("--batches-per-peer: must be 1 to 64, got {batches_per_peer}"));
+        }
         let gossip_interval = duration_setting("--gossip-interval", self.gossip_interval.as_deref(), "1s")?;
         if gossip_interval.is_zero() {
             return Err("--gossip-interval: must be greater than zero".into());
@@ -353,6 +398,7 @@ impl ClusterSettings {
             seeds,
             coordinator: kv_coordinator::Options { quorum, replica_timeout, read_all, tombstone_grace },
             max_replica_calls,
+            batches_per_peer,
             gossip_interval,
             gossip_fanout,
             suspect_after,

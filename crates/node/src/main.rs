@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.server.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match config.server.runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("kvnode: error: cannot start the async runtime: {e}");

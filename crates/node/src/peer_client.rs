@@ -25,14 +25,6 @@ use tokio::sync::Semaphore;
 
 use crate::replica::Replica;
 
-/// Batches in flight per remote peer. More overlap network and storage time; fewer make
-/// bigger batches. Four keeps a peer's two cores busy while the next batch fills.
-const REMOTE_BATCHES_IN_FLIGHT: usize = 4;
-
-/// Batches in flight on this node's own storage: one runs its merges while the other waits
-/// for its fsync.
-const LOCAL_BATCHES_IN_FLIGHT: usize = 2;
-
 /// The HTTP side: pooled keep-alive connections, signed requests, a bound on requests in
 /// flight. Cheap to clone (shares the pool and the bound).
 #[derive(Clone)]
@@ -79,12 +71,19 @@ pub struct HttpReplicaClient {
     transport: Transport,
     /// One queue per peer address; a handful of entries (one per member ever called).
     batchers: Mutex<HashMap<String, Arc<Batcher>>>,
+    batches_per_peer: usize,
     batch_sizes: Option<Histogram>,
 }
 
 impl HttpReplicaClient {
-    /// A client whose requests each take at most `timeout`; batch sizes go to `batch_sizes`.
-    pub fn new(timeout: Duration, max_calls: usize, batch_sizes: Option<Histogram>) -> Result<Self, String> {
+    /// A client whose requests each take at most `timeout`, with at most `batches_per_peer`
+    /// batches in flight to one peer; batch sizes go to `batch_sizes`.
+    pub fn new(
+        timeout: Duration,
+        max_calls: usize,
+        batches_per_peer: usize,
+        batch_sizes: Option<Histogram>,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -93,7 +92,7 @@ impl HttpReplicaClient {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         let transport = Transport { http, permits: Arc::new(Semaphore::new(max_calls)), auth: InternalAuth };
-        Ok(HttpReplicaClient { transport, batchers: Mutex::new(HashMap::new()), batch_sizes })
+        Ok(HttpReplicaClient { transport, batchers: Mutex::new(HashMap::new()), batches_per_peer, batch_sizes })
     }
 
     /// POSTs a signed internal message to `peer` and returns the answer's body.
@@ -120,7 +119,7 @@ impl HttpReplicaClient {
                 decode::<Vec<Reply>>(&bytes).map_err(ReplicaError::Decode)
             })
         });
-        let batcher = Arc::new(Batcher::spawn(send, REMOTE_BATCHES_IN_FLIGHT, self.batch_sizes.clone()));
+        let batcher = Arc::new(Batcher::spawn(send, self.batches_per_peer, self.batch_sizes.clone()));
         batchers.insert(address.to_owned(), batcher.clone());
         batcher
     }
@@ -142,7 +141,7 @@ impl NodeReplicaClient {
                 let target = target.clone();
                 Box::pin(async move { Ok(target.execute(calls).await) })
             });
-            (replica, Batcher::spawn(send, LOCAL_BATCHES_IN_FLIGHT, batch_sizes))
+            (replica, Batcher::spawn(send, remote.batches_per_peer, batch_sizes))
         });
         NodeReplicaClient { local, remote }
     }

@@ -56,6 +56,7 @@ pub fn gateway_service(cluster: &ClusterConfig, server: &ServerConfig, metrics: 
     let remote = Arc::new(HttpReplicaClient::new(
         cluster.coordinator.replica_timeout,
         cluster.max_replica_calls.get(),
+        cluster.batches_per_peer,
         Some(metrics.coordinator.batch_calls.clone()),
     )?);
     build(membership, None, remote, cluster, server, metrics)
@@ -192,6 +193,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         HttpReplicaClient::new(
             config.cluster.coordinator.replica_timeout,
             config.cluster.max_replica_calls.get(),
+            config.cluster.batches_per_peer,
             Some(metrics.coordinator.batch_calls.clone()),
         )
         .map_err(RunError::Startup)?,
