@@ -20,6 +20,7 @@ results="$work/results.jsonl"
 pids=()
 
 cleanup() {
+  disown -a 2>/dev/null || true # no "Killed" job reports for what we stop on purpose
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
   KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
@@ -58,8 +59,10 @@ pids+=($!)
 wait_http "http://127.0.0.1:$p/health"
 bench "ceiling GET (noop)" "http://127.0.0.1:$p/noop" noop c
 bench "ceiling PUT (noop)" "http://127.0.0.1:$p/noop" noop w
-bench "1 node N=1 W" "http://127.0.0.1:$p" kv w
+# Every store is filled with the keyspace (a read row's load phase) before its write row runs:
+# writes are measured on a warm store, as a user would meet it (a fresh one is slower at first).
 bench "1 node N=1 C" "http://127.0.0.1:$p" kv c
+bench "1 node N=1 W" "http://127.0.0.1:$p" kv w
 
 # 2. 3 nodes and a gateway, N=3, R=2, W=2. Five processes share two cores here, so each runs
 #    one worker thread (--worker-threads 1, as an operator co-locating them would set); then
@@ -73,8 +76,8 @@ done
 KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null
 base=$(free_port); gw=$(free_port)
 KV_DATA="$work/cluster2" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
+bench "3 nodes+gw N=3 C, threads per core" "http://127.0.0.1:$gw" kv c
 bench "3 nodes+gw N=3 W, threads per core" "http://127.0.0.1:$gw" kv w
-bench "3 nodes+gw N=3 C, threads per core" "http://127.0.0.1:$gw" kv c --no-load
 KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null
 
 # 3. etcd: 3 members on loopback, durable by default, through its v3 HTTP/JSON gateway.
@@ -91,21 +94,21 @@ for i in 1 2 3; do
   pids+=($!)
 done
 wait_http "http://127.0.0.1:${cports[1]}/health"
-bench "etcd 3 members PUT" "http://127.0.0.1:${cports[1]}" etcd w
 bench "etcd 3 members GET" "http://127.0.0.1:${cports[1]}" etcd c
+bench "etcd 3 members PUT" "http://127.0.0.1:${cports[1]}" etcd w
 
 # 4. Redis, single node: appendfsync always, then no persistence.
 rp=$(free_port)
 redis-server --port "$rp" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync always --save '' \
   --daemonize no >"$work/redis1.log" 2>&1 &
 pids+=($!); sleep 0.5
-bench "redis fsync always SET" "redis://127.0.0.1:$rp" redis w
 bench "redis fsync always GET" "redis://127.0.0.1:$rp" redis c
+bench "redis fsync always SET" "redis://127.0.0.1:$rp" redis w
 rp2=$(free_port)
 redis-server --port "$rp2" --bind 127.0.0.1 --appendonly no --save '' --daemonize no >"$work/redis2.log" 2>&1 &
 pids+=($!); sleep 0.5
-bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
 bench "redis no persistence GET" "redis://127.0.0.1:$rp2" redis c
+bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
 
 # 5. Memory: one node, N=1, filled with 1,000,000 keys of 100 bytes, then read for a while.
 mkeys=${BENCH_MEMORY_KEYS:-1000000}
