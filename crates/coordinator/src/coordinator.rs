@@ -57,11 +57,44 @@ pub struct Coordinator {
     topology: watch::Receiver<Arc<Topology>>,
     options: Options,
     metrics: CoordinatorMetrics,
+    call_metrics: Vec<CallMetrics>,
     /// Replication and read repair that outlive the client's answer; drained on shutdown.
     tasks: TaskTracker,
 }
 
 type ReadResult = (Peer, Result<Record, ReplicaError>);
+
+/// A kind of replica call, indexing [`CallMetrics`].
+#[derive(Clone, Copy)]
+enum Op {
+    Coordinate,
+    Store,
+    Read,
+    Purge,
+}
+
+const OPS: [&str; 4] = ["coordinate", "store", "read", "purge"];
+const OUTCOMES: [&str; 5] = ["ok", "unreachable", "failed", "refused", "bad_answer"];
+
+/// The metric series of one kind of call, looked up once instead of per call.
+struct CallMetrics {
+    seconds: prometheus::Histogram,
+    outcomes: Vec<prometheus::IntCounter>,
+}
+
+impl CallMetrics {
+    fn all(metrics: &CoordinatorMetrics) -> Vec<CallMetrics> {
+        OPS.iter()
+            .map(|op| CallMetrics {
+                seconds: metrics.replica_call_seconds.with_label_values(&[op]),
+                outcomes: OUTCOMES
+                    .iter()
+                    .map(|outcome| metrics.replica_calls.with_label_values(&[op, outcome]))
+                    .collect(),
+            })
+            .collect()
+    }
+}
 
 impl Coordinator {
     /// A coordinator over `client`, placing keys by the latest `topology`.
@@ -71,7 +104,8 @@ impl Coordinator {
         options: Options,
         metrics: CoordinatorMetrics,
     ) -> Arc<Self> {
-        Arc::new(Coordinator { client, topology, options, metrics, tasks: TaskTracker::new() })
+        let call_metrics = CallMetrics::all(&metrics);
+        Arc::new(Coordinator { client, topology, options, metrics, call_metrics, tasks: TaskTracker::new() })
     }
 
     /// Cluster defaults.
@@ -111,7 +145,7 @@ impl Coordinator {
         let mut coordinated = None;
         for index in order {
             let peer = &peers[index];
-            match self.call("coordinate", self.client.coordinate(peer, &key, &write)).await {
+            match self.call(Op::Coordinate, self.client.coordinate(peer, &key, &write)).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
                     break;
@@ -143,7 +177,7 @@ impl Coordinator {
             {
                 let (this, key, versions) = (&this, &key, &versions);
                 stores.push(async move {
-                    let ok = this.call("store", this.client.store(&peer, key, versions)).await.is_ok();
+                    let ok = this.call(Op::Store, this.client.store(&peer, key, versions)).await.is_ok();
                     (peer.id, ok, counts)
                 });
             }
@@ -186,7 +220,7 @@ impl Coordinator {
             let read = |peer: Peer| {
                 let this = &this;
                 async move {
-                    let result = this.call("read", this.client.read(&peer, key)).await;
+                    let result = this.call(Op::Read, this.client.read(&peer, key)).await;
                     (peer, result)
                 }
             };
@@ -232,7 +266,7 @@ impl Coordinator {
                 in_sync += 1;
                 continue;
             }
-            if self.call("store", self.client.store(peer, key, &versions)).await.is_ok() {
+            if self.call(Op::Store, self.client.store(peer, key, &versions)).await.is_ok() {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %peer.id, "read repair");
                 in_sync += 1;
@@ -248,7 +282,7 @@ impl Coordinator {
         if purgeable {
             let dots: Vec<Dot> = versions.iter().map(|v| v.dot().clone()).collect();
             for (peer, _) in &answers {
-                if self.call("purge", self.client.purge(peer, key, &dots)).await.is_ok() {
+                if self.call(Op::Purge, self.client.purge(peer, key, &dots)).await.is_ok() {
                     self.metrics.tombstones_purged.inc();
                 }
             }
@@ -256,21 +290,22 @@ impl Coordinator {
     }
 
     /// One replica call with the timeout and metrics.
-    async fn call<T>(&self, op: &str, call: impl Future<Output = Result<T, ReplicaError>>) -> Result<T, ReplicaError> {
+    async fn call<T>(&self, op: Op, call: impl Future<Output = Result<T, ReplicaError>>) -> Result<T, ReplicaError> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.options.replica_timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(ReplicaError::Unreachable(format!("no answer within {:?}", self.options.replica_timeout))),
         };
-        self.metrics.replica_call_seconds.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(ReplicaError::Unreachable(_)) => "unreachable",
-            Err(ReplicaError::Failed { .. }) => "failed",
-            Err(ReplicaError::Refused { .. }) => "refused",
-            Err(ReplicaError::Decode(_)) => "bad_answer",
+            Ok(_) => 0,
+            Err(ReplicaError::Unreachable(_)) => 1,
+            Err(ReplicaError::Failed { .. }) => 2,
+            Err(ReplicaError::Refused { .. }) => 3,
+            Err(ReplicaError::Decode(_)) => 4,
         };
-        self.metrics.replica_calls.with_label_values(&[op, outcome]).inc();
+        let handles = &self.call_metrics[op as usize];
+        handles.seconds.observe(started.elapsed().as_secs_f64());
+        handles.outcomes[outcome].inc();
         result
     }
 

@@ -1,5 +1,7 @@
 //! The client API: `PUT`, `GET` and `DELETE` on `/kv/{key}`, plus `/health` and `/metrics`.
 
+use std::sync::Arc;
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -37,7 +39,7 @@ pub static X_REPLICAS: HeaderName = HeaderName::from_static("x-replicas");
 
 /// `PUT /kv/{key}?w=`: store the body as a new version on W of N replicas.
 pub async fn put(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -62,7 +64,7 @@ pub async fn put(
 
 /// `GET /kv/{key}?r=`: the value, `300` with the siblings, or `404`, from R of N replicas.
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -78,7 +80,7 @@ pub async fn get(
 /// saw, so a concurrent write survives as a sibling; without, the coordinator first reads the
 /// key (R replicas) and deletes every version it found.
 pub async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -125,7 +127,7 @@ pub async fn empty_key() -> ApiError {
 }
 
 /// `GET /health`: 200 while serving, 503 once shutdown has begun.
-pub async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady);
     }
@@ -148,7 +150,7 @@ pub async fn noop(_body: Bytes) -> StatusCode {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(replica) = &state.replica {
         replica.engine().refresh_gauges();
     }

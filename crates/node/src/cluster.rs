@@ -1,6 +1,8 @@
 //! Cluster and admin endpoints: `/cluster/members`, `/cluster/ring`, `/admin/local/{key}`,
 //! `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`.
 
+use std::sync::Arc;
+
 use std::collections::HashMap;
 
 use axum::extract::rejection::PathRejection;
@@ -19,12 +21,12 @@ use crate::membership::MemberList;
 use crate::AppState;
 
 /// `GET /cluster/members`: every known member.
-pub async fn members(State(state): State<AppState>) -> Json<MemberList> {
+pub async fn members(State(state): State<Arc<AppState>>) -> Json<MemberList> {
     Json(MemberList { members: state.membership.members() })
 }
 
 /// `GET /cluster/ring`: each member's share of the ring, as primary and as any of N replicas.
-pub async fn ring(State(state): State<AppState>) -> Json<Value> {
+pub async fn ring(State(state): State<Arc<AppState>>) -> Json<Value> {
     let topology = state.membership.topology();
     let n = state.coordinator.quorum().n;
     let primary = topology.ring.ownership(1);
@@ -64,7 +66,7 @@ pub async fn ring(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /admin/local/{key}`: this node's own versions of a key, without asking any other node.
 pub async fn local(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let key = valid_key(key)?;
@@ -95,7 +97,7 @@ pub async fn local(
 }
 
 /// `POST /admin/leave`: hand this node's ranges to their new owners, leave, and exit.
-pub async fn leave(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn leave(State(state): State<Arc<AppState>>) -> Result<(StatusCode, Json<Value>), ApiError> {
     match state.membership.my_status() {
         Some(Status::Normal) => {
             state.membership.set_status(Status::Leaving);
@@ -110,7 +112,7 @@ pub async fn leave(State(state): State<AppState>) -> Result<(StatusCode, Json<Va
 /// `POST /admin/remove/{id}?force=true`: declare a member permanently failed; the others
 /// re-replicate its ranges. Refused for a member that is not down unless `force=true`.
 pub async fn remove(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
@@ -134,7 +136,7 @@ pub async fn remove(
 }
 
 /// `GET /admin/keys`: every key this node stores (live or deleted), for operators and tests.
-pub async fn keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let replica = state.replica.as_ref().ok_or(ApiError::NoRoute)?;
     let mut keys = Vec::new();
     let mut after: Option<Vec<u8>> = None;

@@ -1,6 +1,8 @@
 //! The internal replica API under `/internal/v1/`: postcard bodies, for other nodes and
 //! gateways only. Every request passes [`verify`] first.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -48,7 +50,7 @@ fn binary(bytes: Vec<u8>) -> Response {
 /// `POST /internal/v1/batch`: run many replica calls, answer one reply per call in order.
 /// A call with a bad key fails alone (400 in its reply); a malformed or oversized batch is
 /// refused whole.
-pub async fn batch(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let calls: Vec<Call> = message(&body)?;
     if calls.len() > MAX_BATCH_CALLS {
         return Err(ApiError::BadRequest(format!("a batch holds at most {MAX_BATCH_CALLS} calls")));
@@ -73,7 +75,7 @@ pub async fn batch(State(state): State<AppState>, body: Bytes) -> Result<Respons
 const MAX_SCAN_PAGE: u32 = 10_000;
 
 /// `POST /internal/v1/scan`: a page of this replica's records in a range of key hashes.
-pub async fn scan(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn scan(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: ScanRequest = message(&body)?;
     if request.first_hash > request.last_hash || request.limit == 0 || request.limit > MAX_SCAN_PAGE {
         return Err(ApiError::BadRequest(format!("scan needs first <= last and 1 to {MAX_SCAN_PAGE} records")));
@@ -88,7 +90,7 @@ pub async fn scan(State(state): State<AppState>, body: Bytes) -> Result<Response
 }
 
 /// `POST /internal/v1/store-batch`: merge many keys (a range handed off by a leaving node).
-pub async fn store_batch(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: StoreBatchRequest = message(&body)?;
     for (key, _) in &request.entries {
         check_key(key)?;
@@ -102,7 +104,7 @@ pub async fn store_batch(State(state): State<AppState>, body: Bytes) -> Result<R
 }
 
 /// `POST /internal/v1/gossip`: merge the sender's member states, answer with ours.
-pub async fn gossip(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn gossip(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let states: Vec<MemberState> = message(&body)?;
     state.membership.merge(states);
     Ok(binary(encode(&state.membership.states())))

@@ -85,6 +85,8 @@ const INTERNAL_BODY_VALUES: usize = 16;
 
 /// The HTTP routes and layers, separate from `main` so tests can drive it directly.
 pub fn router(state: AppState, server: &config::ServerConfig) -> Router {
+    // Handlers and middleware clone the state per request: one Arc, not one per field.
+    let state = Arc::new(state);
     // Room for the value plus one byte, so an oversized body is refused by our own check with a
     // clear message rather than cut short.
     let body_limit = state.max_value_bytes.saturating_add(1);

@@ -3,6 +3,8 @@
 //! Labels are low-cardinality: the route *template* (`/kv/{key}`, never the key), the method
 //! and the status code.
 
+use std::sync::Arc;
+
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -104,7 +106,7 @@ impl Metrics {
 }
 
 /// Middleware: counts and times every request by route template.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
