@@ -162,8 +162,7 @@ impl Coordinator {
             return Err(self.quorum_failure(op, required, 0, replicas));
         };
 
-        let versions: Arc<Vec<Version>> = Arc::new(response.record.into_versions());
-        let key: Arc<[u8]> = key.into();
+        let versions: Vec<Version> = response.record.into_versions();
         // One background task per write drives every store (so replication past W outlives
         // the client's answer); it reports the ones that count toward W.
         let (acks, mut ack_rx) = mpsc::channel(replicas);
@@ -175,7 +174,7 @@ impl Coordinator {
             // Future owners of a moving range get the write too; they do not count toward W.
             for (peer, counts) in counted.into_iter().map(|p| (p, true)).chain(pending.into_iter().map(|p| (p, false)))
             {
-                let (this, key, versions) = (&this, &key, &versions);
+                let (this, key, versions) = (&this, key.as_slice(), versions.as_slice());
                 stores.push(async move {
                     let ok = this.call(Op::Store, this.client.store(&peer, key, versions)).await.is_ok();
                     (peer.id, ok, counts)
