@@ -71,7 +71,7 @@ pub struct Write {
     pub tombstone: bool,
 }
 
-/// `POST /internal/v1/coordinate`.
+/// A [`Call::Coordinate`]: create a version from a client's write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordinateRequest {
     /// The key.
@@ -89,7 +89,7 @@ pub struct CoordinateResponse {
     pub created: Version,
 }
 
-/// `POST /internal/v1/store`.
+/// A [`Call::Store`]: merge versions into a replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreRequest {
     /// The key.
@@ -98,14 +98,14 @@ pub struct StoreRequest {
     pub versions: Vec<Version>,
 }
 
-/// `POST /internal/v1/read`.
+/// A [`Call::Read`]: a replica's versions of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadRequest {
     /// The key.
     pub key: Vec<u8>,
 }
 
-/// `POST /internal/v1/purge`.
+/// A [`Call::Purge`]: drop a key whose only versions are old tombstones.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PurgeRequest {
     /// The key.
