@@ -1,6 +1,7 @@
 //! [`Coordinator`]: quorum writes and reads over a [`ReplicaClient`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::CoordinatorMetrics;
+use crate::replica::IMPOSSIBLE_CONTEXT;
 use crate::topology::{Peer, ReplicaClient, Topology};
-use crate::wire::{is_stale, merge_records, Write};
+use crate::wire::{is_stale, merge_records, Fresh, Ticket, Write};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -60,6 +62,20 @@ pub struct Coordinator {
     call_metrics: Vec<CallMetrics>,
     /// Replication and read repair that outlive the client's answer; drained on shutdown.
     tasks: TaskTracker,
+    write_ids: WriteIds,
+}
+
+/// Unique ids for client writes: this process's random instance id and a sequence number.
+/// Two fronts collide only if they draw the same 64-bit instance id.
+struct WriteIds {
+    instance: u64,
+    next: AtomicU64,
+}
+
+impl WriteIds {
+    fn next(&self) -> u128 {
+        (u128::from(self.instance) << 64) | u128::from(self.next.fetch_add(1, Ordering::Relaxed) + 1)
+    }
 }
 
 type ReadResult = (Peer, Result<Record, ReplicaError>);
@@ -74,7 +90,7 @@ enum Op {
 }
 
 const OPS: [&str; 4] = ["coordinate", "store", "read", "purge"];
-const OUTCOMES: [&str; 5] = ["ok", "unreachable", "failed", "refused", "bad_answer"];
+const OUTCOMES: [&str; 6] = ["ok", "unreachable", "failed", "refused", "bad_answer", "not_owner"];
 
 /// The metric series of one kind of call, looked up once instead of per call.
 struct CallMetrics {
@@ -97,15 +113,31 @@ impl CallMetrics {
 }
 
 impl Coordinator {
-    /// A coordinator over `client`, placing keys by the latest `topology`.
+    /// A coordinator over `client`, placing keys by the latest `topology`; its write ids start
+    /// with a random instance id.
     pub fn new(
         client: Arc<dyn ReplicaClient>,
         topology: watch::Receiver<Arc<Topology>>,
         options: Options,
         metrics: CoordinatorMetrics,
     ) -> Arc<Self> {
+        // Without OS randomness, the clock still makes a collision between fronts unlikely.
+        let instance =
+            getrandom::u64().unwrap_or_else(|_| crate::now_ms().rotate_left(32) ^ u64::from(std::process::id()));
+        Coordinator::with_instance(client, topology, options, metrics, instance)
+    }
+
+    /// [`Coordinator::new`] with a given write-id instance (deterministic simulation).
+    pub fn with_instance(
+        client: Arc<dyn ReplicaClient>,
+        topology: watch::Receiver<Arc<Topology>>,
+        options: Options,
+        metrics: CoordinatorMetrics,
+        instance: u64,
+    ) -> Arc<Self> {
         let call_metrics = CallMetrics::all(&metrics);
-        Arc::new(Coordinator { client, topology, options, metrics, call_metrics, tasks: TaskTracker::new() })
+        let write_ids = WriteIds { instance, next: AtomicU64::new(0) };
+        Arc::new(Coordinator { client, topology, options, metrics, call_metrics, tasks: TaskTracker::new(), write_ids })
     }
 
     /// Cluster defaults.
@@ -125,9 +157,11 @@ impl Coordinator {
 
     /// Writes (or deletes, for a tombstone `write`) `key` with `w` acknowledgements (default W).
     ///
-    /// The first replica of the preference list that answers creates the version; the others
-    /// receive its whole sibling set in parallel. Answers after `w` replicas hold the write;
-    /// the remaining replicas complete in the background.
+    /// The first replica of the preference list that answers creates the version (normal
+    /// replicas first, then leaving ones, then those known down); the others receive its whole
+    /// sibling set in parallel. Answers after `w` distinct replicas of the key hold the write;
+    /// the remaining replicas complete in the background. A key with fewer than `w` replicas
+    /// (a ring smaller than N) is refused, never answered by fewer.
     pub async fn put(self: &Arc<Self>, key: Vec<u8>, write: Write, w: Option<usize>) -> Result<PutOutcome, Error> {
         let op = if write.tombstone { "delete" } else { "put" };
         let topology = self.topology();
@@ -136,24 +170,38 @@ impl Coordinator {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
-        let required = w.unwrap_or(self.options.quorum.w).min(replicas);
+        let required = w.unwrap_or(self.options.quorum.w);
+        if required > replicas {
+            return Err(self.insufficient(op, required, replicas));
+        }
         let pending = topology.pending_replicas(&key, self.options.quorum.n, &peers);
+        let write_id = self.write_ids.next();
 
-        // Coordinate at the first replica not known to be down; down ones are tried last.
         let mut order: Vec<usize> = (0..replicas).collect();
-        order.sort_by_key(|&i| topology.down.contains(&peers[i].id));
+        order.sort_by_key(|&i| (topology.down.contains(&peers[i].id), topology.leaving.contains(&peers[i].id)));
         let mut coordinated = None;
+        // Whether an attempt may have been applied although we gave up on it.
+        let mut abandoned = false;
+        let timeout_ms = self.options.replica_timeout.as_millis() as u64;
         for index in order {
             let peer = &peers[index];
-            match self.call(Op::Coordinate, self.client.coordinate(peer, &key, &write)).await {
+            let ticket = Ticket { write_id, deadline_ms: crate::now_ms() + timeout_ms };
+            match self.call(Op::Coordinate, self.client.coordinate(peer, &key, &write, &ticket)).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
                     break;
                 }
+                Err(ReplicaError::Refused { status: IMPOSSIBLE_CONTEXT, message }) => {
+                    return Err(Error::BadContext(message))
+                }
                 Err(ReplicaError::Refused { message, .. }) => {
                     return Err(Error::Refused { node: peer.id.clone(), message })
                 }
+                Err(ReplicaError::NotOwner(reason)) => {
+                    tracing::debug!(peer = %peer.id, %reason, "replica may not coordinate; trying the next")
+                }
                 Err(e) => {
+                    abandoned = true;
                     tracing::debug!(peer = %peer.id, error = %e, "coordinating replica unavailable; trying the next")
                 }
             }
@@ -161,6 +209,7 @@ impl Coordinator {
         let Some((index, response)) = coordinated else {
             return Err(self.quorum_failure(op, required, 0, replicas));
         };
+        let fresh = Fresh { dot: response.created.dot.clone(), write_id, retract: abandoned };
 
         let versions: Vec<Version> = response.record.into_versions();
         // One background task per write drives every store (so replication past W outlives
@@ -174,9 +223,9 @@ impl Coordinator {
             // Future owners of a moving range get the write too; they do not count toward W.
             for (peer, counts) in counted.into_iter().map(|p| (p, true)).chain(pending.into_iter().map(|p| (p, false)))
             {
-                let (this, key, versions) = (&this, key.as_slice(), versions.as_slice());
+                let (this, key, versions, fresh) = (&this, key.as_slice(), versions.as_slice(), &fresh);
                 stores.push(async move {
-                    let ok = this.call(Op::Store, this.client.store(&peer, key, versions)).await.is_ok();
+                    let ok = this.call(Op::Store, this.client.store(&peer, key, versions, Some(fresh))).await.is_ok();
                     (peer.id, ok, counts)
                 });
             }
@@ -208,7 +257,10 @@ impl Coordinator {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
-        let required = r.unwrap_or(self.options.quorum.r).min(replicas);
+        let required = r.unwrap_or(self.options.quorum.r);
+        if required > replicas {
+            return Err(self.insufficient("get", required, replicas));
+        }
         let first_wave = if self.options.read_all { replicas } else { required };
         // One background task per read asks the replicas (one more for each that fails),
         // passes every answer on, and once all have answered repairs the stale ones.
@@ -265,7 +317,7 @@ impl Coordinator {
                 in_sync += 1;
                 continue;
             }
-            if self.call(Op::Store, self.client.store(peer, key, &versions)).await.is_ok() {
+            if self.call(Op::Store, self.client.store(peer, key, &versions, None)).await.is_ok() {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %peer.id, "read repair");
                 in_sync += 1;
@@ -301,11 +353,17 @@ impl Coordinator {
             Err(ReplicaError::Failed { .. }) => 2,
             Err(ReplicaError::Refused { .. }) => 3,
             Err(ReplicaError::Decode(_)) => 4,
+            Err(ReplicaError::NotOwner(_)) => 5,
         };
         let handles = &self.call_metrics[op as usize];
         handles.seconds.observe(started.elapsed().as_secs_f64());
         handles.outcomes[outcome].inc();
         result
+    }
+
+    fn insufficient(&self, op: &'static str, required: usize, replicas: usize) -> Error {
+        self.metrics.quorum_failures.with_label_values(&[op]).inc();
+        Error::InsufficientReplicas { op, required, replicas, n: self.options.quorum.n }
     }
 
     fn quorum_failure(&self, op: &'static str, required: usize, acks: usize, replicas: usize) -> Error {

@@ -17,6 +17,25 @@ pub enum Error {
         /// Replicas in the preference list.
         replicas: usize,
     },
+    /// The key has fewer replicas than the operation must hear from: the ring has fewer
+    /// members than N. A quorum is never cut down to the replicas that exist.
+    #[error(
+        "{op}: {required} replicas required but the key has only {replicas} (the ring has fewer members than N = {n})"
+    )]
+    InsufficientReplicas {
+        /// `put`, `delete` or `get`.
+        op: &'static str,
+        /// R or W.
+        required: usize,
+        /// Replicas in the key's preference list.
+        replicas: usize,
+        /// The configured N.
+        n: usize,
+    },
+    /// The client's context names an event that never happened (a counter a replica never
+    /// issued): forged or corrupted.
+    #[error("{0}")]
+    BadContext(String),
     /// An `r` or `w` parameter is not 1..=N, `one`, `quorum` or `all`.
     #[error("{0}")]
     BadQuorum(String),
@@ -36,7 +55,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::QuorumNotMet { .. } | Error::NoMembers)
+        matches!(self, Error::QuorumNotMet { .. } | Error::NoMembers | Error::InsufficientReplicas { .. })
     }
 }
 
@@ -65,4 +84,20 @@ pub enum ReplicaError {
     /// The answer did not decode.
     #[error("bad answer from replica: {0}")]
     Decode(String),
+    /// The replica is not (or no longer, or not yet) a replica of the key's range in its own
+    /// view, or may not coordinate: ask another. Its answer never counts toward a quorum.
+    #[error("replica is not an owner of the key ({0})")]
+    NotOwner(String),
+}
+
+impl ReplicaError {
+    /// The error for a replica's answer with HTTP-style `status` (a whole request's, or one
+    /// call's inside a batch).
+    pub fn from_status(status: u16, message: String) -> ReplicaError {
+        match status {
+            crate::replica::MISDIRECTED => ReplicaError::NotOwner(message),
+            400..=499 => ReplicaError::Refused { status, message },
+            _ => ReplicaError::Failed { status, message },
+        }
+    }
 }

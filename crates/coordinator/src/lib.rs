@@ -35,6 +35,7 @@
 //! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
 //! - [`wire`] — internal protocol messages, version building, merging.
+//! - [`replica`] — [`replica::ReplicaCore`]: what a storage node does with replica calls.
 //! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
 //! - [`auth`] — signing and checking internal requests.
@@ -47,6 +48,7 @@ pub mod coordinator;
 pub mod error;
 pub mod metrics;
 pub mod quorum;
+pub mod replica;
 pub mod topology;
 pub mod wire;
 

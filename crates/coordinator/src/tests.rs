@@ -1,26 +1,50 @@
-//! Coordinator behaviour over simulated replicas: down, slow and lying ones.
+//! Coordinator behaviour over simulated replicas (the real [`ReplicaCore`] on memory stores,
+//! behind fault switches): down, slow and lying ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_ring::{Node, Ring};
-use kv_storage::{Record, Version};
+use kv_ring::{Intervals, Node, Ring};
+use kv_storage::{Compression, EngineKind, Options as StorageOptions, Record, StorageMetrics, SyncMode, Version};
 use kv_vclock::{Dot, VClock};
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::wire::{build_version, CoordinateResponse, Write};
+use crate::replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
+use crate::wire::{
+    Call, CoordinateRequest, CoordinateResponse, Fresh, PurgeRequest, ReadRequest, StoreRequest, Ticket, Write,
+};
 use crate::*;
 
-/// One simulated replica: a map of records and fault switches.
-#[derive(Default)]
+/// One simulated replica: the real replica logic on a memory store, and fault switches.
 struct SimReplica {
-    records: Mutex<HashMap<Vec<u8>, Record>>,
+    core: ReplicaCore,
     down: AtomicBool,
     slow: AtomicBool,
     lying: AtomicBool,
+}
+
+impl SimReplica {
+    fn new(id: &str) -> SimReplica {
+        let options = StorageOptions {
+            engine: EngineKind::Memory,
+            sync: SyncMode::None,
+            compression: Compression::None,
+            cache_bytes: 1 << 20,
+        };
+        let engine = kv_storage::open(std::path::Path::new("."), &options, StorageMetrics::unregistered()).unwrap();
+        SimReplica {
+            core: ReplicaCore::new(id, engine, ReplicaMetrics::unregistered()),
+            down: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+            lying: AtomicBool::new(false),
+        }
+    }
+
+    fn record(&self, key: &[u8]) -> Record {
+        self.core.engine().get(key).unwrap()
+    }
 }
 
 struct SimCluster {
@@ -28,7 +52,17 @@ struct SimCluster {
 }
 
 impl SimCluster {
-    async fn gate(&self, peer: &Peer) -> Result<&SimReplica, ReplicaError> {
+    /// Replicas `ids`, each with the view of `topology` (all normal).
+    fn new(ids: &[String], topology: &Topology) -> Arc<SimCluster> {
+        let replicas: HashMap<String, SimReplica> = ids.iter().map(|id| (id.clone(), SimReplica::new(id))).collect();
+        for (id, replica) in &replicas {
+            let view = ReplicaView::new(id, 3, &topology.ring, topology.pending.as_ref(), true, Intervals::new());
+            replica.core.set_view(view);
+        }
+        Arc::new(SimCluster { replicas })
+    }
+
+    async fn call(&self, peer: &Peer, call: Call) -> Result<wire::Reply, ReplicaError> {
         let replica = &self.replicas[&peer.id];
         if replica.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -39,7 +73,8 @@ impl SimCluster {
         if replica.lying.load(Ordering::SeqCst) {
             return Err(ReplicaError::Decode("garbage".into()));
         }
-        Ok(replica)
+        let mut replies = replica.core.execute(vec![call], now_ms());
+        Ok(replies.remove(0))
     }
 }
 
@@ -49,14 +84,11 @@ impl ReplicaClient for SimCluster {
         peer: &'a Peer,
         key: &'a [u8],
         write: &'a Write,
+        ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
-            let replica = self.gate(peer).await?;
-            let mut records = replica.records.lock();
-            let record = records.entry(key.to_vec()).or_default();
-            let created = build_version(&peer.id, record, write, now_ms());
-            record.insert(created.clone());
-            Ok(CoordinateResponse { record: record.clone(), created })
+            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
+            self.call(peer, call).await?.into_coordinated()
         })
     }
 
@@ -65,19 +97,17 @@ impl ReplicaClient for SimCluster {
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
+        fresh: Option<&'a Fresh>,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let replica = self.gate(peer).await?;
-            replica.records.lock().entry(key.to_vec()).or_default().merge(versions.iter().cloned());
-            Ok(())
+            let call =
+                Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec(), fresh: fresh.cloned() });
+            self.call(peer, call).await?.into_stored()
         })
     }
 
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move {
-            let replica = self.gate(peer).await?;
-            Ok(replica.records.lock().get(key).cloned().unwrap_or_default())
-        })
+        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
     }
 
     fn purge<'a>(
@@ -87,15 +117,8 @@ impl ReplicaClient for SimCluster {
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let replica = self.gate(peer).await?;
-            let mut records = replica.records.lock();
-            let same = records.get(key).is_some_and(|r| {
-                r.versions().iter().all(|v| v.tombstone) && r.versions().iter().map(|v| &v.dot).eq(tombstones.iter())
-            });
-            if same {
-                records.remove(key);
-            }
-            Ok(())
+            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
+            self.call(peer, call).await?.into_purged()
         })
     }
 }
@@ -104,10 +127,11 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
     let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
     let ring = Ring::new(ids.iter().map(|id| Node::new(id.clone(), id.clone()))).unwrap();
     let addresses = ids.iter().map(|id| (id.clone(), format!("{id}:1"))).collect();
-    let (_tx, rx) = watch::channel(Arc::new(Topology::new(ring, addresses)));
+    let topology = Topology::new(ring, addresses);
+    let cluster = SimCluster::new(&ids, &topology);
+    let (_tx, rx) = watch::channel(Arc::new(topology));
     // Keep the sender alive for the test's duration by leaking it: the receiver only borrows.
     std::mem::forget(_tx);
-    let cluster = Arc::new(SimCluster { replicas: ids.iter().map(|id| (id.clone(), SimReplica::default())).collect() });
     let options = Options {
         quorum: Quorum::new(3, 2, 2).unwrap(),
         replica_timeout: Duration::from_millis(500),
@@ -124,7 +148,7 @@ fn write(value: &str, context: VClock) -> Write {
 
 fn holders(cluster: &SimCluster, key: &[u8]) -> Vec<usize> {
     let mut ids: Vec<(String, usize)> =
-        cluster.replicas.iter().map(|(id, r)| (id.clone(), r.records.lock().get(key).map_or(0, Record::len))).collect();
+        cluster.replicas.iter().map(|(id, r)| (id.clone(), r.record(key).len())).collect();
     ids.sort();
     ids.into_iter().map(|(_, n)| n).collect()
 }
@@ -161,7 +185,7 @@ async fn slow_and_lying_replicas_do_not_block_a_quorum() {
     // The preferred coordinator hangs: the write fails over to the next replica.
     cluster.replicas[&pl[0].id].slow.store(true, Ordering::SeqCst);
     let outcome = coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
-    assert_eq!(outcome.created.dot.node, pl[1].id);
+    assert_eq!(outcome.created.dot.node, cluster.replicas[&pl[1].id].core.actor());
     cluster.replicas[&pl[0].id].slow.store(false, Ordering::SeqCst);
     cluster.replicas[&ids.iter().find(|id| **id != pl[1].id).unwrap().clone()].lying.store(true, Ordering::SeqCst);
     let read = coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();
@@ -177,10 +201,10 @@ async fn read_repair_fixes_a_replica_that_missed_a_write() {
     coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
     settle(&coordinator).await;
     late.down.store(false, Ordering::SeqCst);
-    assert!(late.records.lock().get(b"k".as_slice()).is_none());
+    assert!(late.record(b"k").is_empty());
     coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();
     settle(&coordinator).await;
-    assert_eq!(late.records.lock().get(b"k".as_slice()).map(Record::len), Some(1));
+    assert_eq!(late.record(b"k").len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -226,9 +250,9 @@ async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
         .unwrap();
     let first = topology.preference_list(&key, 3)[0].id.clone();
     topology.down.insert(first.clone());
+    let cluster = SimCluster::new(&ids, &topology);
     let (tx, rx) = watch::channel(Arc::new(topology));
     std::mem::forget(tx);
-    let cluster = Arc::new(SimCluster { replicas: ids.iter().map(|id| (id.clone(), SimReplica::default())).collect() });
     let options = Options {
         quorum: Quorum::new(3, 2, 2).unwrap(),
         replica_timeout: Duration::from_millis(500),
@@ -237,14 +261,14 @@ async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
     let outcome = coordinator.put(key.clone(), write("v", VClock::new()), Some(3)).await.unwrap();
-    assert_ne!(outcome.created.dot.node, first, "a down replica is not asked to coordinate first");
+    assert_ne!(
+        outcome.created.dot.node,
+        cluster.replicas[&first].core.actor(),
+        "a down replica is not asked to coordinate first"
+    );
     assert_eq!(outcome.replicas, 3, "the pending owner does not count toward N");
     settle(&coordinator).await;
-    assert_eq!(
-        cluster.replicas["n4"].records.lock().get(&key).map(Record::len),
-        Some(1),
-        "the joining owner got the write"
-    );
+    assert_eq!(cluster.replicas["n4"].record(&key).len(), 1, "the joining owner got the write");
 }
 
 #[tokio::test(start_paused = true)]

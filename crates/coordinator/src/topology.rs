@@ -8,7 +8,7 @@ use kv_ring::Ring;
 use kv_storage::{Record, Version};
 use kv_vclock::Dot;
 
-use crate::wire::{CoordinateResponse, Write};
+use crate::wire::{CoordinateResponse, Fresh, Ticket, Write};
 use crate::ReplicaError;
 
 /// A member as the coordinator calls it.
@@ -36,6 +36,8 @@ pub struct Topology {
     pub addresses: HashMap<String, String>,
     /// Members confirmed down: tried last when choosing a coordinating replica.
     pub down: HashSet<String>,
+    /// Members handing their ranges off: still replicas, but they do not coordinate.
+    pub leaving: HashSet<String>,
 }
 
 impl Topology {
@@ -46,7 +48,7 @@ impl Topology {
 
     /// A topology with no moves in progress and nobody down.
     pub fn new(ring: Ring, addresses: HashMap<String, String>) -> Topology {
-        Topology { ring, pending: None, addresses, down: HashSet::new() }
+        Topology { ring, pending: None, addresses, down: HashSet::new(), leaving: HashSet::new() }
     }
 
     fn peer(&self, id: &str) -> Peer {
@@ -76,19 +78,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// How a coordinator talks to replicas. The node implements it over HTTP (with a shortcut
 /// for itself); tests implement it with slow, failing and lying replicas.
 pub trait ReplicaClient: Send + Sync + 'static {
-    /// Asks `peer` to create a version of `key` from `write` and store it.
+    /// Asks `peer` to create a version of `key` from `write` and store it, unless `ticket`'s
+    /// deadline has passed by the time it would.
     fn coordinate<'a>(
         &'a self,
         peer: &'a Peer,
         key: &'a [u8],
         write: &'a Write,
+        ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
-    /// Asks `peer` to merge `versions` into its copy of `key` (durably).
+    /// Asks `peer` to merge `versions` into its copy of `key` (durably); with `fresh`, the
+    /// acknowledgement vouches that it holds the new version of a client write.
     fn store<'a>(
         &'a self,
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
+        fresh: Option<&'a Fresh>,
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// Reads `peer`'s versions of `key`.
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>>;

@@ -6,6 +6,8 @@
 //! speaking another version instead of misreading it.
 
 use kv_storage::{Record, Version};
+
+use crate::ReplicaError;
 use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +80,19 @@ pub struct CoordinateRequest {
     pub key: Vec<u8>,
     /// The write.
     pub write: Write,
+    /// Which client write this is, and until when it may be applied.
+    pub ticket: Ticket,
+}
+
+/// The identity and deadline of one client write, as its front sends it to a coordinating
+/// replica. A front that retries the write on another replica sends the same `write_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Unique per client request: the front's random instance id and a sequence number.
+    pub write_id: u128,
+    /// Wall-clock ms (Unix) after which the replica must not apply the write: the front has
+    /// given up on this attempt and may be retrying it elsewhere.
+    pub deadline_ms: u64,
 }
 
 /// Answer to a coordinate call.
@@ -96,6 +111,21 @@ pub struct StoreRequest {
     pub key: Vec<u8>,
     /// Versions to merge in.
     pub versions: Vec<Version>,
+    /// Set when this store replicates a client write that must count toward W: see [`Fresh`].
+    pub fresh: Option<Fresh>,
+}
+
+/// The new version a store replicates, which the replica's acknowledgement vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fresh {
+    /// The dot of the version the client's write created.
+    pub dot: Dot,
+    /// The client write it belongs to.
+    pub write_id: u128,
+    /// The front tried to coordinate this write elsewhere first and gave up on that attempt:
+    /// any other version of the same write the replica holds (a late application of the
+    /// abandoned attempt) is dropped, and later attempts are refused.
+    pub retract: bool,
 }
 
 /// A [`Call::Read`]: a replica's versions of a key.
@@ -176,6 +206,60 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    fn unexpected(self, wanted: &str) -> ReplicaError {
+        match self {
+            Reply::Failed { status, message } => ReplicaError::from_status(status, message),
+            other => {
+                let kind = match other {
+                    Reply::Coordinated(_) => "coordinated",
+                    Reply::Stored => "stored",
+                    Reply::Read(_) => "read",
+                    Reply::Purged => "purged",
+                    Reply::Failed { .. } => "failed",
+                };
+                ReplicaError::Decode(format!("reply {kind:?} does not answer a {wanted} call"))
+            }
+        }
+    }
+
+    /// The answer to a coordinate call, with the sibling invariant re-established on what the
+    /// replica sent.
+    pub fn into_coordinated(self) -> Result<CoordinateResponse, ReplicaError> {
+        match self {
+            Reply::Coordinated(mut response) => {
+                response.record = Siblings::from_versions(response.record.into_versions());
+                Ok(response)
+            }
+            other => Err(other.unexpected("coordinate")),
+        }
+    }
+
+    /// The answer to a store call.
+    pub fn into_stored(self) -> Result<(), ReplicaError> {
+        match self {
+            Reply::Stored => Ok(()),
+            other => Err(other.unexpected("store")),
+        }
+    }
+
+    /// The answer to a read call, as a sibling set.
+    pub fn into_read(self) -> Result<Record, ReplicaError> {
+        match self {
+            Reply::Read(versions) => Ok(Siblings::from_versions(versions)),
+            other => Err(other.unexpected("read")),
+        }
+    }
+
+    /// The answer to a purge call.
+    pub fn into_purged(self) -> Result<(), ReplicaError> {
+        match self {
+            Reply::Purged => Ok(()),
+            other => Err(other.unexpected("purge")),
+        }
+    }
+}
+
 /// Encodes a message.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     // Serialising plain owned data into a Vec cannot fail.
@@ -192,33 +276,50 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     }
 }
 
-/// The version a write coordinated by `node` creates on top of the stored `current` versions.
-///
-/// Its dot counter is above every counter of `node` seen so far (in storage or in the client's
-/// context), so two writes through the same node never share a dot. Retry safety: when
-/// `current` already holds a version with the same context and the same value, content type and
-/// delete flag, that version is returned instead of a new one, so a retried write (after a
-/// quorum failure or a lost answer) does not become a sibling of itself.
-pub fn build_version(node: &str, current: &Record, write: &Write, now_ms: u64) -> Version {
-    let mut context = write.context.clone();
-    context.prune(DEFAULT_MAX_ENTRIES, Some(node));
-    if let Some(same) = current.versions().iter().find(|v| {
-        v.context == context
-            && v.tombstone == write.tombstone
-            && v.value == write.value
-            && v.content_type == write.content_type
-    }) {
-        return same.clone();
-    }
-    let counter = current.max_counter(node).max(write.context.get(node)) + 1;
+/// A version already in `current` that this write must reuse instead of creating a new one:
+/// the version of the same client write (`write_id`, a retry reaching this replica again), or
+/// one with the same context, value, content type and delete flag (a client retrying after a
+/// quorum failure), so that a retry never becomes a sibling of itself.
+pub fn reusable(current: &Record, write: &Write, write_id: u128) -> Option<Version> {
+    let context = pruned_context(write);
+    current
+        .versions()
+        .iter()
+        .find(|v| {
+            (write_id != 0 && v.write_id == write_id)
+                || (v.context == context
+                    && v.tombstone == write.tombstone
+                    && v.value == write.value
+                    && v.content_type == write.content_type)
+        })
+        .cloned()
+}
+
+/// The counter a new dot of `actor` must exceed on top of `current`: every counter of `actor`
+/// stored for the key or named by the client's context. The store's own counter is above all
+/// it ever issued (`kv_storage::Engine::issue_counter`); this floor only matters when the
+/// context or the stored versions carry counters the store has forgotten.
+pub fn counter_floor(actor: &str, current: &Record, write: &Write) -> u64 {
+    current.max_counter(actor).max(write.context.get(actor))
+}
+
+/// The version a write coordinated by `actor` creates, with the dot counter the store issued.
+pub fn new_version(actor: &str, counter: u64, write: &Write, write_id: u128, now_ms: u64) -> Version {
     Version {
-        dot: Dot { node: node.to_owned(), counter, timestamp: now_ms },
-        context,
+        dot: Dot { node: actor.to_owned(), counter, timestamp: now_ms },
+        context: pruned_context(write),
         value: write.value.clone(),
         content_type: write.content_type.clone(),
         tombstone: write.tombstone,
         written_at: now_ms,
+        write_id,
     }
+}
+
+fn pruned_context(write: &Write) -> VClock {
+    let mut context = write.context.clone();
+    context.prune(DEFAULT_MAX_ENTRIES, None);
+    context
 }
 
 /// Whether `replica` lacks something `merged` has (a stale or missing replica to repair).
@@ -243,22 +344,28 @@ mod tests {
         Write { value: value.into(), content_type: "text/plain".into(), context: context.clone(), tombstone: false }
     }
 
+    fn version(record: &Record, write: &Write, write_id: u128, counter: u64) -> Version {
+        reusable(record, write, write_id).unwrap_or_else(|| new_version("n1", counter, write, write_id, 1))
+    }
+
     #[test]
     fn retried_write_reuses_its_version() {
         let mut record = Record::new();
-        let first = build_version("n1", &record, &write("v", &VClock::new()), 1);
+        let first = version(&record, &write("v", &VClock::new()), 7, 1);
         record.insert(first.clone());
-        let retry = build_version("n1", &record, &write("v", &VClock::new()), 2);
-        assert_eq!(retry, first);
-        let other = build_version("n1", &record, &write("w", &VClock::new()), 3);
+        // The same content again (a client's retry) and the same write id (a front's retry).
+        assert_eq!(version(&record, &write("v", &VClock::new()), 8, 2), first);
+        assert_eq!(version(&record, &write("other", &VClock::new()), 7, 3), first);
+        let other = version(&record, &write("w", &VClock::new()), 9, 4);
         assert_ne!(other.dot, first.dot);
         assert!(record.insert(other));
         assert_eq!(record.len(), 2);
+        assert_eq!(counter_floor("n1", &record, &write("x", &VClock::new())), 4);
     }
 
     #[test]
     fn messages_round_trip_and_reject_garbage() {
-        let request = StoreRequest { key: b"k".to_vec(), versions: vec![] };
+        let request = StoreRequest { key: b"k".to_vec(), versions: vec![], fresh: None };
         let bytes = encode(&request);
         let back: StoreRequest = decode(&bytes).unwrap();
         assert_eq!(back.key, b"k");
@@ -271,7 +378,7 @@ mod tests {
     #[test]
     fn stale_means_missing_a_merged_version() {
         let mut full = Record::new();
-        full.insert(build_version("n1", &Record::new(), &write("a", &VClock::new()), 1));
+        full.insert(new_version("n1", 1, &write("a", &VClock::new()), 1, 1));
         assert!(is_stale(&Record::new(), &full));
         assert!(!is_stale(&full, &full));
     }

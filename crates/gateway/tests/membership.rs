@@ -112,16 +112,29 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
     let ring: Value = client().get(cluster.gateways[0].url("/cluster/ring")).send().unwrap().json().unwrap();
     let shares: Vec<f64> =
         ring["nodes"].as_array().unwrap().iter().map(|n| n["primary_share"].as_f64().unwrap()).collect();
+    // The old owners drop what they lost, once n4 holds it.
+    let members = ["n1", "n2", "n3", "n4"];
+    let settled = wait_for("the old owners to drop the ranges they lost", Duration::from_secs(30), || {
+        (0..3).all(|i| stored_keys(&cluster.nodes[i]) == keys_of(&members, members[i]))
+    });
+    let dropped: f64 = (0..3).map(|i| metric(&cluster.nodes[i], "kv_keys_dropped_total", "")).sum();
     println!(
         "join: 4 normal members on every node and the gateway after {:.1} s; {reads} reads at r=2 during the join, 0 failed; \
-         n4 streamed {streamed} keys and holds {} keys, exactly the {} keys of its ranges (of {KEYS}); primary shares {:?}",
+         n4 received {streamed} keys (every key of its ranges from each of its 3 old owners, then from the owners that dropped them) \
+         and holds {} keys, exactly the {} keys of its ranges (of {KEYS}); the old owners dropped {dropped} keys they lost \
+         within {:.1} s and hold exactly their own; primary shares {:?}",
         join_time.as_secs_f64(),
         held.len(),
         expected.len(),
+        settled.as_secs_f64(),
         shares.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>()
     );
     assert_eq!(held, expected, "n4 must hold exactly the keys of its ranges");
-    assert_eq!(streamed, expected.len(), "only the moved keys are sent, each once");
+    assert!(streamed >= 3 * expected.len(), "n4 must merge every old owner's copy: {streamed} keys received");
+    assert_eq!(
+        dropped as usize,
+        (0..3).map(|i| keys_of(&members[..3], members[i]).len() - keys_of(&members, members[i]).len()).sum::<usize>()
+    );
     assert_eq!(shares.len(), 4);
     assert!(shares.iter().all(|s| (0.18..0.32).contains(s)), "shares did not rebalance: {shares:?}");
 }

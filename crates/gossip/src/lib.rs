@@ -1,13 +1,20 @@
 //! # Gossip membership and failure detection
 //!
 //! Dynamo §4.8: there is no central membership service. Every member keeps a view of all
-//! members — id, address, zone, weight, [`Status`], a *generation* and a *heartbeat* — and
-//! every gossip interval it bumps its own heartbeat and exchanges its view with a few random
-//! peers (push-pull). A [`merge`](Gossip::merge) keeps, per member, the newer state: higher
-//! generation first (a restarted process starts a new generation, so it is told apart from its
-//! old self), then higher heartbeat. A member's status is changed only by that member
-//! (joining → normal → leaving → left), except *removed*, which an operator declares and which
-//! beats every state of the same generation.
+//! members — id, address, zone, weight, [`Status`], its storage *incarnation*, a *generation*
+//! and a *heartbeat* — and every gossip interval it bumps its own heartbeat and exchanges its
+//! view with a few random peers (push-pull). A [`merge`](Gossip::merge) keeps, per member, the
+//! newer state: higher generation first (a restarted process starts a new generation, so it is
+//! told apart from its old self), then higher heartbeat. A member's status is changed only by
+//! that member (joining → normal → leaving → left), except *removed*.
+//!
+//! ## Removal is permanent
+//!
+//! An operator removes a member: the pair (id, incarnation) joins the *removed set*, which every
+//! view keeps forever and every exchange carries ([`Digest`]). A state of a removed pair is
+//! *removed*, whatever its generation: a removed node restarted on its old disk (same
+//! incarnation) cannot come back, and learns from any peer that it was removed
+//! ([`Gossip::removed_me`]). The same id on an empty disk is a new incarnation, a new member.
 //!
 //! ## Failure detection
 //!
@@ -34,7 +41,7 @@
 //! # Layout
 //! - [`Gossip`], [`MemberState`], [`MemberView`], [`Status`], [`Rng`] — all in this file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +91,11 @@ pub struct MemberState {
     pub weight: u32,
     /// Life-cycle status.
     pub status: Status,
-    /// Incarnation: grows every time the process starts.
+    /// Storage incarnation: random, drawn when its store was created; a wiped disk is a new
+    /// incarnation (and a new actor in vector clocks). 0 in states recorded before incarnations.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Grows every time the process starts.
     pub generation: u64,
     /// Grows every gossip round of this generation (and on every status change).
     pub heartbeat: u64,
@@ -99,13 +110,17 @@ impl MemberState {
 
     /// Whether `self` should replace `other` in a view.
     fn supersedes(&self, other: &MemberState) -> bool {
-        let removed = |s: &MemberState, o: &MemberState| s.status == Status::Removed && s.generation >= o.generation;
-        match (removed(self, other), removed(other, self)) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => self.version() > other.version(),
-        }
+        self.version() > other.version()
     }
+}
+
+/// What one gossip exchange carries: every member's state and the removed set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Member states, sorted by id.
+    pub states: Vec<MemberState>,
+    /// (id, incarnation) pairs removed by an operator.
+    pub removed: Vec<(String, u64)>,
 }
 
 /// A member as an observer sees it.
@@ -148,13 +163,21 @@ pub struct Gossip {
     /// Per member: the (generation, heartbeat) last seen and when it last increased.
     seen: HashMap<String, ((u64, u64), u64)>,
     suspect_after_ms: u64,
+    /// (id, incarnation) pairs removed for good.
+    removed: BTreeSet<(String, u64)>,
 }
 
 impl Gossip {
     /// A view owned by member `me` (`None` for an observer such as a gateway), suspecting
     /// members whose heartbeat has not risen for `suspect_after_ms`.
     pub fn new(me: Option<MemberState>, suspect_after_ms: u64, now_ms: u64) -> Gossip {
-        let mut gossip = Gossip { me: None, members: BTreeMap::new(), seen: HashMap::new(), suspect_after_ms };
+        let mut gossip = Gossip {
+            me: None,
+            members: BTreeMap::new(),
+            seen: HashMap::new(),
+            suspect_after_ms,
+            removed: BTreeSet::new(),
+        };
         if let Some(state) = me {
             gossip.me = Some(state.id.clone());
             gossip.seen.insert(state.id.clone(), (state.version(), now_ms));
@@ -208,7 +231,8 @@ impl Gossip {
         }
     }
 
-    /// Declares `id` permanently failed. Returns false if it is unknown or is ourselves.
+    /// Declares `id` permanently failed: its current incarnation joins the removed set. Returns
+    /// false if it is unknown or is ourselves.
     pub fn remove(&mut self, id: &str) -> bool {
         if self.me.as_deref() == Some(id) {
             return false;
@@ -218,19 +242,81 @@ impl Gossip {
                 state.status = Status::Removed;
                 state.heartbeat += 1;
                 state.suspects.clear();
+                self.removed.insert((id.to_owned(), state.incarnation));
                 true
             }
             None => false,
         }
     }
 
+    /// Whether (`id`, `incarnation`) was removed.
+    pub fn is_removed(&self, id: &str, incarnation: u64) -> bool {
+        self.removed.contains(&(id.to_owned(), incarnation))
+    }
+
+    /// Whether this member itself was removed: it must stop serving.
+    pub fn removed_me(&self) -> bool {
+        self.my_state().is_some_and(|me| self.is_removed(&me.id, me.incarnation))
+    }
+
+    /// The removed set.
+    pub fn removed(&self) -> Vec<(String, u64)> {
+        self.removed.iter().cloned().collect()
+    }
+
+    /// What a gossip exchange sends: every state and the removed set.
+    pub fn digest(&self) -> Digest {
+        Digest { states: self.states(), removed: self.removed() }
+    }
+
+    /// Merges a peer's [`Digest`]. Returns whether anything changed.
+    pub fn merge_digest(&mut self, digest: Digest, now_ms: u64) -> bool {
+        let removed = self.merge_removed(digest.removed);
+        let states = self.merge(digest.states, now_ms);
+        removed || states
+    }
+
+    /// Adds pairs to the removed set (a union: commutative, associative, idempotent) and marks
+    /// the members they name removed. Returns whether anything changed.
+    pub fn merge_removed(&mut self, removed: impl IntoIterator<Item = (String, u64)>) -> bool {
+        let mut changed = false;
+        for pair in removed {
+            if self.removed.contains(&pair) {
+                continue;
+            }
+            if let Some(state) = self.members.get_mut(&pair.0) {
+                if state.incarnation == pair.1 && self.me.as_deref() != Some(pair.0.as_str()) {
+                    state.status = Status::Removed;
+                    state.suspects.clear();
+                }
+            }
+            self.removed.insert(pair);
+            changed = true;
+        }
+        changed
+    }
+
     /// Merges states received from a peer. States about ourselves are ignored (we are the
-    /// authority on our own state). Returns whether anything changed.
+    /// authority on our own state), except that a state of another incarnation under our id
+    /// with a generation at or above ours (our predecessor on a disk since wiped) makes us move
+    /// our generation past it, so that our state wins everywhere. A state of a removed
+    /// (id, incarnation) is taken as removed. Returns whether anything changed.
     pub fn merge(&mut self, incoming: impl IntoIterator<Item = MemberState>, now_ms: u64) -> bool {
         let mut changed = false;
-        for state in incoming {
+        for mut state in incoming {
             if self.me.as_deref() == Some(state.id.as_str()) {
+                if let Some(me) = self.me.as_ref().and_then(|id| self.members.get_mut(id)) {
+                    if state.incarnation != me.incarnation && state.generation >= me.generation {
+                        me.generation = state.generation + 1;
+                        me.heartbeat = 0;
+                        changed = true;
+                    }
+                }
                 continue;
+            }
+            if self.removed.contains(&(state.id.clone(), state.incarnation)) {
+                state.status = Status::Removed;
+                state.suspects.clear();
             }
             let newer = match self.members.get(&state.id) {
                 Some(current) => state.supersedes(current),

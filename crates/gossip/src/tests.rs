@@ -9,6 +9,7 @@ fn state(id: &str, generation: u64) -> MemberState {
         zone: "z".into(),
         weight: 1,
         status: Status::Normal,
+        incarnation: 1,
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
@@ -40,7 +41,7 @@ fn merge_keeps_newer_and_converges_in_any_order() {
 }
 
 #[test]
-fn removed_beats_its_generation_but_not_a_new_one() {
+fn removal_outranks_every_generation_of_its_incarnation_but_not_a_new_incarnation() {
     let mut observer = Gossip::new(Some(state("me", 1)), SUSPECT_MS, 0);
     let mut x = state("x", 3);
     x.heartbeat = 10;
@@ -49,9 +50,52 @@ fn removed_beats_its_generation_but_not_a_new_one() {
     x.heartbeat = 50;
     observer.merge(vec![x.clone()], 0);
     assert_eq!(observer.state("x").unwrap().status, Status::Removed);
+    // Restarted on its old disk: a new generation, the same incarnation. Still removed.
     observer.merge(vec![state("x", 4)], 0);
+    assert_eq!(observer.state("x").unwrap().status, Status::Removed);
+    // Its removal reaches a view that never heard of it, and that view tells it.
+    let mut restarted = Gossip::new(Some(state("x", 5)), SUSPECT_MS, 0);
+    assert!(!restarted.removed_me());
+    restarted.merge_digest(observer.digest(), 0);
+    assert!(restarted.removed_me(), "a removed node learns it from any peer");
+    assert_eq!(restarted.my_state().unwrap().status, Status::Normal, "nobody else changes our own state");
+    // The same id on an empty disk is a new incarnation: a new member.
+    let mut fresh = state("x", 6);
+    fresh.incarnation = 2;
+    observer.merge(vec![fresh], 0);
     assert_eq!(observer.state("x").unwrap().status, Status::Normal);
     assert!(!observer.remove("me"));
+}
+
+#[test]
+fn removed_sets_merge_as_a_union_in_any_order() {
+    let mut a = Gossip::new(None, SUSPECT_MS, 0);
+    let mut b = Gossip::new(None, SUSPECT_MS, 0);
+    a.merge_removed([("x".to_owned(), 1), ("y".to_owned(), 2)]);
+    b.merge_removed([("y".to_owned(), 2), ("z".to_owned(), 3)]);
+    let (da, db) = (a.digest(), b.digest());
+    a.merge_digest(db.clone(), 0);
+    b.merge_digest(da, 0);
+    assert_eq!(a.removed(), b.removed());
+    assert_eq!(a.removed().len(), 3);
+    assert!(!a.merge_digest(db, 0), "merging again changes nothing");
+}
+
+#[test]
+fn a_new_incarnation_moves_its_generation_past_its_predecessor() {
+    // The old self ran with a generation ahead of the wall clock; the new incarnation starts lower.
+    let mut old = state("x", 100);
+    old.heartbeat = 7;
+    let mut peer = Gossip::new(Some(state("p", 1)), SUSPECT_MS, 0);
+    peer.merge(vec![old], 0);
+    let mut new = state("x", 90);
+    new.incarnation = 2;
+    let mut x = Gossip::new(Some(new), SUSPECT_MS, 0);
+    x.merge_digest(peer.digest(), 0);
+    assert_eq!(x.my_state().unwrap().generation, 101);
+    x.tick(1);
+    peer.merge_digest(x.digest(), 1);
+    assert_eq!(peer.state("x").unwrap().incarnation, 2, "the new incarnation's state wins");
 }
 
 #[test]

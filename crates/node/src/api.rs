@@ -47,6 +47,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
     let w = quorum_param(&state, query, "w")?;
+    formed(&state)?;
     let body = body.map_err(|e| body_error(e, state.max_value_bytes))?;
     if body.len() > state.max_value_bytes {
         return Err(ApiError::TooLarge { limit: state.max_value_bytes });
@@ -70,6 +71,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
     let r = quorum_param(&state, query, "r")?;
+    formed(&state)?;
     let outcome = state.coordinator.get(key, r).await?;
     let mut response = read_response(&outcome.record);
     set_replicas(&mut response, outcome.answered.len(), outcome.replicas);
@@ -87,6 +89,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
     let w = quorum_param(&state, query, "w")?;
+    formed(&state)?;
     let context = match headers.get(&X_CONTEXT) {
         Some(_) => context(&headers)?,
         None => state.coordinator.get(key.clone(), None).await?.record.context(),
@@ -94,6 +97,11 @@ pub async fn delete(
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
     let outcome = state.coordinator.put(key, write, w).await?;
     Ok(written(outcome))
+}
+
+/// Refuses client requests until the cluster has formed (`--expect-nodes`).
+fn formed(state: &AppState) -> Result<(), ApiError> {
+    state.membership.formed().map_err(|(normal, expected)| ApiError::Forming { normal, expected })
 }
 
 fn written(outcome: PutOutcome) -> Response {

@@ -141,7 +141,7 @@ pub async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
     let mut keys = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let page = replica.scan(0, u64::MAX, after.clone(), 10_000).await?;
+        let page = replica.scan_any(0, u64::MAX, after.clone(), 10_000).await?;
         if page.is_empty() {
             break;
         }

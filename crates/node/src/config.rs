@@ -101,6 +101,10 @@ pub struct ClusterSettings {
     /// Tombstones younger than this are never purged, e.g. 10d, 12h [default: 10d].
     #[arg(long, env = "KV_TOMBSTONE_GRACE")]
     pub tombstone_grace: Option<String>,
+    /// Members a new cluster waits for: client requests are answered 503 cluster_forming until
+    /// this many normal members were seen at once (then never again) [default: 1].
+    #[arg(long, env = "KV_EXPECT_NODES")]
+    pub expect_nodes: Option<usize>,
 }
 
 /// Every kvnode setting, as given. All optional so that the file, the environment and the flags
@@ -221,6 +225,8 @@ pub struct ClusterConfig {
     pub gossip_fanout: usize,
     /// Heartbeat silence before suspicion.
     pub suspect_after: Duration,
+    /// Normal members needed before clients are served.
+    pub expect_nodes: usize,
 }
 
 /// Validated kvnode configuration.
@@ -335,7 +341,8 @@ impl ClusterSettings {
             gossip_interval,
             gossip_fanout,
             suspect_after,
-            tombstone_grace
+            tombstone_grace,
+            expect_nodes
         );
     }
 
@@ -394,7 +401,12 @@ impl ClusterSettings {
             ));
         }
         let tombstone_grace = duration_setting("--tombstone-grace", self.tombstone_grace.as_deref(), "10d")?;
+        let expect_nodes = self.expect_nodes.unwrap_or(1);
+        if !(1..=1000).contains(&expect_nodes) {
+            return Err(format!("--expect-nodes: must be 1 to 1000, got {expect_nodes}"));
+        }
         Ok(ClusterConfig {
+            expect_nodes,
             seeds,
             coordinator: kv_coordinator::Options { quorum, replica_timeout, read_all, tombstone_grace },
             max_replica_calls,

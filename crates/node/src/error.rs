@@ -44,6 +44,31 @@ pub enum ApiError {
         /// Replicas of the key.
         replicas: usize,
     },
+    /// The key has fewer replicas than the quorum asks for (a ring smaller than N).
+    #[error(
+        "{op}: {required} replicas required but the key has only {replicas} (the ring has fewer members than N = {n})"
+    )]
+    InsufficientReplicas {
+        /// `put`, `delete` or `get`.
+        op: &'static str,
+        /// R or W.
+        required: usize,
+        /// Replicas of the key.
+        replicas: usize,
+        /// The configured N.
+        n: usize,
+    },
+    /// The cluster has not formed yet: fewer normal members than `--expect-nodes` were seen.
+    #[error("the cluster is forming: {normal} of {expected} expected members are up; retry shortly")]
+    Forming {
+        /// Normal members seen.
+        normal: usize,
+        /// `--expect-nodes`.
+        expected: usize,
+    },
+    /// A peer asked this node about a key or range it does not hold in its view.
+    #[error("{0}")]
+    Misdirected(String),
     /// The request conflicts with the node's or member's state.
     #[error("{0}")]
     Conflict(String),
@@ -92,6 +117,9 @@ impl ApiError {
             ApiError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::QuorumNotMet { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
+            ApiError::InsufficientReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "insufficient_replicas"),
+            ApiError::Forming { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cluster_forming"),
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
             ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotFoundMember(_) => (StatusCode::NOT_FOUND, "no_member"),
@@ -101,6 +129,17 @@ impl ApiError {
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// The error a replica's refusal becomes.
+    pub fn from_refusal(refusal: kv_coordinator::replica::Refusal) -> ApiError {
+        match refusal.status {
+            kv_coordinator::replica::MISDIRECTED => ApiError::Misdirected(refusal.message),
+            503 => ApiError::Unavailable(refusal.message),
+            _ => ApiError::Internal(refusal.message),
         }
     }
 }
@@ -122,6 +161,10 @@ impl From<kv_coordinator::Error> for ApiError {
                 ApiError::QuorumNotMet { op, required, acks, replicas }
             }
             kv_coordinator::Error::BadQuorum(message) => ApiError::BadParameter(message),
+            kv_coordinator::Error::BadContext(message) => ApiError::BadContext(message),
+            kv_coordinator::Error::InsufficientReplicas { op, required, replicas, n } => {
+                ApiError::InsufficientReplicas { op, required, replicas, n }
+            }
             kv_coordinator::Error::NoMembers => ApiError::NotReady,
             refused @ kv_coordinator::Error::Refused { .. } => ApiError::Internal(refused.to_string()),
         }
@@ -140,7 +183,17 @@ impl IntoResponse for ApiError {
             body["acks"] = json!(acks);
             body["replicas"] = json!(replicas);
         }
-        (status, Json(body)).into_response()
+        if let ApiError::InsufficientReplicas { required, replicas, .. } = &self {
+            body["required"] = json!(required);
+            body["acks"] = json!(0);
+            body["replicas"] = json!(replicas);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 here passes: members come up, replicas come back.
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -11,7 +11,7 @@ use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::wire::{
     decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, MAX_BATCH_CALLS,
 };
-use kv_gossip::MemberState;
+use kv_gossip::Digest;
 use serde::de::DeserializeOwned;
 
 use crate::api::MAX_KEY_BYTES;
@@ -103,9 +103,10 @@ pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Res
     Ok(binary(Vec::new()))
 }
 
-/// `POST /internal/v1/gossip`: merge the sender's member states, answer with ours.
+/// `POST /internal/v1/gossip`: merge the sender's digest (member states and removed set),
+/// answer with ours.
 pub async fn gossip(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let states: Vec<MemberState> = message(&body)?;
-    state.membership.merge(states);
-    Ok(binary(encode(&state.membership.states())))
+    let digest: Digest = message(&body)?;
+    state.membership.merge(digest);
+    Ok(binary(encode(&state.membership.digest())))
 }

@@ -11,8 +11,14 @@
 //!   also go to its extra replicas;
 //! - *down* members (confirmed by two observers) are tried last as coordinators.
 //!
-//! Nodes record every member's last state in `data-dir/members.json`, so a node restarted while
-//! a peer is down still places keys on that peer, and knows its own last status.
+//! Nodes record every member's last state and the removed set in `data-dir/members.json`, so a
+//! node restarted while a peer is down still places keys on that peer, and knows its own last
+//! status. Every process keeps the removed set (the (id, incarnation) pairs an operator removed)
+//! forever; a node that learns it was removed stops serving ([`Membership::removed_me`]).
+//!
+//! A new cluster *forms* before it serves clients: until a process has seen `--expect-nodes`
+//! normal members at once, client requests are answered `503 cluster_forming`
+//! ([`Membership::formed`]).
 //!
 //! [`GossipDriver`] runs the rounds: bump our heartbeat, exchange states with `--gossip-fanout`
 //! random live peers (and now and then with a seed, which heals partitions and lets new members
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::wire::{decode, encode, GOSSIP_PATH};
 use kv_coordinator::Topology;
-use kv_gossip::{Gossip, MemberState, MemberView, Rng, Status};
+use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
 use kv_ring::{Node, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -39,6 +45,9 @@ use crate::metrics::Metrics;
 /// Largest member list accepted from a peer; bounds what a confused or hostile peer can make
 /// us hold.
 pub const MAX_MEMBERS: usize = 1024;
+
+/// Largest removed set accepted from a peer.
+pub const MAX_REMOVED: usize = 16 * 1024;
 
 /// A member as `/cluster/members` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +66,9 @@ pub struct MemberInfo {
     pub gossip_status: String,
     /// Heartbeat counter of its current generation.
     pub heartbeat: u64,
-    /// Incarnation (grows at every start).
+    /// Storage incarnation (hex): a wiped disk is a new incarnation.
+    pub incarnation: String,
+    /// Grows at every start.
     pub generation: u64,
     /// This observer suspects it.
     pub suspected: bool,
@@ -70,6 +81,17 @@ pub struct MemberInfo {
 pub struct MemberList {
     /// Members, sorted by id.
     pub members: Vec<MemberInfo>,
+}
+
+/// Checks a recorded digest.
+fn validate_digest(digest: &Digest) -> Result<(), String> {
+    for state in &digest.states {
+        validate_state(state)?;
+    }
+    for (id, _) in &digest.removed {
+        validate_node_id(id)?;
+    }
+    Ok(())
 }
 
 /// Checks a member state received from a peer or read from disk.
@@ -92,6 +114,15 @@ pub fn validate_state(state: &MemberState) -> Result<(), String> {
 /// down.
 type Signature = (Vec<(String, String, String, u32, Status)>, Vec<String>);
 
+/// `members.json`: member states and the removed set. (Files from before the removed set are a
+/// bare list of states.)
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Recorded {
+    Digest { states: Vec<MemberState>, removed: Vec<(String, u64)> },
+    States(Vec<MemberState>),
+}
+
 /// The gossip view and the topology built from it.
 pub struct Membership {
     gossip: Mutex<Gossip>,
@@ -100,6 +131,12 @@ pub struct Membership {
     state_file: Option<PathBuf>,
     started: Instant,
     metrics: Option<Metrics>,
+    /// Normal members needed at once before clients are served.
+    expect_nodes: usize,
+    /// Latched once `expect_nodes` normal members were seen.
+    formed: std::sync::atomic::AtomicBool,
+    /// Cancelled when this node learns that it was removed.
+    removed: CancellationToken,
 }
 
 impl Membership {
@@ -110,23 +147,25 @@ impl Membership {
         state_file: Option<PathBuf>,
         suspect_after: Duration,
         metrics: Option<Metrics>,
-    ) -> Result<(Arc<Membership>, Option<Status>), String> {
-        let mut recorded: Vec<MemberState> = Vec::new();
+        expect_nodes: usize,
+    ) -> Result<(Arc<Membership>, Option<MemberState>), String> {
+        let mut recorded = Digest::default();
         if let Some(path) = &state_file {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
-                    recorded = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                    for state in &recorded {
-                        validate_state(state).map_err(|e| format!("{}: {e}", path.display()))?;
-                    }
+                    recorded = match serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))? {
+                        Recorded::Digest { states, removed } => Digest { states, removed },
+                        Recorded::States(states) => Digest { states, removed: Vec::new() },
+                    };
+                    validate_digest(&recorded).map_err(|e| format!("{}: {e}", path.display()))?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
             }
         }
-        let previous = local.as_ref().and_then(|me| recorded.iter().find(|s| s.id == me.id)).map(|s| s.status);
+        let previous = local.as_ref().and_then(|me| recorded.states.iter().find(|s| s.id == me.id)).cloned();
         let mut gossip = Gossip::new(local, suspect_after.as_millis() as u64, 0);
-        gossip.merge(recorded, 0);
+        gossip.merge_digest(recorded, 0);
         let membership = Membership {
             gossip: Mutex::new(gossip),
             topology: watch::channel(Arc::new(Topology::empty())).0,
@@ -134,9 +173,37 @@ impl Membership {
             state_file,
             started: Instant::now(),
             metrics,
+            expect_nodes: expect_nodes.max(1),
+            formed: std::sync::atomic::AtomicBool::new(false),
+            removed: CancellationToken::new(),
         };
         membership.refresh(true);
         Ok((Arc::new(membership), previous))
+    }
+
+    /// Whether this node was removed by an operator (it must stop serving).
+    pub fn removed_me(&self) -> bool {
+        self.gossip.lock().removed_me()
+    }
+
+    /// Cancelled when this node learns that it was removed.
+    pub fn removed_signal(&self) -> CancellationToken {
+        self.removed.clone()
+    }
+
+    /// Whether the cluster has formed: `--expect-nodes` normal members were seen at once. Once
+    /// formed, always formed (a later failure is a degraded cluster, not a forming one).
+    pub fn formed(&self) -> Result<(), (usize, usize)> {
+        use std::sync::atomic::Ordering;
+        if self.formed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let normal = self.gossip.lock().states().iter().filter(|s| s.status == Status::Normal).count();
+        if normal >= self.expect_nodes {
+            self.formed.store(true, Ordering::Release);
+            return Ok(());
+        }
+        Err((normal, self.expect_nodes))
     }
 
     fn now_ms(&self) -> u64 {
@@ -170,7 +237,7 @@ impl Membership {
         self.refresh(true);
     }
 
-    /// Declares `id` permanently failed.
+    /// Declares `id` (its current incarnation) permanently failed.
     pub fn remove(&self, id: &str) -> Result<(), String> {
         if !self.gossip.lock().remove(id) {
             return Err(format!("{id:?} is not a member, or is this node"));
@@ -190,9 +257,14 @@ impl Membership {
         self.gossip.lock().state(id).cloned()
     }
 
-    /// Every member's state (what a gossip message carries).
+    /// Every member's state.
     pub fn states(&self) -> Vec<MemberState> {
         self.gossip.lock().states()
+    }
+
+    /// What a gossip message carries: every state and the removed set.
+    pub fn digest(&self) -> Digest {
+        self.gossip.lock().digest()
     }
 
     /// One round's local work: our heartbeat and suspicions; liveness may have changed.
@@ -201,9 +273,10 @@ impl Membership {
         self.refresh(false);
     }
 
-    /// Merges states from a peer, dropping invalid ones.
-    pub fn merge(&self, states: Vec<MemberState>) {
-        let valid: Vec<MemberState> = states
+    /// Merges a peer's digest, dropping invalid states and removals.
+    pub fn merge(&self, digest: Digest) {
+        let states: Vec<MemberState> = digest
+            .states
             .into_iter()
             .take(MAX_MEMBERS)
             .filter(|s| match validate_state(s) {
@@ -214,9 +287,17 @@ impl Membership {
                 }
             })
             .collect();
-        let changed = self.gossip.lock().merge(valid, self.now_ms());
+        let removed: Vec<(String, u64)> =
+            digest.removed.into_iter().take(MAX_REMOVED).filter(|(id, _)| validate_node_id(id).is_ok()).collect();
+        let was_removed = self.removed_me();
+        let changed = self.gossip.lock().merge_digest(Digest { states, removed }, self.now_ms());
+        if !was_removed && self.removed_me() {
+            tracing::error!("an operator removed this node from the cluster: it stops serving and exits");
+            self.set_status(Status::Removed);
+            self.removed.cancel();
+        }
         if changed {
-            self.refresh(false);
+            self.refresh(true);
         }
     }
 
@@ -275,7 +356,8 @@ impl Membership {
 
     fn persist(&self) {
         let Some(path) = &self.state_file else { return };
-        let text = serde_json::to_string_pretty(&self.states()).unwrap_or_default();
+        let Digest { states, removed } = self.digest();
+        let text = serde_json::to_string_pretty(&Recorded::Digest { states, removed }).unwrap_or_default();
         let tmp = path.with_extension("json.tmp");
         // Write then rename, so a crash never leaves a half-written file.
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
@@ -294,6 +376,7 @@ fn info(view: MemberView, now: u64) -> MemberInfo {
         zone: s.zone,
         weight: s.weight,
         heartbeat: s.heartbeat,
+        incarnation: format!("{:016x}", s.incarnation),
         generation: s.generation,
         suspected: view.suspected,
         last_seen_ms_ago: view.last_seen_ms.map(|t| now.saturating_sub(t)),
@@ -327,7 +410,8 @@ fn build_topology(views: &[MemberView]) -> Topology {
     let pending = (now != later).then(|| ring_of(states, owns_later));
     let addresses = views.iter().map(|v| (v.state.id.clone(), v.state.address.clone())).collect();
     let down = views.iter().filter(|v| v.down).map(|v| v.state.id.clone()).collect();
-    Topology { ring, pending, addresses, down }
+    let leaving = views.iter().filter(|v| v.state.status == Status::Leaving).map(|v| v.state.id.clone()).collect();
+    Topology { ring, pending, addresses, down, leaving }
 }
 
 /// Background job: gossip rounds.
@@ -383,17 +467,39 @@ impl GossipDriver {
                 targets.push(addresses[self.rng.below(addresses.len())].clone());
             }
         }
-        let me = self.membership.my_state().map(|s| s.address);
-        targets.retain(|t| Some(t) != me.as_ref());
-        targets.dedup();
-        let body = encode(&self.membership.states());
-        let exchanges = targets.iter().map(|target| self.exchange(target, body.clone()));
-        for states in futures::future::join_all(exchanges).await.into_iter().flatten() {
-            self.membership.merge(states);
-        }
+        self.exchange_all(targets).await;
     }
 
-    async fn exchange(&self, target: &str, body: Vec<u8>) -> Option<Vec<MemberState>> {
+    /// Exchanges digests with `targets` at once and merges the answers; returns how many
+    /// answered.
+    async fn exchange_all(&self, mut targets: Vec<String>) -> usize {
+        let me = self.membership.my_state().map(|s| s.address);
+        targets.retain(|t| Some(t) != me.as_ref());
+        targets.sort();
+        targets.dedup();
+        let body = encode(&self.membership.digest());
+        let exchanges = targets.iter().map(|target| self.exchange(target, body.clone()));
+        let mut answered = 0;
+        for digest in futures::future::join_all(exchanges).await.into_iter().flatten() {
+            self.membership.merge(digest);
+            answered += 1;
+        }
+        answered
+    }
+
+    /// One exchange with every seed and every known member, before serving: a node learns
+    /// whether it was removed (and the cluster's latest state) before it serves anything.
+    /// Returns how many answered.
+    pub async fn probe(&self) -> usize {
+        let mut targets: Vec<String> = Vec::new();
+        for seed in &self.seeds {
+            targets.extend(resolve(seed).await);
+        }
+        targets.extend(self.membership.states().into_iter().filter(|s| s.status.is_member()).map(|s| s.address));
+        self.exchange_all(targets).await
+    }
+
+    async fn exchange(&self, target: &str, body: Vec<u8>) -> Option<Digest> {
         let signature = InternalAuth.sign("POST", GOSSIP_PATH, &body);
         self.metrics.gossip_bytes.with_label_values(&["sent"]).inc_by(body.len() as u64);
         let response = self
@@ -415,8 +521,8 @@ impl GossipDriver {
             }
         };
         self.metrics.gossip_bytes.with_label_values(&["received"]).inc_by(bytes.len() as u64);
-        match decode::<Vec<MemberState>>(&bytes) {
-            Ok(states) => Some(states),
+        match decode::<Digest>(&bytes) {
+            Ok(digest) => Some(digest),
             Err(e) => {
                 tracing::warn!(%target, error = %e, "bad gossip answer");
                 None

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub stream_keys: IntCounterVec,
     /// `kv_stream_bytes_total{direction}`: value bytes streamed in and out.
     pub stream_bytes: IntCounterVec,
+    /// `kv_keys_dropped_total`: keys of lost ranges removed after their owners took them.
+    pub keys_dropped: IntCounter,
+    /// `kv_ranges_dropping`: spans of lost ranges not yet handed off and removed.
+    pub ranges_dropping: IntGauge,
+    /// Replica refusals and amnesia (nodes only; registered by [`Metrics::register_replica`]).
+    pub replica: kv_coordinator::replica::ReplicaMetrics,
 }
 
 impl Metrics {
@@ -77,7 +83,18 @@ impl Metrics {
         registry.register(Box::new(ranges_streaming.clone()))?;
         registry.register(Box::new(stream_keys.clone()))?;
         registry.register(Box::new(stream_bytes.clone()))?;
+        let keys_dropped = IntCounter::new(
+            "kv_keys_dropped_total",
+            "Keys of ranges this node lost, removed once their current owners held them",
+        )?;
+        let ranges_dropping =
+            IntGauge::new("kv_ranges_dropping", "Spans of lost ranges not yet handed off and removed")?;
+        registry.register(Box::new(keys_dropped.clone()))?;
+        registry.register(Box::new(ranges_dropping.clone()))?;
         Ok(Metrics {
+            keys_dropped,
+            ranges_dropping,
+            replica: kv_coordinator::replica::ReplicaMetrics::unregistered(),
             registry,
             requests,
             request_seconds,
@@ -94,6 +111,12 @@ impl Metrics {
     /// Storage metrics, registered in the same registry (nodes only).
     pub fn register_storage(&self) -> prometheus::Result<StorageMetrics> {
         StorageMetrics::register(&self.registry)
+    }
+
+    /// Registers the replica's metrics (nodes only).
+    pub fn register_replica(&mut self) -> prometheus::Result<()> {
+        self.replica = kv_coordinator::replica::ReplicaMetrics::register(&self.registry)?;
+        Ok(())
     }
 
     /// The Prometheus text exposition of every metric.

@@ -13,12 +13,12 @@ use std::time::Duration;
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::batch::{Batcher, SendBatch};
 use kv_coordinator::wire::{
-    decode, encode, Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest,
-    BATCH_PATH,
+    decode, encode, Call, CoordinateRequest, CoordinateResponse, Fresh, PurgeRequest, ReadRequest, Reply, StoreRequest,
+    Ticket, BATCH_PATH,
 };
 use kv_coordinator::{BoxFuture, Peer, ReplicaClient, ReplicaError, Write};
 use kv_storage::{Record, Version};
-use kv_vclock::{Dot, Siblings};
+use kv_vclock::Dot;
 use parking_lot::Mutex;
 use prometheus::Histogram;
 use tokio::sync::Semaphore;
@@ -53,15 +53,7 @@ impl Transport {
             return Ok(bytes.to_vec());
         }
         let message = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        Err(status_error(status.as_u16(), message))
-    }
-}
-
-fn status_error(status: u16, message: String) -> ReplicaError {
-    if (400..500).contains(&status) {
-        ReplicaError::Refused { status, message }
-    } else {
-        ReplicaError::Failed { status, message }
+        Err(ReplicaError::from_status(status.as_u16(), message))
     }
 }
 
@@ -147,26 +139,11 @@ impl NodeReplicaClient {
     }
 
     async fn call(&self, peer: &Peer, call: Call) -> Result<Reply, ReplicaError> {
-        let reply = match &self.local {
-            Some((replica, local)) if replica.node_id() == peer.id => local.call(call).await?,
-            _ => self.remote.call(peer, call).await?,
-        };
-        match reply {
-            Reply::Failed { status, message } => Err(status_error(status, message)),
-            reply => Ok(reply),
+        match &self.local {
+            Some((replica, local)) if replica.node_id() == peer.id => local.call(call).await,
+            _ => self.remote.call(peer, call).await,
         }
     }
-}
-
-fn unexpected(reply: &Reply) -> ReplicaError {
-    let kind = match reply {
-        Reply::Coordinated(_) => "coordinated",
-        Reply::Stored => "stored",
-        Reply::Read(_) => "read",
-        Reply::Purged => "purged",
-        Reply::Failed { .. } => "failed",
-    };
-    ReplicaError::Decode(format!("reply {kind:?} does not answer the call"))
 }
 
 impl ReplicaClient for NodeReplicaClient {
@@ -175,17 +152,11 @@ impl ReplicaClient for NodeReplicaClient {
         peer: &'a Peer,
         key: &'a [u8],
         write: &'a Write,
+        ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone() });
-            match self.call(peer, call).await? {
-                Reply::Coordinated(mut response) => {
-                    // Re-establish the sibling invariant on what a peer sent.
-                    response.record = Siblings::from_versions(response.record.into_versions());
-                    Ok(response)
-                }
-                other => Err(unexpected(&other)),
-            }
+            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
+            self.call(peer, call).await?.into_coordinated()
         })
     }
 
@@ -194,23 +165,17 @@ impl ReplicaClient for NodeReplicaClient {
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
+        fresh: Option<&'a Fresh>,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec() });
-            match self.call(peer, call).await? {
-                Reply::Stored => Ok(()),
-                other => Err(unexpected(&other)),
-            }
+            let call =
+                Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec(), fresh: fresh.cloned() });
+            self.call(peer, call).await?.into_stored()
         })
     }
 
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move {
-            match self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await? {
-                Reply::Read(versions) => Ok(Siblings::from_versions(versions)),
-                other => Err(unexpected(&other)),
-            }
-        })
+        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
     }
 
     fn purge<'a>(
@@ -221,10 +186,7 @@ impl ReplicaClient for NodeReplicaClient {
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
-            match self.call(peer, call).await? {
-                Reply::Purged => Ok(()),
-                other => Err(unexpected(&other)),
-            }
+            self.call(peer, call).await?.into_purged()
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Moving ranges: join, leave and re-replication after a removal.
+//! Moving ranges: join, leave, re-replication after a removal, and dropping lost ranges.
 //!
 //! The [`Rebalancer`] is the node's background job for data movement. It acts on three
 //! occasions, each computed from the ring's ownership diff ([`kv_ring::diff`]), so that only
@@ -6,16 +6,22 @@
 //!
 //! - **Join** (our status is `joining`): wait a few gossip rounds, so that coordinators know we
 //!   are joining and already send us new writes for our future ranges (the pending ring), then
-//!   *pull* every range we gain from one of its current owners, in parallel, page by page.
-//!   Progress is recorded after every page in `data-dir/streams.json`, so a restarted join
-//!   resumes where it stopped. Reads keep going to the old owners until we announce `normal`,
-//!   so no read misses data that is still in flight. Then we are `normal`.
+//!   *pull* every range we gain from **every** current owner that answers — at least R of them,
+//!   so that a write acknowledged by any W replicas is among what we merge — in parallel, page
+//!   by page. Progress is recorded in `data-dir/streams.json`, so a restarted join resumes where
+//!   it stopped. Reads keep going to the old owners until we announce `normal`.
 //! - **Leave** (`leaving`, after `POST /admin/leave` or SIGTERM with `--leave-on-shutdown`):
-//!   *push* every range we lose to its new owners (`store-batch`); we keep serving reads and
-//!   writes meanwhile. Then we announce `left`, let it spread, and the process exits.
+//!   wait the same few rounds, so that the new owners know they are gaining ranges and accept
+//!   them, then gather every range we lose from the other old owners (at least R copies with
+//!   ours) and *push* the merged copy to its new owners (`store-batch`); we keep serving reads
+//!   and writes meanwhile. Then we announce `left`, let it spread, and the process exits.
 //! - **Removal** (an operator declared a member permanently failed): every node *pulls* the
-//!   ranges it gains from **all** surviving old owners, so each key is back to N replicas even
-//!   when the survivors held different subsets.
+//!   ranges it gains from **all** surviving old owners (at least R, or all there are), so each
+//!   key is back to N replicas even when the survivors held different subsets. A removal whose
+//!   pulls fail is retried.
+//!
+//! The [`Dropper`] hands off and removes the ranges this node lost ([`crate::ownership`]): it
+//! pushes each key to its current owners and removes it once they hold it.
 //!
 //! A down member changes nothing here: temporary failures move no data.
 
@@ -25,16 +31,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use kv_coordinator::wire::{decode, encode, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH};
+use kv_coordinator::wire::{
+    decode, encode, Entry, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH,
+};
 use kv_coordinator::{Peer, Topology};
 use kv_gossip::Status;
-use kv_ring::{diff, RangeMove, Ring};
+use kv_ring::{diff, Intervals, RangeMove, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::{owns_now, ring_of, Membership};
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
 use crate::peer_client::HttpReplicaClient;
 use crate::replica::Replica;
 
@@ -86,6 +95,7 @@ pub struct Rebalancer {
     replica: Replica,
     client: Arc<HttpReplicaClient>,
     replicas: usize,
+    read_quorum: usize,
     gossip_interval: Duration,
     concurrency: usize,
     progress_file: PathBuf,
@@ -101,12 +111,21 @@ pub struct Rebalancer {
 pub struct RebalancerOptions {
     /// N.
     pub replicas: usize,
+    /// R: copies a gained range is merged from, at least.
+    pub read_quorum: usize,
     /// Gossip round period.
     pub gossip_interval: Duration,
     /// Ranges streamed at once.
     pub concurrency: usize,
     /// `data-dir/streams.json`.
     pub progress_file: PathBuf,
+}
+
+/// A removal whose ranges this node must still re-replicate.
+struct PendingRemoval {
+    before: Ring,
+    after: Ring,
+    removed: Vec<String>,
 }
 
 impl Rebalancer {
@@ -128,6 +147,7 @@ impl Rebalancer {
             replica,
             client,
             replicas: options.replicas,
+            read_quorum: options.read_quorum,
             gossip_interval: options.gossip_interval,
             concurrency: options.concurrency,
             progress_file: options.progress_file,
@@ -142,6 +162,7 @@ impl Rebalancer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut topology = self.membership.subscribe();
         let mut last = topology.borrow().ring.clone();
+        let mut removals: Vec<PendingRemoval> = Vec::new();
         loop {
             match self.membership.my_status() {
                 Some(Status::Joining) => {
@@ -151,7 +172,7 @@ impl Rebalancer {
                     let started = Instant::now();
                     match self.join(&shutdown).await {
                         Ok(moved) => {
-                            moved.log(started, "join complete: streamed in our ranges");
+                            moved.log(started, "join complete: merged our ranges from their owners");
                             self.clear_progress();
                             self.membership.set_status(Status::Normal);
                         }
@@ -165,10 +186,16 @@ impl Rebalancer {
                     continue;
                 }
                 Some(Status::Leaving) => {
+                    // Announce, then wait: the new owners must know they gain our ranges
+                    // before we push, or they refuse what we send.
+                    if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await {
+                        return;
+                    }
                     let started = Instant::now();
                     match self.leave(&shutdown).await {
                         Ok(moved) => {
                             moved.log(started, "leave complete: handed off our ranges");
+                            self.clear_progress();
                             self.membership.set_status(Status::Left);
                             // Let `left` spread before the process goes away.
                             let _ = pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await;
@@ -177,17 +204,32 @@ impl Rebalancer {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "leave interrupted; retrying");
-                            if pause(self.gossip_interval, &shutdown).await {
-                                return;
-                            }
                             continue;
                         }
                     }
                 }
+                Some(Status::Left | Status::Removed) => return,
                 _ => {}
             }
+            if let Some(removal) = removals.first() {
+                let started = Instant::now();
+                match self.rereplicate(&removal.before, &removal.after, &removal.removed, &shutdown).await {
+                    Ok(moved) => {
+                        tracing::info!(removed = ?removal.removed, ranges = moved.ranges, keys = moved.keys, seconds = started.elapsed().as_secs_f64(), "re-replicated the ranges of removed members");
+                        self.clear_progress();
+                        removals.remove(0);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(removed = ?removal.removed, error = %e, "re-replication incomplete; retrying")
+                    }
+                }
+            }
+            let retry =
+                tokio::time::sleep(if removals.is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 });
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = retry => {}
                 changed = topology.changed() => {
                     if changed.is_err() {
                         return;
@@ -201,11 +243,7 @@ impl Rebalancer {
                         .map(|n| n.id.clone())
                         .collect();
                     if !removed.is_empty() {
-                        let started = Instant::now();
-                        match self.rereplicate(&last, &current, &removed, &shutdown).await {
-                            Ok(moved) => tracing::info!(?removed, ranges = moved.ranges, keys = moved.keys, seconds = started.elapsed().as_secs_f64(), "re-replicated the ranges of removed members"),
-                            Err(e) => tracing::warn!(?removed, error = %e, "re-replication incomplete; read repair will fill the rest"),
-                        }
+                        removals.push(PendingRemoval { before: last.clone(), after: current.clone(), removed });
                     }
                     last = current;
                 }
@@ -235,7 +273,8 @@ impl Rebalancer {
         let after = self.ring_with_me_as(Status::Normal)?;
         let moves: Vec<RangeMove> =
             diff(&before, &after, self.replicas).into_iter().filter(|m| m.gained().contains(&me.as_str())).collect();
-        self.pull_all(moves, &[me], false, shutdown).await
+        let needed = self.read_quorum;
+        self.pull_all("join", moves, &[me], &|sources| sources.min(needed), shutdown).await
     }
 
     async fn rereplicate(
@@ -250,22 +289,28 @@ impl Rebalancer {
             diff(before, after, self.replicas).into_iter().filter(|m| m.gained().contains(&me.as_str())).collect();
         let mut exclude = removed.to_vec();
         exclude.push(me);
-        self.pull_all(moves, &exclude, true, shutdown).await
+        let needed = self.read_quorum;
+        self.pull_all("removal", moves, &exclude, &|sources| sources.min(needed), shutdown).await
     }
 
-    /// Pulls every range of `moves` from its old owners (but not `exclude`): from the first
-    /// that answers, or from all of them when `every_source`.
+    /// Pulls every range of `moves` from its old owners (but not `exclude`), from every one
+    /// that answers; a range fails unless at least `needed(sources)` of them did.
     async fn pull_all(
         &self,
+        op: &str,
         moves: Vec<RangeMove>,
         exclude: &[String],
-        every_source: bool,
+        needed: &(dyn Fn(usize) -> usize + Sync),
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
         let jobs = jobs(&moves, &self.membership.topology(), |m| {
             m.old.iter().filter(|id| !exclude.contains(id)).cloned().collect()
         });
-        self.run_all(jobs, |lo, hi, sources| self.pull(lo, hi, sources, every_source, shutdown)).await
+        self.run_all(jobs, |lo, hi, sources| {
+            let needed = needed(sources.len());
+            self.pull(op, lo, hi, sources, needed, shutdown)
+        })
+        .await
     }
 
     /// Runs `job` for every interval, [`Rebalancer::concurrency`] at a time, and adds up what
@@ -290,66 +335,77 @@ impl Rebalancer {
         Ok(total)
     }
 
+    /// Merges `lo..=hi` from every source into our store, each from where a previous attempt
+    /// stopped; succeeds when at least `needed` sources were copied in full.
     async fn pull(
         &self,
+        op: &str,
         lo: u64,
         hi: u64,
         sources: Vec<Peer>,
-        every_source: bool,
+        needed: usize,
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
-        let name = format!("{lo:016x}-{hi:016x}");
-        if self.progress.lock().get(&name).is_some_and(|c| c.done) {
-            return Ok(Moved::default());
-        }
         self.metrics.ranges_streaming.inc();
         let mut moved = Moved::default();
-        let mut last_error = String::new();
-        let mut copied_once = false;
+        let mut errors = Vec::new();
+        let mut copied = 0;
         for source in &sources {
-            if copied_once && !every_source {
-                break;
+            let name = format!("{op}:{lo:016x}-{hi:016x}@{}", source.id);
+            if self.progress.lock().get(&name).is_some_and(|c| c.done) {
+                copied += 1;
+                continue;
             }
-            // Every source starts where the previous one stopped, unless we want them all.
-            let mut after = if every_source { None } else { self.cursor(&name) };
-            let result: Result<(), String> = async {
-                loop {
-                    if shutdown.is_cancelled() {
-                        return Err("shutting down".into());
-                    }
-                    let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
-                    let bytes =
-                        self.client.post(source, SCAN_PATH, encode(&request)).await.map_err(|e| e.to_string())?;
-                    let page: ScanResponse = decode(&bytes)?;
-                    let keys = page.entries.len() as u64;
-                    let value_bytes: u64 =
-                        page.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-                    after = page.entries.last().map(|(k, _)| k.clone()).or(after);
-                    self.replica.store_batch(page.entries).await.map_err(|e| e.to_string())?;
-                    moved.keys += keys;
-                    moved.bytes += value_bytes;
-                    self.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
-                    self.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
-                    if !every_source {
-                        self.save_cursor(&name, after.as_deref(), false);
-                    }
-                    if page.done {
-                        return Ok(());
-                    }
+            match self.copy(&name, lo, hi, source, &mut moved, shutdown).await {
+                Ok(()) => {
+                    self.save_cursor(&name, None, true);
+                    copied += 1;
                 }
-            }
-            .await;
-            match result {
-                Ok(()) => copied_once = true,
-                Err(e) => last_error = format!("{}: {e}", source.id),
+                Err(e) => errors.push(format!("{}: {e}", source.id)),
             }
         }
         self.metrics.ranges_streaming.dec();
-        if copied_once {
-            self.save_cursor(&name, None, true);
+        if copied >= needed {
             Ok(moved)
         } else {
-            Err(format!("range {name}: no source answered ({last_error})"))
+            Err(format!(
+                "range {lo:016x}-{hi:016x}: {copied} of the {needed} copies needed answered ({})",
+                errors.join("; ")
+            ))
+        }
+    }
+
+    /// Copies `lo..=hi` from `source` into our store, page by page, recording progress as `name`.
+    async fn copy(
+        &self,
+        name: &str,
+        lo: u64,
+        hi: u64,
+        source: &Peer,
+        moved: &mut Moved,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut after = self.cursor(name);
+        loop {
+            if shutdown.is_cancelled() {
+                return Err("shutting down".into());
+            }
+            let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
+            let bytes = self.client.post(source, SCAN_PATH, encode(&request)).await.map_err(|e| e.to_string())?;
+            let page: ScanResponse = decode(&bytes)?;
+            let keys = page.entries.len() as u64;
+            let value_bytes: u64 =
+                page.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
+            after = page.entries.last().map(|(k, _)| k.clone()).or(after);
+            self.replica.store_batch(page.entries).await.map_err(|e| e.to_string())?;
+            moved.keys += keys;
+            moved.bytes += value_bytes;
+            self.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
+            self.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
+            self.save_cursor(name, after.as_deref(), false);
+            if page.done {
+                return Ok(());
+            }
         }
     }
 
@@ -359,6 +415,11 @@ impl Rebalancer {
         let after = self.ring_with_me_as(Status::Left)?;
         let moves: Vec<RangeMove> =
             diff(&before, &after, self.replicas).into_iter().filter(|m| m.lost().contains(&me.as_str())).collect();
+        // Our copy may lack writes the other owners acknowledged: merge theirs in first (with
+        // ours, at least R copies), so the new owners get everything a quorum held.
+        let needed = self.read_quorum.saturating_sub(1);
+        self.pull_all("leave", moves.clone(), std::slice::from_ref(&me), &|sources| sources.min(needed), shutdown)
+            .await?;
         let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained().into_iter().map(str::to_owned).collect());
         self.run_all(jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
     }
@@ -428,6 +489,140 @@ impl Rebalancer {
     fn clear_progress(&self) {
         self.progress.lock().clear();
         let _ = std::fs::remove_file(&self.progress_file);
+    }
+}
+
+/// Background job: hands off and removes the ranges this node is dropping
+/// ([`crate::ownership`]). Each page of a dropping range is pushed to every current owner of its
+/// keys that is not known down (at least one must take it), then removed here; a range leaves
+/// the dropping set once empty. Runs when the set grows and every few gossip rounds while it is
+/// not empty.
+pub struct Dropper {
+    membership: Arc<Membership>,
+    ownership: Arc<Ownership>,
+    replica: Replica,
+    client: Arc<HttpReplicaClient>,
+    replicas: usize,
+    interval: Duration,
+    metrics: Metrics,
+}
+
+impl Dropper {
+    /// A dropper that retries every `interval` while something is left to drop.
+    pub fn new(
+        membership: Arc<Membership>,
+        ownership: Arc<Ownership>,
+        replica: Replica,
+        client: Arc<HttpReplicaClient>,
+        replicas: usize,
+        interval: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Dropper { membership, ownership, replica, client, replicas, interval, metrics }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut topology = self.membership.subscribe();
+        loop {
+            let status = self.membership.my_status();
+            let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving));
+            if busy && !self.ownership.dropping().is_empty() {
+                match self.round(&shutdown).await {
+                    Ok((ranges, keys)) if ranges > 0 => {
+                        tracing::info!(
+                            ranges,
+                            keys,
+                            "dropped ranges this node no longer owns, after handing them to their owners"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "dropping ranges: retrying later"),
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+                changed = topology.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass over the dropping set; returns the ranges emptied and the keys removed.
+    async fn round(&self, shutdown: &CancellationToken) -> Result<(usize, u64), String> {
+        let dropping = self.ownership.dropping();
+        let topology = self.membership.topology();
+        let me = self.membership.my_state().map(|s| s.id).unwrap_or_default();
+        let mut done = Vec::new();
+        let mut keys_removed = 0;
+        let mut first_error = None;
+        for &(lo, hi) in dropping.spans() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.drop_span(lo, hi, &topology, &me).await {
+                Ok(removed) => {
+                    keys_removed += removed;
+                    done.push((lo, hi));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let emptied = done.len();
+        if emptied > 0 {
+            let (ownership, topology) = (self.ownership.clone(), topology.clone());
+            let done = Intervals::from_spans(done);
+            tokio::task::spawn_blocking(move || ownership.dropped(&done, &topology))
+                .await
+                .map_err(|e| e.to_string())??;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok((emptied, keys_removed)),
+        }
+    }
+
+    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str) -> Result<u64, String> {
+        let mut removed = 0;
+        loop {
+            let page = self.replica.scan_any(lo, hi, None, PAGE as usize).await.map_err(|e| e.to_string())?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let mut by_target: HashMap<String, Vec<Entry>> = HashMap::new();
+            for (key, record) in &page {
+                let current = topology.preference_list(key, self.replicas);
+                let targets: Vec<Peer> = current
+                    .iter()
+                    .cloned()
+                    .chain(topology.pending_replicas(key, self.replicas, &current))
+                    .filter(|p| p.id != me && !topology.down.contains(&p.id))
+                    .collect();
+                if targets.is_empty() {
+                    return Err(format!("no live owner to hand {:?} to", String::from_utf8_lossy(key)));
+                }
+                for target in targets {
+                    by_target.entry(target.id).or_default().push((key.clone(), record.versions().to_vec()));
+                }
+            }
+            for (target, entries) in by_target {
+                let peer = Peer { address: topology.addresses.get(&target).cloned().unwrap_or_default(), id: target };
+                let keys = entries.len() as u64;
+                let body = encode(&StoreBatchRequest { entries });
+                self.client.post(&peer, STORE_BATCH_PATH, body).await.map_err(|e| format!("{}: {e}", peer.id))?;
+                self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
+            }
+            let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
+            let count = self.replica.remove(keys).await.map_err(|e| e.to_string())? as u64;
+            self.metrics.keys_dropped.inc_by(count);
+            removed += count;
+        }
     }
 }
 

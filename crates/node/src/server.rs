@@ -14,10 +14,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{engine_dir, resolve_node_id, ClusterConfig, Config, LogFormat, ServerConfig};
 use crate::membership::{GossipDriver, Membership};
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
 use crate::peer_client::{HttpReplicaClient, NodeReplicaClient};
-use crate::rebalance::{Rebalancer, RebalancerOptions};
+use crate::rebalance::{Dropper, Rebalancer, RebalancerOptions};
 use crate::replica::Replica;
 use crate::{router, AppState};
+use kv_coordinator::replica::ReplicaCore;
 use kv_gossip::{MemberState, Status};
 
 /// A start-up failure (exit status 2) or a failure while running (exit status 1).
@@ -47,12 +49,48 @@ pub struct Service {
     pub gossip: GossipDriver,
     /// Data movement (nodes only), run by [`serve`].
     pub rebalancer: Option<Rebalancer>,
+    /// Handing off and removing lost ranges (nodes only), run by [`serve`].
+    pub dropper: Option<Dropper>,
+    /// Keeping the replica's view in step with membership (nodes only), run by [`serve`].
+    pub watcher: Option<OwnershipWatcher>,
+}
+
+/// Background job: rebuilds the replica's ownership view whenever membership publishes a new
+/// topology ([`Ownership::update`]).
+pub struct OwnershipWatcher {
+    membership: Arc<Membership>,
+    ownership: Arc<Ownership>,
+}
+
+impl OwnershipWatcher {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut topology = self.membership.subscribe();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = topology.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = topology.borrow_and_update().clone();
+                    let ownership = self.ownership.clone();
+                    match tokio::task::spawn_blocking(move || ownership.update(&current)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot update the ownership view"),
+                        Err(e) => tracing::error!(error = %e, "ownership update task failed"),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Builds the coordinator, membership and handler state for a gateway: an observer that owns
 /// no range.
 pub fn gateway_service(cluster: &ClusterConfig, server: &ServerConfig, metrics: Metrics) -> Result<Service, String> {
-    let (membership, _) = Membership::new(None, None, cluster.suspect_after, Some(metrics.clone()))?;
+    let (membership, _) =
+        Membership::new(None, None, cluster.suspect_after, Some(metrics.clone()), cluster.expect_nodes)?;
     let remote = Arc::new(HttpReplicaClient::new(
         cluster.coordinator.replica_timeout,
         cluster.max_replica_calls.get(),
@@ -90,7 +128,7 @@ fn build(
         metrics: Arc::new(metrics),
         ready: Arc::new(AtomicBool::new(true)),
     };
-    Ok(Service { state, gossip, rebalancer: None })
+    Ok(Service { state, gossip, rebalancer: None, dropper: None, watcher: None })
 }
 
 /// Binds the listener, turning "address in use" into a start-up error.
@@ -106,14 +144,16 @@ pub async fn serve(
     server: &ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let Service { state, gossip, rebalancer } = service;
+    let Service { state, gossip, rebalancer, dropper, watcher } = service;
     let ready = state.ready.clone();
     let coordinator: Arc<Coordinator> = state.coordinator.clone();
     let app: Router = router(state, server);
     // Background jobs stop with the server; their handles are awaited below.
     let workers = CancellationToken::new();
-    let gossip = tokio::spawn(gossip.run(workers.clone()));
-    let rebalancer = rebalancer.map(|r| tokio::spawn(r.run(workers.clone())));
+    let mut handles = vec![tokio::spawn(gossip.run(workers.clone()))];
+    handles.extend(rebalancer.map(|r| tokio::spawn(r.run(workers.clone()))));
+    handles.extend(dropper.map(|d| tokio::spawn(d.run(workers.clone()))));
+    handles.extend(watcher.map(|w| tokio::spawn(w.run(workers.clone()))));
     let stop = shutdown.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
@@ -130,9 +170,8 @@ pub async fn serve(
         () = drain_deadline => tracing::warn!(timeout = ?server.shutdown_timeout, "shutdown: drain deadline passed; closing remaining requests"),
     }
     workers.cancel();
-    let _ = gossip.await;
-    if let Some(rebalancer) = rebalancer {
-        let _ = rebalancer.await;
+    for handle in handles {
+        let _ = handle.await;
     }
     let tasks = coordinator.tasks();
     tasks.close();
@@ -149,17 +188,26 @@ pub async fn serve(
 pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunError> {
     let node_id = resolve_node_id(config.node_id.as_deref(), &config.data_dir).map_err(RunError::Startup)?;
     let generation = next_generation(&config.data_dir).map_err(RunError::Startup)?;
-    let metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
+    let mut metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
+    metrics.register_replica().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
     let storage_metrics = metrics.register_storage().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
+    let identity = engine.identity();
+    let progress_file = config.data_dir.join("streams.json");
+    if identity.fresh {
+        // Stream progress belongs to the store it was made for.
+        let _ = std::fs::remove_file(&progress_file);
+    }
+    let core = Arc::new(ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone()));
     let me = MemberState {
         id: node_id.clone(),
         address: config.advertise.clone(),
         zone: config.zone.clone(),
         weight: config.weight.get(),
         status: Status::Joining,
+        incarnation: identity.incarnation,
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
@@ -169,26 +217,17 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         Some(config.data_dir.join("members.json")),
         config.cluster.suspect_after,
         Some(metrics.clone()),
+        config.cluster.expect_nodes,
     )
     .map_err(RunError::Startup)?;
-    let status = match previous {
-        Some(Status::Left) => {
-            return Err(RunError::Startup(format!(
-                "node {node_id} has left the cluster; to join again, start it with an empty data directory"
-            )))
-        }
-        Some(Status::Removed) => {
-            return Err(RunError::Startup(format!(
-                "node {node_id} was removed from the cluster; start it with an empty data directory"
-            )))
-        }
-        Some(status) => status,
-        // A new node joins; the first node of a cluster (no seeds) simply starts owning.
-        None if config.cluster.seeds.is_empty() => Status::Normal,
-        None => Status::Joining,
-    };
+    let status = start_status(&node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())?;
     membership.set_status(status);
-    let replica = Replica::new(node_id.clone(), engine.clone());
+    let replica = Replica::new(node_id.clone(), core.clone());
+    let n = config.cluster.coordinator.quorum.n;
+    let ownership = Arc::new(
+        Ownership::open(&node_id, n, core.clone(), metrics.ranges_dropping.clone()).map_err(RunError::Startup)?,
+    );
+    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let remote = Arc::new(
         HttpReplicaClient::new(
             config.cluster.coordinator.replica_timeout,
@@ -207,38 +246,62 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         metrics.clone(),
     )
     .map_err(RunError::Startup)?;
+    // Before serving anything, hear from the cluster: a node an operator removed learns it
+    // here and refuses to serve its old data.
+    let answered = service.gossip.probe().await;
+    if membership.removed_me() {
+        return Err(removed_error(&node_id, identity.incarnation));
+    }
+    tracing::info!(answered, "start-up gossip exchange done");
+    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
     service.rebalancer = Some(Rebalancer::new(
         membership.clone(),
-        replica,
-        remote,
+        replica.clone(),
+        remote.clone(),
         RebalancerOptions {
-            replicas: config.cluster.coordinator.quorum.n,
+            replicas: n,
+            read_quorum: config.cluster.coordinator.quorum.r,
             gossip_interval: config.cluster.gossip_interval,
             concurrency: config.stream_concurrency.get(),
-            progress_file: config.data_dir.join("streams.json"),
+            progress_file,
         },
-        metrics,
+        metrics.clone(),
         shutdown.clone(),
     ));
+    service.dropper = Some(Dropper::new(
+        membership.clone(),
+        ownership.clone(),
+        replica,
+        remote,
+        n,
+        config.cluster.gossip_interval * 5,
+        metrics,
+    ));
+    service.watcher = Some(OwnershipWatcher { membership: membership.clone(), ownership });
     let listener = bind(config.server.listen).await?;
     tracing::info!(
-        node_id, generation, status = status.name(), listen = %config.server.listen, advertise = %config.advertise,
+        node_id, actor = core.actor(), generation, status = status.name(), listen = %config.server.listen, advertise = %config.advertise,
         engine = %config.storage.engine, sync = %config.storage.sync, data_dir = %config.data_dir.display(),
         seeds = ?config.cluster.seeds, quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
     );
     // A signal stops the node, or with --leave-on-shutdown starts a leave, after which the
-    // rebalancer stops it.
+    // rebalancer stops it. Learning that it was removed stops it too.
     let leave_on_shutdown = config.leave_on_shutdown;
     let on_signal = {
         let (membership, shutdown) = (membership.clone(), shutdown.clone());
+        let removed = membership.removed_signal();
         async move {
-            signal.cancelled().await;
-            if leave_on_shutdown && membership.my_status() == Some(Status::Normal) {
-                tracing::info!("signal: leaving the cluster before exiting (--leave-on-shutdown)");
-                membership.set_status(Status::Leaving);
-            } else {
-                shutdown.cancel();
+            tokio::select! {
+                () = signal.cancelled() => {
+                    if leave_on_shutdown && membership.my_status() == Some(Status::Normal) {
+                        tracing::info!("signal: leaving the cluster before exiting (--leave-on-shutdown)");
+                        membership.set_status(Status::Leaving);
+                    } else {
+                        shutdown.cancel();
+                    }
+                }
+                () = removed.cancelled() => shutdown.cancel(),
             }
         }
     };
@@ -251,8 +314,53 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         .context("storage sync task")
         .and_then(|r| r.context("final storage sync"))
         .map_err(RunError::Runtime)?;
+    if membership.removed_me() {
+        return Err(removed_error(&node_id, identity.incarnation));
+    }
     tracing::info!("shutdown complete: storage synced");
     Ok(())
+}
+
+fn removed_error(node_id: &str, incarnation: u64) -> RunError {
+    RunError::Startup(format!(
+        "node {node_id} (storage incarnation {incarnation:016x}) was removed from the cluster by an operator and must not \
+         serve its old data; to bring this machine back, start it with an empty data directory: it joins as a new member"
+    ))
+}
+
+/// The status a node starts in, from what its store and its recorded membership say.
+///
+/// - A store with data (not fresh) resumes its recorded status; one that left or was removed
+///   refuses to start.
+/// - A fresh store (new, wiped or in memory) is a new actor with no data: if this id was a
+///   member before, its data is gone, so it joins again and pulls its ranges before it serves
+///   reads, whatever it was.
+/// - Never recorded: the first node of a cluster (no seeds) starts normal; others join.
+fn start_status(
+    node_id: &str,
+    identity: kv_storage::Identity,
+    previous: Option<&MemberState>,
+    no_seeds: bool,
+) -> Result<Status, RunError> {
+    match previous {
+        Some(recorded) if !identity.fresh => match recorded.status {
+            Status::Left => Err(RunError::Startup(format!(
+                "node {node_id} has left the cluster; to join again, start it with an empty data directory"
+            ))),
+            Status::Removed => Err(removed_error(node_id, identity.incarnation)),
+            status => Ok(status),
+        },
+        Some(recorded) => {
+            tracing::warn!(
+                previous = recorded.status.name(),
+                "the store is empty but this node was a member: its data is gone; \
+                 joining again as a new actor and pulling its ranges from the other owners"
+            );
+            Ok(Status::Joining)
+        }
+        None if no_seeds => Ok(Status::Normal),
+        None => Ok(Status::Joining),
+    }
 }
 
 /// The generation (incarnation) for this start: above the recorded one and at least the wall

@@ -223,8 +223,10 @@ fn config_file_env_and_flags_layer() {
 fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
     use kv_coordinator::wire::{
-        decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Write, BATCH_PATH, MAX_BATCH_CALLS,
+        decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Ticket, Write, BATCH_PATH,
+        MAX_BATCH_CALLS,
     };
+    let ticket = |write_id: u128| Ticket { write_id, deadline_ms: kv_coordinator::now_ms() + 60_000 };
     let (_dir, node) = start(&[]);
     let client = Client::new();
     let post = |calls: &[Call]| {
@@ -243,10 +245,14 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         tombstone: false,
     };
     let calls = [
-        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: write.clone() }),
+        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: write.clone(), ticket: ticket(1) }),
         Call::Read(ReadRequest { key: Vec::new() }),
-        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new() }),
-        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: Write { value: b"w".to_vec(), ..write } }),
+        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new(), fresh: None }),
+        Call::Coordinate(CoordinateRequest {
+            key: b"a".to_vec(),
+            write: Write { value: b"w".to_vec(), ..write.clone() },
+            ticket: ticket(2),
+        }),
         Call::Read(ReadRequest { key: b"a".to_vec() }),
     ];
     let response = post(&calls);
@@ -262,6 +268,24 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     assert!(matches!(&replies[4], Reply::Read(_)));
     let replies: Vec<Reply> = decode(&post(&calls[4..]).bytes().unwrap()).unwrap();
     assert!(matches!(&replies[..], [Reply::Read(versions)] if versions.len() == 2), "{replies:?}");
+    // The same write again (a front's retry, same write id) reuses its version; a write whose
+    // deadline passed is not applied.
+    let again = Call::Coordinate(CoordinateRequest {
+        key: b"a".to_vec(),
+        write: Write { value: b"different".to_vec(), ..write.clone() },
+        ticket: ticket(1),
+    });
+    let late = Call::Coordinate(CoordinateRequest {
+        key: b"a".to_vec(),
+        write: Write { value: b"late".to_vec(), ..write.clone() },
+        ticket: Ticket { write_id: 3, deadline_ms: kv_coordinator::now_ms() - 1 },
+    });
+    let replies: Vec<Reply> = decode(&post(&[again, late]).bytes().unwrap()).unwrap();
+    assert!(
+        matches!(&replies[0], Reply::Coordinated(c) if c.created.value == b"v" && c.record.len() == 2),
+        "{replies:?}"
+    );
+    assert!(matches!(&replies[1], Reply::Failed { status: 504, .. }), "{replies:?}");
 
     let too_many = vec![Call::Read(ReadRequest { key: b"a".to_vec() }); MAX_BATCH_CALLS + 1];
     assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);

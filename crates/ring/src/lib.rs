@@ -33,14 +33,17 @@
 //! # Layout
 //! - [`ring`] — [`Ring`], [`Node`], preference lists and ownership shares.
 //! - [`diff`] — [`RangeMove`], the ownership difference between two rings.
+//! - [`intervals`] — [`Intervals`], sets of positions (what a node owns, what it drops).
 //! - [`error`] — [`Error`].
 
 pub mod diff;
 pub mod error;
+pub mod intervals;
 pub mod ring;
 
 pub use diff::{diff, RangeMove};
 pub use error::Error;
+pub use intervals::Intervals;
 pub use ring::{Node, Ring, TokenRange, DEFAULT_VNODES_PER_WEIGHT};
 
 /// A position on the ring.

@@ -32,6 +32,7 @@ fn version(counter: u64, value: Vec<u8>) -> Version {
         content_type: "application/octet-stream".into(),
         tombstone: false,
         written_at: counter,
+        write_id: 0,
     }
 }
 

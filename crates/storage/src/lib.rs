@@ -22,6 +22,16 @@
 //! and `none` never waits for the disk (for benchmarks: a crash loses recent acknowledged
 //! writes). After a failed fsync the store refuses writes until restarted.
 //!
+//! ## Identity
+//!
+//! Every store has an [`Identity`]: a random incarnation drawn when it is first opened and kept
+//! inside it, and a dot counter that only rises, across all keys and restarts
+//! ([`Engine::issue_counter`]). The node names its vector-clock actor after them, so a wiped
+//! disk is a new actor and no dot is ever issued twice; see [`identity`] and
+//! docs/consistency.md. Small named metadata (the identity, the ranges a node is dropping) lives
+//! under reserved keys beside the records ([`Engine::put_meta`]), so it is lost exactly when the
+//! records are.
+//!
 //! ## Engines
 //!
 //! All engines share [`Store`] and differ only in their [`backend::Backend`]: `fjall` (an LSM
@@ -32,6 +42,7 @@
 //! # Layout
 //! - [`backend`] — the raw byte stores.
 //! - [`commit`] — group commit.
+//! - [`identity`] — [`Identity`] and the leased dot counter.
 //! - [`store`] — [`Store`], the [`Engine`] implementation.
 //! - [`version`] — [`Version`] and the record encoding.
 //! - [`metrics`] — [`StorageMetrics`].
@@ -45,11 +56,13 @@ use std::sync::Arc;
 pub mod backend;
 pub mod commit;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod store;
 pub mod version;
 
 pub use error::{Error, Result};
+pub use identity::Identity;
 pub use metrics::StorageMetrics;
 pub use store::Store;
 pub use version::{Record, Version};
@@ -66,12 +79,18 @@ pub trait Engine: Send + Sync {
     /// the result, and return it once durable under the store's [`SyncMode`].
     fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record>;
 
-    /// [`Engine::update`] for many keys with one durability wait: `build` is called with each
-    /// key's index in `keys` and its stored versions, and the merged records come back in the
-    /// same order once all of them are durable. Concurrent writers coalesce this way into one
-    /// fsync and one blocking hand-off (the replica API's batches).
-    fn update_many(&self, keys: &[&[u8]], build: &mut dyn FnMut(usize, &Record) -> Vec<Version>)
-        -> Vec<Result<Record>>;
+    /// Many keys, one durability wait: `apply` is called under each key's lock with the key's
+    /// index in `keys` and its stored versions and returns the key's new versions, which replace
+    /// the stored ones (when they differ); the records come back in the same order once all of
+    /// them are durable. Unlike [`Engine::update`], `apply` decides what is dropped: callers
+    /// merge (and so drop only what another version has seen), except for the one sanctioned
+    /// removal, a second version of one client write (see `kv_coordinator::replica`).
+    /// Concurrent writers coalesce this way into one fsync and one blocking hand-off.
+    fn update_many(&self, keys: &[&[u8]], apply: &mut dyn FnMut(usize, &Record) -> Record) -> Vec<Result<Record>>;
+
+    /// The counter [`Engine::issue_counter`] would issue next without a floor: every counter
+    /// this store has issued is below it.
+    fn counter_ceiling(&self) -> u64;
 
     /// Merges `incoming` into `key`'s versions (dropping only obsolete ones) and returns the
     /// merged set once durable.
@@ -98,6 +117,28 @@ pub trait Engine: Send + Sync {
     /// under the key's lock so that a write that arrived meanwhile is never dropped. Returns
     /// whether the key was removed.
     fn purge_tombstones(&self, key: &[u8], dots: &[kv_vclock::Dot]) -> Result<bool>;
+
+    /// Removes `keys` (a range this node no longer owns, once its new owners hold it) and
+    /// returns once the removal is durable. Returns how many existed.
+    fn remove(&self, keys: &[Vec<u8>]) -> Result<usize>;
+
+    /// This store's identity as a writer of vector-clock events.
+    fn identity(&self) -> Identity;
+
+    /// A dot counter above `floor` and above every counter this store issued before, for any
+    /// key, before or after a restart (see [`identity`]).
+    fn issue_counter(&self, floor: u64) -> Result<u64>;
+
+    /// Makes every future [`Engine::issue_counter`] exceed `seen`, a counter of this store's
+    /// actor found in a version from elsewhere. Returns whether that moved the counter (the
+    /// store had issued it and forgot: it was restored from an old copy).
+    fn observe_counter(&self, seen: u64) -> Result<bool>;
+
+    /// Small named metadata stored beside the records; `name` is 1 to 7 bytes.
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores metadata durably (returns after an fsync).
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()>;
 
     /// Makes all completed writes durable (shutdown, tests).
     fn sync(&self) -> Result<()>;
@@ -195,7 +236,18 @@ pub fn open(dir: &Path, options: &Options, metrics: StorageMetrics) -> Result<Ar
         EngineKind::Sled => Box::new(backend::sled::SledBackend::open(dir, options.cache_bytes)?),
         EngineKind::Memory => Box::<backend::memory::MemoryBackend>::default(),
     };
-    Ok(Store::new(options.engine, backend, options.sync, options.compression, metrics))
+    Ok(Store::open(options.engine, backend, options.sync, options.compression, metrics)?)
+}
+
+/// Storage keys of this length or shorter are reserved for metadata: a record's storage key is
+/// an 8-byte hash followed by a key of at least one byte.
+pub(crate) const RESERVED_KEY_MAX: usize = 8;
+
+/// The storage key of metadata `name` (at most 7 bytes, so it is never a record's key).
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = vec![0xff];
+    key.extend(name.as_bytes().iter().take(RESERVED_KEY_MAX - 1));
+    key
 }
 
 /// Where `key` is stored: its ring hash, big-endian, then the key.

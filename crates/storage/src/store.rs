@@ -9,9 +9,13 @@ use parking_lot::Mutex;
 
 use crate::backend::Backend;
 use crate::commit::GroupCommit;
+use crate::identity::DotCounter;
 use crate::metrics::StorageMetrics;
 use crate::version::{decode, encode};
-use crate::{storage_key, user_key, Compression, Engine, EngineKind, Record, Result, SyncMode, Version};
+use crate::{
+    meta_key, storage_key, user_key, Compression, Engine, EngineKind, Identity, Record, Result, SyncMode, Version,
+    RESERVED_KEY_MAX,
+};
 
 /// Number of lock stripes. Two keys share a lock with probability 1/4096, which costs only a
 /// little waiting; a lock per key would need a map that grows with the key set.
@@ -26,25 +30,28 @@ pub struct Store {
     commit: GroupCommit,
     compression: Compression,
     metrics: StorageMetrics,
+    counter: DotCounter,
 }
 
 impl Store {
-    /// Wraps `backend`.
-    pub fn new(
+    /// Wraps `backend`, loading the store's identity (or drawing a new one for an empty store).
+    pub fn open(
         kind: EngineKind,
         backend: Box<dyn Backend>,
         sync: SyncMode,
         compression: Compression,
         metrics: StorageMetrics,
-    ) -> Arc<Self> {
-        Arc::new(Store {
+    ) -> Result<Arc<Self>> {
+        let counter = DotCounter::open(&*backend)?;
+        Ok(Arc::new(Store {
             kind,
             backend,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             commit: GroupCommit::new(sync),
             compression,
             metrics,
-        })
+            counter,
+        }))
     }
 
     fn read(&self, skey: &[u8]) -> Result<Record> {
@@ -68,11 +75,19 @@ impl Store {
     /// Under the key's lock: read, merge what `build` returns, write if anything changed.
     /// Returns the merged versions and the ticket to wait on for durability.
     fn merge_one(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<(Record, u64)> {
+        self.apply_one(key, &mut |current| {
+            let mut merged = current.clone();
+            merged.merge(build(current));
+            merged
+        })
+    }
+
+    /// Under the key's lock: read, replace with what `apply` returns, write if it changed.
+    fn apply_one(&self, key: &[u8], apply: &mut dyn FnMut(&Record) -> Record) -> Result<(Record, u64)> {
         let skey = storage_key(key);
         let _guard = self.locks[stripe(key)].lock();
         let current = self.read(&skey)?;
-        let mut merged = current.clone();
-        merged.merge(build(&current));
+        let merged = apply(&current);
         if merged == current {
             // Nothing new, but what we read may be another writer's not-yet-synced write: do
             // not answer before it is durable.
@@ -107,11 +122,7 @@ impl Engine for Store {
         })
     }
 
-    fn update_many(
-        &self,
-        keys: &[&[u8]],
-        build: &mut dyn FnMut(usize, &Record) -> Vec<Version>,
-    ) -> Vec<Result<Record>> {
+    fn update_many(&self, keys: &[&[u8]], apply: &mut dyn FnMut(usize, &Record) -> Record) -> Vec<Result<Record>> {
         let started = Instant::now();
         if let Err(e) = self.commit.check() {
             return keys.iter().map(|_| Err(e.clone())).collect();
@@ -121,7 +132,7 @@ impl Engine for Store {
             .iter()
             .enumerate()
             .map(|(i, key)| {
-                let (merged, t) = self.merge_one(key, &mut |current| build(i, current))?;
+                let (merged, t) = self.apply_one(key, &mut |current| apply(i, current))?;
                 ticket = ticket.max(t);
                 Ok(merged)
             })
@@ -175,6 +186,9 @@ impl Engine for Store {
             };
             let mut out = Vec::new();
             for (skey, bytes) in self.backend.scan(start, end, limit)? {
+                if skey.len() <= RESERVED_KEY_MAX {
+                    continue; // metadata, not a record
+                }
                 let key = user_key(&skey).ok_or_else(|| crate::Error::Corrupt("short storage key".into()))?;
                 out.push((key.to_vec(), decode(&bytes)?));
             }
@@ -196,6 +210,51 @@ impl Engine for Store {
             }
             Ok(exact)
         })
+    }
+
+    fn remove(&self, keys: &[Vec<u8>]) -> Result<usize> {
+        self.timed("remove", || {
+            self.commit.check()?;
+            let mut removed = 0;
+            let mut ticket = 0;
+            for key in keys {
+                let skey = storage_key(key);
+                let _guard = self.locks[stripe(key)].lock();
+                if self.backend.get(&skey)?.is_some() {
+                    self.backend.delete(&skey)?;
+                    removed += 1;
+                    ticket = self.commit.written();
+                }
+            }
+            self.commit.wait(ticket, &self.metrics, || self.backend.sync())?;
+            Ok(removed)
+        })
+    }
+
+    fn counter_ceiling(&self) -> u64 {
+        self.counter.ceiling()
+    }
+
+    fn identity(&self) -> Identity {
+        self.counter.identity()
+    }
+
+    fn issue_counter(&self, floor: u64) -> Result<u64> {
+        self.counter.issue(floor, &*self.backend)
+    }
+
+    fn observe_counter(&self, seen: u64) -> Result<bool> {
+        self.counter.observe(seen, &*self.backend)
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.backend.get(&meta_key(name))
+    }
+
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.commit.check()?;
+        self.backend.put(&meta_key(name), value)?;
+        self.backend.sync()
     }
 
     fn sync(&self) -> Result<()> {

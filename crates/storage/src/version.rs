@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Compression, Error, Result};
 
-/// Format byte that starts every stored record.
+/// Format byte of records written before versions carried a write id.
 const RECORD_V1: u8 = 1;
+
+/// Format byte that starts every record written now: versions carry their write id.
+const RECORD_V2: u8 = 2;
 
 /// Values shorter than this are stored as they are: LZ4 rarely shrinks them and the frame
 /// header (4 bytes) would eat any gain.
@@ -31,6 +34,11 @@ pub struct Version {
     pub tombstone: bool,
     /// Wall-clock ms when the coordinator created the version (for tombstone grace periods).
     pub written_at: u64,
+    /// The client write this version was created for, unique per client request (chosen by
+    /// the front that received it); 0 when unknown (records written before write ids). A front
+    /// that retries a write on another replica uses the same id, so the replicas can tell two
+    /// versions of one write apart from two writes.
+    pub write_id: u128,
 }
 
 impl Versioned for Version {
@@ -56,6 +64,34 @@ struct Stored {
     content_type: String,
     tombstone: bool,
     written_at: u64,
+    write_id: u128,
+}
+
+/// A version as [`RECORD_V1`] stored it: no write id.
+#[derive(Deserialize)]
+struct StoredV1 {
+    dot: Dot,
+    context: VClock,
+    codec: u8,
+    value: Vec<u8>,
+    content_type: String,
+    tombstone: bool,
+    written_at: u64,
+}
+
+impl From<StoredV1> for Stored {
+    fn from(v: StoredV1) -> Stored {
+        Stored {
+            dot: v.dot,
+            context: v.context,
+            codec: v.codec,
+            value: v.value,
+            content_type: v.content_type,
+            tombstone: v.tombstone,
+            written_at: v.written_at,
+            write_id: 0,
+        }
+    }
 }
 
 /// Encodes a record: a format byte, then postcard of its versions.
@@ -73,10 +109,11 @@ pub(crate) fn encode(record: &Record, compression: Compression) -> Vec<u8> {
                 content_type: v.content_type.clone(),
                 tombstone: v.tombstone,
                 written_at: v.written_at,
+                write_id: v.write_id,
             }
         })
         .collect();
-    let mut out = vec![RECORD_V1];
+    let mut out = vec![RECORD_V2];
     // Serialising owned plain data into a Vec cannot fail.
     out.extend(postcard::to_stdvec(&stored).unwrap_or_default());
     out
@@ -85,10 +122,14 @@ pub(crate) fn encode(record: &Record, compression: Compression) -> Vec<u8> {
 /// Decodes [`encode`]'s output.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
     let (&format, body) = bytes.split_first().ok_or_else(|| Error::Corrupt("empty record".into()))?;
-    if format != RECORD_V1 {
-        return Err(Error::Corrupt(format!("unknown record format {format}")));
-    }
-    let stored: Vec<Stored> = postcard::from_bytes(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let corrupt = |e: postcard::Error| Error::Corrupt(e.to_string());
+    let stored: Vec<Stored> = match format {
+        RECORD_V2 => postcard::from_bytes(body).map_err(corrupt)?,
+        RECORD_V1 => {
+            postcard::from_bytes::<Vec<StoredV1>>(body).map_err(corrupt)?.into_iter().map(Stored::from).collect()
+        }
+        other => return Err(Error::Corrupt(format!("unknown record format {other}"))),
+    };
     let mut versions = Vec::with_capacity(stored.len());
     for s in stored {
         let value = match s.codec {
@@ -103,6 +144,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
             content_type: s.content_type,
             tombstone: s.tombstone,
             written_at: s.written_at,
+            write_id: s.write_id,
         });
     }
     Ok(Siblings::from_versions(versions))
@@ -141,6 +183,7 @@ mod tests {
             content_type: "text/plain".into(),
             tombstone: false,
             written_at: 7,
+            write_id: 42,
         }
     }
 
@@ -157,10 +200,40 @@ mod tests {
     }
 
     #[test]
+    fn version_1_records_still_decode_without_a_write_id() {
+        let v = version(b"old");
+        let old = vec![StoredV1Encode {
+            dot: v.dot.clone(),
+            context: v.context.clone(),
+            codec: 0,
+            value: v.value.clone(),
+            content_type: v.content_type.clone(),
+            tombstone: false,
+            written_at: 7,
+        }];
+        let mut bytes = vec![RECORD_V1];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let record = decode(&bytes).unwrap();
+        assert_eq!(record.versions(), &[Version { write_id: 0, ..v }]);
+    }
+
+    #[derive(Serialize)]
+    struct StoredV1Encode {
+        dot: Dot,
+        context: VClock,
+        codec: u8,
+        value: Vec<u8>,
+        content_type: String,
+        tombstone: bool,
+        written_at: u64,
+    }
+
+    #[test]
     fn corrupt_records_are_errors_not_panics() {
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 1, 2]).is_err());
         assert!(decode(&[RECORD_V1, 0xff, 0xff]).is_err());
+        assert!(decode(&[RECORD_V2, 0xff, 0xff]).is_err());
         let mut bytes = encode(&Siblings::from_versions([version(&[b'x'; 500])]), Compression::Lz4);
         let len = bytes.len();
         bytes[len - 3] ^= 0xff;

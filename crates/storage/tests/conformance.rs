@@ -40,6 +40,7 @@ fn coordinate(engine: &dyn Engine, key: &[u8], node: &str, context: &VClock, val
                 content_type: "application/octet-stream".into(),
                 tombstone,
                 written_at: 1,
+                write_id: 0,
             }]
         })
         .unwrap()
@@ -149,6 +150,7 @@ fn put_batch_merges_every_key() {
             content_type: "text/plain".into(),
             tombstone: false,
             written_at: 1,
+            write_id: 0,
         };
         engine.put_batch(vec![(b"a".to_vec(), vec![theirs("new")]), (b"b".to_vec(), vec![theirs("b")])]).unwrap();
         assert_eq!(values(&engine.get(b"a").unwrap()), [b"new".to_vec(), b"old".to_vec()].into(), "{kind}");
@@ -166,14 +168,17 @@ fn update_many_builds_each_key_in_order_and_sees_earlier_writes() {
         let results = engine.update_many(&keys, &mut |i, current| {
             seen.push((i, current.len()));
             let counter = current.max_counter("n1") + 1;
-            vec![Version {
+            let mut next = current.clone();
+            next.insert(Version {
                 dot: Dot { node: "n1".into(), counter, timestamp: counter },
                 context: VClock::new(),
                 value: format!("batch{i}").into_bytes(),
                 content_type: "text/plain".into(),
                 tombstone: false,
                 written_at: 1,
-            }]
+                write_id: 0,
+            });
+            next
         });
         assert_eq!(seen, [(0, 1), (1, 0), (2, 2)], "{kind}");
         let records: Vec<Record> = results.into_iter().map(Result::unwrap).collect();
@@ -273,4 +278,52 @@ fn every_sync_mode_acknowledges_writes() {
             assert_eq!(engine.scan(0, u64::MAX, None, 1000).unwrap().len(), 100, "{kind}/{sync}");
         }
     }
+}
+
+#[test]
+fn identity_survives_reopen_on_disk_and_counters_only_rise() {
+    for kind in [EngineKind::Fjall, EngineKind::Sled] {
+        let dir = tempfile::tempdir().unwrap();
+        let (incarnation, last) = {
+            let engine = open_engine(kind, dir.path());
+            let identity = engine.identity();
+            assert!(identity.fresh, "{kind}: a new store draws its incarnation");
+            let mut last = 0;
+            for _ in 0..10 {
+                let c = engine.issue_counter(0).unwrap();
+                assert!(c > last, "{kind}");
+                last = c;
+            }
+            (identity.incarnation, last)
+        };
+        let engine = open_engine(kind, dir.path());
+        assert_eq!(engine.identity().incarnation, incarnation, "{kind}: same store, same actor");
+        assert!(!engine.identity().fresh, "{kind}");
+        assert!(engine.issue_counter(0).unwrap() > last, "{kind}: a counter was reissued after reopen");
+    }
+    // Memory keeps nothing: every open is a new actor.
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_engine(EngineKind::Memory, dir.path()).identity();
+    let b = open_engine(EngineKind::Memory, dir.path()).identity();
+    assert!(a.fresh && b.fresh);
+    assert_ne!(a.incarnation, b.incarnation);
+}
+
+#[test]
+fn metadata_is_kept_apart_from_records_and_keys_can_be_removed() {
+    each_engine(|kind, _, engine| {
+        for i in 0..20 {
+            coordinate(&*engine, format!("k{i}").as_bytes(), "n1", &VClock::new(), b"v", false);
+        }
+        engine.put_meta("drop", b"some bytes").unwrap();
+        assert_eq!(engine.get_meta("drop").unwrap().as_deref(), Some(&b"some bytes"[..]), "{kind}");
+        assert_eq!(engine.get_meta("other").unwrap(), None, "{kind}");
+        let all = engine.scan(0, u64::MAX, None, 1000).unwrap();
+        assert_eq!(all.len(), 20, "{kind}: scans return records only, never metadata");
+        let gone: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).chain([b"never".to_vec()]).collect();
+        assert_eq!(engine.remove(&gone).unwrap(), 10, "{kind}");
+        assert_eq!(engine.scan(0, u64::MAX, None, 1000).unwrap().len(), 10, "{kind}");
+        assert!(engine.get(b"k3").unwrap().is_empty(), "{kind}");
+        assert_eq!(engine.get(b"k13").unwrap().len(), 1, "{kind}");
+    });
 }

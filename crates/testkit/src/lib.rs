@@ -192,11 +192,15 @@ pub fn statuses(proc: &Proc) -> std::collections::BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Starts one kvnode in `data_dir` with extra `args`, on a free port.
+/// Starts one standalone kvnode in `data_dir` with extra `args`, on a free port. A cluster of
+/// one holds one replica per key: `--replicas 1` unless `args` set it.
 pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
     let port = free_port();
     let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--data-dir".to_owned()];
     all.push(data_dir.display().to_string());
+    if !args.contains(&"--replicas") {
+        all.extend(["--replicas".to_owned(), "1".to_owned()]);
+    }
     all.extend(args.iter().map(|s| s.to_string()));
     Proc::start(binary("kvnode"), all, port, data_dir.with_extension("log"))
 }
@@ -257,6 +261,8 @@ pub struct Cluster {
     pub gateways: Vec<Proc>,
     /// Temp directory holding every data directory and log.
     pub dir: tempfile::TempDir,
+    /// Nodes the cluster was started with (`--expect-nodes` of every process).
+    pub expect: usize,
 }
 
 impl Cluster {
@@ -266,7 +272,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir };
+        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
         for port in ports {
             cluster.spawn_node(port, &seeds, node_args);
         }
@@ -290,6 +296,9 @@ impl Cluster {
             "--seeds".into(),
             seeds.to_owned(),
         ];
+        if !extra.contains(&"--expect-nodes") {
+            args.extend(["--expect-nodes".into(), self.expect.to_string()]);
+        }
         args.extend(fast_gossip_unless(extra));
         args.extend(extra.iter().map(|s| s.to_string()));
         self.nodes.push(Proc::start(binary("kvnode"), args, port, data.with_extension("log")));
@@ -308,6 +317,7 @@ impl Cluster {
         let port = free_port();
         let seeds = self.nodes.iter().map(Proc::address).collect::<Vec<_>>().join(",");
         let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}"), "--seeds".into(), seeds];
+        args.extend(["--expect-nodes".into(), self.expect.to_string()]);
         args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("{name}.log"));
         self.gateways.push(Proc::start(binary("kvgateway"), args, port, log));

@@ -15,6 +15,21 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10;
 /// 64-byte node ids encodes to about 1 KB; 8 KB leaves room and bounds the work a request costs.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Highest counter any clock may hold. Counters are issued one at a time by a storage node
+/// (see `kv_storage`'s dot counter), so a real counter stays far below this: a node issuing a
+/// million dots a second for a century reaches 2^52. A decoded clock (a client's context, a
+/// peer's message, a stored record) with a larger counter is impossible, and refused, so that
+/// `counter + 1` can never overflow anywhere.
+pub const MAX_COUNTER: u64 = 1 << 56;
+
+/// Most entries a decoded clock may hold. Pruning keeps a version's clock at
+/// [`DEFAULT_MAX_ENTRIES`] plus its dot; a read context merges the clocks of a key's siblings,
+/// so allow generously more, but bound the work one context costs.
+pub const MAX_DECODED_ENTRIES: usize = 256;
+
+/// Longest actor name in a clock: a node id (64) plus its storage incarnation, with room.
+pub const MAX_ACTOR_BYTES: usize = 128;
+
 /// Format version byte that starts every encoded clock.
 const ENCODING_V1: u8 = 1;
 
@@ -93,7 +108,7 @@ impl VClock {
 
     /// Adds one event of `node` at time `now_ms`; returns the new counter.
     pub fn increment(&mut self, node: &str, now_ms: u64) -> u64 {
-        let counter = self.get(node) + 1;
+        let counter = self.get(node).saturating_add(1);
         self.set(node, counter, now_ms);
         counter
     }
@@ -209,6 +224,9 @@ impl TryFrom<Vec<Entry>> for VClock {
     type Error = String;
 
     fn try_from(entries: Vec<Entry>) -> Result<Self, String> {
+        if entries.len() > MAX_DECODED_ENTRIES {
+            return Err(format!("{} entries; at most {MAX_DECODED_ENTRIES}", entries.len()));
+        }
         for pair in entries.windows(2) {
             if pair[0].node >= pair[1].node {
                 return Err(format!("entries not sorted or repeated at {:?}", pair[1].node));
@@ -216,6 +234,15 @@ impl TryFrom<Vec<Entry>> for VClock {
         }
         if let Some(e) = entries.iter().find(|e| e.counter == 0 || e.node.is_empty()) {
             return Err(format!("entry {:?} has a zero counter or an empty node", e.node));
+        }
+        if let Some(e) = entries.iter().find(|e| e.counter > MAX_COUNTER) {
+            return Err(format!(
+                "entry {:?} has counter {}, above the highest possible {MAX_COUNTER}",
+                e.node, e.counter
+            ));
+        }
+        if let Some(e) = entries.iter().find(|e| e.node.len() > MAX_ACTOR_BYTES) {
+            return Err(format!("actor name of {} bytes; at most {MAX_ACTOR_BYTES}", e.node.len()));
         }
         Ok(VClock { entries })
     }
@@ -308,6 +335,23 @@ mod tests {
         ];
         bytes.extend(postcard::to_stdvec(&entries).unwrap());
         assert!(matches!(VClock::decode(&bytes).unwrap_err(), Error::Malformed(_)));
+    }
+
+    #[test]
+    fn impossible_counters_are_refused() {
+        // A counter of u64::MAX would overflow the next dot (`+ 1`): refused at decode time.
+        for counter in [u64::MAX, MAX_COUNTER + 1] {
+            let mut bytes = vec![ENCODING_V1];
+            bytes.extend(postcard::to_stdvec(&vec![Entry { node: "n1".into(), counter, timestamp: 0 }]).unwrap());
+            let token = URL_SAFE_NO_PAD.encode(&bytes);
+            assert!(matches!(VClock::from_token(&token).unwrap_err(), Error::Malformed(m) if m.contains("above")));
+        }
+        let at_limit = clock(&[("n1", MAX_COUNTER)]);
+        assert_eq!(VClock::from_token(&at_limit.to_token()).unwrap(), at_limit);
+        let mut long = vec![ENCODING_V1];
+        let entries = vec![Entry { node: "a".repeat(MAX_ACTOR_BYTES + 1), counter: 1, timestamp: 0 }];
+        long.extend(postcard::to_stdvec(&entries).unwrap());
+        assert!(VClock::decode(&long).is_err());
     }
 
     proptest! {

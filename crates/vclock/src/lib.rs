@@ -54,6 +54,8 @@ pub mod clock;
 pub mod error;
 pub mod siblings;
 
-pub use clock::{Causality, Entry, VClock, DEFAULT_MAX_ENTRIES, MAX_TOKEN_BYTES};
+pub use clock::{
+    Causality, Entry, VClock, DEFAULT_MAX_ENTRIES, MAX_ACTOR_BYTES, MAX_COUNTER, MAX_DECODED_ENTRIES, MAX_TOKEN_BYTES,
+};
 pub use error::Error;
 pub use siblings::{Dot, Siblings, Versioned};

@@ -1,0 +1,458 @@
+//! [`ReplicaCore`]: what a storage node does with the replica calls it receives.
+//!
+//! One implementation, used by `kvnode` (behind its internal API and its own coordinator) and by
+//! the model checker, so that the rules checked in simulation are the rules that run:
+//!
+//! - **Ownership.** A replica serves a key only while its own view ([`ReplicaView`]) makes it
+//!   one of the key's replicas, now or once the moves in progress complete, and the key's range
+//!   is not being dropped. Anything else is refused as misdirected ([`MISDIRECTED`]): a write
+//!   it accepted for a range it no longer owns would be an acknowledgement it cannot keep, and
+//!   a stale copy it served would bring back what the real owners have since deleted.
+//! - **Only normal owners coordinate.** A joining node lacks data, a leaving one is handing it
+//!   off: neither creates versions.
+//! - **One client write, one version.** A coordinate call carries its write's id and deadline
+//!   ([`Ticket`]); past the deadline, or once the write was retracted, it is refused, and a
+//!   version of the same write already held is reused.
+//! - **Dots never repeat.** New dots come from the store's counter ([`Engine::issue_counter`]),
+//!   above every counter the store ever issued and every counter of ours the key or the
+//!   client's context names; a version from elsewhere that names a counter of ours we would
+//!   still issue moves the counter past it ([`Engine::observe_counter`]).
+//! - **An acknowledgement is a promise.** The version a write created must be held after the
+//!   merge. If what the replica holds covers it (some held version's context names its dot)
+//!   yet it is not held, the replica refuses ([`NOT_KEPT`]) instead of acknowledging: only a
+//!   repeated dot makes that happen, so a counter bug becomes a visible error, not a loss.
+//!
+//! Views change under a write lock, and every call checks ownership and writes under the read
+//! lock, so a range-drop that starts after a view change sees every write accepted before it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use kv_ring::{Intervals, Ring};
+use kv_storage::{Engine, Record, Version};
+use kv_vclock::{Dot, Versioned};
+use parking_lot::{Mutex, RwLock};
+
+use crate::wire::{counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, Reply};
+
+/// Status of a refusal because the key's range is not this replica's (HTTP 421 Misdirected).
+pub const MISDIRECTED: u16 = 421;
+
+/// Status of a coordinate call refused because its deadline passed or its write was retracted
+/// (HTTP 504: the front has given up on it).
+pub const TOO_LATE: u16 = 504;
+
+/// Status of a coordinate call whose context names an event of this replica's actor that never
+/// happened (a counter above all it has issued): a forged or corrupted context (HTTP 422).
+pub const IMPOSSIBLE_CONTEXT: u16 = 422;
+
+/// Status of a write refused because the replica would not keep the version it vouches for.
+pub const NOT_KEPT: u16 = 500;
+
+/// Retracted write ids remembered. Retractions happen only when a front retried a write on
+/// another replica (a replica timed out), so a few thousand cover minutes of such events.
+const RETRACTED_KEPT: usize = 4096;
+
+/// What a replica believes about its own place in the cluster.
+#[derive(Debug, Clone)]
+pub struct ReplicaView {
+    /// Positions whose replicas include this node now or once the moves in progress complete.
+    owned: Intervals,
+    /// Positions whose current replicas include this node, when it is `normal`.
+    coordinates: Intervals,
+    /// Positions being dropped: held copies of ranges this node lost, not yet handed off.
+    dropping: Intervals,
+}
+
+impl ReplicaView {
+    /// The view of node `me` with `n` replicas per key, from the current ring and the ring once
+    /// moves complete, whether it is `normal`, and what it is dropping.
+    pub fn new(me: &str, n: usize, ring: &Ring, pending: Option<&Ring>, normal: bool, dropping: Intervals) -> Self {
+        let now = ring.owned(me, n);
+        let later = pending.map(|p| p.owned(me, n)).unwrap_or_default();
+        let coordinates = if normal { now.clone() } else { Intervals::new() };
+        ReplicaView { owned: now.union(&later), coordinates, dropping }
+    }
+
+    /// A view that owns nothing (before membership is known).
+    pub fn nothing() -> Self {
+        ReplicaView { owned: Intervals::new(), coordinates: Intervals::new(), dropping: Intervals::new() }
+    }
+
+    /// Positions owned now or soon.
+    pub fn owned(&self) -> &Intervals {
+        &self.owned
+    }
+
+    /// Positions being dropped.
+    pub fn dropping(&self) -> &Intervals {
+        &self.dropping
+    }
+
+    /// Whether the replica stores, serves and accepts writes for the key at `hash`.
+    pub fn accepts(&self, hash: u64) -> bool {
+        self.owned.contains(hash) && !self.dropping.contains(hash)
+    }
+
+    /// Whether the replica may create versions of the key at `hash`.
+    pub fn may_coordinate(&self, hash: u64) -> bool {
+        self.coordinates.contains(hash) && !self.dropping.contains(hash)
+    }
+
+    /// Whether the replica serves a scan of `[lo, hi]`: it owns all of it and drops none.
+    pub fn serves(&self, lo: u64, hi: u64) -> bool {
+        self.owned.covers(lo, hi) && !self.dropping.overlaps(lo, hi)
+    }
+}
+
+/// Counters of what the replica refused or noticed.
+#[derive(Clone)]
+pub struct ReplicaMetrics {
+    /// `kv_replica_refusals_total{reason}`: calls refused (misdirected, too_late, not_kept).
+    pub refusals: prometheus::IntCounterVec,
+    /// `kv_actor_amnesia_total`: versions that named a counter of ours we would still issue.
+    pub amnesia: prometheus::IntCounter,
+}
+
+impl ReplicaMetrics {
+    /// Metrics attached to no registry (tests, simulation).
+    pub fn unregistered() -> Self {
+        ReplicaMetrics {
+            refusals: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("kv_replica_refusals_total", "Replica calls refused, by reason"),
+                &["reason"],
+            )
+            .expect("invariant: valid metric"),
+            amnesia: prometheus::IntCounter::new(
+                "kv_actor_amnesia_total",
+                "Versions naming a counter of this node's actor above what it had issued (a store restored from an old copy)",
+            )
+            .expect("invariant: valid metric"),
+        }
+    }
+
+    /// Creates and registers the metrics.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = ReplicaMetrics::unregistered();
+        registry.register(Box::new(m.refusals.clone()))?;
+        registry.register(Box::new(m.amnesia.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Write ids retracted recently, oldest first out.
+#[derive(Default)]
+struct Retracted {
+    order: VecDeque<u128>,
+    set: HashSet<u128>,
+}
+
+impl Retracted {
+    fn insert(&mut self, id: u128) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RETRACTED_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A storage node's replica: its engine, its actor name and its view of what it owns.
+pub struct ReplicaCore {
+    actor: String,
+    engine: Arc<dyn Engine>,
+    view: RwLock<Arc<ReplicaView>>,
+    retracted: Mutex<Retracted>,
+    metrics: ReplicaMetrics,
+}
+
+/// The actor name of node `node_id` on a store of incarnation `incarnation`: what its dots and
+/// clock entries carry. Unique per storage incarnation, so a wiped disk is a new actor.
+pub fn actor_name(node_id: &str, incarnation: u64) -> String {
+    format!("{node_id}~{incarnation:016x}")
+}
+
+fn failed(status: u16, message: impl Into<String>) -> Reply {
+    Reply::Failed { status, message: message.into() }
+}
+
+/// Why a stream or scan call was refused: an HTTP-style status ([`MISDIRECTED`], 5xx) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP-style status.
+    pub status: u16,
+    /// Why.
+    pub message: String,
+}
+
+impl From<Reply> for Refusal {
+    fn from(reply: Reply) -> Refusal {
+        match reply {
+            Reply::Failed { status, message } => Refusal { status, message },
+            _ => Refusal { status: 500, message: "not a refusal".into() },
+        }
+    }
+}
+
+fn storage_failed(e: &kv_storage::Error) -> Reply {
+    let status = if e.is_retryable() { 503 } else { 500 };
+    failed(status, e.to_string())
+}
+
+/// A write call of a batch, once its key is split off.
+enum WriteCall {
+    Coordinate(CoordinateRequest),
+    Store(Vec<Version>, Option<crate::wire::Fresh>),
+}
+
+impl ReplicaCore {
+    /// A replica of node `node_id` over `engine`, owning nothing until [`ReplicaCore::set_view`].
+    pub fn new(node_id: &str, engine: Arc<dyn Engine>, metrics: ReplicaMetrics) -> Self {
+        let actor = actor_name(node_id, engine.identity().incarnation);
+        ReplicaCore {
+            actor,
+            engine,
+            view: RwLock::new(Arc::new(ReplicaView::nothing())),
+            retracted: Mutex::new(Retracted::default()),
+            metrics,
+        }
+    }
+
+    /// The name this replica's dots carry.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<ReplicaView> {
+        self.view.read().clone()
+    }
+
+    /// Replaces the view. Waits for calls running under the old one to finish, so whatever
+    /// starts after this returns (a range drop) sees every write the old view accepted.
+    pub fn set_view(&self, view: ReplicaView) {
+        *self.view.write() = Arc::new(view);
+    }
+
+    fn refuse(&self, reason: &str, status: u16, message: String) -> Reply {
+        self.metrics.refusals.with_label_values(&[reason]).inc();
+        failed(status, message)
+    }
+
+    fn misdirected(&self, what: &str) -> Reply {
+        self.refuse("misdirected", MISDIRECTED, format!("{what}: not a replica of this key's range here"))
+    }
+
+    /// Moves our counter past any counter of ours that `versions` name.
+    fn observe(&self, versions: &[Version]) -> Result<(), kv_storage::Error> {
+        let seen = versions
+            .iter()
+            .map(|v| if v.dot.node == self.actor { v.dot.counter } else { 0 }.max(v.context.get(&self.actor)))
+            .max()
+            .unwrap_or(0);
+        if seen > 0 && self.engine.observe_counter(seen)? {
+            self.metrics.amnesia.inc();
+            tracing::warn!(actor = %self.actor, counter = seen, "a version names a counter of ours we had not issued: this store forgot writes (restored from an old copy?); counting on from there");
+        }
+        Ok(())
+    }
+
+    /// Runs a batch of replica calls at wall-clock time `now_ms` and answers one reply per call,
+    /// in order. Reads and purges run one by one; all writes share one durability wait
+    /// ([`Engine::update_many`]). The calls of a batch are concurrent requests, so their order
+    /// inside it is not an ordering promise: reads run before the batch's writes.
+    pub fn execute(&self, calls: Vec<Call>, now_ms: u64) -> Vec<Reply> {
+        let view = self.view.read();
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
+        let mut indexes = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut payloads: Vec<Option<WriteCall>> = Vec::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            let hash = kv_ring::hash_key(call.key());
+            let reply = match call {
+                Call::Read(_) | Call::Purge(_) | Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
+                Call::Coordinate(_) if !view.may_coordinate(hash) => {
+                    Some(self.misdirected("coordinating requires a normal owner of the key"))
+                }
+                Call::Read(c) => Some(
+                    self.engine.get(&c.key).map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())),
+                ),
+                Call::Purge(c) => Some(
+                    self.engine
+                        .purge_tombstones(&c.key, &c.tombstones)
+                        .map_or_else(|e| storage_failed(&e), |_| Reply::Purged),
+                ),
+                Call::Coordinate(c) if c.ticket.deadline_ms < now_ms => Some(self.refuse(
+                    "too_late",
+                    TOO_LATE,
+                    format!("deadline passed {} ms ago", now_ms - c.ticket.deadline_ms),
+                )),
+                Call::Coordinate(c) if c.write.context.get(&self.actor) >= self.engine.counter_ceiling() => {
+                    Some(self.refuse(
+                        "impossible_context",
+                        IMPOSSIBLE_CONTEXT,
+                        format!(
+                            "the context names event {} of {}, which never happened",
+                            c.write.context.get(&self.actor),
+                            self.actor
+                        ),
+                    ))
+                }
+                Call::Coordinate(c) if self.retracted.lock().set.contains(&c.ticket.write_id) => {
+                    Some(self.refuse("too_late", TOO_LATE, "the write was retried on another replica".into()))
+                }
+                Call::Coordinate(c) => {
+                    indexes.push(i);
+                    keys.push(c.key.clone());
+                    payloads.push(Some(WriteCall::Coordinate(c)));
+                    None
+                }
+                Call::Store(c) => match self.observe(&c.versions) {
+                    Err(e) => Some(storage_failed(&e)),
+                    Ok(()) => {
+                        if let Some(fresh) = c.fresh.as_ref().filter(|f| f.retract) {
+                            self.retracted.lock().insert(fresh.write_id);
+                        }
+                        indexes.push(i);
+                        keys.push(c.key);
+                        payloads.push(Some(WriteCall::Store(c.versions, c.fresh)));
+                        None
+                    }
+                },
+            };
+            replies.push(reply);
+        }
+        if !keys.is_empty() {
+            self.write(&keys, payloads, now_ms, &indexes, &mut replies);
+        }
+        drop(view);
+        replies.into_iter().map(|r| r.unwrap_or_else(|| failed(500, "call was not run"))).collect()
+    }
+
+    fn write(
+        &self,
+        keys: &[Vec<u8>],
+        mut payloads: Vec<Option<WriteCall>>,
+        now_ms: u64,
+        indexes: &[usize],
+        replies: &mut [Option<Reply>],
+    ) {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        // Per write: the version it vouches for, and an answer decided under the key's lock.
+        let mut vouched: Vec<Option<Dot>> = vec![None; keys.len()];
+        let mut created: Vec<Option<Version>> = vec![None; keys.len()];
+        let mut early: Vec<Option<Reply>> = vec![None; keys.len()];
+        let results = self.engine.update_many(&keys, &mut |j, current| {
+            let mut next = current.clone();
+            match payloads[j].take() {
+                Some(WriteCall::Coordinate(c)) => {
+                    if c.ticket.deadline_ms < now_ms {
+                        early[j] = Some(self.refuse("too_late", TOO_LATE, "deadline passed".into()));
+                        return next;
+                    }
+                    let version = match reusable(current, &c.write, c.ticket.write_id) {
+                        Some(same) => same,
+                        None => match self.engine.issue_counter(counter_floor(&self.actor, current, &c.write)) {
+                            Ok(counter) => new_version(&self.actor, counter, &c.write, c.ticket.write_id, now_ms),
+                            Err(e) => {
+                                early[j] = Some(storage_failed(&e));
+                                return next;
+                            }
+                        },
+                    };
+                    vouched[j] = Some(version.dot.clone());
+                    created[j] = Some(version.clone());
+                    next.insert(version);
+                }
+                Some(WriteCall::Store(versions, fresh)) => {
+                    next.merge(versions);
+                    if let Some(fresh) = fresh {
+                        if fresh.retract {
+                            // Another attempt of this write may have been applied here late:
+                            // the version being replicated is the one that stands.
+                            next = Record::from_versions(
+                                next.into_versions()
+                                    .into_iter()
+                                    .filter(|v| v.write_id != fresh.write_id || v.dot == fresh.dot),
+                            );
+                        }
+                        vouched[j] = Some(fresh.dot);
+                    }
+                }
+                None => {}
+            }
+            next
+        });
+        for (j, (result, i)) in results.into_iter().zip(indexes).enumerate() {
+            replies[*i] = Some(match (result, early[j].take()) {
+                (_, Some(reply)) => reply,
+                (Err(e), None) => storage_failed(&e),
+                (Ok(record), None) => match vouched[j].take() {
+                    Some(dot) if !held(&record, &dot) => self.not_kept(keys[j], &dot, &record),
+                    _ => match created[j].take() {
+                        Some(created) => Reply::Coordinated(CoordinateResponse { record, created }),
+                        None => Reply::Stored,
+                    },
+                },
+            });
+        }
+    }
+
+    fn not_kept(&self, key: &[u8], dot: &Dot, record: &Record) -> Reply {
+        let by: Vec<String> = record
+            .versions()
+            .iter()
+            .filter(|v| v.context.get(&dot.node) >= dot.counter)
+            .map(|v| format!("{:?}", v.dot))
+            .collect();
+        tracing::error!(
+            key = %String::from_utf8_lossy(key), dot = ?dot, covered_by = ?by,
+            "refusing to acknowledge a version this replica would not keep: what it holds claims to have seen that dot"
+        );
+        self.refuse(
+            "not_kept",
+            NOT_KEPT,
+            format!("version {}:{} is covered by versions that never saw it", dot.node, dot.counter),
+        )
+    }
+
+    /// Merges many keys' versions (a range streamed in), refusing the whole batch if any key is
+    /// not this replica's.
+    pub fn store_stream(&self, entries: Vec<Entry>) -> Result<(), Refusal> {
+        let view = self.view.read();
+        if entries.iter().any(|(key, _)| !view.accepts(kv_ring::hash_key(key))) {
+            return Err(self.misdirected("streamed keys").into());
+        }
+        for (_, versions) in &entries {
+            self.observe(versions).map_err(|e| Refusal::from(storage_failed(&e)))?;
+        }
+        let result = self.engine.put_batch(entries);
+        drop(view);
+        result.map_err(|e| storage_failed(&e).into())
+    }
+
+    /// Up to `limit` records with key hashes in `lo..=hi` after key `after`, refused unless this
+    /// replica serves the whole interval.
+    pub fn scan(&self, lo: u64, hi: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, Refusal> {
+        let view = self.view.read();
+        if !view.serves(lo, hi) {
+            return Err(self.misdirected("range").into());
+        }
+        let page = self.engine.scan(lo, hi, after, limit).map_err(|e| Refusal::from(storage_failed(&e)))?;
+        drop(view);
+        Ok(page.into_iter().map(|(k, record)| (k, record.into_versions())).collect())
+    }
+}
+
+/// Whether `record` holds the version with `dot`.
+fn held(record: &Record, dot: &Dot) -> bool {
+    record.versions().iter().any(|v| v.dot() == dot)
+}

@@ -1,0 +1,184 @@
+//! The store's identity as a writer of vector-clock events, and its dot counter.
+//!
+//! A dot `(actor, counter)` must name one event, forever. Two rules make sure it does:
+//!
+//! - **An actor is a storage incarnation.** The first time a store is opened it draws a random
+//!   64-bit *incarnation* and records it inside the store itself (a reserved key beside the
+//!   records, made durable before any dot is issued). The node names its actor after its node
+//!   id and this incarnation. A wiped or replaced disk, or the memory engine after a restart,
+//!   has no incarnation: it draws a new one and is a new actor, so it can never reissue a dot
+//!   its former self issued (the "local amnesia" of Riak KV issue 679).
+//! - **Counters never go backwards, across all keys.** One counter per store, not per key:
+//!   every dot it issues is above every dot it issued before, for any key, so a dot issued
+//!   after a key's tombstone was purged can never be covered by a copy of that tombstone that
+//!   survives somewhere (Riak's "doomstone"). The counter is *leased*: the store records
+//!   `lease_end` durably and issues counters below it without touching the disk; reaching it
+//!   records a new lease first. After a restart the counter resumes at the recorded `lease_end`,
+//!   above anything issued before the crash.
+//!
+//! Evidence of amnesia (a version arriving from a peer with a counter of ours at or above what
+//! we would issue next: a store restored from an old copy) moves the counter past it
+//! ([`DotCounter::observe`]), as Riak KV's fix for issue 679 does.
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::{Error, Result};
+
+/// Name of the reserved key holding the identity.
+pub(crate) const IDENTITY_META: &str = "ident";
+
+/// Counters issued per recorded lease: one durable write per 65,536 dots. A restart skips what
+/// was left of the lease; at this size a node restarted every second for a century uses 2^47 of
+/// the 2^56 counters a clock may hold ([`kv_vclock::MAX_COUNTER`]).
+pub const COUNTER_LEASE: u64 = 1 << 16;
+
+/// What is recorded in the store.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Recorded {
+    incarnation: u64,
+    lease_end: u64,
+}
+
+/// The store's identity as a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Random, drawn when the store was first opened; never reused.
+    pub incarnation: u64,
+    /// Whether the incarnation was drawn by this open: the store held nothing of a former self
+    /// (new, wiped, or a memory store). A node that was a member before must then join again.
+    pub fresh: bool,
+}
+
+struct Counter {
+    /// The next counter to issue.
+    next: u64,
+    /// Every issued counter is below this recorded value.
+    lease_end: u64,
+}
+
+/// The identity and the leased counter.
+pub(crate) struct DotCounter {
+    identity: Identity,
+    counter: Mutex<Counter>,
+}
+
+impl DotCounter {
+    /// Loads the identity from `backend`, or draws and records a new one.
+    pub(crate) fn open(backend: &dyn Backend) -> Result<DotCounter> {
+        let key = crate::meta_key(IDENTITY_META);
+        let (recorded, fresh) = match backend.get(&key)? {
+            Some(bytes) => {
+                let recorded: Recorded = postcard::from_bytes(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("store identity does not decode: {e}")))?;
+                (recorded, false)
+            }
+            None => {
+                let incarnation = getrandom::u64()
+                    .map_err(|e| Error::Io(format!("no randomness for a new store incarnation: {e}")))?;
+                let recorded = Recorded { incarnation, lease_end: 1 };
+                write(backend, &recorded)?;
+                (recorded, true)
+            }
+        };
+        Ok(DotCounter {
+            identity: Identity { incarnation: recorded.incarnation, fresh },
+            counter: Mutex::new(Counter { next: recorded.lease_end, lease_end: recorded.lease_end }),
+        })
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Every counter issued so far is below this.
+    pub(crate) fn ceiling(&self) -> u64 {
+        self.counter.lock().next
+    }
+
+    /// A counter above `floor` and above every counter issued before.
+    pub(crate) fn issue(&self, floor: u64, backend: &dyn Backend) -> Result<u64> {
+        let mut counter = self.counter.lock();
+        let issued = counter.next.max(floor.saturating_add(1));
+        if issued > kv_vclock::MAX_COUNTER {
+            return Err(Error::Corrupt(format!("dot counter {issued} is beyond the highest possible")));
+        }
+        self.cover(&mut counter, issued, backend)?;
+        counter.next = issued + 1;
+        Ok(issued)
+    }
+
+    /// Makes every future counter greater than `seen`, a counter of ours found in a version from
+    /// elsewhere. Returns whether the counter had to move (evidence of amnesia).
+    pub(crate) fn observe(&self, seen: u64, backend: &dyn Backend) -> Result<bool> {
+        let mut counter = self.counter.lock();
+        if seen < counter.next || seen >= kv_vclock::MAX_COUNTER {
+            return Ok(false);
+        }
+        self.cover(&mut counter, seen + 1, backend)?;
+        counter.next = seen + 1;
+        Ok(true)
+    }
+
+    /// Records a new lease when `counter` is not below the recorded one.
+    fn cover(&self, counter: &mut Counter, value: u64, backend: &dyn Backend) -> Result<()> {
+        if value >= counter.lease_end {
+            let lease_end = value.saturating_add(COUNTER_LEASE).min(kv_vclock::MAX_COUNTER + 1);
+            write(backend, &Recorded { incarnation: self.identity.incarnation, lease_end })?;
+            counter.lease_end = lease_end;
+        }
+        Ok(())
+    }
+}
+
+/// Records `recorded` durably.
+fn write(backend: &dyn Backend, recorded: &Recorded) -> Result<()> {
+    // Serialising two integers cannot fail.
+    let bytes = postcard::to_stdvec(recorded).unwrap_or_default();
+    backend.put(&crate::meta_key(IDENTITY_META), &bytes)?;
+    backend.sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+
+    #[test]
+    fn counters_rise_across_keys_and_restarts_and_a_new_store_is_a_new_actor() {
+        let backend = MemoryBackend::default();
+        let first = DotCounter::open(&backend).unwrap();
+        assert!(first.identity().fresh);
+        let a = first.issue(0, &backend).unwrap();
+        let b = first.issue(0, &backend).unwrap();
+        assert!(b > a);
+        // A floor from a context or a stored version lifts the counter.
+        let c = first.issue(1000, &backend).unwrap();
+        assert_eq!(c, 1001);
+        // Reopening the same store: same actor, counters above everything issued.
+        let again = DotCounter::open(&backend).unwrap();
+        assert!(!again.identity().fresh);
+        assert_eq!(again.identity().incarnation, first.identity().incarnation);
+        assert!(again.issue(0, &backend).unwrap() > c);
+        // An empty store is a new actor.
+        let other = MemoryBackend::default();
+        let wiped = DotCounter::open(&other).unwrap();
+        assert!(wiped.identity().fresh);
+        assert_ne!(wiped.identity().incarnation, first.identity().incarnation);
+    }
+
+    #[test]
+    fn evidence_of_amnesia_moves_the_counter_past_it() {
+        let backend = MemoryBackend::default();
+        let counter = DotCounter::open(&backend).unwrap();
+        let issued = counter.issue(0, &backend).unwrap();
+        assert!(!counter.observe(issued, &backend).unwrap(), "our own past counter is no news");
+        assert!(counter.observe(issued + 5_000_000, &backend).unwrap());
+        assert!(counter.issue(0, &backend).unwrap() > issued + 5_000_000);
+        // The move is durable.
+        let reopened = DotCounter::open(&backend).unwrap();
+        assert!(reopened.issue(0, &backend).unwrap() > issued + 5_000_000);
+        assert!(counter.issue(kv_vclock::MAX_COUNTER, &backend).is_err(), "never beyond the bound");
+    }
+}
