@@ -63,7 +63,7 @@ impl Batcher {
         self.queue
             .send((call, waiter))
             .await
-            .map_err(|_| ReplicaError::Unreachable("replica client is shutting down".into()))?;
+            .map_err(|_| ReplicaError::NotSent("replica client is shutting down".into()))?;
         reply.await.map_err(|_| ReplicaError::Unreachable("batch abandoned".into()))?
     }
 }

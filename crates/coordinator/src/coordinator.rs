@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::CoordinatorMetrics;
-use crate::replica::IMPOSSIBLE_CONTEXT;
+use crate::replica::{IMPOSSIBLE_CONTEXT, TOO_LATE};
 use crate::topology::{Peer, ReplicaClient, Topology};
-use crate::wire::{is_stale, merge_records, Fresh, Ticket, Write};
+use crate::wire::{is_stale, merge_records, Ticket, Write};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -63,7 +63,20 @@ pub struct Coordinator {
     /// Replication and read repair that outlive the client's answer; drained on shutdown.
     tasks: TaskTracker,
     write_ids: WriteIds,
+    clock: Clock,
+    /// Replicas that left a coordinate call unanswered lately, and when: asked to coordinate
+    /// only after the others for a while, so that one hung replica fails only the writes that
+    /// were in flight to it.
+    stalled: parking_lot::Mutex<Vec<(String, tokio::time::Instant)>>,
 }
+
+/// How long a replica that left a coordinate call unanswered is asked last, in replica
+/// timeouts: long enough for failure detection to mark a dead node down.
+const STALLED_TIMEOUTS: u32 = 5;
+
+/// Wall-clock milliseconds since the Unix epoch: write deadlines and tombstone ages. The
+/// simulation passes a virtual clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Unique ids for client writes: this process's random instance id and a sequence number.
 /// Two fronts collide only if they draw the same 64-bit instance id.
@@ -124,20 +137,36 @@ impl Coordinator {
         // Without OS randomness, the clock still makes a collision between fronts unlikely.
         let instance =
             getrandom::u64().unwrap_or_else(|_| crate::now_ms().rotate_left(32) ^ u64::from(std::process::id()));
-        Coordinator::with_instance(client, topology, options, metrics, instance)
+        Coordinator::with_clock(client, topology, options, metrics, instance, Arc::new(crate::now_ms))
     }
 
-    /// [`Coordinator::new`] with a given write-id instance (deterministic simulation).
-    pub fn with_instance(
+    /// [`Coordinator::new`] with a given write-id instance and clock (deterministic simulation).
+    pub fn with_clock(
         client: Arc<dyn ReplicaClient>,
         topology: watch::Receiver<Arc<Topology>>,
         options: Options,
         metrics: CoordinatorMetrics,
         instance: u64,
+        clock: Clock,
     ) -> Arc<Self> {
         let call_metrics = CallMetrics::all(&metrics);
         let write_ids = WriteIds { instance, next: AtomicU64::new(0) };
-        Arc::new(Coordinator { client, topology, options, metrics, call_metrics, tasks: TaskTracker::new(), write_ids })
+        Arc::new(Coordinator {
+            client,
+            topology,
+            options,
+            metrics,
+            call_metrics,
+            tasks: TaskTracker::new(),
+            write_ids,
+            clock,
+            stalled: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The coordinator's metrics.
+    pub fn metrics(&self) -> &CoordinatorMetrics {
+        &self.metrics
     }
 
     /// Cluster defaults.
@@ -178,14 +207,16 @@ impl Coordinator {
         let write_id = self.write_ids.next();
 
         let mut order: Vec<usize> = (0..replicas).collect();
-        order.sort_by_key(|&i| (topology.down.contains(&peers[i].id), topology.leaving.contains(&peers[i].id)));
+        let stalled = self.stalled_peers();
+        order.sort_by_key(|&i| {
+            let id = &peers[i].id;
+            (topology.down.contains(id), stalled.contains(id), topology.leaving.contains(id))
+        });
         let mut coordinated = None;
-        // Whether an attempt may have been applied although we gave up on it.
-        let mut abandoned = false;
         let timeout_ms = self.options.replica_timeout.as_millis() as u64;
         for index in order {
             let peer = &peers[index];
-            let ticket = Ticket { write_id, deadline_ms: crate::now_ms() + timeout_ms };
+            let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
             match self.call(Op::Coordinate, self.client.coordinate(peer, &key, &write, &ticket)).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
@@ -197,19 +228,26 @@ impl Coordinator {
                 Err(ReplicaError::Refused { message, .. }) => {
                     return Err(Error::Refused { node: peer.id.clone(), message })
                 }
-                Err(ReplicaError::NotOwner(reason)) => {
-                    tracing::debug!(peer = %peer.id, %reason, "replica may not coordinate; trying the next")
+                // The attempt certainly created nothing: another replica may create the version.
+                Err(ReplicaError::NotOwner(reason) | ReplicaError::NotSent(reason)) => {
+                    tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
                 }
+                Err(ReplicaError::Failed { status: TOO_LATE, message }) => {
+                    tracing::debug!(peer = %peer.id, %message, "replica refused a late write; trying the next")
+                }
+                // The attempt may have created a version: a second replica would create another
+                // version of the same write, which a reader of one copy cannot supersede.
                 Err(e) => {
-                    abandoned = true;
-                    tracing::debug!(peer = %peer.id, error = %e, "coordinating replica unavailable; trying the next")
+                    self.stall(&peer.id);
+                    self.metrics.quorum_failures.with_label_values(&[op]).inc();
+                    return Err(Error::OutcomeUnknown { op, node: peer.id.clone(), reason: e.to_string() });
                 }
             }
         }
         let Some((index, response)) = coordinated else {
             return Err(self.quorum_failure(op, required, 0, replicas));
         };
-        let fresh = Fresh { dot: response.created.dot.clone(), write_id, retract: abandoned };
+        let fresh = response.created.dot.clone();
 
         let versions: Vec<Version> = response.record.into_versions();
         // One background task per write drives every store (so replication past W outlives
@@ -225,7 +263,9 @@ impl Coordinator {
             {
                 let (this, key, versions, fresh) = (&this, key.as_slice(), versions.as_slice(), &fresh);
                 stores.push(async move {
-                    let ok = this.call(Op::Store, this.client.store(&peer, key, versions, Some(fresh))).await.is_ok();
+                    let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
+                    let store = this.client.store(&peer, key, versions, Some(fresh), deadline);
+                    let ok = this.call(Op::Store, store).await.is_ok();
                     (peer.id, ok, counts)
                 });
             }
@@ -317,13 +357,14 @@ impl Coordinator {
                 in_sync += 1;
                 continue;
             }
-            if self.call(Op::Store, self.client.store(peer, key, &versions, None)).await.is_ok() {
+            let deadline = (self.clock)() + self.options.replica_timeout.as_millis() as u64;
+            if self.call(Op::Store, self.client.store(peer, key, &versions, None, deadline)).await.is_ok() {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %peer.id, "read repair");
                 in_sync += 1;
             }
         }
-        let now = crate::now_ms();
+        let now = (self.clock)();
         let grace = self.options.tombstone_grace.as_millis() as u64;
         let purgeable = in_sync == replicas
             && answers.len() == replicas
@@ -354,11 +395,26 @@ impl Coordinator {
             Err(ReplicaError::Refused { .. }) => 3,
             Err(ReplicaError::Decode(_)) => 4,
             Err(ReplicaError::NotOwner(_)) => 5,
+            Err(ReplicaError::NotSent(_)) => 1,
         };
         let handles = &self.call_metrics[op as usize];
         handles.seconds.observe(started.elapsed().as_secs_f64());
         handles.outcomes[outcome].inc();
         result
+    }
+
+    fn stalled_peers(&self) -> Vec<String> {
+        let mut stalled = self.stalled.lock();
+        let now = tokio::time::Instant::now();
+        stalled.retain(|(_, until)| *until > now);
+        stalled.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn stall(&self, id: &str) {
+        let until = tokio::time::Instant::now() + self.options.replica_timeout * STALLED_TIMEOUTS;
+        let mut stalled = self.stalled.lock();
+        stalled.retain(|(other, _)| other != id);
+        stalled.push((id.to_owned(), until));
     }
 
     fn insufficient(&self, op: &'static str, required: usize, replicas: usize) -> Error {

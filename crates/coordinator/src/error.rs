@@ -32,6 +32,18 @@ pub enum Error {
         /// The configured N.
         n: usize,
     },
+    /// The replica creating the write's version stopped answering: the write may or may not
+    /// have been applied. The front does not retry it elsewhere (that could make two versions of
+    /// one write); the client may retry with the same context and value.
+    #[error("{op}: replica {node} did not answer while creating the new version ({reason}); the write may or may not be applied")]
+    OutcomeUnknown {
+        /// `put` or `delete`.
+        op: &'static str,
+        /// The replica.
+        node: String,
+        /// What happened.
+        reason: String,
+    },
     /// The client's context names an event that never happened (a counter a replica never
     /// issued): forged or corrupted.
     #[error("{0}")]
@@ -55,16 +67,26 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::QuorumNotMet { .. } | Error::NoMembers | Error::InsufficientReplicas { .. })
+        matches!(
+            self,
+            Error::QuorumNotMet { .. }
+                | Error::NoMembers
+                | Error::InsufficientReplicas { .. }
+                | Error::OutcomeUnknown { .. }
+        )
     }
 }
 
 /// Why one call to one replica failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
-    /// Could not connect, the connection broke, or the call timed out: the replica may be down.
+    /// The connection broke or the call timed out: the replica may be down, and the call may or
+    /// may not have been applied.
     #[error("replica unreachable: {0}")]
     Unreachable(String),
+    /// The call never reached the replica (no connection could be made): it was not applied.
+    #[error("replica not reached: {0}")]
+    NotSent(String),
     /// The replica answered with an error status (storage failure, overload).
     #[error("replica failed ({status}): {message}")]
     Failed {

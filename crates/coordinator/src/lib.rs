@@ -36,6 +36,8 @@
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
 //! - [`wire`] — internal protocol messages, version building, merging.
 //! - [`replica`] — [`replica::ReplicaCore`]: what a storage node does with replica calls.
+//! - [`ownership`] — [`ownership::Ownership`]: the ranges a node serves and those it drops.
+//! - [`plan`] — which ranges move on a join, leave or removal, from whom and to whom.
 //! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
 //! - [`auth`] — signing and checking internal requests.
@@ -47,12 +49,14 @@ pub mod batch;
 pub mod coordinator;
 pub mod error;
 pub mod metrics;
+pub mod ownership;
+pub mod plan;
 pub mod quorum;
 pub mod replica;
 pub mod topology;
 pub mod wire;
 
-pub use coordinator::{Coordinator, GetOutcome, Options, PutOutcome};
+pub use coordinator::{Clock, Coordinator, GetOutcome, Options, PutOutcome};
 pub use error::{Error, ReplicaError};
 pub use metrics::CoordinatorMetrics;
 pub use quorum::Quorum;

@@ -11,35 +11,37 @@
 //! - **Only normal owners coordinate.** A joining node lacks data, a leaving one is handing it
 //!   off: neither creates versions.
 //! - **One client write, one version.** A coordinate call carries its write's id and deadline
-//!   ([`Ticket`]); past the deadline, or once the write was retracted, it is refused, and a
-//!   version of the same write already held is reused.
+//!   ([`crate::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
+//!   and a version of the same write already held is reused.
 //! - **Dots never repeat.** New dots come from the store's counter ([`Engine::issue_counter`]),
 //!   above every counter the store ever issued and every counter of ours the key or the
 //!   client's context names; a version from elsewhere that names a counter of ours we would
 //!   still issue moves the counter past it ([`Engine::observe_counter`]).
 //! - **An acknowledgement is a promise.** The version a write created must be held after the
-//!   merge. If what the replica holds covers it (some held version's context names its dot)
-//!   yet it is not held, the replica refuses ([`NOT_KEPT`]) instead of acknowledging: only a
-//!   repeated dot makes that happen, so a counter bug becomes a visible error, not a loss.
+//!   merge. If it is not, because a held version covers its dot although that version was
+//!   created before it (so its writer cannot have read it), the dot was issued twice: the
+//!   replica refuses ([`NOT_KEPT`]) instead of acknowledging, so a counter bug becomes a visible
+//!   error, not a silent loss. A covering version created at or after it is a later write whose
+//!   client read it (the new version reached a reader before this replica): that is a
+//!   supersession, and the replica acknowledges, since it holds what replaced the write.
 //!
 //! Views change under a write lock, and every call checks ownership and writes under the read
 //! lock, so a range-drop that starts after a view change sees every write accepted before it.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use kv_ring::{Intervals, Ring};
 use kv_storage::{Engine, Record, Version};
 use kv_vclock::{Dot, Versioned};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::wire::{counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, Reply};
 
 /// Status of a refusal because the key's range is not this replica's (HTTP 421 Misdirected).
 pub const MISDIRECTED: u16 = 421;
 
-/// Status of a coordinate call refused because its deadline passed or its write was retracted
-/// (HTTP 504: the front has given up on it).
+/// Status of a coordinate call refused because its deadline passed (HTTP 504: the front has
+/// given up on it). The write was certainly not applied.
 pub const TOO_LATE: u16 = 504;
 
 /// Status of a coordinate call whose context names an event of this replica's actor that never
@@ -48,10 +50,6 @@ pub const IMPOSSIBLE_CONTEXT: u16 = 422;
 
 /// Status of a write refused because the replica would not keep the version it vouches for.
 pub const NOT_KEPT: u16 = 500;
-
-/// Retracted write ids remembered. Retractions happen only when a front retried a write on
-/// another replica (a replica timed out), so a few thousand cover minutes of such events.
-const RETRACTED_KEPT: usize = 4096;
 
 /// What a replica believes about its own place in the cluster.
 #[derive(Debug, Clone)]
@@ -140,32 +138,11 @@ impl ReplicaMetrics {
     }
 }
 
-/// Write ids retracted recently, oldest first out.
-#[derive(Default)]
-struct Retracted {
-    order: VecDeque<u128>,
-    set: HashSet<u128>,
-}
-
-impl Retracted {
-    fn insert(&mut self, id: u128) {
-        if self.set.insert(id) {
-            self.order.push_back(id);
-            if self.order.len() > RETRACTED_KEPT {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// A storage node's replica: its engine, its actor name and its view of what it owns.
 pub struct ReplicaCore {
     actor: String,
     engine: Arc<dyn Engine>,
     view: RwLock<Arc<ReplicaView>>,
-    retracted: Mutex<Retracted>,
     metrics: ReplicaMetrics,
 }
 
@@ -205,20 +182,14 @@ fn storage_failed(e: &kv_storage::Error) -> Reply {
 /// A write call of a batch, once its key is split off.
 enum WriteCall {
     Coordinate(CoordinateRequest),
-    Store(Vec<Version>, Option<crate::wire::Fresh>),
+    Store(Vec<Version>, Option<Dot>),
 }
 
 impl ReplicaCore {
     /// A replica of node `node_id` over `engine`, owning nothing until [`ReplicaCore::set_view`].
     pub fn new(node_id: &str, engine: Arc<dyn Engine>, metrics: ReplicaMetrics) -> Self {
         let actor = actor_name(node_id, engine.identity().incarnation);
-        ReplicaCore {
-            actor,
-            engine,
-            view: RwLock::new(Arc::new(ReplicaView::nothing())),
-            retracted: Mutex::new(Retracted::default()),
-            metrics,
-        }
+        ReplicaCore { actor, engine, view: RwLock::new(Arc::new(ReplicaView::nothing())), metrics }
     }
 
     /// The name this replica's dots carry.
@@ -306,9 +277,11 @@ impl ReplicaCore {
                         ),
                     ))
                 }
-                Call::Coordinate(c) if self.retracted.lock().set.contains(&c.ticket.write_id) => {
-                    Some(self.refuse("too_late", TOO_LATE, "the write was retried on another replica".into()))
-                }
+                Call::Store(c) if c.deadline_ms != 0 && c.deadline_ms < now_ms => Some(self.refuse(
+                    "too_late",
+                    TOO_LATE,
+                    format!("store deadline passed {} ms ago", now_ms - c.deadline_ms),
+                )),
                 Call::Coordinate(c) => {
                     indexes.push(i);
                     keys.push(c.key.clone());
@@ -318,9 +291,6 @@ impl ReplicaCore {
                 Call::Store(c) => match self.observe(&c.versions) {
                     Err(e) => Some(storage_failed(&e)),
                     Ok(()) => {
-                        if let Some(fresh) = c.fresh.as_ref().filter(|f| f.retract) {
-                            self.retracted.lock().insert(fresh.write_id);
-                        }
                         indexes.push(i);
                         keys.push(c.key);
                         payloads.push(Some(WriteCall::Store(c.versions, c.fresh)));
@@ -347,7 +317,7 @@ impl ReplicaCore {
     ) {
         let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         // Per write: the version it vouches for, and an answer decided under the key's lock.
-        let mut vouched: Vec<Option<Dot>> = vec![None; keys.len()];
+        let mut vouched: Vec<Option<Version>> = vec![None; keys.len()];
         let mut created: Vec<Option<Version>> = vec![None; keys.len()];
         let mut early: Vec<Option<Reply>> = vec![None; keys.len()];
         let results = self.engine.update_many(&keys, &mut |j, current| {
@@ -368,24 +338,13 @@ impl ReplicaCore {
                             }
                         },
                     };
-                    vouched[j] = Some(version.dot.clone());
+                    vouched[j] = Some(version.clone());
                     created[j] = Some(version.clone());
                     next.insert(version);
                 }
                 Some(WriteCall::Store(versions, fresh)) => {
+                    vouched[j] = fresh.and_then(|dot| versions.iter().find(|v| v.dot == dot).cloned());
                     next.merge(versions);
-                    if let Some(fresh) = fresh {
-                        if fresh.retract {
-                            // Another attempt of this write may have been applied here late:
-                            // the version being replicated is the one that stands.
-                            next = Record::from_versions(
-                                next.into_versions()
-                                    .into_iter()
-                                    .filter(|v| v.write_id != fresh.write_id || v.dot == fresh.dot),
-                            );
-                        }
-                        vouched[j] = Some(fresh.dot);
-                    }
                 }
                 None => {}
             }
@@ -396,7 +355,7 @@ impl ReplicaCore {
                 (_, Some(reply)) => reply,
                 (Err(e), None) => storage_failed(&e),
                 (Ok(record), None) => match vouched[j].take() {
-                    Some(dot) if !held(&record, &dot) => self.not_kept(keys[j], &dot, &record),
+                    Some(version) if repeated_dot(&record, &version) => self.not_kept(keys[j], &version.dot, &record),
                     _ => match created[j].take() {
                         Some(created) => Reply::Coordinated(CoordinateResponse { record, created }),
                         None => Reply::Stored,
@@ -452,7 +411,14 @@ impl ReplicaCore {
     }
 }
 
-/// Whether `record` holds the version with `dot`.
-fn held(record: &Record, dot: &Dot) -> bool {
-    record.versions().iter().any(|v| v.dot() == dot)
+/// Whether `version` is missing from `record` because versions created before it cover its
+/// dot: they cannot have seen it, so its dot was issued before, for another version.
+fn repeated_dot(record: &Record, version: &Version) -> bool {
+    let dot = version.dot();
+    if record.versions().iter().any(|v| v.dot() == dot) {
+        return false;
+    }
+    let covering: Vec<&Version> =
+        record.versions().iter().filter(|v| v.context.get(&dot.node) >= dot.counter).collect();
+    !covering.is_empty() && covering.iter().all(|v| v.written_at < version.written_at)
 }

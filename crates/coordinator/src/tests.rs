@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
 use crate::wire::{
-    Call, CoordinateRequest, CoordinateResponse, Fresh, PurgeRequest, ReadRequest, StoreRequest, Ticket, Write,
+    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest, Ticket, Write,
 };
 use crate::*;
 
@@ -68,7 +68,7 @@ impl SimCluster {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         if replica.down.load(Ordering::SeqCst) {
-            return Err(ReplicaError::Unreachable("connection refused".into()));
+            return Err(ReplicaError::NotSent("connection refused".into()));
         }
         if replica.lying.load(Ordering::SeqCst) {
             return Err(ReplicaError::Decode("garbage".into()));
@@ -97,11 +97,16 @@ impl ReplicaClient for SimCluster {
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
-        fresh: Option<&'a Fresh>,
+        fresh: Option<&'a Dot>,
+        deadline_ms: u64,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let call =
-                Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec(), fresh: fresh.cloned() });
+            let call = Call::Store(StoreRequest {
+                key: key.to_vec(),
+                versions: versions.to_vec(),
+                fresh: fresh.cloned(),
+                deadline_ms,
+            });
             self.call(peer, call).await?.into_stored()
         })
     }
@@ -182,10 +187,19 @@ async fn one_replica_down_meets_two_but_not_three() {
 async fn slow_and_lying_replicas_do_not_block_a_quorum() {
     let (cluster, coordinator, ids) = setup(Duration::from_secs(10));
     let pl = coordinator.topology().preference_list(b"k", 3);
-    // The preferred coordinator hangs: the write fails over to the next replica.
+    // The preferred coordinator hangs: the write in flight may have been applied there, so it is
+    // not retried elsewhere (that could make a second version of it); later writes avoid the
+    // hung replica as coordinator.
     cluster.replicas[&pl[0].id].slow.store(true, Ordering::SeqCst);
+    let unknown = coordinator.put(b"k".to_vec(), write("first", VClock::new()), Some(2)).await.unwrap_err();
+    assert!(matches!(&unknown, Error::OutcomeUnknown { node, .. } if *node == pl[0].id), "{unknown:?}");
     let outcome = coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
     assert_eq!(outcome.created.dot.node, cluster.replicas[&pl[1].id].core.actor());
+    // A replica that is plainly down (connection refused) is skipped at once.
+    cluster.replicas[&pl[1].id].down.store(true, Ordering::SeqCst);
+    let outcome = coordinator.put(b"k2".to_vec(), write("w", VClock::new()), Some(1)).await.unwrap();
+    assert_ne!(outcome.created.dot.node, cluster.replicas[&pl[1].id].core.actor());
+    cluster.replicas[&pl[1].id].down.store(false, Ordering::SeqCst);
     cluster.replicas[&pl[0].id].slow.store(false, Ordering::SeqCst);
     cluster.replicas[&ids.iter().find(|id| **id != pl[1].id).unwrap().clone()].lying.store(true, Ordering::SeqCst);
     let read = coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();

@@ -8,7 +8,7 @@ use kv_ring::Ring;
 use kv_storage::{Record, Version};
 use kv_vclock::Dot;
 
-use crate::wire::{CoordinateResponse, Fresh, Ticket, Write};
+use crate::wire::{CoordinateResponse, Ticket, Write};
 use crate::ReplicaError;
 
 /// A member as the coordinator calls it.
@@ -87,14 +87,16 @@ pub trait ReplicaClient: Send + Sync + 'static {
         write: &'a Write,
         ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
-    /// Asks `peer` to merge `versions` into its copy of `key` (durably); with `fresh`, the
-    /// acknowledgement vouches that it holds the new version of a client write.
+    /// Asks `peer` to merge `versions` into its copy of `key` (durably), unless `deadline_ms`
+    /// has passed by then; with `fresh`, the acknowledgement vouches that it holds the new
+    /// version of a client write.
     fn store<'a>(
         &'a self,
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
-        fresh: Option<&'a Fresh>,
+        fresh: Option<&'a Dot>,
+        deadline_ms: u64,
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// Reads `peer`'s versions of `key`.
     fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>>;

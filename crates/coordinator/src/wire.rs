@@ -85,7 +85,8 @@ pub struct CoordinateRequest {
 }
 
 /// The identity and deadline of one client write, as its front sends it to a coordinating
-/// replica. A front that retries the write on another replica sends the same `write_id`.
+/// replica. A front retries a write on another replica only when the first certainly did not
+/// apply it, and sends the same `write_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     /// Unique per client request: the front's random instance id and a sequence number.
@@ -111,21 +112,12 @@ pub struct StoreRequest {
     pub key: Vec<u8>,
     /// Versions to merge in.
     pub versions: Vec<Version>,
-    /// Set when this store replicates a client write that must count toward W: see [`Fresh`].
-    pub fresh: Option<Fresh>,
-}
-
-/// The new version a store replicates, which the replica's acknowledgement vouches for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fresh {
-    /// The dot of the version the client's write created.
-    pub dot: Dot,
-    /// The client write it belongs to.
-    pub write_id: u128,
-    /// The front tried to coordinate this write elsewhere first and gave up on that attempt:
-    /// any other version of the same write the replica holds (a late application of the
-    /// abandoned attempt) is dropped, and later attempts are refused.
-    pub retract: bool,
+    /// Set when this store replicates a client write that counts toward W: the dot of the
+    /// version the write created, which the replica's acknowledgement vouches it holds.
+    pub fresh: Option<Dot>,
+    /// Wall-clock ms (Unix) after which the replica drops the store unapplied: its sender has
+    /// given up, and a copy that old may predate a tombstone purged since (0: no deadline).
+    pub deadline_ms: u64,
 }
 
 /// A [`Call::Read`]: a replica's versions of a key.
@@ -365,7 +357,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_reject_garbage() {
-        let request = StoreRequest { key: b"k".to_vec(), versions: vec![], fresh: None };
+        let request = StoreRequest { key: b"k".to_vec(), versions: vec![], fresh: None, deadline_ms: 0 };
         let bytes = encode(&request);
         let back: StoreRequest = decode(&bytes).unwrap();
         assert_eq!(back.key, b"k");

@@ -31,7 +31,6 @@
 //! - [`internal`] — the replica API for other nodes.
 //! - [`cluster`] — `/cluster/*` and `/admin/local/{key}`.
 //! - [`membership`] — the gossip view, the topology built from it, the gossip driver.
-//! - [`ownership`] — the ranges this node serves and the ranges it is dropping.
 //! - [`rebalance`] — streaming ranges on join, leave and removal; dropping lost ranges.
 //! - [`replica`] — local reads, stores and write coordination.
 //! - [`peer_client`] — the coordinator's replica client.
@@ -58,7 +57,6 @@ pub mod error;
 pub mod internal;
 pub mod membership;
 pub mod metrics;
-pub mod ownership;
 pub mod peer_client;
 pub mod rebalance;
 pub mod replica;

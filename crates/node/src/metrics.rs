@@ -44,6 +44,9 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     /// `kv_keys_dropped_total`: keys of lost ranges removed after their owners took them.
     pub keys_dropped: IntCounter,
+    /// `kv_keys_discarded_total`: keys of ranges lost longer ago than the tombstone grace,
+    /// removed without being handed off.
+    pub keys_discarded: IntCounter,
     /// `kv_ranges_dropping`: spans of lost ranges not yet handed off and removed.
     pub ranges_dropping: IntGauge,
     /// Replica refusals and amnesia (nodes only; registered by [`Metrics::register_replica`]).
@@ -89,10 +92,16 @@ impl Metrics {
         )?;
         let ranges_dropping =
             IntGauge::new("kv_ranges_dropping", "Spans of lost ranges not yet handed off and removed")?;
+        let keys_discarded = IntCounter::new(
+            "kv_keys_discarded_total",
+            "Keys of ranges lost longer ago than the tombstone grace, removed without being handed off",
+        )?;
         registry.register(Box::new(keys_dropped.clone()))?;
+        registry.register(Box::new(keys_discarded.clone()))?;
         registry.register(Box::new(ranges_dropping.clone()))?;
         Ok(Metrics {
             keys_dropped,
+            keys_discarded,
             ranges_dropping,
             replica: kv_coordinator::replica::ReplicaMetrics::unregistered(),
             registry,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::batch::{Batcher, SendBatch};
 use kv_coordinator::wire::{
-    decode, encode, Call, CoordinateRequest, CoordinateResponse, Fresh, PurgeRequest, ReadRequest, Reply, StoreRequest,
+    decode, encode, Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest,
     Ticket, BATCH_PATH,
 };
 use kv_coordinator::{BoxFuture, Peer, ReplicaClient, ReplicaError, Write};
@@ -36,7 +36,7 @@ struct Transport {
 
 impl Transport {
     async fn post(&self, address: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::Unreachable("client closed".into()))?;
+        let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("client closed".into()))?;
         let signature = self.auth.sign("POST", path, &body);
         let response = self
             .http
@@ -46,7 +46,14 @@ impl Transport {
             .body(body)
             .send()
             .await
-            .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
+            .map_err(|e| {
+                // A failed connection sent nothing; any later failure may have been applied.
+                if e.is_connect() {
+                    ReplicaError::NotSent(e.to_string())
+                } else {
+                    ReplicaError::Unreachable(e.to_string())
+                }
+            })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
         if status.is_success() {
@@ -165,11 +172,16 @@ impl ReplicaClient for NodeReplicaClient {
         peer: &'a Peer,
         key: &'a [u8],
         versions: &'a [Version],
-        fresh: Option<&'a Fresh>,
+        fresh: Option<&'a Dot>,
+        deadline_ms: u64,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let call =
-                Call::Store(StoreRequest { key: key.to_vec(), versions: versions.to_vec(), fresh: fresh.cloned() });
+            let call = Call::Store(StoreRequest {
+                key: key.to_vec(),
+                versions: versions.to_vec(),
+                fresh: fresh.cloned(),
+                deadline_ms,
+            });
             self.call(peer, call).await?.into_stored()
         })
     }

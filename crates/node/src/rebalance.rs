@@ -31,21 +31,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use kv_coordinator::plan::{self, Move};
 use kv_coordinator::wire::{
     decode, encode, Entry, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH,
 };
 use kv_coordinator::{Peer, Topology};
 use kv_gossip::Status;
-use kv_ring::{diff, Intervals, RangeMove, Ring};
+use kv_ring::Ring;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::{owns_now, ring_of, Membership};
 use crate::metrics::Metrics;
-use crate::ownership::Ownership;
 use crate::peer_client::HttpReplicaClient;
 use crate::replica::Replica;
+use kv_coordinator::ownership::Ownership;
 
 /// Records per scan page: large enough to amortise a round trip, small enough (about 50 KB
 /// with 100-byte values) to bound memory per stream.
@@ -271,10 +272,9 @@ impl Rebalancer {
         let me = self.me()?;
         let before = self.membership.topology().ring.clone();
         let after = self.ring_with_me_as(Status::Normal)?;
-        let moves: Vec<RangeMove> =
-            diff(&before, &after, self.replicas).into_iter().filter(|m| m.gained().contains(&me.as_str())).collect();
+        let moves = plan::gained_by(&before, &after, self.replicas, &me);
         let needed = self.read_quorum;
-        self.pull_all("join", moves, &[me], &|sources| sources.min(needed), shutdown).await
+        self.pull_all("join", moves, &[me], &|sources| plan::copies_needed(needed, sources), shutdown).await
     }
 
     async fn rereplicate(
@@ -285,12 +285,11 @@ impl Rebalancer {
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
         let me = self.me()?;
-        let moves: Vec<RangeMove> =
-            diff(before, after, self.replicas).into_iter().filter(|m| m.gained().contains(&me.as_str())).collect();
+        let moves = plan::gained_by(before, after, self.replicas, &me);
         let mut exclude = removed.to_vec();
         exclude.push(me);
         let needed = self.read_quorum;
-        self.pull_all("removal", moves, &exclude, &|sources| sources.min(needed), shutdown).await
+        self.pull_all("removal", moves, &exclude, &|sources| plan::copies_needed(needed, sources), shutdown).await
     }
 
     /// Pulls every range of `moves` from its old owners (but not `exclude`), from every one
@@ -298,14 +297,12 @@ impl Rebalancer {
     async fn pull_all(
         &self,
         op: &str,
-        moves: Vec<RangeMove>,
+        moves: Vec<Move>,
         exclude: &[String],
         needed: &(dyn Fn(usize) -> usize + Sync),
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
-        let jobs = jobs(&moves, &self.membership.topology(), |m| {
-            m.old.iter().filter(|id| !exclude.contains(id)).cloned().collect()
-        });
+        let jobs = jobs(&moves, &self.membership.topology(), |m| plan::sources(m, exclude));
         self.run_all(jobs, |lo, hi, sources| {
             let needed = needed(sources.len());
             self.pull(op, lo, hi, sources, needed, shutdown)
@@ -413,14 +410,14 @@ impl Rebalancer {
         let me = self.me()?;
         let before = self.membership.topology().ring.clone();
         let after = self.ring_with_me_as(Status::Left)?;
-        let moves: Vec<RangeMove> =
-            diff(&before, &after, self.replicas).into_iter().filter(|m| m.lost().contains(&me.as_str())).collect();
+        let moves = plan::lost_by(&before, &after, self.replicas, &me);
         // Our copy may lack writes the other owners acknowledged: merge theirs in first (with
         // ours, at least R copies), so the new owners get everything a quorum held.
         let needed = self.read_quorum.saturating_sub(1);
-        self.pull_all("leave", moves.clone(), std::slice::from_ref(&me), &|sources| sources.min(needed), shutdown)
+        let exclude = std::slice::from_ref(&me);
+        self.pull_all("leave", moves.clone(), exclude, &|sources| plan::copies_needed(needed, sources), shutdown)
             .await?;
-        let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained().into_iter().map(str::to_owned).collect());
+        let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained.clone());
         self.run_all(jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
     }
 
@@ -504,11 +501,14 @@ pub struct Dropper {
     client: Arc<HttpReplicaClient>,
     replicas: usize,
     interval: Duration,
+    tombstone_grace: Duration,
     metrics: Metrics,
 }
 
 impl Dropper {
-    /// A dropper that retries every `interval` while something is left to drop.
+    /// A dropper that retries every `interval` while something is left to drop, and removes
+    /// without handing off what has been dropping for longer than `tombstone_grace`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         membership: Arc<Membership>,
         ownership: Arc<Ownership>,
@@ -516,9 +516,10 @@ impl Dropper {
         client: Arc<HttpReplicaClient>,
         replicas: usize,
         interval: Duration,
+        tombstone_grace: Duration,
         metrics: Metrics,
     ) -> Self {
-        Dropper { membership, ownership, replica, client, replicas, interval, metrics }
+        Dropper { membership, ownership, replica, client, replicas, interval, tombstone_grace, metrics }
     }
 
     /// Runs until `shutdown`.
@@ -552,7 +553,9 @@ impl Dropper {
         }
     }
 
-    /// One pass over the dropping set; returns the ranges emptied and the keys removed.
+    /// One pass over the dropping set, oldest first; returns the ranges emptied and the keys
+    /// removed. A range dropping for longer than the tombstone grace is removed without being
+    /// handed off ([`kv_coordinator::ownership::Dropping::stale`]).
     async fn round(&self, shutdown: &CancellationToken) -> Result<(usize, u64), String> {
         let dropping = self.ownership.dropping();
         let topology = self.membership.topology();
@@ -560,14 +563,16 @@ impl Dropper {
         let mut done = Vec::new();
         let mut keys_removed = 0;
         let mut first_error = None;
-        for &(lo, hi) in dropping.spans() {
+        let grace = self.tombstone_grace.as_millis() as u64;
+        for entry in dropping {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.drop_span(lo, hi, &topology, &me).await {
+            let hand_off = !entry.stale(kv_coordinator::now_ms(), grace);
+            match self.drop_span(entry.lo, entry.hi, &topology, &me, hand_off).await {
                 Ok(removed) => {
                     keys_removed += removed;
-                    done.push((lo, hi));
+                    done.push(entry);
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -577,8 +582,7 @@ impl Dropper {
         let emptied = done.len();
         if emptied > 0 {
             let (ownership, topology) = (self.ownership.clone(), topology.clone());
-            let done = Intervals::from_spans(done);
-            tokio::task::spawn_blocking(move || ownership.dropped(&done, &topology))
+            tokio::task::spawn_blocking(move || ownership.dropped(&done, &topology, kv_coordinator::now_ms()))
                 .await
                 .map_err(|e| e.to_string())??;
         }
@@ -588,22 +592,23 @@ impl Dropper {
         }
     }
 
-    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str) -> Result<u64, String> {
+    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str, hand_off: bool) -> Result<u64, String> {
         let mut removed = 0;
         loop {
             let page = self.replica.scan_any(lo, hi, None, PAGE as usize).await.map_err(|e| e.to_string())?;
             if page.is_empty() {
                 return Ok(removed);
             }
+            if !hand_off {
+                let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
+                let count = self.replica.remove(keys).await.map_err(|e| e.to_string())? as u64;
+                self.metrics.keys_discarded.inc_by(count);
+                removed += count;
+                continue;
+            }
             let mut by_target: HashMap<String, Vec<Entry>> = HashMap::new();
             for (key, record) in &page {
-                let current = topology.preference_list(key, self.replicas);
-                let targets: Vec<Peer> = current
-                    .iter()
-                    .cloned()
-                    .chain(topology.pending_replicas(key, self.replicas, &current))
-                    .filter(|p| p.id != me && !topology.down.contains(&p.id))
-                    .collect();
+                let targets = plan::drop_targets(topology, key, self.replicas, me);
                 if targets.is_empty() {
                     return Err(format!("no live owner to hand {:?} to", String::from_utf8_lossy(key)));
                 }
@@ -628,19 +633,15 @@ impl Dropper {
 
 /// One job per interval of every move, with the peers `peers_of` picks (sources or targets);
 /// moves with no peer are skipped.
-fn jobs(
-    moves: &[RangeMove],
-    topology: &Topology,
-    peers_of: impl Fn(&RangeMove) -> Vec<String>,
-) -> Vec<(u64, u64, Vec<Peer>)> {
+fn jobs(moves: &[Move], topology: &Topology, peers_of: impl Fn(&Move) -> Vec<String>) -> Vec<(u64, u64, Vec<Peer>)> {
     moves
         .iter()
-        .flat_map(|m| {
+        .map(|m| {
             let peers: Vec<Peer> = peers_of(m)
                 .into_iter()
                 .map(|id| Peer { address: topology.addresses.get(&id).cloned().unwrap_or_default(), id })
                 .collect();
-            m.range.intervals().into_iter().map(move |(lo, hi)| (lo, hi, peers.clone()))
+            (m.lo, m.hi, peers)
         })
         .filter(|(_, _, peers)| !peers.is_empty())
         .collect()

@@ -14,11 +14,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{engine_dir, resolve_node_id, ClusterConfig, Config, LogFormat, ServerConfig};
 use crate::membership::{GossipDriver, Membership};
 use crate::metrics::Metrics;
-use crate::ownership::Ownership;
 use crate::peer_client::{HttpReplicaClient, NodeReplicaClient};
 use crate::rebalance::{Dropper, Rebalancer, RebalancerOptions};
 use crate::replica::Replica;
 use crate::{router, AppState};
+use kv_coordinator::ownership::Ownership;
 use kv_coordinator::replica::ReplicaCore;
 use kv_gossip::{MemberState, Status};
 
@@ -75,7 +75,7 @@ impl OwnershipWatcher {
                     }
                     let current = topology.borrow_and_update().clone();
                     let ownership = self.ownership.clone();
-                    match tokio::task::spawn_blocking(move || ownership.update(&current)).await {
+                    match tokio::task::spawn_blocking(move || ownership.update(&current, kv_coordinator::now_ms())).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "cannot update the ownership view"),
                         Err(e) => tracing::error!(error = %e, "ownership update task failed"),
@@ -227,7 +227,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let ownership = Arc::new(
         Ownership::open(&node_id, n, core.clone(), metrics.ranges_dropping.clone()).map_err(RunError::Startup)?,
     );
-    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
+    ownership.update(&membership.topology(), kv_coordinator::now_ms()).map_err(RunError::Startup)?;
     let remote = Arc::new(
         HttpReplicaClient::new(
             config.cluster.coordinator.replica_timeout,
@@ -253,7 +253,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         return Err(removed_error(&node_id, identity.incarnation));
     }
     tracing::info!(answered, "start-up gossip exchange done");
-    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
+    ownership.update(&membership.topology(), kv_coordinator::now_ms()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
     service.rebalancer = Some(Rebalancer::new(
         membership.clone(),
@@ -276,6 +276,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         remote,
         n,
         config.cluster.gossip_interval * 5,
+        config.cluster.coordinator.tombstone_grace,
         metrics,
     ));
     service.watcher = Some(OwnershipWatcher { membership: membership.clone(), ownership });

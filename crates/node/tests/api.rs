@@ -247,7 +247,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     let calls = [
         Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: write.clone(), ticket: ticket(1) }),
         Call::Read(ReadRequest { key: Vec::new() }),
-        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new(), fresh: None }),
+        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new(), fresh: None, deadline_ms: 0 }),
         Call::Coordinate(CoordinateRequest {
             key: b"a".to_vec(),
             write: Write { value: b"w".to_vec(), ..write.clone() },

@@ -60,7 +60,7 @@ struct Counter {
 
 /// The identity and the leased counter.
 pub(crate) struct DotCounter {
-    identity: Identity,
+    identity: Mutex<Identity>,
     counter: Mutex<Counter>,
 }
 
@@ -83,13 +83,22 @@ impl DotCounter {
             }
         };
         Ok(DotCounter {
-            identity: Identity { incarnation: recorded.incarnation, fresh },
+            identity: Mutex::new(Identity { incarnation: recorded.incarnation, fresh }),
             counter: Mutex::new(Counter { next: recorded.lease_end, lease_end: recorded.lease_end }),
         })
     }
 
+    /// Records `incarnation` as the identity of an empty backend (deterministic simulation).
+    pub(crate) fn preset(backend: &dyn Backend, incarnation: u64) -> Result<()> {
+        write(backend, &Recorded { incarnation, lease_end: 1 })
+    }
+
     pub(crate) fn identity(&self) -> Identity {
-        self.identity
+        *self.identity.lock()
+    }
+
+    pub(crate) fn mark_fresh(&self) {
+        self.identity.lock().fresh = true;
     }
 
     /// Every counter issued so far is below this.
@@ -125,7 +134,7 @@ impl DotCounter {
     fn cover(&self, counter: &mut Counter, value: u64, backend: &dyn Backend) -> Result<()> {
         if value >= counter.lease_end {
             let lease_end = value.saturating_add(COUNTER_LEASE).min(kv_vclock::MAX_COUNTER + 1);
-            write(backend, &Recorded { incarnation: self.identity.incarnation, lease_end })?;
+            write(backend, &Recorded { incarnation: self.identity().incarnation, lease_end })?;
             counter.lease_end = lease_end;
         }
         Ok(())

@@ -239,6 +239,16 @@ pub fn open(dir: &Path, options: &Options, metrics: StorageMetrics) -> Result<Ar
     Ok(Store::open(options.engine, backend, options.sync, options.compression, metrics)?)
 }
 
+/// A memory store whose incarnation is `incarnation` instead of a random one: the model checker
+/// replays a history exactly from its seed. Reported as fresh, like any new memory store.
+pub fn open_memory(incarnation: u64, sync: SyncMode, metrics: StorageMetrics) -> Result<Arc<dyn Engine>> {
+    let backend = backend::memory::MemoryBackend::default();
+    identity::DotCounter::preset(&backend, incarnation)?;
+    let store = Store::open(EngineKind::Memory, Box::new(backend), sync, Compression::None, metrics)?;
+    store.mark_fresh();
+    Ok(store)
+}
+
 /// Storage keys of this length or shorter are reserved for metadata: a record's storage key is
 /// an 8-byte hash followed by a key of at least one byte.
 pub(crate) const RESERVED_KEY_MAX: usize = 8;

@@ -8,15 +8,15 @@
 //! A range this node stops owning is added to the dropping set, durably, at the moment its view
 //! changes (and at start-up, everything it does not own is, since it cannot know what it owned
 //! before a crash). Dropping ranges are refused for every call, even once owned again, until
-//! the [`crate::rebalance::Dropper`] has handed their keys to the current owners and removed
-//! them. So a node never merges a stale copy of a range it lost into the range it regains: a
+//! the node's dropper has handed their keys to the current owners ([`crate::plan::drop_targets`])
+//! and removed them. So a node never merges a stale copy of a range it lost into the range it regains: a
 //! purged delete cannot come back from a former owner, and an old value cannot reappear beside
 //! a newer one ("Ranges move safely" in docs/consistency.md).
 
 use std::sync::Arc;
 
-use kv_coordinator::replica::{ReplicaCore, ReplicaView};
-use kv_coordinator::Topology;
+use crate::replica::{ReplicaCore, ReplicaView};
+use crate::Topology;
 use kv_ring::Intervals;
 use parking_lot::Mutex;
 
@@ -26,11 +26,35 @@ const DROPPING_META: &str = "drop";
 /// What decides the view: members of the two rings, and whether we are normal.
 type Signature = (Vec<String>, Option<Vec<String>>, bool);
 
+/// A range being dropped, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dropping {
+    /// First key hash.
+    pub lo: u64,
+    /// Last key hash.
+    pub hi: u64,
+    /// Wall-clock ms when this node stopped owning it.
+    pub since_ms: u64,
+}
+
+impl Dropping {
+    /// Whether the range has been dropping longer than `grace_ms` at `now_ms`: its keys are
+    /// removed without being handed off.
+    pub fn stale(&self, now_ms: u64, grace_ms: u64) -> bool {
+        now_ms.saturating_sub(self.since_ms) > grace_ms
+    }
+}
+
 struct State {
     /// What the last view owned; `None` before the first.
     owned: Option<Intervals>,
-    dropping: Intervals,
+    /// Oldest first.
+    dropping: Vec<Dropping>,
     signature: Option<Signature>,
+}
+
+fn union(dropping: &[Dropping]) -> Intervals {
+    Intervals::from_spans(dropping.iter().map(|d| (d.lo, d.hi)))
 }
 
 /// The node's ownership view and dropping set.
@@ -50,13 +74,9 @@ impl Ownership {
         core: Arc<ReplicaCore>,
         dropping_gauge: prometheus::IntGauge,
     ) -> Result<Ownership, String> {
-        let dropping = match core.engine().get_meta(DROPPING_META).map_err(|e| e.to_string())? {
-            Some(bytes) => {
-                let spans: Vec<(u64, u64)> =
-                    postcard::from_bytes(&bytes).map_err(|e| format!("recorded dropping ranges: {e}"))?;
-                Intervals::from_spans(spans)
-            }
-            None => Intervals::new(),
+        let dropping: Vec<Dropping> = match core.engine().get_meta(DROPPING_META).map_err(|e| e.to_string())? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| format!("recorded dropping ranges: {e}"))?,
+            None => Vec::new(),
         };
         Ok(Ownership {
             me: me.to_owned(),
@@ -67,9 +87,10 @@ impl Ownership {
         })
     }
 
-    /// Rebuilds the view from `topology`. Ranges it no longer owns join the dropping set, which
-    /// is recorded before the new view is used. Blocks on an fsync when the set grows.
-    pub fn update(&self, topology: &Topology) -> Result<(), String> {
+    /// Rebuilds the view from `topology` at wall-clock `now_ms`. Ranges it no longer owns join
+    /// the dropping set, which is recorded before the new view is used. Blocks on an fsync when
+    /// the set grows.
+    pub fn update(&self, topology: &Topology, now_ms: u64) -> Result<(), String> {
         let normal = topology.ring.node(&self.me).is_some() && !topology.leaving.contains(&self.me);
         let ids = |ring: &kv_ring::Ring| ring.nodes().iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         let signature = (ids(&topology.ring), topology.pending.as_ref().map(ids), normal);
@@ -85,37 +106,41 @@ impl Ownership {
             Some(before) => before.difference(&owned),
             None => owned.complement(),
         };
-        let dropping = state.dropping.union(&lost);
+        let mut dropping = state.dropping.clone();
+        // Only what no entry covers yet is new: an old entry keeps its age.
+        let new = lost.difference(&union(&dropping));
+        dropping.extend(new.spans().iter().map(|&(lo, hi)| Dropping { lo, hi, since_ms: now_ms }));
         if dropping != state.dropping {
             self.record(&dropping)?;
         }
-        self.core.set_view(view(dropping.clone()));
-        self.dropping_gauge.set(dropping.spans().len() as i64);
+        let spans = union(&dropping);
+        self.core.set_view(view(spans));
+        self.dropping_gauge.set(dropping.len() as i64);
         state.owned = Some(owned);
         state.dropping = dropping;
         state.signature = Some(signature);
         Ok(())
     }
 
-    /// The ranges being dropped.
-    pub fn dropping(&self) -> Intervals {
+    /// The ranges being dropped, oldest first.
+    pub fn dropping(&self) -> Vec<Dropping> {
         self.state.lock().dropping.clone()
     }
 
-    /// `done` was handed off and removed: it leaves the dropping set (and, if owned again, is
-    /// served from now on). Blocks on an fsync.
-    pub fn dropped(&self, done: &Intervals, topology: &Topology) -> Result<(), String> {
+    /// `done` (entries of [`Ownership::dropping`]) were handed off or discarded and removed: they
+    /// leave the dropping set (and, if owned again, are served from now on). Blocks on an fsync.
+    pub fn dropped(&self, done: &[Dropping], topology: &Topology, now_ms: u64) -> Result<(), String> {
         let mut state = self.state.lock();
-        let dropping = state.dropping.difference(done);
+        let dropping: Vec<Dropping> = state.dropping.iter().filter(|d| !done.contains(d)).copied().collect();
         self.record(&dropping)?;
         state.dropping = dropping;
         state.signature = None;
         drop(state);
-        self.update(topology)
+        self.update(topology, now_ms)
     }
 
-    fn record(&self, dropping: &Intervals) -> Result<(), String> {
-        let bytes = postcard::to_stdvec(dropping.spans()).map_err(|e| e.to_string())?;
+    fn record(&self, dropping: &[Dropping]) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(dropping).map_err(|e| e.to_string())?;
         self.core.engine().put_meta(DROPPING_META, &bytes).map_err(|e| format!("cannot record dropping ranges: {e}"))
     }
 }

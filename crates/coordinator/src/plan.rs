@@ -1,0 +1,106 @@
+//! Which ranges move when membership changes, from whom and to whom: the pure part of
+//! rebalancing, shared by `kvnode`'s rebalancer and the model checker.
+//!
+//! Every plan comes from the ownership diff of two rings ([`kv_ring::diff`]), cut into
+//! non-wrapping intervals. The rules that keep acknowledged writes:
+//!
+//! - **A gained range is merged from every old owner that answers** ([`sources`]), and at least
+//!   [`copies_needed`] of them (R, or all there are): a write acknowledged by W replicas is on at
+//!   least one of any R of the N old owners when R + W > N, and each old owner may lack writes
+//!   the others hold (it was down, or its store was replaced). One old owner is not enough.
+//! - **A lost range goes to the nodes that gain it** ([`Move::gained`]), after the leaving node
+//!   merged in the other old owners' copies (R copies with its own).
+//! - **A dropped key goes to its current owners** ([`drop_targets`]) before it is removed.
+
+use kv_ring::{diff, Ring};
+
+use crate::topology::{Peer, Topology};
+
+/// One interval (`lo..=hi`, not wrapping) whose replicas change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// First key hash.
+    pub lo: u64,
+    /// Last key hash.
+    pub hi: u64,
+    /// Replicas before, in preference order.
+    pub old: Vec<String>,
+    /// Replicas after that were not replicas before.
+    pub gained: Vec<String>,
+}
+
+fn moves(before: &Ring, after: &Ring, n: usize, keep: impl Fn(&kv_ring::RangeMove) -> bool) -> Vec<Move> {
+    diff(before, after, n)
+        .into_iter()
+        .filter(|m| keep(m))
+        .flat_map(|m| {
+            let gained: Vec<String> = m.gained().into_iter().map(str::to_owned).collect();
+            let old = m.old.clone();
+            m.range.intervals().into_iter().map(move |(lo, hi)| Move {
+                lo,
+                hi,
+                old: old.clone(),
+                gained: gained.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The intervals `me` gains from `before` to `after` (a join, or a removal of another member).
+pub fn gained_by(before: &Ring, after: &Ring, n: usize, me: &str) -> Vec<Move> {
+    moves(before, after, n, |m| m.gained().contains(&me))
+}
+
+/// The intervals `me` loses from `before` to `after` (a leave).
+pub fn lost_by(before: &Ring, after: &Ring, n: usize, me: &str) -> Vec<Move> {
+    moves(before, after, n, |m| m.lost().contains(&me))
+}
+
+/// The old owners a gained interval is merged from: every one of them but `exclude` (ourselves,
+/// removed members).
+pub fn sources(m: &Move, exclude: &[String]) -> Vec<String> {
+    m.old.iter().filter(|id| !exclude.contains(id)).cloned().collect()
+}
+
+/// Copies a gained interval must be merged from, of `available` sources: R, or all there are.
+pub fn copies_needed(read_quorum: usize, available: usize) -> usize {
+    read_quorum.min(available)
+}
+
+/// The replicas a dropped key is handed to: its current owners and its owners once the moves
+/// in progress complete, except `me` and members known down.
+pub fn drop_targets(topology: &Topology, key: &[u8], n: usize, me: &str) -> Vec<Peer> {
+    let current = topology.preference_list(key, n);
+    let pending = topology.pending_replicas(key, n, &current);
+    current.into_iter().chain(pending).filter(|p| p.id != me && !topology.down.contains(&p.id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_ring::Node;
+
+    fn ring(ids: &[&str]) -> Ring {
+        Ring::with_vnodes(ids.iter().map(|id| Node::new(*id, "z")), 16).unwrap()
+    }
+
+    #[test]
+    fn a_join_gains_from_every_old_owner_and_a_leave_hands_to_the_gainers() {
+        let three = ring(&["a", "b", "c"]);
+        let four = ring(&["a", "b", "c", "d"]);
+        let gains = gained_by(&three, &four, 3, "d");
+        assert!(!gains.is_empty());
+        for m in &gains {
+            assert_eq!(m.gained, vec!["d".to_owned()]);
+            assert_eq!(sources(m, &["d".to_owned()]).len(), 3, "every old owner is a source");
+        }
+        assert_eq!(copies_needed(2, 3), 2);
+        assert_eq!(copies_needed(2, 1), 1);
+        let losses = lost_by(&four, &three, 3, "d");
+        assert_eq!(
+            losses.iter().map(|m| (m.lo, m.hi)).collect::<Vec<_>>(),
+            gains.iter().map(|m| (m.lo, m.hi)).collect::<Vec<_>>()
+        );
+        assert!(losses.iter().all(|m| m.gained.len() == 1 && m.old.contains(&"d".to_owned())));
+    }
+}

@@ -1,0 +1,399 @@
+//! [`run_history`]: one seeded history, from an empty cluster to a verdict.
+//!
+//! A history starts `nodes` normal members (N = 3, R = W = 2 by default) and two fronts. Client
+//! tasks each run `ops_per_client` operations on a few keys, through a random front: blind puts,
+//! read-then-put with the read's context, read-then-delete, and reads that repair and purge
+//! (tombstones have no grace period here, so purges race with everything). Acknowledgements
+//! asked for are `w` = 2 mostly, sometimes 1 or 3; reads ask 1 to 3 replicas.
+//!
+//! Meanwhile a fault task crashes and restarts nodes and partitions pairs of endpoints, and,
+//! with `membership`, runs up to two membership changes: a join, a leave, a removal (after which
+//! the node is gone with its disk) or a wiped disk (the node rejoins as a new actor); at most one
+//! of the last two, since no store survives losing every copy. The network (with `faults`)
+//! delays messages past their caller's timeout, so writes are applied after their front gave up
+//! and retried elsewhere, and drops replies.
+//!
+//! Then the history quiesces: partitions heal, crashed nodes restart, every front and node
+//! adopts the final membership, every node finishes dropping what it lost, and every key is
+//! read from all its replicas twice (read repair, purge). The final state of a key is what its
+//! replicas hold; the checks of [`crate::history`] run on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_coordinator::{Coordinator, CoordinatorMetrics, Options, Quorum, Write};
+use kv_vclock::VClock;
+
+use crate::history::{Counts, Seen};
+use crate::world::{seen, Net, Status, World, WorldConfig};
+
+/// A rule broken on purpose, to show the checker catches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The rules as they are.
+    None,
+    /// Dot counters per key, one above the highest the key shows: after a purge a coordinator
+    /// reissues dots that a surviving copy of the tombstone already covers.
+    PerKeyCounters,
+    /// A join copies each range from one old owner only (the first that answers).
+    JoinFromOneOwner,
+}
+
+/// One history's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Normal members at the start.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Operations per client.
+    pub ops_per_client: usize,
+    /// Keys the clients share.
+    pub keys: usize,
+    /// Crashes, partitions, late and lost messages.
+    pub faults: bool,
+    /// Joins, leaves, removals and wiped disks.
+    pub membership: bool,
+    /// A rule broken on purpose.
+    pub mutation: Mutation,
+}
+
+impl Config {
+    /// The default shape of a history for `seed`.
+    pub fn new(seed: u64) -> Config {
+        Config {
+            seed,
+            nodes: 4,
+            clients: 3,
+            ops_per_client: 12,
+            keys: 3,
+            faults: true,
+            membership: true,
+            mutation: Mutation::None,
+        }
+    }
+}
+
+/// What one history did and what went wrong.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Counts of operations, faults and checks.
+    pub counts: Counts,
+    /// Rule violations; empty when the history is correct.
+    pub violations: Vec<String>,
+}
+
+/// Longest pause between a client's operations: a history spans a few grace periods, so that
+/// tombstones are purged while clients still write.
+const THINK_MS: u64 = 120;
+
+const N: usize = 3;
+const R: usize = 2;
+const W: usize = 2;
+const TIMEOUT_MS: u64 = 200;
+/// Tombstone grace: longer than any message may travel (stores carry a deadline of one replica
+/// timeout), short enough that purges race with client traffic.
+const GRACE_MS: u64 = 400;
+
+/// Runs the history of `config` to its verdict.
+pub fn run_history(config: &Config) -> Report {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("invariant: a current-thread runtime builds");
+    runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(STUCK_AFTER_SECS), history(*config)).await {
+            Ok(report) => report,
+            Err(_) => Report {
+                seed: config.seed,
+                counts: Counts { histories: 1, violations: 1, ..Counts::default() },
+                violations: vec![format!("the history did not finish within {STUCK_AFTER_SECS} s of virtual time")],
+            },
+        }
+    })
+}
+
+/// Virtual seconds after which a history counts as stuck (a liveness failure): a history runs
+/// for a few virtual seconds.
+const STUCK_AFTER_SECS: u64 = 300;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i}").into_bytes()
+}
+
+async fn history(config: Config) -> Report {
+    let world = World::new(WorldConfig {
+        seed: config.seed,
+        n: N,
+        r: R,
+        timeout_ms: TIMEOUT_MS,
+        grace_ms: GRACE_MS,
+        faults: config.faults,
+        mutation: config.mutation,
+    });
+    for i in 1..=config.nodes {
+        world.add_node(&format!("n{i}"), &format!("z{}", i % 2), Status::Normal);
+    }
+    let keys: Vec<Vec<u8>> = (0..config.keys).map(key).collect();
+    let fronts: Vec<Arc<Coordinator>> = (0..2)
+        .map(|f| {
+            let net = Arc::new(Net::new(world.clone(), &format!("f{f}")));
+            let clock = {
+                let world = world.clone();
+                Arc::new(move || world.now_ms())
+            };
+            let options = Options {
+                quorum: Quorum::new(N, R, W).expect("invariant: valid quorum"),
+                replica_timeout: Duration::from_millis(TIMEOUT_MS),
+                read_all: f == 0,
+                tombstone_grace: Duration::from_millis(GRACE_MS),
+            };
+            let instance = world.rng(|r| r.next_u64());
+            Coordinator::with_clock(
+                net,
+                world.add_front(),
+                options,
+                CoordinatorMetrics::unregistered(),
+                instance,
+                clock,
+            )
+        })
+        .collect();
+    world.publish(true);
+
+    let done = Arc::new(AtomicBool::new(false));
+    // Nodes keep dropping until membership changes end: a leave may wait on a gainer's drop.
+    let settled = Arc::new(AtomicBool::new(false));
+    let dropper = tokio::spawn(drop_loop(world.clone(), settled.clone()));
+    let clients: Vec<_> =
+        (0..config.clients).map(|c| tokio::spawn(client(world.clone(), fronts.clone(), c, config))).collect();
+    let faults = tokio::spawn(faults(world.clone(), done.clone(), config, keys.clone()));
+    for c in clients {
+        let _ = c.await;
+    }
+    done.store(true, Ordering::Release);
+    let _ = faults.await;
+    settled.store(true, Ordering::Release);
+    let _ = dropper.await;
+
+    world.trace(|| "quiesce".to_owned());
+    let violations = quiesce(&world, &fronts, &keys).await;
+    let purged: u64 = fronts.iter().map(|f| f.metrics().tombstones_purged.get()).sum();
+    world.history(|h| {
+        h.violations.extend(violations);
+        h.counts.purged = purged;
+        h.counts.histories = 1;
+        h.counts.violations = h.violations.len() as u64;
+        Report { seed: config.seed, counts: h.counts.clone(), violations: h.violations.clone() }
+    })
+}
+
+/// Heals everything, completes drops, repairs every key, and checks the final state.
+async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8>]) -> Vec<String> {
+    let mut problems = Vec::new();
+    world.calm();
+    world.heal_all();
+    for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
+        world.restart(&id);
+    }
+    world.publish(true);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..50 {
+        if !world.dropping() {
+            break;
+        }
+        for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
+            world.drop_round(&id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if world.dropping() {
+        problems.push("some node never finished dropping the ranges it lost".to_owned());
+    }
+    for _ in 0..2 {
+        for key in keys {
+            let _ = fronts[0].get(key.clone(), Some(N)).await;
+        }
+        // Background repair and purge.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let ring = world.ring();
+    let mut finals: Vec<Vec<Seen>> = Vec::new();
+    for key in keys {
+        let owners: Vec<String> = ring.preference_list(key, N).iter().map(|n| n.id.clone()).collect();
+        let copies: Vec<kv_storage::Record> = owners.iter().map(|o| world.record(o, key)).collect();
+        let merged = kv_coordinator::wire::merge_records(copies.iter());
+        let mut all = seen(&merged);
+        all.sort();
+        for (owner, copy) in owners.iter().zip(&copies) {
+            let mut copy = seen(copy);
+            copy.sort();
+            if copy != all {
+                problems.push(format!(
+                    "replicas of {} disagree after repair: {owner} holds {copy:?}, together {all:?}",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        finals.push(all);
+    }
+    world.history(|h| h.check_final(&finals));
+    problems
+}
+
+/// Every node's dropper, every 50 ms, until membership changes end.
+async fn drop_loop(world: Arc<World>, done: Arc<AtomicBool>) {
+    while !done.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
+            world.drop_round(&id);
+        }
+    }
+}
+
+/// One client: random operations through random fronts.
+async fn client(world: Arc<World>, fronts: Vec<Arc<Coordinator>>, id: usize, config: Config) {
+    for op in 0..config.ops_per_client {
+        let (pause, front, key, kind, w, r) = world.rng(|rng| {
+            let w = match rng.below(10) {
+                0 => 1,
+                1 => 3,
+                _ => W,
+            };
+            (
+                rng.below(THINK_MS),
+                rng.below(fronts.len() as u64) as usize,
+                rng.below(config.keys as u64) as usize,
+                rng.below(100),
+                w,
+                rng.between(1, N as u64) as usize,
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let tag = format!("c{id}-{op}");
+        world.trace(|| format!("client {id} op {op}: kind {kind} key k{key} via f{front} w={w} r={r}"));
+        let front = &fronts[front];
+        if kind < 30 {
+            world.history(|h| h.counts.blind_puts += 1);
+            write(&world, front, key, tag, VClock::new(), Vec::new(), false, w).await;
+            continue;
+        }
+        world.history(|h| h.counts.reads += 1);
+        let read = match front.get(crate::run::key(key), Some(r)).await {
+            Ok(read) => read,
+            Err(e) => {
+                world.trace(|| format!("client {id} op {op}: read failed: {e}"));
+                continue;
+            }
+        };
+        world.trace(|| format!("client {id} op {op}: read {:?} from {:?}", seen(&read.record), read.answered));
+        if kind >= 75 {
+            continue;
+        }
+        let saw: Vec<String> = seen(&read.record).into_iter().map(|(tag, _)| tag).collect();
+        world.trace(|| format!("client {id} op {op}: writes {tag} on top of {saw:?}"));
+        let tombstone = kind >= 60;
+        world.history(|h| if tombstone { h.counts.deletes += 1 } else { h.counts.context_puts += 1 });
+        write(&world, front, key, tag, read.record.context(), saw, tombstone, w).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    world: &Arc<World>,
+    front: &Arc<Coordinator>,
+    key: usize,
+    tag: String,
+    context: VClock,
+    saw: Vec<String>,
+    tombstone: bool,
+    w: usize,
+) {
+    let index = world.history(|h| h.begin_write(tag.clone(), key, tombstone, saw, w));
+    let value = if tombstone { Vec::new() } else { tag.clone().into_bytes() };
+    let write = Write { value, content_type: tag, context, tombstone };
+    match front.put(crate::run::key(key), write, Some(w)).await {
+        Ok(outcome) => {
+            let now = world.now_ms();
+            world.trace(|| format!("write {} acked by {:?}", outcome.created.content_type, outcome.acked));
+            world.history(|h| h.acknowledged(index, outcome.acked, now));
+        }
+        Err(e) => {
+            world.trace(|| format!("write failed: {e}"));
+            world.history(|h| h.counts.failed += 1)
+        }
+    }
+}
+
+/// Crashes, partitions and membership changes until the clients are done.
+async fn faults(world: Arc<World>, done: Arc<AtomicBool>, config: Config, keys: Vec<Vec<u8>>) {
+    let mut changes_left = if config.membership { 2 } else { 0 };
+    let mut loss_left = 1;
+    let mut next_id = config.nodes + 1;
+    while !done.load(Ordering::Acquire) {
+        let (pause, roll, choice) = world.rng(|r| (r.between(20, 150), r.below(100), r.below(4)));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if !config.faults && changes_left == 0 {
+            continue;
+        }
+        let normal = world.members(&[Status::Normal]);
+        if config.faults && roll < 45 {
+            let Some(victim) = world.rng(|r| r.pick(&normal).cloned()) else { continue };
+            world.crash(&victim);
+            let downtime = world.rng(|r| r.between(30, 400));
+            let world = world.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(downtime)).await;
+                world.restart(&victim);
+            });
+        } else if config.faults && roll < 75 {
+            let endpoints: Vec<String> = ["f0".to_owned(), "f1".to_owned()].into_iter().chain(normal.clone()).collect();
+            let (a, b, heal_after) =
+                world.rng(|r| (r.pick(&endpoints).cloned(), r.pick(&normal).cloned(), r.between(30, 400)));
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            if a == b {
+                continue;
+            }
+            world.partition(&a, &b);
+            let world = world.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(heal_after)).await;
+                world.heal(&a, &b);
+            });
+        } else if changes_left > 0 {
+            changes_left -= 1;
+            let can_shrink = normal.len() > N;
+            match choice {
+                0 => {
+                    let id = format!("n{next_id}");
+                    next_id += 1;
+                    world.join(&id, &format!("z{}", next_id % 2), &keys).await;
+                }
+                1 if can_shrink => {
+                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
+                        world.leave(&id, &keys).await;
+                    }
+                }
+                2 if can_shrink && loss_left > 0 => {
+                    loss_left -= 1;
+                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
+                        world.remove(&id, &keys).await;
+                    }
+                }
+                3 if loss_left > 0 => {
+                    loss_left -= 1;
+                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
+                        world.wipe(&id, &keys).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
