@@ -67,6 +67,24 @@ pub fn copies_needed(read_quorum: usize, available: usize) -> usize {
     read_quorum.min(available)
 }
 
+/// `lo..=hi` cut where its owners in `ring` change: each piece with its `n` owners, in
+/// preference order. What a node filling a range merges, and from whom.
+pub fn owners_in(ring: &Ring, n: usize, lo: u64, hi: u64) -> Vec<Move> {
+    let mut out: Vec<Move> = Vec::new();
+    for range in ring.ranges() {
+        for (a, b) in range.intervals() {
+            let (a, b) = (a.max(lo), b.min(hi));
+            if a > b {
+                continue;
+            }
+            let old: Vec<String> = ring.preference_list_at(range.end, n).iter().map(|node| node.id.clone()).collect();
+            out.push(Move { lo: a, hi: b, old, gained: Vec::new() });
+        }
+    }
+    out.sort_by_key(|m| m.lo);
+    out
+}
+
 /// The replicas a dropped key is handed to: its current owners and its owners once the moves
 /// in progress complete, except `me` and members known down.
 pub fn drop_targets(topology: &Topology, key: &[u8], n: usize, me: &str) -> Vec<Peer> {
@@ -102,5 +120,22 @@ mod tests {
             gains.iter().map(|m| (m.lo, m.hi)).collect::<Vec<_>>()
         );
         assert!(losses.iter().all(|m| m.gained.len() == 1 && m.old.contains(&"d".to_owned())));
+    }
+
+    #[test]
+    fn owners_in_cuts_a_range_where_its_owners_change() {
+        let four = ring(&["a", "b", "c", "d"]);
+        let pieces = owners_in(&four, 3, 0, u64::MAX);
+        assert_eq!(pieces.first().map(|m| m.lo), Some(0));
+        assert_eq!(pieces.last().map(|m| m.hi), Some(u64::MAX));
+        for pair in pieces.windows(2) {
+            assert_eq!(pair[0].hi + 1, pair[1].lo, "pieces tile the range");
+        }
+        for m in &pieces {
+            let key_owners: Vec<String> = four.preference_list_at(m.hi, 3).iter().map(|n| n.id.clone()).collect();
+            assert_eq!(m.old, key_owners);
+        }
+        let part = owners_in(&four, 3, 1000, 2000);
+        assert!(part.iter().all(|m| m.lo >= 1000 && m.hi <= 2000));
     }
 }

@@ -3,13 +3,18 @@
 //! One implementation, used by `kvnode` (behind its internal API and its own coordinator) and by
 //! the model checker, so that the rules checked in simulation are the rules that run:
 //!
-//! - **Ownership.** A replica serves a key only while its own view ([`ReplicaView`]) makes it
-//!   one of the key's replicas, now or once the moves in progress complete, and the key's range
-//!   is not being dropped. Anything else is refused as misdirected ([`MISDIRECTED`]): a write
-//!   it accepted for a range it no longer owns would be an acknowledgement it cannot keep, and
-//!   a stale copy it served would bring back what the real owners have since deleted.
-//! - **Only normal owners coordinate.** A joining node lacks data, a leaving one is handing it
-//!   off: neither creates versions.
+//! - **Ownership.** A replica accepts writes for a key only while its own view ([`ReplicaView`])
+//!   makes it one of the key's replicas, now or once the moves in progress complete, and the
+//!   key's range is not being dropped; it serves reads, scans and purges only of ranges it holds
+//!   completely (owned now, not being filled after a gain). Anything else is refused as
+//!   misdirected ([`MISDIRECTED`]): a write it accepted for a range it no longer owns would be
+//!   an acknowledgement it cannot keep, a stale copy it served would bring back what the real
+//!   owners have since deleted, and an incomplete copy would answer a read without writes a
+//!   quorum acknowledged.
+//! - **Only normal owners with complete copies coordinate.** A new version's dot must exceed
+//!   every dot of this actor the key has anywhere, and only a complete copy holds them all (or
+//!   what superseded them): a joining node lacks data, a leaving one is handing it off, and a
+//!   node that regained a range has not merged it yet.
 //! - **One client write, one version.** A coordinate call carries its write's id and deadline
 //!   ([`crate::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
 //!   and a version of the same write already held is reused.
@@ -52,54 +57,74 @@ pub const IMPOSSIBLE_CONTEXT: u16 = 422;
 pub const NOT_KEPT: u16 = 500;
 
 /// What a replica believes about its own place in the cluster.
+///
+/// - *Accepting*: positions whose replicas include this node now or once the moves in progress
+///   complete, minus what it is dropping: it stores writes and streams for them.
+/// - *Complete*: positions it owns now (current ring), holds completely (not filling: gained
+///   and not yet merged from enough owners) and is not dropping: it serves reads, scans and
+///   purges for them.
+/// - *Coordinating*: the complete positions, when it is `normal`.
 #[derive(Debug, Clone)]
 pub struct ReplicaView {
-    /// Positions whose replicas include this node now or once the moves in progress complete.
-    owned: Intervals,
-    /// Positions whose current replicas include this node, when it is `normal`.
-    coordinates: Intervals,
-    /// Positions being dropped: held copies of ranges this node lost, not yet handed off.
-    dropping: Intervals,
+    accepting: Intervals,
+    complete: Intervals,
+    coordinating: Intervals,
 }
 
 impl ReplicaView {
     /// The view of node `me` with `n` replicas per key, from the current ring and the ring once
-    /// moves complete, whether it is `normal`, and what it is dropping.
-    pub fn new(me: &str, n: usize, ring: &Ring, pending: Option<&Ring>, normal: bool, dropping: Intervals) -> Self {
+    /// moves complete, whether it is `normal`, what it is dropping and what it is filling.
+    pub fn new(
+        me: &str,
+        n: usize,
+        ring: &Ring,
+        pending: Option<&Ring>,
+        normal: bool,
+        dropping: &Intervals,
+        filling: &Intervals,
+    ) -> Self {
         let now = ring.owned(me, n);
         let later = pending.map(|p| p.owned(me, n)).unwrap_or_default();
-        let coordinates = if normal { now.clone() } else { Intervals::new() };
-        ReplicaView { owned: now.union(&later), coordinates, dropping }
+        ReplicaView::from_sets(&now, &later, normal, dropping, filling)
+    }
+
+    /// The view from precomputed sets: positions owned now and once moves complete.
+    pub fn from_sets(
+        now: &Intervals,
+        later: &Intervals,
+        normal: bool,
+        dropping: &Intervals,
+        filling: &Intervals,
+    ) -> Self {
+        let accepting = now.union(later).difference(dropping);
+        let complete = now.difference(filling).difference(dropping);
+        let coordinating = if normal { complete.clone() } else { Intervals::new() };
+        ReplicaView { accepting, complete, coordinating }
     }
 
     /// A view that owns nothing (before membership is known).
     pub fn nothing() -> Self {
-        ReplicaView { owned: Intervals::new(), coordinates: Intervals::new(), dropping: Intervals::new() }
+        ReplicaView { accepting: Intervals::new(), complete: Intervals::new(), coordinating: Intervals::new() }
     }
 
-    /// Positions owned now or soon.
-    pub fn owned(&self) -> &Intervals {
-        &self.owned
-    }
-
-    /// Positions being dropped.
-    pub fn dropping(&self) -> &Intervals {
-        &self.dropping
-    }
-
-    /// Whether the replica stores, serves and accepts writes for the key at `hash`.
+    /// Whether the replica stores writes and streams for the key at `hash`.
     pub fn accepts(&self, hash: u64) -> bool {
-        self.owned.contains(hash) && !self.dropping.contains(hash)
+        self.accepting.contains(hash)
+    }
+
+    /// Whether the replica serves reads and purges of the key at `hash`.
+    pub fn serves(&self, hash: u64) -> bool {
+        self.complete.contains(hash)
     }
 
     /// Whether the replica may create versions of the key at `hash`.
     pub fn may_coordinate(&self, hash: u64) -> bool {
-        self.coordinates.contains(hash) && !self.dropping.contains(hash)
+        self.coordinating.contains(hash)
     }
 
-    /// Whether the replica serves a scan of `[lo, hi]`: it owns all of it and drops none.
-    pub fn serves(&self, lo: u64, hi: u64) -> bool {
-        self.owned.covers(lo, hi) && !self.dropping.overlaps(lo, hi)
+    /// Whether the replica serves a scan of `[lo, hi]`: it holds all of it completely.
+    pub fn serves_range(&self, lo: u64, hi: u64) -> bool {
+        self.complete.covers(lo, hi)
     }
 }
 
@@ -249,7 +274,10 @@ impl ReplicaCore {
         for (i, call) in calls.into_iter().enumerate() {
             let hash = kv_ring::hash_key(call.key());
             let reply = match call {
-                Call::Read(_) | Call::Purge(_) | Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
+                Call::Read(_) | Call::Purge(_) if !view.serves(hash) => {
+                    Some(self.misdirected("reading requires a complete copy of the key's range"))
+                }
+                Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
                 Call::Coordinate(_) if !view.may_coordinate(hash) => {
                     Some(self.misdirected("coordinating requires a normal owner of the key"))
                 }
@@ -402,7 +430,7 @@ impl ReplicaCore {
     /// replica serves the whole interval.
     pub fn scan(&self, lo: u64, hi: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, Refusal> {
         let view = self.view.read();
-        if !view.serves(lo, hi) {
+        if !view.serves_range(lo, hi) {
             return Err(self.misdirected("range").into());
         }
         let page = self.engine.scan(lo, hi, after, limit).map_err(|e| Refusal::from(storage_failed(&e)))?;

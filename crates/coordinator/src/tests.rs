@@ -56,7 +56,8 @@ impl SimCluster {
     fn new(ids: &[String], topology: &Topology) -> Arc<SimCluster> {
         let replicas: HashMap<String, SimReplica> = ids.iter().map(|id| (id.clone(), SimReplica::new(id))).collect();
         for (id, replica) in &replicas {
-            let view = ReplicaView::new(id, 3, &topology.ring, topology.pending.as_ref(), true, Intervals::new());
+            let none = Intervals::new();
+            let view = ReplicaView::new(id, 3, &topology.ring, topology.pending.as_ref(), true, &none, &none);
             replica.core.set_view(view);
         }
         Arc::new(SimCluster { replicas })

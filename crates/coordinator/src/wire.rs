@@ -58,6 +58,9 @@ pub struct ScanResponse {
 pub struct StoreBatchRequest {
     /// Keys and versions to merge in.
     pub entries: Vec<Entry>,
+    /// Set on the last page of a leaving node's hand-off: the receiver now holds everything the
+    /// sender gathered for this range (`lo..=hi`), so gaining it later, it is complete.
+    pub complete: Option<(u64, u64)>,
 }
 
 /// A client's write, as the coordinator forwards it.

@@ -89,7 +89,8 @@ pub async fn scan(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     Ok(binary(encode(&ScanResponse { entries, done })))
 }
 
-/// `POST /internal/v1/store-batch`: merge many keys (a range handed off by a leaving node).
+/// `POST /internal/v1/store-batch`: merge many keys (a range handed off by a leaving node, or a
+/// dropped range handed to its owners); the last page of a complete hand-off pre-fills it.
 pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: StoreBatchRequest = message(&body)?;
     for (key, _) in &request.entries {
@@ -100,6 +101,15 @@ pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Res
     replica(&state)?.store_batch(request.entries).await?;
     state.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
     state.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
+    if let (Some((lo, hi)), Some(ownership)) = (request.complete, state.ownership.clone()) {
+        // A leaving node handed over all of this range: gaining it, we hold it completely.
+        let topology = state.membership.topology();
+        let ranges = kv_ring::Intervals::from_spans([(lo, hi)]);
+        tokio::task::spawn_blocking(move || ownership.prefill(&ranges, &topology, kv_coordinator::now_ms()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::Internal)?;
+    }
     Ok(binary(Vec::new()))
 }
 

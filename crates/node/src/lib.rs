@@ -73,6 +73,8 @@ pub struct AppState {
     pub membership: Arc<membership::Membership>,
     /// Local storage; `None` in a gateway.
     pub replica: Option<replica::Replica>,
+    /// What this node owns, fills and drops; `None` in a gateway.
+    pub ownership: Option<Arc<kv_coordinator::ownership::Ownership>>,
     /// Metrics registry.
     pub metrics: Arc<metrics::Metrics>,
     /// False once shutdown has begun.

@@ -31,13 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use kv_coordinator::now_ms;
 use kv_coordinator::plan::{self, Move};
 use kv_coordinator::wire::{
     decode, encode, Entry, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH,
 };
 use kv_coordinator::{Peer, Topology};
 use kv_gossip::Status;
-use kv_ring::Ring;
+use kv_ring::{Intervals, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,7 @@ impl Moved {
 /// The node's data-movement job.
 pub struct Rebalancer {
     membership: Arc<Membership>,
+    ownership: Arc<Ownership>,
     replica: Replica,
     client: Arc<HttpReplicaClient>,
     replicas: usize,
@@ -122,17 +124,11 @@ pub struct RebalancerOptions {
     pub progress_file: PathBuf,
 }
 
-/// A removal whose ranges this node must still re-replicate.
-struct PendingRemoval {
-    before: Ring,
-    after: Ring,
-    removed: Vec<String>,
-}
-
 impl Rebalancer {
     /// A rebalancer; `exit` is cancelled when the node has left the cluster.
     pub fn new(
         membership: Arc<Membership>,
+        ownership: Arc<Ownership>,
         replica: Replica,
         client: Arc<HttpReplicaClient>,
         options: RebalancerOptions,
@@ -145,6 +141,7 @@ impl Rebalancer {
             .unwrap_or_default();
         Rebalancer {
             membership,
+            ownership,
             replica,
             client,
             replicas: options.replicas,
@@ -162,8 +159,7 @@ impl Rebalancer {
     /// Runs until `shutdown`, or until the node has left.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut topology = self.membership.subscribe();
-        let mut last = topology.borrow().ring.clone();
-        let mut removals: Vec<PendingRemoval> = Vec::new();
+        let mut ownership = self.ownership.subscribe();
         loop {
             match self.membership.my_status() {
                 Some(Status::Joining) => {
@@ -172,9 +168,13 @@ impl Rebalancer {
                     }
                     let started = Instant::now();
                     match self.join(&shutdown).await {
-                        Ok(moved) => {
+                        Ok((moved, gained)) => {
                             moved.log(started, "join complete: merged our ranges from their owners");
                             self.clear_progress();
+                            // What we pulled is complete once the ring gives it to us.
+                            if let Err(e) = self.blocking_ownership(move |o, t| o.prefill(&gained, t, now_ms())).await {
+                                tracing::warn!(error = %e, "join: cannot record the ranges pulled; they are filled again");
+                            }
                             self.membership.set_status(Status::Normal);
                         }
                         Err(e) => {
@@ -212,44 +212,44 @@ impl Rebalancer {
                 Some(Status::Left | Status::Removed) => return,
                 _ => {}
             }
-            if let Some(removal) = removals.first() {
+            let filling = !self.ownership.filling().is_empty();
+            if filling {
                 let started = Instant::now();
-                match self.rereplicate(&removal.before, &removal.after, &removal.removed, &shutdown).await {
-                    Ok(moved) => {
-                        tracing::info!(removed = ?removal.removed, ranges = moved.ranges, keys = moved.keys, seconds = started.elapsed().as_secs_f64(), "re-replicated the ranges of removed members");
-                        self.clear_progress();
-                        removals.remove(0);
-                        continue;
+                match self.fill(&shutdown).await {
+                    Ok(moved) if moved.ranges > 0 => {
+                        moved.log(started, "filled ranges gained: merged from their owners")
                     }
-                    Err(e) => {
-                        tracing::warn!(removed = ?removal.removed, error = %e, "re-replication incomplete; retrying")
-                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "filling gained ranges: retrying"),
                 }
             }
-            let retry =
-                tokio::time::sleep(if removals.is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 });
+            let retry = if self.ownership.filling().is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = retry => {}
+                () = tokio::time::sleep(retry) => {}
                 changed = topology.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    let current = topology.borrow_and_update().ring.clone();
-                    let removed: Vec<String> = last
-                        .nodes()
-                        .iter()
-                        .filter(|n| current.node(&n.id).is_none())
-                        .filter(|n| self.membership.state(&n.id).is_some_and(|s| s.status == Status::Removed))
-                        .map(|n| n.id.clone())
-                        .collect();
-                    if !removed.is_empty() {
-                        removals.push(PendingRemoval { before: last.clone(), after: current.clone(), removed });
+                    topology.borrow_and_update();
+                }
+                changed = ownership.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    last = current;
+                    ownership.borrow_and_update();
                 }
             }
         }
+    }
+
+    /// Runs `f` on the ownership and the current topology off the async workers (it may fsync).
+    async fn blocking_ownership(
+        &self,
+        f: impl FnOnce(&Ownership, &Topology) -> Result<(), String> + Send + 'static,
+    ) -> Result<(), String> {
+        let (ownership, topology) = (self.ownership.clone(), self.membership.topology());
+        tokio::task::spawn_blocking(move || f(&ownership, &topology)).await.map_err(|e| e.to_string())?
     }
 
     fn me(&self) -> Result<String, String> {
@@ -268,28 +268,78 @@ impl Rebalancer {
         Ok(ring_of(states, owns_now))
     }
 
-    async fn join(&self, shutdown: &CancellationToken) -> Result<Moved, String> {
+    /// Pulls every range we gain once normal; returns what moved and the ranges pulled.
+    async fn join(&self, shutdown: &CancellationToken) -> Result<(Moved, Intervals), String> {
         let me = self.me()?;
         let before = self.membership.topology().ring.clone();
         let after = self.ring_with_me_as(Status::Normal)?;
         let moves = plan::gained_by(&before, &after, self.replicas, &me);
+        let gained = Intervals::from_spans(moves.iter().map(|m| (m.lo, m.hi)));
         let needed = self.read_quorum;
-        self.pull_all("join", moves, &[me], &|sources| plan::copies_needed(needed, sources), shutdown).await
+        let moved =
+            self.pull_all("join", moves, &[me], &|sources| plan::copies_needed(needed, sources), shutdown).await?;
+        Ok((moved, gained))
     }
 
-    async fn rereplicate(
-        &self,
-        before: &Ring,
-        after: &Ring,
-        removed: &[String],
-        shutdown: &CancellationToken,
-    ) -> Result<Moved, String> {
+    /// Merges every range we are filling (gained by a ring change: a removal, a member rejoining
+    /// on a wiped disk, a leave not handed to us) from its other current owners, at least R of
+    /// them; the pieces that succeed are complete and served from now on.
+    async fn fill(&self, shutdown: &CancellationToken) -> Result<Moved, String> {
         let me = self.me()?;
-        let moves = plan::gained_by(before, after, self.replicas, &me);
-        let mut exclude = removed.to_vec();
-        exclude.push(me);
+        let topology = self.membership.topology();
+        let pieces: Vec<Move> = self
+            .ownership
+            .filling()
+            .spans()
+            .iter()
+            .flat_map(|&(lo, hi)| plan::owners_in(&topology.ring, self.replicas, lo, hi))
+            .collect();
+        let exclude = [me];
         let needed = self.read_quorum;
-        self.pull_all("removal", moves, &exclude, &|sources| plan::copies_needed(needed, sources), shutdown).await
+        let jobs: Vec<(u64, u64, Vec<Peer>)> = pieces
+            .iter()
+            .map(|m| {
+                let peers = plan::sources(m, &exclude)
+                    .into_iter()
+                    .map(|id| Peer { address: topology.addresses.get(&id).cloned().unwrap_or_default(), id })
+                    .collect();
+                (m.lo, m.hi, peers)
+            })
+            .collect();
+        let results: Vec<(u64, u64, Result<Moved, String>)> = stream::iter(jobs)
+            .map(|(lo, hi, sources)| async move {
+                let copies = plan::copies_needed(needed, sources.len());
+                let result = self.pull("fill", lo, hi, sources, copies, shutdown).await;
+                (lo, hi, result)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut total = Moved::default();
+        let mut done = Vec::new();
+        let mut first_error = None;
+        for (lo, hi, result) in results {
+            match result {
+                Ok(moved) => {
+                    self.forget_progress(&format!("fill:{lo:016x}-{hi:016x}@"));
+                    total.ranges += 1;
+                    total.keys += moved.keys;
+                    total.bytes += moved.bytes;
+                    done.push((lo, hi));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !done.is_empty() {
+            let done = Intervals::from_spans(done);
+            self.blocking_ownership(move |o, t| o.filled(&done, t, now_ms())).await?;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
     /// Pulls every range of `moves` from its old owners (but not `exclude`), from every one
@@ -431,13 +481,12 @@ impl Rebalancer {
                     return Err("shutting down".to_owned());
                 }
                 let page = self.replica.scan(lo, hi, after.clone(), PAGE as usize).await.map_err(|e| e.to_string())?;
-                if page.is_empty() {
-                    return Ok(moved);
-                }
-                after = page.last().map(|(k, _)| k.clone());
+                // The last page (empty) says the whole range was handed over.
+                let complete = page.is_empty().then_some((lo, hi));
+                after = page.last().map(|(k, _)| k.clone()).or(after);
                 let keys = page.len() as u64;
                 let value_bytes: u64 = page.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-                let body = encode(&StoreBatchRequest { entries: page });
+                let body = encode(&StoreBatchRequest { entries: page, complete });
                 for target in &targets {
                     self.client
                         .post(target, STORE_BATCH_PATH, body.clone())
@@ -447,6 +496,9 @@ impl Rebalancer {
                     moved.bytes += value_bytes;
                     self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
                     self.metrics.stream_bytes.with_label_values(&["out"]).inc_by(value_bytes);
+                }
+                if complete.is_some() {
+                    return Ok(moved);
                 }
             }
         }
@@ -481,6 +533,12 @@ impl Rebalancer {
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.progress_file)) {
             tracing::warn!(error = %e, "cannot record stream progress; a restart would copy again");
         }
+    }
+
+    /// Forgets the progress records whose names start with `prefix` (a range filled: filling
+    /// it again later starts over).
+    fn forget_progress(&self, prefix: &str) {
+        self.progress.lock().retain(|name, _| !name.starts_with(prefix));
     }
 
     fn clear_progress(&self) {
@@ -525,6 +583,7 @@ impl Dropper {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut topology = self.membership.subscribe();
+        let mut ownership = self.ownership.subscribe();
         loop {
             let status = self.membership.my_status();
             let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving));
@@ -548,6 +607,12 @@ impl Dropper {
                     if changed.is_err() {
                         return;
                     }
+                }
+                changed = ownership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    ownership.borrow_and_update();
                 }
             }
         }
@@ -619,7 +684,7 @@ impl Dropper {
             for (target, entries) in by_target {
                 let peer = Peer { address: topology.addresses.get(&target).cloned().unwrap_or_default(), id: target };
                 let keys = entries.len() as u64;
-                let body = encode(&StoreBatchRequest { entries });
+                let body = encode(&StoreBatchRequest { entries, complete: None });
                 self.client.post(&peer, STORE_BATCH_PATH, body).await.map_err(|e| format!("{}: {e}", peer.id))?;
                 self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
             }

@@ -125,6 +125,7 @@ fn build(
         coordinator,
         membership,
         replica,
+        ownership: None,
         metrics: Arc::new(metrics),
         ready: Arc::new(AtomicBool::new(true)),
     };
@@ -255,8 +256,10 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     tracing::info!(answered, "start-up gossip exchange done");
     ownership.update(&membership.topology(), kv_coordinator::now_ms()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
+    service.state.ownership = Some(ownership.clone());
     service.rebalancer = Some(Rebalancer::new(
         membership.clone(),
+        ownership.clone(),
         replica.clone(),
         remote.clone(),
         RebalancerOptions {

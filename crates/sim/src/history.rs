@@ -21,9 +21,10 @@
 //!    holds every acknowledged write that enough of the range's sources held when the move
 //!    started: enough that any `copies_needed` of them must include a holder.
 //!
-//! A write is exempt from rules 1 and 2 when every replica that acknowledged it later lost its
-//! disk or was removed: no store survives that. Histories allow one such loss, and writes
-//! acknowledged by one replica only are then exempt if it was that one.
+//! A write is exempt from rules 1 and 2 when it had k copies when acknowledged and k disks were
+//! lost after it was sent (wiped or removed with their node): no store survives losing every copy, and
+//! copies move with joins and leaves, so which nodes lost them does not matter. Histories allow
+//! one such loss, so only writes acknowledged by a single replica are ever exempt.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -49,6 +50,8 @@ pub struct WriteRecord {
     pub saw: Vec<String>,
     /// Acknowledgements asked for.
     pub w: usize,
+    /// Virtual ms when the client sent it.
+    pub started_ms: u64,
     /// Set once acknowledged.
     pub acked: Option<Acked>,
 }
@@ -152,7 +155,15 @@ pub type Seen = (String, bool);
 
 impl History {
     /// Records the start of a write; returns its index.
-    pub fn begin_write(&mut self, tag: String, key: usize, tombstone: bool, saw: Vec<String>, w: usize) -> usize {
+    pub fn begin_write(
+        &mut self,
+        tag: String,
+        key: usize,
+        tombstone: bool,
+        saw: Vec<String>,
+        w: usize,
+        started_ms: u64,
+    ) -> usize {
         let index = self.writes.len();
         // A write only sees versions of writes begun before it: its closure is complete now.
         let mut all = BTreeSet::new();
@@ -162,7 +173,7 @@ impl History {
         }
         self.closure.push(all);
         self.by_tag.insert(tag.clone(), index);
-        self.writes.push(WriteRecord { tag, key, tombstone, saw, w, acked: None });
+        self.writes.push(WriteRecord { tag, key, tombstone, saw, w, started_ms, acked: None });
         index
     }
 
@@ -205,10 +216,12 @@ impl History {
         self.counts.acked += 1;
     }
 
-    /// Whether every replica that acknowledged `write` lost its data afterwards.
+    /// Whether `write` may be lost: it had k copies when acknowledged, and k disks were lost
+    /// since it was sent (copies move with leaves and joins, so which nodes lost them does not
+    /// matter; a copy may be lost before its acknowledgement arrives).
     fn exempt(&self, write: &WriteRecord) -> bool {
         match &write.acked {
-            Some(acked) => acked.by.iter().all(|id| self.lost.get(id).is_some_and(|at| *at >= acked.at_ms)),
+            Some(acked) => self.lost.values().filter(|at| **at >= write.started_ms).count() >= acked.by.len(),
             None => true,
         }
     }
@@ -296,12 +309,12 @@ mod tests {
     #[test]
     fn superseded_writes_may_go_and_unseen_ones_may_not() {
         let mut h = History::default();
-        let a = h.begin_write("a".into(), 0, false, vec![], 2);
+        let a = h.begin_write("a".into(), 0, false, vec![], 2, 0);
         h.acknowledged(a, vec!["n1".into(), "n2".into()], 1);
-        let b = h.begin_write("b".into(), 0, false, vec!["a".into()], 2);
+        let b = h.begin_write("b".into(), 0, false, vec!["a".into()], 2, 0);
         h.acknowledged(b, vec!["n1".into(), "n2".into()], 2);
         h.created.extend(["a".to_owned(), "b".to_owned()]);
-        let c = h.begin_write("c".into(), 0, false, vec![], 2);
+        let c = h.begin_write("c".into(), 0, false, vec![], 2, 0);
         h.acknowledged(c, vec!["n1".into(), "n3".into()], 3);
         h.created.insert("c".into());
         // b superseded a; c was blind and must survive.
@@ -310,16 +323,16 @@ mod tests {
         assert!(h.violations[0].contains("write c"));
         // A value seen by an acknowledged delete must not be live.
         let mut h2 = History::default();
-        let v = h2.begin_write("v".into(), 0, false, vec![], 2);
+        let v = h2.begin_write("v".into(), 0, false, vec![], 2, 0);
         h2.acknowledged(v, vec!["n1".into(), "n2".into()], 1);
-        let d = h2.begin_write("d".into(), 0, true, vec!["v".into()], 2);
+        let d = h2.begin_write("d".into(), 0, true, vec!["v".into()], 2, 0);
         h2.acknowledged(d, vec!["n1".into(), "n2".into()], 2);
         h2.created.extend(["v".to_owned(), "d".to_owned()]);
         h2.check_final(&[vec![("v".into(), false)]]);
         assert!(h2.violations.iter().any(|v| v.contains("is live")), "{:?}", h2.violations);
         // Too few acknowledgements.
         let mut h3 = History::default();
-        let x = h3.begin_write("x".into(), 0, false, vec![], 3);
+        let x = h3.begin_write("x".into(), 0, false, vec![], 3, 0);
         h3.acknowledged(x, vec!["n1".into(), "n1".into(), "n2".into()], 1);
         assert_eq!(h3.violations.len(), 1);
     }

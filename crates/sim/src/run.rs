@@ -205,16 +205,20 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     world.publish(true);
     tokio::time::sleep(Duration::from_millis(10)).await;
     for _ in 0..50 {
-        if !world.dropping() {
+        if !world.dropping() && !world.filling() {
             break;
         }
         for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
             world.drop_round(&id);
+            world.fill_round(&id).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if world.dropping() {
         problems.push("some node never finished dropping the ranges it lost".to_owned());
+    }
+    if world.filling() {
+        problems.push("some node never finished filling the ranges it gained".to_owned());
     }
     for _ in 0..2 {
         for key in keys {
@@ -247,12 +251,13 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     problems
 }
 
-/// Every node's dropper, every 50 ms, until membership changes end.
+/// Every node's dropper and filler, every 50 ms, until membership changes end.
 async fn drop_loop(world: Arc<World>, done: Arc<AtomicBool>) {
     while !done.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
             world.drop_round(&id);
+            world.fill_round(&id).await;
         }
     }
 }
@@ -315,7 +320,8 @@ async fn write(
     tombstone: bool,
     w: usize,
 ) {
-    let index = world.history(|h| h.begin_write(tag.clone(), key, tombstone, saw, w));
+    let started = world.now_ms();
+    let index = world.history(|h| h.begin_write(tag.clone(), key, tombstone, saw, w, started));
     let value = if tombstone { Vec::new() } else { tag.clone().into_bytes() };
     let write = Write { value, content_type: tag, context, tombstone };
     match front.put(crate::run::key(key), write, Some(w)).await {

@@ -522,6 +522,55 @@ impl World {
         }
     }
 
+    /// One pass of node `id`'s filler: merge each range it gained from its other current owners,
+    /// at least [`plan::copies_needed`] of them; then it serves the range.
+    pub async fn fill_round(&self, id: &str) {
+        let Some(ownership) = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone()) else {
+            return;
+        };
+        let filling = ownership.filling();
+        if filling.is_empty() {
+            return;
+        }
+        let ring = self.ring();
+        let mut done = Vec::new();
+        for &(lo, hi) in filling.spans() {
+            for piece in plan::owners_in(&ring, self.config.n, lo, hi) {
+                let sources = plan::sources(&piece, &[id.to_owned()]);
+                let needed = plan::copies_needed(self.config.r, sources.len());
+                let mut copied = 0;
+                for source in &sources {
+                    if self.copy(source, id, piece.lo, piece.hi).await {
+                        copied += 1;
+                    }
+                }
+                if copied >= needed {
+                    done.push((piece.lo, piece.hi));
+                }
+            }
+        }
+        if !done.is_empty() && self.is_up(id) {
+            self.trace(|| format!("{id} filled {} pieces", done.len()));
+            let _ = ownership.filled(&kv_ring::Intervals::from_spans(done), &self.topology(), self.now_ms());
+        }
+    }
+
+    /// Whether any running member still has ranges to fill.
+    pub fn filling(&self) -> bool {
+        let state = self.state.lock();
+        state.nodes.iter().any(|(id, n)| {
+            n.up && matches!(state.members.get(id), Some((Status::Normal | Status::Joining | Status::Leaving, _)))
+                && !n.ownership.filling().is_empty()
+        })
+    }
+
+    fn prefill(&self, id: &str, ranges: kv_ring::Intervals) {
+        let ownership = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone());
+        if let Some(ownership) = ownership {
+            let _ = ownership.prefill(&ranges, &self.topology(), self.now_ms());
+        }
+    }
+
     /// Whether any running member still has ranges to drop.
     pub fn dropping(&self) -> bool {
         let state = self.state.lock();
@@ -538,7 +587,8 @@ impl World {
         let mut due = Vec::new();
         for (key_index, key) in keys.iter().enumerate() {
             let hash = kv_ring::hash_key(key);
-            if hash < m.lo || hash > m.hi {
+            // An empty key stands for one the caller leaves out.
+            if key.is_empty() || hash < m.lo || hash > m.hi {
                 continue;
             }
             let held: Vec<(String, Vec<Seen>)> = sources.iter().map(|s| (s.clone(), self.held(s, key))).collect();
@@ -606,6 +656,7 @@ impl World {
             if complete {
                 self.trace(|| format!("join {id} complete"));
                 self.check_gainer("join", id, &due, keys);
+                self.prefill(id, kv_ring::Intervals::from_spans(moves.iter().map(|m| (m.lo, m.hi))));
                 self.set_status(id, Status::Normal);
                 self.publish(false);
                 self.history(|h| h.counts.joins += 1);
@@ -648,9 +699,17 @@ impl World {
                         copied += 1;
                     }
                 }
-                complete = copied >= needed_of(sources.len())
-                    && self.is_up(id)
-                    && futures_all(m.gained.iter().map(|g| self.copy(id, g, m.lo, m.hi))).await;
+                complete = copied >= needed_of(sources.len()) && self.is_up(id);
+                for gainer in &m.gained {
+                    if !complete {
+                        break;
+                    }
+                    complete = self.copy(id, gainer, m.lo, m.hi).await;
+                    if complete {
+                        // The last page of a hand-off says it was the whole range.
+                        self.prefill(gainer, kv_ring::Intervals::from_spans([(m.lo, m.hi)]));
+                    }
+                }
             }
             if complete {
                 self.trace(|| format!("leave {id} complete"));
@@ -670,11 +729,37 @@ impl World {
     }
 
     /// An operator removes node `id`, which is killed and whose disk is lost; every node that
-    /// gains its ranges merges them from all surviving old owners (at least R).
+    /// gains its ranges fills them from the surviving owners (at least R).
     pub async fn remove(self: &Arc<Self>, id: &str, keys: &[Vec<u8>]) {
         self.trace(|| format!("remove {id}"));
         self.crash(id);
         let before = self.ring();
+        let gainers = self.members(&[Status::Normal]).into_iter().filter(|g| g != id).collect::<Vec<_>>();
+        let after = self.ring_of(|m, s| m != id && matches!(s, Status::Normal | Status::Leaving));
+        let mut due: Vec<(String, Vec<usize>)> = Vec::new();
+        for gainer in &gainers {
+            let exclude = [id.to_owned(), gainer.clone()];
+            // Only what the gainer's own view gains: a node that was down through earlier
+            // changes may already count the range as its own (it merely missed writes).
+            let view = self.state.lock().nodes.get(gainer).map(|n| n.core.view());
+            let mut owed = Vec::new();
+            for m in plan::gained_by(&before, &after, self.config.n, gainer) {
+                let sources = plan::sources(&m, &exclude);
+                let needed = plan::copies_needed(self.config.r, sources.len());
+                let unowned: Vec<Vec<u8>> = keys
+                    .iter()
+                    .map(|k| {
+                        if view.as_ref().is_some_and(|v| v.accepts(kv_ring::hash_key(k))) {
+                            Vec::new()
+                        } else {
+                            k.clone()
+                        }
+                    })
+                    .collect();
+                owed.extend(self.due(&m, &sources, needed, None, &unowned));
+            }
+            due.push((gainer.clone(), owed));
+        }
         {
             let mut state = self.state.lock();
             let now = 1_000_000 + self.epoch.elapsed().as_millis() as u64;
@@ -684,38 +769,19 @@ impl World {
             }
         }
         self.publish(false);
-        let after = self.ring();
-        for gainer in self.members(&[Status::Normal]) {
-            let moves = plan::gained_by(&before, &after, self.config.n, &gainer);
-            let exclude = [id.to_owned(), gainer.clone()];
-            loop {
-                let mut due = Vec::new();
-                for m in &moves {
-                    let sources = plan::sources(m, &exclude);
-                    due.extend(self.due(m, &sources, plan::copies_needed(self.config.r, sources.len()), None, keys));
-                }
-                let mut complete = true;
-                for m in &moves {
-                    let sources = plan::sources(m, &exclude);
-                    let mut copied = 0;
-                    for source in &sources {
-                        if self.copy(source, &gainer, m.lo, m.hi).await {
-                            copied += 1;
-                        }
-                    }
-                    if copied < plan::copies_needed(self.config.r, sources.len()) {
-                        complete = false;
-                        break;
-                    }
-                }
-                if complete {
-                    self.check_gainer("removal", &gainer, &due, keys);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        // The fillers do the work; wait until every gainer holds its ranges completely.
+        tokio::time::sleep(Duration::from_millis(VIEW_LAG_MS)).await;
+        while gainers.iter().any(|g| self.is_up(g) && self.node_filling(g)) || gainers.iter().any(|g| !self.is_up(g)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (gainer, owed) in &due {
+            self.check_gainer("removal", gainer, owed, keys);
         }
         self.history(|h| h.counts.removals += 1);
+    }
+
+    fn node_filling(&self, id: &str) -> bool {
+        self.state.lock().nodes.get(id).is_some_and(|n| !n.ownership.filling().is_empty())
     }
 
     /// Node `id` loses its disk: it restarts on an empty store (a new actor) and joins again.
@@ -736,16 +802,6 @@ impl World {
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.join(id, &zone, keys).await;
     }
-}
-
-/// Runs `futures` one after another; true if all returned true.
-async fn futures_all<F: std::future::Future<Output = bool>>(futures: impl Iterator<Item = F>) -> bool {
-    for f in futures {
-        if !f.await {
-            return false;
-        }
-    }
-    true
 }
 
 fn versions_text(versions: &[Version]) -> String {
