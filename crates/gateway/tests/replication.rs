@@ -266,7 +266,7 @@ fn no_acknowledged_write_is_lost_when_a_node_is_killed_mid_run() {
 
 #[test]
 fn tombstones_are_purged_once_all_replicas_hold_them_after_the_grace_period() {
-    let cluster = Cluster::start(3, 0, &["--tombstone-grace", "0s"]);
+    let cluster = Cluster::start(3, 0, &["--tombstone-grace", "3s"]);
     let c = client();
     let node = &cluster.nodes[0];
     c.put(format!("{}?w=3", node.key_url("doomed"))).body("v").send().unwrap();

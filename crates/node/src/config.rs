@@ -401,6 +401,13 @@ impl ClusterSettings {
             ));
         }
         let tombstone_grace = duration_setting("--tombstone-grace", self.tombstone_grace.as_deref(), "10d")?;
+        // A replica drops a store older than one replica timeout; a tombstone must outlive every
+        // store that may still carry what it deleted (docs/consistency.md, "Purge").
+        if tombstone_grace <= replica_timeout {
+            return Err(format!(
+                "--tombstone-grace: must be longer than --replica-timeout ({replica_timeout:?}), got {tombstone_grace:?}"
+            ));
+        }
         let expect_nodes = self.expect_nodes.unwrap_or(1);
         if !(1..=1000).contains(&expect_nodes) {
             return Err(format!("--expect-nodes: must be 1 to 1000, got {expect_nodes}"));

@@ -20,13 +20,24 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
+/// Whether the binaries under test predate `--expect-nodes` (`KV_TEST_LEGACY=1`, with
+/// `KV_TEST_BIN_DIR`): flags they lack are left out, so that old code fails a test on its
+/// behaviour, not on its command line.
+pub fn legacy() -> bool {
+    std::env::var("KV_TEST_LEGACY").is_ok_and(|v| v == "1")
+}
+
 /// A free TCP port on loopback (bound, then released for the child to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Path of a workspace binary (`kvnode`, `kvgateway`, `kvctl`) built for this test run.
+/// Path of a workspace binary (`kvnode`, `kvgateway`, `kvctl`) built for this test run, or in
+/// `KV_TEST_BIN_DIR` when set (to run the tests against the binaries of another commit).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("KV_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).unwrap();
@@ -166,10 +177,54 @@ impl Proc {
         self.kill9();
         self.spawn();
     }
+
+    /// Starts the same process again without waiting for it to serve; returns how it ended if
+    /// it exits within `limit` (a refusal to start), `None` if it serves by then.
+    pub fn restart_may_refuse(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.kill9();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + limit;
+        let client = Client::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if client.get(self.url("/health")).send().is_ok_and(|r| r.status().is_success()) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGSTOP: the process freezes with its connections open (a long GC pause, a VM stall).
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-STOP").arg(child.id().to_string()).status();
+        }
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+        }
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A paused process must be able to die.
+        self.resume();
         self.kill9();
     }
 }
@@ -198,7 +253,7 @@ pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
     let port = free_port();
     let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--data-dir".to_owned()];
     all.push(data_dir.display().to_string());
-    if !args.contains(&"--replicas") {
+    if !args.contains(&"--replicas") && !legacy() {
         all.extend(["--replicas".to_owned(), "1".to_owned()]);
     }
     all.extend(args.iter().map(|s| s.to_string()));
@@ -296,7 +351,7 @@ impl Cluster {
             "--seeds".into(),
             seeds.to_owned(),
         ];
-        if !extra.contains(&"--expect-nodes") {
+        if !extra.contains(&"--expect-nodes") && !legacy() {
             args.extend(["--expect-nodes".into(), self.expect.to_string()]);
         }
         args.extend(fast_gossip_unless(extra));
@@ -314,10 +369,18 @@ impl Cluster {
 
     /// Starts one more gateway seeded with every node.
     pub fn add_gateway(&mut self, name: &str) {
-        let port = free_port();
         let seeds = self.nodes.iter().map(Proc::address).collect::<Vec<_>>().join(",");
+        self.add_gateway_seeded(name, &seeds);
+    }
+
+    /// Starts one more gateway seeded with `seeds`.
+    pub fn add_gateway_seeded(&mut self, name: &str, seeds: &str) {
+        let port = free_port();
+        let seeds = seeds.to_owned();
         let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}"), "--seeds".into(), seeds];
-        args.extend(["--expect-nodes".into(), self.expect.to_string()]);
+        if !legacy() {
+            args.extend(["--expect-nodes".into(), self.expect.to_string()]);
+        }
         args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("{name}.log"));
         self.gateways.push(Proc::start(binary("kvgateway"), args, port, log));
@@ -356,5 +419,109 @@ impl Cluster {
             .unwrap()
             .json()
             .unwrap()
+    }
+}
+
+/// A TCP proxy in front of one process, to lose its replies on demand: requests still reach it
+/// (it applies them), answers never come back. The callers see a timeout, as when a reply is
+/// lost in a network. Stops its threads on drop.
+pub struct Proxy {
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+    drop_replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    /// A proxy on a free port forwarding to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Proxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let drop_replies = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (drops, stopped) = (drop_replies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let _ = client.set_nonblocking(false);
+                let pump =
+                    |mut from: std::net::TcpStream, mut to: std::net::TcpStream, lose: Option<Arc<AtomicBool>>| {
+                        let stopped = stopped.clone();
+                        std::thread::spawn(move || {
+                            let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                            let mut buf = [0u8; 16 * 1024];
+                            while !stopped.load(Ordering::Relaxed) {
+                                match from.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if lose.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
+                                            continue;
+                                        }
+                                        if to.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    };
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
+                pump(server, client, Some(drops.clone()));
+            }
+        });
+        Proxy { port, drop_replies, stop }
+    }
+
+    /// Whether replies are lost from now on.
+    pub fn drop_replies(&self, on: bool) {
+        self.drop_replies.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Cluster {
+    /// Like [`Cluster::start`], but node `proxied` (an index) is reached by everyone through a
+    /// [`Proxy`] it advertises as its address.
+    pub fn start_with_proxy(nodes: usize, gateways: usize, node_args: &[&str], proxied: usize) -> (Cluster, Proxy) {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let proxy = Proxy::start(ports[proxied]);
+        let advertised: Vec<u16> =
+            ports.iter().enumerate().map(|(i, p)| if i == proxied { proxy.port } else { *p }).collect();
+        let seeds = advertised.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
+        for (i, port) in ports.into_iter().enumerate() {
+            let mut extra: Vec<String> = node_args.iter().map(|s| s.to_string()).collect();
+            if i == proxied {
+                extra.extend(["--advertise".to_owned(), format!("127.0.0.1:{}", advertised[i])]);
+            }
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            cluster.spawn_node(port, &seeds, &extra);
+        }
+        for g in 0..gateways {
+            cluster.add_gateway_seeded(&format!("g{g}"), &seeds);
+        }
+        cluster.wait_for_members(nodes);
+        (cluster, proxy)
     }
 }
