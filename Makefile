@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    build release binaries and start a local node on 127.0.0.1:7000 (data in ./data)
 #   make test   install what the checks need, then run formatting, lints and every test
-.PHONY: run test deps fmt lint unit docs-check bench bench-storage build release clean
+.PHONY: run test test-long deps fmt lint unit docs-check bench bench-storage build bins release clean
 
 CARGO ?= cargo
 
@@ -13,6 +13,9 @@ release:
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+bins:
+	$(CARGO) build --workspace --bins
 
 deps:
 	./scripts/install-deps.sh
@@ -26,10 +29,17 @@ lint:
 unit:
 	./scripts/run-tests.sh
 
-docs-check: release
-	python3 scripts/check_doc_examples.py README.md docs/api.md
+# The doc examples run against the debug binaries `make unit` built (no second, release build).
+docs-check: bins
+	KV_BIN=./target/debug python3 scripts/check_doc_examples.py README.md docs/api.md
 
 test: deps fmt lint unit docs-check
+
+# Long runs kept out of `make test`: 200,000 model-checker histories and a 2-minute soak
+# without false failure detections.
+test-long: deps bins
+	KV_SIM_HISTORIES=200000 $(CARGO) test -p kv-sim --test model figures_model_checker -- --nocapture
+	KV_SOAK_SECS=120 $(CARGO) test -p kv-gateway --test membership no_member_is_marked_down_falsely -- --nocapture
 
 bench:
 	./scripts/bench.sh

@@ -56,10 +56,10 @@ case "$cmd" in
     for i in $(seq 1 "$nodes"); do
       port=$((base + i - 1))
       start_one "n$i" "$data/run/n$i.pid" "$bin/kvnode" --node-id "n$i" --listen "127.0.0.1:$port" \
-        --data-dir "$data/n$i" --seeds "$seeds"
+        --data-dir "$data/n$i" --seeds "$seeds" --expect-nodes "$nodes"
     done
     for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + i - 1))"; done
-    start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" --seeds "$seeds"
+    start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" --seeds "$seeds" --expect-nodes "$nodes"
     wait_healthy "127.0.0.1:$gw_port"
     # Ready when the gateway sees every node as a normal member (new nodes join first).
     for _ in $(seq 1 300); do
