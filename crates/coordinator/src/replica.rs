@@ -450,3 +450,137 @@ fn repeated_dot(record: &Record, version: &Version) -> bool {
         record.versions().iter().filter(|v| v.context.get(&dot.node) >= dot.counter).collect();
     !covering.is_empty() && covering.iter().all(|v| v.written_at < version.written_at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{PurgeRequest, ReadRequest, StoreRequest, Ticket, Write};
+    use kv_ring::Node;
+    use kv_storage::{StorageMetrics, SyncMode};
+    use kv_vclock::VClock;
+
+    fn core(owned: bool, filling: bool) -> ReplicaCore {
+        let engine = kv_storage::open_memory(7, SyncMode::None, StorageMetrics::unregistered()).unwrap();
+        let core = ReplicaCore::new("n1", engine, ReplicaMetrics::unregistered());
+        let ring = Ring::with_vnodes([Node::new("n1", "z")], 4).unwrap();
+        let (none, all) = (Intervals::new(), Intervals::full());
+        let now = if owned { all.clone() } else { none.clone() };
+        core.set_view(ReplicaView::from_sets(&now, &none, true, &none, if filling { &all } else { &none }));
+        let _ = ring;
+        core
+    }
+
+    fn version(actor: &str, counter: u64, context: &[(&str, u64)], written_at: u64, tombstone: bool) -> Version {
+        let mut clock = VClock::new();
+        for (node, c) in context {
+            clock.set(node, *c, 1);
+        }
+        Version {
+            dot: Dot { node: actor.into(), counter, timestamp: written_at },
+            context: clock,
+            value: if tombstone { Vec::new() } else { b"v".to_vec() },
+            content_type: "t".into(),
+            tombstone,
+            written_at,
+            write_id: 0,
+        }
+    }
+
+    fn store(key: &[u8], versions: Vec<Version>, fresh: Option<Dot>) -> Call {
+        Call::Store(StoreRequest { key: key.to_vec(), versions, fresh, deadline_ms: 0 })
+    }
+
+    #[test]
+    fn a_version_covered_by_an_older_one_is_refused_not_acknowledged() {
+        let core = core(true, false);
+        // A tombstone created at t=5 whose context covers a:1.
+        let tombstone = version("b", 3, &[("a", 1)], 5, true);
+        assert!(matches!(core.execute(vec![store(b"k", vec![tombstone], None)], 100)[0], Reply::Stored));
+        // A new version reusing the dot a:1, created at t=10: the tombstone cannot have seen it.
+        let repeated = version("a", 1, &[], 10, false);
+        let dot = repeated.dot.clone();
+        let replies = core.execute(vec![store(b"k", vec![repeated], Some(dot))], 100);
+        assert!(matches!(&replies[0], Reply::Failed { status: NOT_KEPT, .. }), "{replies:?}");
+        // A version a client read and overwrote before this replica got it (the overwrite is
+        // younger than it): a supersession, acknowledged.
+        let fresh = version("a", 2, &[], 20, false);
+        let overwrite = version("c", 1, &[("a", 2)], 25, false);
+        assert!(matches!(core.execute(vec![store(b"j", vec![overwrite], None)], 100)[0], Reply::Stored));
+        let dot = fresh.dot.clone();
+        let replies = core.execute(vec![store(b"j", vec![fresh], Some(dot))], 100);
+        assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
+    }
+
+    #[test]
+    fn calls_outside_the_view_are_misdirected_and_filling_ranges_serve_no_read() {
+        let outside = core(false, false);
+        let read = Call::Read(ReadRequest { key: b"k".to_vec() });
+        let purge = Call::Purge(PurgeRequest { key: b"k".to_vec(), tombstones: Vec::new() });
+        for reply in outside.execute(vec![read.clone(), store(b"k", Vec::new(), None), purge.clone()], 1) {
+            assert!(matches!(reply, Reply::Failed { status: MISDIRECTED, .. }), "{reply:?}");
+        }
+        assert!(outside.scan(0, u64::MAX, None, 10).is_err());
+        assert!(outside.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_err());
+        // Filling: writes and streams are accepted, reads, scans, purges and coordination are not.
+        let filling = core(true, true);
+        let write = Write { value: b"v".to_vec(), content_type: "t".into(), context: VClock::new(), tombstone: false };
+        let coordinate = Call::Coordinate(CoordinateRequest {
+            key: b"k".to_vec(),
+            write,
+            ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
+        });
+        let replies = filling.execute(vec![read, purge, coordinate, store(b"k", Vec::new(), None)], 1);
+        assert!(replies[..3].iter().all(|r| matches!(r, Reply::Failed { status: MISDIRECTED, .. })), "{replies:?}");
+        assert!(matches!(replies[3], Reply::Stored));
+        assert!(filling.scan(0, u64::MAX, None, 10).is_err());
+        assert!(filling.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_ok());
+    }
+
+    #[test]
+    fn a_context_naming_an_event_that_never_happened_is_refused() {
+        let core = core(true, false);
+        let mut context = VClock::new();
+        context.set(core.actor(), 1_000_000, 1);
+        let write = Write { value: b"v".to_vec(), content_type: "t".into(), context, tombstone: false };
+        let call = Call::Coordinate(CoordinateRequest {
+            key: b"k".to_vec(),
+            write,
+            ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
+        });
+        let replies = core.execute(vec![call], 1);
+        assert!(matches!(&replies[0], Reply::Failed { status: IMPOSSIBLE_CONTEXT, .. }), "{replies:?}");
+    }
+
+    #[test]
+    fn dots_come_from_the_store_counter_not_from_the_key() {
+        let core = core(true, false);
+        let write = |value: &str| Write {
+            value: value.into(),
+            content_type: "t".into(),
+            context: VClock::new(),
+            tombstone: false,
+        };
+        let coordinate = |key: &[u8], value: &str, id: u128| {
+            Call::Coordinate(CoordinateRequest {
+                key: key.to_vec(),
+                write: write(value),
+                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
+            })
+        };
+        let first = match core.execute(vec![coordinate(b"a", "x", 1)], 1).remove(0) {
+            Reply::Coordinated(c) => c.created.dot.counter,
+            other => panic!("{other:?}"),
+        };
+        // Another key, and the same key after its record is gone: counters keep rising.
+        let second = match core.execute(vec![coordinate(b"b", "y", 2)], 1).remove(0) {
+            Reply::Coordinated(c) => c.created.dot.counter,
+            other => panic!("{other:?}"),
+        };
+        core.engine().remove(&[b"a".to_vec()]).unwrap();
+        let third = match core.execute(vec![coordinate(b"a", "z", 3)], 1).remove(0) {
+            Reply::Coordinated(c) => c.created.dot.counter,
+            other => panic!("{other:?}"),
+        };
+        assert!(first < second && second < third, "{first} {second} {third}");
+    }
+}

@@ -31,8 +31,9 @@
 //! ## Broken rules it catches
 //!
 //! [`Mutation`] re-introduces rules this store used to have: dot counters per key that restart
-//! after a tombstone is purged, and joins that copy a range from one old owner. The test suite
-//! runs the checker with each and requires it to find a violation.
+//! after a tombstone is purged, joins that copy a range from one old owner, and ranges served
+//! as soon as they are gained. The test suite runs the checker with each and requires it to
+//! find a violation ([`run_regained_range`] scripts the history the last one needs).
 //!
 //! # Layout
 //! - [`rng`] — [`rng::Rng`], the one source of randomness.
@@ -46,4 +47,4 @@ pub mod run;
 pub mod world;
 
 pub use history::Counts;
-pub use run::{run_history, Config, Mutation, Report};
+pub use run::{run_history, run_regained_range, Config, Mutation, Report};

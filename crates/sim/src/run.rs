@@ -38,6 +38,9 @@ pub enum Mutation {
     PerKeyCounters,
     /// A join copies each range from one old owner only (the first that answers).
     JoinFromOneOwner,
+    /// A range a node gains is complete at once: it serves and coordinates it without merging
+    /// it from its owners first.
+    NoFilling,
 }
 
 /// One history's settings.
@@ -127,7 +130,8 @@ fn key(i: usize) -> Vec<u8> {
     format!("k{i}").into_bytes()
 }
 
-async fn history(config: Config) -> Report {
+/// A world of `config.nodes` normal nodes and two fronts, as every history starts.
+fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
     let world = World::new(WorldConfig {
         seed: config.seed,
         n: N,
@@ -140,7 +144,6 @@ async fn history(config: Config) -> Report {
     for i in 1..=config.nodes {
         world.add_node(&format!("n{i}"), &format!("z{}", i % 2), Status::Normal);
     }
-    let keys: Vec<Vec<u8>> = (0..config.keys).map(key).collect();
     let fronts: Vec<Arc<Coordinator>> = (0..2)
         .map(|f| {
             let net = Arc::new(Net::new(world.clone(), &format!("f{f}")));
@@ -166,7 +169,12 @@ async fn history(config: Config) -> Report {
         })
         .collect();
     world.publish(true);
+    (world, fronts)
+}
 
+async fn history(config: Config) -> Report {
+    let (world, fronts) = cluster(&config);
+    let keys: Vec<Vec<u8>> = (0..config.keys).map(key).collect();
     let done = Arc::new(AtomicBool::new(false));
     // Nodes keep dropping until membership changes end: a leave may wait on a gainer's drop.
     let settled = Arc::new(AtomicBool::new(false));
@@ -183,15 +191,100 @@ async fn history(config: Config) -> Report {
     let _ = dropper.await;
 
     world.trace(|| "quiesce".to_owned());
-    let violations = quiesce(&world, &fronts, &keys).await;
+    verdict(&world, &fronts, &keys, config.seed).await
+}
+
+/// Quiesces `world` and reports what its history did and broke.
+async fn verdict(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8>], seed: u64) -> Report {
+    let violations = quiesce(world, fronts, keys).await;
     let purged: u64 = fronts.iter().map(|f| f.metrics().tombstones_purged.get()).sum();
     world.history(|h| {
         h.violations.extend(violations);
         h.counts.purged = purged;
         h.counts.histories = 1;
         h.counts.violations = h.violations.len() as u64;
-        Report { seed: config.seed, counts: h.counts.clone(), violations: h.violations.clone() }
+        Report { seed, counts: h.counts.clone(), violations: h.violations.clone() }
     })
+}
+
+/// A scripted history for the path random ones rarely take: node `X`, the first replica of a
+/// key, loses the key's range to a joining node and drops it; the joiner's disk is wiped, so the
+/// ring gives the range back to `X` at once, without a pull; a client writes the key blind
+/// right away, then reads what `X` holds and overwrites it. `X` must not coordinate (or serve)
+/// the range before merging it from its owners: its empty copy lacks its own earlier version,
+/// and a dot issued on it would cover that version for a reader who never saw it.
+pub fn run_regained_range(mutation: Mutation) -> Report {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("invariant: a current-thread runtime builds");
+    runtime.block_on(regained_range(mutation))
+}
+
+async fn regained_range(mutation: Mutation) -> Report {
+    let config = Config { faults: false, membership: false, mutation, ..Config::new(0) };
+    let (world, fronts) = cluster(&config);
+    let members = ["n1", "n2", "n3", "n4"];
+    let ring_of = |ids: &[&str]| {
+        kv_ring::Ring::with_vnodes(
+            ids.iter().enumerate().map(|(i, id)| kv_ring::Node::new(*id, format!("z{}", (i + 1) % 2))),
+            crate::world::VNODES,
+        )
+        .expect("invariant: distinct ids")
+    };
+    let (four, five) = (ring_of(&members), ring_of(&["n1", "n2", "n3", "n4", "n5"]));
+    // A key with a replica that loses it to n5 and gets it back once n5 is gone.
+    let Some((index, first, ahead)) = (0..1000).find_map(|i| {
+        let k = key(i);
+        let owners: Vec<String> = four.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
+        let after: Vec<String> = five.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
+        let lost = owners.iter().position(|o| !after.contains(o))?;
+        Some((i, owners[lost].clone(), owners[..lost].to_vec()))
+    }) else {
+        return Report { seed: 0, counts: Counts::default(), violations: vec!["no key moves".into()] };
+    };
+    let keys: Vec<Vec<u8>> = (0..=index).map(key).collect();
+    let front = &fronts[0];
+    let clock = VClock::new();
+    // The replicas ahead of `first` in the key's list stop answering the front for one write
+    // each, so the front asks them last for a while: `first` coordinates.
+    let stall_ahead = |tag: &'static str| {
+        let (world, front, ahead) = (world.clone(), front.clone(), ahead.clone());
+        async move {
+            for (n, node) in ahead.iter().enumerate() {
+                world.partition("f0", node);
+                write(&world, &front, index, format!("{tag}-{n}"), VClock::new(), Vec::new(), false, 1).await;
+                world.heal("f0", node);
+            }
+        }
+    };
+    stall_ahead("stall-a").await;
+    write(&world, front, index, "before".into(), clock.clone(), Vec::new(), false, N).await;
+    world.join("n5", "z1", &keys).await;
+    for _ in 0..20 {
+        world.drop_round(&first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    world.trace(|| format!("{first} dropped what it lost; n5's disk is wiped"));
+    let rejoin = {
+        let (world, keys) = (world.clone(), keys.clone());
+        tokio::spawn(async move { world.wipe("n5", &keys).await })
+    };
+    tokio::time::sleep(Duration::from_millis(crate::world::VIEW_LAG_MS + 5)).await;
+    stall_ahead("stall-b").await;
+    write(&world, front, index, "blind".into(), clock, Vec::new(), false, 2).await;
+    let held = world.record(&first, &key(index));
+    let saw: Vec<String> = seen(&held).into_iter().map(|(tag, _)| tag).collect();
+    world.trace(|| format!("a client reads {first}'s copy: {saw:?}"));
+    write(&world, front, index, "over".into(), held.context(), saw, false, 2).await;
+    let _ = rejoin.await;
+    let settled = Arc::new(AtomicBool::new(false));
+    let background = tokio::spawn(drop_loop(world.clone(), settled.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled.store(true, Ordering::Release);
+    let _ = background.await;
+    verdict(&world, &fronts, &keys, 0).await
 }
 
 /// Heals everything, completes drops, repairs every key, and checks the final state.

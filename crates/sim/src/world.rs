@@ -27,7 +27,7 @@ use crate::run::Mutation;
 
 /// Vnodes per node: few, so that ranges are coarse and moves are quick to simulate, yet every
 /// node owns several separate arcs.
-const VNODES: u32 = 8;
+pub const VNODES: u32 = 8;
 
 /// Keys per scan page: small, so moves interleave with client traffic.
 const PAGE: usize = 8;
@@ -36,7 +36,7 @@ const PAGE: usize = 8;
 pub const ANNOUNCE_MS: u64 = 120;
 
 /// Longest delay before a front or a node adopts a new topology.
-const VIEW_LAG_MS: u64 = 60;
+pub const VIEW_LAG_MS: u64 = 60;
 
 /// A member's life-cycle status (as gossip would spread it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +303,9 @@ impl World {
         };
         if let Some(ownership) = ownership {
             let _ = ownership.update(topology, self.now_ms());
+            if self.config.mutation == Mutation::NoFilling {
+                let _ = ownership.filled(&ownership.filling(), topology, self.now_ms());
+            }
             self.trace(|| {
                 let ring: Vec<String> = topology.ring.nodes().iter().map(|n| n.id.clone()).collect();
                 let pending: Option<Vec<String>> =

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kv_sim::{run_history, Config, Counts, Mutation, Report};
+use kv_sim::{run_history, run_regained_range, Config, Counts, Mutation, Report};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -118,4 +118,17 @@ fn figures_catches_a_join_that_copies_from_one_owner() {
         report.seed,
         report.violations.join("; ")
     );
+}
+
+#[test]
+fn figures_catches_a_node_serving_a_range_it_regained_without_merging_it() {
+    let sound = run_regained_range(Mutation::None);
+    assert!(sound.violations.is_empty(), "{:?}", sound.violations);
+    let broken = run_regained_range(Mutation::NoFilling);
+    println!(
+        "mutation no filling: the scripted regain is clean with the rule ({} writes checked) and broken without it: {}",
+        sound.counts.checked_writes,
+        broken.violations.join("; ")
+    );
+    assert!(!broken.violations.is_empty(), "a node that coordinated on a range it had not merged went unnoticed");
 }
