@@ -60,7 +60,7 @@ pub use coordinator::{Clock, Coordinator, GetOutcome, Options, PutOutcome};
 pub use error::{Error, ReplicaError};
 pub use metrics::CoordinatorMetrics;
 pub use quorum::Quorum;
-pub use topology::{BoxFuture, Peer, ReplicaClient, Topology};
+pub use topology::{BoxFuture, CallPeer, Peer, ReplicaClient, Topology};
 pub use wire::Write;
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).

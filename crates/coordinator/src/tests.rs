@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_ring::{Intervals, Node, Ring};
-use kv_storage::{Compression, EngineKind, Options as StorageOptions, Record, StorageMetrics, SyncMode, Version};
-use kv_vclock::{Dot, VClock};
+use kv_storage::{Compression, EngineKind, Options as StorageOptions, Record, StorageMetrics, SyncMode};
+use kv_vclock::VClock;
 use tokio::sync::watch;
 
 use crate::replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
-use crate::wire::{
-    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, StoreRequest, Ticket, Write,
-};
+use crate::wire::{Call, Write};
 use crate::*;
 
 /// One simulated replica: the real replica logic on a memory store, and fault switches.
@@ -51,6 +49,12 @@ struct SimCluster {
     replicas: HashMap<String, SimReplica>,
 }
 
+impl CallPeer for SimCluster {
+    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<wire::Reply, ReplicaError>> {
+        Box::pin(self.send(peer, call))
+    }
+}
+
 impl SimCluster {
     /// Replicas `ids`, each with the view of `topology` (all normal).
     fn new(ids: &[String], topology: &Topology) -> Arc<SimCluster> {
@@ -63,7 +67,7 @@ impl SimCluster {
         Arc::new(SimCluster { replicas })
     }
 
-    async fn call(&self, peer: &Peer, call: Call) -> Result<wire::Reply, ReplicaError> {
+    async fn send(&self, peer: &Peer, call: Call) -> Result<wire::Reply, ReplicaError> {
         let replica = &self.replicas[&peer.id];
         if replica.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -76,56 +80,6 @@ impl SimCluster {
         }
         let mut replies = replica.core.execute(vec![call], now_ms());
         Ok(replies.remove(0))
-    }
-}
-
-impl ReplicaClient for SimCluster {
-    fn coordinate<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        write: &'a Write,
-        ticket: &'a Ticket,
-    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
-            self.call(peer, call).await?.into_coordinated()
-        })
-    }
-
-    fn store<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        versions: &'a [Version],
-        fresh: Option<&'a Dot>,
-        deadline_ms: u64,
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Store(StoreRequest {
-                key: key.to_vec(),
-                versions: versions.to_vec(),
-                fresh: fresh.cloned(),
-                deadline_ms,
-            });
-            self.call(peer, call).await?.into_stored()
-        })
-    }
-
-    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
-    }
-
-    fn purge<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        tombstones: &'a [Dot],
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
-            self.call(peer, call).await?.into_purged()
-        })
     }
 }
 

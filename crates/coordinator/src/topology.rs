@@ -8,7 +8,9 @@ use kv_ring::Ring;
 use kv_storage::{Record, Version};
 use kv_vclock::Dot;
 
-use crate::wire::{CoordinateResponse, Ticket, Write};
+use crate::wire::{
+    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest, Ticket, Write,
+};
 use crate::ReplicaError;
 
 /// A member as the coordinator calls it.
@@ -107,4 +109,62 @@ pub trait ReplicaClient: Send + Sync + 'static {
         key: &'a [u8],
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
+}
+
+/// A [`ReplicaClient`] defined by how one [`Call`] reaches a peer: the node's batched HTTP
+/// client, the tests' fault-injecting replicas and the model checker's network implement only
+/// this, and the typed calls (and the checks on their replies) come with it.
+pub trait CallPeer: Send + Sync + 'static {
+    /// Sends `call` to `peer` and returns its reply.
+    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<Reply, ReplicaError>>;
+}
+
+impl<T: CallPeer> ReplicaClient for T {
+    fn coordinate<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        write: &'a Write,
+        ticket: &'a Ticket,
+    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
+        Box::pin(async move {
+            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
+            self.call(peer, call).await?.into_coordinated()
+        })
+    }
+
+    fn store<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        versions: &'a [Version],
+        fresh: Option<&'a Dot>,
+        deadline_ms: u64,
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move {
+            let call = Call::Store(StoreRequest {
+                key: key.to_vec(),
+                versions: versions.to_vec(),
+                fresh: fresh.cloned(),
+                deadline_ms,
+            });
+            self.call(peer, call).await?.into_stored()
+        })
+    }
+
+    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
+        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
+    }
+
+    fn purge<'a>(
+        &'a self,
+        peer: &'a Peer,
+        key: &'a [u8],
+        tombstones: &'a [Dot],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move {
+            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
+            self.call(peer, call).await?.into_purged()
+        })
+    }
 }

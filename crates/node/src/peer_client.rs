@@ -12,13 +12,8 @@ use std::time::Duration;
 
 use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::batch::{Batcher, SendBatch};
-use kv_coordinator::wire::{
-    decode, encode, Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest,
-    Ticket, BATCH_PATH,
-};
-use kv_coordinator::{BoxFuture, Peer, ReplicaClient, ReplicaError, Write};
-use kv_storage::{Record, Version};
-use kv_vclock::Dot;
+use kv_coordinator::wire::{decode, encode, Call, Reply, BATCH_PATH};
+use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError};
 use parking_lot::Mutex;
 use prometheus::Histogram;
 use tokio::sync::Semaphore;
@@ -144,61 +139,15 @@ impl NodeReplicaClient {
         });
         NodeReplicaClient { local, remote }
     }
-
-    async fn call(&self, peer: &Peer, call: Call) -> Result<Reply, ReplicaError> {
-        match &self.local {
-            Some((replica, local)) if replica.node_id() == peer.id => local.call(call).await,
-            _ => self.remote.call(peer, call).await,
-        }
-    }
 }
 
-impl ReplicaClient for NodeReplicaClient {
-    fn coordinate<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        write: &'a Write,
-        ticket: &'a Ticket,
-    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
+impl CallPeer for NodeReplicaClient {
+    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<Reply, ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
-            self.call(peer, call).await?.into_coordinated()
-        })
-    }
-
-    fn store<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        versions: &'a [Version],
-        fresh: Option<&'a Dot>,
-        deadline_ms: u64,
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Store(StoreRequest {
-                key: key.to_vec(),
-                versions: versions.to_vec(),
-                fresh: fresh.cloned(),
-                deadline_ms,
-            });
-            self.call(peer, call).await?.into_stored()
-        })
-    }
-
-    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
-    }
-
-    fn purge<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        tombstones: &'a [Dot],
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
-            self.call(peer, call).await?.into_purged()
+            match &self.local {
+                Some((replica, local)) if replica.node_id() == peer.id => local.call(call).await,
+                _ => self.remote.call(peer, call).await,
+            }
         })
     }
 }

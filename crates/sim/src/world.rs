@@ -11,10 +11,8 @@ use std::time::Duration;
 use kv_coordinator::ownership::Ownership;
 use kv_coordinator::plan::{self, Move};
 use kv_coordinator::replica::{ReplicaCore, ReplicaMetrics};
-use kv_coordinator::wire::{
-    Call, CoordinateRequest, CoordinateResponse, Entry, PurgeRequest, ReadRequest, Reply, StoreRequest, Ticket, Write,
-};
-use kv_coordinator::{BoxFuture, Peer, ReplicaClient, ReplicaError, Topology};
+use kv_coordinator::wire::{Call, Entry, Reply};
+use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError, Topology};
 use kv_ring::{Node as RingNode, Ring};
 use kv_storage::{Engine, EngineKind, Identity, Record, StorageMetrics, SyncMode, Version};
 use kv_vclock::Dot;
@@ -863,6 +861,12 @@ pub fn seen(record: &Record) -> Vec<Seen> {
     record.versions().iter().map(|v| (v.content_type.clone(), v.tombstone)).collect()
 }
 
+impl CallPeer for Net {
+    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<Reply, ReplicaError>> {
+        Box::pin(self.send(peer, call))
+    }
+}
+
 /// A front's network: calls from front `from` to the nodes, through the simulated network.
 pub struct Net {
     world: Arc<World>,
@@ -894,56 +898,6 @@ impl Net {
             // A partition or a lost reply: nothing comes back; the caller's timeout ends it.
             Ok(Delivery::Partitioned) | Err(_) => std::future::pending().await,
         }
-    }
-}
-
-impl ReplicaClient for Net {
-    fn coordinate<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        write: &'a Write,
-        ticket: &'a Ticket,
-    ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
-            self.send(peer, call).await?.into_coordinated()
-        })
-    }
-
-    fn store<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        versions: &'a [Version],
-        fresh: Option<&'a Dot>,
-        deadline_ms: u64,
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Store(StoreRequest {
-                key: key.to_vec(),
-                versions: versions.to_vec(),
-                fresh: fresh.cloned(),
-                deadline_ms,
-            });
-            self.send(peer, call).await?.into_stored()
-        })
-    }
-
-    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move { self.send(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
-    }
-
-    fn purge<'a>(
-        &'a self,
-        peer: &'a Peer,
-        key: &'a [u8],
-        tombstones: &'a [Dot],
-    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        Box::pin(async move {
-            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
-            self.send(peer, call).await?.into_purged()
-        })
     }
 }
 

@@ -79,6 +79,12 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
+        self.spawn_child();
+        self.wait_ready();
+    }
+
+    /// Starts the process, its stderr appended to the log, without waiting for it.
+    fn spawn_child(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(&self.program)
             .args(&self.args)
@@ -88,7 +94,6 @@ impl Proc {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -182,15 +187,7 @@ impl Proc {
     /// it exits within `limit` (a refusal to start), `None` if it serves by then.
     pub fn restart_may_refuse(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.kill9();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.spawn_child();
         let deadline = Instant::now() + limit;
         let client = Client::new();
         while Instant::now() < deadline {
