@@ -4,8 +4,8 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Fewer replicas answered than the operation needed. For a write, the replicas that did
-    /// acknowledge keep the new version (a retry with the same context and value is safe: the
-    /// coordinating replica reuses an identical version instead of making a sibling).
+    /// acknowledge keep the new version (a retry is safe; if both attempts were applied, the
+    /// value appears as two siblings until the next write with a read's context).
     #[error("{op}: {acks} of {required} required replicas answered ({replicas} asked)")]
     QuorumNotMet {
         /// `put`, `delete` or `get`.
@@ -34,7 +34,7 @@ pub enum Error {
     },
     /// The replica creating the write's version stopped answering: the write may or may not
     /// have been applied. The front does not retry it elsewhere (that could make two versions of
-    /// one write); the client may retry with the same context and value.
+    /// one write); the client may retry (a new write: at worst a sibling with the same value).
     #[error("{op}: replica {node} did not answer while creating the new version ({reason}); the write may or may not be applied")]
     OutcomeUnknown {
         /// `put` or `delete`.

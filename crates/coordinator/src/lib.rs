@@ -20,8 +20,8 @@
 //!   replica re-checks under its key lock that nothing newer arrived before it drops the key.
 //!
 //! A write that misses its quorum (`503 quorum_not_met`, with how many acknowledged) may still be
-//! on the replicas that did acknowledge. Retrying with the same context and value is safe: the
-//! coordinating replica finds the identical version and reuses it instead of making a sibling.
+//! on the replicas that did acknowledge. Retrying is safe: a retry is a new write, and if both
+//! were applied the value appears as two siblings until a write with a read's context.
 //!
 //! Calls to one replica that are in flight at the same time travel together: a
 //! [`batch::Batcher`] per peer sends whatever has queued as one request, so the per-call cost

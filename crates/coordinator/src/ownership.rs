@@ -5,15 +5,16 @@
 //! [`Ownership`] rebuilds it whenever membership publishes a new topology, and keeps the state
 //! that topology alone cannot give, recorded in the store so that it survives a restart:
 //!
-//! - **Dropping.** A range this node stops owning joins the dropping set, with the time, at the
-//!   moment its view changes (and at start-up, everything it does not own does, since it cannot
-//!   know what it owned before a crash). Dropping ranges are refused for every call, even once
-//!   owned again, until the node's dropper has handed their keys to the current owners
+//! - **Dropping.** A range this node stops owning joins the dropping set at the moment its
+//!   view changes (and at start-up, everything it does not own does, since it cannot know what
+//!   it owned before a crash). Dropping ranges are refused for every call, even once owned
+//!   again, until the node's dropper has handed their keys to the current owners
 //!   ([`crate::plan::drop_targets`]) and removed them. So a node never merges a stale copy of a
 //!   range it lost into the range it regains: a purged delete cannot come back from a former
-//!   owner, and an old value cannot reappear beside a newer one. A range dropping for longer
-//!   than the tombstone grace period is removed without being handed off
-//!   ([`Dropping::stale`]): its copies are older than any tombstone purged since.
+//!   owner, and an old value cannot reappear beside a newer one. Only keys whose newest version
+//!   is younger than half the tombstone grace are handed off, whole ([`crate::plan::hand_off`]):
+//!   an older one may predate a tombstone purged since (the node may learn of the loss late,
+//!   after a crash or a partition).
 //! - **Filling.** A range this node gains in the current ring, by any change (a removal, a
 //!   member rejoining on a wiped disk, a leave it was not handed), joins the filling set: it
 //!   accepts writes for it at once but serves no read, scan or purge and coordinates nothing
@@ -41,31 +42,11 @@ const OWNERSHIP_META: &str = "own";
 /// What decides the view: members of the two rings, and whether we are normal.
 type Signature = (Vec<String>, Option<Vec<String>>, bool);
 
-/// A range being dropped, and since when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Dropping {
-    /// First key hash.
-    pub lo: u64,
-    /// Last key hash.
-    pub hi: u64,
-    /// Wall-clock ms when this node stopped owning it.
-    pub since_ms: u64,
-}
-
-impl Dropping {
-    /// Whether the range has been dropping longer than `grace_ms` at `now_ms`: its keys are
-    /// removed without being handed off.
-    pub fn stale(&self, now_ms: u64, grace_ms: u64) -> bool {
-        now_ms.saturating_sub(self.since_ms) > grace_ms
-    }
-}
-
 /// What is recorded in the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Record {
-    /// Oldest first.
-    dropping: Vec<Dropping>,
-    filling: Vec<(u64, u64)>,
+    dropping: Spans,
+    filling: Spans,
     prefilled: Vec<(u64, u64)>,
     /// What the last view accepted (owned now or later) and owned now: what the next view is
     /// compared with, after a restart too. `None` before the first view of this store.
@@ -78,10 +59,14 @@ type Spans = Vec<(u64, u64)>;
 struct State {
     record: Record,
     signature: Option<Signature>,
-}
-
-fn union(dropping: &[Dropping]) -> Intervals {
-    Intervals::from_spans(dropping.iter().map(|d| (d.lo, d.hi)))
+    /// Bumped whenever the node stops accepting a range: a pull or hand-off that began before
+    /// may have had part of what it stored dropped since, so it cannot pre-fill.
+    loss_epoch: u64,
+    /// Bumped whenever a range joins the filling set: a fill round that began before may have
+    /// copied a range that was lost, dropped and gained again meanwhile.
+    fill_epoch: u64,
+    /// Hand-offs in progress to this node: range → loss epoch when the first page arrived.
+    hand_offs: std::collections::HashMap<(u64, u64), u64>,
 }
 
 /// The node's ownership view and its dropping, filling and pre-filled ranges.
@@ -111,16 +96,22 @@ impl Ownership {
             me: me.to_owned(),
             replicas,
             core,
-            state: Mutex::new(State { record, signature: None }),
+            state: Mutex::new(State {
+                record,
+                signature: None,
+                loss_epoch: 0,
+                fill_epoch: 0,
+                hand_offs: std::collections::HashMap::new(),
+            }),
             dropping_gauge,
             changes: tokio::sync::watch::channel(0).0,
         })
     }
 
-    /// Rebuilds the view from `topology` at wall-clock `now_ms`. Ranges it no longer accepts
+    /// Rebuilds the view from `topology`. Ranges it no longer accepts
     /// join the dropping set; ranges it newly owns now (and did not get pre-filled) join the
     /// filling set; both are recorded before the new view is used (an fsync when they change).
-    pub fn update(&self, topology: &Topology, now_ms: u64) -> Result<(), String> {
+    pub fn update(&self, topology: &Topology) -> Result<(), String> {
         let normal = topology.ring.node(&self.me).is_some() && !topology.leaving.contains(&self.me);
         let ids = |ring: &kv_ring::Ring| ring.nodes().iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         let signature = (ids(&topology.ring), topology.pending.as_ref().map(ids), normal);
@@ -142,19 +133,23 @@ impl Ownership {
         };
         let mut record = state.record.clone();
         record.last = Some((accepted.spans().to_vec(), now.spans().to_vec()));
-        let new_loss = lost.difference(&union(&record.dropping));
-        record.dropping.extend(new_loss.spans().iter().map(|&(lo, hi)| Dropping { lo, hi, since_ms: now_ms }));
+        let dropping = Intervals::from_spans(record.dropping.iter().copied()).union(&lost);
+        record.dropping = dropping.spans().to_vec();
         let prefilled = Intervals::from_spans(record.prefilled.iter().copied());
-        let filling = Intervals::from_spans(record.filling.iter().copied())
-            .union(&gained.difference(&prefilled))
-            .difference(&lost);
+        let filling_before = Intervals::from_spans(record.filling.iter().copied());
+        let filling = filling_before.union(&gained.difference(&prefilled)).difference(&lost);
+        if !lost.is_empty() {
+            state.loss_epoch += 1;
+        }
+        if !filling.difference(&filling_before).is_empty() {
+            state.fill_epoch += 1;
+        }
         record.filling = filling.spans().to_vec();
         record.prefilled = prefilled.difference(&gained).difference(&lost).spans().to_vec();
         if record != state.record {
             self.record(&record)?;
             self.changes.send_modify(|v| *v += 1);
         }
-        let dropping = union(&record.dropping);
         self.core.set_view(ReplicaView::from_sets(&now, &later, normal, &dropping, &filling));
         self.dropping_gauge.set(record.dropping.len() as i64);
         state.record = record;
@@ -167,9 +162,9 @@ impl Ownership {
         self.changes.subscribe()
     }
 
-    /// The ranges being dropped, oldest first.
-    pub fn dropping(&self) -> Vec<Dropping> {
-        self.state.lock().record.dropping.clone()
+    /// The ranges being dropped.
+    pub fn dropping(&self) -> Intervals {
+        Intervals::from_spans(self.state.lock().record.dropping.iter().copied())
     }
 
     /// The ranges being filled.
@@ -177,33 +172,73 @@ impl Ownership {
         Intervals::from_spans(self.state.lock().record.filling.iter().copied())
     }
 
-    /// `done` (entries of [`Ownership::dropping`]) were handed off or discarded and removed: they
-    /// leave the dropping set (and, if owned again, are filled and then served). Blocks on an
-    /// fsync.
-    pub fn dropped(&self, done: &[Dropping], topology: &Topology, now_ms: u64) -> Result<(), String> {
-        self.change(topology, now_ms, |record| record.dropping.retain(|d| !done.contains(d)))
+    /// The ranges being filled and the fill epoch, to pass back to [`Ownership::filled`].
+    pub fn filling_snapshot(&self) -> (Intervals, u64) {
+        let state = self.state.lock();
+        (Intervals::from_spans(state.record.filling.iter().copied()), state.fill_epoch)
     }
 
-    /// `done` was merged from enough owners: it is complete and served. Blocks on an fsync.
-    pub fn filled(&self, done: &Intervals, topology: &Topology, now_ms: u64) -> Result<(), String> {
-        self.change(topology, now_ms, |record| {
+    /// The loss epoch, to pass back to [`Ownership::prefill`].
+    pub fn loss_epoch(&self) -> u64 {
+        self.state.lock().loss_epoch
+    }
+
+    /// `done` was handed off and removed: it leaves the dropping set (and, if owned again, is
+    /// filled and then served). Blocks on an fsync.
+    pub fn dropped(&self, done: &Intervals, topology: &Topology) -> Result<(), String> {
+        self.change(topology, |record| {
+            record.dropping = Intervals::from_spans(record.dropping.iter().copied()).difference(done).spans().to_vec();
+        })
+    }
+
+    /// `done` was merged from enough owners, in a fill round that began at `epoch`
+    /// ([`Ownership::filling_snapshot`]): it is complete and served. If a range joined the
+    /// filling set since (it may have been lost, dropped and gained again), nothing is marked
+    /// and the next round fills again. Blocks on an fsync.
+    pub fn filled(&self, done: &Intervals, epoch: u64, topology: &Topology) -> Result<bool, String> {
+        if self.state.lock().fill_epoch != epoch {
+            return Ok(false);
+        }
+        self.change(topology, |record| {
             record.filling = Intervals::from_spans(record.filling.iter().copied()).difference(done).spans().to_vec();
-        })
+        })?;
+        Ok(true)
     }
 
-    /// `ranges` were merged from enough owners (a join's pull) or handed over in full (a leaving
-    /// node's push) before this node owns them: when it gains them, they are complete. Only
-    /// what it accepts now counts. Blocks on an fsync.
-    pub fn prefill(&self, ranges: &Intervals, topology: &Topology, now_ms: u64) -> Result<(), String> {
-        let accepted = self.state.lock().record.last.as_ref().map(|(a, _)| Intervals::from_spans(a.iter().copied()));
-        let accepted = accepted.unwrap_or_default();
+    /// `ranges` were merged from enough owners (a join's pull that began at loss epoch `epoch`,
+    /// [`Ownership::loss_epoch`]) before this node owns them: when it gains them, they are
+    /// complete. Only what it accepts now counts, and nothing if it stopped accepting anything
+    /// since the pull began (part of what it stored may have been dropped). Blocks on an fsync.
+    pub fn prefill(&self, ranges: &Intervals, epoch: u64, topology: &Topology) -> Result<bool, String> {
+        let accepted = {
+            let state = self.state.lock();
+            if state.loss_epoch != epoch {
+                return Ok(false);
+            }
+            state.record.last.as_ref().map(|(a, _)| Intervals::from_spans(a.iter().copied())).unwrap_or_default()
+        };
         let ranges = ranges.intersection(&accepted);
-        self.change(topology, now_ms, |record| {
+        self.change(topology, |record| {
             record.prefilled = Intervals::from_spans(record.prefilled.iter().copied()).union(&ranges).spans().to_vec();
-        })
+        })?;
+        Ok(true)
     }
 
-    fn change(&self, topology: &Topology, now_ms: u64, edit: impl FnOnce(&mut Record)) -> Result<(), String> {
+    /// The first page of a hand-off of `range` (`lo..=hi`) to this node arrived.
+    pub fn hand_off_begins(&self, range: (u64, u64)) {
+        let mut state = self.state.lock();
+        let epoch = state.loss_epoch;
+        state.hand_offs.insert(range, epoch);
+    }
+
+    /// The last page of a hand-off of `range` arrived: pre-fills it if the hand-off began at the
+    /// current loss epoch (nothing this node stored of it can have been dropped since).
+    pub fn hand_off_complete(&self, range: (u64, u64), topology: &Topology) -> Result<bool, String> {
+        let Some(epoch) = self.state.lock().hand_offs.remove(&range) else { return Ok(false) };
+        self.prefill(&Intervals::from_spans([range]), epoch, topology)
+    }
+
+    fn change(&self, topology: &Topology, edit: impl FnOnce(&mut Record)) -> Result<(), String> {
         let mut state = self.state.lock();
         let mut record = state.record.clone();
         edit(&mut record);
@@ -211,7 +246,7 @@ impl Ownership {
         state.record = record;
         state.signature = None;
         drop(state);
-        self.update(topology, now_ms)
+        self.update(topology)
     }
 
     fn record(&self, record: &Record) -> Result<(), String> {

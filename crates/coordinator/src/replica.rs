@@ -17,11 +17,11 @@
 //!   node that regained a range has not merged it yet.
 //! - **One client write, one version.** A coordinate call carries its write's id and deadline
 //!   ([`crate::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
-//!   and a version of the same write already held is reused.
+//!   and a version of the same write (the same write id) already held is reused.
 //! - **Dots never repeat.** New dots come from the store's counter ([`Engine::issue_counter`]),
-//!   above every counter the store ever issued and every counter of ours the key or the
-//!   client's context names; a version from elsewhere that names a counter of ours we would
-//!   still issue moves the counter past it ([`Engine::observe_counter`]).
+//!   above every counter the store ever issued and every counter of ours the key's versions
+//!   hold as dots; a version from elsewhere whose dot is ours with a counter we would still
+//!   issue moves the counter past it ([`Engine::observe_counter`]). Contexts never move it.
 //! - **An acknowledgement is a promise.** The version a write created must be held after the
 //!   merge. If it is not, because a held version covers its dot although that version was
 //!   created before it (so its writer cannot have read it), the dot was issued twice: the
@@ -247,13 +247,11 @@ impl ReplicaCore {
         self.refuse("misdirected", MISDIRECTED, format!("{what}: not a replica of this key's range here"))
     }
 
-    /// Moves our counter past any counter of ours that `versions` name.
+    /// Moves our counter past any dot of ours that `versions` carry: we created them, so if we
+    /// would issue their counter again we forgot (a restored copy). Contexts never move it: a
+    /// client could forge one to exhaust our counter.
     fn observe(&self, versions: &[Version]) -> Result<(), kv_storage::Error> {
-        let seen = versions
-            .iter()
-            .map(|v| if v.dot.node == self.actor { v.dot.counter } else { 0 }.max(v.context.get(&self.actor)))
-            .max()
-            .unwrap_or(0);
+        let seen = versions.iter().filter(|v| v.dot.node == self.actor).map(|v| v.dot.counter).max().unwrap_or(0);
         if seen > 0 && self.engine.observe_counter(seen)? {
             self.metrics.amnesia.inc();
             tracing::warn!(actor = %self.actor, counter = seen, "a version names a counter of ours we had not issued: this store forgot writes (restored from an old copy?); counting on from there");
@@ -356,9 +354,9 @@ impl ReplicaCore {
                         early[j] = Some(self.refuse("too_late", TOO_LATE, "deadline passed".into()));
                         return next;
                     }
-                    let version = match reusable(current, &c.write, c.ticket.write_id) {
+                    let version = match reusable(current, c.ticket.write_id) {
                         Some(same) => same,
-                        None => match self.engine.issue_counter(counter_floor(&self.actor, current, &c.write)) {
+                        None => match self.engine.issue_counter(counter_floor(&self.actor, current)) {
                             Ok(counter) => new_version(&self.actor, counter, &c.write, c.ticket.write_id, now_ms),
                             Err(e) => {
                                 early[j] = Some(storage_failed(&e));

@@ -58,6 +58,8 @@ pub struct ScanResponse {
 pub struct StoreBatchRequest {
     /// Keys and versions to merge in.
     pub entries: Vec<Entry>,
+    /// Set on the first page of a leaving node's hand-off of this range (`lo..=hi`).
+    pub begin: Option<(u64, u64)>,
     /// Set on the last page of a leaving node's hand-off: the receiver now holds everything the
     /// sender gathered for this range (`lo..=hi`), so gaining it later, it is complete.
     pub complete: Option<(u64, u64)>,
@@ -271,31 +273,25 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     }
 }
 
-/// A version already in `current` that this write must reuse instead of creating a new one:
-/// the version of the same client write (`write_id`, a retry reaching this replica again), or
-/// one with the same context, value, content type and delete flag (a client retrying after a
-/// quorum failure), so that a retry never becomes a sibling of itself.
-pub fn reusable(current: &Record, write: &Write, write_id: u128) -> Option<Version> {
-    let context = pruned_context(write);
-    current
-        .versions()
-        .iter()
-        .find(|v| {
-            (write_id != 0 && v.write_id == write_id)
-                || (v.context == context
-                    && v.tombstone == write.tombstone
-                    && v.value == write.value
-                    && v.content_type == write.content_type)
-        })
-        .cloned()
+/// The version of the same client write (`write_id`) already in `current`, which this write
+/// must reuse instead of creating a second version of itself (the same request reaching this
+/// replica again). Only the write id identifies a write: two writes with the same value and
+/// context are two writes (a later blind write of a value equal to a superseded one must not be
+/// swallowed by it).
+pub fn reusable(current: &Record, write_id: u128) -> Option<Version> {
+    if write_id == 0 {
+        return None;
+    }
+    current.versions().iter().find(|v| v.write_id == write_id).cloned()
 }
 
-/// The counter a new dot of `actor` must exceed on top of `current`: every counter of `actor`
-/// stored for the key or named by the client's context. The store's own counter is above all
-/// it ever issued (`kv_storage::Engine::issue_counter`); this floor only matters when the
-/// context or the stored versions carry counters the store has forgotten.
-pub fn counter_floor(actor: &str, current: &Record, write: &Write) -> u64 {
-    current.max_counter(actor).max(write.context.get(actor))
+/// The counter a new dot of `actor` must exceed on top of `current`: every dot of `actor` the
+/// key's stored versions carry. The store's own counter is above all it ever issued
+/// (`kv_storage::Engine::issue_counter`); this floor only matters when the store forgot (a
+/// restored copy). Contexts never move the counter: they come from clients, and a forged one
+/// could exhaust it.
+pub fn counter_floor(actor: &str, current: &Record) -> u64 {
+    current.versions().iter().filter(|v| v.dot.node == actor).map(|v| v.dot.counter).max().unwrap_or(0)
 }
 
 /// The version a write coordinated by `actor` creates, with the dot counter the store issued.
@@ -340,22 +336,25 @@ mod tests {
     }
 
     fn version(record: &Record, write: &Write, write_id: u128, counter: u64) -> Version {
-        reusable(record, write, write_id).unwrap_or_else(|| new_version("n1", counter, write, write_id, 1))
+        reusable(record, write_id).unwrap_or_else(|| new_version("n1", counter, write, write_id, 1))
     }
 
     #[test]
-    fn retried_write_reuses_its_version() {
+    fn only_the_same_write_reuses_a_version() {
         let mut record = Record::new();
         let first = version(&record, &write("v", &VClock::new()), 7, 1);
         record.insert(first.clone());
-        // The same content again (a client's retry) and the same write id (a front's retry).
-        assert_eq!(version(&record, &write("v", &VClock::new()), 8, 2), first);
+        // The same write id (the same request again) reuses it; the same content is a new write.
         assert_eq!(version(&record, &write("other", &VClock::new()), 7, 3), first);
-        let other = version(&record, &write("w", &VClock::new()), 9, 4);
-        assert_ne!(other.dot, first.dot);
-        assert!(record.insert(other));
+        let again = version(&record, &write("v", &VClock::new()), 8, 2);
+        assert_ne!(again.dot, first.dot);
+        assert!(record.insert(again));
         assert_eq!(record.len(), 2);
-        assert_eq!(counter_floor("n1", &record, &write("x", &VClock::new())), 4);
+        // The floor is what the stored dots carry, never a context.
+        let mut context = VClock::new();
+        context.set("n1", 1_000, 1);
+        record.insert(version(&record, &write("w", &context), 9, 4));
+        assert_eq!(counter_floor("n1", &record), 4);
     }
 
     #[test]

@@ -96,16 +96,18 @@ pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Res
     for (key, _) in &request.entries {
         check_key(key)?;
     }
+    if let (Some(range), Some(ownership)) = (request.begin, &state.ownership) {
+        ownership.hand_off_begins(range);
+    }
     let keys = request.entries.len() as u64;
     let value_bytes: u64 = request.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
     replica(&state)?.store_batch(request.entries).await?;
     state.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
     state.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
-    if let (Some((lo, hi)), Some(ownership)) = (request.complete, state.ownership.clone()) {
+    if let (Some(range), Some(ownership)) = (request.complete, state.ownership.clone()) {
         // A leaving node handed over all of this range: gaining it, we hold it completely.
         let topology = state.membership.topology();
-        let ranges = kv_ring::Intervals::from_spans([(lo, hi)]);
-        tokio::task::spawn_blocking(move || ownership.prefill(&ranges, &topology, kv_coordinator::now_ms()))
+        tokio::task::spawn_blocking(move || ownership.hand_off_complete(range, &topology))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(ApiError::Internal)?;

@@ -167,12 +167,14 @@ impl Rebalancer {
                         return;
                     }
                     let started = Instant::now();
+                    let epoch = self.ownership.loss_epoch();
                     match self.join(&shutdown).await {
                         Ok((moved, gained)) => {
                             moved.log(started, "join complete: merged our ranges from their owners");
                             self.clear_progress();
                             // What we pulled is complete once the ring gives it to us.
-                            if let Err(e) = self.blocking_ownership(move |o, t| o.prefill(&gained, t, now_ms())).await {
+                            let prefill = move |o: &Ownership, t: &Topology| o.prefill(&gained, epoch, t).map(|_| ());
+                            if let Err(e) = self.blocking_ownership(prefill).await {
                                 tracing::warn!(error = %e, "join: cannot record the ranges pulled; they are filled again");
                             }
                             self.membership.set_status(Status::Normal);
@@ -287,9 +289,8 @@ impl Rebalancer {
     async fn fill(&self, shutdown: &CancellationToken) -> Result<Moved, String> {
         let me = self.me()?;
         let topology = self.membership.topology();
-        let pieces: Vec<Move> = self
-            .ownership
-            .filling()
+        let (filling, epoch) = self.ownership.filling_snapshot();
+        let pieces: Vec<Move> = filling
             .spans()
             .iter()
             .flat_map(|&(lo, hi)| plan::owners_in(&topology.ring, self.replicas, lo, hi))
@@ -334,7 +335,7 @@ impl Rebalancer {
         }
         if !done.is_empty() {
             let done = Intervals::from_spans(done);
-            self.blocking_ownership(move |o, t| o.filled(&done, t, now_ms())).await?;
+            self.blocking_ownership(move |o, t| o.filled(&done, epoch, t).map(|_| ())).await?;
         }
         match first_error {
             Some(e) => Err(e),
@@ -481,12 +482,13 @@ impl Rebalancer {
                     return Err("shutting down".to_owned());
                 }
                 let page = self.replica.scan(lo, hi, after.clone(), PAGE as usize).await.map_err(|e| e.to_string())?;
-                // The last page (empty) says the whole range was handed over.
+                // The first page opens the hand-off, the last (empty) says it was the whole range.
+                let begin = after.is_none().then_some((lo, hi));
                 let complete = page.is_empty().then_some((lo, hi));
                 after = page.last().map(|(k, _)| k.clone()).or(after);
                 let keys = page.len() as u64;
                 let value_bytes: u64 = page.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-                let body = encode(&StoreBatchRequest { entries: page, complete });
+                let body = encode(&StoreBatchRequest { entries: page, begin, complete });
                 for target in &targets {
                     self.client
                         .post(target, STORE_BATCH_PATH, body.clone())
@@ -618,9 +620,7 @@ impl Dropper {
         }
     }
 
-    /// One pass over the dropping set, oldest first; returns the ranges emptied and the keys
-    /// removed. A range dropping for longer than the tombstone grace is removed without being
-    /// handed off ([`kv_coordinator::ownership::Dropping::stale`]).
+    /// One pass over the dropping set; returns the ranges emptied and the keys removed.
     async fn round(&self, shutdown: &CancellationToken) -> Result<(usize, u64), String> {
         let dropping = self.ownership.dropping();
         let topology = self.membership.topology();
@@ -628,16 +628,14 @@ impl Dropper {
         let mut done = Vec::new();
         let mut keys_removed = 0;
         let mut first_error = None;
-        let grace = self.tombstone_grace.as_millis() as u64;
-        for entry in dropping {
+        for &(lo, hi) in dropping.spans() {
             if shutdown.is_cancelled() {
                 break;
             }
-            let hand_off = !entry.stale(kv_coordinator::now_ms(), grace);
-            match self.drop_span(entry.lo, entry.hi, &topology, &me, hand_off).await {
+            match self.drop_span(lo, hi, &topology, &me).await {
                 Ok(removed) => {
                     keys_removed += removed;
-                    done.push(entry);
+                    done.push((lo, hi));
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -646,8 +644,8 @@ impl Dropper {
         }
         let emptied = done.len();
         if emptied > 0 {
-            let (ownership, topology) = (self.ownership.clone(), topology.clone());
-            tokio::task::spawn_blocking(move || ownership.dropped(&done, &topology, kv_coordinator::now_ms()))
+            let (ownership, topology, done) = (self.ownership.clone(), topology.clone(), Intervals::from_spans(done));
+            tokio::task::spawn_blocking(move || ownership.dropped(&done, &topology))
                 .await
                 .map_err(|e| e.to_string())??;
         }
@@ -657,22 +655,24 @@ impl Dropper {
         }
     }
 
-    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str, hand_off: bool) -> Result<u64, String> {
+    /// Hands `lo..=hi` to its current owners page by page (only keys written recently enough to
+    /// matter, [`plan::hand_off`]) and removes each page once they hold it.
+    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str) -> Result<u64, String> {
+        let grace = self.tombstone_grace.as_millis() as u64;
         let mut removed = 0;
         loop {
             let page = self.replica.scan_any(lo, hi, None, PAGE as usize).await.map_err(|e| e.to_string())?;
             if page.is_empty() {
                 return Ok(removed);
             }
-            if !hand_off {
-                let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
-                let count = self.replica.remove(keys).await.map_err(|e| e.to_string())? as u64;
-                self.metrics.keys_discarded.inc_by(count);
-                removed += count;
-                continue;
-            }
+            let now = now_ms();
             let mut by_target: HashMap<String, Vec<Entry>> = HashMap::new();
+            let mut discarded = 0;
             for (key, record) in &page {
+                if !plan::hand_off(record, now, grace) {
+                    discarded += 1;
+                    continue;
+                }
                 let targets = plan::drop_targets(topology, key, self.replicas, me);
                 if targets.is_empty() {
                     return Err(format!("no live owner to hand {:?} to", String::from_utf8_lossy(key)));
@@ -684,13 +684,14 @@ impl Dropper {
             for (target, entries) in by_target {
                 let peer = Peer { address: topology.addresses.get(&target).cloned().unwrap_or_default(), id: target };
                 let keys = entries.len() as u64;
-                let body = encode(&StoreBatchRequest { entries, complete: None });
+                let body = encode(&StoreBatchRequest { entries, begin: None, complete: None });
                 self.client.post(&peer, STORE_BATCH_PATH, body).await.map_err(|e| format!("{}: {e}", peer.id))?;
                 self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
             }
             let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
             let count = self.replica.remove(keys).await.map_err(|e| e.to_string())? as u64;
-            self.metrics.keys_dropped.inc_by(count);
+            self.metrics.keys_dropped.inc_by(count.saturating_sub(discarded));
+            self.metrics.keys_discarded.inc_by(discarded.min(count));
             removed += count;
         }
     }

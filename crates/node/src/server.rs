@@ -75,7 +75,7 @@ impl OwnershipWatcher {
                     }
                     let current = topology.borrow_and_update().clone();
                     let ownership = self.ownership.clone();
-                    match tokio::task::spawn_blocking(move || ownership.update(&current, kv_coordinator::now_ms())).await {
+                    match tokio::task::spawn_blocking(move || ownership.update(&current)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "cannot update the ownership view"),
                         Err(e) => tracing::error!(error = %e, "ownership update task failed"),
@@ -228,7 +228,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let ownership = Arc::new(
         Ownership::open(&node_id, n, core.clone(), metrics.ranges_dropping.clone()).map_err(RunError::Startup)?,
     );
-    ownership.update(&membership.topology(), kv_coordinator::now_ms()).map_err(RunError::Startup)?;
+    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let remote = Arc::new(
         HttpReplicaClient::new(
             config.cluster.coordinator.replica_timeout,
@@ -254,7 +254,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         return Err(removed_error(&node_id, identity.incarnation));
     }
     tracing::info!(answered, "start-up gossip exchange done");
-    ownership.update(&membership.topology(), kv_coordinator::now_ms()).map_err(RunError::Startup)?;
+    ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
     service.state.ownership = Some(ownership.clone());
     service.rebalancer = Some(Rebalancer::new(

@@ -24,7 +24,11 @@
 //! A write is exempt from rules 1 and 2 when it had k copies when acknowledged and k disks were
 //! lost after it was sent (wiped or removed with their node): no store survives losing every copy, and
 //! copies move with joins and leaves, so which nodes lost them does not matter. Histories allow
-//! one such loss, so only writes acknowledged by a single replica are ever exempt.
+//! one such loss, so only writes acknowledged by a single replica are ever exempt. A write is
+//! also exempt when a former owner discarded the last copy of it anywhere because its key was
+//! written longer than half the tombstone grace ago ([`kv_coordinator::plan::hand_off`]): the
+//! documented cost of never handing back a version whose delete may have been purged. Only a
+//! write no other replica ever received (`w=1`, or its other copies lost) can be discarded so.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -97,6 +101,8 @@ pub struct Counts {
     pub checked_versions: u64,
     /// Write/range pairs checked after moves.
     pub checked_moves: u64,
+    /// Acknowledged writes whose last copy a former owner discarded as too old to hand off.
+    pub discarded: u64,
     /// Rule violations.
     pub violations: u64,
 }
@@ -125,6 +131,7 @@ impl Counts {
             checked_writes,
             checked_versions,
             checked_moves,
+            discarded,
             violations
         );
     }
@@ -144,6 +151,8 @@ pub struct History {
     dots: BTreeMap<(usize, String, u64), String>,
     /// Node id → virtual ms its data was lost (disk wiped, or removed).
     pub lost: BTreeMap<String, u64>,
+    /// Writes whose last copy a former owner discarded as too old to hand off.
+    discarded: BTreeSet<usize>,
     /// What went wrong.
     pub violations: Vec<String>,
     /// Counts.
@@ -216,10 +225,29 @@ impl History {
         self.counts.acked += 1;
     }
 
+    /// A former owner discards its copy `here` of key `key` without handing it off; `elsewhere`
+    /// is what every other store holds. Writes it holds that no other store does are exempt.
+    pub fn discard(&mut self, key: usize, here: &[Seen], elsewhere: &[Vec<Seen>]) {
+        for index in 0..self.writes.len() {
+            if self.writes[index].key != key || self.discarded.contains(&index) || !self.holds(here, index) {
+                continue;
+            }
+            if !elsewhere.iter().any(|versions| self.holds(versions, index)) {
+                self.discarded.insert(index);
+                if self.writes[index].acked.is_some() {
+                    self.counts.discarded += 1;
+                }
+            }
+        }
+    }
+
     /// Whether `write` may be lost: it had k copies when acknowledged, and k disks were lost
     /// since it was sent (copies move with leaves and joins, so which nodes lost them does not
     /// matter; a copy may be lost before its acknowledgement arrives).
     fn exempt(&self, write: &WriteRecord) -> bool {
+        if self.by_tag.get(&write.tag).is_some_and(|i| self.discarded.contains(i)) {
+            return true;
+        }
         match &write.acked {
             Some(acked) => self.lost.values().filter(|at| **at >= write.started_ms).count() >= acked.by.len(),
             None => true,

@@ -41,6 +41,12 @@ pub enum Mutation {
     /// A range a node gains is complete at once: it serves and coordinates it without merging
     /// it from its owners first.
     NoFilling,
+    /// A former owner hands off every key it drops, however old: a version a purged delete
+    /// superseded comes back.
+    HandOffOld,
+    /// A former owner hands off only the young versions of a key: the new owner holds a later
+    /// dot of an actor without the earlier sibling it covers, and a reader's context drops it.
+    HandOffYoungVersions,
 }
 
 /// One history's settings.
@@ -103,14 +109,19 @@ const TIMEOUT_MS: u64 = 200;
 /// timeout), short enough that purges race with client traffic.
 const GRACE_MS: u64 = 400;
 
-/// Runs the history of `config` to its verdict.
-pub fn run_history(config: &Config) -> Report {
+/// Runs `history` on a single-threaded runtime whose clock only moves when every task waits.
+fn in_virtual_time(history: impl std::future::Future<Output = Report>) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("invariant: a current-thread runtime builds");
-    runtime.block_on(async {
+    runtime.block_on(history)
+}
+
+/// Runs the history of `config` to its verdict.
+pub fn run_history(config: &Config) -> Report {
+    in_virtual_time(async {
         match tokio::time::timeout(Duration::from_secs(STUCK_AFTER_SECS), history(*config)).await {
             Ok(report) => report,
             Err(_) => Report {
@@ -128,6 +139,11 @@ const STUCK_AFTER_SECS: u64 = 300;
 
 fn key(i: usize) -> Vec<u8> {
     format!("k{i}").into_bytes()
+}
+
+/// The index of a key made by [`key`].
+pub(crate) fn key_index(key: &[u8]) -> Option<usize> {
+    std::str::from_utf8(key).ok()?.strip_prefix('k')?.parse().ok()
 }
 
 /// A world of `config.nodes` normal nodes and two fronts, as every history starts.
@@ -214,34 +230,13 @@ async fn verdict(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
 /// the range before merging it from its owners: its empty copy lacks its own earlier version,
 /// and a dot issued on it would cover that version for a reader who never saw it.
 pub fn run_regained_range(mutation: Mutation) -> Report {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("invariant: a current-thread runtime builds");
-    runtime.block_on(regained_range(mutation))
+    in_virtual_time(regained_range(mutation))
 }
 
 async fn regained_range(mutation: Mutation) -> Report {
     let config = Config { faults: false, membership: false, mutation, ..Config::new(0) };
     let (world, fronts) = cluster(&config);
-    let members = ["n1", "n2", "n3", "n4"];
-    let ring_of = |ids: &[&str]| {
-        kv_ring::Ring::with_vnodes(
-            ids.iter().enumerate().map(|(i, id)| kv_ring::Node::new(*id, format!("z{}", (i + 1) % 2))),
-            crate::world::VNODES,
-        )
-        .expect("invariant: distinct ids")
-    };
-    let (four, five) = (ring_of(&members), ring_of(&["n1", "n2", "n3", "n4", "n5"]));
-    // A key with a replica that loses it to n5 and gets it back once n5 is gone.
-    let Some((index, first, ahead)) = (0..1000).find_map(|i| {
-        let k = key(i);
-        let owners: Vec<String> = four.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
-        let after: Vec<String> = five.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
-        let lost = owners.iter().position(|o| !after.contains(o))?;
-        Some((i, owners[lost].clone(), owners[..lost].to_vec()))
-    }) else {
+    let Some((index, first, ahead)) = key_lost_to_n5() else {
         return Report { seed: 0, counts: Counts::default(), violations: vec!["no key moves".into()] };
     };
     let keys: Vec<Vec<u8>> = (0..=index).map(key).collect();
@@ -284,6 +279,64 @@ async fn regained_range(mutation: Mutation) -> Report {
     tokio::time::sleep(Duration::from_millis(500)).await;
     settled.store(true, Ordering::Release);
     let _ = background.await;
+    verdict(&world, &fronts, &keys, 0).await
+}
+
+/// A key with a replica of the first four nodes that loses it when n5 joins: the key's index,
+/// that replica, and the replicas ahead of it in the key's preference list.
+fn key_lost_to_n5() -> Option<(usize, String, Vec<String>)> {
+    let ring_of = |ids: &[&str]| {
+        kv_ring::Ring::with_vnodes(
+            ids.iter().enumerate().map(|(i, id)| kv_ring::Node::new(*id, format!("z{}", (i + 1) % 2))),
+            crate::world::VNODES,
+        )
+        .expect("invariant: distinct ids")
+    };
+    let (four, five) = (ring_of(&["n1", "n2", "n3", "n4"]), ring_of(&["n1", "n2", "n3", "n4", "n5"]));
+    (0..1000).find_map(|i| {
+        let k = key(i);
+        let owners: Vec<String> = four.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
+        let after: Vec<String> = five.preference_list(&k, N).iter().map(|n| n.id.clone()).collect();
+        let lost = owners.iter().position(|o| !after.contains(o))?;
+        Some((i, owners[lost].clone(), owners[..lost].to_vec()))
+    })
+}
+
+/// A scripted history for a former owner that learns late that it lost a range: node `X`, a
+/// replica of a key, misses the delete of a value it holds; it crashes, n5 joins and takes the
+/// key from it, and the delete, older than the grace, is purged from the new owners. Then `X`
+/// restarts and drops the range: its copy of the deleted value must not be handed back.
+pub fn run_late_drop(mutation: Mutation) -> Report {
+    in_virtual_time(late_drop(mutation))
+}
+
+async fn late_drop(mutation: Mutation) -> Report {
+    let config = Config { faults: false, membership: false, mutation, ..Config::new(0) };
+    let (world, fronts) = cluster(&config);
+    let Some((index, first, _)) = key_lost_to_n5() else {
+        return Report { seed: 0, counts: Counts::default(), violations: vec!["no key moves".into()] };
+    };
+    let keys: Vec<Vec<u8>> = (0..=index).map(key).collect();
+    let front = &fronts[0];
+    write(&world, front, index, "value".into(), VClock::new(), Vec::new(), false, N).await;
+    let held = world.record(&first, &key(index));
+    world.partition("f0", &first);
+    write(&world, front, index, "delete".into(), held.context(), vec!["value".into()], true, N - 1).await;
+    world.crash(&first);
+    world.heal("f0", &first);
+    world.trace(|| format!("{first} missed the delete and is down; n5 joins"));
+    world.join("n5", "z1", &keys).await;
+    tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
+    // A read of every replica purges the delete, older than the grace.
+    let _ = front.get(key(index), Some(N)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    world.trace(|| format!("the delete is purged; {first} restarts and drops what it lost"));
+    world.restart(&first);
+    tokio::time::sleep(Duration::from_millis(crate::world::VIEW_LAG_MS + 5)).await;
+    for _ in 0..20 {
+        world.drop_round(&first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     verdict(&world, &fronts, &keys, 0).await
 }
 

@@ -191,7 +191,7 @@ impl World {
             Ownership::open(id, self.config.n, core.clone(), gauge).expect("invariant: a memory store has metadata"),
         );
         // A restarted node starts from what it recorded of membership: the current state.
-        let _ = ownership.update(&self.topology(), self.now_ms());
+        let _ = ownership.update(&self.topology());
         let mut state = self.state.lock();
         let seq = state.published;
         state.adopted.insert(id.to_owned(), seq);
@@ -300,15 +300,19 @@ impl World {
             ownership
         };
         if let Some(ownership) = ownership {
-            let _ = ownership.update(topology, self.now_ms());
+            let _ = ownership.update(topology);
             if self.config.mutation == Mutation::NoFilling {
-                let _ = ownership.filled(&ownership.filling(), topology, self.now_ms());
+                let (filling, epoch) = ownership.filling_snapshot();
+                let _ = ownership.filled(&filling, epoch, topology);
             }
             self.trace(|| {
                 let ring: Vec<String> = topology.ring.nodes().iter().map(|n| n.id.clone()).collect();
                 let pending: Option<Vec<String>> =
                     topology.pending.as_ref().map(|p| p.nodes().iter().map(|n| n.id.clone()).collect());
-                format!("{id} adopts ring {ring:?} pending {pending:?}; dropping {} spans", ownership.dropping().len())
+                format!(
+                    "{id} adopts ring {ring:?} pending {pending:?}; dropping {} spans",
+                    ownership.dropping().spans().len()
+                )
             });
         }
     }
@@ -481,29 +485,36 @@ impl World {
         }
         let topology = self.topology();
         let mut done = Vec::new();
-        'spans: for entry in dropping {
-            let hand_off = !entry.stale(self.now_ms(), self.config.grace_ms);
+        'spans: for &(lo, hi) in dropping.spans() {
             loop {
-                let Ok(page) = engine.scan(entry.lo, entry.hi, None, PAGE) else { continue 'spans };
+                let Ok(page) = engine.scan(lo, hi, None, PAGE) else { continue 'spans };
                 if page.is_empty() {
-                    done.push(entry);
+                    done.push((lo, hi));
                     continue 'spans;
                 }
-                if !hand_off {
-                    let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
-                    if engine.remove(&keys).is_err() {
-                        continue 'spans;
-                    }
-                    continue;
-                }
+                let now = self.now_ms();
                 let mut by_target: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
                 for (key, record) in &page {
+                    let old = !plan::hand_off(record, now, self.config.grace_ms);
+                    if old && self.config.mutation != Mutation::HandOffOld {
+                        self.discard(id, key, record);
+                        continue;
+                    }
+                    let versions: Vec<Version> = match self.config.mutation {
+                        Mutation::HandOffYoungVersions => record
+                            .versions()
+                            .iter()
+                            .filter(|v| now.saturating_sub(v.written_at) <= self.config.grace_ms / 2)
+                            .cloned()
+                            .collect(),
+                        _ => record.versions().to_vec(),
+                    };
                     let targets = plan::drop_targets(&topology, key, self.config.n, id);
                     if targets.is_empty() {
                         continue 'spans;
                     }
                     for target in targets {
-                        by_target.entry(target.id).or_default().push((key.clone(), record.versions().to_vec()));
+                        by_target.entry(target.id).or_default().push((key.clone(), versions.clone()));
                     }
                 }
                 for (target, entries) in by_target {
@@ -519,8 +530,19 @@ impl World {
         }
         if !done.is_empty() {
             self.trace(|| format!("{id} dropped {} spans", done.len()));
-            let _ = ownership.dropped(&done, &topology, self.now_ms());
+            let _ = ownership.dropped(&kv_ring::Intervals::from_spans(done), &topology);
         }
+    }
+
+    /// Node `id` discards `record` of `key` as too old to hand off: writes no other store holds
+    /// are gone (exempt, and counted).
+    fn discard(&self, id: &str, key: &[u8], record: &Record) {
+        let Some(index) = crate::run::key_index(key) else { return };
+        let engines: Vec<Arc<dyn Engine>> =
+            self.state.lock().nodes.iter().filter(|(n, _)| n.as_str() != id).map(|(_, n)| n.engine.clone()).collect();
+        let elsewhere: Vec<Vec<Seen>> = engines.iter().map(|e| seen(&e.get(key).ok().unwrap_or_default())).collect();
+        let here = seen(record);
+        self.history(|h| h.discard(index, &here, &elsewhere));
     }
 
     /// One pass of node `id`'s filler: merge each range it gained from its other current owners,
@@ -529,7 +551,7 @@ impl World {
         let Some(ownership) = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone()) else {
             return;
         };
-        let filling = ownership.filling();
+        let (filling, epoch) = ownership.filling_snapshot();
         if filling.is_empty() {
             return;
         }
@@ -552,7 +574,7 @@ impl World {
         }
         if !done.is_empty() && self.is_up(id) {
             self.trace(|| format!("{id} filled {} pieces", done.len()));
-            let _ = ownership.filled(&kv_ring::Intervals::from_spans(done), &self.topology(), self.now_ms());
+            let _ = ownership.filled(&kv_ring::Intervals::from_spans(done), epoch, &self.topology());
         }
     }
 
@@ -565,10 +587,16 @@ impl World {
         })
     }
 
-    fn prefill(&self, id: &str, ranges: kv_ring::Intervals) {
+    /// Node `id`'s loss epoch, to pass back to [`World::prefill`] (0 if it is down).
+    fn loss_epoch(&self, id: &str) -> u64 {
+        let ownership = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone());
+        ownership.map(|o| o.loss_epoch()).unwrap_or_default()
+    }
+
+    fn prefill(&self, id: &str, ranges: kv_ring::Intervals, epoch: u64) {
         let ownership = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone());
         if let Some(ownership) = ownership {
-            let _ = ownership.prefill(&ranges, &self.topology(), self.now_ms());
+            let _ = ownership.prefill(&ranges, epoch, &self.topology());
         }
     }
 
@@ -626,6 +654,7 @@ impl World {
         self.publish(false);
         tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS)).await;
         loop {
+            let epoch = self.loss_epoch(id);
             let before = self.ring();
             let after = self.ring_of(|m, s| m == id || matches!(s, Status::Normal | Status::Leaving));
             let moves = plan::gained_by(&before, &after, self.config.n, id);
@@ -657,7 +686,7 @@ impl World {
             if complete {
                 self.trace(|| format!("join {id} complete"));
                 self.check_gainer("join", id, &due, keys);
-                self.prefill(id, kv_ring::Intervals::from_spans(moves.iter().map(|m| (m.lo, m.hi))));
+                self.prefill(id, kv_ring::Intervals::from_spans(moves.iter().map(|m| (m.lo, m.hi))), epoch);
                 self.set_status(id, Status::Normal);
                 self.publish(false);
                 self.history(|h| h.counts.joins += 1);
@@ -705,10 +734,12 @@ impl World {
                     if !complete {
                         break;
                     }
+                    // The first page of a hand-off records the gainer's loss epoch, the last
+                    // says it was the whole range.
+                    let epoch = self.loss_epoch(gainer);
                     complete = self.copy(id, gainer, m.lo, m.hi).await;
                     if complete {
-                        // The last page of a hand-off says it was the whole range.
-                        self.prefill(gainer, kv_ring::Intervals::from_spans([(m.lo, m.hi)]));
+                        self.prefill(gainer, kv_ring::Intervals::from_spans([(m.lo, m.hi)]), epoch);
                     }
                 }
             }

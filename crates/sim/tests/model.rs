@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kv_sim::{run_history, run_regained_range, Config, Counts, Mutation, Report};
+use kv_sim::{run_history, run_late_drop, run_regained_range, Config, Counts, Mutation, Report};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -49,7 +49,7 @@ fn describe(counts: &Counts) -> String {
         "{} histories: {} blind puts, {} puts with context, {} deletes, {} reads; {} writes acknowledged, {} refused; \
          {} tombstone copies purged; faults: {} crashes, {} partitions, {} late messages, {} lost replies, {} joins, \
          {} leaves, {} removals, {} wiped disks; checks: {} acknowledged writes, {} live versions, {} writes after moves; \
-         {} violations",
+         {} acknowledged writes whose last copy was too old to hand off; {} violations",
         counts.histories,
         counts.blind_puts,
         counts.context_puts,
@@ -69,6 +69,7 @@ fn describe(counts: &Counts) -> String {
         counts.checked_writes,
         counts.checked_versions,
         counts.checked_moves,
+        counts.discarded,
         counts.violations
     )
 }
@@ -131,4 +132,29 @@ fn figures_catches_a_node_serving_a_range_it_regained_without_merging_it() {
         broken.violations.join("; ")
     );
     assert!(!broken.violations.is_empty(), "a node that coordinated on a range it had not merged went unnoticed");
+}
+
+#[test]
+fn figures_catches_a_late_drop_handing_back_a_purged_delete() {
+    let sound = run_late_drop(Mutation::None);
+    assert!(sound.violations.is_empty(), "{:?}", sound.violations);
+    assert!(sound.counts.purged > 0, "the delete was not purged: the history tests nothing");
+    let broken = run_late_drop(Mutation::HandOffOld);
+    println!(
+        "mutation hand off old keys: the scripted late drop is clean with the rule ({} tombstone copies purged) and \
+         broken without it: {}",
+        sound.counts.purged,
+        broken.violations.join("; ")
+    );
+    assert!(!broken.violations.is_empty(), "a former owner handed back a value whose delete was purged, unnoticed");
+}
+
+#[test]
+fn figures_catches_a_hand_off_of_part_of_a_key() {
+    let (histories, report) = caught(Mutation::HandOffYoungVersions, 3_000);
+    println!(
+        "mutation hand off young versions only: caught after {histories} histories (seed {}): {}",
+        report.seed,
+        report.violations.join("; ")
+    );
 }
