@@ -594,3 +594,65 @@ fn s7d_a_joining_node_does_not_coordinate() {
     println!("scenario 7d: asked to coordinate while {status:?}, the joining node answered {replies:?}");
     assert!(matches!(replies.as_slice(), [Reply::Failed { status: 421, .. }]), "{replies:?}");
 }
+
+/// Node `id`'s store lease as `observer` sees it (0 if unknown).
+fn lease_seen(observer: &Proc, id: &str) -> u64 {
+    let body: Value = client().get(observer.url("/cluster/members")).send().unwrap().json().unwrap();
+    body["members"].as_array().unwrap().iter().find(|m| m["id"] == id).and_then(|m| m["lease"].as_u64()).unwrap_or(0)
+}
+
+fn copy_dir(from: &str, to: &str) {
+    let _ = std::fs::remove_dir_all(to);
+    let status = std::process::Command::new("cp").args(["-a", from, to]).status().unwrap();
+    assert!(status.success(), "cp -a {from} {to}");
+}
+
+/// Scenario 8: a node restarted on an older copy of its own data directory (a backup or a
+/// volume snapshot restored over it) lacks writes it acknowledged since, and would reissue dot
+/// counters it already used. It must refuse to serve.
+#[test]
+fn s8_a_node_restored_from_a_backup_refuses_to_serve() {
+    const KEYS: usize = 30;
+    let mut cluster = Cluster::start(3, 0, &[]);
+    let g = cluster.nodes[1].url("");
+    let c = client();
+    for i in 0..KEYS {
+        assert_eq!(put(&c, &g, &format!("s8-before-{i}"), "v", "", 3).0, StatusCode::NO_CONTENT);
+    }
+    let data_dir = cluster.nodes[0].arg("--data-dir").unwrap().to_owned();
+    let backup = format!("{data_dir}.backup");
+    cluster.nodes[0].terminate();
+    copy_dir(&data_dir, &backup);
+    let backup_lease = lease_seen(&cluster.nodes[1], "n1");
+    cluster.nodes[0].restart();
+    if legacy() {
+        std::thread::sleep(Duration::from_secs(2));
+    } else {
+        wait_for("n1's new lease to spread", Duration::from_secs(15), || {
+            lease_seen(&cluster.nodes[1], "n1") > backup_lease
+        });
+    }
+    // Writes every replica acknowledges, n1 included, after the backup was taken.
+    let after: Vec<String> = (0..KEYS).map(|i| format!("s8-after-{i}")).collect();
+    for key in &after {
+        assert_eq!(put(&c, &g, key, "acknowledged", "", 3).0, StatusCode::NO_CONTENT);
+    }
+    cluster.nodes[0].terminate();
+    copy_dir(&backup, &data_dir);
+    let refusal = cluster.nodes[0].restart_may_refuse(Duration::from_secs(20));
+    let log = cluster.nodes[0].log_text();
+    let missing = match refusal {
+        Some(_) => 0,
+        None => after.iter().filter(|k| local(&cluster.nodes[0], k).0.is_empty()).count(),
+    };
+    println!(
+        "scenario 8: n1 restarted on a backup taken before {KEYS} writes it acknowledged: {}",
+        match refusal {
+            Some(status) => format!("it exited with {status}"),
+            None => format!("it served, without {missing} of those writes"),
+        }
+    );
+    let _ = std::fs::remove_dir_all(&backup);
+    assert_eq!(refusal.and_then(|s| s.code()), Some(2), "a restored copy must refuse to start; log:\n{log}");
+    assert!(log.contains("older copy of itself"), "{log}");
+}

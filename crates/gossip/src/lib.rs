@@ -95,6 +95,12 @@ pub struct MemberState {
     /// incarnation (and a new actor in vector clocks). 0 in states recorded before incarnations.
     #[serde(default)]
     pub incarnation: u64,
+    /// Every dot counter its store has issued, or may issue, is below this (the store's recorded
+    /// counter lease; it only grows). Peers keep the latest: a store restored from an old copy
+    /// of its data directory starts with a smaller one and learns so ([`Gossip::restored_me`]).
+    /// 0 when unknown.
+    #[serde(default)]
+    pub lease: u64,
     /// Grows every time the process starts.
     pub generation: u64,
     /// Grows every gossip round of this generation (and on every status change).
@@ -165,6 +171,11 @@ pub struct Gossip {
     suspect_after_ms: u64,
     /// (id, incarnation) pairs removed for good.
     removed: BTreeSet<(String, u64)>,
+    /// Every counter earlier runs of our store issued is below this (`None`: not checked).
+    lease_at_start: Option<u64>,
+    /// A peer knew a larger counter lease of an earlier run of our store than our store had
+    /// recorded (set once, never cleared).
+    restored: Option<u64>,
 }
 
 impl Gossip {
@@ -177,6 +188,8 @@ impl Gossip {
             seen: HashMap::new(),
             suspect_after_ms,
             removed: BTreeSet::new(),
+            lease_at_start: None,
+            restored: None,
         };
         if let Some(state) = me {
             gossip.me = Some(state.id.clone());
@@ -229,6 +242,30 @@ impl Gossip {
             state.status = status;
             state.heartbeat += 1;
         }
+    }
+
+    /// Records our store's counter lease (bumping the heartbeat when it grew, so it spreads).
+    pub fn set_lease(&mut self, lease: u64) {
+        if let Some(state) = self.me.as_ref().and_then(|me| self.members.get_mut(me)) {
+            if lease > state.lease {
+                state.lease = lease;
+                state.heartbeat += 1;
+            }
+        }
+    }
+
+    /// Our store had recorded `lease` when this run opened it: every counter its earlier runs
+    /// issued is below it, and no earlier run of ours can have gossiped a larger lease.
+    pub fn set_lease_at_start(&mut self, lease: u64) {
+        self.lease_at_start = Some(lease);
+    }
+
+    /// The larger counter lease of an earlier run of our store that a peer (or our recorded
+    /// membership) knew, if one did: our store is an older copy of itself (restored from a
+    /// backup or a snapshot), it forgot versions it acknowledged and counters it issued, and it
+    /// must not serve.
+    pub fn restored_me(&self) -> Option<u64> {
+        self.restored
     }
 
     /// Declares `id` permanently failed: its current incarnation joins the removed set. Returns
@@ -299,13 +336,20 @@ impl Gossip {
     /// Merges states received from a peer. States about ourselves are ignored (we are the
     /// authority on our own state), except that a state of another incarnation under our id
     /// with a generation at or above ours (our predecessor on a disk since wiped) makes us move
-    /// our generation past it, so that our state wins everywhere. A state of a removed
+    /// our generation past it, so that our state wins everywhere; and a state of another run
+    /// (another generation) of our own incarnation with a larger counter lease than our store
+    /// had recorded at start means our store is an older copy of itself
+    /// ([`Gossip::restored_me`]). A state of a removed
     /// (id, incarnation) is taken as removed. Returns whether anything changed.
     pub fn merge(&mut self, incoming: impl IntoIterator<Item = MemberState>, now_ms: u64) -> bool {
         let mut changed = false;
         for mut state in incoming {
             if self.me.as_deref() == Some(state.id.as_str()) {
                 if let Some(me) = self.me.as_ref().and_then(|id| self.members.get_mut(id)) {
+                    let other_run = state.incarnation == me.incarnation && state.generation != me.generation;
+                    if other_run && self.lease_at_start.is_some_and(|start| state.lease > start) {
+                        self.restored = self.restored.max(Some(state.lease));
+                    }
                     if state.incarnation != me.incarnation && state.generation >= me.generation {
                         me.generation = state.generation + 1;
                         me.heartbeat = 0;

@@ -10,6 +10,7 @@ fn state(id: &str, generation: u64) -> MemberState {
         weight: 1,
         status: Status::Normal,
         incarnation: 1,
+        lease: 0,
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
@@ -367,4 +368,47 @@ fn figures_partitions_heal_and_delays_cause_no_false_downs() {
     }
     let rounds = delayed.failure_rounds();
     assert!(rounds <= 15, "failure took {rounds} rounds with delayed messages");
+}
+
+#[test]
+fn a_peer_knowing_a_larger_lease_of_an_earlier_run_of_our_store_means_we_were_restored() {
+    // This run found lease 65,537 recorded and recorded 131,073.
+    let mut me = state("a", 5);
+    me.lease = 131_073;
+    let mut gossip = Gossip::new(Some(me.clone()), SUSPECT_MS, 0);
+    gossip.set_lease_at_start(65_537);
+    // What peers know of our earlier run, within what we found recorded: a plain restart.
+    let mut earlier = state("a", 4);
+    earlier.lease = 65_537;
+    gossip.merge([earlier.clone()], 1);
+    // Our own run's state echoed back by a peer.
+    gossip.merge([me], 2);
+    assert_eq!(gossip.restored_me(), None);
+    // Another incarnation under our id (a wiped disk) says nothing about our counters.
+    let mut wiped = state("a", 4);
+    wiped.incarnation = 2;
+    wiped.lease = 1 << 40;
+    gossip.merge([wiped], 3);
+    assert_eq!(gossip.restored_me(), None);
+    // An earlier run held a lease our store never recorded: it is an older copy of itself.
+    earlier.lease = 131_073;
+    gossip.merge([earlier], 4);
+    assert_eq!(gossip.restored_me(), Some(131_073));
+    // Our lease growing past it later does not clear it: versions are still missing.
+    gossip.set_lease(10 * 65_536);
+    assert_eq!(gossip.restored_me(), Some(131_073));
+    assert_eq!(gossip.my_state().map(|s| s.lease), Some(10 * 65_536));
+}
+
+#[test]
+fn the_lease_spreads_and_old_states_without_one_still_decode() {
+    let mut gossip = Gossip::new(Some(state("a", 1)), SUSPECT_MS, 0);
+    let before = gossip.my_state().unwrap().heartbeat;
+    gossip.set_lease(65_536);
+    gossip.set_lease(1);
+    let me = gossip.my_state().unwrap();
+    assert_eq!((me.lease, me.heartbeat), (65_536, before + 1));
+    let json = r#"{"id":"b","address":"b:7000","zone":"z","weight":1,"status":"Normal","incarnation":1,"generation":1,"heartbeat":1,"suspects":[]}"#;
+    let old: MemberState = serde_json::from_str(json).unwrap();
+    assert_eq!(old.lease, 0);
 }

@@ -119,6 +119,9 @@ pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Res
 /// answer with ours.
 pub async fn gossip(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let digest: Digest = message(&body)?;
+    // Our view as it was before the caller's: what it sends about itself cannot hide what we
+    // knew of it (a node started on an older copy of its store learns of its later run so).
+    let reply = state.membership.digest();
     state.membership.merge(digest);
-    Ok(binary(encode(&state.membership.digest())))
+    Ok(binary(encode(&reply)))
 }

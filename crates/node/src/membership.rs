@@ -68,6 +68,9 @@ pub struct MemberInfo {
     pub heartbeat: u64,
     /// Storage incarnation (hex): a wiped disk is a new incarnation.
     pub incarnation: String,
+    /// Its store's dot counter lease (every counter it issued is below it; 0 if unknown).
+    #[serde(default)]
+    pub lease: u64,
     /// Grows at every start.
     pub generation: u64,
     /// This observer suspects it.
@@ -135,8 +138,10 @@ pub struct Membership {
     expect_nodes: usize,
     /// Latched once `expect_nodes` normal members were seen.
     formed: std::sync::atomic::AtomicBool,
-    /// Cancelled when this node learns that it was removed.
-    removed: CancellationToken,
+    /// Cancelled when this node learns that it was removed, or that its store is an old copy.
+    stop: CancellationToken,
+    /// Reads our store's counter lease, published every round ([`Membership::publish_lease`]).
+    lease: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Membership {
@@ -175,7 +180,8 @@ impl Membership {
             metrics,
             expect_nodes: expect_nodes.max(1),
             formed: std::sync::atomic::AtomicBool::new(false),
-            removed: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            lease: std::sync::OnceLock::new(),
         };
         membership.refresh(true);
         Ok((Arc::new(membership), previous))
@@ -186,9 +192,26 @@ impl Membership {
         self.gossip.lock().removed_me()
     }
 
-    /// Cancelled when this node learns that it was removed.
-    pub fn removed_signal(&self) -> CancellationToken {
-        self.removed.clone()
+    /// The larger counter lease of our own store a peer (or our recorded membership) knew, if
+    /// any: our store is an older copy of itself and must not serve ([`Gossip::restored_me`]).
+    pub fn restored_me(&self) -> Option<u64> {
+        self.gossip.lock().restored_me()
+    }
+
+    /// Cancelled when this node learns that it was removed, or that its store is an older copy
+    /// of itself: it must stop serving.
+    pub fn stop_signal(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Publishes the lease `source` reads (our store's counter lease) now and every round;
+    /// `at_start` is the lease our store had recorded when this run opened it.
+    pub fn publish_lease(&self, at_start: u64, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let mut gossip = self.gossip.lock();
+        gossip.set_lease_at_start(at_start);
+        gossip.set_lease(source());
+        drop(gossip);
+        let _ = self.lease.set(Box::new(source));
     }
 
     /// Whether the cluster has formed: `--expect-nodes` normal members were seen at once. Once
@@ -269,7 +292,13 @@ impl Membership {
 
     /// One round's local work: our heartbeat and suspicions; liveness may have changed.
     pub fn tick(&self) {
-        self.gossip.lock().tick(self.now_ms());
+        let lease = self.lease.get().map(|source| source());
+        let mut gossip = self.gossip.lock();
+        if let Some(lease) = lease {
+            gossip.set_lease(lease);
+        }
+        gossip.tick(self.now_ms());
+        drop(gossip);
         self.refresh(false);
     }
 
@@ -289,12 +318,20 @@ impl Membership {
             .collect();
         let removed: Vec<(String, u64)> =
             digest.removed.into_iter().take(MAX_REMOVED).filter(|(id, _)| validate_node_id(id).is_ok()).collect();
-        let was_removed = self.removed_me();
+        let (was_removed, was_restored) = (self.removed_me(), self.restored_me());
         let changed = self.gossip.lock().merge_digest(Digest { states, removed }, self.now_ms());
         if !was_removed && self.removed_me() {
             tracing::error!("an operator removed this node from the cluster: it stops serving and exits");
             self.set_status(Status::Removed);
-            self.removed.cancel();
+            self.stop.cancel();
+        }
+        if let (None, Some(lease)) = (was_restored, self.restored_me()) {
+            tracing::error!(
+                lease,
+                "a peer knows a larger counter lease of this store than it has: the data directory is an older copy \
+                 of itself (restored from a backup?); it stops serving and exits"
+            );
+            self.stop.cancel();
         }
         if changed {
             self.refresh(true);
@@ -377,6 +414,7 @@ fn info(view: MemberView, now: u64) -> MemberInfo {
         weight: s.weight,
         heartbeat: s.heartbeat,
         incarnation: format!("{:016x}", s.incarnation),
+        lease: s.lease,
         generation: s.generation,
         suspected: view.suspected,
         last_seen_ms_ago: view.last_seen_ms.map(|t| now.saturating_sub(t)),

@@ -209,6 +209,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         weight: config.weight.get(),
         status: Status::Joining,
         incarnation: identity.incarnation,
+        lease: engine.counter_lease(),
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
@@ -223,6 +224,14 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     .map_err(RunError::Startup)?;
     let status = start_status(&node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())?;
     membership.set_status(status);
+    // Our own state as last recorded, from a later run than our store: an older copy.
+    if let Some(recorded) = previous.as_ref().filter(|p| p.incarnation == identity.incarnation) {
+        if recorded.lease > identity.lease_at_open {
+            return Err(restored_error(&node_id, identity, recorded.lease));
+        }
+    }
+    let lease_engine = engine.clone();
+    membership.publish_lease(identity.lease_at_open, move || lease_engine.counter_lease());
     let replica = Replica::new(node_id.clone(), core.clone());
     let n = config.cluster.coordinator.quorum.n;
     let ownership = Arc::new(
@@ -250,9 +259,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data.
     let answered = service.gossip.probe().await;
-    if membership.removed_me() {
-        return Err(removed_error(&node_id, identity.incarnation));
-    }
+    refuse_if_stopped(&membership, &node_id, identity)?;
     tracing::info!(answered, "start-up gossip exchange done");
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
@@ -290,11 +297,12 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         seeds = ?config.cluster.seeds, quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
     );
     // A signal stops the node, or with --leave-on-shutdown starts a leave, after which the
-    // rebalancer stops it. Learning that it was removed stops it too.
+    // rebalancer stops it. Learning that it was removed, or that its store is an old copy of
+    // itself, stops it too.
     let leave_on_shutdown = config.leave_on_shutdown;
     let on_signal = {
         let (membership, shutdown) = (membership.clone(), shutdown.clone());
-        let removed = membership.removed_signal();
+        let stop = membership.stop_signal();
         async move {
             tokio::select! {
                 () = signal.cancelled() => {
@@ -305,7 +313,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
                         shutdown.cancel();
                     }
                 }
-                () = removed.cancelled() => shutdown.cancel(),
+                () = stop.cancelled() => shutdown.cancel(),
             }
         }
     };
@@ -318,11 +326,30 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         .context("storage sync task")
         .and_then(|r| r.context("final storage sync"))
         .map_err(RunError::Runtime)?;
-    if membership.removed_me() {
-        return Err(removed_error(&node_id, identity.incarnation));
-    }
+    refuse_if_stopped(&membership, &node_id, identity)?;
     tracing::info!("shutdown complete: storage synced");
     Ok(())
+}
+
+/// Refuses to go on when the cluster removed this node or knows its store to be an old copy.
+fn refuse_if_stopped(membership: &Membership, node_id: &str, identity: kv_storage::Identity) -> Result<(), RunError> {
+    if membership.removed_me() {
+        return Err(removed_error(node_id, identity.incarnation));
+    }
+    match membership.restored_me() {
+        Some(known) => Err(restored_error(node_id, identity, known)),
+        None => Ok(()),
+    }
+}
+
+fn restored_error(node_id: &str, identity: kv_storage::Identity, known: u64) -> RunError {
+    RunError::Startup(format!(
+        "node {node_id} (storage incarnation {:016x}): an earlier run of this store used dot counters up to {known}, but \
+         its data directory had recorded only {}: it is an older copy of itself (restored from a backup or a snapshot) \
+         and lacks writes it acknowledged, so it must not serve; start it on an empty data directory: it joins again \
+         as a new storage incarnation and pulls its ranges from the other replicas",
+        identity.incarnation, identity.lease_at_open
+    ))
 }
 
 fn removed_error(node_id: &str, incarnation: u64) -> RunError {
@@ -367,12 +394,13 @@ fn start_status(
     }
 }
 
-/// The generation (incarnation) for this start: above the recorded one and at least the wall
-/// clock in seconds, recorded in `data-dir/generation`.
+/// The generation for this start: above the recorded one and at least the wall clock in
+/// milliseconds (so a run started from an older copy of the data directory still differs from
+/// every run peers saw), recorded in `data-dir/generation`.
 fn next_generation(data_dir: &std::path::Path) -> Result<u64, String> {
     let path = data_dir.join("generation");
     let previous = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let generation = now.max(previous + 1);
     std::fs::write(&path, format!("{generation}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(generation)

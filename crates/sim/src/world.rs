@@ -956,6 +956,9 @@ impl Engine for PerKeyCounters {
     fn counter_ceiling(&self) -> u64 {
         kv_vclock::MAX_COUNTER
     }
+    fn counter_lease(&self) -> u64 {
+        self.0.counter_lease()
+    }
     fn put_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> kv_storage::Result<()> {
         self.0.put_batch(entries)
     }

@@ -13,8 +13,11 @@
 //!   after a key's tombstone was purged can never be covered by a copy of that tombstone that
 //!   survives somewhere (Riak's "doomstone"). The counter is *leased*: the store records
 //!   `lease_end` durably and issues counters below it without touching the disk; reaching it
-//!   records a new lease first. After a restart the counter resumes at the recorded `lease_end`,
-//!   above anything issued before the crash.
+//!   records a new lease first. Every open records a new lease too, and the counter resumes at
+//!   the previous `lease_end`, above anything issued before the crash. So each run of a store
+//!   holds a lease no earlier run held: a copy of the store taken before its latest lease (a
+//!   backup restored over it) has a smaller one, which peers that heard the latest can tell
+//!   (`Engine::counter_lease`; the node gossips it and refuses to serve an older copy).
 //!
 //! Evidence of amnesia (a version arriving from a peer with a counter of ours at or above what
 //! we would issue next: a store restored from an old copy) moves the counter past it
@@ -49,6 +52,10 @@ pub struct Identity {
     /// Whether the incarnation was drawn by this open: the store held nothing of a former self
     /// (new, wiped, or a memory store). A node that was a member before must then join again.
     pub fresh: bool,
+    /// The counter lease the store had recorded when this open found it: every counter earlier
+    /// runs of this store issued is below it, unless the store is an older copy of itself. This
+    /// open recorded a larger one ([`crate::Engine::counter_lease`]).
+    pub lease_at_open: u64,
 }
 
 struct Counter {
@@ -82,10 +89,17 @@ impl DotCounter {
                 (recorded, true)
             }
         };
-        Ok(DotCounter {
-            identity: Mutex::new(Identity { incarnation: recorded.incarnation, fresh }),
+        let counter = DotCounter {
+            identity: Mutex::new(Identity {
+                incarnation: recorded.incarnation,
+                fresh,
+                lease_at_open: recorded.lease_end,
+            }),
             counter: Mutex::new(Counter { next: recorded.lease_end, lease_end: recorded.lease_end }),
-        })
+        };
+        // A new lease for this run, even if it issues nothing.
+        counter.cover(&mut counter.counter.lock(), recorded.lease_end, backend)?;
+        Ok(counter)
     }
 
     /// Records `incarnation` as the identity of an empty backend (deterministic simulation).
@@ -104,6 +118,11 @@ impl DotCounter {
     /// Every counter issued so far is below this.
     pub(crate) fn ceiling(&self) -> u64 {
         self.counter.lock().next
+    }
+
+    /// The recorded lease: every counter issued so far, and until the next lease, is below it.
+    pub(crate) fn lease_end(&self) -> u64 {
+        self.counter.lock().lease_end
     }
 
     /// A counter above `floor` and above every counter issued before.

@@ -92,6 +92,11 @@ pub trait Engine: Send + Sync {
     /// this store has issued is below it.
     fn counter_ceiling(&self) -> u64;
 
+    /// The store's recorded counter lease: every counter it has issued, or will issue before it
+    /// records another lease, is below it; it only grows. A copy of the store taken earlier has
+    /// a smaller one, which is how peers tell a restored copy from the store itself.
+    fn counter_lease(&self) -> u64;
+
     /// Merges `incoming` into `key`'s versions (dropping only obsolete ones) and returns the
     /// merged set once durable.
     fn put_versions(&self, key: &[u8], incoming: Vec<Version>) -> Result<Record> {

@@ -240,6 +240,10 @@ impl Engine for Store {
         self.counter.ceiling()
     }
 
+    fn counter_lease(&self) -> u64 {
+        self.counter.lease_end()
+    }
+
     fn identity(&self) -> Identity {
         self.counter.identity()
     }

@@ -284,7 +284,7 @@ fn every_sync_mode_acknowledges_writes() {
 fn identity_survives_reopen_on_disk_and_counters_only_rise() {
     for kind in [EngineKind::Fjall, EngineKind::Sled] {
         let dir = tempfile::tempdir().unwrap();
-        let (incarnation, last) = {
+        let (incarnation, last, lease) = {
             let engine = open_engine(kind, dir.path());
             let identity = engine.identity();
             assert!(identity.fresh, "{kind}: a new store draws its incarnation");
@@ -292,11 +292,13 @@ fn identity_survives_reopen_on_disk_and_counters_only_rise() {
             for _ in 0..10 {
                 let c = engine.issue_counter(0).unwrap();
                 assert!(c > last, "{kind}");
+                assert!(engine.counter_lease() > c, "{kind}: a counter was issued beyond the recorded lease");
                 last = c;
             }
-            (identity.incarnation, last)
+            (identity.incarnation, last, engine.counter_lease())
         };
         let engine = open_engine(kind, dir.path());
+        assert!(engine.counter_lease() > lease, "{kind}: every open records a new lease (a copy has an older one)");
         assert_eq!(engine.identity().incarnation, incarnation, "{kind}: same store, same actor");
         assert!(!engine.identity().fresh, "{kind}");
         assert!(engine.issue_counter(0).unwrap() > last, "{kind}: a counter was reissued after reopen");

@@ -111,6 +111,11 @@ impl Proc {
         panic!("{} did not become ready:\n{}", self.program.display(), self.log_text());
     }
 
+    /// The value of command-line flag `flag` (such as `--data-dir`), if it was given.
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == flag).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
+
     /// What the process wrote to stderr.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
