@@ -11,7 +11,7 @@
 //!   again, until the node's dropper has handed their keys to the current owners
 //!   ([`crate::plan::drop_targets`]) and removed them. So a node never merges a stale copy of a
 //!   range it lost into the range it regains: a purged delete cannot come back from a former
-//!   owner, and an old value cannot reappear beside a newer one. Only keys whose newest version
+//!   owner, and an old value cannot reappear beside a newer one. Only keys whose every version
 //!   is younger than half the tombstone grace are handed off, whole ([`crate::plan::hand_off`]):
 //!   an older one may predate a tombstone purged since (the node may learn of the loss late,
 //!   after a crash or a partition).
@@ -51,6 +51,10 @@ struct Record {
     /// What the last view accepted (owned now or later) and owned now: what the next view is
     /// compared with, after a restart too. `None` before the first view of this store.
     last: Option<(Spans, Spans)>,
+    /// Bumped whenever the node stops accepting a range (the loss epoch): a pull or hand-off
+    /// that began before may have had part of what it stored dropped since, so neither it nor
+    /// progress recorded under an earlier epoch counts. Recorded, so it only grows.
+    losses: u64,
 }
 
 /// Intervals as recorded.
@@ -59,9 +63,9 @@ type Spans = Vec<(u64, u64)>;
 struct State {
     record: Record,
     signature: Option<Signature>,
-    /// Bumped whenever the node stops accepting a range: a pull or hand-off that began before
-    /// may have had part of what it stored dropped since, so it cannot pre-fill.
-    loss_epoch: u64,
+    /// The latest topology applied: what a change re-applies (never an older one a caller
+    /// captured before).
+    latest: Option<Topology>,
     /// Bumped whenever a range joins the filling set: a fill round that began before may have
     /// copied a range that was lost, dropped and gained again meanwhile.
     fill_epoch: u64,
@@ -99,7 +103,7 @@ impl Ownership {
             state: Mutex::new(State {
                 record,
                 signature: None,
-                loss_epoch: 0,
+                latest: None,
                 fill_epoch: 0,
                 hand_offs: std::collections::HashMap::new(),
             }),
@@ -116,6 +120,7 @@ impl Ownership {
         let ids = |ring: &kv_ring::Ring| ring.nodes().iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         let signature = (ids(&topology.ring), topology.pending.as_ref().map(ids), normal);
         let mut state = self.state.lock();
+        state.latest = Some(topology.clone());
         if state.signature.as_ref() == Some(&signature) {
             return Ok(());
         }
@@ -139,7 +144,7 @@ impl Ownership {
         let filling_before = Intervals::from_spans(record.filling.iter().copied());
         let filling = filling_before.union(&gained.difference(&prefilled)).difference(&lost);
         if !lost.is_empty() {
-            state.loss_epoch += 1;
+            record.losses += 1;
         }
         if !filling.difference(&filling_before).is_empty() {
             state.fill_epoch += 1;
@@ -180,15 +185,17 @@ impl Ownership {
 
     /// The loss epoch, to pass back to [`Ownership::prefill`].
     pub fn loss_epoch(&self) -> u64 {
-        self.state.lock().loss_epoch
+        self.state.lock().record.losses
     }
 
     /// `done` was handed off and removed: it leaves the dropping set (and, if owned again, is
     /// filled and then served). Blocks on an fsync.
     pub fn dropped(&self, done: &Intervals, topology: &Topology) -> Result<(), String> {
-        self.change(topology, |record| {
+        self.change(topology, |_, record| {
             record.dropping = Intervals::from_spans(record.dropping.iter().copied()).difference(done).spans().to_vec();
+            true
         })
+        .map(|_| ())
     }
 
     /// `done` was merged from enough owners, in a fill round that began at `epoch`
@@ -196,13 +203,13 @@ impl Ownership {
     /// filling set since (it may have been lost, dropped and gained again), nothing is marked
     /// and the next round fills again. Blocks on an fsync.
     pub fn filled(&self, done: &Intervals, epoch: u64, topology: &Topology) -> Result<bool, String> {
-        if self.state.lock().fill_epoch != epoch {
-            return Ok(false);
-        }
-        self.change(topology, |record| {
+        self.change(topology, |state, record| {
+            if state.fill_epoch != epoch {
+                return false;
+            }
             record.filling = Intervals::from_spans(record.filling.iter().copied()).difference(done).spans().to_vec();
-        })?;
-        Ok(true)
+            true
+        })
     }
 
     /// `ranges` were merged from enough owners (a join's pull that began at loss epoch `epoch`,
@@ -210,24 +217,22 @@ impl Ownership {
     /// complete. Only what it accepts now counts, and nothing if it stopped accepting anything
     /// since the pull began (part of what it stored may have been dropped). Blocks on an fsync.
     pub fn prefill(&self, ranges: &Intervals, epoch: u64, topology: &Topology) -> Result<bool, String> {
-        let accepted = {
-            let state = self.state.lock();
-            if state.loss_epoch != epoch {
-                return Ok(false);
+        self.change(topology, |_, record| {
+            if record.losses != epoch {
+                return false;
             }
-            state.record.last.as_ref().map(|(a, _)| Intervals::from_spans(a.iter().copied())).unwrap_or_default()
-        };
-        let ranges = ranges.intersection(&accepted);
-        self.change(topology, |record| {
+            let accepted =
+                record.last.as_ref().map(|(a, _)| Intervals::from_spans(a.iter().copied())).unwrap_or_default();
+            let ranges = ranges.intersection(&accepted);
             record.prefilled = Intervals::from_spans(record.prefilled.iter().copied()).union(&ranges).spans().to_vec();
-        })?;
-        Ok(true)
+            true
+        })
     }
 
     /// The first page of a hand-off of `range` (`lo..=hi`) to this node arrived.
     pub fn hand_off_begins(&self, range: (u64, u64)) {
         let mut state = self.state.lock();
-        let epoch = state.loss_epoch;
+        let epoch = state.record.losses;
         state.hand_offs.insert(range, epoch);
     }
 
@@ -238,15 +243,22 @@ impl Ownership {
         self.prefill(&Intervals::from_spans([range]), epoch, topology)
     }
 
-    fn change(&self, topology: &Topology, edit: impl FnOnce(&mut Record)) -> Result<(), String> {
+    /// Edits the record if `edit` (which sees the state as it is, under the same lock) says
+    /// so, records it, and re-applies the latest topology (or `topology`, before the first).
+    /// Returns whether it edited.
+    fn change(&self, topology: &Topology, edit: impl FnOnce(&State, &mut Record) -> bool) -> Result<bool, String> {
         let mut state = self.state.lock();
         let mut record = state.record.clone();
-        edit(&mut record);
+        if !edit(&state, &mut record) {
+            return Ok(false);
+        }
         self.record(&record)?;
         state.record = record;
         state.signature = None;
+        let latest = state.latest.clone().unwrap_or_else(|| topology.clone());
         drop(state);
-        self.update(topology)
+        self.update(&latest)?;
+        Ok(true)
     }
 
     fn record(&self, record: &Record) -> Result<(), String> {

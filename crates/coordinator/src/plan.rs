@@ -85,18 +85,19 @@ pub fn owners_in(ring: &Ring, n: usize, lo: u64, hi: u64) -> Vec<Move> {
     out
 }
 
-/// Whether a key of a range being dropped is handed to its new owners: only if its newest
-/// version is younger than half the tombstone grace, and then the whole record. The hand-off is
-/// for writes the node accepted just before it lost the range; a record untouched for longer is
-/// on the new owners already (they merged the range from enough old owners) or was superseded,
-/// and handing it off could bring a version back after the tombstone that superseded it was
-/// purged. Half the grace leaves room for clock skew between the coordinators and this node.
-/// Never part of a record: a replica holding a version of an actor holds every version of that
-/// actor the coordinator held beside it, and a reader's context covers them all (handing off
-/// only the young siblings made the model checker lose writes).
+/// Whether a key of a range being dropped is handed to its new owners: only if every version
+/// it holds is younger than half the tombstone grace, and then the whole record. The hand-off
+/// is for writes the node accepted just before it lost the range; a record with an older
+/// version may hold one a tombstone superseded that was purged since (the node may learn of
+/// the loss late, after a crash or a partition), and a tombstone is newer than what it deletes
+/// and purged only once older than the grace. Half the grace leaves room for clock skew and
+/// the hand-off itself. Never part of a record: a replica holding a version of an actor holds
+/// every version of that actor the coordinator held beside it, and a reader's context covers
+/// them all (handing off only the young siblings made the model checker lose writes); and not
+/// by the newest version alone: an old sibling would travel with a young one.
 pub fn hand_off(record: &kv_storage::Record, now_ms: u64, grace_ms: u64) -> bool {
-    let newest = record.versions().iter().map(|v| v.written_at).max().unwrap_or_default();
-    now_ms.saturating_sub(newest) <= grace_ms / 2
+    let oldest = record.versions().iter().map(|v| v.written_at).min().unwrap_or(now_ms);
+    now_ms.saturating_sub(oldest) <= grace_ms / 2
 }
 
 /// The replicas a dropped key is handed to: its current owners and its owners once the moves

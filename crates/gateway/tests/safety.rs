@@ -645,14 +645,22 @@ fn s8_a_node_restored_from_a_backup_refuses_to_serve() {
         Some(_) => 0,
         None => after.iter().filter(|k| local(&cluster.nodes[0], k).0.is_empty()).count(),
     };
+    // Started again (a supervisor restarting it), it must still refuse: by now the peers know
+    // only the state of the refused run.
+    let again = if refusal.is_some() { cluster.nodes[0].restart_may_refuse(Duration::from_secs(20)) } else { None };
     println!(
-        "scenario 8: n1 restarted on a backup taken before {KEYS} writes it acknowledged: {}",
+        "scenario 8: n1 restarted on a backup taken before {KEYS} writes it acknowledged: {}{}",
         match refusal {
             Some(status) => format!("it exited with {status}"),
             None => format!("it served, without {missing} of those writes"),
+        },
+        match again {
+            Some(status) => format!("; started again, it exited with {status}"),
+            None => String::new(),
         }
     );
     let _ = std::fs::remove_dir_all(&backup);
     assert_eq!(refusal.and_then(|s| s.code()), Some(2), "a restored copy must refuse to start; log:\n{log}");
     assert!(log.contains("older copy of itself"), "{log}");
+    assert_eq!(again.and_then(|s| s.code()), Some(2), "a restored copy must refuse every start; log:\n{log}");
 }

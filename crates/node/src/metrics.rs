@@ -44,7 +44,7 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     /// `kv_keys_dropped_total`: keys of lost ranges removed after their owners took them.
     pub keys_dropped: IntCounter,
-    /// `kv_keys_discarded_total`: keys of lost ranges whose newest version is older than half
+    /// `kv_keys_discarded_total`: keys of lost ranges holding a version older than half
     /// the tombstone grace, removed without being handed off.
     pub keys_discarded: IntCounter,
     /// `kv_ranges_dropping`: spans of lost ranges not yet handed off and removed.
@@ -94,7 +94,7 @@ impl Metrics {
             IntGauge::new("kv_ranges_dropping", "Spans of lost ranges not yet handed off and removed")?;
         let keys_discarded = IntCounter::new(
             "kv_keys_discarded_total",
-            "Keys of lost ranges whose newest version is older than half the tombstone grace, removed without hand-off",
+            "Keys of lost ranges holding a version older than half the tombstone grace, removed without hand-off",
         )?;
         registry.register(Box::new(keys_dropped.clone()))?;
         registry.register(Box::new(keys_discarded.clone()))?;

@@ -398,8 +398,10 @@ impl Rebalancer {
         let mut moved = Moved::default();
         let mut errors = Vec::new();
         let mut copied = 0;
+        // Progress counts only within one loss epoch: a range lost meanwhile was dropped.
+        let losses = self.ownership.loss_epoch();
         for source in &sources {
-            let name = format!("{op}:{lo:016x}-{hi:016x}@{}", source.id);
+            let name = format!("{op}:{lo:016x}-{hi:016x}@{}#{losses}", source.id);
             if self.progress.lock().get(&name).is_some_and(|c| c.done) {
                 copied += 1;
                 continue;

@@ -196,6 +196,13 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
     let identity = engine.identity();
+    // A store once found to be an older copy of itself stays refused, whatever peers say now.
+    if let Some(marker) = engine.get_meta(RESTORED_META).map_err(|e| RunError::Startup(e.to_string()))? {
+        let text = String::from_utf8_lossy(&marker).into_owned();
+        let mut numbers = text.split(' ').map(|n| n.parse::<u64>().unwrap_or_default());
+        let (known, recorded) = (numbers.next().unwrap_or_default(), numbers.next().unwrap_or_default());
+        return Err(restored_error(&node_id, identity.incarnation, known, recorded));
+    }
     let progress_file = config.data_dir.join("streams.json");
     if identity.fresh {
         // Stream progress belongs to the store it was made for.
@@ -227,7 +234,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     // Our own state as last recorded, from a later run than our store: an older copy.
     if let Some(recorded) = previous.as_ref().filter(|p| p.incarnation == identity.incarnation) {
         if recorded.lease > identity.lease_at_open {
-            return Err(restored_error(&node_id, identity, recorded.lease));
+            return Err(restored(&*engine, &node_id, identity, recorded.lease));
         }
     }
     let lease_engine = engine.clone();
@@ -259,7 +266,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data.
     let answered = service.gossip.probe().await;
-    refuse_if_stopped(&membership, &node_id, identity)?;
+    refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
     tracing::info!(answered, "start-up gossip exchange done");
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
@@ -321,34 +328,53 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let served = serve(listener, service, &config.server, shutdown).await;
     watcher.abort();
     served?;
-    tokio::task::spawn_blocking(move || engine.sync())
+    let synced = engine.clone();
+    tokio::task::spawn_blocking(move || synced.sync())
         .await
         .context("storage sync task")
         .and_then(|r| r.context("final storage sync"))
         .map_err(RunError::Runtime)?;
-    refuse_if_stopped(&membership, &node_id, identity)?;
+    refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
     tracing::info!("shutdown complete: storage synced");
     Ok(())
 }
 
 /// Refuses to go on when the cluster removed this node or knows its store to be an old copy.
-fn refuse_if_stopped(membership: &Membership, node_id: &str, identity: kv_storage::Identity) -> Result<(), RunError> {
+fn refuse_if_stopped(
+    membership: &Membership,
+    engine: &dyn kv_storage::Engine,
+    node_id: &str,
+    identity: kv_storage::Identity,
+) -> Result<(), RunError> {
     if membership.removed_me() {
         return Err(removed_error(node_id, identity.incarnation));
     }
     match membership.restored_me() {
-        Some(known) => Err(restored_error(node_id, identity, known)),
+        Some(known) => Err(restored(engine, node_id, identity, known)),
         None => Ok(()),
     }
 }
 
-fn restored_error(node_id: &str, identity: kv_storage::Identity, known: u64) -> RunError {
+/// Name of the store's metadata entry marking it as an older copy of itself.
+const RESTORED_META: &str = "restored";
+
+/// The store is an older copy of itself (an earlier run of it used counters up to `known`):
+/// marks it so in the store, so that every later start refuses too (by then peers may only
+/// know this run's state), and returns the refusal.
+fn restored(engine: &dyn kv_storage::Engine, node_id: &str, identity: kv_storage::Identity, known: u64) -> RunError {
+    let marker = format!("{known} {}", identity.lease_at_open);
+    if let Err(e) = engine.put_meta(RESTORED_META, marker.as_bytes()).and_then(|()| engine.sync()) {
+        tracing::error!(error = %e, "cannot mark the store as an older copy of itself");
+    }
+    restored_error(node_id, identity.incarnation, known, identity.lease_at_open)
+}
+
+fn restored_error(node_id: &str, incarnation: u64, known: u64, recorded: u64) -> RunError {
     RunError::Startup(format!(
-        "node {node_id} (storage incarnation {:016x}): an earlier run of this store used dot counters up to {known}, but \
-         its data directory had recorded only {}: it is an older copy of itself (restored from a backup or a snapshot) \
-         and lacks writes it acknowledged, so it must not serve; start it on an empty data directory: it joins again \
-         as a new storage incarnation and pulls its ranges from the other replicas",
-        identity.incarnation, identity.lease_at_open
+        "node {node_id} (storage incarnation {incarnation:016x}): an earlier run of this store used dot counters up to \
+         {known}, but its data directory had recorded only {recorded}: it is an older copy of itself (restored from a \
+         backup or a snapshot) and lacks writes it acknowledged, so it must not serve; start it on an empty data \
+         directory: it joins again as a new storage incarnation and pulls its ranges from the other replicas"
     ))
 }
 

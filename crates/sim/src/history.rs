@@ -232,7 +232,10 @@ impl History {
             if self.writes[index].key != key || self.discarded.contains(&index) || !self.holds(here, index) {
                 continue;
             }
-            if !elsewhere.iter().any(|versions| self.holds(versions, index)) {
+            // Only a write one replica acknowledged: one that more acknowledged must still be
+            // elsewhere, and its loss here is a violation the final check reports.
+            let single = self.writes[index].acked.as_ref().is_none_or(|a| a.by.len() <= 1);
+            if single && !elsewhere.iter().any(|versions| self.holds(versions, index)) {
                 self.discarded.insert(index);
                 if self.writes[index].acked.is_some() {
                     self.counts.discarded += 1;

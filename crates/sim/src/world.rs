@@ -495,20 +495,22 @@ impl World {
                 let now = self.now_ms();
                 let mut by_target: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
                 for (key, record) in &page {
-                    let old = !plan::hand_off(record, now, self.config.grace_ms);
-                    if old && self.config.mutation != Mutation::HandOffOld {
-                        self.discard(id, key, record);
-                        continue;
-                    }
                     let versions: Vec<Version> = match self.config.mutation {
+                        Mutation::HandOffOld => record.versions().to_vec(),
+                        // The rule before: each version by its own age.
                         Mutation::HandOffYoungVersions => record
                             .versions()
                             .iter()
                             .filter(|v| now.saturating_sub(v.written_at) <= self.config.grace_ms / 2)
                             .cloned()
                             .collect(),
-                        _ => record.versions().to_vec(),
+                        _ if plan::hand_off(record, now, self.config.grace_ms) => record.versions().to_vec(),
+                        _ => Vec::new(),
                     };
+                    if versions.is_empty() {
+                        self.discard(id, key, record);
+                        continue;
+                    }
                     let targets = plan::drop_targets(&topology, key, self.config.n, id);
                     if targets.is_empty() {
                         continue 'spans;

@@ -11,6 +11,10 @@
 //! - `etcd`: etcd's v3 HTTP/JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`);
 //! - `redis`: Redis over RESP (`SET`/`GET`), `--url redis://host:port`.
 //!
+//! Writes to this store carry the context of the key's last read or write (from `X-Context`),
+//! as a client updating its keys does, so an overwrite supersedes the previous value; with
+//! `--blind` they carry none, and every overwrite of a key becomes one more sibling.
+//!
 //! A progress line goes to stderr every second; the result is a table, or JSON with `--json`.
 
 /// mimalloc: glibc malloc and free were ~15% of CPU under load (docs/benchmarks.md).
@@ -101,6 +105,14 @@ struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// `kv`: write without the key's last context (each overwrite becomes a sibling).
+    #[arg(long)]
+    blind: bool,
+    /// Keys are `<prefix><index>`; default `user`, and `wuser` for `w`, whose writes then
+    /// start on keys no earlier run (of another kvbench process) wrote: its first write of each
+    /// key has no context to carry.
+    #[arg(long)]
+    key_prefix: Option<String>,
     /// Name of this run in the output.
     #[arg(long, default_value = "run")]
     label: String,
@@ -120,6 +132,8 @@ enum Conn {
         base_path: String,
         r: String,
         w: String,
+        /// The last context seen per key (`kv` without `--blind`).
+        contexts: Option<Arc<Contexts>>,
     },
     Redis {
         reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -127,11 +141,35 @@ enum Conn {
     },
 }
 
+/// The last `X-Context` seen per key, in shards so that workers rarely wait on each other.
+struct Contexts(Vec<Mutex<std::collections::HashMap<String, String>>>);
+
+impl Contexts {
+    fn new() -> Contexts {
+        Contexts((0..64).map(|_| Mutex::new(std::collections::HashMap::new())).collect())
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<std::collections::HashMap<String, String>> {
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        &self.0[(hash % self.0.len() as u64) as usize]
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.shard(key).lock().ok()?.get(key).cloned()
+    }
+
+    fn set(&self, key: &str, context: String) {
+        if let Ok(mut shard) = self.shard(key).lock() {
+            shard.insert(key.to_owned(), context);
+        }
+    }
+}
+
 /// Deadline of one operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Conn {
-    async fn open(args: &Args) -> anyhow::Result<Conn> {
+    async fn open(args: &Args, contexts: &Arc<Contexts>) -> anyhow::Result<Conn> {
         if args.protocol == Protocol::Redis {
             let address = args.url.trim_start_matches("redis://");
             let stream = TcpStream::connect(address).await.with_context(|| format!("connect {address}"))?;
@@ -152,6 +190,7 @@ impl Conn {
             base_path: format!("/{}", path.trim_end_matches('/')).trim_end_matches('/').to_owned(),
             r: q("r", &args.r),
             w: q("w", &args.w),
+            contexts: (args.protocol == Protocol::Kv && !args.blind).then(|| contexts.clone()),
         })
     }
 
@@ -170,7 +209,7 @@ impl Conn {
 
     async fn op_inner(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            Conn::Http { address, stream, protocol, base_path, r, w } => {
+            Conn::Http { address, stream, protocol, base_path, r, w, contexts } => {
                 let (method, path, body) = match (*protocol, write) {
                     (Protocol::Kv, true) => ("PUT", format!("{base_path}/kv/{key}{w}"), value.to_vec()),
                     (Protocol::Kv, false) => ("GET", format!("{base_path}/kv/{key}{r}"), Vec::new()),
@@ -190,11 +229,15 @@ impl Conn {
                     *stream = Some(BufReader::new(tcp));
                 }
                 let conn = stream.as_mut().ok_or("connection")?;
-                let result = http_exchange(conn, address, method, &path, &body).await;
+                let context = if write { contexts.as_ref().and_then(|c| c.get(key)) } else { None };
+                let result = http_exchange(conn, address, method, &path, &body, context.as_deref()).await;
                 match result {
-                    Ok((status, keep_alive)) => {
+                    Ok((status, keep_alive, context)) => {
                         if !keep_alive {
                             *stream = None;
+                        }
+                        if let (Some(contexts), Some(context)) = (contexts.as_ref(), context) {
+                            contexts.set(key, context);
                         }
                         if (200..300).contains(&status) || (!write && status == 404) || status == 300 {
                             Ok(())
@@ -248,25 +291,29 @@ async fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> Result
     }
 }
 
-/// One HTTP/1.1 request and its whole response (body read and dropped). Returns the status
-/// and whether the connection stays open; `Err` is an error kind.
+/// One HTTP/1.1 request (with `x-context` if given) and its whole response (body read and
+/// dropped). Returns the status, whether the connection stays open, and the response's
+/// `x-context`; `Err` is an error kind.
 async fn http_exchange(
     conn: &mut BufReader<TcpStream>,
     host: &str,
     method: &str,
     path: &str,
     body: &[u8],
-) -> Result<(u16, bool), String> {
-    let mut request = Vec::with_capacity(128 + body.len());
+    context: Option<&str>,
+) -> Result<(u16, bool, Option<String>), String> {
+    let mut request = Vec::with_capacity(256 + body.len());
+    let context = context.map_or(String::new(), |c| format!("x-context: {c}\r\n"));
     request.extend_from_slice(
-        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n{context}content-length: {}\r\n\r\n", body.len())
+            .as_bytes(),
     );
     request.extend_from_slice(body);
     conn.get_mut().write_all(&request).await.map_err(|_| "connection".to_string())?;
     let mut line = String::new();
     read_line(conn, &mut line).await?;
     let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("protocol")?;
-    let (mut length, mut chunked, mut keep_alive) = (None, false, true);
+    let (mut length, mut chunked, mut keep_alive, mut context) = (None, false, true, None);
     loop {
         read_line(conn, &mut line).await?;
         let header = line.trim_end();
@@ -281,6 +328,8 @@ async fn http_exchange(
             chunked = value.eq_ignore_ascii_case("chunked");
         } else if name.eq_ignore_ascii_case("connection") {
             keep_alive = !value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("x-context") {
+            context = Some(value.to_owned());
         }
     }
     let mut sink = Vec::new();
@@ -303,7 +352,7 @@ async fn http_exchange(
         conn.read_to_end(&mut sink).await.map_err(|_| "connection".to_string())?;
         keep_alive = false;
     }
-    Ok((status, keep_alive))
+    Ok((status, keep_alive, context))
 }
 
 fn etcd_body(key: &str, value: Option<&[u8]>) -> String {
@@ -363,7 +412,7 @@ struct Shared {
     stop: AtomicBool,
 }
 
-async fn run_phase(args: &Args, load: bool) -> anyhow::Result<(Arc<Shared>, Duration)> {
+async fn run_phase(args: &Args, load: bool, contexts: &Arc<Contexts>) -> anyhow::Result<(Arc<Shared>, Duration)> {
     let shared = Arc::new(Shared {
         histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(BTreeMap::new()),
@@ -374,6 +423,11 @@ async fn run_phase(args: &Args, load: bool) -> anyhow::Result<(Arc<Shared>, Dura
     let zipf = Arc::new((args.distribution == Distribution::Zipfian).then(|| Zipf::new(args.keys)));
     let limit = if load { Some(args.keys) } else { args.ops };
     let value = Arc::new(vec![b'v'; args.value_size]);
+    let prefix: Arc<str> = args
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| if args.workload == Workload::W { "wuser" } else { "user" }.to_owned())
+        .into();
     let read_fraction = match args.workload {
         Workload::A => 0.5,
         Workload::B => 0.95,
@@ -383,8 +437,8 @@ async fn run_phase(args: &Args, load: bool) -> anyhow::Result<(Arc<Shared>, Dura
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
-        let mut conn = Conn::open(args).await?;
-        let (shared, zipf, value) = (shared.clone(), zipf.clone(), value.clone());
+        let mut conn = Conn::open(args, contexts).await?;
+        let (shared, zipf, value, prefix) = (shared.clone(), zipf.clone(), value.clone(), prefix.clone());
         let keys = args.keys;
         workers.push(tokio::spawn(async move {
             let mut rand = Rand(0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
@@ -406,7 +460,7 @@ async fn run_phase(args: &Args, load: bool) -> anyhow::Result<(Arc<Shared>, Dura
                     };
                     (rand.unit() >= read_fraction, index)
                 };
-                let key = format!("user{index:010}");
+                let key = format!("{prefix}{index:010}");
                 let t = Instant::now();
                 let result = conn.op(write, &key, &value).await;
                 let micros = t.elapsed().as_micros() as u64;
@@ -459,11 +513,12 @@ async fn main() -> anyhow::Result<()> {
     if args.keys == 0 || args.concurrency == 0 {
         bail!("--keys and --concurrency must be at least 1");
     }
+    let contexts = Arc::new(Contexts::new());
     if !args.no_load && args.workload != Workload::W && args.protocol != Protocol::Noop {
-        let (load, took) = run_phase(&args, true).await?;
+        let (load, took) = run_phase(&args, true, &contexts).await?;
         eprintln!("loaded {} keys in {:.1} s", load.done.load(Ordering::Relaxed), took.as_secs_f64());
     }
-    let (shared, took) = run_phase(&args, false).await?;
+    let (shared, took) = run_phase(&args, false, &contexts).await?;
     let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
     let errors = shared.errors.lock().map_err(|_| anyhow::anyhow!("errors lock poisoned"))?.clone();
     let ok = histogram.len();
