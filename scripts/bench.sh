@@ -20,7 +20,13 @@ results="$work/results.jsonl"
 pids=()
 
 cleanup() {
+  local rc=$?
   disown -a 2>/dev/null || true # no "Killed" job reports for what we stop on purpose
+  if [ "$rc" -ne 0 ]; then # show why before the work directory goes
+    for log in "$work"/*.log "$work"/*/logs/*.log; do
+      [ -f "$log" ] && { echo "== $log" >&2; tail -n 20 "$log" >&2; }
+    done
+  fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
   KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null 2>&1 || true

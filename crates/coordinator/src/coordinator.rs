@@ -368,15 +368,17 @@ impl Coordinator {
         let grace = self.options.tombstone_grace.as_millis() as u64;
         // While the key's range moves, a future owner may hold a copy the tombstone has not
         // reached (its pending store was lost): purging now would let that copy come back.
-        let topology = self.topology();
-        let current = topology.preference_list(key, self.options.quorum.n);
-        let moving = !topology.pending_replicas(key, self.options.quorum.n, &current).is_empty();
-        let purgeable = !moving
-            && in_sync == replicas
+        let moving = || {
+            let topology = self.topology();
+            let current = topology.preference_list(key, self.options.quorum.n);
+            !topology.pending_replicas(key, self.options.quorum.n, &current).is_empty()
+        };
+        let purgeable = in_sync == replicas
             && answers.len() == replicas
             && !versions.is_empty()
             && versions.iter().all(|v| v.tombstone && now.saturating_sub(v.written_at) >= grace)
-            && answers.iter().all(|(_, r)| r.len() == merged.len());
+            && answers.iter().all(|(_, r)| r.len() == merged.len())
+            && !moving();
         if purgeable {
             let dots: Vec<Dot> = versions.iter().map(|v| v.dot().clone()).collect();
             for (peer, _) in &answers {

@@ -176,6 +176,9 @@ pub struct Gossip {
     /// A peer knew a larger counter lease of an earlier run of our store than our store had
     /// recorded (set once, never cleared).
     restored: Option<u64>,
+    /// Every generation this run has used (it moves past a wiped predecessor's): a peer's
+    /// older state of this very run is not another run.
+    my_generations: Vec<u64>,
 }
 
 impl Gossip {
@@ -190,8 +193,10 @@ impl Gossip {
             removed: BTreeSet::new(),
             lease_at_start: None,
             restored: None,
+            my_generations: Vec::new(),
         };
         if let Some(state) = me {
+            gossip.my_generations.push(state.generation);
             gossip.me = Some(state.id.clone());
             gossip.seen.insert(state.id.clone(), (state.version(), now_ms));
             gossip.members.insert(state.id.clone(), state);
@@ -346,12 +351,14 @@ impl Gossip {
         for mut state in incoming {
             if self.me.as_deref() == Some(state.id.as_str()) {
                 if let Some(me) = self.me.as_ref().and_then(|id| self.members.get_mut(id)) {
-                    let other_run = state.incarnation == me.incarnation && state.generation != me.generation;
+                    let other_run =
+                        state.incarnation == me.incarnation && !self.my_generations.contains(&state.generation);
                     if other_run && self.lease_at_start.is_some_and(|start| state.lease > start) {
                         self.restored = self.restored.max(Some(state.lease));
                     }
                     if state.incarnation != me.incarnation && state.generation >= me.generation {
                         me.generation = state.generation + 1;
+                        self.my_generations.push(me.generation);
                         me.heartbeat = 0;
                         changed = true;
                     }

@@ -401,6 +401,24 @@ fn a_peer_knowing_a_larger_lease_of_an_earlier_run_of_our_store_means_we_were_re
 }
 
 #[test]
+fn our_own_state_from_before_a_generation_bump_is_not_another_run() {
+    // This run found lease 65,537 recorded and recorded 131,073, at generation 5.
+    let mut me = state("a", 5);
+    me.lease = 131_073;
+    let mut gossip = Gossip::new(Some(me.clone()), SUSPECT_MS, 0);
+    gossip.set_lease_at_start(65_537);
+    // The predecessor on a disk since wiped ran at generation 7 (our clock is behind): we move
+    // past it.
+    let mut wiped = state("a", 7);
+    wiped.incarnation = 2;
+    gossip.merge([wiped], 1);
+    assert_eq!(gossip.my_state().map(|s| s.generation), Some(8));
+    // A peer still gossips our state of this run from before the bump.
+    gossip.merge([me], 2);
+    assert_eq!(gossip.restored_me(), None, "our own run taken for an earlier one");
+}
+
+#[test]
 fn the_lease_spreads_and_old_states_without_one_still_decode() {
     let mut gossip = Gossip::new(Some(state("a", 1)), SUSPECT_MS, 0);
     let before = gossip.my_state().unwrap().heartbeat;

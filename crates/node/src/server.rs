@@ -410,8 +410,8 @@ fn start_status(
         Some(recorded) => {
             tracing::warn!(
                 previous = recorded.status.name(),
-                "the store is empty but this node was a member: its data is gone; \
-                 joining again as a new actor and pulling its ranges from the other owners"
+                "the store has no identity but this node was a member (its data is gone, or an earlier \
+                 release wrote it): joining again as a new actor and pulling its ranges from the other owners"
             );
             Ok(Status::Joining)
         }

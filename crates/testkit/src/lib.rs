@@ -88,7 +88,8 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(&self.program)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            // `KV_TEST_LOG` (a `RUST_LOG` filter) to see more of what a failing test's processes did.
+            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
