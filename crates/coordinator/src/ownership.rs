@@ -116,10 +116,15 @@ impl Ownership {
     /// join the dropping set; ranges it newly owns now (and did not get pre-filled) join the
     /// filling set; both are recorded before the new view is used (an fsync when they change).
     pub fn update(&self, topology: &Topology) -> Result<(), String> {
+        let mut state = self.state.lock();
+        self.apply(&mut state, topology)
+    }
+
+    /// [`Ownership::update`] under the state lock, which the caller holds.
+    fn apply(&self, state: &mut State, topology: &Topology) -> Result<(), String> {
         let normal = topology.ring.node(&self.me).is_some() && !topology.leaving.contains(&self.me);
         let ids = |ring: &kv_ring::Ring| ring.nodes().iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         let signature = (ids(&topology.ring), topology.pending.as_ref().map(ids), normal);
-        let mut state = self.state.lock();
         state.latest = Some(topology.clone());
         if state.signature.as_ref() == Some(&signature) {
             return Ok(());
@@ -145,9 +150,18 @@ impl Ownership {
         let filling = filling_before.union(&gained.difference(&prefilled)).difference(&lost);
         if !lost.is_empty() {
             record.losses += 1;
+            tracing::info!(
+                spans = lost.spans().len(),
+                loss_epoch = record.losses,
+                "stopped accepting ranges: dropping them"
+            );
         }
         if !filling.difference(&filling_before).is_empty() {
             state.fill_epoch += 1;
+            tracing::info!(
+                spans = filling.difference(&filling_before).spans().len(),
+                "gained ranges: filling them from their other owners before serving them"
+            );
         }
         record.filling = filling.spans().to_vec();
         record.prefilled = prefilled.difference(&gained).difference(&lost).spans().to_vec();
@@ -255,9 +269,11 @@ impl Ownership {
         self.record(&record)?;
         state.record = record;
         state.signature = None;
+        // Still under the lock: an update that releases it first could apply this (older)
+        // topology after a newer one, leaving the view behind the ring (a normal node that
+        // stores but refuses to read, until the next change).
         let latest = state.latest.clone().unwrap_or_else(|| topology.clone());
-        drop(state);
-        self.update(&latest)?;
+        self.apply(&mut state, &latest)?;
         Ok(true)
     }
 

@@ -51,7 +51,13 @@ fn put(c: &Client, base: &str, key: &str, value: &str, ctx: &str, w: usize) -> (
         request = request.header("x-context", ctx);
     }
     let response = request.send().unwrap();
-    (response.status(), context(&response))
+    let status = response.status();
+    let ctx = context(&response);
+    if status.is_server_error() {
+        // Shown when a test fails: why the write was refused.
+        eprintln!("PUT {key} w={w}: {status} {}", response.text().unwrap_or_default());
+    }
+    (status, ctx)
 }
 
 fn delete(c: &Client, base: &str, key: &str, ctx: &str) -> StatusCode {
@@ -59,7 +65,13 @@ fn delete(c: &Client, base: &str, key: &str, ctx: &str) -> StatusCode {
     if !ctx.is_empty() {
         request = request.header("x-context", ctx);
     }
-    request.send().unwrap().status()
+    let response = request.send().unwrap();
+    let status = response.status();
+    if status.is_server_error() {
+        // Shown when a test fails: why the delete was refused.
+        eprintln!("DELETE {key}: {status} {}", response.text().unwrap_or_default());
+    }
+    status
 }
 
 /// Values one node holds itself for `key` (tombstones as `<deleted>`), and its context.
@@ -404,6 +416,7 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
     // Repair spreads whatever exists, then a client overwrites what it read.
     let mut twice = Vec::new();
     let mut back = Vec::new();
+    let mut unread = Vec::new();
     for key in &keys {
         let _ = read(&c, &g, key, 3);
         std::thread::sleep(Duration::from_millis(200));
@@ -431,8 +444,13 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
         let (_, ctx) = local(&cluster.nodes[1], key);
         assert_eq!(put(&c, &g, key, "third", &ctx, 3).0, StatusCode::NO_CONTENT);
         std::thread::sleep(Duration::from_millis(200));
-        let seen = read(&c, &g, key, 3).unwrap_or_default();
-        if seen != ["third".to_owned()].into() {
+        let response = c.get(format!("{g}/kv/{key}?r=3")).send().unwrap();
+        if response.status().is_server_error() {
+            unread.push(format!("{key}: {} {}", response.status(), response.text().unwrap_or_default()));
+            continue;
+        }
+        let seen = visible(response);
+        if seen != Some(["third".to_owned()].into()) {
             back.push(format!("{key}: {seen:?}"));
         }
     }
@@ -446,6 +464,14 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
     );
     assert!(twice.is_empty(), "one client write became two versions: {twice:?}");
     assert!(back.is_empty(), "a copy came back beside the overwrite: {back:?}");
+    if !unread.is_empty() {
+        for p in &cluster.nodes {
+            let refusals = client().get(p.url("/metrics")).send().unwrap().text().unwrap();
+            let refusals: Vec<&str> = refusals.lines().filter(|l| l.starts_with("kv_replica_refusals_total")).collect();
+            eprintln!("== {} {refusals:?}\n{}", p.address(), p.log_text());
+        }
+        panic!("reads at r=3 failed after the overwrite (logs above; KV_TEST_LOG=debug shows more): {unread:?}");
+    }
     if !legacy() {
         // The first write's outcome is unknown; later ones avoid the stalled replica.
         assert_eq!(statuses[0], StatusCode::SERVICE_UNAVAILABLE, "{statuses:?}");

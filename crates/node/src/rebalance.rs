@@ -307,6 +307,7 @@ impl Rebalancer {
                 (m.lo, m.hi, peers)
             })
             .collect();
+        tracing::debug!(pieces = jobs.len(), epoch, "filling: merging gained ranges from their other owners");
         let results: Vec<(u64, u64, Result<Moved, String>)> = stream::iter(jobs)
             .map(|(lo, hi, sources)| async move {
                 let copies = plan::copies_needed(needed, sources.len());
