@@ -353,6 +353,9 @@ impl Membership {
     /// when `persist` or when the topology changed.
     fn refresh(&self, persist: bool) {
         let now = self.now_ms();
+        // Held until the topology is published: two refreshes racing (a gossip round and a
+        // peer's exchange) must not publish an older view after a newer one.
+        let mut current = self.signature.lock();
         let views = self.gossip.lock().views(now);
         let signature: Signature = (
             views
@@ -364,17 +367,13 @@ impl Membership {
                 .collect(),
             views.iter().filter(|v| v.down).map(|v| v.state.id.clone()).collect(),
         );
-        let changed = {
-            let mut current = self.signature.lock();
-            if *current == signature {
-                false
-            } else {
-                *current = signature;
-                true
-            }
-        };
+        let changed = *current != signature;
         if changed {
+            *current = signature;
             self.topology.send_replace(Arc::new(build_topology(&views)));
+        }
+        drop(current);
+        if changed {
             if let Some(metrics) = &self.metrics {
                 let mut counts: BTreeMap<&str, i64> =
                     ["joining", "normal", "leaving", "left", "removed", "down"].iter().map(|s| (*s, 0)).collect();

@@ -36,7 +36,7 @@ use kv_coordinator::plan::{self, Move};
 use kv_coordinator::wire::{
     decode, encode, Entry, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH,
 };
-use kv_coordinator::{Peer, Topology};
+use kv_coordinator::{Peer, ReplicaError, Topology};
 use kv_gossip::Status;
 use kv_ring::{Intervals, Ring};
 use parking_lot::Mutex;
@@ -122,6 +122,30 @@ pub struct RebalancerOptions {
     pub concurrency: usize,
     /// `data-dir/streams.json`.
     pub progress_file: PathBuf,
+}
+
+/// Why a copy from a source failed.
+enum CopyError {
+    /// The source does not hold the range completely (it is filling or dropping it, or does
+    /// not own it in its view).
+    NotComplete(String),
+    /// Anything else: unreachable, a failed store here, shutting down.
+    Failed(String),
+}
+
+impl From<String> for CopyError {
+    fn from(e: String) -> Self {
+        CopyError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::NotComplete(e) => write!(f, "not complete there: {e}"),
+            CopyError::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 impl Rebalancer {
@@ -297,20 +321,22 @@ impl Rebalancer {
             .collect();
         let exclude = [me];
         let needed = self.read_quorum;
+        let pieces = plan::coalesce(pieces.iter().map(|m| (m.lo, m.hi, plan::sources(m, &exclude))).collect());
         let jobs: Vec<(u64, u64, Vec<Peer>)> = pieces
-            .iter()
-            .map(|m| {
-                let peers = plan::sources(m, &exclude)
+            .into_iter()
+            .map(|(lo, hi, ids)| {
+                let peers = ids
                     .into_iter()
                     .map(|id| Peer { address: topology.addresses.get(&id).cloned().unwrap_or_default(), id })
                     .collect();
-                (m.lo, m.hi, peers)
+                (lo, hi, peers)
             })
             .collect();
         tracing::debug!(pieces = jobs.len(), epoch, "filling: merging gained ranges from their other owners");
         let results: Vec<(u64, u64, Result<Moved, String>)> = stream::iter(jobs)
             .map(|(lo, hi, sources)| async move {
-                let copies = plan::copies_needed(needed, sources.len());
+                let count = sources.len();
+                let copies = move |refused| plan::copies_needed_without(needed, count, refused);
                 let result = self.pull("fill", lo, hi, sources, copies, shutdown).await;
                 (lo, hi, result)
             })
@@ -357,7 +383,7 @@ impl Rebalancer {
         let jobs = jobs(&moves, &self.membership.topology(), |m| plan::sources(m, exclude));
         self.run_all(jobs, |lo, hi, sources| {
             let needed = needed(sources.len());
-            self.pull(op, lo, hi, sources, needed, shutdown)
+            self.pull(op, lo, hi, sources, move |_| needed, shutdown)
         })
         .await
     }
@@ -392,13 +418,15 @@ impl Rebalancer {
         lo: u64,
         hi: u64,
         sources: Vec<Peer>,
-        needed: usize,
+        needed: impl Fn(usize) -> usize + Send,
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
         self.metrics.ranges_streaming.inc();
         let mut moved = Moved::default();
         let mut errors = Vec::new();
         let mut copied = 0;
+        // Sources that refused because they do not hold the range completely.
+        let mut refused = 0;
         // Progress counts only within one loss epoch: a range lost meanwhile was dropped.
         let losses = self.ownership.loss_epoch();
         for source in &sources {
@@ -412,10 +440,15 @@ impl Rebalancer {
                     self.save_cursor(&name, None, true);
                     copied += 1;
                 }
-                Err(e) => errors.push(format!("{}: {e}", source.id)),
+                Err(CopyError::NotComplete(e)) => {
+                    refused += 1;
+                    errors.push(format!("{}: {e}", source.id));
+                }
+                Err(CopyError::Failed(e)) => errors.push(format!("{}: {e}", source.id)),
             }
         }
         self.metrics.ranges_streaming.dec();
+        let needed = needed(refused);
         if copied >= needed {
             Ok(moved)
         } else {
@@ -435,14 +468,18 @@ impl Rebalancer {
         source: &Peer,
         moved: &mut Moved,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), CopyError> {
         let mut after = self.cursor(name);
         loop {
             if shutdown.is_cancelled() {
-                return Err("shutting down".into());
+                return Err(CopyError::Failed("shutting down".into()));
             }
             let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
-            let bytes = self.client.post(source, SCAN_PATH, encode(&request)).await.map_err(|e| e.to_string())?;
+            let bytes = match self.client.post(source, SCAN_PATH, encode(&request)).await {
+                Ok(bytes) => bytes,
+                Err(ReplicaError::NotOwner(e)) => return Err(CopyError::NotComplete(e)),
+                Err(e) => return Err(CopyError::Failed(e.to_string())),
+            };
             let page: ScanResponse = decode(&bytes)?;
             let keys = page.entries.len() as u64;
             let value_bytes: u64 =

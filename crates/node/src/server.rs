@@ -66,6 +66,8 @@ impl OwnershipWatcher {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut topology = self.membership.subscribe();
+        // A topology published between the start-up update and this subscription is applied.
+        topology.mark_changed();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

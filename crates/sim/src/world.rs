@@ -424,12 +424,14 @@ impl World {
     }
 
     /// One page of `from`'s copy of `lo..=hi` after `after`, read by `by` (`None` if it cannot).
-    fn scan(&self, by: &str, from: &str, lo: u64, hi: u64, after: Option<&[u8]>) -> Option<Vec<Entry>> {
-        let core = self.state.lock().nodes.get(from).filter(|n| n.up).map(|n| n.core.clone())?;
+    /// `Err(true)`: `from` refused (it does not hold the range completely); `Err(false)`: down
+    /// or cut off.
+    fn scan(&self, by: &str, from: &str, lo: u64, hi: u64, after: Option<&[u8]>) -> Result<Vec<Entry>, bool> {
+        let core = self.state.lock().nodes.get(from).filter(|n| n.up).map(|n| n.core.clone()).ok_or(false)?;
         if self.partitioned(by, from) {
-            return None;
+            return Err(false);
         }
-        core.scan(lo, hi, after, PAGE).ok()
+        core.scan(lo, hi, after, PAGE).map_err(|_| true)
     }
 
     /// Streams `entries` from `from` into `to` (`false` if it cannot or `to` refuses).
@@ -442,16 +444,22 @@ impl World {
 
     /// Copies `lo..=hi` from `source` into `target`, page by page (as a pull or a push).
     async fn copy(&self, source: &str, target: &str, lo: u64, hi: u64) -> bool {
+        self.try_copy(source, target, lo, hi).await.is_ok()
+    }
+
+    /// [`World::copy`], saying why it failed: `Err(true)` if `source` refused because it does
+    /// not hold the range completely.
+    async fn try_copy(&self, source: &str, target: &str, lo: u64, hi: u64) -> Result<(), bool> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let Some(page) = self.scan(target, source, lo, hi, after.as_deref()) else { return false };
+            let page = self.scan(target, source, lo, hi, after.as_deref())?;
             let done = page.len() < PAGE;
             after = page.last().map(|(k, _)| k.clone()).or(after);
             if !page.is_empty() && !self.stream(source, target, page) {
-                return false;
+                return Err(false);
             }
             if done {
-                return true;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -560,17 +568,21 @@ impl World {
         let ring = self.ring();
         let mut done = Vec::new();
         for &(lo, hi) in filling.spans() {
-            for piece in plan::owners_in(&ring, self.config.n, lo, hi) {
-                let sources = plan::sources(&piece, &[id.to_owned()]);
-                let needed = plan::copies_needed(self.config.r, sources.len());
-                let mut copied = 0;
+            let pieces = plan::owners_in(&ring, self.config.n, lo, hi)
+                .iter()
+                .map(|m| (m.lo, m.hi, plan::sources(m, &[id.to_owned()])))
+                .collect();
+            for (lo, hi, sources) in plan::coalesce(pieces) {
+                let (mut copied, mut refused) = (0, 0);
                 for source in &sources {
-                    if self.copy(source, id, piece.lo, piece.hi).await {
-                        copied += 1;
+                    match self.try_copy(source, id, lo, hi).await {
+                        Ok(()) => copied += 1,
+                        Err(true) => refused += 1,
+                        Err(false) => {}
                     }
                 }
-                if copied >= needed {
-                    done.push((piece.lo, piece.hi));
+                if copied >= plan::copies_needed_without(self.config.r, sources.len(), refused) {
+                    done.push((lo, hi));
                 }
             }
         }

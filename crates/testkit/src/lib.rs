@@ -226,6 +226,15 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: show what this process said (more with `KV_TEST_LOG`).
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("fjall") && !l.contains("lsm_tree")).collect();
+            eprintln!("== {} {} (last lines of its log)", self.program.display(), self.address());
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
         // A paused process must be able to die.
         self.resume();
         self.kill9();
