@@ -101,6 +101,11 @@ pub struct MemberState {
     /// 0 when unknown.
     #[serde(default)]
     pub lease: u64,
+    /// Random, drawn at every start of the process: tells runs of one store apart (generations
+    /// can repeat when clocks step back or a data directory is restored with its generation
+    /// file). 0 in states recorded before runs were named.
+    #[serde(default)]
+    pub run: u64,
     /// Grows every time the process starts.
     pub generation: u64,
     /// Grows every gossip round of this generation (and on every status change).
@@ -176,9 +181,6 @@ pub struct Gossip {
     /// A peer knew a larger counter lease of an earlier run of our store than our store had
     /// recorded (set once, never cleared).
     restored: Option<u64>,
-    /// Every generation this run has used (it moves past a wiped predecessor's): a peer's
-    /// older state of this very run is not another run.
-    my_generations: Vec<u64>,
 }
 
 impl Gossip {
@@ -193,10 +195,8 @@ impl Gossip {
             removed: BTreeSet::new(),
             lease_at_start: None,
             restored: None,
-            my_generations: Vec::new(),
         };
         if let Some(state) = me {
-            gossip.my_generations.push(state.generation);
             gossip.me = Some(state.id.clone());
             gossip.seen.insert(state.id.clone(), (state.version(), now_ms));
             gossip.members.insert(state.id.clone(), state);
@@ -342,7 +342,7 @@ impl Gossip {
     /// authority on our own state), except that a state of another incarnation under our id
     /// with a generation at or above ours (our predecessor on a disk since wiped) makes us move
     /// our generation past it, so that our state wins everywhere; and a state of another run
-    /// (another generation) of our own incarnation with a larger counter lease than our store
+    /// (another run nonce) of our own incarnation with a larger counter lease than our store
     /// had recorded at start means our store is an older copy of itself
     /// ([`Gossip::restored_me`]). A state of a removed
     /// (id, incarnation) is taken as removed. Returns whether anything changed.
@@ -351,14 +351,14 @@ impl Gossip {
         for mut state in incoming {
             if self.me.as_deref() == Some(state.id.as_str()) {
                 if let Some(me) = self.me.as_ref().and_then(|id| self.members.get_mut(id)) {
-                    let other_run =
-                        state.incarnation == me.incarnation && !self.my_generations.contains(&state.generation);
+                    // Another run of our store: not this one (whatever its generation, which
+                    // this run moves past a wiped predecessor's).
+                    let other_run = state.incarnation == me.incarnation && state.run != me.run;
                     if other_run && self.lease_at_start.is_some_and(|start| state.lease > start) {
                         self.restored = self.restored.max(Some(state.lease));
                     }
                     if state.incarnation != me.incarnation && state.generation >= me.generation {
                         me.generation = state.generation + 1;
-                        self.my_generations.push(me.generation);
                         me.heartbeat = 0;
                         changed = true;
                     }

@@ -11,6 +11,7 @@ fn state(id: &str, generation: u64) -> MemberState {
         status: Status::Normal,
         incarnation: 1,
         lease: 0,
+        run: generation,
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
@@ -398,6 +399,21 @@ fn a_peer_knowing_a_larger_lease_of_an_earlier_run_of_our_store_means_we_were_re
     gossip.set_lease(10 * 65_536);
     assert_eq!(gossip.restored_me(), Some(131_073));
     assert_eq!(gossip.my_state().map(|s| s.lease), Some(10 * 65_536));
+}
+
+#[test]
+fn an_earlier_run_with_the_same_generation_is_another_run() {
+    // A restored copy whose clock is behind starts at the generation the run it lacks had.
+    let mut me = state("a", 5);
+    me.run = 2;
+    me.lease = 65_537;
+    let mut gossip = Gossip::new(Some(me), SUSPECT_MS, 0);
+    gossip.set_lease_at_start(1);
+    let mut later = state("a", 5);
+    later.run = 1;
+    later.lease = 131_073;
+    gossip.merge([later], 1);
+    assert_eq!(gossip.restored_me(), Some(131_073));
 }
 
 #[test]

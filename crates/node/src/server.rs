@@ -219,6 +219,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         status: Status::Joining,
         incarnation: identity.incarnation,
         lease: engine.counter_lease(),
+        run: getrandom::u64().map_err(|e| RunError::Startup(format!("no randomness for the run id: {e}")))?,
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
