@@ -339,9 +339,10 @@ impl Gossip {
     }
 
     /// Merges states received from a peer. States about ourselves are ignored (we are the
-    /// authority on our own state), except that a state of another incarnation under our id
-    /// with a generation at or above ours (our predecessor on a disk since wiped) makes us move
-    /// our generation past it, so that our state wins everywhere; and a state of another run
+    /// authority on our own state), except that a state of another incarnation or another run
+    /// under our id with a generation at or above ours (our predecessor on a disk since wiped,
+    /// or an earlier run of ours that had moved its generation) makes us move our generation
+    /// past it, so that our state wins everywhere; and a state of another run
     /// (another run nonce) of our own incarnation with a larger counter lease than our store
     /// had recorded at start means our store is an older copy of itself
     /// ([`Gossip::restored_me`]). A state of a removed
@@ -357,7 +358,11 @@ impl Gossip {
                     if other_run && self.lease_at_start.is_some_and(|start| state.lease > start) {
                         self.restored = self.restored.max(Some(state.lease));
                     }
-                    if state.incarnation != me.incarnation && state.generation >= me.generation {
+                    // Any earlier holder of our id at or above our generation (a wiped
+                    // predecessor, or an earlier run of ours that moved its generation while
+                    // our clock is behind) would outrank us everywhere: move past it.
+                    let not_us = state.incarnation != me.incarnation || state.run != me.run;
+                    if not_us && state.generation >= me.generation {
                         me.generation = state.generation + 1;
                         me.heartbeat = 0;
                         changed = true;

@@ -104,9 +104,14 @@ fn a_new_incarnation_moves_its_generation_past_its_predecessor() {
 fn states_about_ourselves_are_ignored() {
     let mut me = Gossip::new(Some(state("me", 1)), SUSPECT_MS, 0);
     let mut forged = state("me", 9);
+    forged.run = 1; // this very run
     forged.status = Status::Left;
-    assert!(!me.merge(vec![forged], 0));
+    assert!(!me.merge(vec![forged.clone()], 0));
     assert_eq!(me.my_state().unwrap().status, Status::Normal);
+    // From another run of ours: we only move our generation past it; our status stays ours.
+    forged.run = 7;
+    assert!(me.merge(vec![forged], 0));
+    assert_eq!((me.my_state().unwrap().status, me.my_state().unwrap().generation), (Status::Normal, 10));
 }
 
 /// Three members; `c` stops. Both others must suspect it before it is down.
@@ -399,6 +404,19 @@ fn a_peer_knowing_a_larger_lease_of_an_earlier_run_of_our_store_means_we_were_re
     gossip.set_lease(10 * 65_536);
     assert_eq!(gossip.restored_me(), Some(131_073));
     assert_eq!(gossip.my_state().map(|s| s.lease), Some(10 * 65_536));
+}
+
+#[test]
+fn an_earlier_run_of_ours_at_a_higher_generation_is_moved_past() {
+    // The earlier run had moved its generation to 8 (past a wiped predecessor's); this run
+    // starts at 6 with its clock behind: peers would keep the dead run's state.
+    let mut me = state("a", 6);
+    me.run = 2;
+    let mut gossip = Gossip::new(Some(me), SUSPECT_MS, 0);
+    let mut earlier = state("a", 8);
+    earlier.run = 1;
+    assert!(gossip.merge([earlier], 1));
+    assert_eq!(gossip.my_state().map(|s| s.generation), Some(9));
 }
 
 #[test]
