@@ -468,9 +468,10 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
         for p in &cluster.nodes {
             let refusals = client().get(p.url("/metrics")).send().unwrap().text().unwrap();
             let refusals: Vec<&str> = refusals.lines().filter(|l| l.starts_with("kv_replica_refusals_total")).collect();
-            eprintln!("== {} {refusals:?}\n{}", p.address(), p.log_text());
+            // Each process prints its log as the panic drops it.
+            eprintln!("{} refused: {refusals:?}", p.address());
         }
-        panic!("reads at r=3 failed after the overwrite (logs above; KV_TEST_LOG=debug shows more): {unread:?}");
+        panic!("reads at r=3 failed after the overwrite (logs below; KV_TEST_LOG=debug shows more): {unread:?}");
     }
     if !legacy() {
         // The first write's outcome is unknown; later ones avoid the stalled replica.

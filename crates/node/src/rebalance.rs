@@ -139,15 +139,6 @@ impl From<String> for CopyError {
     }
 }
 
-impl std::fmt::Display for CopyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CopyError::NotComplete(e) => write!(f, "not complete there: {e}"),
-            CopyError::Failed(e) => f.write_str(e),
-        }
-    }
-}
-
 impl Rebalancer {
     /// A rebalancer; `exit` is cancelled when the node has left the cluster.
     pub fn new(
@@ -442,7 +433,7 @@ impl Rebalancer {
                 }
                 Err(CopyError::NotComplete(e)) => {
                     refused += 1;
-                    errors.push(format!("{}: {e}", source.id));
+                    errors.push(format!("{}: not complete there: {e}", source.id));
                 }
                 Err(CopyError::Failed(e)) => errors.push(format!("{}: {e}", source.id)),
             }
