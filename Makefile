@@ -1,6 +1,9 @@
 # Two commands do everything on a fresh machine:
-#   make run    build release binaries and start a local node on 127.0.0.1:7000 (data in ./data)
-#   make test   install what the checks need, then run formatting, lints and every test
+#   make run    build release binaries and start a local cluster in the foreground: 3 kvnodes
+#               (client API 127.0.0.1:7001-7003, peer 7101-7103, admin 7201-7203) and a
+#               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
+#   make test   install what the checks need, then run formatting, lints, every test and the
+#               docs' curl examples, printing each stage's time (scripts/test.sh)
 .PHONY: run test test-long deps fmt lint unit docs-check bench bench-storage build bins release clean
 
 CARGO ?= cargo
@@ -33,7 +36,8 @@ unit:
 docs-check: bins
 	KV_BIN=./target/debug python3 scripts/check_doc_examples.py README.md docs/api.md
 
-test: deps fmt lint unit docs-check
+test:
+	./scripts/test.sh
 
 # Long runs kept out of `make test`: 200,000 model-checker histories and a 2-minute soak
 # without false failure detections.

@@ -58,11 +58,11 @@ bench() { # label url protocol workload [extra...]
 }
 
 # 1. The HTTP ceiling and one node, N=1, --sync batch.
-p=$(free_port)
-"$bin/kvnode" --node-id solo --listen "127.0.0.1:$p" --data-dir "$work/solo" --replicas 1 --sync batch \
-  >"$work/solo.log" 2>&1 &
+p=$(free_port); a=$(free_port)
+"$bin/kvnode" --node-id solo --listen "127.0.0.1:$p" --peer-listen "127.0.0.1:$(free_port)" \
+  --admin-listen "127.0.0.1:$a" --data-dir "$work/solo" --replicas 1 --sync batch >"$work/solo.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$p/health"
+wait_http "http://127.0.0.1:$a/health/live"
 bench "ceiling GET (noop)" "http://127.0.0.1:$p/noop" noop c
 bench "ceiling PUT (noop)" "http://127.0.0.1:$p/noop" noop w
 # Every store is filled with the keyspace (a read row's load phase) before its write row runs:
@@ -118,15 +118,15 @@ bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
 
 # 5. Memory: one node, N=1, filled with 1,000,000 keys of 100 bytes, then read for a while.
 mkeys=${BENCH_MEMORY_KEYS:-1000000}
-p=$(free_port)
-"$bin/kvnode" --node-id mem --listen "127.0.0.1:$p" --data-dir "$work/mem" --replicas 1 --sync batch \
-  >"$work/mem.log" 2>&1 &
+p=$(free_port); a=$(free_port)
+"$bin/kvnode" --node-id mem --listen "127.0.0.1:$p" --peer-listen "127.0.0.1:$(free_port)" \
+  --admin-listen "127.0.0.1:$a" --data-dir "$work/mem" --replicas 1 --sync batch >"$work/mem.log" 2>&1 &
 mem_pid=$!; pids+=($mem_pid)
-wait_http "http://127.0.0.1:$p/health"
+wait_http "http://127.0.0.1:$a/health/live"
 echo "bench: memory at $mkeys keys" >&2
 "$bin/kvbench" --url "http://127.0.0.1:$p" --protocol kv --workload c --keys "$mkeys" --value-size "$vsize" \
   --concurrency "$conc" --duration 5 --label memory --json >/dev/null 2>&1
-stored=$(curl -fsS "http://127.0.0.1:$p/metrics" | awk '/^kv_storage_keys /{print $2}')
+stored=$(curl -fsS "http://127.0.0.1:$a/metrics" | awk '/^kv_storage_keys /{print $2}')
 rss=$(awk '/^VmRSS/{print $2}' "/proc/$mem_pid/status")
 hwm=$(awk '/^VmHWM/{print $2}' "/proc/$mem_pid/status")
 echo "{\"label\":\"memory\",\"keys\":$mkeys,\"stored\":${stored:-0},\"rss_kb\":$rss,\"hwm_kb\":$hwm}" >"$work/memory.json"

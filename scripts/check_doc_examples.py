@@ -3,8 +3,9 @@
 
 Every ```sh block that calls curl is run in order with bash (set -euo pipefail). When the
 block is followed directly by a ```text block, the command's output must equal it (trailing
-whitespace ignored). The cluster is the one `make run` starts (scripts/cluster.sh: nodes on
-127.0.0.1:7001-7003, gateway on 127.0.0.1:8080, the addresses the docs use) with a throw-away
+whitespace ignored). The cluster is the one `make run` starts (scripts/cluster.sh: nodes' client
+APIs on 127.0.0.1:7001-7003, their peer listeners on 7101-7103 and admin on 7201-7203; the
+gateway on 8080, admin 8081: the addresses the docs use) with a throw-away
 data directory; if one of those ports is taken (say `make run` is up), free ports are used and
 the addresses are rewritten in the commands, which is reported.
 
@@ -21,7 +22,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "scripts", "cluster.sh")
-DOC_NODE_PORTS = [7001, 7002, 7003]
+DOC_NODE_BASE = 7001
+# Client, peer and admin ports of 3 nodes, relative to the base (as cluster.sh numbers them).
+NODE_OFFSETS = [0, 1, 2, 100, 101, 102, 200, 201, 202]
 DOC_GATEWAY_PORT = 8080
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 
@@ -64,20 +67,22 @@ def normalise(text):
 
 
 def main(paths):
-    node_ports, gateway_port = DOC_NODE_PORTS, DOC_GATEWAY_PORT
+    def ports(base, gateway):
+        return [base + o for o in NODE_OFFSETS] + [gateway, gateway + 1]
+
+    base, gateway_port = DOC_NODE_BASE, DOC_GATEWAY_PORT
     rewrite = {}
-    if not all(port_free(p) for p in node_ports + [gateway_port]):
-        # cluster.sh numbers node ports consecutively from a base.
-        base = free_port()
-        while not all(port_free(base + i) for i in range(len(node_ports))):
-            base = free_port()
-        node_ports = [base + i for i in range(len(DOC_NODE_PORTS))]
-        gateway_port = free_port()
-        pairs = zip(DOC_NODE_PORTS + [DOC_GATEWAY_PORT], node_ports + [gateway_port])
+    if not all(port_free(p) for p in ports(base, gateway_port)):
+        # cluster.sh numbers node ports from a base; the gateway's admin port is one above it.
+        while True:
+            base, gateway_port = free_port(), free_port()
+            if base < 60000 and all(port_free(p) for p in ports(base, gateway_port)):
+                break
+        pairs = zip(ports(DOC_NODE_BASE, DOC_GATEWAY_PORT), ports(base, gateway_port))
         rewrite = {f"127.0.0.1:{a}": f"127.0.0.1:{b}" for a, b in pairs}
         print(f"check_doc_examples: the documented ports are taken; using {rewrite}")
     data = tempfile.mkdtemp(prefix="kv-doc-examples-")
-    env = dict(os.environ, KV_DATA=data, KV_BASE_PORT=str(node_ports[0]), KV_GATEWAY_PORT=str(gateway_port))
+    env = dict(os.environ, KV_DATA=data, KV_BASE_PORT=str(base), KV_GATEWAY_PORT=str(gateway_port))
     failures = 0
     total = 0
     try:

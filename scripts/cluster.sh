@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A local cluster in the background: K kvnodes on 127.0.0.1:7001.. and a kvgateway on :8080.
+# A local cluster in the background: K kvnodes and a kvgateway on 127.0.0.1.
+#   node i:   client API :700i, peer :710i, admin :720i (base ports 7001, 7101, 7201)
+#   gateway:  client API :8080, admin :8081
 #
 #   scripts/cluster.sh start  [--nodes K]   start what is not running yet, wait until ready
 #   scripts/cluster.sh stop                 SIGTERM everything (SIGKILL after 15 s)
 #   scripts/cluster.sh status               what runs, and its health
 #
 # Idempotent: starting a running cluster or stopping a stopped one changes nothing.
-# Environment: KV_DATA (default ./data), KV_BIN (./target/release), KV_BASE_PORT (7001),
-# KV_GATEWAY_PORT (8080). Data lives in $KV_DATA/nK, logs in $KV_DATA/logs, pids in $KV_DATA/run.
+# Environment: KV_DATA (default ./data), KV_BIN (./target/release), KV_BASE_PORT (7001; peer
+# and admin ports are 100 and 200 above), KV_GATEWAY_PORT (8080; admin one above). Data lives in $KV_DATA/nK, logs in $KV_DATA/logs, pids in $KV_DATA/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +29,12 @@ done
 case "$nodes" in ''|*[!0-9]*|0) echo "cluster.sh: --nodes must be a positive number" >&2; exit 2 ;; esac
 
 mkdir -p "$data/logs" "$data/run"
-seeds=$(for i in $(seq 1 "$nodes"); do printf '127.0.0.1:%s,' $((base + i - 1)); done)
+seeds=$(for i in $(seq 1 "$nodes"); do printf '127.0.0.1:%s,' $((base + 100 + i - 1)); done)
 seeds=${seeds%,}
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-health() { curl -fsS -m 1 "http://$1/health" >/dev/null 2>&1; }
+health() { curl -fsS -m 1 "http://$1/health/live" >/dev/null 2>&1; }
 
 wait_healthy() {
   for _ in $(seq 1 300); do health "$1" && return 0; sleep 0.1; done
@@ -56,18 +58,20 @@ case "$cmd" in
     for i in $(seq 1 "$nodes"); do
       port=$((base + i - 1))
       start_one "n$i" "$data/run/n$i.pid" "$bin/kvnode" --node-id "n$i" --listen "127.0.0.1:$port" \
+        --peer-listen "127.0.0.1:$((port + 100))" --admin-listen "127.0.0.1:$((port + 200))" \
         --data-dir "$data/n$i" --seeds "$seeds" --expect-nodes "$nodes"
     done
-    for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + i - 1))"; done
-    start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" --seeds "$seeds" --expect-nodes "$nodes"
-    wait_healthy "127.0.0.1:$gw_port"
+    for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + 200 + i - 1))"; done
+    start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" \
+      --admin-listen "127.0.0.1:$((gw_port + 1))" --seeds "$seeds" --expect-nodes "$nodes"
+    wait_healthy "127.0.0.1:$((gw_port + 1))"
     # Ready when the gateway sees every node as a normal member (new nodes join first).
     for _ in $(seq 1 300); do
-      count=$( (curl -fsS -m 1 "http://127.0.0.1:$gw_port/cluster/members" 2>/dev/null || true) | grep -o '"status":"normal"' | wc -l || true)
+      count=$( (curl -fsS -m 1 "http://127.0.0.1:$((gw_port + 1))/cluster/members" 2>/dev/null || true) | grep -o '"status":"normal"' | wc -l || true)
       [ "${count:-0}" -ge "$nodes" ] && break
       sleep 0.1
     done
-    echo "cluster ready: $nodes nodes ($seeds), gateway 127.0.0.1:$gw_port"
+    echo "cluster ready: $nodes nodes (peers $seeds), gateway 127.0.0.1:$gw_port (admin :$((gw_port + 1)))"
     ;;
   stop)
     for pidfile in "$data"/run/*.pid; do

@@ -24,12 +24,12 @@ pub const CONTEXT_HEADER: &str = "x-context";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not be reached, or the connection failed. May succeed if retried.
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {reason}")]
     Transport {
         /// The URL called.
         url: String,
-        /// The underlying error.
-        source: reqwest::Error,
+        /// What went wrong, at its root (`connection refused`, `timed out`).
+        reason: String,
     },
     /// The server answered with an error (`{"error": code, "message": ...}`).
     #[error("server answered {status}: {code}: {message}")]
@@ -114,22 +114,47 @@ struct ErrorBody {
     message: String,
 }
 
-/// A client for one base URL (a node or a gateway).
+impl Error {
+    /// A transport failure calling `url`, said once: the root cause of `e`, not the chain of
+    /// wrappers each repeating the one below.
+    fn transport(url: &str, e: reqwest::Error) -> Error {
+        let reason = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            let mut root: &dyn std::error::Error = &e;
+            while let Some(next) = root.source() {
+                root = next;
+            }
+            root.to_string()
+        };
+        Error::Transport { url: url.to_owned(), reason }
+    }
+}
+
+/// A client for one base URL (a node or a gateway), and its admin URL for the cluster commands.
 pub struct Client {
     base: String,
+    admin: String,
     http: reqwest::blocking::Client,
     r: Option<String>,
     w: Option<String>,
 }
 
 impl Client {
-    /// A client for `base_url` (e.g. `http://127.0.0.1:7000`) with a per-call `timeout`.
+    /// A client for the client API at `base_url` (e.g. `http://127.0.0.1:8080`) with a per-call
+    /// `timeout`; the cluster commands go to the same URL until [`Client::with_admin`].
     pub fn new(base_url: &str, timeout: Duration) -> Result<Client, Error> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|source| Error::Transport { url: base_url.to_owned(), source })?;
-        Ok(Client { base: base_url.trim_end_matches('/').to_owned(), http, r: None, w: None })
+        let http =
+            reqwest::blocking::Client::builder().timeout(timeout).build().map_err(|e| Error::transport(base_url, e))?;
+        let base = base_url.trim_end_matches('/').to_owned();
+        Ok(Client { admin: base.clone(), base, http, r: None, w: None })
+    }
+
+    /// Sends the cluster commands (members, ring, leave, remove) to the admin listener at
+    /// `admin_url` (e.g. `http://127.0.0.1:8081`).
+    pub fn with_admin(mut self, admin_url: &str) -> Client {
+        self.admin = admin_url.trim_end_matches('/').to_owned();
+        self
     }
 
     /// Per-request quorums for every later call: `r` for reads, `w` for writes (`1..=N`, `one`,
@@ -149,17 +174,17 @@ impl Client {
 
     /// `GET /cluster/members` as JSON.
     pub fn members(&self) -> Result<serde_json::Value, Error> {
-        self.json(&format!("{}/cluster/members", self.base))
+        self.json(&format!("{}/cluster/members", self.admin))
     }
 
     /// `GET /cluster/ring` as JSON.
     pub fn ring(&self) -> Result<serde_json::Value, Error> {
-        self.json(&format!("{}/cluster/ring", self.base))
+        self.json(&format!("{}/cluster/ring", self.admin))
     }
 
-    /// `POST /admin/leave` on the node at the base URL: it hands off its ranges and exits.
+    /// `POST /admin/leave` on the node at the admin URL: it hands off its ranges and exits.
     pub fn leave(&self) -> Result<serde_json::Value, Error> {
-        let url = format!("{}/admin/leave", self.base);
+        let url = format!("{}/admin/leave", self.admin);
         let response = expect_status(self.send(&url, self.http.post(&url))?, StatusCode::ACCEPTED)?;
         response.json().map_err(|e| Error::Protocol(e.to_string()))
     }
@@ -167,7 +192,7 @@ impl Client {
     /// `POST /admin/remove/{id}`: declare member `id` permanently failed (`force` even if it is
     /// not down).
     pub fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, Error> {
-        let mut url = format!("{}/admin/remove/{}", self.base, encode_key(id));
+        let mut url = format!("{}/admin/remove/{}", self.admin, encode_key(id));
         if force {
             url.push_str("?force=true");
         }
@@ -205,7 +230,7 @@ impl Client {
         match response.status() {
             StatusCode::OK => {
                 let content_type = header(&response, "content-type").unwrap_or_default();
-                let value = response.bytes().map_err(|source| Error::Transport { url, source })?.to_vec();
+                let value = response.bytes().map_err(|e| Error::transport(&url, e))?.to_vec();
                 Ok(Read::Value { value, content_type, context: context.unwrap_or_default() })
             }
             StatusCode::MULTIPLE_CHOICES => {
@@ -249,7 +274,7 @@ impl Client {
         url: &str,
         request: reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response, Error> {
-        request.send().map_err(|source| Error::Transport { url: url.to_owned(), source })
+        request.send().map_err(|e| Error::transport(url, e))
     }
 }
 

@@ -15,11 +15,17 @@
 //!
 //! The queue is bounded ([`QUEUE_CALLS`]): callers wait when a peer falls that far behind,
 //! which is the backpressure the coordinator's per-call timeout turns into an error.
+//!
+//! The queue is drained by a [`BatchWorker`], one unit of work per batch, run by the process's
+//! supervisor like every background job.
 
 use std::sync::Arc;
 
+use kv_worker::{Worker, WorkerState};
 use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::topology::BoxFuture;
 use crate::wire::{Call, Reply};
@@ -42,19 +48,31 @@ pub type SendBatch = Arc<dyn Fn(Vec<Call>) -> BoxFuture<'static, Result<Vec<Repl
 
 type Waiter = oneshot::Sender<Result<Reply, ReplicaError>>;
 
-/// A queue of calls to one peer, drained into batches by a background task that lives as long
-/// as the `Batcher`.
+/// A queue of calls to one peer. Its [`BatchWorker`] drains it into batches; the process runs
+/// that worker under its supervisor ([`kv_worker::Supervisor`]).
 pub struct Batcher {
     queue: mpsc::Sender<(Call, Waiter)>,
 }
 
 impl Batcher {
-    /// Starts the task that sends batches with `send`, at most `in_flight` at a time, and
-    /// records each batch's size in `sizes`. Must be called inside a tokio runtime.
-    pub fn spawn(send: SendBatch, in_flight: usize, sizes: Option<Histogram>) -> Batcher {
+    /// A queue named `name` (shown at `/admin/workers`) and the worker that sends its batches
+    /// with `send`, at most `in_flight` at a time, recording each batch's size in `sizes`.
+    pub fn new(name: String, send: SendBatch, in_flight: usize, sizes: Option<Histogram>) -> (Batcher, BatchWorker) {
         let (queue, calls) = mpsc::channel(QUEUE_CALLS);
-        tokio::spawn(drive(calls, send, in_flight.max(1), sizes));
-        Batcher { queue }
+        let in_flight = in_flight.max(1);
+        let worker = BatchWorker {
+            name,
+            calls,
+            next: None,
+            closed: false,
+            send,
+            slots: Arc::new(Semaphore::new(in_flight)),
+            in_flight,
+            sending: JoinSet::new(),
+            sizes,
+            batches: 0,
+        };
+        (Batcher { queue }, worker)
     }
 
     /// Queues `call` and waits for its reply.
@@ -68,27 +86,58 @@ impl Batcher {
     }
 }
 
-async fn drive(mut calls: mpsc::Receiver<(Call, Waiter)>, send: SendBatch, in_flight: usize, sizes: Option<Histogram>) {
-    let slots = Arc::new(Semaphore::new(in_flight));
-    while let Some(first) = calls.recv().await {
+/// Drains a [`Batcher`]'s queue into batches: one unit of work sends one batch. The batches in
+/// flight are its tasks: stopping the worker abandons them (their callers see
+/// [`ReplicaError::Unreachable`]).
+pub struct BatchWorker {
+    name: String,
+    calls: mpsc::Receiver<(Call, Waiter)>,
+    /// The call that woke the worker, not yet sent.
+    next: Option<(Call, Waiter)>,
+    /// Every [`Batcher`] handle is gone.
+    closed: bool,
+    send: SendBatch,
+    slots: Arc<Semaphore>,
+    in_flight: usize,
+    sending: JoinSet<()>,
+    sizes: Option<Histogram>,
+    batches: u64,
+}
+
+impl Worker for BatchWorker {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn status(&self) -> String {
+        let sending = self.in_flight - self.slots.available_permits();
+        format!("{} batches sent, {sending} in flight, {} calls queued", self.batches, self.calls.len())
+    }
+
+    async fn work(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        while self.sending.try_join_next().is_some() {}
+        let Some(first) = self.next.take() else {
+            return Ok(if self.closed { WorkerState::Done } else { WorkerState::Idle });
+        };
         // Wait for a free slot before draining: whatever queues meanwhile joins this batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let mut bytes = first.0.weight();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_CALLS && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = calls.try_recv() else { break };
+            let Ok(next) = self.calls.try_recv() else { break };
             bytes += next.0.weight();
             batch.push(next);
         }
         batch.retain(|(_, waiter)| !waiter.is_closed());
         if batch.is_empty() {
-            continue;
+            return Ok(WorkerState::Idle);
         }
-        if let Some(sizes) = &sizes {
+        if let Some(sizes) = &self.sizes {
             sizes.observe(batch.len() as f64);
         }
-        let send = send.clone();
-        tokio::spawn(async move {
+        self.batches += 1;
+        let send = self.send.clone();
+        self.sending.spawn(async move {
             let (batch, waiters): (Vec<Call>, Vec<Waiter>) = batch.into_iter().unzip();
             let count = batch.len();
             let result = send(batch).await;
@@ -106,6 +155,18 @@ async fn drive(mut calls: mpsc::Receiver<(Call, Waiter)>, send: SendBatch, in_fl
                 Err(error) => waiters.into_iter().for_each(|w| drop(w.send(Err(error.clone())))),
             }
         });
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            call = self.calls.recv() => match call {
+                Some(call) => self.next = Some(call),
+                None => self.closed = true,
+            },
+            // Reap finished sends while idle.
+            Some(_) = self.sending.join_next(), if !self.sending.is_empty() => {}
+        }
     }
 }
 
@@ -116,6 +177,15 @@ mod tests {
 
     use super::*;
     use crate::wire::ReadRequest;
+    use kv_worker::{Stage, Supervisor};
+
+    /// A batcher whose worker runs under a supervisor (the task outlives the handle).
+    fn spawn(send: SendBatch, in_flight: usize, sizes: Option<Histogram>) -> Batcher {
+        let (batcher, worker) = Batcher::new("test".into(), send, in_flight, sizes);
+        let supervisor = Supervisor::new();
+        supervisor.spawn(Stage::Transport, worker);
+        batcher
+    }
 
     fn read(key: &str) -> Call {
         Call::Read(ReadRequest { key: key.as_bytes().to_vec() })
@@ -144,7 +214,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_call_goes_at_once_and_a_crowd_shares_batches() {
         let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::spawn(slow_peer(batches.clone(), Arc::new(AtomicUsize::new(0))), 1, None));
+        let batcher = Arc::new(spawn(slow_peer(batches.clone(), Arc::new(AtomicUsize::new(0))), 1, None));
         let started = tokio::time::Instant::now();
         assert!(matches!(batcher.call(read("k")).await, Ok(Reply::Failed { status: 1, .. })));
         assert_eq!(started.elapsed(), Duration::from_millis(10), "no waiting for company");
@@ -166,7 +236,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_batch_fails_every_call_in_it() {
         let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::spawn(slow_peer(batches, Arc::new(AtomicUsize::new(1))), 2, None));
+        let batcher = Arc::new(spawn(slow_peer(batches, Arc::new(AtomicUsize::new(1))), 2, None));
         let mut handles = Vec::new();
         for i in 0..10 {
             let batcher = batcher.clone();
@@ -180,7 +250,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_abandoned_before_sending_are_dropped() {
         let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let batcher = Arc::new(Batcher::spawn(slow_peer(batches.clone(), Arc::new(AtomicUsize::new(0))), 1, None));
+        let batcher = Arc::new(spawn(slow_peer(batches.clone(), Arc::new(AtomicUsize::new(0))), 1, None));
         // Occupy the only slot, then queue a call whose caller gives up before the slot frees.
         let busy = {
             let batcher = batcher.clone();

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use kv_storage::{Record, Version};
+use kv_types::{Record, Version};
 use kv_vclock::{Dot, Versioned};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::CoordinatorMetrics;
-use crate::replica::{IMPOSSIBLE_CONTEXT, TOO_LATE};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
+use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_LATE};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.

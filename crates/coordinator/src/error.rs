@@ -113,11 +113,17 @@ pub enum ReplicaError {
 }
 
 impl ReplicaError {
+    /// Whether the same call may succeed later or on another replica: everything but a refusal
+    /// of the request itself (a bug or a version mismatch) and an undecodable answer.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ReplicaError::Refused { .. } | ReplicaError::Decode(_))
+    }
+
     /// The error for a replica's answer with HTTP-style `status` (a whole request's, or one
     /// call's inside a batch).
     pub fn from_status(status: u16, message: String) -> ReplicaError {
         match status {
-            crate::replica::MISDIRECTED => ReplicaError::NotOwner(message),
+            crate::wire::MISDIRECTED => ReplicaError::NotOwner(message),
             400..=499 => ReplicaError::Refused { status, message },
             _ => ReplicaError::Failed { status, message },
         }

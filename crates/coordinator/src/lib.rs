@@ -5,7 +5,7 @@
 //! (Dynamo §4.5):
 //!
 //! - **Write:** the first replica of the preference list that answers *coordinates*: under the
-//!   key's lock it builds the new version ([`wire::build_version`]: a dot above every counter it
+//!   key's lock it builds the new version ([`wire::new_version`]: a dot above every counter it
 //!   has seen for itself, the client's context) and stores it. The coordinator then sends that
 //!   replica's whole sibling set to the other N-1 replicas in parallel and answers after W
 //!   acknowledgements in total; the rest complete in the background. Only storage nodes ever
@@ -35,24 +35,18 @@
 //! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
 //! - [`wire`] — internal protocol messages, version building, merging.
-//! - [`replica`] — [`replica::ReplicaCore`]: what a storage node does with replica calls.
-//! - [`ownership`] — [`ownership::Ownership`]: the ranges a node serves and those it drops.
 //! - [`plan`] — which ranges move on a join, leave or removal, from whom and to whom.
 //! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
-//! - [`auth`] — signing and checking internal requests.
 //! - [`metrics`] — [`CoordinatorMetrics`].
 //! - [`error`] — [`Error`], [`ReplicaError`].
 
-pub mod auth;
 pub mod batch;
 pub mod coordinator;
 pub mod error;
 pub mod metrics;
-pub mod ownership;
 pub mod plan;
 pub mod quorum;
-pub mod replica;
 pub mod topology;
 pub mod wire;
 
@@ -60,13 +54,10 @@ pub use coordinator::{Clock, Coordinator, GetOutcome, Options, PutOutcome};
 pub use error::{Error, ReplicaError};
 pub use metrics::CoordinatorMetrics;
 pub use quorum::Quorum;
-pub use topology::{BoxFuture, CallPeer, Peer, ReplicaClient, Topology};
+pub use topology::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaClient, Topology};
 pub use wire::Write;
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
-
-#[cfg(test)]
-mod tests;

@@ -124,7 +124,7 @@ pub fn copies_needed_without(read_quorum: usize, sources: usize, refused: usize)
 /// every version of that actor the coordinator held beside it, and a reader's context covers
 /// them all (handing off only the young siblings made the model checker lose writes); and not
 /// by the newest version alone: an old sibling would travel with a young one.
-pub fn hand_off(record: &kv_storage::Record, now_ms: u64, grace_ms: u64) -> bool {
+pub fn hand_off(record: &kv_types::Record, now_ms: u64, grace_ms: u64) -> bool {
     let oldest = record.versions().iter().map(|v| v.written_at).min().unwrap_or(now_ms);
     now_ms.saturating_sub(oldest) <= grace_ms / 2
 }

@@ -29,7 +29,7 @@ impl Quorum {
 
     /// Parses a per-request `r` or `w`: `1..=N`, `one`, `quorum` (N/2 + 1) or `all`.
     pub fn parse(&self, name: &str, text: &str) -> Result<usize, Error> {
-        let value = match text {
+        let value = match text.to_ascii_lowercase().as_str() {
             "one" => 1,
             "quorum" => self.n / 2 + 1,
             "all" => self.n,
@@ -54,6 +54,7 @@ mod tests {
         assert_eq!(q.parse("r", "one").unwrap(), 1);
         assert_eq!(q.parse("r", "quorum").unwrap(), 2);
         assert_eq!(q.parse("w", "all").unwrap(), 3);
+        assert_eq!(q.parse("w", "ALL").unwrap(), 3);
         assert_eq!(q.parse("w", "3").unwrap(), 3);
         assert!(q.parse("w", "4").is_err());
         assert!(q.parse("w", "0").is_err());

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 use kv_ring::Ring;
-use kv_storage::{Record, Version};
+use kv_types::{Record, Version};
 use kv_vclock::Dot;
 
 use crate::wire::{
-    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, StoreRequest, Ticket, Write,
+    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, ScanRequest, ScanResponse,
+    StoreBatchRequest, StoreRequest, Ticket, Write,
 };
 use crate::ReplicaError;
 
@@ -109,6 +110,16 @@ pub trait ReplicaClient: Send + Sync + 'static {
         key: &'a [u8],
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
+}
+
+/// How a node streams ranges to and from its peers (joins, leaves, re-replication, hand-offs),
+/// beside [`ReplicaClient`] so the same code can run over HTTP or over a simulated network.
+pub trait RangeClient: Send + Sync + 'static {
+    /// A page of `peer`'s records in a range of key hashes.
+    fn scan<'a>(&'a self, peer: &'a Peer, request: ScanRequest) -> BoxFuture<'a, Result<ScanResponse, ReplicaError>>;
+    /// Merges many keys into `peer`'s store (durably).
+    fn store_batch<'a>(&'a self, peer: &'a Peer, request: StoreBatchRequest)
+        -> BoxFuture<'a, Result<(), ReplicaError>>;
 }
 
 /// A [`ReplicaClient`] defined by how one [`Call`] reaches a peer: the node's batched HTTP

@@ -2,14 +2,28 @@
 //!
 //! Bodies are postcard (compact binary), not JSON: values travel as raw bytes instead of
 //! base64 text, and clocks stay small. Every message type is versioned by the URL prefix
-//! (`/internal/v1/...`) and by [`crate::auth::InternalAuth`]'s header, so a node refuses a peer
+//! (`/internal/v1/...`) and by the signature header of `kv-transport`'s `Signer`, so a node refuses a peer
 //! speaking another version instead of misreading it.
 
-use kv_storage::{Record, Version};
+use kv_types::{Record, Version};
 
 use crate::ReplicaError;
 use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
 use serde::{Deserialize, Serialize};
+
+/// Status of a refusal because the key's range is not this replica's (HTTP 421 Misdirected).
+pub const MISDIRECTED: u16 = 421;
+
+/// Status of a coordinate call refused because its deadline passed (HTTP 504: the front has
+/// given up on it). The write was certainly not applied.
+pub const TOO_LATE: u16 = 504;
+
+/// Status of a coordinate call whose context names an event of this replica's actor that never
+/// happened (a counter above all it has issued): a forged or corrupted context (HTTP 422).
+pub const IMPOSSIBLE_CONTEXT: u16 = 422;
+
+/// Status of a write refused because the replica would not keep the version it vouches for.
+pub const NOT_KEPT: u16 = 500;
 
 /// Path of the batch call: many [`Call`]s (coordinate, store, read, purge) in one request,
 /// answered by as many [`Reply`]s in the same order. Replica calls travel only this way: a

@@ -1,11 +1,14 @@
 //! `kvgateway`: a stateless coordinator in front of the storage nodes.
 //!
-//! It serves exactly the client API of a kvnode (`/kv/{key}`, `/cluster/*`, `/health`,
-//! `/metrics`) through the same coordinator, but stores nothing: it follows the cluster's
-//! gossip as an observer that owns no range (pulling member states from `--seeds` and known
-//! members every `--gossip-interval`), places keys on the ring and talks to the replicas itself,
-//! so any number of gateways can run side by side. It never appears in a vector clock: a storage node
-//! coordinates every write.
+//! It serves exactly the client API of a kvnode (`/kv/{key}` on `--listen`; `/cluster/*`,
+//! `/health/*`, `/metrics` and `/admin/workers` on `--admin-listen`) through the same
+//! coordinator ([`kv_api`], [`kv_coordinator`]), but stores nothing and links no storage
+//! engine: it follows the cluster's gossip as an observer that owns no range
+//! ([`kv_membership`], pulling member states from `--seeds`, the nodes' peer addresses, and
+//! known members every `--gossip-interval`), places keys on the ring and calls the replicas
+//! through the peer transport ([`kv_transport`]), so any number of gateways can run side by
+//! side. It never appears in a vector clock: a storage node coordinates every write. It serves
+//! no peer listener: nothing calls a gateway.
 
 /// mimalloc: glibc malloc and free were ~15% of CPU under load (docs/benchmarks.md).
 #[global_allocator]
@@ -13,17 +16,28 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::Parser;
-use kv_node::config::{settings_file, ClusterSettings, ServerSettings};
-use kv_node::metrics::Metrics;
-use kv_node::server::{bind, cancel_on_signal, gateway_service, init_logging, serve, RunError};
+use kv_api::ApiState;
+use kv_coordinator::{Coordinator, CoordinatorMetrics};
+use kv_membership::{GossipDriver, Membership, MembershipMetrics};
+use kv_server::admin::{AdminState, ReadyCheck};
+use kv_server::config::{settings_file, ClusterSettings, ServerSettings};
+use kv_server::http::{layered, HttpMetrics};
+use kv_server::serve::{bind, cancel_on_signal, init_logging, serve, stop_in_order, Listener, RunError};
+use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions};
+use kv_worker::{Stage, Supervisor};
+use prometheus::Registry;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// Default client API address of a gateway.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// Default admin address of a gateway.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 /// Every kvgateway setting: flags, `KV_*` environment variables or `--config` file keys.
 #[derive(Debug, Default, Parser, Deserialize)]
 #[command(
@@ -66,21 +80,88 @@ fn start() -> Result<(), RunError> {
         settings.server.layer_over(&mut file.server);
         settings.cluster.layer_over(&mut file.cluster);
     }
-    let server = settings.server.validate(DEFAULT_LISTEN).map_err(RunError::Startup)?;
+    let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
     let cluster = settings.cluster.validate().map_err(RunError::Startup)?;
     if cluster.seeds.is_empty() {
-        return Err(RunError::Startup("--seeds: a gateway needs at least one node to learn the cluster from".into()));
+        return Err(RunError::Startup(
+            "--seeds: a gateway needs at least one node (its --peer-listen address) to learn the cluster from".into(),
+        ));
     }
     init_logging(server.log_format);
     let runtime = server.runtime().map_err(|e| RunError::Startup(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
-        let metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
-        let service = gateway_service(&cluster, &server, metrics).map_err(RunError::Startup)?;
-        let listener = bind(server.listen).await?;
-        tracing::info!(listen = %server.listen, seeds = ?cluster.seeds, quorum = ?cluster.coordinator.quorum, "kvgateway serving");
+        let registry = Registry::new();
+        let metric_error = |e: prometheus::Error| RunError::Startup(format!("metrics: {e}"));
+        let coordinator_metrics = CoordinatorMetrics::register(&registry).map_err(metric_error)?;
+        let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
+        let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
+        let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
+        let (membership, _) =
+            Membership::new(None, None, cluster.suspect_after, Some(membership_metrics), cluster.expect_nodes)
+                .map_err(RunError::Startup)?;
+        let options = TransportOptions {
+            timeout: cluster.coordinator.replica_timeout,
+            max_in_flight: cluster.max_replica_calls.get(),
+            signer: Signer::default(),
+        };
+        let transport = PeerTransport::new(options, Some(&registry)).map_err(RunError::Startup)?;
+        let client = Arc::new(HttpReplicaClient::new(
+            transport.clone(),
+            supervisor.clone(),
+            cluster.batches_per_peer,
+            Some(coordinator_metrics.batch_calls.clone()),
+        ));
+        let coordinator =
+            Coordinator::new(client, membership.subscribe(), cluster.coordinator.clone(), coordinator_metrics);
+        let gossip = GossipDriver::new(
+            membership.clone(),
+            cluster.seeds.clone(),
+            cluster.gossip_interval,
+            cluster.gossip_fanout,
+            transport,
+        );
+        supervisor.spawn(Stage::Membership, gossip);
+        let api = Arc::new(ApiState {
+            max_value_bytes: server.max_value_bytes,
+            coordinator: coordinator.clone(),
+            membership: membership.clone(),
+        });
+        let serving = Arc::new(AtomicBool::new(true));
+        let ready: ReadyCheck = {
+            let membership = membership.clone();
+            Arc::new(move || {
+                membership.formed().map_err(|(normal, expected)| {
+                    format!("the cluster is forming: {normal} of {expected} expected members are up")
+                })?;
+                if membership.topology().ring.nodes().is_empty() {
+                    return Err("no member known yet".into());
+                }
+                Ok(())
+            })
+        };
+        let admin_state =
+            AdminState { registry, supervisor: supervisor.clone(), serving: serving.clone(), ready, on_scrape: None };
+        let admin = kv_server::admin::router(admin_state).merge(kv_api::cluster_router(api.clone()));
+        let listeners = vec![
+            Listener {
+                name: "client",
+                socket: bind("--listen", server.listen).await?,
+                router: layered(kv_api::client_router(api), "client", &server, &http_metrics),
+            },
+            Listener {
+                name: "admin",
+                socket: bind("--admin-listen", server.admin_listen).await?,
+                router: layered(admin, "admin", &server, &http_metrics),
+            },
+        ];
+        tracing::info!(
+            listen = %server.listen, admin_listen = %server.admin_listen, seeds = ?cluster.seeds,
+            quorum = ?cluster.coordinator.quorum, "kvgateway serving"
+        );
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        serve(listener, service, &server, shutdown).await?;
+        let deadline = serve(listeners, serving, shutdown, server.shutdown_timeout).await?;
+        stop_in_order(&supervisor, &coordinator, deadline).await;
         tracing::info!("shutdown complete");
         Ok(())
     })

@@ -4,10 +4,15 @@
 
 use std::process::{Command, Output};
 
-use kv_testkit::{binary, Cluster};
+use kv_testkit::{binary, Cluster, Proc};
 
-fn kvctl(url: &str, args: &[&str]) -> Output {
-    Command::new(binary("kvctl")).arg("--url").arg(url).args(args).output().unwrap()
+/// Runs kvctl against `proc`'s client and admin listeners.
+fn kvctl_at(proc: &Proc, args: &[&str]) -> Output {
+    kvctl(&proc.client_url(""), &proc.admin_url(""), args)
+}
+
+fn kvctl(url: &str, admin: &str, args: &[&str]) -> Output {
+    Command::new(binary("kvctl")).args(["--url", url, "--admin-url", admin]).args(args).output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {
@@ -17,36 +22,45 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn put_get_siblings_resolve_delete_and_exit_codes() {
     let cluster = Cluster::start(3, 1, &[]);
-    let url = cluster.gateways[0].url("");
-    assert_eq!(kvctl(&url, &["put", "k", "one"]).status.code(), Some(0));
-    let got = kvctl(&url, &["get", "k", "--r", "all"]);
+    let g = &cluster.gateways[0];
+    assert_eq!(kvctl_at(g, &["put", "k", "one"]).status.code(), Some(0));
+    let got = kvctl_at(g, &["get", "k", "--r", "all"]);
     assert_eq!((got.status.code(), stdout(&got).as_str()), (Some(0), "one"));
-    assert_eq!(kvctl(&url, &["put", "k", "two", "--w", "3"]).status.code(), Some(0));
-    let siblings = kvctl(&url, &["get", "k"]);
+    assert_eq!(kvctl_at(g, &["put", "k", "two", "--w", "3"]).status.code(), Some(0));
+    let siblings = kvctl_at(g, &["get", "k"]);
     assert_eq!(siblings.status.code(), Some(3), "{}", stdout(&siblings));
     assert!(
         stdout(&siblings).contains("2 siblings")
             && stdout(&siblings).contains("one")
             && stdout(&siblings).contains("two")
     );
-    assert_eq!(kvctl(&url, &["resolve", "k", "both"]).status.code(), Some(0));
-    assert_eq!(stdout(&kvctl(&url, &["get", "k"])), "both");
-    assert_eq!(kvctl(&url, &["delete", "k"]).status.code(), Some(0));
-    assert_eq!(kvctl(&url, &["get", "k"]).status.code(), Some(1));
+    assert_eq!(kvctl_at(g, &["resolve", "k", "both"]).status.code(), Some(0));
+    assert_eq!(stdout(&kvctl_at(g, &["get", "k"])), "both");
+    assert_eq!(kvctl_at(g, &["delete", "k"]).status.code(), Some(0));
+    assert_eq!(kvctl_at(g, &["get", "k"]).status.code(), Some(1));
     // Refused (4xx) and unavailable (no server) are told apart.
-    assert_eq!(kvctl(&url, &["get", "k", "--r", "9"]).status.code(), Some(4));
-    assert_eq!(kvctl("http://127.0.0.1:1", &["get", "k"]).status.code(), Some(5));
-    assert_eq!(kvctl(&url, &["frobnicate"]).status.code(), Some(2));
-    let members = kvctl(&url, &["members"]);
+    assert_eq!(kvctl_at(g, &["get", "k", "--r", "9"]).status.code(), Some(4));
+    let unreachable = kvctl("http://127.0.0.1:1", "http://127.0.0.1:1", &["get", "k"]);
+    assert_eq!(unreachable.status.code(), Some(5));
+    // The cause is said once, not once per wrapper.
+    let said = String::from_utf8_lossy(&unreachable.stderr).into_owned();
+    assert_eq!(said.matches("error sending request").count(), 0, "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("cannot reach") && said.to_lowercase().contains("refused"), "{said}");
+    assert_eq!(kvctl_at(g, &["frobnicate"]).status.code(), Some(2));
+    let members = kvctl_at(g, &["members"]);
     assert_eq!(members.status.code(), Some(0));
     assert!(["n1", "n2", "n3"].iter().all(|id| stdout(&members).contains(id)), "{}", stdout(&members));
     assert!(stdout(&members).contains("normal"), "{}", stdout(&members));
-    let ring = kvctl(&url, &["ring"]);
+    // Every row's columns line up with the header's.
+    let widths: Vec<usize> = stdout(&members).lines().map(|l| l.trim_end().len()).collect();
+    assert!(widths.iter().all(|w| *w == widths[0]), "misaligned:\n{}", stdout(&members));
+    let ring = kvctl_at(g, &["ring"]);
     assert!(stdout(&ring).contains("N = 3"), "{}", stdout(&ring));
     // Removing a live member is refused (409) unless forced.
-    let node = cluster.nodes[0].url("");
-    assert_eq!(kvctl(&node, &["remove", "n2"]).status.code(), Some(4));
-    assert_eq!(kvctl(&node, &["remove", "nobody"]).status.code(), Some(4));
+    let node = &cluster.nodes[0];
+    assert_eq!(kvctl_at(node, &["remove", "n2"]).status.code(), Some(4));
+    assert_eq!(kvctl_at(node, &["remove", "nobody"]).status.code(), Some(4));
 }
 
 #[test]

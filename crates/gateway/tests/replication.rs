@@ -284,3 +284,74 @@ fn tombstones_are_purged_once_all_replicas_hold_them_after_the_grace_period() {
     });
     assert_eq!(c.get(node.key_url("doomed")).send().unwrap().status(), StatusCode::NOT_FOUND);
 }
+
+/// SIGTERM reaches a node that has run longer than `--shutdown-timeout`, while writes are in
+/// flight through it and one replica is briefly frozen (its copies of those writes are still on
+/// their way, in the node's background replication). The shutdown deadline counts from the
+/// signal, and the batchers stop only after background replication: every acknowledged write
+/// ends up on all three replicas.
+#[test]
+fn sigterm_after_a_long_run_finishes_background_replication() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let mut cluster = Cluster::start(3, 0, &["--shutdown-timeout", "3s"]);
+    // Run longer than the shutdown timeout first.
+    std::thread::sleep(TIMEOUT + Duration::from_secs(1));
+    let front = cluster.nodes[0].client_url("");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (front, stop, acked) = (front.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("term-{t}-{i}");
+                    i += 1;
+                    match c.put(format!("{front}/kv/{key}")).body(key.clone()).send() {
+                        Ok(r) if r.status() == StatusCode::NO_CONTENT => acked.lock().unwrap().push(key),
+                        Ok(_) => {}
+                        // The node is gone: nothing more to write through it.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.nodes[2].pause();
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    cluster.nodes[0].send_term();
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.nodes[2].resume();
+    let status = cluster.nodes[0].wait_exit(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    assert_eq!(status.code(), Some(0), "{}", cluster.nodes[0].log_text());
+    assert!(took < TIMEOUT + Duration::from_secs(2), "shutdown took {took:?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    cluster.nodes[0].restart();
+    let mut missing = Vec::new();
+    for key in &acked {
+        for index in 0..3 {
+            if !local_values(&cluster, index, key).contains(key) {
+                missing.push(format!("{key} on n{}", index + 1));
+            }
+        }
+    }
+    println!(
+        "SIGTERM after a run longer than --shutdown-timeout: {} writes acknowledged, {} replica copies missing; exit took {took:?}",
+        acked.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lack a replica: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+}

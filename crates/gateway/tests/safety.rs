@@ -485,23 +485,21 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
 #[test]
 fn s7a_quorums_are_never_cut_to_the_replicas_that_exist() {
     let dir = tempfile::tempdir().unwrap();
-    let port = kv_testkit::free_port();
+    let ports = kv_testkit::Ports::node();
     let absent = format!("127.0.0.1:{},127.0.0.1:{}", kv_testkit::free_port(), kv_testkit::free_port());
-    let mut args = vec![
-        "--node-id".to_owned(),
-        "n1".to_owned(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
+    let mut args = vec!["--node-id".to_owned(), "n1".to_owned()];
+    args.extend(ports.args());
+    args.extend([
         "--data-dir".to_owned(),
         dir.path().join("n1").display().to_string(),
         "--seeds".to_owned(),
-        format!("127.0.0.1:{port},{absent}"),
-    ];
+        format!("127.0.0.1:{},{absent}", ports.peer.unwrap()),
+    ]);
     if !legacy() {
         args.extend(["--expect-nodes".to_owned(), "3".to_owned()]);
     }
     args.extend(kv_testkit::FAST_GOSSIP.iter().map(|s| s.to_string()));
-    let node = Proc::start(kv_testkit::binary("kvnode"), args, port, dir.path().join("n1.log"));
+    let node = Proc::start(kv_testkit::binary("kvnode"), args, ports, dir.path().join("n1.log"));
     let c = client();
     // A lone node of a cluster expecting three: forming.
     std::thread::sleep(Duration::from_secs(1));
@@ -592,8 +590,8 @@ fn s7c_an_impossible_context_is_a_bad_context() {
 /// Scenario 7d: a node that is still joining does not coordinate writes.
 #[test]
 fn s7d_a_joining_node_does_not_coordinate() {
-    use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
     use kv_coordinator::wire::{decode, encode, Call, CoordinateRequest, Reply, Ticket, Write, BATCH_PATH};
+    use kv_transport::{Signer, SIGNATURE_HEADER};
     let mut cluster = Cluster::start(3, 0, &[]);
     // A slow-gossiping joiner stays joining for several seconds.
     let index = cluster.add_node(&["--gossip-interval", "2s", "--suspect-after", "6s"]);
@@ -612,7 +610,7 @@ fn s7d_a_joining_node_does_not_coordinate() {
     let body = encode(&calls);
     let response = client()
         .post(joiner.url(BATCH_PATH))
-        .header(INTERNAL_HEADER, InternalAuth.sign("POST", BATCH_PATH, &body))
+        .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, &body))
         .body(body)
         .send()
         .unwrap();

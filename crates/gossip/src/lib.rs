@@ -18,7 +18,7 @@
 //!
 //! ## Failure detection
 //!
-//! Each member watches the heartbeats it receives ([`FailureDetector`] logic inside
+//! Each member watches the heartbeats it receives (its [`FailureDetector`], inside
 //! [`Gossip`]): a member whose heartbeat has not risen for `suspect_after` is *suspected*. Each
 //! member publishes its suspicions in its own gossiped state, with the heartbeat it last saw.
 //! A member is *down* only when at least two members (or every other live member, in a cluster
@@ -39,9 +39,14 @@
 //! - Not Byzantine-tolerant: members trust each other's states (the security issue signs them).
 //!
 //! # Layout
-//! - [`Gossip`], [`MemberState`], [`MemberView`], [`Status`], [`Rng`] — all in this file.
+//! - [`Gossip`], [`MemberState`], [`MemberView`], [`Status`], [`Rng`] — this file.
+//! - [`detector`] — [`FailureDetector`]: one observer's heartbeat timeouts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub mod detector;
+
+pub use detector::FailureDetector;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,9 +176,8 @@ impl Rng {
 pub struct Gossip {
     me: Option<String>,
     members: BTreeMap<String, MemberState>,
-    /// Per member: the (generation, heartbeat) last seen and when it last increased.
-    seen: HashMap<String, ((u64, u64), u64)>,
-    suspect_after_ms: u64,
+    /// When each member's heartbeat last rose, and who is silent.
+    detector: FailureDetector,
     /// (id, incarnation) pairs removed for good.
     removed: BTreeSet<(String, u64)>,
     /// Every counter earlier runs of our store issued is below this (`None`: not checked).
@@ -190,15 +194,14 @@ impl Gossip {
         let mut gossip = Gossip {
             me: None,
             members: BTreeMap::new(),
-            seen: HashMap::new(),
-            suspect_after_ms,
+            detector: FailureDetector::new(suspect_after_ms),
             removed: BTreeSet::new(),
             lease_at_start: None,
             restored: None,
         };
         if let Some(state) = me {
             gossip.me = Some(state.id.clone());
-            gossip.seen.insert(state.id.clone(), (state.version(), now_ms));
+            gossip.detector.heard(&state.id, state.version(), now_ms);
             gossip.members.insert(state.id.clone(), state);
         }
         gossip
@@ -236,7 +239,7 @@ impl Gossip {
             if let Some(state) = self.members.get_mut(&me) {
                 state.heartbeat += 1;
                 state.suspects = suspects;
-                self.seen.insert(me, (state.version(), now_ms));
+                self.detector.heard(&me, state.version(), now_ms);
             }
         }
     }
@@ -379,7 +382,7 @@ impl Gossip {
                 None => true,
             };
             if newer {
-                self.seen.insert(state.id.clone(), (state.version(), now_ms));
+                self.detector.heard(&state.id, state.version(), now_ms);
                 self.members.insert(state.id.clone(), state);
                 changed = true;
             }
@@ -391,10 +394,7 @@ impl Gossip {
         if !member.status.is_member() || Some(&member.id) == self.me.as_ref() {
             return false;
         }
-        match self.seen.get(&member.id) {
-            Some((_, since)) => now_ms.saturating_sub(*since) > self.suspect_after_ms,
-            None => false,
-        }
+        self.detector.suspects(&member.id, now_ms)
     }
 
     /// Whether `id` is confirmed down: suspected at its latest heartbeat by at least two
@@ -430,7 +430,7 @@ impl Gossip {
                 last_seen_ms: if Some(&state.id) == self.me.as_ref() {
                     None
                 } else {
-                    self.seen.get(&state.id).map(|(_, t)| *t)
+                    self.detector.last_heard(&state.id)
                 },
                 state: state.clone(),
             })

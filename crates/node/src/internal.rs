@@ -1,36 +1,21 @@
 //! The internal replica API under `/internal/v1/`: postcard bodies, for other nodes and
-//! gateways only. Every request passes [`verify`] first.
+//! gateways only, on the peer listener. Every request passes [`kv_transport::verify()`] first.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
 use kv_coordinator::wire::{
     decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, MAX_BATCH_CALLS,
 };
 use kv_gossip::Digest;
 use serde::de::DeserializeOwned;
 
-use crate::api::MAX_KEY_BYTES;
-use crate::error::ApiError;
-use crate::replica::Replica;
-use crate::AppState;
+use kv_api::api::MAX_KEY_BYTES;
+use kv_api::ApiError;
 
-/// Middleware: the one place internal requests are checked ([`InternalAuth`]).
-pub async fn verify(request: Request, next: Next) -> Response {
-    let header = request.headers().get(INTERNAL_HEADER).and_then(|v| v.to_str().ok());
-    match InternalAuth.verify(header, request.method().as_str(), request.uri().path(), &[]) {
-        Ok(()) => next.run(request).await,
-        Err(message) => ApiError::Forbidden(message).into_response(),
-    }
-}
-
-fn replica(state: &AppState) -> Result<&Replica, ApiError> {
-    state.replica.as_ref().ok_or(ApiError::NoRoute)
-}
+use crate::NodeState;
 
 fn message<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     decode(body).map_err(|e| ApiError::BadRequest(format!("malformed internal message: {e}")))
@@ -50,12 +35,12 @@ fn binary(bytes: Vec<u8>) -> Response {
 /// `POST /internal/v1/batch`: run many replica calls, answer one reply per call in order.
 /// A call with a bad key fails alone (400 in its reply); a malformed or oversized batch is
 /// refused whole.
-pub async fn batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn batch(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
     let calls: Vec<Call> = message(&body)?;
     if calls.len() > MAX_BATCH_CALLS {
         return Err(ApiError::BadRequest(format!("a batch holds at most {MAX_BATCH_CALLS} calls")));
     }
-    let replica = replica(&state)?;
+    let replica = &state.replica;
     let mut bad = Vec::new();
     let mut good = Vec::with_capacity(calls.len());
     for (i, call) in calls.into_iter().enumerate() {
@@ -75,13 +60,13 @@ pub async fn batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Re
 const MAX_SCAN_PAGE: u32 = 10_000;
 
 /// `POST /internal/v1/scan`: a page of this replica's records in a range of key hashes.
-pub async fn scan(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn scan(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: ScanRequest = message(&body)?;
     if request.first_hash > request.last_hash || request.limit == 0 || request.limit > MAX_SCAN_PAGE {
         return Err(ApiError::BadRequest(format!("scan needs first <= last and 1 to {MAX_SCAN_PAGE} records")));
     }
     let limit = request.limit as usize;
-    let entries = replica(&state)?.scan(request.first_hash, request.last_hash, request.after, limit).await?;
+    let entries = state.replica.scan(request.first_hash, request.last_hash, request.after, limit).await?;
     let done = entries.len() < limit;
     state.metrics.stream_keys.with_label_values(&["out"]).inc_by(entries.len() as u64);
     let value_bytes: u64 = entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
@@ -91,20 +76,21 @@ pub async fn scan(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
 
 /// `POST /internal/v1/store-batch`: merge many keys (a range handed off by a leaving node, or a
 /// dropped range handed to its owners); the last page of a complete hand-off pre-fills it.
-pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn store_batch(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
     let request: StoreBatchRequest = message(&body)?;
     for (key, _) in &request.entries {
         check_key(key)?;
     }
-    if let (Some(range), Some(ownership)) = (request.begin, &state.ownership) {
-        ownership.hand_off_begins(range);
+    if let Some(range) = request.begin {
+        state.ownership.hand_off_begins(range);
     }
     let keys = request.entries.len() as u64;
     let value_bytes: u64 = request.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-    replica(&state)?.store_batch(request.entries).await?;
+    state.replica.store_batch(request.entries).await?;
     state.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
     state.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
-    if let (Some(range), Some(ownership)) = (request.complete, state.ownership.clone()) {
+    if let Some(range) = request.complete {
+        let ownership = state.ownership.clone();
         // A leaving node handed over all of this range: gaining it, we hold it completely.
         let topology = state.membership.topology();
         tokio::task::spawn_blocking(move || ownership.hand_off_complete(range, &topology))
@@ -117,7 +103,7 @@ pub async fn store_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Res
 
 /// `POST /internal/v1/gossip`: merge the sender's digest (member states and removed set),
 /// answer with ours.
-pub async fn gossip(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn gossip(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
     let digest: Digest = message(&body)?;
     // Our view as it was before the caller's: what it sends about itself cannot hide what we
     // knew of it (a node started on an older copy of its store learns of its later run so).

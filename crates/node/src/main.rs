@@ -7,7 +7,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use kv_node::config::Settings;
-use kv_node::server::{cancel_on_signal, init_logging, run, RunError};
+use kv_node::server::run;
+use kv_server::serve::{cancel_on_signal, init_logging, RunError};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {

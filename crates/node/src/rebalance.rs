@@ -1,7 +1,7 @@
 //! Moving ranges: join, leave, re-replication after a removal, and dropping lost ranges.
 //!
 //! The [`Rebalancer`] is the node's background job for data movement. It acts on three
-//! occasions, each computed from the ring's ownership diff ([`kv_ring::diff`]), so that only
+//! occasions, each computed from the ring's ownership diff ([`kv_ring::diff()`]), so that only
 //! the ranges that must move do:
 //!
 //! - **Join** (our status is `joining`): wait a few gossip rounds, so that coordinators know we
@@ -20,7 +20,7 @@
 //!   key is back to N replicas even when the survivors held different subsets. A removal whose
 //!   pulls fail is retried.
 //!
-//! The [`Dropper`] hands off and removes the ranges this node lost ([`crate::ownership`]): it
+//! The [`Dropper`] hands off and removes the ranges this node lost ([`kv_replica::ownership`]): it
 //! pushes each key to its current owners and removes it once they hold it.
 //!
 //! A down member changes nothing here: temporary failures move no data.
@@ -33,21 +33,21 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use kv_coordinator::now_ms;
 use kv_coordinator::plan::{self, Move};
-use kv_coordinator::wire::{
-    decode, encode, Entry, ScanRequest, ScanResponse, StoreBatchRequest, SCAN_PATH, STORE_BATCH_PATH,
-};
-use kv_coordinator::{Peer, ReplicaError, Topology};
+use kv_coordinator::wire::{Entry, ScanRequest, StoreBatchRequest};
+use kv_coordinator::{Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
 use kv_ring::{Intervals, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::membership::{owns_now, ring_of, Membership};
-use crate::metrics::Metrics;
-use crate::peer_client::HttpReplicaClient;
+use kv_membership::{owns_now, ring_of, Membership};
+use kv_replica::ownership::Ownership;
+use kv_worker::{Worker, WorkerState};
+use tokio::sync::watch;
+
+use crate::metrics::NodeMetrics;
 use crate::replica::Replica;
-use kv_coordinator::ownership::Ownership;
 
 /// Records per scan page: large enough to amortise a round trip, small enough (about 50 KB
 /// with 100-byte values) to bound memory per stream.
@@ -96,7 +96,7 @@ pub struct Rebalancer {
     membership: Arc<Membership>,
     ownership: Arc<Ownership>,
     replica: Replica,
-    client: Arc<HttpReplicaClient>,
+    client: Arc<dyn RangeClient>,
     replicas: usize,
     read_quorum: usize,
     gossip_interval: Duration,
@@ -105,9 +105,15 @@ pub struct Rebalancer {
     progress: Mutex<HashMap<String, Cursor>>,
     /// When progress was last written to disk.
     saved: Mutex<Instant>,
-    metrics: Metrics,
+    metrics: NodeMetrics,
     /// Cancelled once this node has left the cluster, which stops the process.
     exit: CancellationToken,
+    /// Wakes the worker when the topology changes.
+    topology: watch::Receiver<Arc<Topology>>,
+    /// Wakes the worker when the ownership view changes.
+    ownership_changes: watch::Receiver<u64>,
+    /// What it is doing, for `/admin/workers`.
+    doing: &'static str,
 }
 
 /// How a [`Rebalancer`] is set up.
@@ -145,9 +151,9 @@ impl Rebalancer {
         membership: Arc<Membership>,
         ownership: Arc<Ownership>,
         replica: Replica,
-        client: Arc<HttpReplicaClient>,
+        client: Arc<dyn RangeClient>,
         options: RebalancerOptions,
-        metrics: Metrics,
+        metrics: NodeMetrics,
         exit: CancellationToken,
     ) -> Self {
         let progress = std::fs::read_to_string(&options.progress_file)
@@ -155,8 +161,6 @@ impl Rebalancer {
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
         Rebalancer {
-            membership,
-            ownership,
             replica,
             client,
             replicas: options.replicas,
@@ -166,98 +170,90 @@ impl Rebalancer {
             progress_file: options.progress_file,
             progress: Mutex::new(progress),
             saved: Mutex::new(Instant::now()),
+            topology: membership.subscribe(),
+            ownership_changes: ownership.subscribe(),
+            membership,
+            ownership,
             metrics,
             exit,
+            doing: "starting",
         }
     }
 
-    /// Runs until `shutdown`, or until the node has left.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut topology = self.membership.subscribe();
-        let mut ownership = self.ownership.subscribe();
-        loop {
-            match self.membership.my_status() {
-                Some(Status::Joining) => {
-                    if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await {
-                        return;
-                    }
-                    let started = Instant::now();
-                    let epoch = self.ownership.loss_epoch();
-                    match self.join(&shutdown).await {
-                        Ok((moved, gained)) => {
-                            moved.log(started, "join complete: merged our ranges from their owners");
-                            self.clear_progress();
-                            // What we pulled is complete once the ring gives it to us.
-                            let prefill = move |o: &Ownership, t: &Topology| o.prefill(&gained, epoch, t).map(|_| ());
-                            if let Err(e) = self.blocking_ownership(prefill).await {
-                                tracing::warn!(error = %e, "join: cannot record the ranges pulled; they are filled again");
-                            }
-                            self.membership.set_status(Status::Normal);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "join interrupted; retrying");
-                            if pause(self.gossip_interval, &shutdown).await {
-                                return;
-                            }
-                        }
-                    }
-                    continue;
+    /// One pass: join, leave, or fill what the node gained, as its status asks.
+    async fn step(&mut self, shutdown: &CancellationToken) -> WorkerState {
+        match self.membership.my_status() {
+            Some(Status::Joining) => {
+                self.doing = "joining: waiting for coordinators to learn of the join";
+                if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, shutdown).await {
+                    return WorkerState::Idle;
                 }
-                Some(Status::Leaving) => {
-                    // Announce, then wait: the new owners must know they gain our ranges
-                    // before we push, or they refuse what we send.
-                    if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await {
-                        return;
-                    }
-                    let started = Instant::now();
-                    match self.leave(&shutdown).await {
-                        Ok(moved) => {
-                            moved.log(started, "leave complete: handed off our ranges");
-                            self.clear_progress();
-                            self.membership.set_status(Status::Left);
-                            // Let `left` spread before the process goes away.
-                            let _ = pause(self.gossip_interval * JOIN_DELAY_ROUNDS, &shutdown).await;
-                            self.exit.cancel();
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "leave interrupted; retrying");
-                            continue;
-                        }
-                    }
-                }
-                Some(Status::Left | Status::Removed) => return,
-                _ => {}
-            }
-            let filling = !self.ownership.filling().is_empty();
-            if filling {
+                self.doing = "joining: pulling gained ranges";
                 let started = Instant::now();
-                match self.fill(&shutdown).await {
-                    Ok(moved) if moved.ranges > 0 => {
-                        moved.log(started, "filled ranges gained: merged from their owners")
+                let epoch = self.ownership.loss_epoch();
+                match self.join(shutdown).await {
+                    Ok((moved, gained)) => {
+                        moved.log(started, "join complete: merged our ranges from their owners");
+                        self.clear_progress();
+                        // What we pulled is complete once the ring gives it to us.
+                        let prefill = move |o: &Ownership, t: &Topology| o.prefill(&gained, epoch, t).map(|_| ());
+                        if let Err(e) = self.blocking_ownership(prefill).await {
+                            tracing::warn!(error = %e, "join: cannot record the ranges pulled; they are filled again");
+                        }
+                        self.membership.set_status(Status::Normal);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "filling gained ranges: retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "join interrupted; retrying");
+                        if pause(self.gossip_interval, shutdown).await {
+                            return WorkerState::Idle;
+                        }
+                    }
+                }
+                return WorkerState::Busy;
+            }
+            Some(Status::Leaving) => {
+                // Announce, then wait: the new owners must know they gain our ranges
+                // before we push, or they refuse what we send.
+                self.doing = "leaving: waiting for the new owners to learn of the leave";
+                if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, shutdown).await {
+                    return WorkerState::Idle;
+                }
+                self.doing = "leaving: handing off ranges";
+                let started = Instant::now();
+                match self.leave(shutdown).await {
+                    Ok(moved) => {
+                        moved.log(started, "leave complete: handed off our ranges");
+                        self.clear_progress();
+                        self.membership.set_status(Status::Left);
+                        self.doing = "left";
+                        // Let `left` spread before the process goes away.
+                        let _ = pause(self.gossip_interval * JOIN_DELAY_ROUNDS, shutdown).await;
+                        self.exit.cancel();
+                        return WorkerState::Done;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leave interrupted; retrying");
+                        return WorkerState::Busy;
+                    }
                 }
             }
-            let retry = if self.ownership.filling().is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(retry) => {}
-                changed = topology.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    topology.borrow_and_update();
-                }
-                changed = ownership.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    ownership.borrow_and_update();
-                }
+            Some(Status::Left | Status::Removed) => {
+                self.doing = "left";
+                return WorkerState::Done;
+            }
+            _ => {}
+        }
+        if !self.ownership.filling().is_empty() {
+            self.doing = "filling gained ranges";
+            let started = Instant::now();
+            match self.fill(shutdown).await {
+                Ok(moved) if moved.ranges > 0 => moved.log(started, "filled ranges gained: merged from their owners"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "filling gained ranges: retrying"),
             }
         }
+        self.doing = if self.ownership.filling().is_empty() { "idle" } else { "filling: waiting to retry" };
+        WorkerState::Idle
     }
 
     /// Runs `f` on the ownership and the current topology off the async workers (it may fsync).
@@ -466,12 +462,11 @@ impl Rebalancer {
                 return Err(CopyError::Failed("shutting down".into()));
             }
             let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
-            let bytes = match self.client.post(source, SCAN_PATH, encode(&request)).await {
-                Ok(bytes) => bytes,
+            let page = match self.client.scan(source, request).await {
+                Ok(page) => page,
                 Err(ReplicaError::NotOwner(e)) => return Err(CopyError::NotComplete(e)),
                 Err(e) => return Err(CopyError::Failed(e.to_string())),
             };
-            let page: ScanResponse = decode(&bytes)?;
             let keys = page.entries.len() as u64;
             let value_bytes: u64 =
                 page.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
@@ -519,12 +514,9 @@ impl Rebalancer {
                 after = page.last().map(|(k, _)| k.clone()).or(after);
                 let keys = page.len() as u64;
                 let value_bytes: u64 = page.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-                let body = encode(&StoreBatchRequest { entries: page, begin, complete });
                 for target in &targets {
-                    self.client
-                        .post(target, STORE_BATCH_PATH, body.clone())
-                        .await
-                        .map_err(|e| format!("{}: {e}", target.id))?;
+                    let request = StoreBatchRequest { entries: page.clone(), begin, complete };
+                    self.client.store_batch(target, request).await.map_err(|e| format!("{}: {e}", target.id))?;
                     moved.keys += keys;
                     moved.bytes += value_bytes;
                     self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
@@ -581,7 +573,7 @@ impl Rebalancer {
 }
 
 /// Background job: hands off and removes the ranges this node is dropping
-/// ([`crate::ownership`]). Each page of a dropping range is pushed to every current owner of its
+/// ([`kv_replica::ownership`]). Each page of a dropping range is pushed to every current owner of its
 /// keys that is not known down (at least one must take it), then removed here; a range leaves
 /// the dropping set once empty. Runs when the set grows and every few gossip rounds while it is
 /// not empty.
@@ -589,11 +581,13 @@ pub struct Dropper {
     membership: Arc<Membership>,
     ownership: Arc<Ownership>,
     replica: Replica,
-    client: Arc<HttpReplicaClient>,
+    client: Arc<dyn RangeClient>,
     replicas: usize,
     interval: Duration,
     tombstone_grace: Duration,
-    metrics: Metrics,
+    metrics: NodeMetrics,
+    topology: watch::Receiver<Arc<Topology>>,
+    ownership_changes: watch::Receiver<u64>,
 }
 
 impl Dropper {
@@ -604,50 +598,24 @@ impl Dropper {
         membership: Arc<Membership>,
         ownership: Arc<Ownership>,
         replica: Replica,
-        client: Arc<HttpReplicaClient>,
+        client: Arc<dyn RangeClient>,
         replicas: usize,
         interval: Duration,
         tombstone_grace: Duration,
-        metrics: Metrics,
+        metrics: NodeMetrics,
     ) -> Self {
-        Dropper { membership, ownership, replica, client, replicas, interval, tombstone_grace, metrics }
-    }
-
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut topology = self.membership.subscribe();
-        let mut ownership = self.ownership.subscribe();
-        loop {
-            let status = self.membership.my_status();
-            let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving));
-            if busy && !self.ownership.dropping().is_empty() {
-                match self.round(&shutdown).await {
-                    Ok((ranges, keys)) if ranges > 0 => {
-                        tracing::info!(
-                            ranges,
-                            keys,
-                            "dropped ranges this node no longer owns, after handing them to their owners"
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "dropping ranges: retrying later"),
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-                changed = topology.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                changed = ownership.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    ownership.borrow_and_update();
-                }
-            }
+        let (topology, ownership_changes) = (membership.subscribe(), ownership.subscribe());
+        Dropper {
+            membership,
+            ownership,
+            replica,
+            client,
+            replicas,
+            interval,
+            tombstone_grace,
+            metrics,
+            topology,
+            ownership_changes,
         }
     }
 
@@ -715,8 +683,8 @@ impl Dropper {
             for (target, entries) in by_target {
                 let peer = Peer { address: topology.addresses.get(&target).cloned().unwrap_or_default(), id: target };
                 let keys = entries.len() as u64;
-                let body = encode(&StoreBatchRequest { entries, begin: None, complete: None });
-                self.client.post(&peer, STORE_BATCH_PATH, body).await.map_err(|e| format!("{}: {e}", peer.id))?;
+                let request = StoreBatchRequest { entries, begin: None, complete: None };
+                self.client.store_batch(&peer, request).await.map_err(|e| format!("{}: {e}", peer.id))?;
                 self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
             }
             let keys: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).collect();
@@ -725,6 +693,58 @@ impl Dropper {
             self.metrics.keys_discarded.inc_by(discarded.min(count));
             removed += count;
         }
+    }
+}
+
+impl Worker for Rebalancer {
+    fn name(&self) -> String {
+        "rebalancer".into()
+    }
+
+    fn status(&self) -> String {
+        self.doing.to_owned()
+    }
+
+    async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        Ok(self.step(shutdown).await)
+    }
+
+    async fn wait_for_work(&mut self) {
+        let retry = if self.ownership.filling().is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 };
+        wake_on_change(retry, &mut self.topology, &mut self.ownership_changes).await;
+    }
+}
+
+impl Worker for Dropper {
+    fn name(&self) -> String {
+        "dropper".into()
+    }
+
+    fn status(&self) -> String {
+        format!("{} spans of lost ranges left to hand off", self.ownership.dropping().spans().len())
+    }
+
+    async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        let status = self.membership.my_status();
+        let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving));
+        if busy && !self.ownership.dropping().is_empty() {
+            match self.round(shutdown).await {
+                Ok((ranges, keys)) if ranges > 0 => {
+                    tracing::info!(
+                        ranges,
+                        keys,
+                        "dropped ranges this node no longer owns, after handing them to their owners"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "dropping ranges: retrying later"),
+            }
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        wake_on_change(self.interval, &mut self.topology, &mut self.ownership_changes).await;
     }
 }
 
@@ -745,6 +765,27 @@ fn jobs(moves: &[Move], topology: &Topology, peers_of: impl Fn(&Move) -> Vec<Str
 }
 
 /// Sleeps `duration`; returns true if `shutdown` came first.
+/// Waits until `timeout` passes, or the topology or the ownership view changes.
+async fn wake_on_change(
+    timeout: Duration,
+    topology: &mut watch::Receiver<Arc<Topology>>,
+    ownership: &mut watch::Receiver<u64>,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(timeout) => {}
+        changed = topology.changed() => {
+            if changed.is_ok() {
+                topology.borrow_and_update();
+            }
+        }
+        changed = ownership.changed() => {
+            if changed.is_ok() {
+                ownership.borrow_and_update();
+            }
+        }
+    }
+}
+
 async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = shutdown.cancelled() => true,

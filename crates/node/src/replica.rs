@@ -1,7 +1,7 @@
 //! The local replica: this node's storage, serving replica calls and coordinating writes.
 //!
 //! The rules (ownership, who coordinates, dots, write ids, what an acknowledgement vouches for)
-//! live in [`kv_coordinator::replica::ReplicaCore`], shared with the model checker; this module
+//! live in [`kv_replica::replica::ReplicaCore`], shared with the model checker; this module
 //! runs them off the async workers. Replica calls arrive in batches ([`Replica::execute`], from
 //! `/internal/v1/batch` or from this node's own coordinator): one blocking task and one fsync
 //! serve the whole batch.
@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use kv_coordinator::now_ms;
-use kv_coordinator::replica::ReplicaCore;
 use kv_coordinator::wire::{Call, Reply};
+use kv_replica::replica::ReplicaCore;
 use kv_storage::{Engine, Record, Version};
 
-use crate::error::ApiError;
+use kv_api::ApiError;
 
 /// This node's storage, as a replica and a coordinator.
 #[derive(Clone)]
@@ -46,14 +46,14 @@ impl Replica {
     /// The stored versions of `key`, whatever the node's ownership (admin and tests).
     pub async fn read(&self, key: Vec<u8>) -> Result<Record, ApiError> {
         let engine = self.engine().clone();
-        blocking(move || engine.get(&key).map_err(ApiError::from)).await
+        blocking(move || engine.get(&key).map_err(from_storage)).await
     }
 
     /// Merges many keys' versions (a range streamed in) in one blocking task; refused unless
     /// every key is this node's to hold.
     pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<(), ApiError> {
         let core = self.core.clone();
-        blocking(move || core.store_stream(entries).map_err(ApiError::from_refusal)).await
+        blocking(move || core.store_stream(entries).map_err(from_refusal)).await
     }
 
     /// Up to `limit` records with key hashes in `first..=last`, after key `after`; refused unless
@@ -66,7 +66,7 @@ impl Replica {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<Version>)>, ApiError> {
         let core = self.core.clone();
-        blocking(move || core.scan(first, last, after.as_deref(), limit).map_err(ApiError::from_refusal)).await
+        blocking(move || core.scan(first, last, after.as_deref(), limit).map_err(from_refusal)).await
     }
 
     /// Every record in `first..=last` after `after`, whatever the node's ownership: for ranges it
@@ -79,13 +79,13 @@ impl Replica {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>, ApiError> {
         let engine = self.engine().clone();
-        blocking(move || engine.scan(first, last, after.as_deref(), limit).map_err(ApiError::from)).await
+        blocking(move || engine.scan(first, last, after.as_deref(), limit).map_err(from_storage)).await
     }
 
     /// Removes `keys` durably.
     pub async fn remove(&self, keys: Vec<Vec<u8>>) -> Result<usize, ApiError> {
         let engine = self.engine().clone();
-        blocking(move || engine.remove(&keys).map_err(ApiError::from)).await
+        blocking(move || engine.remove(&keys).map_err(from_storage)).await
     }
 
     /// Runs a batch of replica calls in one blocking task; replies come in call order.
@@ -108,5 +108,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(e) => Err(ApiError::Internal(format!("storage task failed: {e}"))),
+    }
+}
+
+/// The error a replica's refusal becomes.
+pub fn from_refusal(refusal: kv_replica::replica::Refusal) -> ApiError {
+    match refusal.status {
+        kv_replica::replica::MISDIRECTED => ApiError::Misdirected(refusal.message),
+        503 => ApiError::Unavailable(refusal.message),
+        _ => ApiError::Internal(refusal.message),
+    }
+}
+
+/// The error a storage failure becomes: retryable ones are `503`, the rest `500`.
+pub fn from_storage(e: kv_storage::Error) -> ApiError {
+    if e.is_retryable() {
+        ApiError::Unavailable(e.to_string())
+    } else {
+        ApiError::Internal(e.to_string())
     }
 }

@@ -1,188 +1,85 @@
-//! Start-up, serving and graceful shutdown, for kvnode and (through [`serve`]) kvgateway.
+//! Start-up, serving and graceful shutdown of a kvnode.
+//!
+//! Start-up: open storage, check the store is not an older copy of itself, restore membership,
+//! hear from the cluster once before serving (a removed node learns it here), start the
+//! workers, bind the three listeners. Shutdown, all within `--shutdown-timeout` counted from
+//! the signal: drain the listeners, stop the upkeep workers (rebalancing, dropping, the
+//! ownership watcher), let background replication and read repair finish, stop the batchers,
+//! stop gossip, sync storage.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::Router;
+use kv_api::ApiState;
 use kv_coordinator::Coordinator;
-use tokio::net::TcpListener;
+use kv_gossip::{MemberState, Status};
+use kv_membership::{GossipDriver, Membership, MembershipMetrics};
+use kv_replica::ownership::Ownership;
+use kv_replica::replica::ReplicaCore;
+use kv_server::admin::{AdminState, ReadyCheck};
+use kv_server::http::{layered, HttpMetrics};
+use kv_server::serve::{bind, serve, stop_in_order, Listener, RunError};
+use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions};
+use kv_worker::{Stage, Supervisor, Worker, WorkerState};
+use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-use crate::config::{engine_dir, resolve_node_id, ClusterConfig, Config, LogFormat, ServerConfig};
-use crate::membership::{GossipDriver, Membership};
-use crate::metrics::Metrics;
-use crate::peer_client::{HttpReplicaClient, NodeReplicaClient};
+use crate::config::{engine_dir, resolve_node_id, Config};
+use crate::metrics::NodeMetrics;
+use crate::peer_client::NodeReplicaClient;
 use crate::rebalance::{Dropper, Rebalancer, RebalancerOptions};
 use crate::replica::Replica;
-use crate::{router, AppState};
-use kv_coordinator::ownership::Ownership;
-use kv_coordinator::replica::ReplicaCore;
-use kv_gossip::{MemberState, Status};
+use crate::NodeState;
 
-/// A start-up failure (exit status 2) or a failure while running (exit status 1).
-#[derive(Debug)]
-pub enum RunError {
-    /// Bad configuration, unusable data directory, address in use.
-    Startup(String),
-    /// Failed after serving started.
-    Runtime(anyhow::Error),
-}
-
-/// Sets up `tracing` on stderr: `RUST_LOG` levels (default info), text or JSON lines.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-/// Everything a node or gateway serves with, before it binds.
-pub struct Service {
-    /// Handler state.
-    pub state: AppState,
-    /// The gossip rounds, run by [`serve`].
-    pub gossip: GossipDriver,
-    /// Data movement (nodes only), run by [`serve`].
-    pub rebalancer: Option<Rebalancer>,
-    /// Handing off and removing lost ranges (nodes only), run by [`serve`].
-    pub dropper: Option<Dropper>,
-    /// Keeping the replica's view in step with membership (nodes only), run by [`serve`].
-    pub watcher: Option<OwnershipWatcher>,
-}
-
-/// Background job: rebuilds the replica's ownership view whenever membership publishes a new
+/// Worker: rebuilds the replica's ownership view whenever membership publishes a new
 /// topology ([`Ownership::update`]).
 pub struct OwnershipWatcher {
     membership: Arc<Membership>,
     ownership: Arc<Ownership>,
+    topology: tokio::sync::watch::Receiver<Arc<kv_coordinator::Topology>>,
+    updates: u64,
 }
 
 impl OwnershipWatcher {
-    /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut topology = self.membership.subscribe();
-        // A topology published between the start-up update and this subscription is applied.
+    /// A watcher that applies the current topology first (one published between start-up and
+    /// now is not missed), then every new one.
+    pub fn new(membership: Arc<Membership>, ownership: Arc<Ownership>) -> Self {
+        let mut topology = membership.subscribe();
         topology.mark_changed();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = topology.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let current = topology.borrow_and_update().clone();
-                    let ownership = self.ownership.clone();
-                    match tokio::task::spawn_blocking(move || ownership.update(&current)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot update the ownership view"),
-                        Err(e) => tracing::error!(error = %e, "ownership update task failed"),
-                    }
-                }
-            }
+        OwnershipWatcher { membership, ownership, topology, updates: 0 }
+    }
+}
+
+impl Worker for OwnershipWatcher {
+    fn name(&self) -> String {
+        "ownership".into()
+    }
+
+    fn status(&self) -> String {
+        format!("{} topology updates applied; {} members", self.updates, self.membership.states().len())
+    }
+
+    async fn work(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        if !self.topology.has_changed().map_err(|e| e.to_string())? {
+            return Ok(WorkerState::Idle);
         }
+        let current = self.topology.borrow_and_update().clone();
+        let ownership = self.ownership.clone();
+        tokio::task::spawn_blocking(move || ownership.update(&current))
+            .await
+            .map_err(|e| format!("ownership update task failed: {e}"))?
+            .map_err(|e| format!("cannot update the ownership view: {e}"))?;
+        self.updates += 1;
+        Ok(WorkerState::Busy)
     }
-}
 
-/// Builds the coordinator, membership and handler state for a gateway: an observer that owns
-/// no range.
-pub fn gateway_service(cluster: &ClusterConfig, server: &ServerConfig, metrics: Metrics) -> Result<Service, String> {
-    let (membership, _) =
-        Membership::new(None, None, cluster.suspect_after, Some(metrics.clone()), cluster.expect_nodes)?;
-    let remote = Arc::new(HttpReplicaClient::new(
-        cluster.coordinator.replica_timeout,
-        cluster.max_replica_calls.get(),
-        cluster.batches_per_peer,
-        Some(metrics.coordinator.batch_calls.clone()),
-    )?);
-    build(membership, None, remote, cluster, server, metrics)
-}
-
-fn build(
-    membership: Arc<Membership>,
-    replica: Option<Replica>,
-    remote: Arc<HttpReplicaClient>,
-    cluster: &ClusterConfig,
-    server: &ServerConfig,
-    metrics: Metrics,
-) -> Result<Service, String> {
-    let client =
-        Arc::new(NodeReplicaClient::new(replica.clone(), remote, Some(metrics.coordinator.batch_calls.clone())));
-    let coordinator =
-        Coordinator::new(client, membership.subscribe(), cluster.coordinator.clone(), metrics.coordinator.clone());
-    let gossip = GossipDriver::new(
-        membership.clone(),
-        cluster.seeds.clone(),
-        cluster.gossip_interval,
-        cluster.gossip_fanout,
-        cluster.coordinator.replica_timeout,
-        metrics.clone(),
-    );
-    let state = AppState {
-        max_value_bytes: server.max_value_bytes,
-        coordinator,
-        membership,
-        replica,
-        ownership: None,
-        metrics: Arc::new(metrics),
-        ready: Arc::new(AtomicBool::new(true)),
-    };
-    Ok(Service { state, gossip, rebalancer: None, dropper: None, watcher: None })
-}
-
-/// Binds the listener, turning "address in use" into a start-up error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr).await.map_err(|e| RunError::Startup(format!("cannot listen on {addr}: {e}")))
-}
-
-/// Serves until `shutdown`, then: `/health` says not ready, no new connections, in-flight
-/// requests and background replication finish within `--shutdown-timeout`.
-pub async fn serve(
-    listener: TcpListener,
-    service: Service,
-    server: &ServerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), RunError> {
-    let Service { state, gossip, rebalancer, dropper, watcher } = service;
-    let ready = state.ready.clone();
-    let coordinator: Arc<Coordinator> = state.coordinator.clone();
-    let app: Router = router(state, server);
-    // Background jobs stop with the server; their handles are awaited below.
-    let workers = CancellationToken::new();
-    let mut handles = vec![tokio::spawn(gossip.run(workers.clone()))];
-    handles.extend(rebalancer.map(|r| tokio::spawn(r.run(workers.clone()))));
-    handles.extend(dropper.map(|d| tokio::spawn(d.run(workers.clone()))));
-    handles.extend(watcher.map(|w| tokio::spawn(w.run(workers.clone()))));
-    let stop = shutdown.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        ready.store(false, Ordering::Release);
-        tracing::info!("shutdown: no new connections; draining in-flight requests");
-    });
-    let deadline = tokio::time::Instant::now();
-    let drain_deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(server.shutdown_timeout).await;
-    };
-    tokio::select! {
-        result = serve => result.context("HTTP server failed").map_err(RunError::Runtime)?,
-        () = drain_deadline => tracing::warn!(timeout = ?server.shutdown_timeout, "shutdown: drain deadline passed; closing remaining requests"),
+    async fn wait_for_work(&mut self) {
+        if self.topology.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.topology.mark_changed();
     }
-    workers.cancel();
-    for handle in handles {
-        let _ = handle.await;
-    }
-    let tasks = coordinator.tasks();
-    tasks.close();
-    let left = server.shutdown_timeout.saturating_sub(deadline.elapsed());
-    if tokio::time::timeout(left, tasks.wait()).await.is_err() {
-        tracing::warn!(pending = tasks.len(), "shutdown: background replication did not finish in time");
-    }
-    Ok(())
 }
 
 /// Runs a kvnode: opens storage, joins the cluster, serves until `signal` (or until it has
@@ -191,9 +88,14 @@ pub async fn serve(
 pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunError> {
     let node_id = resolve_node_id(config.node_id.as_deref(), &config.data_dir).map_err(RunError::Startup)?;
     let generation = next_generation(&config.data_dir).map_err(RunError::Startup)?;
-    let mut metrics = Metrics::new().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
-    metrics.register_replica().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
-    let storage_metrics = metrics.register_storage().map_err(|e| RunError::Startup(format!("metrics: {e}")))?;
+    let registry = Registry::new();
+    let metric_error = |e: prometheus::Error| RunError::Startup(format!("metrics: {e}"));
+    let metrics = NodeMetrics::register(&registry).map_err(metric_error)?;
+    let storage_metrics = kv_storage::StorageMetrics::register(&registry).map_err(metric_error)?;
+    let coordinator_metrics = kv_coordinator::CoordinatorMetrics::register(&registry).map_err(metric_error)?;
+    let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
+    let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
+    let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
@@ -228,7 +130,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         Some(me),
         Some(config.data_dir.join("members.json")),
         config.cluster.suspect_after,
-        Some(metrics.clone()),
+        Some(membership_metrics),
         config.cluster.expect_nodes,
     )
     .map_err(RunError::Startup)?;
@@ -248,61 +150,124 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         Ownership::open(&node_id, n, core.clone(), metrics.ranges_dropping.clone()).map_err(RunError::Startup)?,
     );
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
-    let remote = Arc::new(
-        HttpReplicaClient::new(
-            config.cluster.coordinator.replica_timeout,
-            config.cluster.max_replica_calls.get(),
-            config.cluster.batches_per_peer,
-            Some(metrics.coordinator.batch_calls.clone()),
-        )
-        .map_err(RunError::Startup)?,
-    );
-    let mut service = build(
-        membership.clone(),
-        Some(replica.clone()),
-        remote.clone(),
-        &config.cluster,
-        &config.server,
-        metrics.clone(),
+    let signer = Signer::default();
+    let transport = PeerTransport::new(
+        TransportOptions {
+            timeout: config.cluster.coordinator.replica_timeout,
+            max_in_flight: config.cluster.max_replica_calls.get(),
+            signer: signer.clone(),
+        },
+        Some(&registry),
     )
     .map_err(RunError::Startup)?;
+    let remote = Arc::new(HttpReplicaClient::new(
+        transport.clone(),
+        supervisor.clone(),
+        config.cluster.batches_per_peer,
+        Some(coordinator_metrics.batch_calls.clone()),
+    ));
+    let client = Arc::new(NodeReplicaClient::new(
+        replica.clone(),
+        remote.clone(),
+        &supervisor,
+        Some(coordinator_metrics.batch_calls.clone()),
+    ));
+    let coordinator =
+        Coordinator::new(client, membership.subscribe(), config.cluster.coordinator.clone(), coordinator_metrics);
+    let gossip = GossipDriver::new(
+        membership.clone(),
+        config.cluster.seeds.clone(),
+        config.cluster.gossip_interval,
+        config.cluster.gossip_fanout,
+        transport,
+    );
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data.
-    let answered = service.gossip.probe().await;
+    let answered = gossip.probe().await;
     refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
     tracing::info!(answered, "start-up gossip exchange done");
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
-    service.state.ownership = Some(ownership.clone());
-    service.rebalancer = Some(Rebalancer::new(
-        membership.clone(),
-        ownership.clone(),
-        replica.clone(),
-        remote.clone(),
-        RebalancerOptions {
-            replicas: n,
-            read_quorum: config.cluster.coordinator.quorum.r,
-            gossip_interval: config.cluster.gossip_interval,
-            concurrency: config.stream_concurrency.get(),
-            progress_file,
+    supervisor.spawn(Stage::Membership, gossip);
+    supervisor.spawn(Stage::Upkeep, OwnershipWatcher::new(membership.clone(), ownership.clone()));
+    supervisor.spawn(
+        Stage::Upkeep,
+        Rebalancer::new(
+            membership.clone(),
+            ownership.clone(),
+            replica.clone(),
+            remote.clone(),
+            RebalancerOptions {
+                replicas: n,
+                read_quorum: config.cluster.coordinator.quorum.r,
+                gossip_interval: config.cluster.gossip_interval,
+                concurrency: config.stream_concurrency.get(),
+                progress_file,
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        ),
+    );
+    supervisor.spawn(
+        Stage::Upkeep,
+        Dropper::new(
+            membership.clone(),
+            ownership.clone(),
+            replica.clone(),
+            remote,
+            n,
+            config.cluster.gossip_interval * 5,
+            config.cluster.coordinator.tombstone_grace,
+            metrics.clone(),
+        ),
+    );
+    let server = &config.server;
+    let api = Arc::new(ApiState {
+        max_value_bytes: server.max_value_bytes,
+        coordinator: coordinator.clone(),
+        membership: membership.clone(),
+    });
+    let node = Arc::new(NodeState { replica, ownership, membership: membership.clone(), metrics });
+    let serving = Arc::new(AtomicBool::new(true));
+    let ready: ReadyCheck = {
+        let membership = membership.clone();
+        Arc::new(move || match membership.my_status() {
+            Some(Status::Normal) => Ok(()),
+            Some(other) => Err(format!("node is {}", other.name())),
+            None => Err("membership not known".into()),
+        })
+    };
+    let scraped = engine.clone();
+    let admin_state = AdminState {
+        registry,
+        supervisor: supervisor.clone(),
+        serving: serving.clone(),
+        ready,
+        on_scrape: Some(Arc::new(move || scraped.refresh_gauges())),
+    };
+    let admin = kv_server::admin::router(admin_state)
+        .merge(kv_api::cluster_router(api.clone()))
+        .merge(crate::admin_router(node.clone()));
+    let listeners = vec![
+        Listener {
+            name: "client",
+            socket: bind("--listen", server.listen).await?,
+            router: layered(kv_api::client_router(api), "client", server, &http_metrics),
         },
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    service.dropper = Some(Dropper::new(
-        membership.clone(),
-        ownership.clone(),
-        replica,
-        remote,
-        n,
-        config.cluster.gossip_interval * 5,
-        config.cluster.coordinator.tombstone_grace,
-        metrics,
-    ));
-    service.watcher = Some(OwnershipWatcher { membership: membership.clone(), ownership });
-    let listener = bind(config.server.listen).await?;
+        Listener {
+            name: "peer",
+            socket: bind("--peer-listen", config.peer_listen).await?,
+            router: layered(crate::peer_router(node, server.max_value_bytes, signer), "peer", server, &http_metrics),
+        },
+        Listener {
+            name: "admin",
+            socket: bind("--admin-listen", server.admin_listen).await?,
+            router: layered(admin, "admin", server, &http_metrics),
+        },
+    ];
     tracing::info!(
-        node_id, actor = core.actor(), generation, status = status.name(), listen = %config.server.listen, advertise = %config.advertise,
+        node_id, actor = core.actor(), generation, status = status.name(), listen = %config.server.listen, peer_listen = %config.peer_listen,
+        admin_listen = %config.server.admin_listen, advertise = %config.advertise,
         engine = %config.storage.engine, sync = %config.storage.sync, data_dir = %config.data_dir.display(),
         seeds = ?config.cluster.seeds, quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
     );
@@ -328,9 +293,10 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         }
     };
     let watcher = tokio::spawn(on_signal);
-    let served = serve(listener, service, &config.server, shutdown).await;
+    let served = serve(listeners, serving, shutdown, config.server.shutdown_timeout).await;
     watcher.abort();
-    served?;
+    let deadline = served?;
+    stop_in_order(&supervisor, &coordinator, deadline).await;
     let synced = engine.clone();
     tokio::task::spawn_blocking(move || synced.sync())
         .await
@@ -433,28 +399,4 @@ fn next_generation(data_dir: &std::path::Path) -> Result<u64, String> {
     let generation = now.max(previous + 1);
     std::fs::write(&path, format!("{generation}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(generation)
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-pub async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    token.cancel();
 }

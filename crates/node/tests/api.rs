@@ -127,13 +127,21 @@ fn health_and_metrics_report() {
     let client = Client::new();
     client.put(node.key_url("m")).body("v").send().unwrap();
     client.get(node.key_url("m")).send().unwrap();
-    let health: Value = client.get(node.url("/health")).send().unwrap().json().unwrap();
-    assert_eq!(health["status"], "ok");
-    assert_eq!(health["node_id"], "n1");
+    let live: Value = client.get(node.url("/health/live")).send().unwrap().json().unwrap();
+    assert_eq!(live["status"], "live");
+    let ready: Value = client.get(node.url("/health/ready")).send().unwrap().json().unwrap();
+    assert_eq!(ready["status"], "ready");
+    let workers: Value = client.get(node.url("/admin/workers")).send().unwrap().json().unwrap();
+    let names: Vec<&str> = workers["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    for expected in ["gossip", "ownership", "rebalancer", "dropper", "batch local"] {
+        assert!(names.contains(&expected), "{expected} missing from {workers}");
+    }
+    assert!(workers["workers"].as_array().unwrap().iter().all(|w| w["state"] != "stopped"), "{workers}");
     let text = client.get(node.url("/metrics")).send().unwrap().text().unwrap();
     for needle in [
-        r#"kv_http_requests_total{method="PUT",route="/kv/{key}",status="204"} 1"#,
-        r#"kv_http_requests_total{method="GET",route="/kv/{key}",status="200"} 1"#,
+        r#"kv_http_requests_total{listener="client",method="PUT",route="/kv/{key}",status="204"} 1"#,
+        r#"kv_http_requests_total{listener="client",method="GET",route="/kv/{key}",status="200"} 1"#,
+        r#"kv_workers{state="idle"}"#,
         "kv_http_request_duration_seconds_bucket",
         "kv_storage_fsync_duration_seconds_count",
         r#"kv_storage_operations_total{op="put",outcome="ok"} 1"#,
@@ -193,12 +201,11 @@ fn config_file_env_and_flags_layer() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("node.toml");
     std::fs::write(&file, "node-id = \"from-file\"\nzone = \"file-zone\"\n").unwrap();
-    let port = kv_testkit::free_port();
+    let ports = kv_testkit::Ports::node();
     let mut child = kvnode()
         .arg("--config")
         .arg(&file)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .args(ports.args())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("KV_NODE_ID", "from-env")
@@ -206,26 +213,28 @@ fn config_file_env_and_flags_layer() {
         .spawn()
         .unwrap();
     let client = Client::new();
-    let mut health = None;
+    let mut members = None;
     for _ in 0..200 {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send() {
-            health = Some(r.json::<Value>().unwrap());
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{}/cluster/members", ports.admin)).send() {
+            members = Some(r.json::<Value>().unwrap());
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(health.expect("node served")["node_id"], "from-env");
+    let members = members.expect("node served");
+    assert_eq!(members["members"][0]["id"], "from-env", "{members}");
+    assert_eq!(members["members"][0]["zone"], "file-zone", "{members}");
 }
 
 #[test]
 fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
-    use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
     use kv_coordinator::wire::{
         decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Ticket, Write, BATCH_PATH,
         MAX_BATCH_CALLS,
     };
+    use kv_transport::{Signer, SIGNATURE_HEADER};
     let ticket = |write_id: u128| Ticket { write_id, deadline_ms: kv_coordinator::now_ms() + 60_000 };
     let (_dir, node) = start(&[]);
     let client = Client::new();
@@ -233,7 +242,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         let body = encode(&calls.to_vec());
         client
             .post(node.url(BATCH_PATH))
-            .header(INTERNAL_HEADER, InternalAuth.sign("POST", BATCH_PATH, &body))
+            .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, &body))
             .body(body)
             .send()
             .unwrap()
@@ -291,11 +300,84 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);
     let garbage = client
         .post(node.url(BATCH_PATH))
-        .header(INTERNAL_HEADER, InternalAuth.sign("POST", BATCH_PATH, b"\xff\xff"))
+        .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, b"\xff\xff"))
         .body(&b"\xff\xff"[..])
         .send()
         .unwrap();
     assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
     let unsigned = client.post(node.url(BATCH_PATH)).body(encode(&calls.to_vec())).send().unwrap();
     assert_eq!(unsigned.status(), StatusCode::FORBIDDEN);
+    // One byte changed after signing: refused at the transport's check, before any handler
+    // (the read below would otherwise succeed).
+    let read = encode(&vec![Call::Read(ReadRequest { key: b"a".to_vec() })]);
+    let signature = Signer::default().sign("POST", BATCH_PATH, &read);
+    let honest = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(read.clone()).send();
+    assert_eq!(honest.unwrap().status(), StatusCode::OK);
+    let mut tampered = read.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let refused = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(tampered).send().unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.json::<Value>().unwrap()["message"].as_str().unwrap().contains("bad signature"));
+    // Signed by a process with another key: refused too.
+    let foreign = Signer::new(b"another cluster").sign("POST", BATCH_PATH, &read);
+    let refused = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, foreign).body(read).send().unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn each_listener_serves_only_its_routes() {
+    let (_dir, node) = start(&[]);
+    let client = Client::new();
+    let on = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    let (client_port, peer_port, admin_port) = (node.ports.client, node.ports.peer.unwrap(), node.ports.admin);
+    assert_eq!(client.put(on(client_port, "/kv/k")).body("v").send().unwrap().status(), StatusCode::NO_CONTENT);
+    // The client port: /kv only.
+    for path in [
+        "/internal/v1/batch",
+        "/internal/v1/gossip",
+        "/admin/keys",
+        "/admin/workers",
+        "/admin/leave",
+        "/metrics",
+        "/cluster/members",
+        "/health/ready",
+    ] {
+        let get = client.get(on(client_port, path)).send().unwrap();
+        assert_eq!(get.status(), StatusCode::NOT_FOUND, "client port serves {path}");
+        assert_eq!(get.json::<Value>().unwrap()["error"], "no_route");
+        assert_eq!(client.post(on(client_port, path)).send().unwrap().status(), StatusCode::NOT_FOUND, "POST {path}");
+    }
+    // The peer port: /internal only.
+    for path in ["/kv/k", "/admin/keys", "/metrics", "/cluster/members"] {
+        assert_eq!(
+            client.get(on(peer_port, path)).send().unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "peer port serves {path}"
+        );
+    }
+    // The admin port: no keys, no internal traffic.
+    for path in ["/kv/k", "/internal/v1/batch"] {
+        assert_eq!(
+            client.get(on(admin_port, path)).send().unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "admin serves {path}"
+        );
+        assert_eq!(
+            client.post(on(admin_port, path)).send().unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "admin serves {path}"
+        );
+    }
+    for path in [
+        "/metrics",
+        "/health/live",
+        "/health/ready",
+        "/admin/workers",
+        "/admin/keys",
+        "/cluster/members",
+        "/cluster/ring",
+    ] {
+        assert_eq!(client.get(on(admin_port, path)).send().unwrap().status(), StatusCode::OK, "admin lacks {path}");
+    }
 }

@@ -1,7 +1,7 @@
 //! # A model checker for "no acknowledged write is lost"
 //!
 //! A deterministic, seeded simulation of a cluster: storage nodes running the real replica
-//! logic ([`kv_coordinator::replica::ReplicaCore`] over real memory stores, with their real dot
+//! logic ([`kv_replica::replica::ReplicaCore`] over real memory stores, with their real dot
 //! counters and ownership views), fronts running the real [`kv_coordinator::Coordinator`]
 //! (quorums, read repair, tombstone purge, write ids and deadlines), and membership changes
 //! planned by the real [`kv_coordinator::plan`] over real [`kv_ring`] rings. Only the network,

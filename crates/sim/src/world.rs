@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_coordinator::ownership::Ownership;
 use kv_coordinator::plan::{self, Move};
-use kv_coordinator::replica::{ReplicaCore, ReplicaMetrics};
 use kv_coordinator::wire::{Call, Entry, Reply};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError, Topology};
+use kv_replica::ownership::Ownership;
+use kv_replica::replica::{ReplicaCore, ReplicaMetrics};
 use kv_ring::{Node as RingNode, Ring};
 use kv_storage::{Engine, EngineKind, Identity, Record, StorageMetrics, SyncMode, Version};
 use kv_vclock::Dot;

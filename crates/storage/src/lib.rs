@@ -84,7 +84,7 @@ pub trait Engine: Send + Sync {
     /// the stored ones (when they differ); the records come back in the same order once all of
     /// them are durable. Unlike [`Engine::update`], `apply` decides what is dropped: callers
     /// merge (and so drop only what another version has seen), except for the one sanctioned
-    /// removal, a second version of one client write (see `kv_coordinator::replica`).
+    /// removal, a second version of one client write (see `kv_replica::replica`).
     /// Concurrent writers coalesce this way into one fsync and one blocking hand-off.
     fn update_many(&self, keys: &[&[u8]], apply: &mut dyn FnMut(usize, &Record) -> Record) -> Vec<Result<Record>>;
 

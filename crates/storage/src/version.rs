@@ -1,6 +1,7 @@
-//! One stored version of a value, and the on-disk encoding of a key's sibling set.
+//! The on-disk encoding of a key's sibling set ([`Record`], from `kv-types`).
 
-use kv_vclock::{Dot, Siblings, VClock, Versioned};
+pub use kv_types::{Record, Version};
+use kv_vclock::{Dot, Siblings, VClock};
 use serde::{Deserialize, Serialize};
 
 use crate::{Compression, Error, Result};
@@ -18,40 +19,6 @@ const COMPRESS_MIN_BYTES: usize = 64;
 /// Largest value a record may claim to decompress to; guards against a corrupt length field
 /// making us allocate gigabytes.
 const MAX_DECOMPRESSED_BYTES: usize = 256 * 1024 * 1024;
-
-/// A version of a key's value (or a tombstone) with its causal identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Version {
-    /// The write that created this version.
-    pub dot: Dot,
-    /// What its writer had read; see [`kv_vclock`] for why this is kept apart from the dot.
-    pub context: VClock,
-    /// The value bytes; empty for a tombstone.
-    pub value: Vec<u8>,
-    /// The Content-Type the client sent, echoed on reads.
-    pub content_type: String,
-    /// Whether this version records a delete.
-    pub tombstone: bool,
-    /// Wall-clock ms when the coordinator created the version (for tombstone grace periods).
-    pub written_at: u64,
-    /// The client write this version was created for, unique per client request (chosen by
-    /// the front that received it); 0 when unknown (records written before write ids). A front
-    /// that retries a write on another replica uses the same id, so the replicas can tell two
-    /// versions of one write apart from two writes.
-    pub write_id: u128,
-}
-
-impl Versioned for Version {
-    fn dot(&self) -> &Dot {
-        &self.dot
-    }
-    fn context(&self) -> &VClock {
-        &self.context
-    }
-}
-
-/// A key's live versions.
-pub type Record = Siblings<Version>;
 
 /// A version as stored: the value possibly compressed.
 #[derive(Serialize, Deserialize)]

@@ -32,6 +32,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `n` distinct free TCP ports on loopback: all bound at once, then released, so that one
+/// process never gets the same port twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// Path of a workspace binary (`kvnode`, `kvgateway`, `kvctl`) built for this test run, or in
 /// `KV_TEST_BIN_DIR` when set (to run the tests against the binaries of another commit).
 pub fn binary(name: &str) -> PathBuf {
@@ -59,21 +66,68 @@ pub fn encode_key(key: &str) -> String {
         .collect()
 }
 
+/// The ports a process listens on, on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Client API (`--listen`).
+    pub client: u16,
+    /// Peer listener (`--peer-listen`), nodes only.
+    pub peer: Option<u16>,
+    /// Admin listener (`--admin-listen`).
+    pub admin: u16,
+}
+
+impl Ports {
+    /// Free ports for a node. Binaries from before the three listeners (`KV_TEST_LEGACY=1`)
+    /// serve everything on one port.
+    pub fn node() -> Ports {
+        let [client, peer, admin] = free_ports();
+        if legacy() {
+            return Ports { client, peer: Some(client), admin: client };
+        }
+        Ports { client, peer: Some(peer), admin }
+    }
+
+    /// Free ports for a gateway (no peer listener).
+    pub fn gateway() -> Ports {
+        let [client, admin] = free_ports();
+        if legacy() {
+            return Ports { client, peer: None, admin: client };
+        }
+        Ports { client, peer: None, admin }
+    }
+
+    /// The flags that make a process listen on these ports.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{}", self.client)];
+        if legacy() {
+            return args;
+        }
+        if let Some(peer) = self.peer {
+            args.extend(["--peer-listen".to_owned(), format!("127.0.0.1:{peer}")]);
+        }
+        args.extend(["--admin-listen".to_owned(), format!("127.0.0.1:{}", self.admin)]);
+        args
+    }
+}
+
 /// One running server process. Killed (SIGKILL) on drop.
 pub struct Proc {
     child: Option<Child>,
     program: PathBuf,
     args: Vec<String>,
-    /// Its port on 127.0.0.1.
+    /// Its client API port on 127.0.0.1.
     pub port: u16,
+    /// All its ports.
+    pub ports: Ports,
     log: PathBuf,
 }
 
 impl Proc {
-    /// Starts `program` with `args` (which must make it listen on `port`), logging to `log`,
-    /// and waits until `/health` answers 200.
-    pub fn start(program: PathBuf, args: Vec<String>, port: u16, log: PathBuf) -> Proc {
-        let mut proc = Proc { child: None, program, args, port, log };
+    /// Starts `program` with `args` (which must make it listen on `ports`), logging to `log`,
+    /// and waits until it is live (`/health/live` answers 200).
+    pub fn start(program: PathBuf, args: Vec<String>, ports: Ports, log: PathBuf) -> Proc {
+        let mut proc = Proc { child: None, program, args, port: ports.client, ports, log };
         proc.spawn();
         proc
     }
@@ -104,12 +158,17 @@ impl Proc {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("{} exited with {status} before serving:\n{}", self.program.display(), self.log_text());
             }
-            if client.get(self.url("/health")).send().map(|r| r.status().is_success()).unwrap_or(false) {
+            if self.live(&client) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("{} did not become ready:\n{}", self.program.display(), self.log_text());
+    }
+
+    fn live(&self, client: &Client) -> bool {
+        let path = if legacy() { "/health" } else { "/health/live" };
+        client.get(self.url(path)).send().is_ok_and(|r| r.status().is_success())
     }
 
     /// The value of command-line flag `flag` (such as `--data-dir`), if it was given.
@@ -122,9 +181,29 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>`, on the listener that serves `path`: `/internal/*` on
+    /// the peer port; `/admin/*`, `/cluster/*`, `/health*` and `/metrics` on the admin port;
+    /// anything else on the client port.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        let admin = ["/admin/", "/cluster/", "/health", "/metrics"].iter().any(|p| path.starts_with(p));
+        let port = if path.starts_with("/internal/") {
+            self.ports.peer.unwrap_or(self.ports.client)
+        } else if admin {
+            self.ports.admin
+        } else {
+            self.ports.client
+        };
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// `http://127.0.0.1:<admin port><path>`, whatever the path.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.ports.admin, path)
+    }
+
+    /// `http://127.0.0.1:<client port><path>`, whatever the path.
+    pub fn client_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.ports.client, path)
     }
 
     /// URL of a key on the client API.
@@ -132,9 +211,9 @@ impl Proc {
         self.url(&format!("/kv/{}", encode_key(key)))
     }
 
-    /// `host:port`.
+    /// `host:port` other processes reach it at: a node's peer listener, a gateway's client API.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.ports.peer.unwrap_or(self.ports.client))
     }
 
     /// Whether the process is running.
@@ -147,6 +226,13 @@ impl Proc {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, without waiting (see [`Proc::wait_exit`]).
+    pub fn send_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
     }
 
@@ -201,7 +287,7 @@ impl Proc {
                 self.child = None;
                 return Some(status);
             }
-            if client.get(self.url("/health")).send().is_ok_and(|r| r.status().is_success()) {
+            if self.live(&client) {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -262,14 +348,14 @@ pub fn statuses(proc: &Proc) -> std::collections::BTreeMap<String, String> {
 /// Starts one standalone kvnode in `data_dir` with extra `args`, on a free port. A cluster of
 /// one holds one replica per key: `--replicas 1` unless `args` set it.
 pub fn start_node(data_dir: &Path, args: &[&str]) -> Proc {
-    let port = free_port();
-    let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{port}"), "--data-dir".to_owned()];
-    all.push(data_dir.display().to_string());
+    let ports = Ports::node();
+    let mut all = ports.args();
+    all.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
     if !args.contains(&"--replicas") && !legacy() {
         all.extend(["--replicas".to_owned(), "1".to_owned()]);
     }
     all.extend(args.iter().map(|s| s.to_string()));
-    Proc::start(binary("kvnode"), all, port, data_dir.with_extension("log"))
+    Proc::start(binary("kvnode"), all, ports, data_dir.with_extension("log"))
 }
 
 /// Gossip and timeout settings for test clusters: rounds every 200 ms, suspicion after 2 s, so
@@ -337,11 +423,12 @@ impl Cluster {
     /// every process lists all nodes as normal members.
     pub fn start(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
-        let seeds = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let ports: Vec<Ports> = (0..nodes).map(|_| Ports::node()).collect();
+        let seeds = ports.iter().map(|p| format!("127.0.0.1:{}", p.peer.unwrap_or(p.client))).collect::<Vec<_>>();
+        let seeds = seeds.join(",");
         let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
-        for port in ports {
-            cluster.spawn_node(port, &seeds, node_args);
+        for ports in ports {
+            cluster.spawn_node(ports, &seeds, node_args);
         }
         for g in 0..gateways {
             cluster.add_gateway(&format!("g{g}"));
@@ -350,32 +437,25 @@ impl Cluster {
         cluster
     }
 
-    fn spawn_node(&mut self, port: u16, seeds: &str, extra: &[&str]) {
+    fn spawn_node(&mut self, ports: Ports, seeds: &str, extra: &[&str]) {
         let id = format!("n{}", self.nodes.len() + 1);
         let data = self.dir.path().join(&id);
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id,
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--seeds".into(),
-            seeds.to_owned(),
-        ];
+        let mut args: Vec<String> = vec!["--node-id".into(), id];
+        args.extend(ports.args());
+        args.extend(["--data-dir".into(), data.display().to_string(), "--seeds".into(), seeds.to_owned()]);
         if !extra.contains(&"--expect-nodes") && !legacy() {
             args.extend(["--expect-nodes".into(), self.expect.to_string()]);
         }
         args.extend(fast_gossip_unless(extra));
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.nodes.push(Proc::start(binary("kvnode"), args, port, data.with_extension("log")));
+        self.nodes.push(Proc::start(binary("kvnode"), args, ports, data.with_extension("log")));
     }
 
     /// Starts one more node (the next id) seeded with the running nodes; it joins by itself.
     /// Returns its index.
     pub fn add_node(&mut self, extra: &[&str]) -> usize {
         let seeds = self.nodes.iter().filter(|p| p.is_running()).map(Proc::address).collect::<Vec<_>>().join(",");
-        self.spawn_node(free_port(), &seeds, extra);
+        self.spawn_node(Ports::node(), &seeds, extra);
         self.nodes.len() - 1
     }
 
@@ -387,15 +467,15 @@ impl Cluster {
 
     /// Starts one more gateway seeded with `seeds`.
     pub fn add_gateway_seeded(&mut self, name: &str, seeds: &str) {
-        let port = free_port();
-        let seeds = seeds.to_owned();
-        let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}"), "--seeds".into(), seeds];
+        let ports = Ports::gateway();
+        let mut args = ports.args();
+        args.extend(["--seeds".to_owned(), seeds.to_owned()]);
         if !legacy() {
             args.extend(["--expect-nodes".into(), self.expect.to_string()]);
         }
         args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("{name}.log"));
-        self.gateways.push(Proc::start(binary("kvgateway"), args, port, log));
+        self.gateways.push(Proc::start(binary("kvgateway"), args, ports, log));
     }
 
     /// Waits until every running process lists `count` members with status `normal`.
@@ -513,13 +593,14 @@ impl Drop for Proxy {
 
 impl Cluster {
     /// Like [`Cluster::start`], but node `proxied` (an index) is reached by everyone through a
-    /// [`Proxy`] it advertises as its address.
+    /// [`Proxy`] in front of its peer listener, which it advertises as its address.
     pub fn start_with_proxy(nodes: usize, gateways: usize, node_args: &[&str], proxied: usize) -> (Cluster, Proxy) {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
-        let proxy = Proxy::start(ports[proxied]);
+        let ports: Vec<Ports> = (0..nodes).map(|_| Ports::node()).collect();
+        let peer = |p: &Ports| p.peer.unwrap_or(p.client);
+        let proxy = Proxy::start(peer(&ports[proxied]));
         let advertised: Vec<u16> =
-            ports.iter().enumerate().map(|(i, p)| if i == proxied { proxy.port } else { *p }).collect();
+            ports.iter().enumerate().map(|(i, p)| if i == proxied { proxy.port } else { peer(p) }).collect();
         let seeds = advertised.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
         for (i, port) in ports.into_iter().enumerate() {

@@ -24,9 +24,12 @@ const EXIT_UNAVAILABLE: u8 = 5;
     after_help = "Exit codes: 0 ok, 1 not found, 2 usage, 3 siblings, 4 refused (4xx), 5 unavailable (retry may help)."
 )]
 struct Cli {
-    /// Base URL of a gateway or node.
+    /// Client API URL of a gateway or node (its --listen), for put, get, delete, resolve.
     #[arg(long, env = "KV_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
+    /// Admin URL of a gateway or node (its --admin-listen), for members, ring, leave, remove.
+    #[arg(long, env = "KV_ADMIN_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    admin_url: String,
     /// Read quorum for this request: 1..N, one, quorum or all [default: the cluster's R].
     #[arg(long, global = true)]
     r: Option<String>,
@@ -74,7 +77,7 @@ enum Command {
     },
     /// List the cluster's members: status, heartbeat, generation, last seen.
     Members,
-    /// Decommission the node at --url: it hands its ranges to their new owners and exits.
+    /// Decommission the node at --admin-url: it hands its ranges to their new owners and exits.
     Leave,
     /// Declare a member permanently failed; the others re-replicate its ranges.
     Remove {
@@ -116,7 +119,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let client = Client::new(&cli.url, Duration::from_secs(cli.timeout))?.with_quorum(cli.r, cli.w);
+    let client =
+        Client::new(&cli.url, Duration::from_secs(cli.timeout))?.with_quorum(cli.r, cli.w).with_admin(&cli.admin_url);
     match cli.command {
         Command::Put { key, value, file, content_type, context } => {
             let bytes = match (value, file) {
@@ -167,21 +171,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Members => {
             let members = client.members()?;
             println!(
-                "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>12} {:>9}",
+                "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>14} {:>9}",
                 "id", "address", "zone", "weight", "status", "heartbeat", "generation", "seen ago"
             );
             for m in members["members"].as_array().into_iter().flatten() {
                 let seen =
                     m["last_seen_ms_ago"].as_u64().map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                // Numbers as text: a JSON value ignores width and alignment.
                 println!(
-                    "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>12} {:>9}",
+                    "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>14} {:>9}",
                     text(&m["id"]),
                     text(&m["address"]),
                     text(&m["zone"]),
-                    m["weight"],
+                    m["weight"].to_string(),
                     text(&m["status"]),
-                    m["heartbeat"],
-                    m["generation"],
+                    m["heartbeat"].to_string(),
+                    m["generation"].to_string(),
                     seen
                 );
             }
@@ -206,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "{:<16} {:<12} {:>7} {:>8.1}% {:>8.1}%",
                     text(&n["id"]),
                     text(&n["zone"]),
-                    n["vnodes"],
+                    n["vnodes"].to_string(),
                     n["primary_share"].as_f64().unwrap_or(0.0) * 100.0,
                     n["replica_share"].as_f64().unwrap_or(0.0) * 100.0
                 );

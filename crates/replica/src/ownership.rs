@@ -9,17 +9,17 @@
 //!   view changes (and at start-up, everything it does not own does, since it cannot know what
 //!   it owned before a crash). Dropping ranges are refused for every call, even once owned
 //!   again, until the node's dropper has handed their keys to the current owners
-//!   ([`crate::plan::drop_targets`]) and removed them. So a node never merges a stale copy of a
+//!   ([`kv_coordinator::plan::drop_targets`]) and removed them. So a node never merges a stale copy of a
 //!   range it lost into the range it regains: a purged delete cannot come back from a former
 //!   owner, and an old value cannot reappear beside a newer one. Only keys whose every version
-//!   is younger than half the tombstone grace are handed off, whole ([`crate::plan::hand_off`]):
+//!   is younger than half the tombstone grace are handed off, whole ([`kv_coordinator::plan::hand_off`]):
 //!   an older one may predate a tombstone purged since (the node may learn of the loss late,
 //!   after a crash or a partition).
 //! - **Filling.** A range this node gains in the current ring, by any change (a removal, a
 //!   member rejoining on a wiped disk, a leave it was not handed), joins the filling set: it
 //!   accepts writes for it at once but serves no read, scan or purge and coordinates nothing
 //!   there until it has merged the range from enough of its other owners
-//!   ([`crate::plan::copies_needed`]), and the node's filler calls [`Ownership::filled`]. A
+//!   ([`kv_coordinator::plan::copies_needed`]), and the node's filler calls [`Ownership::filled`]. A
 //!   coordinator must hold every version of its own actor the key has anywhere, which only a
 //!   complete copy guarantees; and a read must not answer from a copy that lacks what a quorum
 //!   acknowledged.
@@ -32,7 +32,7 @@
 use std::sync::Arc;
 
 use crate::replica::{ReplicaCore, ReplicaView};
-use crate::Topology;
+use kv_coordinator::Topology;
 use kv_ring::Intervals;
 use parking_lot::Mutex;
 

@@ -1,9 +1,6 @@
-//! The client API: `PUT`, `GET` and `DELETE` on `/kv/{key}`, plus `/health` and `/metrics`.
+//! The client API: `PUT`, `GET` and `DELETE` on `/kv/{key}`.
 
 use std::sync::Arc;
-
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -15,12 +12,12 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use kv_coordinator::{PutOutcome, Write};
-use kv_storage::Record;
+use kv_types::{Record, Version};
 use kv_vclock::{VClock, Versioned};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::ApiState;
 
 /// Longest key accepted, in bytes (UTF-8).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -39,9 +36,9 @@ pub static X_REPLICAS: HeaderName = HeaderName::from_static("x-replicas");
 
 /// `PUT /kv/{key}?w=`: store the body as a new version on W of N replicas.
 pub async fn put(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ApiState>>,
     key: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -65,9 +62,9 @@ pub async fn put(
 
 /// `GET /kv/{key}?r=`: the value, `300` with the siblings, or `404`, from R of N replicas.
 pub async fn get(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ApiState>>,
     key: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
     let r = quorum_param(&state, query, "r")?;
@@ -82,9 +79,9 @@ pub async fn get(
 /// saw, so a concurrent write survives as a sibling; without, the coordinator first reads the
 /// key (R replicas) and deletes every version it found.
 pub async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<ApiState>>,
     key: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
@@ -100,7 +97,7 @@ pub async fn delete(
 }
 
 /// Refuses client requests until the cluster has formed (`--expect-nodes`).
-fn formed(state: &AppState) -> Result<(), ApiError> {
+fn formed(state: &ApiState) -> Result<(), ApiError> {
     state.membership.formed().map_err(|(normal, expected)| ApiError::Forming { normal, expected })
 }
 
@@ -116,39 +113,26 @@ fn set_replicas(response: &mut Response, answered: usize, replicas: usize) {
     }
 }
 
-/// The per-request `r` or `w` (`name`), if given; any other parameter is refused.
+/// The per-request `r` or `w` (`name`), if given; any other parameter, or `name` twice, is
+/// refused.
 fn quorum_param(
-    state: &AppState,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    state: &ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     name: &str,
 ) -> Result<Option<usize>, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
-    if let Some(other) = params.keys().find(|k| k.as_str() != name) {
+    let Query(params) = query.map_err(|_| ApiError::BadParameter("malformed query string".into()))?;
+    if let Some((other, _)) = params.iter().find(|(k, _)| k.as_str() != name) {
         return Err(ApiError::BadParameter(format!("unknown parameter {other:?}; this request takes only {name}")));
     }
-    params.get(name).map(|text| state.coordinator.quorum().parse(name, text).map_err(ApiError::from)).transpose()
+    if params.len() > 1 {
+        return Err(ApiError::BadParameter(format!("{name} given {} times; give it once", params.len())));
+    }
+    params.first().map(|(_, text)| state.coordinator.quorum().parse(name, text).map_err(ApiError::from)).transpose()
 }
 
 /// `PUT`/`GET`/`DELETE /kv/`: the empty key.
 pub async fn empty_key() -> ApiError {
     ApiError::BadKey("key must be 1 to 1024 bytes; got an empty key".into())
-}
-
-/// `GET /health`: 200 while serving, 503 once shutdown has begun.
-pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.ready.load(Ordering::Acquire) {
-        return Err(ApiError::NotReady);
-    }
-    let mut body = json!({ "status": "ok", "members": state.membership.members().len() });
-    match &state.replica {
-        Some(replica) => {
-            body["role"] = json!("node");
-            body["node_id"] = json!(replica.node_id());
-            body["engine"] = json!(replica.engine().kind().name());
-        }
-        None => body["role"] = json!("gateway"),
-    }
-    Ok(Json(body))
 }
 
 /// `/noop`, any method: `204` without touching storage or the coordinator. The HTTP ceiling
@@ -157,20 +141,12 @@ pub async fn noop(_body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    if let Some(replica) = &state.replica {
-        replica.engine().refresh_gauges();
-    }
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
-}
-
 /// The response for a read of `record`.
 pub fn read_response(record: &Record) -> Response {
     let context = record.context();
     // Siblings with the same value, type and delete flag (a retried write coordinated twice)
     // are one answer to the client; the context still covers all of them.
-    let mut versions: Vec<&kv_storage::Version> = Vec::with_capacity(record.len());
+    let mut versions: Vec<&Version> = Vec::with_capacity(record.len());
     for v in record.versions() {
         if !versions
             .iter()
@@ -217,8 +193,10 @@ fn with_context(mut response: Response, context: &VClock) -> Response {
 
 /// The key of a `/kv/{key}` request, checked: UTF-8, 1 to [`MAX_KEY_BYTES`] bytes.
 pub fn valid_key(key: Result<Path<String>, PathRejection>) -> Result<Vec<u8>, ApiError> {
-    let Path(key) =
-        key.map_err(|e| ApiError::BadKey(format!("key must be percent-encoded UTF-8: {}", e.body_text())))?;
+    let Path(key) = key.map_err(|e| {
+        tracing::debug!(error = %e.body_text(), "bad key in path");
+        ApiError::BadKey("key must be UTF-8 once percent-decoded (e.g. %C3%A9 for \u{e9}); got other bytes".into())
+    })?;
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(ApiError::BadKey(format!("key must be 1 to {MAX_KEY_BYTES} bytes; got {}", key.len())));
     }

@@ -1,36 +1,10 @@
-//! Membership: the gossip view of this process, the topology built from it, and the gossip
-//! driver that keeps it fresh.
-//!
-//! [`Membership`] wraps a [`kv_gossip::Gossip`] (a node's own view, or an observer's in a
-//! gateway) and publishes a [`Topology`] to the coordinator whenever the members, their status
-//! or their liveness change:
-//!
-//! - the *read ring* holds members that own ranges now: normal and leaving ones, down or not
-//!   (a down node keeps its ranges: a temporary failure moves no data);
-//! - the *pending ring* holds the owners once moves complete: normal and joining ones; writes
-//!   also go to its extra replicas;
-//! - *down* members (confirmed by two observers) are tried last as coordinators.
-//!
-//! Nodes record every member's last state and the removed set in `data-dir/members.json`, so a
-//! node restarted while a peer is down still places keys on that peer, and knows its own last
-//! status. Every process keeps the removed set (the (id, incarnation) pairs an operator removed)
-//! forever; a node that learns it was removed stops serving ([`Membership::removed_me`]).
-//!
-//! A new cluster *forms* before it serves clients: until a process has seen `--expect-nodes`
-//! normal members at once, client requests are answered `503 cluster_forming`
-//! ([`Membership::formed`]).
-//!
-//! [`GossipDriver`] runs the rounds: bump our heartbeat, exchange states with `--gossip-fanout`
-//! random live peers (and now and then with a seed, which heals partitions and lets new members
-//! in), merge what comes back. A gateway runs it as an observer that owns no range.
+//! [`Membership`] and [`GossipDriver`]; see the crate documentation.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_coordinator::auth::{InternalAuth, INTERNAL_HEADER};
-use kv_coordinator::wire::{decode, encode, GOSSIP_PATH};
 use kv_coordinator::Topology;
 use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
 use kv_ring::{Node, Ring};
@@ -39,8 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::validate_node_id;
-use crate::metrics::Metrics;
+use kv_transport::PeerTransport;
+use kv_worker::{Worker, WorkerState};
+
+use crate::metrics::MembershipMetrics;
+use crate::validate_node_id;
 
 /// Largest member list accepted from a peer; bounds what a confused or hostile peer can make
 /// us hold.
@@ -133,7 +110,7 @@ pub struct Membership {
     signature: Mutex<Signature>,
     state_file: Option<PathBuf>,
     started: Instant,
-    metrics: Option<Metrics>,
+    metrics: Option<MembershipMetrics>,
     /// Normal members needed at once before clients are served.
     expect_nodes: usize,
     /// Latched once `expect_nodes` normal members were seen.
@@ -151,7 +128,7 @@ impl Membership {
         local: Option<MemberState>,
         state_file: Option<PathBuf>,
         suspect_after: Duration,
-        metrics: Option<Metrics>,
+        metrics: Option<MembershipMetrics>,
         expect_nodes: usize,
     ) -> Result<(Arc<Membership>, Option<MemberState>), String> {
         let mut recorded = Digest::default();
@@ -451,49 +428,40 @@ fn build_topology(views: &[MemberView]) -> Topology {
     Topology { ring, pending, addresses, down, leaving }
 }
 
-/// Background job: gossip rounds.
+/// The gossip rounds, a [`Worker`]: each unit of work is one round.
 pub struct GossipDriver {
     membership: Arc<Membership>,
     seeds: Vec<String>,
-    http: reqwest::Client,
-    interval: Duration,
+    transport: PeerTransport,
+    tick: tokio::time::Interval,
     fanout: usize,
     rng: Rng,
-    metrics: Metrics,
+    /// Peers that answered last round.
+    answered: usize,
 }
 
 impl GossipDriver {
     /// A driver for `membership`, contacting `seeds` when it knows no live peer and now and
-    /// then otherwise; each exchange bounded by `timeout`.
+    /// then otherwise, every `interval`, through `transport`.
     pub fn new(
         membership: Arc<Membership>,
         seeds: Vec<String>,
         interval: Duration,
         fanout: usize,
-        timeout: Duration,
-        metrics: Metrics,
+        transport: PeerTransport,
     ) -> Self {
-        let http = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        GossipDriver { membership, seeds, http, interval, fanout, rng: Rng::new(seed), metrics }
-    }
-
-    /// Runs rounds until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.interval);
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => self.round().await,
-            }
-        }
+        GossipDriver { membership, seeds, transport, tick, fanout, rng: Rng::new(seed), answered: 0 }
     }
 
     async fn round(&mut self) {
         self.membership.tick();
-        self.metrics.gossip_rounds.inc();
+        if let Some(metrics) = &self.membership.metrics {
+            metrics.gossip_rounds.inc();
+        }
         let mut targets = self.membership.targets(self.fanout, &mut self.rng);
         // Seeds: always when we know no live peer; otherwise one round in five, which lets a
         // partitioned group find the rest again.
@@ -504,7 +472,7 @@ impl GossipDriver {
                 targets.push(addresses[self.rng.below(addresses.len())].clone());
             }
         }
-        self.exchange_all(targets).await;
+        self.answered = self.exchange_all(targets).await;
     }
 
     /// Exchanges digests with `targets` at once and merges the answers; returns how many
@@ -514,8 +482,8 @@ impl GossipDriver {
         targets.retain(|t| Some(t) != me.as_ref());
         targets.sort();
         targets.dedup();
-        let body = encode(&self.membership.digest());
-        let exchanges = targets.iter().map(|target| self.exchange(target, body.clone()));
+        let digest = self.membership.digest();
+        let exchanges = targets.iter().map(|target| self.exchange(target, &digest));
         let mut answered = 0;
         for digest in futures::future::join_all(exchanges).await.into_iter().flatten() {
             self.membership.merge(digest);
@@ -536,35 +504,33 @@ impl GossipDriver {
         self.exchange_all(targets).await
     }
 
-    async fn exchange(&self, target: &str, body: Vec<u8>) -> Option<Digest> {
-        let signature = InternalAuth.sign("POST", GOSSIP_PATH, &body);
-        self.metrics.gossip_bytes.with_label_values(&["sent"]).inc_by(body.len() as u64);
-        let response = self
-            .http
-            .post(format!("http://{target}{GOSSIP_PATH}"))
-            .header(INTERNAL_HEADER, signature)
-            .body(body)
-            .send()
-            .await;
-        let bytes = match response {
-            Ok(r) if r.status().is_success() => r.bytes().await.ok()?,
-            Ok(r) => {
-                tracing::debug!(%target, status = %r.status(), "gossip refused");
-                return None;
-            }
-            Err(e) => {
-                tracing::debug!(%target, error = %e, "gossip peer unreachable");
-                return None;
-            }
-        };
-        self.metrics.gossip_bytes.with_label_values(&["received"]).inc_by(bytes.len() as u64);
-        match decode::<Digest>(&bytes) {
+    async fn exchange(&self, target: &str, digest: &Digest) -> Option<Digest> {
+        match self.transport.request(target, digest).await {
             Ok(digest) => Some(digest),
             Err(e) => {
-                tracing::warn!(%target, error = %e, "bad gossip answer");
+                tracing::debug!(%target, error = %e, "gossip exchange failed");
                 None
             }
         }
+    }
+}
+
+impl Worker for GossipDriver {
+    fn name(&self) -> String {
+        "gossip".into()
+    }
+
+    fn status(&self) -> String {
+        format!("{} members known, {} answered last round", self.membership.states().len(), self.answered)
+    }
+
+    async fn work(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        self.round().await;
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
     }
 }
 

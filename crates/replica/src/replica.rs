@@ -16,7 +16,7 @@
 //!   what superseded them): a joining node lacks data, a leaving one is handing it off, and a
 //!   node that regained a range has not merged it yet.
 //! - **One client write, one version.** A coordinate call carries its write's id and deadline
-//!   ([`crate::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
+//!   ([`kv_coordinator::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
 //!   and a version of the same write (the same write id) already held is reused.
 //! - **Dots never repeat.** New dots come from the store's counter ([`Engine::issue_counter`]),
 //!   above every counter the store ever issued and every counter of ours the key's versions
@@ -40,21 +40,11 @@ use kv_storage::{Engine, Record, Version};
 use kv_vclock::{Dot, Versioned};
 use parking_lot::RwLock;
 
-use crate::wire::{counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, Reply};
+use kv_coordinator::wire::{
+    counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, Reply,
+};
 
-/// Status of a refusal because the key's range is not this replica's (HTTP 421 Misdirected).
-pub const MISDIRECTED: u16 = 421;
-
-/// Status of a coordinate call refused because its deadline passed (HTTP 504: the front has
-/// given up on it). The write was certainly not applied.
-pub const TOO_LATE: u16 = 504;
-
-/// Status of a coordinate call whose context names an event of this replica's actor that never
-/// happened (a counter above all it has issued): a forged or corrupted context (HTTP 422).
-pub const IMPOSSIBLE_CONTEXT: u16 = 422;
-
-/// Status of a write refused because the replica would not keep the version it vouches for.
-pub const NOT_KEPT: u16 = 500;
+pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE};
 
 /// What a replica believes about its own place in the cluster.
 ///
@@ -452,7 +442,7 @@ fn repeated_dot(record: &Record, version: &Version) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{PurgeRequest, ReadRequest, StoreRequest, Ticket, Write};
+    use kv_coordinator::wire::{PurgeRequest, ReadRequest, StoreRequest, Ticket, Write};
     use kv_ring::Node;
     use kv_storage::{StorageMetrics, SyncMode};
     use kv_vclock::VClock;

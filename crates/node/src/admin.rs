@@ -1,4 +1,4 @@
-//! Cluster and admin endpoints: `/cluster/members`, `/cluster/ring`, `/admin/local/{key}`,
+//! The node's own admin endpoints, on the admin listener: `/admin/local/{key}`,
 //! `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`.
 
 use std::sync::Arc;
@@ -15,62 +15,18 @@ use kv_gossip::Status;
 use kv_vclock::Versioned;
 use serde_json::{json, Value};
 
-use crate::api::valid_key;
-use crate::error::ApiError;
-use crate::membership::MemberList;
-use crate::AppState;
+use kv_api::api::valid_key;
+use kv_api::ApiError;
 
-/// `GET /cluster/members`: every known member.
-pub async fn members(State(state): State<Arc<AppState>>) -> Json<MemberList> {
-    Json(MemberList { members: state.membership.members() })
-}
-
-/// `GET /cluster/ring`: each member's share of the ring, as primary and as any of N replicas.
-pub async fn ring(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let topology = state.membership.topology();
-    let n = state.coordinator.quorum().n;
-    let primary = topology.ring.ownership(1);
-    let replica = topology.ring.ownership(n);
-    let nodes: Vec<Value> = topology
-        .ring
-        .nodes()
-        .iter()
-        .map(|node| {
-            json!({
-                "id": node.id,
-                "zone": node.zone,
-                "weight": node.weight,
-                "vnodes": node.weight * topology.ring.vnodes_per_weight(),
-                "primary_share": primary.get(&node.id).copied().unwrap_or(0.0),
-                "replica_share": replica.get(&node.id).copied().unwrap_or(0.0),
-            })
-        })
-        .collect();
-    // Ranges whose replicas change once the moves in progress complete.
-    let moving: Vec<Value> = topology
-        .pending
-        .as_ref()
-        .map(|pending| kv_ring::diff(&topology.ring, pending, n))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| json!({ "start": m.range.start, "end": m.range.end, "from": m.lost(), "to": m.gained() }))
-        .collect();
-    Json(json!({
-        "replicas": n,
-        "zones": topology.ring.zone_count(),
-        "nodes": nodes,
-        "moving_ranges": moving.len(),
-        "moving": moving.into_iter().take(100).collect::<Vec<_>>(),
-    }))
-}
+use crate::NodeState;
 
 /// `GET /admin/local/{key}`: this node's own versions of a key, without asking any other node.
 pub async fn local(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let key = valid_key(key)?;
-    let replica = state.replica.as_ref().ok_or(ApiError::NoRoute)?;
+    let replica = &state.replica;
     let record = replica.read(key.clone()).await?;
     let versions: Vec<Value> = record
         .versions()
@@ -97,7 +53,7 @@ pub async fn local(
 }
 
 /// `POST /admin/leave`: hand this node's ranges to their new owners, leave, and exit.
-pub async fn leave(State(state): State<Arc<AppState>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn leave(State(state): State<Arc<NodeState>>) -> Result<(StatusCode, Json<Value>), ApiError> {
     match state.membership.my_status() {
         Some(Status::Normal) => {
             state.membership.set_status(Status::Leaving);
@@ -105,14 +61,14 @@ pub async fn leave(State(state): State<Arc<AppState>>) -> Result<(StatusCode, Js
         }
         Some(Status::Leaving) => Ok((StatusCode::ACCEPTED, Json(json!({ "status": "leaving" })))),
         Some(other) => Err(ApiError::Conflict(format!("cannot leave while {}", other.name()))),
-        None => Err(ApiError::NoRoute),
+        None => Err(ApiError::Conflict("this process is not a member".into())),
     }
 }
 
 /// `POST /admin/remove/{id}?force=true`: declare a member permanently failed; the others
 /// re-replicate its ranges. Refused for a member that is not down unless `force=true`.
 pub async fn remove(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
@@ -136,8 +92,8 @@ pub async fn remove(
 }
 
 /// `GET /admin/keys`: every key this node stores (live or deleted), for operators and tests.
-pub async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let replica = state.replica.as_ref().ok_or(ApiError::NoRoute)?;
+pub async fn keys(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, ApiError> {
+    let replica = &state.replica;
     let mut keys = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {

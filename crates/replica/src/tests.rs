@@ -12,8 +12,8 @@ use kv_vclock::VClock;
 use tokio::sync::watch;
 
 use crate::replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
-use crate::wire::{Call, Write};
-use crate::*;
+use kv_coordinator::wire::{Call, Write};
+use kv_coordinator::*;
 
 /// One simulated replica: the real replica logic on a memory store, and fault switches.
 struct SimReplica {

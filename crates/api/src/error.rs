@@ -138,27 +138,6 @@ impl ApiError {
     }
 }
 
-impl ApiError {
-    /// The error a replica's refusal becomes.
-    pub fn from_refusal(refusal: kv_coordinator::replica::Refusal) -> ApiError {
-        match refusal.status {
-            kv_coordinator::replica::MISDIRECTED => ApiError::Misdirected(refusal.message),
-            503 => ApiError::Unavailable(refusal.message),
-            _ => ApiError::Internal(refusal.message),
-        }
-    }
-}
-
-impl From<kv_storage::Error> for ApiError {
-    fn from(e: kv_storage::Error) -> Self {
-        if e.is_retryable() {
-            ApiError::Unavailable(e.to_string())
-        } else {
-            ApiError::Internal(e.to_string())
-        }
-    }
-}
-
 impl From<kv_coordinator::Error> for ApiError {
     fn from(e: kv_coordinator::Error) -> Self {
         match e {
@@ -195,20 +174,18 @@ impl IntoResponse for ApiError {
             body["replicas"] = json!(replicas);
         }
         let mut response = (status, Json(body)).into_response();
+        let replicas = match &self {
+            ApiError::QuorumNotMet { acks, replicas, .. } => Some((*acks, *replicas)),
+            ApiError::InsufficientReplicas { replicas, .. } => Some((0, *replicas)),
+            _ => None,
+        };
+        if let Some(value) = replicas.and_then(|(a, r)| axum::http::HeaderValue::from_str(&format!("{a}/{r}")).ok()) {
+            response.headers_mut().insert(crate::api::X_REPLICAS.clone(), value);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Every 503 here passes: members come up, replicas come back.
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
         response
     }
-}
-
-/// Fallback for unknown routes.
-pub async fn no_route() -> ApiError {
-    ApiError::NoRoute
-}
-
-/// Fallback for known routes with the wrong method.
-pub async fn wrong_method() -> ApiError {
-    ApiError::WrongMethod
 }

@@ -1,0 +1,168 @@
+//! [`PeerTransport`]: the one HTTP client every peer call goes through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_coordinator::wire::{
+    decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, BATCH_PATH, GOSSIP_PATH, SCAN_PATH,
+    STORE_BATCH_PATH,
+};
+use kv_coordinator::ReplicaError;
+use kv_gossip::Digest;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::signer::{Signer, SIGNATURE_HEADER};
+
+/// A request one process sends another: where it goes and what comes back.
+pub trait PeerRequest: Serialize {
+    /// The internal path it is posted to.
+    const PATH: &'static str;
+    /// Short name for metric labels.
+    const NAME: &'static str;
+    /// The answer's type.
+    type Reply: DeserializeOwned;
+}
+
+impl PeerRequest for Vec<Call> {
+    const PATH: &'static str = BATCH_PATH;
+    const NAME: &'static str = "batch";
+    type Reply = Vec<Reply>;
+}
+
+impl PeerRequest for ScanRequest {
+    const PATH: &'static str = SCAN_PATH;
+    const NAME: &'static str = "scan";
+    type Reply = ScanResponse;
+}
+
+impl PeerRequest for StoreBatchRequest {
+    const PATH: &'static str = STORE_BATCH_PATH;
+    const NAME: &'static str = "store_batch";
+    type Reply = ();
+}
+
+impl PeerRequest for Digest {
+    const PATH: &'static str = GOSSIP_PATH;
+    const NAME: &'static str = "gossip";
+    type Reply = Digest;
+}
+
+/// How the transport calls peers.
+#[derive(Clone)]
+pub struct TransportOptions {
+    /// Deadline of one call (connecting included).
+    pub timeout: Duration,
+    /// Calls in flight at once from this process; more wait.
+    pub max_in_flight: usize,
+    /// Signs every request.
+    pub signer: Signer,
+}
+
+/// `kv_peer_requests_total{request, outcome}` and `kv_peer_bytes_total{request, direction}`.
+#[derive(Clone)]
+struct TransportMetrics {
+    requests: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+/// The HTTP client for peers: pooled keep-alive connections, signed requests, a deadline per
+/// call and a bound on calls in flight. Cheap to clone (clones share all of it).
+#[derive(Clone)]
+pub struct PeerTransport {
+    http: reqwest::Client,
+    permits: Arc<Semaphore>,
+    signer: Signer,
+    metrics: Option<TransportMetrics>,
+}
+
+impl PeerTransport {
+    /// The transport, exporting its metrics in `registry` if given. This is the only place a
+    /// process builds an HTTP client for its peers (TLS goes here).
+    pub fn new(options: TransportOptions, registry: Option<&Registry>) -> Result<PeerTransport, String> {
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("peer HTTP client: {e}"))?;
+        let metrics = registry.map(register).transpose().map_err(|e| format!("transport metrics: {e}"))?;
+        Ok(PeerTransport {
+            http,
+            permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            signer: options.signer,
+            metrics,
+        })
+    }
+
+    /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
+    /// its answer.
+    pub async fn request<R: PeerRequest>(&self, address: &str, request: &R) -> Result<R::Reply, ReplicaError> {
+        let bytes = self.post(address, R::PATH, R::NAME, encode(request)).await?;
+        decode(&bytes).map_err(ReplicaError::Decode)
+    }
+
+    /// Posts a signed body, the one way any request leaves this process for a peer.
+    async fn post(&self, address: &str, path: &str, name: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+        let result = self.post_unmetered(address, path, &body).await;
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(ReplicaError::NotSent(_)) => "not_sent",
+                Err(ReplicaError::Unreachable(_)) => "unreachable",
+                Err(_) => "refused",
+            };
+            m.requests.with_label_values(&[name, outcome]).inc();
+            m.bytes.with_label_values(&[name, "sent"]).inc_by(body.len() as u64);
+            if let Ok(answer) = &result {
+                m.bytes.with_label_values(&[name, "received"]).inc_by(answer.len() as u64);
+            }
+        }
+        result
+    }
+
+    async fn post_unmetered(&self, address: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, ReplicaError> {
+        let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?;
+        let signature = self.signer.sign("POST", path, body);
+        let response = self
+            .http
+            .post(format!("http://{address}{path}"))
+            .header(SIGNATURE_HEADER, signature)
+            .header("content-type", "application/octet-stream")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| {
+                // A failed connection sent nothing; any later failure may have been applied.
+                if e.is_connect() {
+                    ReplicaError::NotSent(e.to_string())
+                } else {
+                    ReplicaError::Unreachable(e.to_string())
+                }
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        let message = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        Err(ReplicaError::from_status(status.as_u16(), message))
+    }
+}
+
+fn register(registry: &Registry) -> prometheus::Result<TransportMetrics> {
+    let requests = IntCounterVec::new(
+        Opts::new("kv_peer_requests_total", "Requests to peers by kind and outcome"),
+        &["request", "outcome"],
+    )?;
+    let bytes = IntCounterVec::new(
+        Opts::new("kv_peer_bytes_total", "Request and answer body bytes exchanged with peers"),
+        &["request", "direction"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(bytes.clone()))?;
+    Ok(TransportMetrics { requests, bytes })
+}
