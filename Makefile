@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint unit docs-check bench bench-storage build bins release clean
+.PHONY: run test test-long deps fmt lint structure-check unit docs-check bench bench-storage build bins release clean
 
 CARGO ?= cargo
 
@@ -26,8 +26,17 @@ deps:
 fmt:
 	$(CARGO) fmt --all -- --check
 
-lint:
+lint: structure-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The structure the code keeps: the gateway links no storage and not the node; only the peer
+# transport builds an HTTP client for peers.
+structure-check:
+	@if $(CARGO) tree -p kv-gateway --prefix none | grep -E '^(kv-storage|kv-node|fjall|sled) '; then \
+	  echo "structure-check: kv-gateway must not depend on storage or kv-node"; exit 1; fi
+	@if grep -rln 'reqwest::Client::builder' crates/*/src | grep -v '^crates/transport/'; then \
+	  echo "structure-check: peer HTTP clients are built only in crates/transport"; exit 1; fi
+	@echo "structure-check: ok"
 
 unit:
 	./scripts/run-tests.sh

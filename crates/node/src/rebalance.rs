@@ -239,6 +239,8 @@ impl Rebalancer {
             }
             Some(Status::Left | Status::Removed) => {
                 self.doing = "left";
+                // Removed (or found left) while running: the process stops.
+                self.exit.cancel();
                 return WorkerState::Done;
             }
             _ => {}

@@ -66,10 +66,16 @@ impl Worker for OwnershipWatcher {
         }
         let current = self.topology.borrow_and_update().clone();
         let ownership = self.ownership.clone();
-        tokio::task::spawn_blocking(move || ownership.update(&current))
-            .await
-            .map_err(|e| format!("ownership update task failed: {e}"))?
-            .map_err(|e| format!("cannot update the ownership view: {e}"))?;
+        let applied = match tokio::task::spawn_blocking(move || ownership.update(&current)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot update the ownership view: {e}")),
+            Err(e) => Err(format!("ownership update task failed: {e}")),
+        };
+        if applied.is_err() {
+            // Not applied: the supervisor's retry must apply it, not wait for the next change.
+            self.topology.mark_changed();
+        }
+        applied?;
         self.updates += 1;
         Ok(WorkerState::Busy)
     }
@@ -284,9 +290,11 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
                     if leave_on_shutdown && membership.my_status() == Some(Status::Normal) {
                         tracing::info!("signal: leaving the cluster before exiting (--leave-on-shutdown)");
                         membership.set_status(Status::Leaving);
-                    } else {
-                        shutdown.cancel();
+                        // Still stop if the node is removed, or found to be an old copy, while
+                        // it leaves.
+                        stop.cancelled().await;
                     }
+                    shutdown.cancel();
                 }
                 () = stop.cancelled() => shutdown.cancel(),
             }

@@ -22,6 +22,10 @@ pub trait PeerRequest: Serialize {
     const PATH: &'static str;
     /// Short name for metric labels.
     const NAME: &'static str;
+    /// Whether it waits for one of the transport's in-flight permits. Gossip does not: it is
+    /// small, at most a few per round, and must not queue behind range streams and batches (a
+    /// node whose gossip stalls is suspected by its peers).
+    const BOUNDED: bool = true;
     /// The answer's type.
     type Reply: DeserializeOwned;
 }
@@ -47,6 +51,7 @@ impl PeerRequest for StoreBatchRequest {
 impl PeerRequest for Digest {
     const PATH: &'static str = GOSSIP_PATH;
     const NAME: &'static str = "gossip";
+    const BOUNDED: bool = false;
     type Reply = Digest;
 }
 
@@ -101,13 +106,20 @@ impl PeerTransport {
     /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
     /// its answer.
     pub async fn request<R: PeerRequest>(&self, address: &str, request: &R) -> Result<R::Reply, ReplicaError> {
-        let bytes = self.post(address, R::PATH, R::NAME, encode(request)).await?;
+        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request)).await?;
         decode(&bytes).map_err(ReplicaError::Decode)
     }
 
     /// Posts a signed body, the one way any request leaves this process for a peer.
-    async fn post(&self, address: &str, path: &str, name: &str, body: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
-        let result = self.post_unmetered(address, path, &body).await;
+    async fn post(
+        &self,
+        address: &str,
+        path: &str,
+        name: &str,
+        bounded: bool,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let result = self.post_unmetered(address, path, bounded, &body).await;
         if let Some(m) = &self.metrics {
             let outcome = match &result {
                 Ok(_) => "ok",
@@ -124,8 +136,17 @@ impl PeerTransport {
         result
     }
 
-    async fn post_unmetered(&self, address: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, ReplicaError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?;
+    async fn post_unmetered(
+        &self,
+        address: &str,
+        path: &str,
+        bounded: bool,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let _permit = match bounded {
+            true => Some(self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?),
+            false => None,
+        };
         let signature = self.signer.sign("POST", path, body);
         let response = self
             .http
@@ -147,6 +168,17 @@ impl PeerTransport {
         let bytes = response.bytes().await.map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
         if status.is_success() {
             return Ok(bytes.to_vec());
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            // No such route: certainly not applied. The address is not a peer listener (a seed
+            // or a recorded address naming a client or admin port, as before the listeners
+            // were split): say so loudly, it is a configuration error.
+            tracing::warn!(
+                address,
+                path,
+                "peer answered 404: not a --peer-listen address (check --seeds and --advertise)"
+            );
+            return Err(ReplicaError::NotSent(format!("{address} is not a peer listener (404 for {path})")));
         }
         let message = String::from_utf8_lossy(&bytes).chars().take(300).collect();
         Err(ReplicaError::from_status(status.as_u16(), message))

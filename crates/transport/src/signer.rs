@@ -1,7 +1,7 @@
 //! [`Signer`]: the one place internal requests are signed and checked.
 //!
 //! The signature is an HMAC-SHA256 of the method, the path with its query, and the whole body,
-//! sent as `v1 <hex>` in [`SIGNATURE_HEADER`]. The `v1` names the protocol, so processes of
+//! sent as `v2 <hex>` in [`SIGNATURE_HEADER`]. The `v2` names the protocol, so processes of
 //! incompatible versions refuse each other clearly.
 
 use hmac::{Hmac, Mac};
@@ -10,12 +10,14 @@ use sha2::Sha256;
 /// Header carrying the internal request's signature.
 pub const SIGNATURE_HEADER: &str = "x-kv-internal";
 
-/// Protocol version written before the signature.
-const PROTOCOL: &str = "v1";
+/// Protocol version written before the signature: `v2` since requests are signed whole and
+/// members gossip their peer listener's address (a `v1` process is refused with a clear
+/// message, not misread).
+const PROTOCOL: &str = "v2";
 
 /// The key used until the cluster has a secret of its own (the Security issue): it detects
 /// corrupted and cross-version requests, it does not authenticate.
-const BUILT_IN_KEY: &[u8] = b"kv-internal-protocol-v1";
+const BUILT_IN_KEY: &[u8] = b"kv-internal-protocol-v2";
 
 /// Signs and checks internal requests. Cheap to clone.
 #[derive(Clone)]
@@ -64,7 +66,10 @@ impl Signer {
         let header = header.ok_or_else(|| format!("missing {SIGNATURE_HEADER} header"))?;
         let (protocol, hex) = header.split_once(' ').unwrap_or((header, ""));
         if protocol != PROTOCOL {
-            return Err(format!("internal protocol {protocol:?} not supported; this node speaks {PROTOCOL}"));
+            return Err(format!(
+                "internal protocol {protocol:?} not supported; this node speaks {PROTOCOL} (all processes of a cluster \
+                 must run the same release)"
+            ));
         }
         let tag = from_hex(hex).ok_or("malformed signature")?;
         self.mac(method, path, body)

@@ -167,14 +167,21 @@ impl Supervisor {
             failures: 0,
             last_error: None,
         }));
+        if let Some(metrics) = &self.metrics {
+            metrics.states.with_label_values(&["idle"]).inc();
+        }
         let token = CancellationToken::new();
         let handle = tokio::spawn(drive(worker, info.clone(), token.clone(), self.metrics.clone()));
         let mut entries = self.entries.lock();
-        // Forget workers that finished long ago, so per-peer workers do not pile up.
-        entries.retain(|e| e.handle.as_ref().is_some_and(|h| !h.is_finished()) || e.info.lock().state != "done");
+        // Forget workers that are done, so per-peer workers do not pile up.
+        entries.retain(|e| {
+            let done = e.info.lock().state == "done" && e.handle.as_ref().is_none_or(|h| h.is_finished());
+            if let (true, Some(metrics)) = (done, &self.metrics) {
+                metrics.states.with_label_values(&["done"]).dec();
+            }
+            !done
+        });
         entries.push(Entry { info, handle: Some(handle), token });
-        drop(entries);
-        self.refresh_metrics();
     }
 
     /// Every worker's state, in start order.
@@ -197,23 +204,22 @@ impl Supervisor {
                 aborted += 1;
                 tracing::warn!(worker = %info.lock().name, "shutdown: worker did not stop by the deadline; aborted");
             }
-            info.lock().state = "stopped";
+            set_state(&mut info.lock(), "stopped", self.metrics.as_ref());
         }
-        self.refresh_metrics();
         aborted
     }
+}
 
-    fn refresh_metrics(&self) {
-        let Some(metrics) = &self.metrics else { return };
-        let mut counts: std::collections::BTreeMap<&'static str, i64> =
-            ["busy", "idle", "retrying", "done", "stopped"].into_iter().map(|s| (s, 0)).collect();
-        for entry in self.entries.lock().iter() {
-            *counts.entry(entry.info.lock().state).or_default() += 1;
-        }
-        for (state, count) in counts {
-            metrics.states.with_label_values(&[state]).set(count);
-        }
+/// Moves a worker to `state`, keeping `kv_workers{state}` in step.
+fn set_state(info: &mut WorkerInfo, state: &'static str, metrics: Option<&SupervisorMetrics>) {
+    if info.state == state {
+        return;
     }
+    if let Some(metrics) = metrics {
+        metrics.states.with_label_values(&[info.state]).dec();
+        metrics.states.with_label_values(&[state]).inc();
+    }
+    info.state = state;
 }
 
 /// One worker's loop: work, wait, retry after failures, until done or cancelled.
@@ -225,7 +231,7 @@ async fn drive<W: Worker>(
 ) {
     let mut backoff = RETRY_FIRST;
     loop {
-        info.lock().state = "busy";
+        set_state(&mut info.lock(), "busy", metrics.as_ref());
         let unit = AssertUnwindSafe(worker.work(&token)).catch_unwind();
         let outcome = tokio::select! {
             () = token.cancelled() => break,
@@ -246,16 +252,17 @@ async fn drive<W: Worker>(
             match outcome {
                 Ok(state) => {
                     backoff = RETRY_FIRST;
-                    info.state = match state {
+                    let name = match state {
                         WorkerState::Busy => "busy",
                         WorkerState::Idle => "idle",
                         WorkerState::Done => "done",
                     };
+                    set_state(&mut info, name, metrics.as_ref());
                     Some(state)
                 }
                 Err(e) => {
                     info.failures += 1;
-                    info.state = "retrying";
+                    set_state(&mut info, "retrying", metrics.as_ref());
                     tracing::warn!(worker = %info.name, error = %e, retry_in = ?backoff, "background worker failed");
                     if let Some(metrics) = &metrics {
                         metrics.failures.with_label_values(&[info.name.as_str()]).inc();
@@ -283,7 +290,7 @@ async fn drive<W: Worker>(
             }
         }
     }
-    info.lock().state = "stopped";
+    set_state(&mut info.lock(), "stopped", metrics.as_ref());
 }
 
 #[cfg(test)]
@@ -333,6 +340,9 @@ mod tests {
         assert_eq!(w.status, "5 units");
         let text = format!("{:?}", registry.gather());
         assert!(text.contains("kv_worker_failures_total"), "{text}");
+        let states = &supervisor.metrics.as_ref().unwrap().states;
+        let count = |state: &str| states.with_label_values(&[state]).get();
+        assert_eq!((count("done"), count("idle"), count("busy"), count("retrying")), (1, 0, 0, 0));
     }
 
     /// Idle until stopped.
