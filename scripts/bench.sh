@@ -73,14 +73,16 @@ bench "1 node N=1 W" "http://127.0.0.1:$p" kv w
 # 2. 3 nodes and a gateway, N=3, R=2, W=2. Five processes share two cores here, so each runs
 #    one worker thread (--worker-threads 1, as an operator co-locating them would set); then
 #    W and C again with the default (one thread per core) for comparison.
-base=$(free_port); gw=$(free_port)
+# Fixed ports below the ephemeral range (32768 and up), so that no outgoing connection holds
+# one of the 3 × 3 node ports or the gateway's two.
+base=21001; gw=28080
 KV_WORKER_THREADS=1 KV_DATA="$work/cluster" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw \
   ./scripts/cluster.sh start --nodes 3 >/dev/null
 for wl in a b c w; do
   bench "3 nodes+gw N=3 ${wl^^}" "http://127.0.0.1:$gw" kv "$wl" $([ "$wl" = a ] || [ "$wl" = w ] || echo --no-load)
 done
 KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null
-base=$(free_port); gw=$(free_port)
+base=22001; gw=28090
 KV_DATA="$work/cluster2" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
 bench "3 nodes+gw N=3 C, threads per core" "http://127.0.0.1:$gw" kv c
 bench "3 nodes+gw N=3 W, threads per core" "http://127.0.0.1:$gw" kv w

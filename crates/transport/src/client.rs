@@ -119,7 +119,8 @@ impl PeerTransport {
         bounded: bool,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ReplicaError> {
-        let result = self.post_unmetered(address, path, bounded, &body).await;
+        let sent = body.len() as u64;
+        let result = self.post_unmetered(address, path, bounded, body).await;
         if let Some(m) = &self.metrics {
             let outcome = match &result {
                 Ok(_) => "ok",
@@ -128,7 +129,7 @@ impl PeerTransport {
                 Err(_) => "refused",
             };
             m.requests.with_label_values(&[name, outcome]).inc();
-            m.bytes.with_label_values(&[name, "sent"]).inc_by(body.len() as u64);
+            m.bytes.with_label_values(&[name, "sent"]).inc_by(sent);
             if let Ok(answer) = &result {
                 m.bytes.with_label_values(&[name, "received"]).inc_by(answer.len() as u64);
             }
@@ -141,19 +142,19 @@ impl PeerTransport {
         address: &str,
         path: &str,
         bounded: bool,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<Vec<u8>, ReplicaError> {
         let _permit = match bounded {
             true => Some(self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?),
             false => None,
         };
-        let signature = self.signer.sign("POST", path, body);
+        let signature = self.signer.sign("POST", path, &body);
         let response = self
             .http
             .post(format!("http://{address}{path}"))
             .header(SIGNATURE_HEADER, signature)
             .header("content-type", "application/octet-stream")
-            .body(body.to_vec())
+            .body(body)
             .send()
             .await
             .map_err(|e| {

@@ -51,11 +51,13 @@ impl Signer {
     /// The header value for a request.
     pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
         let tag = self.mac(method, path, body).finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(PROTOCOL.len() + 1 + 64);
         out.push_str(PROTOCOL);
         out.push(' ');
         for byte in tag {
-            out.push_str(&format!("{byte:02x}"));
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
         out
     }

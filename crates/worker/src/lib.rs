@@ -38,6 +38,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How often a busy worker's status line is refreshed (asking for it after every unit of work
+/// would cost a hot worker, such as a batcher, a formatted string per batch).
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+
 /// First wait before a failed worker runs again.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
 
@@ -114,11 +118,22 @@ struct Entry {
     token: CancellationToken,
 }
 
+/// Every state a worker can be in, as `kv_workers{state}` labels them.
+const STATES: [&str; 5] = ["busy", "idle", "retrying", "done", "stopped"];
+
 /// `kv_workers{state}` and `kv_worker_failures_total{worker}`.
 #[derive(Clone)]
 struct SupervisorMetrics {
-    states: IntGaugeVec,
+    /// `kv_workers` for each of [`STATES`], looked up once (workers change state on every unit).
+    by_state: [prometheus::IntGauge; 5],
     failures: IntCounterVec,
+}
+
+impl SupervisorMetrics {
+    fn gauge(&self, state: &str) -> &prometheus::IntGauge {
+        let index = STATES.iter().position(|s| *s == state).unwrap_or(0);
+        &self.by_state[index]
+    }
 }
 
 /// Starts, watches and stops every background worker of a process. Cheap to clone.
@@ -150,9 +165,10 @@ impl Supervisor {
         )?;
         registry.register(Box::new(states.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        let by_state = STATES.map(|state| states.with_label_values(&[state]));
         Ok(Supervisor {
             entries: Arc::new(Mutex::new(Vec::new())),
-            metrics: Some(SupervisorMetrics { states, failures }),
+            metrics: Some(SupervisorMetrics { by_state, failures }),
         })
     }
 
@@ -168,7 +184,7 @@ impl Supervisor {
             last_error: None,
         }));
         if let Some(metrics) = &self.metrics {
-            metrics.states.with_label_values(&["idle"]).inc();
+            metrics.gauge("idle").inc();
         }
         let token = CancellationToken::new();
         let handle = tokio::spawn(drive(worker, info.clone(), token.clone(), self.metrics.clone()));
@@ -177,7 +193,7 @@ impl Supervisor {
         entries.retain(|e| {
             let done = e.info.lock().state == "done" && e.handle.as_ref().is_none_or(|h| h.is_finished());
             if let (true, Some(metrics)) = (done, &self.metrics) {
-                metrics.states.with_label_values(&["done"]).dec();
+                metrics.gauge("done").dec();
             }
             !done
         });
@@ -216,8 +232,8 @@ fn set_state(info: &mut WorkerInfo, state: &'static str, metrics: Option<&Superv
         return;
     }
     if let Some(metrics) = metrics {
-        metrics.states.with_label_values(&[info.state]).dec();
-        metrics.states.with_label_values(&[state]).inc();
+        metrics.gauge(info.state).dec();
+        metrics.gauge(state).inc();
     }
     info.state = state;
 }
@@ -230,6 +246,7 @@ async fn drive<W: Worker>(
     metrics: Option<SupervisorMetrics>,
 ) {
     let mut backoff = RETRY_FIRST;
+    let mut status_at = Instant::now();
     loop {
         set_state(&mut info.lock(), "busy", metrics.as_ref());
         let unit = AssertUnwindSafe(worker.work(&token)).catch_unwind();
@@ -248,7 +265,11 @@ async fn drive<W: Worker>(
         let state = {
             let mut info = info.lock();
             info.units += 1;
-            info.status = worker.status();
+            let failed = outcome.is_err();
+            if failed || status_at.elapsed() >= STATUS_EVERY || matches!(outcome, Ok(WorkerState::Done)) {
+                info.status = worker.status();
+                status_at = Instant::now();
+            }
             match outcome {
                 Ok(state) => {
                     backoff = RETRY_FIRST;
@@ -340,8 +361,8 @@ mod tests {
         assert_eq!(w.status, "5 units");
         let text = format!("{:?}", registry.gather());
         assert!(text.contains("kv_worker_failures_total"), "{text}");
-        let states = &supervisor.metrics.as_ref().unwrap().states;
-        let count = |state: &str| states.with_label_values(&[state]).get();
+        let metrics = supervisor.metrics.as_ref().unwrap();
+        let count = |state: &str| metrics.gauge(state).get();
         assert_eq!((count("done"), count("idle"), count("busy"), count("retrying")), (1, 0, 0, 0));
     }
 
