@@ -293,3 +293,37 @@ fn removing_a_node_whose_data_is_gone_restores_n_replicas() {
         took.as_secs_f64()
     );
 }
+
+/// `/health/ready` follows membership: a gateway that knows no formed ring is not ready; a node
+/// is not ready while joining and is once normal; every process of a formed cluster is.
+#[test]
+fn readiness_follows_membership() {
+    let c = client();
+    let ready = |p: &Proc| {
+        let response = c.get(p.url("/health/ready")).send().unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().unwrap())
+    };
+    // A gateway whose seeds do not answer: live, not ready.
+    let mut lonely = Cluster::start(0, 0, &[]);
+    lonely.expect = 1;
+    let nowhere = format!("127.0.0.1:{}", kv_testkit::free_port());
+    lonely.add_gateway_seeded("g-lonely", &nowhere);
+    let (status, body) = ready(&lonely.gateways[0]);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "not_ready", "{body}");
+    assert_eq!(c.get(lonely.gateways[0].url("/health/live")).send().unwrap().status(), StatusCode::OK);
+
+    let mut cluster = Cluster::start(3, 1, &[]);
+    for p in cluster.nodes.iter().chain(&cluster.gateways) {
+        assert_eq!(ready(p).0, StatusCode::OK, "{}", p.address());
+    }
+    // A slow-gossiping joiner stays joining for several seconds: not ready meanwhile.
+    let index = cluster.add_node(&["--gossip-interval", "2s", "--suspect-after", "6s"]);
+    let (status, body) = ready(&cluster.nodes[index]);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("joining"), "{body}");
+    let joiner = &cluster.nodes[index];
+    wait_for("the joiner ready", Duration::from_secs(60), || ready(joiner).0 == StatusCode::OK);
+    assert_eq!(statuses(joiner).get("n4").map(String::as_str), Some("normal"));
+}

@@ -286,30 +286,38 @@ fn tombstones_are_purged_once_all_replicas_hold_them_after_the_grace_period() {
 }
 
 /// SIGTERM reaches a node that has run longer than `--shutdown-timeout`, while writes are in
-/// flight through it and one replica is briefly frozen (its copies of those writes are still on
-/// their way, in the node's background replication). The shutdown deadline counts from the
-/// signal, and the batchers stop only after background replication: every acknowledged write
-/// ends up on all three replicas.
+/// flight through it and one replica is frozen, so that the node's stores to it (background
+/// replication: the writes are acknowledged by the node and the other replica) queue up. The
+/// keys are ones the node coordinates itself, so the frozen replica holds up no request and the
+/// drain ends at once. The shutdown deadline counts from the signal, and the batchers stop only
+/// after background replication: every acknowledged write ends up on all three replicas.
 #[test]
 fn sigterm_after_a_long_run_finishes_background_replication() {
     const TIMEOUT: Duration = Duration::from_secs(3);
     let mut cluster = Cluster::start(3, 0, &["--shutdown-timeout", "3s"]);
     // Run longer than the shutdown timeout first.
     std::thread::sleep(TIMEOUT + Duration::from_secs(1));
+    let ring = kv_ring::Ring::new(["n1", "n2", "n3"].map(|id| kv_ring::Node::new(id, "default"))).unwrap();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("term-{i}"))
+        .filter(|k| ring.preference_list(k.as_bytes(), 3)[0].id == "n1")
+        .take(20_000)
+        .collect();
+    let keys = Arc::new(keys);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let front = cluster.nodes[0].client_url("");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..4)
-        .map(|t| {
-            let (front, stop, acked) = (front.clone(), stop.clone(), acked.clone());
+        .map(|_| {
+            let (front, stop, acked, keys, next) =
+                (front.clone(), stop.clone(), acked.clone(), keys.clone(), next.clone());
             std::thread::spawn(move || {
                 let c = client();
-                let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let key = format!("term-{t}-{i}");
-                    i += 1;
+                    let Some(key) = keys.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) else { return };
                     match c.put(format!("{front}/kv/{key}")).body(key.clone()).send() {
-                        Ok(r) if r.status() == StatusCode::NO_CONTENT => acked.lock().unwrap().push(key),
+                        Ok(r) if r.status() == StatusCode::NO_CONTENT => acked.lock().unwrap().push(key.clone()),
                         Ok(_) => {}
                         // The node is gone: nothing more to write through it.
                         Err(_) => return,
@@ -323,7 +331,8 @@ fn sigterm_after_a_long_run_finishes_background_replication() {
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
     cluster.nodes[0].send_term();
-    std::thread::sleep(Duration::from_millis(400));
+    // Resumed well within the replica timeout (2 s) and the shutdown timeout (3 s).
+    std::thread::sleep(Duration::from_millis(1000));
     cluster.nodes[2].resume();
     let status = cluster.nodes[0].wait_exit(Duration::from_secs(30));
     let took = signalled.elapsed();
