@@ -1012,4 +1012,7 @@ impl Engine for PerKeyCounters {
     fn refresh_gauges(&self) {
         self.0.refresh_gauges()
     }
+    fn open_hints(&self, limits: kv_storage::HintLimits) -> kv_storage::Result<kv_storage::HintStore> {
+        self.0.open_hints(limits)
+    }
 }

@@ -42,6 +42,7 @@
 //! # Layout
 //! - [`backend`] — the raw byte stores.
 //! - [`commit`] — group commit.
+//! - [`hints`] — [`HintStore`]: durable, bounded hints for hinted handoff.
 //! - [`identity`] — [`Identity`] and the leased dot counter.
 //! - [`store`] — [`Store`], the [`Engine`] implementation.
 //! - [`version`] — [`Version`] and the record encoding.
@@ -56,12 +57,14 @@ use std::sync::Arc;
 pub mod backend;
 pub mod commit;
 pub mod error;
+pub mod hints;
 pub mod identity;
 pub mod metrics;
 pub mod store;
 pub mod version;
 
 pub use error::{Error, Result};
+pub use hints::{Added, Hint, HintLimits, HintStore, Pending};
 pub use identity::Identity;
 pub use metrics::StorageMetrics;
 pub use store::Store;
@@ -150,6 +153,10 @@ pub trait Engine: Send + Sync {
 
     /// Refreshes size gauges (disk bytes, key count) in the metrics.
     fn refresh_gauges(&self);
+
+    /// The store's hints, kept in their own keyspace of the same database (see [`hints`]).
+    /// Open it once per store.
+    fn open_hints(&self, limits: HintLimits) -> Result<HintStore>;
 }
 
 /// Which backend stores the bytes.

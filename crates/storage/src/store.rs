@@ -274,4 +274,8 @@ impl Engine for Store {
         self.metrics.disk_bytes.set(self.backend.disk_bytes() as i64);
         self.metrics.keys.set(self.backend.approximate_len() as i64);
     }
+
+    fn open_hints(&self, limits: crate::HintLimits) -> Result<crate::HintStore> {
+        crate::HintStore::open(self.backend.open_space(crate::hints::HINTS_SPACE)?, limits)
+    }
 }

@@ -329,3 +329,102 @@ fn metadata_is_kept_apart_from_records_and_keys_can_be_removed() {
         assert_eq!(engine.get(b"k13").unwrap().len(), 1, "{kind}");
     });
 }
+
+fn hint(key: &str, value: &[u8], created_ms: u64) -> kv_storage::Hint {
+    kv_storage::Hint {
+        key: key.as_bytes().to_vec(),
+        versions: vec![Version {
+            dot: Dot { node: "n1".into(), counter: 1, timestamp: 1 },
+            context: VClock::new(),
+            value: value.to_vec(),
+            content_type: "text/plain".into(),
+            tombstone: false,
+            written_at: created_ms,
+            write_id: 1,
+        }],
+        created_ms,
+    }
+}
+
+const HINT_LIMITS: kv_storage::HintLimits = kv_storage::HintLimits { max_bytes_per_target: 4096, max_age_ms: 60_000 };
+
+#[test]
+fn hints_are_kept_per_target_in_order_apart_from_records() {
+    use kv_storage::Added;
+    each_engine(|kind, _, engine| {
+        coordinate(&*engine, b"record", "n1", &VClock::new(), b"r", false);
+        let hints = engine.open_hints(HINT_LIMITS).unwrap();
+        let added = hints.add("n2", &[hint("a", b"1", 10), hint("b", b"2", 20)]).unwrap();
+        assert!(matches!(added[..], [Added::Stored(_), Added::Stored(_)]), "{kind}: {added:?}");
+        hints.add("n3", &[hint("c", b"3", 30)]).unwrap();
+        let page = hints.page("n2", None, 10).unwrap();
+        let keys: Vec<&[u8]> = page.iter().map(|(_, h)| h.key.as_slice()).collect();
+        assert_eq!(keys, [b"a".as_slice(), b"b"], "{kind}");
+        assert_eq!(hints.page("n2", Some(page[0].0), 10).unwrap().len(), 1, "{kind}");
+        let pending = hints.pending();
+        assert_eq!((pending["n2"].count, pending["n2"].oldest_ms), (2, Some(10)), "{kind}");
+        assert_eq!(pending["n3"].count, 1, "{kind}");
+        // The records never see a hint, and the hints never see a record.
+        let records = engine.scan(0, u64::MAX, None, 100).unwrap();
+        assert_eq!(records.len(), 1, "{kind}");
+        assert!(hints.page("record", None, 10).unwrap().is_empty());
+        // Delivered hints go; the rest stay.
+        hints.remove("n2", &[page[0].0]).unwrap();
+        assert_eq!(hints.pending()["n2"].count, 1, "{kind}");
+        assert_eq!(hints.drop_target("n3").unwrap(), 1, "{kind}");
+        assert!(!hints.pending().contains_key("n3"), "{kind}");
+    });
+}
+
+#[test]
+fn hints_are_bounded_in_bytes_and_age() {
+    use kv_storage::Added;
+    each_engine(|kind, _, engine| {
+        let hints = engine.open_hints(HINT_LIMITS).unwrap();
+        let big = vec![b'x'; 1500];
+        let added = hints.add("n2", &[hint("a", &big, 10), hint("b", &big, 10), hint("c", &big, 10)]).unwrap();
+        assert!(matches!(added[..], [Added::Stored(_), Added::Stored(_), Added::Full]), "{kind}: {added:?}");
+        assert!(hints.pending()["n2"].bytes <= HINT_LIMITS.max_bytes_per_target, "{kind}");
+        // Another target has its own bound.
+        assert!(matches!(hints.add("n3", &[hint("d", &big, 50_000)]).unwrap()[..], [Added::Stored(_)]));
+        let dropped = hints.expire(65_000).unwrap();
+        assert_eq!(dropped.get("n2"), Some(&2), "{kind}: {dropped:?}");
+        assert_eq!(dropped.get("n3"), None, "{kind}");
+        assert!(!hints.pending().contains_key("n2"), "{kind}");
+        assert_eq!(hints.pending()["n3"].count, 1, "{kind}");
+    });
+}
+
+#[test]
+fn disk_engines_keep_hints_across_reopen_and_sequence_numbers_rise() {
+    use kv_storage::Added;
+    for kind in [EngineKind::Fjall, EngineKind::Sled] {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let engine = open_engine(kind, dir.path());
+            let hints = engine.open_hints(HINT_LIMITS).unwrap();
+            let added = hints.add("n2", &[hint("a", b"1", 10), hint("b", b"2", 20)]).unwrap();
+            hints
+                .remove(
+                    "n2",
+                    &[match added[0] {
+                        Added::Stored(seq) => seq,
+                        Added::Full => panic!("{kind}: full"),
+                    }],
+                )
+                .unwrap();
+            match added[1] {
+                Added::Stored(seq) => seq,
+                Added::Full => panic!("{kind}: full"),
+            }
+        };
+        let engine = open_engine(kind, dir.path());
+        let hints = engine.open_hints(HINT_LIMITS).unwrap();
+        let page = hints.page("n2", None, 10).unwrap();
+        assert_eq!(page.len(), 1, "{kind}");
+        assert_eq!((page[0].0, page[0].1.key.as_slice()), (first, b"b".as_slice()), "{kind}");
+        let next = hints.add("n2", &[hint("c", b"3", 30)]).unwrap();
+        assert!(matches!(next[0], Added::Stored(seq) if seq > first), "{kind}: {next:?}");
+        assert_eq!(engine.scan(0, u64::MAX, None, 100).unwrap().len(), 0, "{kind}: hints are not records");
+    }
+}

@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -27,13 +28,15 @@ use crate::{Error, Result};
 /// Keyspace holding the versioned records.
 const RECORDS: &str = "records";
 
-/// A fjall database with one keyspace for records.
+/// A fjall database and one of its keyspaces (the records, or another from
+/// [`Backend::open_space`]).
 pub struct FjallBackend {
     db: Database,
     records: Keyspace,
     dir: PathBuf,
-    /// The newest journal file we know of, opened for fsync.
-    journal: Mutex<Option<(u64, File)>>,
+    /// The newest journal file we know of, opened for fsync; shared by every keyspace of the
+    /// database (they share the journal).
+    journal: Arc<Mutex<Option<(u64, File)>>>,
 }
 
 impl FjallBackend {
@@ -48,7 +51,7 @@ impl FjallBackend {
             .open()
             .map_err(open_err)?;
         let records = db.keyspace(RECORDS, KeyspaceCreateOptions::default).map_err(open_err)?;
-        Ok(FjallBackend { db, records, dir: path.to_owned(), journal: Mutex::new(None) })
+        Ok(FjallBackend { db, records, dir: path.to_owned(), journal: Arc::new(Mutex::new(None)) })
     }
 
     /// fsyncs the active journal file, following rotations.
@@ -121,5 +124,15 @@ impl Backend for FjallBackend {
 
     fn approximate_len(&self) -> u64 {
         self.records.approximate_len() as u64
+    }
+
+    fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
+        let keyspace = self.db.keyspace(name, KeyspaceCreateOptions::default).map_err(io)?;
+        Ok(Box::new(FjallBackend {
+            db: self.db.clone(),
+            records: keyspace,
+            dir: self.dir.clone(),
+            journal: self.journal.clone(),
+        }))
     }
 }

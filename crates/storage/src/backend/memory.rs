@@ -1,17 +1,23 @@
 //! An in-memory backend for tests: a `BTreeMap` behind a lock. Nothing survives a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::{Backend, Pairs};
 use crate::Result;
 
+/// One in-memory keyspace.
+type Map = Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>;
+
 /// In-memory ordered map. `sync` is a no-op: there is nothing to make durable.
 #[derive(Default)]
 pub struct MemoryBackend {
-    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: Map,
+    /// Every keyspace of this "database" by name, shared by all of its backends.
+    spaces: Arc<Mutex<HashMap<String, Map>>>,
 }
 
 impl Backend for MemoryBackend {
@@ -44,5 +50,10 @@ impl Backend for MemoryBackend {
 
     fn approximate_len(&self) -> u64 {
         self.map.read().len() as u64
+    }
+
+    fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
+        let map = self.spaces.lock().entry(name.to_owned()).or_default().clone();
+        Ok(Box::new(MemoryBackend { map, spaces: self.spaces.clone() }))
     }
 }

@@ -31,4 +31,8 @@ pub trait Backend: Send + Sync + 'static {
     fn disk_bytes(&self) -> u64;
     /// Approximate number of keys.
     fn approximate_len(&self) -> u64;
+    /// Another keyspace of the same database, named `name` (created if new): its keys never
+    /// mix with this one's (a scan of one never sees the other's), and [`Backend::sync`] on
+    /// either makes both durable (one journal). The same name gives the same keyspace.
+    fn open_space(&self, name: &str) -> Result<Box<dyn Backend>>;
 }

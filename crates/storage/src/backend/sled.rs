@@ -85,4 +85,10 @@ impl Backend for SledBackend {
     fn approximate_len(&self) -> u64 {
         self.records.len() as u64
     }
+
+    fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
+        let tree = self.db.open_tree(name).map_err(io)?;
+        let data_file = self.data_file.try_clone().map_err(|e| Error::Io(format!("sled data file: {e}")))?;
+        Ok(Box::new(SledBackend { db: self.db.clone(), records: tree, data_file }))
+    }
 }
