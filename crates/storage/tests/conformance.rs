@@ -13,7 +13,17 @@ const ENGINES: [EngineKind; 3] = [EngineKind::Fjall, EngineKind::Sled, EngineKin
 
 fn open_engine(kind: EngineKind, dir: &Path) -> Arc<dyn Engine> {
     let options = Options { engine: kind, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 8 << 20 };
-    open(dir, &options, StorageMetrics::unregistered()).unwrap()
+    // sled releases its directory lock only when its background flusher, which outlives the
+    // dropped handle by a moment, lets go: a reopen in the same process may have to wait.
+    for _ in 0..100 {
+        match open(dir, &options, StorageMetrics::unregistered()) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
+    panic!("{kind}: {} stayed locked", dir.display())
 }
 
 /// Runs `case` once per engine, each in a fresh directory.
