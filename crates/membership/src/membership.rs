@@ -454,6 +454,8 @@ impl GossipDriver {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first round runs as the worker starts; the next one interval later, not at once.
+        tick.reset();
         GossipDriver { membership, seeds, transport, tick, fanout, rng: Rng::new(seed), answered: 0 }
     }
 

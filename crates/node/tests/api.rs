@@ -142,6 +142,8 @@ fn health_and_metrics_report() {
         r#"kv_http_requests_total{listener="client",method="PUT",route="/kv/{key}",status="204"} 1"#,
         r#"kv_http_requests_total{listener="client",method="GET",route="/kv/{key}",status="200"} 1"#,
         r#"kv_workers{state="idle"}"#,
+        r#"kv_peer_requests_total{outcome="ok",request="gossip"}"#,
+        r#"kv_peer_bytes_total{direction="sent",request="batch"}"#,
         "kv_http_request_duration_seconds_bucket",
         "kv_storage_fsync_duration_seconds_count",
         r#"kv_storage_operations_total{op="put",outcome="ok"} 1"#,

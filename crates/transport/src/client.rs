@@ -9,7 +9,7 @@ use kv_coordinator::wire::{
 };
 use kv_coordinator::ReplicaError;
 use kv_gossip::Digest;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -67,10 +67,60 @@ pub struct TransportOptions {
 }
 
 /// `kv_peer_requests_total{request, outcome}` and `kv_peer_bytes_total{request, direction}`.
-#[derive(Clone)]
 struct TransportMetrics {
     requests: IntCounterVec,
     bytes: IntCounterVec,
+    /// The series of every request kind, looked up once (one request per batch is a hot path).
+    kinds: Vec<KindMetrics>,
+}
+
+/// The series of one request kind.
+struct KindMetrics {
+    name: &'static str,
+    /// One per [`OUTCOMES`].
+    outcomes: [IntCounter; 4],
+    sent: IntCounter,
+    received: IntCounter,
+}
+
+/// Request kinds: every [`PeerRequest::NAME`].
+const KINDS: [&str; 4] = [<Vec<Call>>::NAME, ScanRequest::NAME, StoreBatchRequest::NAME, Digest::NAME];
+
+/// `outcome` labels of `kv_peer_requests_total`.
+const OUTCOMES: [&str; 4] = ["ok", "not_sent", "unreachable", "refused"];
+
+impl TransportMetrics {
+    fn record(&self, name: &str, result: &Result<Vec<u8>, ReplicaError>, sent: u64) {
+        match self.kinds.iter().find(|k| k.name == name) {
+            Some(kind) => kind.record(result, sent),
+            None => kind_metrics(&self.requests, &self.bytes, "other").record(result, sent),
+        }
+    }
+}
+
+impl KindMetrics {
+    fn record(&self, result: &Result<Vec<u8>, ReplicaError>, sent: u64) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(ReplicaError::NotSent(_)) => 1,
+            Err(ReplicaError::Unreachable(_)) => 2,
+            Err(_) => 3,
+        };
+        self.outcomes[outcome].inc();
+        self.sent.inc_by(sent);
+        if let Ok(answer) = result {
+            self.received.inc_by(answer.len() as u64);
+        }
+    }
+}
+
+fn kind_metrics(requests: &IntCounterVec, bytes: &IntCounterVec, name: &'static str) -> KindMetrics {
+    KindMetrics {
+        name,
+        outcomes: OUTCOMES.map(|outcome| requests.with_label_values(&[name, outcome])),
+        sent: bytes.with_label_values(&[name, "sent"]),
+        received: bytes.with_label_values(&[name, "received"]),
+    }
 }
 
 /// The HTTP client for peers: pooled keep-alive connections, signed requests, a deadline per
@@ -80,7 +130,8 @@ pub struct PeerTransport {
     http: reqwest::Client,
     permits: Arc<Semaphore>,
     signer: Signer,
-    metrics: Option<TransportMetrics>,
+    /// Shared by every clone (the transport is cloned per batch sent).
+    metrics: Option<Arc<TransportMetrics>>,
 }
 
 impl PeerTransport {
@@ -94,7 +145,7 @@ impl PeerTransport {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("peer HTTP client: {e}"))?;
-        let metrics = registry.map(register).transpose().map_err(|e| format!("transport metrics: {e}"))?;
+        let metrics = registry.map(register).transpose().map_err(|e| format!("transport metrics: {e}"))?.map(Arc::new);
         Ok(PeerTransport {
             http,
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
@@ -121,18 +172,8 @@ impl PeerTransport {
     ) -> Result<Vec<u8>, ReplicaError> {
         let sent = body.len() as u64;
         let result = self.post_unmetered(address, path, bounded, body).await;
-        if let Some(m) = &self.metrics {
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(ReplicaError::NotSent(_)) => "not_sent",
-                Err(ReplicaError::Unreachable(_)) => "unreachable",
-                Err(_) => "refused",
-            };
-            m.requests.with_label_values(&[name, outcome]).inc();
-            m.bytes.with_label_values(&[name, "sent"]).inc_by(sent);
-            if let Ok(answer) = &result {
-                m.bytes.with_label_values(&[name, "received"]).inc_by(answer.len() as u64);
-            }
+        if let Some(metrics) = &self.metrics {
+            metrics.record(name, &result, sent);
         }
         result
     }
@@ -144,9 +185,10 @@ impl PeerTransport {
         bounded: bool,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ReplicaError> {
-        let _permit = match bounded {
-            true => Some(self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?),
-            false => None,
+        let _permit = if bounded {
+            Some(self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?)
+        } else {
+            None
         };
         let signature = self.signer.sign("POST", path, &body);
         let response = self
@@ -197,5 +239,6 @@ fn register(registry: &Registry) -> prometheus::Result<TransportMetrics> {
     )?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(bytes.clone()))?;
-    Ok(TransportMetrics { requests, bytes })
+    let kinds = KINDS.iter().map(|name| kind_metrics(&requests, &bytes, name)).collect();
+    Ok(TransportMetrics { requests, bytes, kinds })
 }

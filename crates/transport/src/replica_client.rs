@@ -39,11 +39,6 @@ impl HttpReplicaClient {
         HttpReplicaClient { transport, supervisor, batchers: Mutex::new(HashMap::new()), batches_per_peer, batch_sizes }
     }
 
-    /// The transport underneath.
-    pub fn transport(&self) -> &PeerTransport {
-        &self.transport
-    }
-
     /// Batches in flight to one peer.
     pub fn batches_per_peer(&self) -> usize {
         self.batches_per_peer
