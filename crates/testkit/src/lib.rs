@@ -27,15 +27,35 @@ pub fn legacy() -> bool {
     std::env::var("KV_TEST_LEGACY").is_ok_and(|v| v == "1")
 }
 
+/// Ports handed to test processes: below the kernel's ephemeral range (32768 and up here), so
+/// that no outgoing connection of any process takes one between the check and the child's bind,
+/// or while a killed process is restarted on it.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// A listener on a free port of [`TEST_PORTS`], starting the search at a point that differs
+/// between calls and between test processes running at once.
+fn bind_free() -> TcpListener {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (u64::from(std::process::id()) << 32 ^ u64::from(nanos) ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+    (0..span)
+        .map(|i| TEST_PORTS.start + ((seed >> 16).wrapping_add(i * 7919) % span) as u16)
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free test port")
+}
+
 /// A free TCP port on loopback (bound, then released for the child to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    bind_free().local_addr().unwrap().port()
 }
 
 /// `n` distinct free TCP ports on loopback: all bound at once, then released, so that one
 /// process never gets the same port twice.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let held: Vec<TcpListener> = (0..N).map(|_| bind_free()).collect();
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
