@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::CoordinatorMetrics;
+use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
 use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_LATE};
@@ -28,6 +29,11 @@ pub struct Options {
     pub read_all: bool,
     /// Tombstones younger than this are never purged.
     pub tombstone_grace: Duration,
+    /// Sloppy quorum: a fallback that keeps a hint for a replica that is down or timed out
+    /// counts toward W (unless the client asks for `pw` of the key's own replicas).
+    pub sloppy_quorum: bool,
+    /// This coordinator's zone, for `local_quorum`.
+    pub zone: String,
 }
 
 /// Result of a write.
@@ -100,9 +106,10 @@ enum Op {
     Store,
     Read,
     Purge,
+    Hint,
 }
 
-const OPS: [&str; 4] = ["coordinate", "store", "read", "purge"];
+const OPS: [&str; 5] = ["coordinate", "store", "read", "purge", "hint"];
 const OUTCOMES: [&str; 6] = ["ok", "unreachable", "failed", "refused", "bad_answer", "not_owner"];
 
 /// The metric series of one kind of call, looked up once instead of per call.
@@ -184,26 +191,42 @@ impl Coordinator {
         &self.tasks
     }
 
-    /// Writes (or deletes, for a tombstone `write`) `key` with `w` acknowledgements (default W).
+    /// Writes (or deletes, for a tombstone `write`) `key` with `w` acknowledgements (default
+    /// W); see [`Coordinator::put_with`].
+    pub async fn put(self: &Arc<Self>, key: Vec<u8>, write: Write, w: Option<usize>) -> Result<PutOutcome, Error> {
+        self.put_with(key, write, w.map(Need::Count), None).await
+    }
+
+    /// Writes (or deletes, for a tombstone `write`) `key`, waiting for `w` (default W) and for
+    /// at least `pw` acknowledgements from the key's own replicas.
     ///
     /// The first replica of the preference list that answers creates the version (normal
     /// replicas first, then leaving ones, then those known down); the others receive its whole
-    /// sibling set in parallel. Answers after `w` distinct replicas of the key hold the write;
-    /// the remaining replicas complete in the background. A key with fewer than `w` replicas
-    /// (a ring smaller than N) is refused, never answered by fewer.
-    pub async fn put(self: &Arc<Self>, key: Vec<u8>, write: Write, w: Option<usize>) -> Result<PutOutcome, Error> {
+    /// sibling set in parallel. A replica known down, or whose store fails, gets a hint instead:
+    /// the write is handed to a fallback (the next member clockwise beyond the preference list,
+    /// not known down), which keeps it durably for that replica; for want of one, to the
+    /// replica that created the version. With sloppy quorum a fallback's acknowledgement counts
+    /// toward `w` (each node once). Answers once `w` is met; the remaining stores and hints
+    /// complete in the background. A key with fewer replicas than `w` (a ring smaller than N)
+    /// is refused, never answered by fewer.
+    pub async fn put_with(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        write: Write,
+        w: Option<Need>,
+        pw: Option<usize>,
+    ) -> Result<PutOutcome, Error> {
         let op = if write.tombstone { "delete" } else { "put" };
         let topology = self.topology();
-        let peers = topology.preference_list(&key, self.options.quorum.n);
+        let n = self.options.quorum.n;
+        let peers = topology.preference_list(&key, n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
-        let required = w.unwrap_or(self.options.quorum.w);
-        if required > replicas {
-            return Err(self.insufficient(op, required, replicas));
-        }
-        let pending = topology.pending_replicas(&key, self.options.quorum.n, &peers);
+        let need = w.unwrap_or(Need::Count(self.options.quorum.w));
+        let mut tally = self.tally(&topology, &peers, need, pw.unwrap_or(0), op)?;
+        let pending = topology.pending_replicas(&key, n, &peers);
         let write_id = self.write_ids.next();
 
         let mut order: Vec<usize> = (0..replicas).collect();
@@ -245,63 +268,129 @@ impl Coordinator {
             }
         }
         let Some((index, response)) = coordinated else {
-            return Err(self.quorum_failure(op, required, 0, replicas));
+            return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
         let fresh = response.created.dot.clone();
+        tally.add(&peers[index].id, true);
 
         let versions: Vec<Version> = response.record.into_versions();
-        // One background task per write drives every store (so replication past W outlives
-        // the client's answer); it reports the ones that count toward W.
-        let (acks, mut ack_rx) = mpsc::channel(replicas);
-        let counted: Vec<Peer> =
-            peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, p)| p.clone()).collect();
+        // One background task per write drives every store and hint (so replication past W
+        // outlives the client's answer); it reports the nodes that acknowledged.
+        let (acks, mut ack_rx) = mpsc::channel(replicas * 2);
+        let holder = peers[index].clone();
+        let fallbacks = topology.fallbacks(&key, n);
+        let targets: Vec<(usize, Peer)> =
+            peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(i, p)| (i, p.clone())).collect();
+        let down = topology.down.clone();
         let this = self.clone();
         self.tasks.spawn(async move {
-            let mut stores = FuturesUnordered::new();
-            // Future owners of a moving range get the write too; they do not count toward W.
-            for (peer, counts) in counted.into_iter().map(|p| (p, true)).chain(pending.into_iter().map(|p| (p, false)))
-            {
-                let (this, key, versions, fresh) = (&this, key.as_slice(), versions.as_slice(), &fresh);
+            let stores = FuturesUnordered::new();
+            let (key, versions, fresh) = (key.as_slice(), versions.as_slice(), &fresh);
+            for (position, peer) in targets {
+                let (this, down, fallbacks, holder, acks) = (&this, &down, &fallbacks, &holder, &acks);
                 stores.push(async move {
-                    let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
-                    let store = this.client.store(&peer, key, versions, Some(fresh), deadline);
-                    let ok = this.call(Op::Store, store).await.is_ok();
-                    (peer.id, ok, counts)
+                    // A replica known down is not tried: its store would only wait out the
+                    // timeout (and hold a call slot) before the hint.
+                    if !down.contains(&peer.id) {
+                        let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
+                        let store = this.client.store(&peer, key, versions, Some(fresh), deadline);
+                        if this.call(Op::Store, store).await.is_ok() {
+                            let _ = acks.send((peer.id.clone(), true)).await;
+                            return;
+                        }
+                    }
+                    if let Some((by, fallback)) = this.hint(&peer, position, key, versions, fallbacks, holder).await {
+                        let _ = acks.send((by, fallback && this.options.sloppy_quorum)).await;
+                    }
                 });
             }
-            while let Some((id, ok, counts)) = stores.next().await {
-                if counts {
-                    let _ = acks.send((id, ok)).await;
-                }
+            // Future owners of a moving range get the write too; they do not count toward W.
+            let moving = FuturesUnordered::new();
+            for peer in pending {
+                let this = &this;
+                moving.push(async move {
+                    let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
+                    let _ = this.call(Op::Store, this.client.store(&peer, key, versions, Some(fresh), deadline)).await;
+                });
             }
+            futures::join!(stores.collect::<Vec<()>>(), moving.collect::<Vec<()>>());
         });
-        let mut acked = vec![peers[index].id.clone()];
-        while acked.len() < required {
+        while !tally.met() {
             match ack_rx.recv().await {
-                Some((id, true)) => acked.push(id),
-                Some((_, false)) => {}
+                Some((id, counts)) => tally.add(&id, counts),
                 None => break,
             }
         }
-        if acked.len() < required {
-            return Err(self.quorum_failure(op, required, acked.len(), replicas));
+        if !tally.met() {
+            return Err(self.quorum_failure(op, tally.required(), tally.acks(), replicas));
         }
-        Ok(PutOutcome { created: response.created, acked, replicas })
+        Ok(PutOutcome { created: response.created, acked: tally.ids(), replicas })
     }
 
-    /// Reads `key` with `r` replies (default R), merging the replicas' versions into siblings.
-    /// Replicas that answered with stale or missing versions are repaired in the background.
+    /// The tally of a request needing `need` (and `primary` of the key's own replicas), or the
+    /// error for a need these replicas can never meet.
+    fn tally(
+        &self,
+        topology: &Topology,
+        peers: &[Peer],
+        need: Need,
+        primary: usize,
+        op: &'static str,
+    ) -> Result<Tally, Error> {
+        let zones = peers.iter().map(|p| (p.id.clone(), topology.zone(&p.id).to_owned())).collect();
+        Tally::new(need, primary, zones, &self.options.zone)
+            .map_err(|(required, _)| self.insufficient(op, required, peers.len()))
+    }
+
+    /// Hands `versions` of `key`, which replica `target` (at `position` in the preference list)
+    /// did not take, to a node that keeps them as a hint: a fallback (the `position`-th first,
+    /// so that two missing replicas use two fallbacks), else `holder`, the replica that created
+    /// the version. Returns who keeps it and whether that is a fallback.
+    async fn hint(
+        &self,
+        target: &Peer,
+        position: usize,
+        key: &[u8],
+        versions: &[Version],
+        fallbacks: &[Peer],
+        holder: &Peer,
+    ) -> Option<(String, bool)> {
+        let start = if fallbacks.is_empty() { 0 } else { position % fallbacks.len() };
+        let candidates = fallbacks[start..].iter().chain(&fallbacks[..start]).map(|p| (p, true));
+        for (peer, fallback) in candidates.chain(std::iter::once((holder, false))) {
+            if self.call(Op::Hint, self.client.hint(peer, &target.id, key, versions)).await.is_ok() {
+                let label = if fallback { "fallback" } else { "replica" };
+                self.metrics.hints_written.with_label_values(&[label]).inc();
+                return Some((peer.id.clone(), fallback));
+            }
+        }
+        self.metrics.hints_written.with_label_values(&["none"]).inc();
+        tracing::warn!(target = %target.id, "no node could keep a hint for a replica that missed a write; anti-entropy will repair it");
+        None
+    }
+
+    /// Reads `key` with `r` replies (default R); see [`Coordinator::get_with`].
     pub async fn get(self: &Arc<Self>, key: Vec<u8>, r: Option<usize>) -> Result<GetOutcome, Error> {
-        let peers = self.topology().preference_list(&key, self.options.quorum.n);
+        self.get_with(key, r.map(Need::Count)).await
+    }
+
+    /// Reads `key` until `r` (default R) is met by the key's replicas, merging their versions
+    /// into siblings. Replicas that answered with stale or missing versions are repaired in the
+    /// background.
+    pub async fn get_with(self: &Arc<Self>, key: Vec<u8>, r: Option<Need>) -> Result<GetOutcome, Error> {
+        let topology = self.topology();
+        let peers = topology.preference_list(&key, self.options.quorum.n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
-        let required = r.unwrap_or(self.options.quorum.r);
-        if required > replicas {
-            return Err(self.insufficient("get", required, replicas));
-        }
-        let first_wave = if self.options.read_all { replicas } else { required };
+        let need = r.unwrap_or(Need::Count(self.options.quorum.r));
+        let mut tally = self.tally(&topology, &peers, need, 0, "get")?;
+        // Zone quorums name particular replicas: ask them all at once.
+        let first_wave = match need {
+            Need::Count(required) if !self.options.read_all => required,
+            _ => replicas,
+        };
         // One background task per read asks the replicas (one more for each that fails),
         // passes every answer on, and once all have answered repairs the stale ones.
         let (results, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
@@ -334,14 +423,15 @@ impl Coordinator {
             this.repair(key, answers, merged, replicas).await;
         });
         let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
-        while answers.len() < required {
+        while !tally.met() {
             let Some((peer, result)) = results_rx.recv().await else { break };
             if let Ok(record) = result {
+                tally.add(&peer.id, true);
                 answers.push((peer, record));
             }
         }
-        if answers.len() < required {
-            return Err(self.quorum_failure("get", required, answers.len(), replicas));
+        if !tally.met() {
+            return Err(self.quorum_failure("get", tally.required(), answers.len(), replicas));
         }
         let record = merge_records(answers.iter().map(|(_, r)| r));
         let answered = answers.into_iter().map(|(p, _)| p.id).collect();

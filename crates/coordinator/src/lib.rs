@@ -53,7 +53,7 @@ pub mod wire;
 pub use coordinator::{Clock, Coordinator, GetOutcome, Options, PutOutcome};
 pub use error::{Error, ReplicaError};
 pub use metrics::CoordinatorMetrics;
-pub use quorum::Quorum;
+pub use quorum::{Need, Quorum, Tally};
 pub use topology::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaClient, Topology};
 pub use wire::Write;
 

@@ -18,6 +18,10 @@ pub struct CoordinatorMetrics {
     pub read_repairs: IntCounter,
     /// `kv_tombstones_purged_total`: keys purged from replicas after the grace period.
     pub tombstones_purged: IntCounter,
+    /// `kv_hints_written_total{holder}`: writes a replica missed that a fallback (`fallback`),
+    /// or for want of one a replica that holds the write (`replica`), keeps as a hint;
+    /// `none`: no node could keep it (anti-entropy must repair the replica).
+    pub hints_written: IntCounterVec,
 }
 
 impl CoordinatorMetrics {
@@ -56,6 +60,14 @@ impl CoordinatorMetrics {
                 "Replica copies of keys purged after the tombstone grace period",
             )
             .expect("invariant: valid metric"),
+            hints_written: IntCounterVec::new(
+                Opts::new(
+                    "kv_hints_written_total",
+                    "Writes a replica missed, kept as hints, by holder (fallback, replica, none)",
+                ),
+                &["holder"],
+            )
+            .expect("invariant: valid metric"),
         }
     }
 
@@ -68,6 +80,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.batch_calls.clone()))?;
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.tombstones_purged.clone()))?;
+        registry.register(Box::new(m.hints_written.clone()))?;
         Ok(m)
     }
 }

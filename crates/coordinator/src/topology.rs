@@ -9,8 +9,8 @@ use kv_types::{Record, Version};
 use kv_vclock::Dot;
 
 use crate::wire::{
-    Call, CoordinateRequest, CoordinateResponse, PurgeRequest, ReadRequest, Reply, ScanRequest, ScanResponse,
-    StoreBatchRequest, StoreRequest, Ticket, Write,
+    Call, CoordinateRequest, CoordinateResponse, HintRequest, PurgeRequest, ReadRequest, Reply, ScanRequest,
+    ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
 };
 use crate::ReplicaError;
 
@@ -63,6 +63,23 @@ impl Topology {
         self.ring.preference_list(key, n).into_iter().map(|node| self.peer(&node.id)).collect()
     }
 
+    /// The zone of member `id` (empty if unknown).
+    pub fn zone(&self, id: &str) -> &str {
+        self.ring.node(id).map_or("", |node| node.zone.as_str())
+    }
+
+    /// Fallbacks for `key` (sloppy quorum): the members after its first `n` replicas, clockwise
+    /// from the key, that are not known down and not leaving, nearest first.
+    pub fn fallbacks(&self, key: &[u8], n: usize) -> Vec<Peer> {
+        self.ring
+            .preference_list(key, self.ring.nodes().len())
+            .into_iter()
+            .skip(n)
+            .filter(|node| !self.down.contains(&node.id) && !self.leaving.contains(&node.id))
+            .map(|node| self.peer(&node.id))
+            .collect()
+    }
+
     /// Replicas of `key` in the pending ring that are not among its current replicas.
     pub fn pending_replicas(&self, key: &[u8], n: usize, current: &[Peer]) -> Vec<Peer> {
         let Some(pending) = &self.pending else { return Vec::new() };
@@ -109,6 +126,15 @@ pub trait ReplicaClient: Send + Sync + 'static {
         peer: &'a Peer,
         key: &'a [u8],
         tombstones: &'a [Dot],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>>;
+    /// Asks `peer` to keep `versions` of `key` durably for `target` (a hint) and hand them to it
+    /// once it is back.
+    fn hint<'a>(
+        &'a self,
+        peer: &'a Peer,
+        target: &'a str,
+        key: &'a [u8],
+        versions: &'a [Version],
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
 }
 
@@ -176,6 +202,20 @@ impl<T: CallPeer> ReplicaClient for T {
         Box::pin(async move {
             let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
             self.call(peer, call).await?.into_purged()
+        })
+    }
+
+    fn hint<'a>(
+        &'a self,
+        peer: &'a Peer,
+        target: &'a str,
+        key: &'a [u8],
+        versions: &'a [Version],
+    ) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move {
+            let call =
+                Call::Hint(HintRequest { target: target.to_owned(), key: key.to_vec(), versions: versions.to_vec() });
+            self.call(peer, call).await?.into_stored()
         })
     }
 }

@@ -41,6 +41,43 @@ pub const SCAN_PATH: &str = "/internal/v1/scan";
 pub const STORE_BATCH_PATH: &str = "/internal/v1/store-batch";
 /// Path of the gossip exchange: send our member states, receive the peer's.
 pub const GOSSIP_PATH: &str = "/internal/v1/gossip";
+/// Path of the Merkle exchange: node values of the replica's segment trees (anti-entropy).
+pub const MERKLE_PATH: &str = "/internal/v1/merkle";
+
+/// Status of a hint refused because the receiver keeps no more hints for its target (HTTP 507
+/// Insufficient Storage): the write is not held for that owner here.
+pub const HINTS_FULL: u16 = 507;
+
+/// Most queries in one Merkle request.
+pub const MAX_MERKLE_QUERIES: usize = 8192;
+
+/// One question of a [`MerkleRequest`]: node values of one segment's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerkleQuery {
+    /// First hash of the segment.
+    pub lo: u64,
+    /// Last hash of the segment.
+    pub hi: u64,
+    /// Tree level (0: the root).
+    pub level: u32,
+    /// Node indices at that level.
+    pub indices: Vec<u32>,
+}
+
+/// `POST /internal/v1/merkle`: node values of many segment trees at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MerkleRequest {
+    /// The questions, at most [`MAX_MERKLE_QUERIES`].
+    pub queries: Vec<MerkleQuery>,
+}
+
+/// Answer to a [`MerkleRequest`], one per query in order: `None` when the replica holds no
+/// complete copy (or no tree yet) of that segment, so it cannot be compared now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MerkleResponse {
+    /// The values asked for.
+    pub answers: Vec<Option<Vec<u128>>>,
+}
 
 /// `POST /internal/v1/scan`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +193,18 @@ pub struct PurgeRequest {
     pub tombstones: Vec<Dot>,
 }
 
+/// A [`Call::Hint`]: keep versions of a key for another replica that could not take them now
+/// (a fallback of a sloppy quorum), and hand them over once it is back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HintRequest {
+    /// The node the versions are for.
+    pub target: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The versions.
+    pub versions: Vec<Version>,
+}
+
 /// Bytes allowed per call and per version, beyond keys and values, when estimating a batch's
 /// size: a context of 10 entries with 16-byte node ids, a dot, a content type.
 pub const CALL_OVERHEAD: usize = 256;
@@ -171,6 +220,8 @@ pub enum Call {
     Read(ReadRequest),
     /// Drop a key whose only versions are the given tombstones.
     Purge(PurgeRequest),
+    /// Keep versions durably for another replica (a hint).
+    Hint(HintRequest),
 }
 
 impl Call {
@@ -181,6 +232,7 @@ impl Call {
             Call::Store(c) => &c.key,
             Call::Read(c) => &c.key,
             Call::Purge(c) => &c.key,
+            Call::Hint(c) => &c.key,
         }
     }
 
@@ -190,6 +242,7 @@ impl Call {
         let values = match self {
             Call::Coordinate(c) => c.write.value.len() + CALL_OVERHEAD,
             Call::Store(c) => c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum(),
+            Call::Hint(c) => c.target.len() + c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum::<usize>(),
             Call::Read(_) | Call::Purge(_) => 0,
         };
         self.key().len() + values + CALL_OVERHEAD

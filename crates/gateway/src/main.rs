@@ -51,6 +51,10 @@ struct Settings {
     #[arg(long, env = "KV_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// The zone this gateway runs in: `local_quorum` counts the key's replicas in it
+    /// [default: default].
+    #[arg(long, env = "KV_ZONE")]
+    zone: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     server: ServerSettings,
@@ -75,13 +79,18 @@ fn main() -> ExitCode {
 
 fn start() -> Result<(), RunError> {
     let mut settings = Settings::parse();
+    let mut file_zone = None;
     if let Some(path) = settings.config.clone() {
         let mut file: Settings = settings_file(&path).map_err(RunError::Startup)?;
         settings.server.layer_over(&mut file.server);
         settings.cluster.layer_over(&mut file.cluster);
+        file_zone = file.zone;
     }
     let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
-    let cluster = settings.cluster.validate().map_err(RunError::Startup)?;
+    let mut cluster = settings.cluster.validate().map_err(RunError::Startup)?;
+    let zone = settings.zone.or(file_zone).unwrap_or_else(|| "default".to_owned());
+    kv_membership::validate_node_id(&zone).map_err(|e| RunError::Startup(format!("--zone: {e}")))?;
+    cluster.coordinator.zone = zone;
     if cluster.seeds.is_empty() {
         return Err(RunError::Startup(
             "--seeds: a gateway needs at least one node (its --peer-listen address) to learn the cluster from".into(),

@@ -185,7 +185,8 @@ impl Settings {
         if cache_mb == 0 || cache_mb > 1 << 20 {
             return Err(format!("--cache-mb: must be 1 to 1048576, got {cache_mb}"));
         }
-        let cluster = self.cluster.validate()?;
+        let mut cluster = self.cluster.validate()?;
+        cluster.coordinator.zone = zone.clone();
         let stream_concurrency = NonZeroUsize::new(self.stream_concurrency.unwrap_or(16))
             .filter(|c| c.get() <= 64)
             .ok_or("--stream-concurrency: must be 1 to 64")?;

@@ -16,12 +16,15 @@
 //! # Layout
 //! - [`replica`] — [`ReplicaCore`], [`ReplicaView`], [`ReplicaMetrics`], refusals.
 //! - [`ownership`] — [`Ownership`]: the ranges a node serves, fills and drops.
+//! - [`trees`] — [`RangeTrees`]: a Merkle tree per ring segment, updated on every write.
 
 pub mod ownership;
 pub mod replica;
+pub mod trees;
 
 pub use ownership::Ownership;
 pub use replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
+pub use trees::RangeTrees;
 
 #[cfg(test)]
 mod tests;

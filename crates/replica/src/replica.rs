@@ -36,12 +36,13 @@
 use std::sync::Arc;
 
 use kv_ring::{Intervals, Ring};
-use kv_storage::{Engine, Record, Version};
+use kv_storage::{Added, Engine, Hint, HintStore, Record, Version};
 use kv_vclock::{Dot, Versioned};
 use parking_lot::RwLock;
 
 use kv_coordinator::wire::{
-    counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, Reply,
+    counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, HintRequest, Reply,
+    HINTS_FULL,
 };
 
 pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE};
@@ -156,7 +157,10 @@ impl ReplicaMetrics {
 /// A storage node's replica: its engine, its actor name and its view of what it owns.
 pub struct ReplicaCore {
     actor: String,
+    node_id: String,
     engine: Arc<dyn Engine>,
+    /// Where hints for other replicas are kept (none: hint calls are refused).
+    hints: Option<Arc<HintStore>>,
     view: RwLock<Arc<ReplicaView>>,
     metrics: ReplicaMetrics,
 }
@@ -204,7 +208,26 @@ impl ReplicaCore {
     /// A replica of node `node_id` over `engine`, owning nothing until [`ReplicaCore::set_view`].
     pub fn new(node_id: &str, engine: Arc<dyn Engine>, metrics: ReplicaMetrics) -> Self {
         let actor = actor_name(node_id, engine.identity().incarnation);
-        ReplicaCore { actor, engine, view: RwLock::new(Arc::new(ReplicaView::nothing())), metrics }
+        let node_id = node_id.to_owned();
+        ReplicaCore {
+            actor,
+            node_id,
+            engine,
+            hints: None,
+            view: RwLock::new(Arc::new(ReplicaView::nothing())),
+            metrics,
+        }
+    }
+
+    /// The same replica, keeping hints for other replicas in `hints`.
+    pub fn with_hints(mut self, hints: Arc<HintStore>) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// The hint store, if any.
+    pub fn hints(&self) -> Option<&Arc<HintStore>> {
+        self.hints.as_ref()
     }
 
     /// The name this replica's dots carry.
@@ -259,6 +282,7 @@ impl ReplicaCore {
         let mut indexes = Vec::new();
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut payloads: Vec<Option<WriteCall>> = Vec::new();
+        let mut hints: Vec<(usize, HintRequest)> = Vec::new();
         for (i, call) in calls.into_iter().enumerate() {
             let hash = kv_ring::hash_key(call.key());
             let reply = match call {
@@ -266,6 +290,10 @@ impl ReplicaCore {
                     Some(self.misdirected("reading requires a complete copy of the key's range"))
                 }
                 Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
+                Call::Hint(h) => {
+                    hints.push((i, h));
+                    None
+                }
                 Call::Coordinate(_) if !view.may_coordinate(hash) => {
                     Some(self.misdirected("coordinating requires a normal owner of the key"))
                 }
@@ -320,6 +348,9 @@ impl ReplicaCore {
             self.write(&keys, payloads, now_ms, &indexes, &mut replies);
         }
         drop(view);
+        if !hints.is_empty() {
+            self.keep_hints(hints, now_ms, &mut replies);
+        }
         replies.into_iter().map(|r| r.unwrap_or_else(|| failed(500, "call was not run"))).collect()
     }
 
@@ -378,6 +409,48 @@ impl ReplicaCore {
                     },
                 },
             });
+        }
+    }
+
+    /// Keeps hints durably, one sync per target: each is acknowledged (`Stored`) only once it
+    /// is durable, and refused when the target's bound is reached or the target is this node.
+    fn keep_hints(&self, hints: Vec<(usize, HintRequest)>, now_ms: u64, replies: &mut [Option<Reply>]) {
+        let Some(store) = &self.hints else {
+            for (i, _) in hints {
+                replies[i] = Some(failed(501, "this replica keeps no hints"));
+            }
+            return;
+        };
+        let mut by_target: std::collections::BTreeMap<String, Vec<(usize, Hint)>> = Default::default();
+        for (i, h) in hints {
+            if h.target == self.node_id {
+                replies[i] = Some(failed(400, "a hint for the node that would keep it"));
+                continue;
+            }
+            by_target
+                .entry(h.target)
+                .or_default()
+                .push((i, Hint { key: h.key, versions: h.versions, created_ms: now_ms }));
+        }
+        for (target, hints) in by_target {
+            let (indexes, hints): (Vec<usize>, Vec<Hint>) = hints.into_iter().unzip();
+            match store.add(&target, &hints) {
+                Ok(added) => {
+                    for (i, added) in indexes.into_iter().zip(added) {
+                        replies[i] = Some(match added {
+                            Added::Stored(_) => Reply::Stored,
+                            Added::Full => {
+                                self.refuse("hints_full", HINTS_FULL, format!("hints for {target} are full"))
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    for i in indexes {
+                        replies[i] = Some(storage_failed(&e));
+                    }
+                }
+            }
         }
     }
 

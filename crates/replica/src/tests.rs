@@ -97,6 +97,8 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
         replica_timeout: Duration::from_millis(500),
         read_all: true,
         tombstone_grace: grace,
+        sloppy_quorum: true,
+        zone: "z".into(),
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
     (cluster, coordinator, ids)
@@ -227,9 +229,13 @@ async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
         replica_timeout: Duration::from_millis(500),
         read_all: true,
         tombstone_grace: Duration::from_secs(10),
+        sloppy_quorum: true,
+        zone: "z".into(),
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
-    let outcome = coordinator.put(key.clone(), write("v", VClock::new()), Some(3)).await.unwrap();
+    // W = 2: a replica known down is not written to (it gets a hint), so W = 3 cannot be met.
+    let outcome = coordinator.put(key.clone(), write("v", VClock::new()), Some(2)).await.unwrap();
+    assert!(!outcome.acked.contains(&first), "a replica known down is not written to");
     assert_ne!(
         outcome.created.dot.node,
         cluster.replicas[&first].core.actor(),

@@ -101,6 +101,11 @@ pub struct ClusterSettings {
     /// Tombstones younger than this are never purged, e.g. 10d, 12h [default: 10d].
     #[arg(long, env = "KV_TOMBSTONE_GRACE")]
     pub tombstone_grace: Option<String>,
+    /// Sloppy quorum: when a replica is down or times out, a fallback node (the next one on the
+    /// ring) keeps the write as a hint for it, and its acknowledgement counts toward W (clients
+    /// can still ask for `pw` acknowledgements from the key's own replicas) [default: true].
+    #[arg(long, env = "KV_SLOPPY_QUORUM", num_args = 0..=1, default_missing_value = "true")]
+    pub sloppy_quorum: Option<bool>,
     /// Members a new cluster waits for: client requests are answered 503 cluster_forming until
     /// this many normal members were seen at once (then never again) [default: 1].
     #[arg(long, env = "KV_EXPECT_NODES")]
@@ -266,6 +271,7 @@ impl ClusterSettings {
             gossip_fanout,
             suspect_after,
             tombstone_grace,
+            sloppy_quorum,
             expect_nodes
         );
     }
@@ -339,7 +345,14 @@ impl ClusterSettings {
         Ok(ClusterConfig {
             expect_nodes,
             seeds,
-            coordinator: kv_coordinator::Options { quorum, replica_timeout, read_all, tombstone_grace },
+            coordinator: kv_coordinator::Options {
+                quorum,
+                replica_timeout,
+                read_all,
+                tombstone_grace,
+                sloppy_quorum: self.sloppy_quorum.unwrap_or(true),
+                zone: "default".into(),
+            },
             max_replica_calls,
             batches_per_peer,
             gossip_interval,

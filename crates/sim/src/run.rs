@@ -172,6 +172,8 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
                 replica_timeout: Duration::from_millis(TIMEOUT_MS),
                 read_all: f == 0,
                 tombstone_grace: Duration::from_millis(GRACE_MS),
+                sloppy_quorum: false,
+                zone: "default".into(),
             };
             let instance = world.rng(|r| r.next_u64());
             Coordinator::with_clock(

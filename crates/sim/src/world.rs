@@ -884,6 +884,7 @@ fn describe_call(call: &Call) -> String {
         }
         Call::Read(_) => format!("read {key}"),
         Call::Purge(c) => format!("purge {key} {:?}", c.tombstones.iter().map(|d| d.counter).collect::<Vec<_>>()),
+        Call::Hint(c) => format!("hint {key} for {} {}", c.target, versions_text(&c.versions)),
     }
 }
 
@@ -1014,5 +1015,13 @@ impl Engine for PerKeyCounters {
     }
     fn open_hints(&self, limits: kv_storage::HintLimits) -> kv_storage::Result<kv_storage::HintStore> {
         self.0.open_hints(limits)
+    }
+
+    fn observe(&self, observer: Arc<dyn kv_storage::Observer>) -> bool {
+        self.0.observe(observer)
+    }
+
+    fn while_paused(&self, f: &mut dyn FnMut()) {
+        self.0.while_paused(f)
     }
 }

@@ -154,9 +154,27 @@ pub trait Engine: Send + Sync {
     /// Refreshes size gauges (disk bytes, key count) in the metrics.
     fn refresh_gauges(&self);
 
+    /// Registers the store's one observer, told of every change to a record from now on
+    /// (merges, purges, removals), under the key's lock, after the change is written and before
+    /// it is durable. Returns `false` if one is registered already. Anti-entropy keeps its
+    /// Merkle trees this way, incrementally, whoever made the change (clients, repair, streams).
+    fn observe(&self, observer: Arc<dyn Observer>) -> bool;
+
+    /// Runs `f` while no change is applied (writers wait), so that `f` can read a range with
+    /// [`Engine::scan`] and summarise it consistently with what the observer is told next: a
+    /// change is either in what `f` reads or reported after `f` returns, never both. `f` must
+    /// not write to the store (it would wait forever). Writers wait for as long as `f` runs.
+    fn while_paused(&self, f: &mut dyn FnMut());
+
     /// The store's hints, kept in their own keyspace of the same database (see [`hints`]).
     /// Open it once per store.
     fn open_hints(&self, limits: HintLimits) -> Result<HintStore>;
+}
+
+/// Told of every change to a record ([`Engine::observe`]).
+pub trait Observer: Send + Sync {
+    /// `key` changed from `old` to `new` (an empty record: the key is gone).
+    fn changed(&self, key: &[u8], old: &Record, new: &Record);
 }
 
 /// Which backend stores the bytes.

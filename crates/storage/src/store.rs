@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kv_vclock::Siblings;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::backend::Backend;
 use crate::commit::GroupCommit;
@@ -31,6 +31,11 @@ pub struct Store {
     compression: Compression,
     metrics: StorageMetrics,
     counter: DotCounter,
+    /// Told of every change to a record, under the key's lock ([`Engine::observe`]).
+    observer: std::sync::OnceLock<Arc<dyn crate::Observer>>,
+    /// Held shared while a change is applied and reported, exclusively by
+    /// [`Engine::while_paused`]: what a paused reader sees and what the observer was told agree.
+    applying: RwLock<()>,
 }
 
 impl Store {
@@ -51,6 +56,8 @@ impl Store {
             compression,
             metrics,
             counter,
+            observer: std::sync::OnceLock::new(),
+            applying: RwLock::new(()),
         }))
     }
 
@@ -98,8 +105,16 @@ impl Store {
             // not answer before it is durable.
             Ok((merged, self.commit.latest()))
         } else {
+            let _applying = self.applying.read();
             self.backend.put(&skey, &encode(&merged, self.compression))?;
+            self.changed(key, &current, &merged);
             Ok((merged, self.commit.written()))
+        }
+    }
+
+    fn changed(&self, key: &[u8], old: &Record, new: &Record) {
+        if let Some(observer) = self.observer.get() {
+            observer.changed(key, old, new);
         }
     }
 }
@@ -211,7 +226,9 @@ impl Engine for Store {
                 && current.len() == dots.len()
                 && current.versions().iter().all(|v| v.tombstone && dots.contains(&v.dot));
             if exact {
+                let _applying = self.applying.read();
                 self.backend.delete(&skey)?;
+                self.changed(key, &current, &Siblings::new());
             }
             Ok(exact)
         })
@@ -225,8 +242,12 @@ impl Engine for Store {
             for key in keys {
                 let skey = storage_key(key);
                 let _guard = self.locks[stripe(key)].lock();
-                if self.backend.get(&skey)?.is_some() {
+                if let Some(bytes) = self.backend.get(&skey)? {
+                    let _applying = self.applying.read();
                     self.backend.delete(&skey)?;
+                    if self.observer.get().is_some() {
+                        self.changed(key, &decode(&bytes)?, &Siblings::new());
+                    }
                     removed += 1;
                     ticket = self.commit.written();
                 }
@@ -273,6 +294,15 @@ impl Engine for Store {
     fn refresh_gauges(&self) {
         self.metrics.disk_bytes.set(self.backend.disk_bytes() as i64);
         self.metrics.keys.set(self.backend.approximate_len() as i64);
+    }
+
+    fn observe(&self, observer: Arc<dyn crate::Observer>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    fn while_paused(&self, f: &mut dyn FnMut()) {
+        let _paused = self.applying.write();
+        f();
     }
 
     fn open_hints(&self, limits: crate::HintLimits) -> Result<crate::HintStore> {
