@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use kv_coordinator::{PutOutcome, Write};
+use kv_coordinator::{Need, PutOutcome, Write};
 use kv_types::{Record, Version};
 use kv_vclock::{VClock, Versioned};
 use serde_json::json;
@@ -34,7 +34,8 @@ pub static X_CONTEXT: HeaderName = HeaderName::from_static("x-context");
 /// Header saying how many replicas answered, e.g. `2/3`.
 pub static X_REPLICAS: HeaderName = HeaderName::from_static("x-replicas");
 
-/// `PUT /kv/{key}?w=`: store the body as a new version on W of N replicas.
+/// `PUT /kv/{key}?w=&pw=`: store the body as a new version on W of N replicas (`pw` of them
+/// the key's own replicas, not fallbacks).
 pub async fn put(
     State(state): State<Arc<ApiState>>,
     key: Result<Path<String>, PathRejection>,
@@ -43,7 +44,7 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
-    let w = quorum_param(&state, query, "w")?;
+    let [w, pw] = quorum_params(&state, query, ["w", "pw"])?;
     formed(&state)?;
     let body = body.map_err(|e| body_error(e, state.max_value_bytes))?;
     if body.len() > state.max_value_bytes {
@@ -56,7 +57,7 @@ pub async fn put(
         context: context(&headers)?,
         tombstone: false,
     };
-    let outcome = state.coordinator.put(key, write, w).await?;
+    let outcome = state.coordinator.put_with(key, write, w, count(pw)).await?;
     Ok(written(outcome))
 }
 
@@ -67,9 +68,9 @@ pub async fn get(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
-    let r = quorum_param(&state, query, "r")?;
+    let [r] = quorum_params(&state, query, ["r"])?;
     formed(&state)?;
-    let outcome = state.coordinator.get(key, r).await?;
+    let outcome = state.coordinator.get_with(key, r).await?;
     let mut response = read_response(&outcome.record);
     set_replicas(&mut response, outcome.answered.len(), outcome.replicas);
     Ok(response)
@@ -85,14 +86,14 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = valid_key(key)?;
-    let w = quorum_param(&state, query, "w")?;
+    let [w, pw] = quorum_params(&state, query, ["w", "pw"])?;
     formed(&state)?;
     let context = match headers.get(&X_CONTEXT) {
         Some(_) => context(&headers)?,
         None => state.coordinator.get(key.clone(), None).await?.record.context(),
     };
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
-    let outcome = state.coordinator.put(key, write, w).await?;
+    let outcome = state.coordinator.put_with(key, write, w, count(pw)).await?;
     Ok(written(outcome))
 }
 
@@ -113,21 +114,39 @@ fn set_replicas(response: &mut Response, answered: usize, replicas: usize) {
     }
 }
 
-/// The per-request `r` or `w` (`name`), if given; any other parameter, or `name` twice, is
-/// refused.
-fn quorum_param(
+/// The per-request quorum parameters `names` (`w` and `pw` for writes, `r` for reads), each
+/// if given: `1..=N`, `one`, `quorum`, `all`, and for `r` and `w` also `local_quorum` and
+/// `each_quorum`. Any other parameter, or one given twice, is refused.
+fn quorum_params<const K: usize>(
     state: &ApiState,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    name: &str,
-) -> Result<Option<usize>, ApiError> {
+    names: [&str; K],
+) -> Result<[Option<Need>; K], ApiError> {
     let Query(params) = query.map_err(|_| ApiError::BadParameter("malformed query string".into()))?;
-    if let Some((other, _)) = params.iter().find(|(k, _)| k.as_str() != name) {
-        return Err(ApiError::BadParameter(format!("unknown parameter {other:?}; this request takes only {name}")));
+    if let Some((other, _)) = params.iter().find(|(k, _)| !names.contains(&k.as_str())) {
+        return Err(ApiError::BadParameter(format!(
+            "unknown parameter {other:?}; this request takes only {}",
+            names.join(" and ")
+        )));
     }
-    if params.len() > 1 {
-        return Err(ApiError::BadParameter(format!("{name} given {} times; give it once", params.len())));
+    let mut out = [None; K];
+    for (slot, name) in out.iter_mut().zip(names) {
+        let given: Vec<&String> = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v).collect();
+        if given.len() > 1 {
+            return Err(ApiError::BadParameter(format!("{name} given {} times; give it once", given.len())));
+        }
+        let zones = name != "pw";
+        *slot = given.first().map(|text| state.coordinator.quorum().parse_need(name, text, zones)).transpose()?;
     }
-    params.first().map(|(_, text)| state.coordinator.quorum().parse(name, text).map_err(ApiError::from)).transpose()
+    Ok(out)
+}
+
+/// `pw` as a count (it never takes a zone name).
+fn count(need: Option<Need>) -> Option<usize> {
+    match need {
+        Some(Need::Count(n)) => Some(n),
+        _ => None,
+    }
 }
 
 /// `PUT`/`GET`/`DELETE /kv/`: the empty key.

@@ -189,6 +189,16 @@ impl Client {
         response.json().map_err(|e| Error::Protocol(e.to_string()))
     }
 
+    /// `POST /admin/repair` on the node at the admin URL: an anti-entropy round now; its report
+    /// (or `{"status": "running"}` if it takes longer than the node waits).
+    pub fn repair(&self) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/admin/repair", self.admin);
+        let response = self.send(&url, self.http.post(&url))?;
+        let response =
+            if response.status() == StatusCode::ACCEPTED { response } else { expect_status(response, StatusCode::OK)? };
+        response.json().map_err(|e| Error::Protocol(e.to_string()))
+    }
+
     /// `POST /admin/remove/{id}`: declare member `id` permanently failed (`force` even if it is
     /// not down).
     pub fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, Error> {

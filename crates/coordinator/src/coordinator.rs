@@ -32,6 +32,8 @@ pub struct Options {
     /// Sloppy quorum: a fallback that keeps a hint for a replica that is down or timed out
     /// counts toward W (unless the client asks for `pw` of the key's own replicas).
     pub sloppy_quorum: bool,
+    /// Hinted handoff: writes a replica misses go to a fallback as hints.
+    pub hinted_handoff: bool,
     /// This coordinator's zone, for `local_quorum`.
     pub zone: String,
 }
@@ -298,6 +300,9 @@ impl Coordinator {
                             let _ = acks.send((peer.id.clone(), true)).await;
                             return;
                         }
+                    }
+                    if !this.options.hinted_handoff {
+                        return;
                     }
                     if let Some((by, fallback)) = this.hint(&peer, position, key, versions, fallbacks, holder).await {
                         let _ = acks.send((by, fallback && this.options.sloppy_quorum)).await;

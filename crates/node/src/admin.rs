@@ -1,5 +1,5 @@
 //! The node's own admin endpoints, on the admin listener: `/admin/local/{key}`,
-//! `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`.
+//! `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`, `/admin/repair`.
 
 use std::sync::Arc;
 
@@ -105,4 +105,21 @@ pub async fn keys(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, Ap
         keys.extend(page.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()));
     }
     Ok(Json(json!({ "node_id": replica.node_id(), "count": keys.len(), "keys": keys })))
+}
+
+/// How long `POST /admin/repair` waits for its round before answering 202 (the admin
+/// listener's request deadline is longer).
+const REPAIR_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `POST /admin/repair`: an anti-entropy round now, against every other replica. Answers its
+/// report (segments compared and differing, keys and bytes moved each way) when it ends within
+/// 25 s; else `202` (the round goes on; its report is in the log and `/admin/workers`).
+pub async fn repair(State(state): State<Arc<NodeState>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.repair.try_send(tx).map_err(|_| ApiError::Unavailable("too many repair requests waiting".into()))?;
+    match tokio::time::timeout(REPAIR_WAIT, rx).await {
+        Ok(Ok(report)) => Ok((StatusCode::OK, Json(json!(report)))),
+        Ok(Err(_)) => Err(ApiError::Internal("the anti-entropy worker stopped".into())),
+        Err(_) => Ok((StatusCode::ACCEPTED, Json(json!({ "status": "running" })))),
+    }
 }

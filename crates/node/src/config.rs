@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use kv_membership::validate_node_id;
-use kv_server::config::{parse_addr, settings_file, ClusterConfig, ClusterSettings, ServerConfig, ServerSettings};
+use kv_server::config::{
+    duration_setting, parse_addr, settings_file, ClusterConfig, ClusterSettings, ServerConfig, ServerSettings,
+};
 use kv_server::layer;
 use kv_storage::{Compression, EngineKind, SyncMode};
 use serde::Deserialize;
@@ -84,6 +86,25 @@ pub struct Settings {
     /// Ranges streamed at once while joining, leaving or re-replicating [default: 16].
     #[arg(long, env = "KV_STREAM_CONCURRENCY")]
     pub stream_concurrency: Option<usize>,
+    /// Hints kept for one target node, in MiB; past it, a fallback refuses more (the write is
+    /// then repaired by anti-entropy) [default: 1024].
+    #[arg(long, env = "KV_HINT_MAX_MB")]
+    pub hint_max_mb: Option<u64>,
+    /// Hints older than this are dropped undelivered and their keys left to anti-entropy; at
+    /// most half of --tombstone-grace [default: 3h].
+    #[arg(long, env = "KV_HINT_MAX_AGE")]
+    pub hint_max_age: Option<String>,
+    /// Hints delivered per second, at most, so a returning node is not flooded [default: 2000].
+    #[arg(long, env = "KV_HINT_RATE")]
+    pub hint_rate: Option<u32>,
+    /// Time between anti-entropy rounds (Merkle tree comparison with every other replica)
+    /// [default: 10m].
+    #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL")]
+    pub anti_entropy_interval: Option<String>,
+    /// Repair traffic budget of anti-entropy, bytes per second received plus sent
+    /// [default: 16777216].
+    #[arg(long, env = "KV_REPAIR_BYTES_PER_SEC")]
+    pub repair_bytes_per_sec: Option<u64>,
     /// HTTP server settings.
     #[command(flatten)]
     #[serde(flatten)]
@@ -119,6 +140,14 @@ pub struct Config {
     pub leave_on_shutdown: bool,
     /// Ranges streamed at once.
     pub stream_concurrency: NonZeroUsize,
+    /// Hint bounds.
+    pub hint_limits: kv_storage::HintLimits,
+    /// Hints delivered per second.
+    pub hint_rate: u32,
+    /// Time between anti-entropy rounds.
+    pub anti_entropy_interval: std::time::Duration,
+    /// Repair bytes per second.
+    pub repair_bytes_per_sec: u64,
 }
 
 impl Settings {
@@ -148,7 +177,12 @@ impl Settings {
             cache_mb,
             compression,
             leave_on_shutdown,
-            stream_concurrency
+            stream_concurrency,
+            hint_max_mb,
+            hint_max_age,
+            hint_rate,
+            anti_entropy_interval,
+            repair_bytes_per_sec
         );
         self.server.layer_over(&mut lower.server);
         self.cluster.layer_over(&mut lower.cluster);
@@ -190,7 +224,40 @@ impl Settings {
         let stream_concurrency = NonZeroUsize::new(self.stream_concurrency.unwrap_or(16))
             .filter(|c| c.get() <= 64)
             .ok_or("--stream-concurrency: must be 1 to 64")?;
+        let hint_max_mb = self.hint_max_mb.unwrap_or(1024);
+        if hint_max_mb == 0 || hint_max_mb > 1 << 24 {
+            return Err(format!("--hint-max-mb: must be 1 to 16777216, got {hint_max_mb}"));
+        }
+        let hint_max_age = duration_setting("--hint-max-age", self.hint_max_age.as_deref(), "3h")?;
+        // A hint is delivered only while its versions are younger than half the grace (the
+        // hand-off rule, docs/consistency.md); one kept longer could never be delivered.
+        let half_grace = cluster.coordinator.tombstone_grace / 2;
+        if hint_max_age.is_zero() || hint_max_age > half_grace {
+            return Err(format!(
+                "--hint-max-age: must be above zero and at most half of --tombstone-grace ({half_grace:?}), got {hint_max_age:?}"
+            ));
+        }
+        let hint_rate = self.hint_rate.unwrap_or(2000);
+        if hint_rate == 0 {
+            return Err("--hint-rate: must be at least 1".into());
+        }
+        let anti_entropy_interval =
+            duration_setting("--anti-entropy-interval", self.anti_entropy_interval.as_deref(), "10m")?;
+        if anti_entropy_interval < std::time::Duration::from_millis(100) {
+            return Err(format!("--anti-entropy-interval: must be at least 100ms, got {anti_entropy_interval:?}"));
+        }
+        let repair_bytes_per_sec = self.repair_bytes_per_sec.unwrap_or(16 << 20);
+        if repair_bytes_per_sec < 4096 {
+            return Err(format!("--repair-bytes-per-sec: must be at least 4096, got {repair_bytes_per_sec}"));
+        }
         Ok(Config {
+            hint_limits: kv_storage::HintLimits {
+                max_bytes_per_target: hint_max_mb << 20,
+                max_age_ms: hint_max_age.as_millis() as u64,
+            },
+            hint_rate,
+            anti_entropy_interval,
+            repair_bytes_per_sec,
             leave_on_shutdown: self.leave_on_shutdown.unwrap_or(false),
             stream_concurrency,
             node_id: self.node_id,

@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use kv_coordinator::wire::{
-    decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, MAX_BATCH_CALLS,
+    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
+    MAX_BATCH_CALLS, MAX_MERKLE_QUERIES,
 };
 use kv_gossip::Digest;
 use serde::de::DeserializeOwned;
@@ -110,4 +111,32 @@ pub async fn gossip(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
     let reply = state.membership.digest();
     state.membership.merge(digest);
     Ok(binary(encode(&reply)))
+}
+
+/// Most node values one Merkle request may ask for (all leaves of many segments).
+const MAX_MERKLE_VALUES: usize = 1 << 20;
+
+/// `POST /internal/v1/merkle`: node values of this replica's segment trees; `None` for a
+/// segment it does not hold completely (or has no tree of yet).
+pub async fn merkle(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: MerkleRequest = message(&body)?;
+    let values: usize = request.queries.iter().map(|q| q.indices.len()).sum();
+    if request.queries.len() > MAX_MERKLE_QUERIES || values > MAX_MERKLE_VALUES {
+        return Err(ApiError::BadRequest(format!(
+            "a merkle request asks at most {MAX_MERKLE_QUERIES} queries and {MAX_MERKLE_VALUES} values"
+        )));
+    }
+    let view = state.replica.core().view();
+    let answers = request
+        .queries
+        .iter()
+        .map(|q| {
+            let indices: Vec<usize> = q.indices.iter().map(|&i| i as usize).collect();
+            if q.lo > q.hi || !view.serves_range(q.lo, q.hi) {
+                return None;
+            }
+            state.trees.values(q.lo, q.hi, q.level, &indices)
+        })
+        .collect();
+    Ok(binary(encode(&MerkleResponse { answers })))
 }

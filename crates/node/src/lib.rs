@@ -49,7 +49,9 @@ use kv_replica::ownership::Ownership;
 use kv_transport::{Signer, VerifyState};
 
 pub mod admin;
+pub mod antientropy;
 pub mod config;
+pub mod hints;
 pub mod internal;
 pub mod metrics;
 pub mod peer_client;
@@ -67,6 +69,10 @@ pub struct NodeState {
     pub membership: Arc<Membership>,
     /// The node's own metrics.
     pub metrics: metrics::NodeMetrics,
+    /// Merkle trees of the segments it holds.
+    pub trees: Arc<kv_replica::RangeTrees>,
+    /// Asks the anti-entropy worker for a round now.
+    pub repair: tokio::sync::mpsc::Sender<antientropy::RepairRequest>,
 }
 
 /// Internal messages carry a key's whole sibling set; allow this many values' worth (plus a
@@ -84,6 +90,7 @@ pub fn peer_router(state: Arc<NodeState>, max_value_bytes: usize, signer: Signer
         .route(kv_coordinator::wire::SCAN_PATH, post(internal::scan))
         .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
         .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
+        .route(kv_coordinator::wire::MERKLE_PATH, post(internal::merkle))
         .route_layer(axum::middleware::from_fn_with_state(VerifyState { signer, body_limit }, kv_transport::verify))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -96,5 +103,6 @@ pub fn admin_router(state: Arc<NodeState>) -> Router {
         .route("/admin/keys", get(admin::keys))
         .route("/admin/leave", post(admin::leave))
         .route("/admin/remove/{id}", post(admin::remove))
+        .route("/admin/repair", post(admin::repair))
         .with_state(state)
 }

@@ -102,6 +102,8 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
     let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
     let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
+    let hint_metrics = crate::hints::HintMetrics::register(&registry).map_err(metric_error)?;
+    let repair_metrics = crate::antientropy::RepairMetrics::register(&registry).map_err(metric_error)?;
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
@@ -118,7 +120,16 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         // Stream progress belongs to the store it was made for.
         let _ = std::fs::remove_file(&progress_file);
     }
-    let core = Arc::new(ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone()));
+    let hint_store =
+        Arc::new(engine.open_hints(config.hint_limits).map_err(|e| RunError::Startup(format!("hints: {e}")))?);
+    let core =
+        Arc::new(ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone()).with_hints(hint_store.clone()));
+    // Merkle trees follow every change to the store from here on (built per segment by the
+    // anti-entropy worker).
+    let trees = kv_replica::RangeTrees::new();
+    if !trees.attach(&*engine) {
+        return Err(RunError::Startup("the store already has an observer".into()));
+    }
     let me = MemberState {
         id: node_id.clone(),
         address: config.advertise.clone(),
@@ -185,7 +196,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         config.cluster.seeds.clone(),
         config.cluster.gossip_interval,
         config.cluster.gossip_fanout,
-        transport,
+        transport.clone(),
     );
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data.
@@ -220,20 +231,51 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             membership.clone(),
             ownership.clone(),
             replica.clone(),
-            remote,
+            remote.clone(),
             n,
             config.cluster.gossip_interval * 5,
             config.cluster.coordinator.tombstone_grace,
             metrics.clone(),
         ),
     );
+    let dirty = Arc::new(crate::hints::Dirty::default());
+    supervisor.spawn(
+        Stage::Upkeep,
+        crate::hints::HintDispatcher::new(
+            hint_store,
+            membership.clone(),
+            remote.clone(),
+            crate::hints::HintOptions {
+                rate: config.hint_rate,
+                replicas: n,
+                grace_ms: config.cluster.coordinator.tombstone_grace.as_millis() as u64,
+            },
+            hint_metrics,
+            dirty.clone(),
+        ),
+    );
+    let (anti_entropy, repair) = crate::antientropy::AntiEntropy::new(
+        core.clone(),
+        trees.clone(),
+        membership.clone(),
+        transport,
+        remote.clone(),
+        crate::antientropy::AntiEntropyOptions {
+            interval: config.anti_entropy_interval,
+            bytes_per_sec: config.repair_bytes_per_sec,
+            replicas: n,
+        },
+        repair_metrics,
+        dirty,
+    );
+    supervisor.spawn(Stage::Upkeep, anti_entropy);
     let server = &config.server;
     let api = Arc::new(ApiState {
         max_value_bytes: server.max_value_bytes,
         coordinator: coordinator.clone(),
         membership: membership.clone(),
     });
-    let node = Arc::new(NodeState { replica, ownership, membership: membership.clone(), metrics });
+    let node = Arc::new(NodeState { replica, ownership, membership: membership.clone(), metrics, trees, repair });
     let serving = Arc::new(AtomicBool::new(true));
     let ready: ReadyCheck = {
         let membership = membership.clone();

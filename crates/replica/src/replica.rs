@@ -230,6 +230,11 @@ impl ReplicaCore {
         self.hints.as_ref()
     }
 
+    /// The node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// The name this replica's dots carry.
     pub fn actor(&self) -> &str {
         &self.actor

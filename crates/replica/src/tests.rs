@@ -98,6 +98,7 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
         read_all: true,
         tombstone_grace: grace,
         sloppy_quorum: true,
+        hinted_handoff: true,
         zone: "z".into(),
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
@@ -230,6 +231,7 @@ async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
         read_all: true,
         tombstone_grace: Duration::from_secs(10),
         sloppy_quorum: true,
+        hinted_handoff: true,
         zone: "z".into(),
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());

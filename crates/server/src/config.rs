@@ -106,6 +106,11 @@ pub struct ClusterSettings {
     /// can still ask for `pw` acknowledgements from the key's own replicas) [default: true].
     #[arg(long, env = "KV_SLOPPY_QUORUM", num_args = 0..=1, default_missing_value = "true")]
     pub sloppy_quorum: Option<bool>,
+    /// Hinted handoff: a write a replica misses is kept as a hint by a fallback and handed to
+    /// the replica once it is back. Off, missed writes wait for read repair and anti-entropy
+    /// (and sloppy quorum has nothing to count) [default: true].
+    #[arg(long, env = "KV_HINTED_HANDOFF", num_args = 0..=1, default_missing_value = "true")]
+    pub hinted_handoff: Option<bool>,
     /// Members a new cluster waits for: client requests are answered 503 cluster_forming until
     /// this many normal members were seen at once (then never again) [default: 1].
     #[arg(long, env = "KV_EXPECT_NODES")]
@@ -272,6 +277,7 @@ impl ClusterSettings {
             suspect_after,
             tombstone_grace,
             sloppy_quorum,
+            hinted_handoff,
             expect_nodes
         );
     }
@@ -351,6 +357,7 @@ impl ClusterSettings {
                 read_all,
                 tombstone_grace,
                 sloppy_quorum: self.sloppy_quorum.unwrap_or(true),
+                hinted_handoff: self.hinted_handoff.unwrap_or(true),
                 zone: "default".into(),
             },
             max_replica_calls,

@@ -173,6 +173,7 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
                 read_all: f == 0,
                 tombstone_grace: Duration::from_millis(GRACE_MS),
                 sloppy_quorum: false,
+                hinted_handoff: false,
                 zone: "default".into(),
             };
             let instance = world.rng(|r| r.next_u64());

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::wire::{
-    decode, encode, Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest, BATCH_PATH, GOSSIP_PATH, SCAN_PATH,
-    STORE_BATCH_PATH,
+    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
+    BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, SCAN_PATH, STORE_BATCH_PATH,
 };
 use kv_coordinator::ReplicaError;
 use kv_gossip::Digest;
@@ -48,6 +48,12 @@ impl PeerRequest for StoreBatchRequest {
     type Reply = ();
 }
 
+impl PeerRequest for MerkleRequest {
+    const PATH: &'static str = MERKLE_PATH;
+    const NAME: &'static str = "merkle";
+    type Reply = MerkleResponse;
+}
+
 impl PeerRequest for Digest {
     const PATH: &'static str = GOSSIP_PATH;
     const NAME: &'static str = "gossip";
@@ -84,7 +90,8 @@ struct KindMetrics {
 }
 
 /// Request kinds: every [`PeerRequest::NAME`].
-const KINDS: [&str; 4] = [<Vec<Call>>::NAME, ScanRequest::NAME, StoreBatchRequest::NAME, Digest::NAME];
+const KINDS: [&str; 5] =
+    [<Vec<Call>>::NAME, ScanRequest::NAME, StoreBatchRequest::NAME, MerkleRequest::NAME, Digest::NAME];
 
 /// `outcome` labels of `kv_peer_requests_total`.
 const OUTCOMES: [&str; 4] = ["ok", "not_sent", "unreachable", "refused"];

@@ -87,6 +87,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run an anti-entropy round on the node at --admin-url now (Merkle comparison with every
+    /// other replica) and print what it moved.
+    Repair,
     /// Show each member's share of the ring.
     Ring,
     /// Resolve siblings: read the key and write VALUE with the read's context.
@@ -195,6 +198,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Leave => {
             client.leave()?;
             println!("leaving: the node hands off its ranges, then exits");
+            Ok(0)
+        }
+        Command::Repair => {
+            let report = client.repair()?;
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             Ok(0)
         }
         Command::Remove { id, force } => {

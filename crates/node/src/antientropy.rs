@@ -1,0 +1,487 @@
+//! [`AntiEntropy`]: compares this node's segment trees with the other replicas' and exchanges
+//! only the buckets that differ.
+//!
+//! Every `--anti-entropy-interval` (and at once on `POST /admin/repair`), for each other member,
+//! the worker takes the segments of the current ring that both hold completely
+//! ([`kv_replica::trees`]), asks for the roots of the peer's trees in one request, then for the
+//! children of the unequal nodes only, level by level (two more requests at depth 2), down to
+//! the differing leaf buckets. For each such bucket it reads the peer's keys in the bucket's hash
+//! interval (a `scan`), merges what it lacks into its own store, and sends back (a
+//! `store-batch`) the keys the peer lacks; both sides merge versions (siblings kept), so
+//! repair never drops a concurrent write. Segments with dropped hints ([`crate::hints::Dirty`])
+//! go first.
+//!
+//! Repair traffic is paced to `--repair-bytes-per-sec` (bytes received and sent), so a round
+//! after a wiped disk does not starve client traffic. Trees are not built by the round: they
+//! are kept current on every write, and built once per segment when the node starts to hold it.
+//!
+//! Safety: only replicas that hold a segment completely (owned now, not filling, not
+//! dropping) take part, on both sides, so a stale copy of a range a node lost never flows back;
+//! merging into a complete replica only adds versions that another complete replica holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_coordinator::wire::{
+    encode, Entry, MerkleQuery, MerkleRequest, ScanRequest, StoreBatchRequest, MAX_MERKLE_QUERIES,
+};
+use kv_coordinator::{Peer, RangeClient, Topology};
+use kv_membership::Membership;
+use kv_merkle::FANOUT;
+use kv_replica::trees::{segments, TREE_DEPTH};
+use kv_replica::{RangeTrees, ReplicaCore};
+use kv_transport::{HttpReplicaClient, PeerTransport};
+use kv_worker::{Worker, WorkerState};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What one anti-entropy round did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairReport {
+    /// Segment comparisons made (one per segment and peer).
+    pub segments_compared: u64,
+    /// Of which differed.
+    pub segments_differing: u64,
+    /// Leaf buckets exchanged.
+    pub buckets_exchanged: u64,
+    /// Tree node values fetched from peers.
+    pub tree_nodes_fetched: u64,
+    /// Keys merged into this node.
+    pub keys_received: u64,
+    /// Keys sent to peers.
+    pub keys_sent: u64,
+    /// Bytes of records received in bucket scans (all keys of the differing buckets).
+    pub bytes_received: u64,
+    /// Bytes of records sent to peers.
+    pub bytes_sent: u64,
+    /// Peers that could not be compared (down, unreachable, not holding the segments yet).
+    pub peers_skipped: Vec<String>,
+    /// Milliseconds the round took.
+    pub millis: u64,
+}
+
+/// Anti-entropy settings.
+#[derive(Debug, Clone, Copy)]
+pub struct AntiEntropyOptions {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Repair bytes per second, received plus sent.
+    pub bytes_per_sec: u64,
+    /// N.
+    pub replicas: usize,
+}
+
+/// Anti-entropy metrics.
+#[derive(Clone)]
+pub struct RepairMetrics {
+    rounds: IntCounter,
+    keys: IntCounterVec,
+    bytes: IntCounterVec,
+    oldest_sync: IntGauge,
+    segments: IntGauge,
+}
+
+impl RepairMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = RepairMetrics {
+            rounds: IntCounter::new("kv_repair_rounds_total", "Anti-entropy rounds run")?,
+            keys: IntCounterVec::new(
+                Opts::new("kv_repair_keys_total", "Keys repaired by anti-entropy, by direction (in, out)"),
+                &["direction"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new("kv_repair_bytes_total", "Record bytes moved by anti-entropy, by direction (in, out)"),
+                &["direction"],
+            )?,
+            oldest_sync: IntGauge::new(
+                "kv_repair_oldest_sync_seconds",
+                "Seconds since the segment least recently found in sync with every other replica was",
+            )?,
+            segments: IntGauge::new("kv_repair_segments", "Segments this node holds completely and keeps trees for")?,
+        };
+        registry.register(Box::new(m.rounds.clone()))?;
+        registry.register(Box::new(m.keys.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.oldest_sync.clone()))?;
+        registry.register(Box::new(m.segments.clone()))?;
+        Ok(m)
+    }
+}
+
+/// A request for a round now, answered with its report.
+pub type RepairRequest = oneshot::Sender<RepairReport>;
+
+/// Worker: Merkle anti-entropy.
+pub struct AntiEntropy {
+    core: Arc<ReplicaCore>,
+    trees: Arc<RangeTrees>,
+    membership: Arc<Membership>,
+    transport: PeerTransport,
+    remote: Arc<HttpReplicaClient>,
+    options: AntiEntropyOptions,
+    metrics: RepairMetrics,
+    dirty: Arc<crate::hints::Dirty>,
+    requests: mpsc::Receiver<RepairRequest>,
+    /// Requests taken while waiting, answered by the next round.
+    waiting: Vec<RepairRequest>,
+    next_round: Instant,
+    /// When each segment (by first hash) was last found in sync with every other replica.
+    in_sync: HashMap<u64, Instant>,
+    last: Option<RepairReport>,
+    /// Bytes moved since `budget_start`, for pacing.
+    budget: (Instant, u64),
+}
+
+impl AntiEntropy {
+    /// The worker, and the sender `POST /admin/repair` uses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: Arc<ReplicaCore>,
+        trees: Arc<RangeTrees>,
+        membership: Arc<Membership>,
+        transport: PeerTransport,
+        remote: Arc<HttpReplicaClient>,
+        options: AntiEntropyOptions,
+        metrics: RepairMetrics,
+        dirty: Arc<crate::hints::Dirty>,
+    ) -> (Self, mpsc::Sender<RepairRequest>) {
+        let (tx, requests) = mpsc::channel(16);
+        let worker = AntiEntropy {
+            core,
+            trees,
+            membership,
+            transport,
+            remote,
+            options,
+            metrics,
+            dirty,
+            requests,
+            waiting: Vec::new(),
+            next_round: Instant::now() + options.interval,
+            in_sync: HashMap::new(),
+            last: None,
+            budget: (Instant::now(), 0),
+        };
+        (worker, tx)
+    }
+
+    /// The segments of the current ring this node holds completely.
+    fn wanted(&self, topology: &Topology) -> Vec<(u64, u64)> {
+        let view = self.core.view();
+        segments(&topology.ring).into_iter().filter(|&(lo, hi)| view.serves_range(lo, hi)).collect()
+    }
+
+    /// Builds trees for newly held segments, forgets the others.
+    async fn keep_trees(&self, wanted: Vec<(u64, u64)>) -> Result<(), String> {
+        let (trees, engine) = (self.trees.clone(), self.core.engine().clone());
+        let built = tokio::task::spawn_blocking(move || trees.keep(&*engine, &wanted))
+            .await
+            .map_err(|e| format!("tree task: {e}"))?
+            .map_err(|e| format!("building trees: {e}"))?;
+        if built > 0 {
+            tracing::debug!(built, "segment trees built");
+        }
+        Ok(())
+    }
+
+    async fn pace(&mut self, bytes: u64) {
+        let (start, spent) = &mut self.budget;
+        if start.elapsed() > Duration::from_secs(10) {
+            *start = Instant::now();
+            *spent = 0;
+        }
+        *spent += bytes;
+        let due = Duration::from_secs_f64(*spent as f64 / self.options.bytes_per_sec.max(1) as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One round against every other replica.
+    async fn round(&mut self, shutdown: &CancellationToken) -> RepairReport {
+        let started = Instant::now();
+        let mut report = RepairReport::default();
+        let topology = self.membership.topology();
+        let wanted = self.wanted(&topology);
+        if let Err(e) = self.keep_trees(wanted.clone()).await {
+            tracing::warn!(error = %e, "anti-entropy: cannot build trees");
+            return report;
+        }
+        // Dirty positions first: their segments lead the list.
+        let dirty = self.dirty.take();
+        let mut order = wanted.clone();
+        order.sort_by_key(|&(lo, hi)| !dirty.range(lo..=hi).next().is_some());
+        let me = self.core.node_id().to_owned();
+        let mut peers: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+        for &(lo, hi) in &order {
+            for node in topology.ring.preference_list_at(hi, self.options.replicas) {
+                if node.id != me {
+                    peers.entry(node.id.clone()).or_default().push((lo, hi));
+                }
+            }
+        }
+        let mut synced: BTreeMap<u64, bool> = wanted.iter().map(|&(lo, _)| (lo, true)).collect();
+        for (id, segs) in peers {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let Some(address) = topology.addresses.get(&id) else { continue };
+            let peer = Peer { id: id.clone(), address: address.clone() };
+            if topology.down.contains(&id) {
+                report.peers_skipped.push(id.clone());
+                segs.iter().for_each(|(lo, _)| {
+                    synced.insert(*lo, false);
+                });
+                continue;
+            }
+            match self.compare(&peer, &segs, &mut report, shutdown).await {
+                Ok(unsynced) => unsynced.into_iter().for_each(|lo| {
+                    synced.insert(lo, false);
+                }),
+                Err(e) => {
+                    tracing::info!(peer = %id, error = %e, "anti-entropy: peer not compared");
+                    report.peers_skipped.push(id.clone());
+                    segs.iter().for_each(|(lo, _)| {
+                        synced.insert(*lo, false);
+                    });
+                }
+            }
+        }
+        let now = Instant::now();
+        self.in_sync.retain(|lo, _| synced.contains_key(lo));
+        for (lo, ok) in synced {
+            if ok {
+                self.in_sync.insert(lo, now);
+            }
+        }
+        let oldest = wanted
+            .iter()
+            .map(|(lo, _)| self.in_sync.get(lo).map_or(Duration::MAX, |t| now.duration_since(*t)))
+            .max()
+            .unwrap_or_default();
+        self.metrics.oldest_sync.set(if oldest == Duration::MAX { -1 } else { oldest.as_secs() as i64 });
+        self.metrics.segments.set(wanted.len() as i64);
+        self.metrics.rounds.inc();
+        report.millis = started.elapsed().as_millis() as u64;
+        if report.segments_differing > 0 || !report.peers_skipped.is_empty() {
+            tracing::info!(?report, "anti-entropy round");
+        }
+        report
+    }
+
+    /// Compares `segs` with `peer` and repairs what differs. Returns the segments that could not
+    /// be compared (the peer holds no complete copy of them yet).
+    async fn compare(
+        &mut self,
+        peer: &Peer,
+        segs: &[(u64, u64)],
+        report: &mut RepairReport,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<u64>, String> {
+        let mut unsynced = Vec::new();
+        // Frontier per segment: the unequal nodes of the level above, starting at the roots.
+        let mut frontier: Vec<((u64, u64), Vec<usize>)> = segs.iter().map(|&s| (s, vec![0])).collect();
+        for level in 0..=TREE_DEPTH {
+            let asks: Vec<((u64, u64), Vec<usize>)> = frontier
+                .iter()
+                .map(|(seg, unequal)| {
+                    let indices = if level == 0 {
+                        vec![0]
+                    } else {
+                        unequal.iter().flat_map(|p| p * FANOUT..(p + 1) * FANOUT).collect()
+                    };
+                    (*seg, indices)
+                })
+                .collect();
+            let mut next = Vec::new();
+            for chunk in asks.chunks(MAX_MERKLE_QUERIES) {
+                let queries = chunk
+                    .iter()
+                    .map(|((lo, hi), indices)| MerkleQuery {
+                        lo: *lo,
+                        hi: *hi,
+                        level,
+                        indices: indices.iter().map(|&i| i as u32).collect(),
+                    })
+                    .collect();
+                let answer = self
+                    .transport
+                    .request(&peer.address, &MerkleRequest { queries })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if answer.answers.len() != chunk.len() {
+                    return Err("merkle answer of the wrong length".into());
+                }
+                for (((lo, hi), indices), theirs) in chunk.iter().zip(answer.answers) {
+                    let (Some(theirs), Some(mine)) = (theirs, self.trees.values(*lo, *hi, level, indices)) else {
+                        unsynced.push(*lo);
+                        continue;
+                    };
+                    report.tree_nodes_fetched += theirs.len() as u64;
+                    if level == 0 {
+                        report.segments_compared += 1;
+                    }
+                    let unequal: Vec<usize> = indices
+                        .iter()
+                        .zip(mine.iter().zip(&theirs))
+                        .filter(|(_, (a, b))| a != b)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    if unequal.is_empty() {
+                        continue;
+                    }
+                    if level == 0 {
+                        report.segments_differing += 1;
+                    }
+                    next.push(((*lo, *hi), unequal));
+                }
+            }
+            if level == TREE_DEPTH {
+                for ((lo, hi), buckets) in &next {
+                    for &bucket in buckets {
+                        if shutdown.is_cancelled() {
+                            return Ok(unsynced);
+                        }
+                        let Some((first, last)) = self.trees.bucket_range(*lo, *hi, bucket) else { continue };
+                        if first > last {
+                            continue;
+                        }
+                        if let Err(e) = self.exchange(peer, first, last, report).await {
+                            tracing::info!(peer = %peer.id, error = %e, "anti-entropy: bucket not exchanged");
+                            unsynced.push(*lo);
+                        }
+                    }
+                }
+            }
+            frontier = next;
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        Ok(unsynced)
+    }
+
+    /// Exchanges the keys of the hash interval `first..=last` with `peer`, both ways.
+    async fn exchange(&mut self, peer: &Peer, first: u64, last: u64, report: &mut RepairReport) -> Result<(), String> {
+        report.buckets_exchanged += 1;
+        let mut theirs: Vec<Entry> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .remote
+                .scan(peer, ScanRequest { first_hash: first, last_hash: last, after: after.clone(), limit: 1000 })
+                .await
+                .map_err(|e| e.to_string())?;
+            after = page.entries.last().map(|(k, _)| k.clone());
+            theirs.extend(page.entries);
+            if page.done || after.is_none() {
+                break;
+            }
+        }
+        let received = encode(&theirs).len() as u64;
+        let core = self.core.clone();
+        let mine: Vec<Entry> = tokio::task::spawn_blocking(move || core.scan(first, last, None, usize::MAX))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|r| r.message)?;
+        let mine_by_key: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
+            mine.iter().map(|(k, v)| (k.as_slice(), v)).collect();
+        let theirs_by_key: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
+            theirs.iter().map(|(k, v)| (k.as_slice(), v)).collect();
+        let empty = Vec::new();
+        let to_me: Vec<Entry> = theirs
+            .iter()
+            .filter(|(k, vs)| lacks(mine_by_key.get(k.as_slice()).copied().unwrap_or(&empty), vs))
+            .cloned()
+            .collect();
+        let to_them: Vec<Entry> = mine
+            .iter()
+            .filter(|(k, vs)| lacks(theirs_by_key.get(k.as_slice()).copied().unwrap_or(&empty), vs))
+            .cloned()
+            .collect();
+        let keys: BTreeSet<&[u8]> = to_me.iter().chain(&to_them).map(|(k, _)| k.as_slice()).collect();
+        tracing::debug!(peer = %peer.id, first, last, keys = keys.len(), "anti-entropy bucket");
+        let (in_keys, out_keys) = (to_me.len() as u64, to_them.len() as u64);
+        if !to_me.is_empty() {
+            let core = self.core.clone();
+            tokio::task::spawn_blocking(move || core.store_stream(to_me))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|r| r.message)?;
+        }
+        let mut sent = 0;
+        if !to_them.is_empty() {
+            sent = encode(&to_them).len() as u64;
+            self.remote
+                .store_batch(peer, StoreBatchRequest { entries: to_them, begin: None, complete: None })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        report.keys_received += in_keys;
+        report.keys_sent += out_keys;
+        report.bytes_received += received;
+        report.bytes_sent += sent;
+        self.metrics.keys.with_label_values(&["in"]).inc_by(in_keys);
+        self.metrics.keys.with_label_values(&["out"]).inc_by(out_keys);
+        self.metrics.bytes.with_label_values(&["in"]).inc_by(received);
+        self.metrics.bytes.with_label_values(&["out"]).inc_by(sent);
+        self.pace(received + sent).await;
+        Ok(())
+    }
+}
+
+impl Worker for AntiEntropy {
+    fn name(&self) -> String {
+        "anti-entropy".into()
+    }
+
+    fn status(&self) -> String {
+        match &self.last {
+            Some(r) => format!(
+                "last round: {} segment comparisons, {} differing, {} keys in, {} keys out, {} ms",
+                r.segments_compared, r.segments_differing, r.keys_received, r.keys_sent, r.millis
+            ),
+            None => "no round yet".into(),
+        }
+    }
+
+    async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        while let Ok(request) = self.requests.try_recv() {
+            waiting.push(request);
+        }
+        let topology = self.membership.topology();
+        self.keep_trees(self.wanted(&topology)).await?;
+        if waiting.is_empty() && Instant::now() < self.next_round {
+            return Ok(WorkerState::Idle);
+        }
+        let report = self.round(shutdown).await;
+        self.next_round = Instant::now() + self.options.interval;
+        for request in waiting {
+            let _ = request.send(report.clone());
+        }
+        self.last = Some(report);
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        let tick = Duration::from_secs(1).min(self.options.interval);
+        tokio::select! {
+            request = self.requests.recv() => {
+                if let Some(request) = request {
+                    self.waiting.push(request);
+                }
+            }
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+/// Whether `have` lacks a version of `other` (by dot: a dot names one version forever).
+fn lacks(have: &[kv_storage::Version], other: &[kv_storage::Version]) -> bool {
+    other.iter().any(|o| !have.iter().any(|h| h.dot == o.dot))
+}

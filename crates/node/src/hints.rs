@@ -1,0 +1,321 @@
+//! [`HintDispatcher`]: hands the hints this node keeps to their owners once they are back.
+//!
+//! A coordinator whose store to a replica failed (or that knew the replica down) gave the write
+//! to a fallback as a hint ([`kv_coordinator::Coordinator::put_with`]); the fallback's
+//! [`kv_storage::HintStore`] keeps it durably. This worker, on the fallback:
+//!
+//! - **delivers** each target's hints, oldest first, once membership no longer holds the target
+//!   down, as a `store-batch` the target merges durably before answering; a hint is deleted only
+//!   after that answer, so a crash of either side at any point leaves it to be sent again
+//!   (merging is idempotent);
+//! - **paces** delivery at `--hint-rate` hints per second, so a returning node is not flooded
+//!   while it also serves clients and catches up by read repair and anti-entropy;
+//! - **re-routes** a hint whose target no longer holds the key's range (the ring changed, or the
+//!   target was removed) to the key's current replicas: a hint may be the only copy beyond the
+//!   write's W acknowledgements, so it is never dropped for that;
+//! - **drops** only what must go, and says so: hints past `--hint-max-age`, and hints holding
+//!   a version older than half the tombstone grace (the hand-off rule of
+//!   [`kv_coordinator::plan::hand_off`]: such a version may have been deleted by a tombstone
+//!   purged since, and delivering it would bring it back). Each drop marks the key's position
+//!   dirty ([`Dirty`]) so anti-entropy compares its segment first.
+//!
+//! Metrics: `kv_hints_pending{target}`, `kv_hints_pending_bytes{target}`,
+//! `kv_hints_oldest_seconds{target}`, `kv_hints_delivered_total`, `kv_hints_dropped_total{reason}`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_coordinator::plan::hand_off;
+use kv_coordinator::wire::StoreBatchRequest;
+use kv_coordinator::{now_ms, Peer, RangeClient, ReplicaError, Topology};
+use kv_gossip::Status;
+use kv_membership::Membership;
+use kv_storage::{Hint, HintStore};
+use kv_transport::HttpReplicaClient;
+use kv_worker::{Worker, WorkerState};
+use parking_lot::Mutex;
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+
+/// Key positions whose replicas may differ because a hint for them was dropped: anti-entropy
+/// compares their segments before the others.
+#[derive(Default)]
+pub struct Dirty(Mutex<BTreeSet<u64>>);
+
+impl Dirty {
+    /// Marks the position of `key`.
+    pub fn mark(&self, key: &[u8]) {
+        let mut set = self.0.lock();
+        // Bounded: past this many, anti-entropy's regular round covers everything anyway.
+        if set.len() < 100_000 {
+            set.insert(kv_ring::hash_key(key));
+        }
+    }
+
+    /// Takes every marked position.
+    pub fn take(&self) -> BTreeSet<u64> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+/// Hinted-handoff settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HintOptions {
+    /// Hints delivered per second, at most.
+    pub rate: u32,
+    /// N.
+    pub replicas: usize,
+    /// Tombstone grace (ms): a hint holding a version older than half of it is not delivered.
+    pub grace_ms: u64,
+}
+
+/// Hinted-handoff metrics.
+#[derive(Clone)]
+pub struct HintMetrics {
+    pending: IntGaugeVec,
+    pending_bytes: IntGaugeVec,
+    oldest: IntGaugeVec,
+    delivered: IntCounter,
+    dropped: IntCounterVec,
+}
+
+impl HintMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = HintMetrics {
+            pending: IntGaugeVec::new(Opts::new("kv_hints_pending", "Hints kept for a target"), &["target"])?,
+            pending_bytes: IntGaugeVec::new(
+                Opts::new("kv_hints_pending_bytes", "Encoded bytes of hints kept for a target"),
+                &["target"],
+            )?,
+            oldest: IntGaugeVec::new(
+                Opts::new("kv_hints_oldest_seconds", "Age of the oldest hint kept for a target"),
+                &["target"],
+            )?,
+            delivered: IntCounter::new("kv_hints_delivered_total", "Hints merged by their owner and deleted")?,
+            dropped: IntCounterVec::new(
+                Opts::new("kv_hints_dropped_total", "Hints dropped undelivered, by reason (expired, too_old)"),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(m.pending.clone()))?;
+        registry.register(Box::new(m.pending_bytes.clone()))?;
+        registry.register(Box::new(m.oldest.clone()))?;
+        registry.register(Box::new(m.delivered.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Hints sent to a target in one request.
+const PAGE: usize = 256;
+
+/// Worker: delivers hints to their owners.
+pub struct HintDispatcher {
+    store: Arc<HintStore>,
+    membership: Arc<Membership>,
+    remote: Arc<HttpReplicaClient>,
+    options: HintOptions,
+    metrics: HintMetrics,
+    dirty: Arc<Dirty>,
+    delivered: u64,
+    dropped: u64,
+    shown: BTreeSet<String>,
+}
+
+impl HintDispatcher {
+    /// A dispatcher over `store`.
+    pub fn new(
+        store: Arc<HintStore>,
+        membership: Arc<Membership>,
+        remote: Arc<HttpReplicaClient>,
+        options: HintOptions,
+        metrics: HintMetrics,
+        dirty: Arc<Dirty>,
+    ) -> Self {
+        HintDispatcher {
+            store,
+            membership,
+            remote,
+            options,
+            metrics,
+            dirty,
+            delivered: 0,
+            dropped: 0,
+            shown: BTreeSet::new(),
+        }
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&HintStore) -> kv_storage::Result<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, String>> {
+        let store = self.store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&store))
+                .await
+                .map_err(|e| format!("hint store task: {e}"))?
+                .map_err(|e| format!("hint store: {e}"))
+        }
+    }
+
+    fn refresh_gauges(&mut self) {
+        let now = now_ms();
+        let pending = self.store.pending();
+        for gone in self.shown.iter().filter(|t| !pending.contains_key(*t)) {
+            for gauge in [&self.metrics.pending, &self.metrics.pending_bytes, &self.metrics.oldest] {
+                let _ = gauge.remove_label_values(&[gone]);
+            }
+        }
+        for (target, p) in &pending {
+            self.metrics.pending.with_label_values(&[target]).set(p.count as i64);
+            self.metrics.pending_bytes.with_label_values(&[target]).set(p.bytes as i64);
+            let age = p.oldest_ms.map_or(0, |o| now.saturating_sub(o) / 1000);
+            self.metrics.oldest.with_label_values(&[target]).set(age as i64);
+        }
+        self.shown = pending.keys().cloned().collect();
+    }
+
+    /// Delivers one page of `target`'s hints; returns how many were delivered or dropped.
+    async fn deliver(&mut self, topology: &Topology, target: &str, gone: bool) -> Result<usize, String> {
+        let target_owned = target.to_owned();
+        let page = self.blocking(move |s| s.page(&target_owned, None, PAGE)).await?;
+        if page.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let (mut deliver, mut stale) = (Vec::new(), Vec::new());
+        for (seq, hint) in page {
+            let record = kv_vclock::Siblings::from_versions(hint.versions.clone());
+            if hand_off(&record, now, self.options.grace_ms) {
+                deliver.push((seq, hint));
+            } else {
+                stale.push((seq, hint));
+            }
+        }
+        if !stale.is_empty() {
+            self.drop_hints(target, &stale, "too_old").await?;
+        }
+        if deliver.is_empty() {
+            return Ok(stale.len());
+        }
+        let entries: Vec<(Vec<u8>, Vec<kv_storage::Version>)> =
+            deliver.iter().map(|(_, h)| (h.key.clone(), h.versions.clone())).collect();
+        let member =
+            topology.addresses.get(target).map(|address| Peer { id: target.to_owned(), address: address.clone() });
+        let sent = match member.filter(|_| !gone) {
+            Some(peer) => {
+                self.remote.store_batch(&peer, StoreBatchRequest { entries, begin: None, complete: None }).await
+            }
+            None => Err(ReplicaError::NotOwner(format!("{target} is no longer a member"))),
+        };
+        match sent {
+            Ok(()) => {}
+            // The target no longer holds these keys: hand each to its current replicas.
+            Err(ReplicaError::NotOwner(reason)) => {
+                tracing::info!(target, %reason, hints = deliver.len(), "re-routing hints to the keys' current replicas");
+                self.reroute(topology, &deliver).await?;
+            }
+            Err(e) => return Err(format!("delivering {} hints to {target}: {e}", deliver.len())),
+        }
+        let seqs: Vec<u64> = deliver.iter().map(|(seq, _)| *seq).collect();
+        let count = seqs.len();
+        let target_owned = target.to_owned();
+        self.blocking(move |s| s.remove(&target_owned, &seqs)).await?;
+        self.delivered += count as u64;
+        self.metrics.delivered.inc_by(count as u64);
+        Ok(count + stale.len())
+    }
+
+    /// Stores each hint on every current replica of its key (this node included, when it is
+    /// one: through its own peer listener, like any other).
+    async fn reroute(&self, topology: &Topology, hints: &[(u64, Hint)]) -> Result<(), String> {
+        for (_, hint) in hints {
+            for peer in topology.preference_list(&hint.key, self.options.replicas) {
+                let request = StoreBatchRequest {
+                    entries: vec![(hint.key.clone(), hint.versions.clone())],
+                    begin: None,
+                    complete: None,
+                };
+                self.remote
+                    .store_batch(&peer, request)
+                    .await
+                    .map_err(|e| format!("re-routing a hint to {}: {e}", peer.id))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_hints(&mut self, target: &str, hints: &[(u64, Hint)], reason: &str) -> Result<(), String> {
+        for (_, hint) in hints {
+            self.dirty.mark(&hint.key);
+        }
+        let seqs: Vec<u64> = hints.iter().map(|(seq, _)| *seq).collect();
+        let target_owned = target.to_owned();
+        self.blocking(move |s| s.remove(&target_owned, &seqs)).await?;
+        tracing::warn!(
+            target,
+            hints = hints.len(),
+            reason,
+            "hints dropped undelivered; anti-entropy repairs their keys"
+        );
+        self.dropped += hints.len() as u64;
+        self.metrics.dropped.with_label_values(&[reason]).inc_by(hints.len() as u64);
+        Ok(())
+    }
+}
+
+impl Worker for HintDispatcher {
+    fn name(&self) -> String {
+        "hints".into()
+    }
+
+    fn status(&self) -> String {
+        let pending: u64 = self.store.pending().values().map(|p| p.count).sum();
+        format!("{pending} hints pending; {} delivered, {} dropped", self.delivered, self.dropped)
+    }
+
+    async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        let expired = self.blocking(move |s| s.expire(now_ms())).await?;
+        for (target, count) in expired {
+            tracing::warn!(target, count, "hints expired (--hint-max-age); anti-entropy repairs their ranges");
+            self.dropped += count;
+            self.metrics.dropped.with_label_values(&["expired"]).inc_by(count);
+            // Their keys are gone with them: every segment is compared in the next round.
+        }
+        self.refresh_gauges();
+        let topology = self.membership.topology();
+        let mut moved = 0;
+        let targets: Vec<String> = self.store.pending().into_keys().collect();
+        for target in targets {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A target that is no longer a member: its hints go to the keys' current replicas.
+            let gone =
+                self.membership.state(&target).is_none_or(|s| matches!(s.status, Status::Removed | Status::Left));
+            if !gone && self.membership.is_down(&target) {
+                continue;
+            }
+            match self.deliver(&topology, &target, gone).await {
+                Ok(count) => {
+                    moved += count;
+                    // Pacing: `rate` hints per second over all targets.
+                    let pause = Duration::from_secs_f64(count as f64 / f64::from(self.options.rate.max(1)));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => tracing::debug!(target, error = %e, "hint delivery failed; retrying later"),
+            }
+        }
+        self.refresh_gauges();
+        Ok(if moved > 0 { WorkerState::Busy } else { WorkerState::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
