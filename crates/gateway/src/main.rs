@@ -112,6 +112,7 @@ fn start() -> Result<(), RunError> {
             timeout: cluster.coordinator.replica_timeout,
             max_in_flight: cluster.max_replica_calls.get(),
             signer: Signer::default(),
+            local_address: Some(server.listen.ip()).filter(|ip| !ip.is_unspecified()),
         };
         let transport = PeerTransport::new(options, Some(&registry)).map_err(RunError::Startup)?;
         let client = Arc::new(HttpReplicaClient::new(

@@ -123,3 +123,11 @@ pub async fn repair(State(state): State<Arc<NodeState>>) -> Result<(StatusCode, 
         Err(_) => Ok((StatusCode::ACCEPTED, Json(json!({ "status": "running" })))),
     }
 }
+
+/// `GET /admin/trees`: how many segment trees this node keeps and one digest of all their
+/// ranges and roots. Replicas holding the same segments have converged when their digests
+/// are equal (the fault-injection tests wait for that).
+pub async fn trees(State(state): State<Arc<NodeState>>) -> Json<Value> {
+    let (segments, digest) = state.trees.summary();
+    Json(json!({ "segments": segments, "digest": format!("{digest:032x}") }))
+}

@@ -104,5 +104,6 @@ pub fn admin_router(state: Arc<NodeState>) -> Router {
         .route("/admin/leave", post(admin::leave))
         .route("/admin/remove/{id}", post(admin::remove))
         .route("/admin/repair", post(admin::repair))
+        .route("/admin/trees", get(admin::trees))
         .with_state(state)
 }

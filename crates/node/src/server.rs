@@ -173,6 +173,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             timeout: config.cluster.coordinator.replica_timeout,
             max_in_flight: config.cluster.max_replica_calls.get(),
             signer: signer.clone(),
+            local_address: Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified()),
         },
         Some(&registry),
     )

@@ -142,6 +142,19 @@ impl RangeTrees {
         self.trees.lock().values().map(|t| (*t.range().start(), *t.range().end())).collect()
     }
 
+    /// One digest of every held segment's range and root: two replicas holding the same
+    /// segments with the same contents have the same summary.
+    pub fn summary(&self) -> (usize, u128) {
+        let trees = self.trees.lock();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for tree in trees.values() {
+            hasher.update(&tree.range().start().to_le_bytes());
+            hasher.update(&tree.range().end().to_le_bytes());
+            hasher.update(&tree.root().to_le_bytes());
+        }
+        (trees.len(), hasher.digest128())
+    }
+
     /// A copy of the tree of segment `lo..=hi`, if held.
     pub fn tree(&self, lo: Token, hi: Token) -> Option<MerkleTree> {
         self.trees.lock().get(&lo).filter(|t| *t.range().end() == hi).cloned()

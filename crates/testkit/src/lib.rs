@@ -86,9 +86,13 @@ pub fn encode_key(key: &str) -> String {
         .collect()
 }
 
-/// The ports a process listens on, on 127.0.0.1.
+const LOCALHOST: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
+/// The ports a process listens on, on its loopback address (127.0.0.1 unless [`Ports::on`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
+    /// The address it listens on (and, being a peer, calls from).
+    pub host: std::net::Ipv4Addr,
     /// Client API (`--listen`).
     pub client: u16,
     /// Peer listener (`--peer-listen`), nodes only.
@@ -103,30 +107,37 @@ impl Ports {
     pub fn node() -> Ports {
         let [client, peer, admin] = free_ports();
         if legacy() {
-            return Ports { client, peer: Some(client), admin: client };
+            return Ports { host: LOCALHOST, client, peer: Some(client), admin: client };
         }
-        Ports { client, peer: Some(peer), admin }
+        Ports { host: LOCALHOST, client, peer: Some(peer), admin }
     }
 
     /// Free ports for a gateway (no peer listener).
     pub fn gateway() -> Ports {
         let [client, admin] = free_ports();
         if legacy() {
-            return Ports { client, peer: None, admin: client };
+            return Ports { host: LOCALHOST, client, peer: None, admin: client };
         }
-        Ports { client, peer: None, admin }
+        Ports { host: LOCALHOST, client, peer: None, admin }
+    }
+
+    /// The same ports on loopback address `host` (127.0.0.2, ...: every 127/8 address is local
+    /// on Linux), so that firewall rules can tell processes apart.
+    pub fn on(self, host: std::net::Ipv4Addr) -> Ports {
+        Ports { host, ..self }
     }
 
     /// The flags that make a process listen on these ports.
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{}", self.client)];
+        let host = self.host;
+        let mut args = vec!["--listen".to_owned(), format!("{host}:{}", self.client)];
         if legacy() {
             return args;
         }
         if let Some(peer) = self.peer {
-            args.extend(["--peer-listen".to_owned(), format!("127.0.0.1:{peer}")]);
+            args.extend(["--peer-listen".to_owned(), format!("{host}:{peer}")]);
         }
-        args.extend(["--admin-listen".to_owned(), format!("127.0.0.1:{}", self.admin)]);
+        args.extend(["--admin-listen".to_owned(), format!("{host}:{}", self.admin)]);
         args
     }
 }
@@ -213,17 +224,17 @@ impl Proc {
         } else {
             self.ports.client
         };
-        format!("http://127.0.0.1:{port}{path}")
+        format!("http://{}:{port}{path}", self.ports.host)
     }
 
     /// `http://127.0.0.1:<admin port><path>`, whatever the path.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.ports.admin, path)
+        format!("http://{}:{}{}", self.ports.host, self.ports.admin, path)
     }
 
     /// `http://127.0.0.1:<client port><path>`, whatever the path.
     pub fn client_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.ports.client, path)
+        format!("http://{}:{}{}", self.ports.host, self.ports.client, path)
     }
 
     /// URL of a key on the client API.
@@ -233,7 +244,7 @@ impl Proc {
 
     /// `host:port` other processes reach it at: a node's peer listener, a gateway's client API.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.peer.unwrap_or(self.ports.client))
+        format!("{}:{}", self.ports.host, self.ports.peer.unwrap_or(self.ports.client))
     }
 
     /// Whether the process is running.
@@ -442,9 +453,22 @@ impl Cluster {
     /// Starts `nodes` nodes and `gateways` gateways; `node_args` go to every node. Returns once
     /// every process lists all nodes as normal members.
     pub fn start(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
+        Cluster::start_with_ports(nodes, gateways, node_args, |_| Ports::node())
+    }
+
+    /// [`Cluster::start`] with node `i` on loopback address `127.0.0.{i + 2}` (n1 on
+    /// 127.0.0.2, ...) and calling its peers from it, so that iptables rules between two
+    /// addresses partition two nodes. Gateways and the test itself stay on 127.0.0.1.
+    pub fn start_spread(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
+        Cluster::start_with_ports(nodes, gateways, node_args, |i| {
+            Ports::node().on(std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+        })
+    }
+
+    fn start_with_ports(nodes: usize, gateways: usize, node_args: &[&str], ports: impl Fn(usize) -> Ports) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<Ports> = (0..nodes).map(|_| Ports::node()).collect();
-        let seeds = ports.iter().map(|p| format!("127.0.0.1:{}", p.peer.unwrap_or(p.client))).collect::<Vec<_>>();
+        let ports: Vec<Ports> = (0..nodes).map(ports).collect();
+        let seeds = ports.iter().map(|p| format!("{}:{}", p.host, p.peer.unwrap_or(p.client))).collect::<Vec<_>>();
         let seeds = seeds.join(",");
         let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
         for ports in ports {

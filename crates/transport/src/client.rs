@@ -70,6 +70,10 @@ pub struct TransportOptions {
     pub max_in_flight: usize,
     /// Signs every request.
     pub signer: Signer,
+    /// Source address of outgoing connections: the address this process listens on for
+    /// peers, so that peers (and firewalls) see one address per process. `None`: the system's
+    /// choice.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// `kv_peer_requests_total{request, outcome}` and `kv_peer_bytes_total{request, direction}`.
@@ -150,6 +154,7 @@ impl PeerTransport {
             .connect_timeout(options.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            .local_address(options.local_address)
             .build()
             .map_err(|e| format!("peer HTTP client: {e}"))?;
         let metrics = registry.map(register).transpose().map_err(|e| format!("transport metrics: {e}"))?.map(Arc::new);
