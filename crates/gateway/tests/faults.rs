@@ -188,9 +188,12 @@ fn converge(cluster: &Cluster) -> Duration {
 
 fn wait_normal(cluster: &Cluster, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.nodes.iter().filter(|n| n.is_running()).any(|n| {
-        statuses(n).values().filter(|s| s.as_str() == "normal").count() != count
-    }) {
+    while cluster
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .any(|n| statuses(n).values().filter(|s| s.as_str() == "normal").count() != count)
+    {
         assert!(Instant::now() < deadline, "members did not all become normal");
         std::thread::sleep(Duration::from_millis(100));
     }

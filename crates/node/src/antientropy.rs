@@ -214,7 +214,7 @@ impl AntiEntropy {
         // Dirty positions first: their segments lead the list.
         let dirty = self.dirty.take();
         let mut order = wanted.clone();
-        order.sort_by_key(|&(lo, hi)| !dirty.range(lo..=hi).next().is_some());
+        order.sort_by_key(|&(lo, hi)| dirty.range(lo..=hi).next().is_none());
         let me = self.core.node_id().to_owned();
         let mut peers: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
         for &(lo, hi) in &order {
