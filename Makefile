@@ -48,11 +48,12 @@ docs-check: bins
 test:
 	./scripts/test.sh
 
-# Long runs kept out of `make test`: 200,000 model-checker histories and a 2-minute soak
-# without false failure detections.
+# Long runs kept out of `make test`: 200,000 model-checker histories, a 2-minute soak
+# without false failure detections, and anti-entropy over 100,000 keys.
 test-long: deps bins
 	KV_SIM_HISTORIES=200000 $(CARGO) test -p kv-sim --test model figures_model_checker -- --nocapture
 	KV_SOAK_SECS=120 $(CARGO) test -p kv-gateway --test membership no_member_is_marked_down_falsely -- --nocapture
+	KV_AE_KEYS=100000 $(CARGO) test -p kv-gateway --test failures one_round_moves_only_the_differing_buckets -- --nocapture
 
 bench:
 	./scripts/bench.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs, idempotently: the Rust components and cargo-nextest.
+# Installs what `make test` needs, idempotently: the Rust components, cargo-nextest, and (as
+# root) iptables for the partition tests.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -16,3 +17,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3; }
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+# The fault-injection suite partitions nodes with iptables (it says so and skips when not root).
+if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq iptables
+fi

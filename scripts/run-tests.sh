@@ -8,6 +8,12 @@ cleanup() {
   # Tests kill their children on drop; this catches any a killed test process left behind.
   pkill -KILL -f "^$target/kvnode" 2>/dev/null || true
   pkill -KILL -f "^$target/kvgateway" 2>/dev/null || true
+  # Partition rules of the fault-injection tests (comment kv-test-<pid>) a killed test left.
+  if command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    iptables -S INPUT 2>/dev/null | grep -- '--comment "\?kv-test-' | sed 's/^-A /-D /' | while read -r rule; do
+      eval "iptables $rule" || true
+    done
+  fi
 }
 trap cleanup EXIT
 

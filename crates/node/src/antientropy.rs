@@ -298,7 +298,7 @@ impl AntiEntropy {
                 })
                 .collect();
             let mut next = Vec::new();
-            for chunk in asks.chunks(MAX_MERKLE_QUERIES) {
+            for chunk in chunks(&asks) {
                 let queries = chunk
                     .iter()
                     .map(|((lo, hi), indices)| MerkleQuery {
@@ -479,6 +479,27 @@ impl Worker for AntiEntropy {
             () = tokio::time::sleep(tick) => {}
         }
     }
+}
+
+/// Most node values asked in one Merkle request (the peer refuses more than 2^20).
+const MAX_VALUES_PER_REQUEST: usize = 1 << 19;
+
+/// `asks` cut into requests of at most [`MAX_MERKLE_QUERIES`] queries and
+/// [`MAX_VALUES_PER_REQUEST`] values.
+fn chunks(asks: &[((u64, u64), Vec<usize>)]) -> Vec<&[((u64, u64), Vec<usize>)]> {
+    let mut out = Vec::new();
+    let (mut start, mut values) = (0, 0);
+    for (i, (_, indices)) in asks.iter().enumerate() {
+        if i > start && (i - start >= MAX_MERKLE_QUERIES || values + indices.len() > MAX_VALUES_PER_REQUEST) {
+            out.push(&asks[start..i]);
+            (start, values) = (i, 0);
+        }
+        values += indices.len();
+    }
+    if start < asks.len() {
+        out.push(&asks[start..]);
+    }
+    out
 }
 
 /// Whether `have` lacks a version of `other` (by dot: a dot names one version forever).

@@ -91,7 +91,7 @@ pub struct Settings {
     #[arg(long, env = "KV_HINT_MAX_MB")]
     pub hint_max_mb: Option<u64>,
     /// Hints older than this are dropped undelivered and their keys left to anti-entropy; at
-    /// most half of --tombstone-grace [default: 3h].
+    /// most half of --tombstone-grace [default: 3h, or a quarter of the grace if shorter].
     #[arg(long, env = "KV_HINT_MAX_AGE")]
     pub hint_max_age: Option<String>,
     /// Hints delivered per second, at most, so a returning node is not flooded [default: 2000].
@@ -228,10 +228,15 @@ impl Settings {
         if hint_max_mb == 0 || hint_max_mb > 1 << 24 {
             return Err(format!("--hint-max-mb: must be 1 to 16777216, got {hint_max_mb}"));
         }
-        let hint_max_age = duration_setting("--hint-max-age", self.hint_max_age.as_deref(), "3h")?;
         // A hint is delivered only while its versions are younger than half the grace (the
-        // hand-off rule, docs/consistency.md); one kept longer could never be delivered.
+        // hand-off rule, docs/consistency.md); one kept longer could never be delivered. The
+        // default is 3 h, or a quarter of the grace if that is shorter (a hint is then taken
+        // only of versions younger than a quarter of the grace).
         let half_grace = cluster.coordinator.tombstone_grace / 2;
+        let hint_max_age = match self.hint_max_age.as_deref() {
+            Some(text) => duration_setting("--hint-max-age", Some(text), "3h")?,
+            None => (half_grace / 2).min(std::time::Duration::from_secs(3 * 3600)),
+        };
         if hint_max_age.is_zero() || hint_max_age > half_grace {
             return Err(format!(
                 "--hint-max-age: must be above zero and at most half of --tombstone-grace ({half_grace:?}), got {hint_max_age:?}"

@@ -119,6 +119,9 @@ pub struct HintDispatcher {
     options: HintOptions,
     metrics: HintMetrics,
     dirty: Arc<Dirty>,
+    /// Per target, the sequence number after which the next pass starts (hints before it
+    /// could not be re-routed yet); cleared when a pass starts from it.
+    cursor: std::collections::HashMap<String, u64>,
     delivered: u64,
     dropped: u64,
     shown: BTreeSet<String>,
@@ -141,6 +144,7 @@ impl HintDispatcher {
             options,
             metrics,
             dirty,
+            cursor: Default::default(),
             delivered: 0,
             dropped: 0,
             shown: BTreeSet::new(),
@@ -180,7 +184,8 @@ impl HintDispatcher {
     /// Delivers one page of `target`'s hints; returns how many were delivered or dropped.
     async fn deliver(&mut self, topology: &Topology, target: &str, gone: bool) -> Result<usize, String> {
         let target_owned = target.to_owned();
-        let page = self.blocking(move |s| s.page(&target_owned, None, PAGE)).await?;
+        let after = self.cursor.remove(target);
+        let page = self.blocking(move |s| s.page(&target_owned, after, PAGE)).await?;
         if page.is_empty() {
             return Ok(0);
         }
@@ -215,7 +220,13 @@ impl HintDispatcher {
             // The target no longer holds these keys: hand each to its current replicas.
             Err(ReplicaError::NotOwner(reason)) => {
                 tracing::info!(target, %reason, hints = deliver.len(), "re-routing hints to the keys' current replicas");
-                self.reroute(topology, &deliver).await?;
+                let kept = self.reroute(topology, &deliver).await;
+                if !kept.is_empty() {
+                    // Those stay for a later pass; the next pass starts after this page so that
+                    // they do not hold up the target's other hints.
+                    self.cursor.insert(target.to_owned(), deliver.last().map_or(0, |(seq, _)| *seq));
+                    deliver.retain(|(seq, _)| !kept.contains(seq));
+                }
             }
             Err(e) => return Err(format!("delivering {} hints to {target}: {e}", deliver.len())),
         }
@@ -228,23 +239,28 @@ impl HintDispatcher {
         Ok(count + stale.len())
     }
 
-    /// Stores each hint on every current replica of its key (this node included, when it is
-    /// one: through its own peer listener, like any other).
-    async fn reroute(&self, topology: &Topology, hints: &[(u64, Hint)]) -> Result<(), String> {
-        for (_, hint) in hints {
-            for peer in topology.preference_list(&hint.key, self.options.replicas) {
+    /// Stores each hint on every current and pending replica of its key (this node included,
+    /// when it is one: through its own peer listener, like any other). Returns the sequence
+    /// numbers of the hints that some replica could not take now: they are kept.
+    async fn reroute(&self, topology: &Topology, hints: &[(u64, Hint)]) -> Vec<u64> {
+        let mut kept = Vec::new();
+        for (seq, hint) in hints {
+            let current = topology.preference_list(&hint.key, self.options.replicas);
+            let pending = topology.pending_replicas(&hint.key, self.options.replicas, &current);
+            for peer in current.iter().chain(&pending) {
                 let request = StoreBatchRequest {
                     entries: vec![(hint.key.clone(), hint.versions.clone())],
                     begin: None,
                     complete: None,
                 };
-                self.remote
-                    .store_batch(&peer, request)
-                    .await
-                    .map_err(|e| format!("re-routing a hint to {}: {e}", peer.id))?;
+                if let Err(e) = self.remote.store_batch(peer, request).await {
+                    tracing::debug!(peer = %peer.id, error = %e, "re-routing a hint failed; kept for later");
+                    kept.push(*seq);
+                    break;
+                }
             }
         }
-        Ok(())
+        kept
     }
 
     async fn drop_hints(&mut self, target: &str, hints: &[(u64, Hint)], reason: &str) -> Result<(), String> {

@@ -122,8 +122,12 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     }
     let hint_store =
         Arc::new(engine.open_hints(config.hint_limits).map_err(|e| RunError::Startup(format!("hints: {e}")))?);
-    let core =
-        Arc::new(ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone()).with_hints(hint_store.clone()));
+    let grace_ms = config.cluster.coordinator.tombstone_grace.as_millis() as u64;
+    let hint_version_age = (grace_ms / 2).saturating_sub(config.hint_limits.max_age_ms);
+    let core = Arc::new(
+        ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone())
+            .with_hints(hint_store.clone(), hint_version_age),
+    );
     // Merkle trees follow every change to the store from here on (built per segment by the
     // anti-entropy worker).
     let trees = kv_replica::RangeTrees::new();

@@ -159,8 +159,10 @@ pub struct ReplicaCore {
     actor: String,
     node_id: String,
     engine: Arc<dyn Engine>,
-    /// Where hints for other replicas are kept (none: hint calls are refused).
-    hints: Option<Arc<HintStore>>,
+    /// Where hints for other replicas are kept (none: hint calls are refused), and the age
+    /// (ms) a hint's oldest version may have when taken: half the tombstone grace minus the
+    /// hint age bound, so that it stays deliverable until it expires.
+    hints: Option<(Arc<HintStore>, u64)>,
     view: RwLock<Arc<ReplicaView>>,
     metrics: ReplicaMetrics,
 }
@@ -219,15 +221,13 @@ impl ReplicaCore {
         }
     }
 
-    /// The same replica, keeping hints for other replicas in `hints`.
-    pub fn with_hints(mut self, hints: Arc<HintStore>) -> Self {
-        self.hints = Some(hints);
+    /// The same replica, keeping hints for other replicas in `hints`, each only if its oldest
+    /// version is at most `max_version_age_ms` old: a hint that could become undeliverable
+    /// (older than half the tombstone grace, the hand-off rule) before it expires is refused, so
+    /// a coordinator never counts toward W a copy that will be dropped.
+    pub fn with_hints(mut self, hints: Arc<HintStore>, max_version_age_ms: u64) -> Self {
+        self.hints = Some((hints, max_version_age_ms));
         self
-    }
-
-    /// The hint store, if any.
-    pub fn hints(&self) -> Option<&Arc<HintStore>> {
-        self.hints.as_ref()
     }
 
     /// The node's id.
@@ -420,7 +420,7 @@ impl ReplicaCore {
     /// Keeps hints durably, one sync per target: each is acknowledged (`Stored`) only once it
     /// is durable, and refused when the target's bound is reached or the target is this node.
     fn keep_hints(&self, hints: Vec<(usize, HintRequest)>, now_ms: u64, replies: &mut [Option<Reply>]) {
-        let Some(store) = &self.hints else {
+        let Some((store, max_age)) = &self.hints else {
             for (i, _) in hints {
                 replies[i] = Some(failed(501, "this replica keeps no hints"));
             }
@@ -430,6 +430,15 @@ impl ReplicaCore {
         for (i, h) in hints {
             if h.target == self.node_id {
                 replies[i] = Some(failed(400, "a hint for the node that would keep it"));
+                continue;
+            }
+            let oldest = h.versions.iter().map(|v| v.written_at).min().unwrap_or(now_ms);
+            if now_ms.saturating_sub(oldest) > *max_age {
+                replies[i] = Some(self.refuse(
+                    "hint_too_old",
+                    HINTS_FULL,
+                    "the key holds a version too old to hand off before the hint would expire".into(),
+                ));
                 continue;
             }
             by_target

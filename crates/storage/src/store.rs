@@ -243,10 +243,13 @@ impl Engine for Store {
                 let skey = storage_key(key);
                 let _guard = self.locks[stripe(key)].lock();
                 if let Some(bytes) = self.backend.get(&skey)? {
+                    // Decoded before the delete: a record that cannot be decoded stays, rather
+                    // than vanish unreported to the observer.
+                    let old = if self.observer.get().is_some() { Some(decode(&bytes)?) } else { None };
                     let _applying = self.applying.read();
                     self.backend.delete(&skey)?;
-                    if self.observer.get().is_some() {
-                        self.changed(key, &decode(&bytes)?, &Siblings::new());
+                    if let Some(old) = old {
+                        self.changed(key, &old, &Siblings::new());
                     }
                     removed += 1;
                     ticket = self.commit.written();
