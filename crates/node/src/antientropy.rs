@@ -286,7 +286,7 @@ impl AntiEntropy {
         // Frontier per segment: the unequal nodes of the level above, starting at the roots.
         let mut frontier: Vec<((u64, u64), Vec<usize>)> = segs.iter().map(|&s| (s, vec![0])).collect();
         for level in 0..=TREE_DEPTH {
-            let asks: Vec<((u64, u64), Vec<usize>)> = frontier
+            let asks: Vec<Ask> = frontier
                 .iter()
                 .map(|(seg, unequal)| {
                     let indices = if level == 0 {
@@ -481,12 +481,15 @@ impl Worker for AntiEntropy {
     }
 }
 
+/// One segment's question at one level: the segment and the node indices asked.
+type Ask = ((u64, u64), Vec<usize>);
+
 /// Most node values asked in one Merkle request (the peer refuses more than 2^20).
 const MAX_VALUES_PER_REQUEST: usize = 1 << 19;
 
 /// `asks` cut into requests of at most [`MAX_MERKLE_QUERIES`] queries and
 /// [`MAX_VALUES_PER_REQUEST`] values.
-fn chunks(asks: &[((u64, u64), Vec<usize>)]) -> Vec<&[((u64, u64), Vec<usize>)]> {
+fn chunks(asks: &[Ask]) -> Vec<&[Ask]> {
     let mut out = Vec::new();
     let (mut start, mut values) = (0, 0);
     for (i, (_, indices)) in asks.iter().enumerate() {
