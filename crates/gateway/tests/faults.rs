@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use kv_testkit::{statuses, Cluster};
-use reqwest::blocking::{Client, Response};
+use kv_testkit::{statuses, visible, Cluster};
+use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -59,23 +58,7 @@ struct History {
 fn read(c: &Client, base: &str, key: &str, r: &str) -> Option<(BTreeSet<String>, Option<String>)> {
     let response = c.get(format!("{base}/kv/{key}?r={r}")).send().ok()?;
     let context = response.headers().get("x-context").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    values(response).map(|v| (v, context))
-}
-
-fn values(response: Response) -> Option<BTreeSet<String>> {
-    let decode = |s: &Value| {
-        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap())
-            .unwrap()
-    };
-    match response.status() {
-        StatusCode::OK => Some([response.text().unwrap()].into()),
-        StatusCode::MULTIPLE_CHOICES => {
-            let body: Value = response.json().unwrap();
-            Some(body["siblings"].as_array().unwrap().iter().filter(|s| s["deleted"] != true).map(decode).collect())
-        }
-        StatusCode::NOT_FOUND => Some(BTreeSet::new()),
-        _ => None,
-    }
+    visible(response).map(|v| (v, context))
 }
 
 /// Runs the mixed workload from `threads` threads until `stop`.

@@ -10,30 +10,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use kv_ring::{Node, Ring};
-use kv_testkit::{legacy, metric, statuses, stored_keys, Cluster, Proc};
+use kv_testkit::{legacy, metric, statuses, stored_keys, visible, Cluster, Proc};
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
-}
-
-/// Live values a read shows (tombstone siblings left out); `None` if the read failed.
-fn visible(response: Response) -> Option<BTreeSet<String>> {
-    let decode = |s: &Value| {
-        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap())
-            .unwrap()
-    };
-    match response.status() {
-        StatusCode::OK => Some([response.text().unwrap()].into()),
-        StatusCode::MULTIPLE_CHOICES => {
-            let body: Value = response.json().unwrap();
-            Some(body["siblings"].as_array().unwrap().iter().filter(|s| s["deleted"] != true).map(decode).collect())
-        }
-        StatusCode::NOT_FOUND => Some(BTreeSet::new()),
-        _ => None,
-    }
 }
 
 fn read(c: &Client, base: &str, key: &str, r: usize) -> Option<BTreeSet<String>> {

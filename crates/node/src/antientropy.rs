@@ -132,7 +132,7 @@ pub struct AntiEntropy {
     /// When each segment (by first hash) was last found in sync with every other replica.
     in_sync: HashMap<u64, Instant>,
     last: Option<RepairReport>,
-    /// Bytes moved since `budget_start`, for pacing.
+    /// Start of the pacing window and the bytes moved since.
     budget: (Instant, u64),
 }
 
@@ -206,11 +206,8 @@ impl AntiEntropy {
         let started = Instant::now();
         let mut report = RepairReport::default();
         let topology = self.membership.topology();
+        // The trees of these segments were kept up to date by `work` just before.
         let wanted = self.wanted(&topology);
-        if let Err(e) = self.keep_trees(wanted.clone()).await {
-            tracing::warn!(error = %e, "anti-entropy: cannot build trees");
-            return report;
-        }
         // Dirty positions first: their segments lead the list.
         let dirty = self.dirty.take();
         let mut order = wanted.clone();

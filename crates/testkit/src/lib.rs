@@ -420,6 +420,25 @@ pub fn load(base: &str, keys: usize, threads: usize) {
     });
 }
 
+/// Live values a read's response shows (tombstone siblings left out): the body of a `200`, the
+/// siblings of a `300`, nothing for a `404`; `None` for any other status.
+pub fn visible(response: reqwest::blocking::Response) -> Option<std::collections::BTreeSet<String>> {
+    use base64::Engine as _;
+    let decode = |s: &Value| {
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap())
+            .unwrap()
+    };
+    match response.status() {
+        reqwest::StatusCode::OK => Some([response.text().unwrap()].into()),
+        reqwest::StatusCode::MULTIPLE_CHOICES => {
+            let body: Value = response.json().unwrap();
+            Some(body["siblings"].as_array().unwrap().iter().filter(|s| s["deleted"] != true).map(decode).collect())
+        }
+        reqwest::StatusCode::NOT_FOUND => Some(std::collections::BTreeSet::new()),
+        _ => None,
+    }
+}
+
 /// The keys node `proc` stores (`/admin/keys`).
 pub fn stored_keys(proc: &Proc) -> std::collections::BTreeSet<String> {
     let body: Value = Client::new().get(proc.url("/admin/keys")).send().unwrap().json().unwrap();
