@@ -183,6 +183,11 @@ impl Coordinator {
         self.options.quorum
     }
 
+    /// Tombstones younger than this are never purged.
+    pub fn tombstone_grace(&self) -> Duration {
+        self.options.tombstone_grace
+    }
+
     /// The current topology.
     pub fn topology(&self) -> Arc<Topology> {
         self.topology.borrow().clone()
@@ -425,7 +430,7 @@ impl Coordinator {
             }
             drop(results);
             let merged = merge_records(answers.iter().map(|(_, r)| r));
-            this.repair(key, answers, merged, replicas).await;
+            this.repair(key, answers, merged).await;
         });
         let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
         while !tally.met() {
@@ -443,43 +448,92 @@ impl Coordinator {
         Ok(GetOutcome { record, answered, replicas })
     }
 
-    /// Read repair, then tombstone purge when every replica holds the same old tombstones.
-    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record, replicas: usize) {
+    /// Tombstone collection for one key (the node's garbage-collection worker calls it; reads
+    /// never purge). Reads every replica of `key` and repairs the stale ones; if every replica
+    /// already held exactly the same tombstones, all older than the grace, and the key's range
+    /// is not moving, it waits two replica timeouts, reads every replica again, and only if
+    /// they still hold exactly those tombstones asks each to purge them. Returns whether every
+    /// replica purged.
+    ///
+    /// Why the wait: a read or an anti-entropy exchange that saw a replica without the
+    /// tombstone (before it was repaired) may still be about to store what that replica held on
+    /// another replica; that store was sent within a replica timeout of the read and is applied
+    /// within one more (its deadline), so after two timeouts it has landed while the tombstone
+    /// was still everywhere to supersede it, or it is dropped.
+    pub async fn collect(self: &Arc<Self>, key: &[u8]) -> Result<bool, Error> {
+        let Some(dots) = self.settled_tombstones(key, true).await? else { return Ok(false) };
+        tokio::time::sleep(self.options.replica_timeout * 2).await;
+        match self.settled_tombstones(key, false).await? {
+            Some(again) if again == dots => {}
+            _ => return Ok(false),
+        }
+        let mut purged = 0;
+        for peer in self.topology().preference_list(key, self.options.quorum.n) {
+            if self.call(Op::Purge, self.client.purge(&peer, key, &dots)).await.is_ok() {
+                self.metrics.tombstones_purged.inc();
+                purged += 1;
+            }
+        }
+        Ok(purged == self.options.quorum.n)
+    }
+
+    /// Reads every replica of `key` (repairing stale ones when `repair`) and returns the dots
+    /// of its versions if every replica answered with exactly them, all tombstones older than
+    /// the grace, and the key's range is not moving.
+    async fn settled_tombstones(self: &Arc<Self>, key: &[u8], repair: bool) -> Result<Option<Vec<Dot>>, Error> {
+        let peers = self.topology().preference_list(key, self.options.quorum.n);
+        if peers.is_empty() {
+            return Err(Error::NoMembers);
+        }
+        let replicas = peers.len();
+        let reads = peers.into_iter().map(|peer| async move {
+            let result = self.call(Op::Read, self.client.read(&peer, key)).await;
+            (peer, result)
+        });
+        let answers: Vec<(Peer, Record)> = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .filter_map(|(peer, result)| result.ok().map(|record| (peer, record)))
+            .collect();
+        let merged = merge_records(answers.iter().map(|(_, r)| r));
+        let now = (self.clock)();
+        let grace = self.options.tombstone_grace.as_millis() as u64;
+        let settled = replicas == self.options.quorum.n
+            && answers.len() == replicas
+            && !merged.is_empty()
+            && merged.versions().iter().all(|v| v.tombstone && now.saturating_sub(v.written_at) >= grace)
+            && answers.iter().all(|(_, r)| r.len() == merged.len() && !is_stale(r, &merged))
+            && !self.moving(key);
+        let dots = settled.then(|| {
+            let mut dots: Vec<Dot> = merged.versions().iter().map(|v| v.dot().clone()).collect();
+            dots.sort_by(|a, b| (&a.node, a.counter).cmp(&(&b.node, b.counter)));
+            dots
+        });
+        if repair {
+            self.repair(key, answers, merged).await;
+        }
+        Ok(dots)
+    }
+
+    /// Whether the key's range is moving: a future owner may hold a copy a tombstone has not
+    /// reached (its pending store was lost), so purging now would let that copy come back.
+    fn moving(&self, key: &[u8]) -> bool {
+        let topology = self.topology();
+        let current = topology.preference_list(key, self.options.quorum.n);
+        !topology.pending_replicas(key, self.options.quorum.n, &current).is_empty()
+    }
+
+    /// Read repair: sends the merged versions to every replica that answered without some.
+    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record) {
         let versions = merged.versions().to_vec();
-        let mut in_sync = 0;
         for (peer, record) in &answers {
             if !is_stale(record, &merged) {
-                in_sync += 1;
                 continue;
             }
             let deadline = (self.clock)() + self.options.replica_timeout.as_millis() as u64;
             if self.call(Op::Store, self.client.store(peer, key, &versions, None, deadline)).await.is_ok() {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %peer.id, "read repair");
-                in_sync += 1;
-            }
-        }
-        let now = (self.clock)();
-        let grace = self.options.tombstone_grace.as_millis() as u64;
-        // While the key's range moves, a future owner may hold a copy the tombstone has not
-        // reached (its pending store was lost): purging now would let that copy come back.
-        let moving = || {
-            let topology = self.topology();
-            let current = topology.preference_list(key, self.options.quorum.n);
-            !topology.pending_replicas(key, self.options.quorum.n, &current).is_empty()
-        };
-        let purgeable = in_sync == replicas
-            && answers.len() == replicas
-            && !versions.is_empty()
-            && versions.iter().all(|v| v.tombstone && now.saturating_sub(v.written_at) >= grace)
-            && answers.iter().all(|(_, r)| r.len() == merged.len())
-            && !moving();
-        if purgeable {
-            let dots: Vec<Dot> = versions.iter().map(|v| v.dot().clone()).collect();
-            for (peer, _) in &answers {
-                if self.call(Op::Purge, self.client.purge(peer, key, &dots)).await.is_ok() {
-                    self.metrics.tombstones_purged.inc();
-                }
             }
         }
     }

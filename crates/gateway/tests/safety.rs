@@ -102,16 +102,36 @@ fn keys_first_at(members: &[&str], first: &str, prefix: &str, count: usize) -> V
 
 /// Grace long enough to exceed the test clusters' 2 s replica timeout.
 const GRACE: &str = "3s";
+
+/// Node flags of the purge scenarios: the short grace, and tombstone collection every 500 ms.
+const PURGING: [&str; 4] = ["--tombstone-grace", GRACE, "--gc-interval", "500ms"];
+
+/// Waits until no running node holds a version of `keys` (the collector purged them), at most
+/// 30 s (the collector reads every replica twice, two replica timeouts apart).
+fn wait_purged(nodes: &[Proc], keys: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = keys
+            .iter()
+            .filter(|key| nodes.iter().filter(|p| p.is_running()).any(|p| !local(p, key).0.is_empty()))
+            .count();
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} deleted keys not purged by the collector");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 const GRACE_WAIT: Duration = Duration::from_millis(3500);
 
 /// Scenario 1: no failure at all. Written, overwritten and deleted with contexts; after the
-/// grace, concurrent reads of each key through every node race the purge; then a blind write
-/// must survive. (Purges are made by the front that reads: nodes here, with the short grace.)
+/// grace, concurrent reads of each key through every node race the nodes' tombstone
+/// collectors; then a blind write, racing the purges still going on, must survive.
 #[test]
 fn s1_a_blind_write_after_a_racing_purge_is_kept() {
     const KEYS: usize = 100;
     const READERS: usize = 6;
-    let cluster = Cluster::start(3, 0, &["--tombstone-grace", GRACE]);
+    let cluster = Cluster::start(3, 0, &PURGING);
     let front = cluster.nodes[0].url("");
     let f = front.as_str();
     let c = client();
@@ -170,8 +190,8 @@ fn s1_a_blind_write_after_a_racing_purge_is_kept() {
 #[test]
 fn s2_a_removed_node_restarted_on_its_old_disk_refuses_to_serve() {
     const KEYS: usize = 20;
-    let mut cluster = Cluster::start(4, 1, &["--tombstone-grace", GRACE]);
-    // The front that purges must run with the short grace: a node.
+    let mut cluster = Cluster::start(4, 1, &PURGING);
+    // The front that writes runs with the short grace: a node.
     let g = cluster.nodes[0].url("");
     let c = client();
     for i in 0..KEYS {
@@ -199,12 +219,7 @@ fn s2_a_removed_node_restarted_on_its_old_disk_refuses_to_serve() {
         assert_eq!(put(&c, &g, &key, &format!("new-{i}"), &ctx, 3).0, StatusCode::NO_CONTENT);
     }
     std::thread::sleep(GRACE_WAIT);
-    for _ in 0..2 {
-        for i in 0..KEYS / 2 {
-            let _ = c.get(format!("{g}/kv/s2-{i}?r=3")).send();
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_purged(&cluster.nodes, &(0..KEYS / 2).map(|i| format!("s2-{i}")).collect::<Vec<_>>());
     let refusal = cluster.nodes[3].restart_may_refuse(Duration::from_secs(20));
     let log = cluster.nodes[3].log_text();
     std::thread::sleep(Duration::from_secs(2));
@@ -240,14 +255,14 @@ fn s2_a_removed_node_restarted_on_its_old_disk_refuses_to_serve() {
 #[test]
 fn s3_a_former_owner_never_merges_back_a_stale_copy() {
     const KEYS: usize = 60;
-    let mut cluster = Cluster::start(3, 1, &["--tombstone-grace", GRACE]);
-    // The front that purges must run with the short grace: a node.
+    let mut cluster = Cluster::start(3, 1, &PURGING);
+    // The front that writes runs with the short grace: a node.
     let g = cluster.nodes[0].url("");
     let c = client();
     for i in 0..KEYS {
         assert_eq!(put(&c, &g, &format!("s3-{i}"), &format!("old-{i}"), "", 3).0, StatusCode::NO_CONTENT);
     }
-    cluster.add_node(&["--tombstone-grace", GRACE]);
+    cluster.add_node(&PURGING);
     let procs: Vec<&Proc> = cluster.nodes.iter().chain(&cluster.gateways).collect();
     wait_for("n4 normal everywhere", Duration::from_secs(30), || all_see(&procs, "n4", "normal"));
     // Give the old owners time to hand off and drop what they lost (older code keeps it).
@@ -261,12 +276,7 @@ fn s3_a_former_owner_never_merges_back_a_stale_copy() {
         assert_eq!(put(&c, &g, &key, &format!("new-{i}"), &ctx, 3).0, StatusCode::NO_CONTENT);
     }
     std::thread::sleep(GRACE_WAIT);
-    for _ in 0..2 {
-        for i in 0..KEYS / 2 {
-            let _ = c.get(format!("{g}/kv/s3-{i}?r=3")).send();
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_purged(&cluster.nodes, &(0..KEYS / 2).map(|i| format!("s3-{i}")).collect::<Vec<_>>());
     assert_eq!(c.post(cluster.nodes[3].url("/admin/leave")).send().unwrap().status(), StatusCode::ACCEPTED);
     assert_eq!(cluster.nodes[3].wait_exit(Duration::from_secs(60)).code(), Some(0));
     let rest: Vec<&Proc> = cluster.nodes[..3].iter().chain(&cluster.gateways).collect();

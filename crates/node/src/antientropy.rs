@@ -72,6 +72,10 @@ pub struct AntiEntropyOptions {
     pub bytes_per_sec: u64,
     /// N.
     pub replicas: usize,
+    /// Longest time from a bucket's scan to storing what it found (half the replica timeout): the
+    /// tombstone collector's second look, two replica timeouts after the first, must outlast
+    /// any exchange that read a replica before it got a tombstone (docs/consistency.md, rule 8).
+    pub max_exchange: Duration,
 }
 
 /// Anti-entropy metrics.
@@ -365,6 +369,7 @@ impl AntiEntropy {
     /// Exchanges the keys of the hash interval `first..=last` with `peer`, both ways.
     async fn exchange(&mut self, peer: &Peer, first: u64, last: u64, report: &mut RepairReport) -> Result<(), String> {
         report.buckets_exchanged += 1;
+        let started = Instant::now();
         let mut theirs: Vec<Entry> = Vec::new();
         let mut after = None;
         loop {
@@ -402,6 +407,12 @@ impl AntiEntropy {
             .collect();
         let keys: BTreeSet<&[u8]> = to_me.iter().chain(&to_them).map(|(k, _)| k.as_slice()).collect();
         tracing::debug!(peer = %peer.id, first, last, keys = keys.len(), "anti-entropy bucket");
+        if started.elapsed() > self.options.max_exchange {
+            return Err(format!(
+                "bucket read {:?} ago, too long before storing; retried next round",
+                started.elapsed()
+            ));
+        }
         let (in_keys, out_keys) = (to_me.len() as u64, to_them.len() as u64);
         if !to_me.is_empty() {
             let core = self.core.clone();

@@ -101,6 +101,10 @@ pub struct Settings {
     /// [default: 10m].
     #[arg(long, env = "KV_ANTI_ENTROPY_INTERVAL")]
     pub anti_entropy_interval: Option<String>,
+    /// Time between tombstone collection passes: keys holding only tombstones older than
+    /// --tombstone-grace are purged once every replica holds the same ones [default: 1h].
+    #[arg(long, env = "KV_GC_INTERVAL")]
+    pub gc_interval: Option<String>,
     /// Repair traffic budget of anti-entropy, bytes per second received plus sent
     /// [default: 16777216].
     #[arg(long, env = "KV_REPAIR_BYTES_PER_SEC")]
@@ -148,6 +152,8 @@ pub struct Config {
     pub anti_entropy_interval: std::time::Duration,
     /// Repair bytes per second.
     pub repair_bytes_per_sec: u64,
+    /// Time between tombstone collection passes.
+    pub gc_interval: std::time::Duration,
 }
 
 impl Settings {
@@ -182,7 +188,8 @@ impl Settings {
             hint_max_age,
             hint_rate,
             anti_entropy_interval,
-            repair_bytes_per_sec
+            repair_bytes_per_sec,
+            gc_interval
         );
         self.server.layer_over(&mut lower.server);
         self.cluster.layer_over(&mut lower.cluster);
@@ -255,7 +262,12 @@ impl Settings {
         if repair_bytes_per_sec < 4096 {
             return Err(format!("--repair-bytes-per-sec: must be at least 4096, got {repair_bytes_per_sec}"));
         }
+        let gc_interval = duration_setting("--gc-interval", self.gc_interval.as_deref(), "1h")?;
+        if gc_interval < std::time::Duration::from_millis(100) {
+            return Err(format!("--gc-interval: must be at least 100ms, got {gc_interval:?}"));
+        }
         Ok(Config {
+            gc_interval,
             hint_limits: kv_storage::HintLimits {
                 max_bytes_per_target: hint_max_mb << 20,
                 max_age_ms: hint_max_age.as_millis() as u64,

@@ -51,6 +51,7 @@ use kv_transport::{Signer, VerifyState};
 pub mod admin;
 pub mod antientropy;
 pub mod config;
+pub mod gc;
 pub mod hints;
 pub mod internal;
 pub mod metrics;

@@ -104,6 +104,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
     let hint_metrics = crate::hints::HintMetrics::register(&registry).map_err(metric_error)?;
     let repair_metrics = crate::antientropy::RepairMetrics::register(&registry).map_err(metric_error)?;
+    let gc_metrics = crate::gc::GcMetrics::register(&registry).map_err(metric_error)?;
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
@@ -269,11 +270,23 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             interval: config.anti_entropy_interval,
             bytes_per_sec: config.repair_bytes_per_sec,
             replicas: n,
+            max_exchange: config.cluster.coordinator.replica_timeout / 2,
         },
         repair_metrics,
         dirty,
     );
     supervisor.spawn(Stage::Upkeep, anti_entropy);
+    supervisor.spawn(
+        Stage::Upkeep,
+        crate::gc::TombstoneCollector::new(
+            core.clone(),
+            membership.clone(),
+            coordinator.clone(),
+            config.gc_interval,
+            n,
+            gc_metrics,
+        ),
+    );
     let server = &config.server;
     let api = Arc::new(ApiState {
         max_value_bytes: server.max_value_bytes,

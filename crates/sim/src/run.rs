@@ -2,8 +2,8 @@
 //!
 //! A history starts `nodes` normal members (N = 3, R = W = 2 by default) and two fronts. Client
 //! tasks each run `ops_per_client` operations on a few keys, through a random front: blind puts,
-//! read-then-put with the read's context, read-then-delete, and reads that repair and purge
-//! (tombstones have no grace period here, so purges race with everything). Acknowledgements
+//! read-then-put with the read's context, read-then-delete, reads that repair, and a node's
+//! tombstone collector purging (tombstones have no grace period here, so purges race with everything). Acknowledgements
 //! asked for are `w` = 2 mostly, sometimes 1 or 3; reads ask 1 to 3 replicas.
 //!
 //! Meanwhile a fault task crashes and restarts nodes and partitions pairs of endpoints, and,
@@ -15,7 +15,7 @@
 //!
 //! Then the history quiesces: partitions heal, crashed nodes restart, every front and node
 //! adopts the final membership, every node finishes dropping what it lost, and every key is
-//! read from all its replicas twice (read repair, purge). The final state of a key is what its
+//! collected from all its replicas twice (read repair, purge). The final state of a key is what its
 //! replicas hold; the checks of [`crate::history`] run on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,8 +330,8 @@ async fn late_drop(mutation: Mutation) -> Report {
     world.trace(|| format!("{first} missed the delete and is down; n5 joins"));
     world.join("n5", "z1", &keys).await;
     tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
-    // A read of every replica purges the delete, older than the grace.
-    let _ = front.get(key(index), Some(N)).await;
+    // The collector purges the delete, older than the grace, from every replica.
+    let _ = front.collect(&key(index)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     world.trace(|| format!("the delete is purged; {first} restarts and drops what it lost"));
     world.restart(&first);
@@ -371,9 +371,9 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     }
     for _ in 0..2 {
         for key in keys {
-            let _ = fronts[0].get(key.clone(), Some(N)).await;
+            let _ = fronts[0].collect(key).await;
         }
-        // Background repair and purge.
+        // Background repair.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let ring = world.ring();
@@ -439,6 +439,11 @@ async fn client(world: Arc<World>, fronts: Vec<Arc<Coordinator>>, id: usize, con
             continue;
         }
         world.history(|h| h.counts.reads += 1);
+        // A node's tombstone collector visits the key as it is read, racing what follows.
+        let collector = (*front).clone();
+        front.tasks().spawn(async move {
+            let _ = collector.collect(&crate::run::key(key)).await;
+        });
         let read = match front.get(crate::run::key(key), Some(r)).await {
             Ok(read) => read,
             Err(e) => {
