@@ -196,3 +196,49 @@ fn a_zone_outage_keeps_w1_and_r1_working_and_the_zone_catches_up() {
     });
     println!("zone a (2 nodes) stopped: 500 writes at w=1 and 500 reads at r=1 succeeded; zone a caught up {:.1} s after restart", took.as_secs_f64());
 }
+
+/// Rule: a hint is delivered only while its versions are younger than half the tombstone grace
+/// (docs/consistency.md, section 11): a fallback takes a hint only of versions younger than
+/// half the grace minus `--hint-max-age` and drops it once older than that age (here 4 s
+/// grace, 1 s age). n3 is stopped; 700 writes queue hints for it, then `k`
+/// is written (its hint queued behind them); n3 returns, and with `--hint-rate 10` the page
+/// holding `k`'s hint waits about 25 s. Meanwhile `k` is deleted with a read's context on all
+/// three replicas and, older than the 4 s grace, purged by the collectors. When `k`'s hint
+/// comes up it is too old: delivered, it would bring the deleted value back on n3.
+#[test]
+fn a_hint_older_than_half_the_grace_is_dropped_not_delivered() {
+    let args = ["--tombstone-grace", "4s", "--gc-interval", "300ms", "--hint-rate", "10"];
+    let mut cluster = Cluster::start(3, 1, &args);
+    let base = cluster.gateways[0].client_url("");
+    cluster.nodes[2].terminate();
+    wait_for_status(&cluster, 0, "n3", "down");
+    load(&base, 700, 8);
+    let c = client();
+    assert_eq!(c.put(format!("{base}/kv/k")).body("deleted-later").send().unwrap().status(), StatusCode::NO_CONTENT);
+    cluster.nodes[2].restart();
+    wait_for(Duration::from_secs(30), "the gateway sees n3 normal", || {
+        statuses(&cluster.gateways[0]).get("n3").map(String::as_str) == Some("normal")
+    });
+    let read = c.get(format!("{base}/kv/k?r=2")).send().unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let context = read.headers()["x-context"].to_str().unwrap().to_owned();
+    let deleted = c.delete(format!("{base}/kv/k?w=3")).header("x-context", context).send().unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let purged = wait_for(Duration::from_secs(20), "k purged from every replica", || {
+        (0..3).all(|i| cluster.local(i, "k")["versions"].as_array().is_some_and(Vec::is_empty))
+    });
+    let dropped = || cluster.nodes[..2].iter().map(|n| metric(n, "kv_hints_dropped_total", "")).sum::<f64>();
+    let pending = || cluster.nodes[..2].iter().map(|n| metric(n, "kv_hints_pending", "")).sum::<f64>();
+    let drained = wait_for(Duration::from_secs(60), "every hint delivered or dropped", || pending() == 0.0);
+    let held: Vec<usize> =
+        (0..3).map(|i| cluster.local(i, "k")["versions"].as_array().map_or(0, Vec::len)).collect();
+    println!(
+        "k purged {:.1} s after its delete; hints drained {:.1} s later; {} dropped (expired or too old); copies of k now {held:?}",
+        purged.as_secs_f64(),
+        drained.as_secs_f64(),
+        dropped()
+    );
+    assert_eq!(held, vec![0, 0, 0], "the deleted value came back from a late hint");
+    assert_eq!(c.get(format!("{base}/kv/k?r=3")).send().unwrap().status(), StatusCode::NOT_FOUND);
+    assert!(dropped() >= 1.0, "k's hint was dropped undelivered");
+}
