@@ -477,6 +477,13 @@ impl Coordinator {
         Ok(purged == self.options.quorum.n)
     }
 
+    /// Reads every replica of `key` and repairs the ones that lack a version another holds: for
+    /// a key whose hint was dropped undelivered, so that its replicas agree without waiting for
+    /// anti-entropy.
+    pub async fn read_repair(self: &Arc<Self>, key: &[u8]) -> Result<(), Error> {
+        self.settled_tombstones(key, true).await.map(|_| ())
+    }
+
     /// Reads every replica of `key` (repairing stale ones when `repair`) and returns the dots
     /// of its versions if every replica answered with exactly them, all tombstones older than
     /// the grace, and the key's range is not moving.

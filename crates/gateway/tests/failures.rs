@@ -230,8 +230,7 @@ fn a_hint_older_than_half_the_grace_is_dropped_not_delivered() {
     let dropped = || cluster.nodes[..2].iter().map(|n| metric(n, "kv_hints_dropped_total", "")).sum::<f64>();
     let pending = || cluster.nodes[..2].iter().map(|n| metric(n, "kv_hints_pending", "")).sum::<f64>();
     let drained = wait_for(Duration::from_secs(60), "every hint delivered or dropped", || pending() == 0.0);
-    let held: Vec<usize> =
-        (0..3).map(|i| cluster.local(i, "k")["versions"].as_array().map_or(0, Vec::len)).collect();
+    let held: Vec<usize> = (0..3).map(|i| cluster.local(i, "k")["versions"].as_array().map_or(0, Vec::len)).collect();
     println!(
         "k purged {:.1} s after its delete; hints drained {:.1} s later; {} dropped (expired or too old); copies of k now {held:?}",
         purged.as_secs_f64(),

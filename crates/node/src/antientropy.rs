@@ -8,8 +8,7 @@
 //! the differing leaf buckets. For each such bucket it reads the peer's keys in the bucket's hash
 //! interval (a `scan`), merges what it lacks into its own store, and sends back (a
 //! `store-batch`) the keys the peer lacks; both sides merge versions (siblings kept), so
-//! repair never drops a concurrent write. Segments with dropped hints ([`crate::hints::Dirty`])
-//! go first.
+//! repair never drops a concurrent write.
 //!
 //! Repair traffic is paced to `--repair-bytes-per-sec` (bytes received and sent), so a round
 //! after a wiped disk does not starve client traffic. Trees are not built by the round: they
@@ -128,7 +127,6 @@ pub struct AntiEntropy {
     remote: Arc<HttpReplicaClient>,
     options: AntiEntropyOptions,
     metrics: RepairMetrics,
-    dirty: Arc<crate::hints::Dirty>,
     requests: mpsc::Receiver<RepairRequest>,
     /// Requests taken while waiting, answered by the next round.
     waiting: Vec<RepairRequest>,
@@ -151,7 +149,6 @@ impl AntiEntropy {
         remote: Arc<HttpReplicaClient>,
         options: AntiEntropyOptions,
         metrics: RepairMetrics,
-        dirty: Arc<crate::hints::Dirty>,
     ) -> (Self, mpsc::Sender<RepairRequest>) {
         let (tx, requests) = mpsc::channel(16);
         let worker = AntiEntropy {
@@ -162,7 +159,6 @@ impl AntiEntropy {
             remote,
             options,
             metrics,
-            dirty,
             requests,
             waiting: Vec::new(),
             next_round: Instant::now() + options.interval,
@@ -212,13 +208,9 @@ impl AntiEntropy {
         let topology = self.membership.topology();
         // The trees of these segments were kept up to date by `work` just before.
         let wanted = self.wanted(&topology);
-        // Dirty positions first: their segments lead the list.
-        let dirty = self.dirty.take();
-        let mut order = wanted.clone();
-        order.sort_by_key(|&(lo, hi)| dirty.range(lo..=hi).next().is_none());
         let me = self.core.node_id().to_owned();
         let mut peers: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-        for &(lo, hi) in &order {
+        for &(lo, hi) in &wanted {
             for node in topology.ring.preference_list_at(hi, self.options.replicas) {
                 if node.id != me {
                     peers.entry(node.id.clone()).or_default().push((lo, hi));

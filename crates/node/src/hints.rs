@@ -16,8 +16,10 @@
 //! - **drops** only what must go, and says so: hints past `--hint-max-age`, and hints holding
 //!   a version older than half the tombstone grace (the hand-off rule of
 //!   [`kv_coordinator::plan::hand_off`]: such a version may have been deleted by a tombstone
-//!   purged since, and delivering it would bring it back). Each drop marks the key's position
-//!   dirty ([`Dirty`]) so anti-entropy compares its segment first.
+//!   purged since, and delivering it would bring it back). Each dropped hint's key is read
+//!   from all its replicas at once and the stale ones repaired
+//!   ([`kv_coordinator::Coordinator::read_repair`]): the write the hint held reaches every
+//!   replica from the one that has it, without waiting for anti-entropy.
 //!
 //! Metrics: `kv_hints_pending{target}`, `kv_hints_pending_bytes{target}`,
 //! `kv_hints_oldest_seconds{target}`, `kv_hints_delivered_total`, `kv_hints_dropped_total{reason}`.
@@ -28,36 +30,14 @@ use std::time::Duration;
 
 use kv_coordinator::plan::hand_off;
 use kv_coordinator::wire::StoreBatchRequest;
-use kv_coordinator::{now_ms, Peer, RangeClient, ReplicaError, Topology};
+use kv_coordinator::{now_ms, Coordinator, Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
 use kv_membership::Membership;
 use kv_storage::{Hint, HintStore};
 use kv_transport::HttpReplicaClient;
 use kv_worker::{Worker, WorkerState};
-use parking_lot::Mutex;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
-
-/// Key positions whose replicas may differ because a hint for them was dropped: anti-entropy
-/// compares their segments before the others.
-#[derive(Default)]
-pub struct Dirty(Mutex<BTreeSet<u64>>);
-
-impl Dirty {
-    /// Marks the position of `key`.
-    pub fn mark(&self, key: &[u8]) {
-        let mut set = self.0.lock();
-        // Bounded: past this many, anti-entropy's regular round covers everything anyway.
-        if set.len() < 100_000 {
-            set.insert(kv_ring::hash_key(key));
-        }
-    }
-
-    /// Takes every marked position.
-    pub fn take(&self) -> BTreeSet<u64> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
 
 /// Hinted-handoff settings.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +98,8 @@ pub struct HintDispatcher {
     remote: Arc<HttpReplicaClient>,
     options: HintOptions,
     metrics: HintMetrics,
-    dirty: Arc<Dirty>,
+    /// Repairs the keys of dropped hints.
+    coordinator: Arc<Coordinator>,
     /// Per target, the sequence number after which the next pass starts (hints before it
     /// could not be re-routed yet); cleared when a pass starts from it.
     cursor: std::collections::HashMap<String, u64>,
@@ -135,7 +116,7 @@ impl HintDispatcher {
         remote: Arc<HttpReplicaClient>,
         options: HintOptions,
         metrics: HintMetrics,
-        dirty: Arc<Dirty>,
+        coordinator: Arc<Coordinator>,
     ) -> Self {
         HintDispatcher {
             store,
@@ -143,7 +124,7 @@ impl HintDispatcher {
             remote,
             options,
             metrics,
-            dirty,
+            coordinator,
             cursor: Default::default(),
             delivered: 0,
             dropped: 0,
@@ -264,9 +245,7 @@ impl HintDispatcher {
     }
 
     async fn drop_hints(&mut self, target: &str, hints: &[(u64, Hint)], reason: &str) -> Result<(), String> {
-        for (_, hint) in hints {
-            self.dirty.mark(&hint.key);
-        }
+        self.repair(hints.iter().map(|(_, h)| &h.key)).await;
         let seqs: Vec<u64> = hints.iter().map(|(seq, _)| *seq).collect();
         let target_owned = target.to_owned();
         self.blocking(move |s| s.remove(&target_owned, &seqs)).await?;
@@ -282,6 +261,21 @@ impl HintDispatcher {
     }
 }
 
+impl HintDispatcher {
+    /// Read-repairs `keys` across their replicas, a few at a time.
+    async fn repair(&self, keys: impl Iterator<Item = &Vec<u8>>) {
+        use futures::stream::{self, StreamExt};
+        let coordinator = &self.coordinator;
+        stream::iter(keys)
+            .for_each_concurrent(16, |key| async move {
+                if let Err(e) = coordinator.read_repair(key).await {
+                    tracing::debug!(error = %e, "read repair of a dropped hint's key failed");
+                }
+            })
+            .await;
+    }
+}
+
 impl Worker for HintDispatcher {
     fn name(&self) -> String {
         "hints".into()
@@ -294,11 +288,12 @@ impl Worker for HintDispatcher {
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
         let expired = self.blocking(move |s| s.expire(now_ms())).await?;
-        for (target, count) in expired {
-            tracing::warn!(target, count, "hints expired (--hint-max-age); anti-entropy repairs their ranges");
+        for (target, keys) in expired {
+            let count = keys.len() as u64;
+            tracing::warn!(target, count, "hints expired (--hint-max-age); their keys read-repaired");
             self.dropped += count;
             self.metrics.dropped.with_label_values(&["expired"]).inc_by(count);
-            // Their keys are gone with them: every segment is compared in the next round.
+            self.repair(keys.iter()).await;
         }
         self.refresh_gauges();
         let topology = self.membership.topology();

@@ -244,7 +244,6 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             metrics.clone(),
         ),
     );
-    let dirty = Arc::new(crate::hints::Dirty::default());
     supervisor.spawn(
         Stage::Upkeep,
         crate::hints::HintDispatcher::new(
@@ -257,7 +256,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
                 grace_ms: config.cluster.coordinator.tombstone_grace.as_millis() as u64,
             },
             hint_metrics,
-            dirty.clone(),
+            coordinator.clone(),
         ),
     );
     let (anti_entropy, repair) = crate::antientropy::AntiEntropy::new(
@@ -273,7 +272,6 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             max_exchange: config.cluster.coordinator.replica_timeout / 2,
         },
         repair_metrics,
-        dirty,
     );
     supervisor.spawn(Stage::Upkeep, anti_entropy);
     supervisor.spawn(

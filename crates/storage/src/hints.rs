@@ -219,8 +219,8 @@ impl HintStore {
         self.space.sync()
     }
 
-    /// Drops every hint older than the age bound at `now_ms`; returns how many per target.
-    pub fn expire(&self, now_ms: u64) -> Result<BTreeMap<String, u64>> {
+    /// Drops every hint older than the age bound at `now_ms`; returns their keys per target.
+    pub fn expire(&self, now_ms: u64) -> Result<BTreeMap<String, Vec<Vec<u8>>>> {
         let expired: Vec<(String, Vec<u64>)> = {
             let index = self.index.lock();
             index
@@ -240,8 +240,15 @@ impl HintStore {
         };
         let mut dropped = BTreeMap::new();
         for (target, seqs) in expired {
+            // The keys, so that the caller can have them repaired.
+            let mut keys = Vec::with_capacity(seqs.len());
+            for &seq in &seqs {
+                if let Some(bytes) = self.space.get(&hint_key(&target, seq))? {
+                    keys.push(decode(&bytes)?.key);
+                }
+            }
             self.remove(&target, &seqs)?;
-            dropped.insert(target, seqs.len() as u64);
+            dropped.insert(target, keys);
         }
         Ok(dropped)
     }
