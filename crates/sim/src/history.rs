@@ -79,6 +79,8 @@ pub struct Counts {
     pub failed: u64,
     /// Tombstones purged (replica copies).
     pub purged: u64,
+    /// Hints delivered to their targets (or re-routed to the current replicas).
+    pub hints: u64,
     /// Node crashes (each followed by a restart).
     pub crashes: u64,
     /// Partitions between two endpoints (each healed).
@@ -120,6 +122,7 @@ impl Counts {
             acked,
             failed,
             purged,
+            hints,
             crashes,
             partitions,
             late,

@@ -172,8 +172,10 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
                 replica_timeout: Duration::from_millis(TIMEOUT_MS),
                 read_all: f == 0,
                 tombstone_grace: Duration::from_millis(GRACE_MS),
+                // Hints are kept and delivered (`World::deliver_hints`); fallbacks never count
+                // toward W here, so check 3 still holds W distinct replicas to account.
                 sloppy_quorum: false,
-                hinted_handoff: false,
+                hinted_handoff: true,
                 zone: "default".into(),
             };
             let instance = world.rng(|r| r.next_u64());
@@ -369,6 +371,10 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     if world.filling() {
         problems.push("some node never finished filling the ranges it gained".to_owned());
     }
+    // Hints still kept go to their targets (or expire).
+    for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
+        world.deliver_hints(&id);
+    }
     for _ in 0..2 {
         for key in keys {
             let _ = fronts[0].collect(key).await;
@@ -407,6 +413,7 @@ async fn drop_loop(world: Arc<World>, done: Arc<AtomicBool>) {
         for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
             world.drop_round(&id);
             world.fill_round(&id).await;
+            world.deliver_hints(&id);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::plan::{self, Move};
-use kv_coordinator::wire::{Call, Entry, Reply};
+use kv_coordinator::wire::{Call, Entry, Reply, StoreRequest, MISDIRECTED};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError, Topology};
 use kv_replica::ownership::Ownership;
 use kv_replica::replica::{ReplicaCore, ReplicaMetrics};
@@ -56,6 +56,8 @@ struct Node {
     core: Arc<ReplicaCore>,
     ownership: Arc<Ownership>,
     engine: Arc<dyn Engine>,
+    /// Hints it keeps for others (opened once per store, kept across restarts).
+    hints: Arc<kv_storage::HintStore>,
     up: bool,
 }
 
@@ -184,8 +186,21 @@ impl World {
         }
     }
 
-    fn start_node(&self, id: &str, engine: Arc<dyn Engine>) -> Node {
-        let core = Arc::new(ReplicaCore::new(id, engine.clone(), ReplicaMetrics::unregistered()));
+    /// Hint bounds: kept a quarter of the grace, as kvnode's default.
+    fn hint_limits(&self) -> kv_storage::HintLimits {
+        kv_storage::HintLimits { max_bytes_per_target: 1 << 20, max_age_ms: self.config.grace_ms / 4 }
+    }
+
+    fn open_hints(&self, engine: &Arc<dyn Engine>) -> Arc<kv_storage::HintStore> {
+        Arc::new(engine.open_hints(self.hint_limits()).expect("invariant: a memory store opens its hints"))
+    }
+
+    fn start_node(&self, id: &str, engine: Arc<dyn Engine>, hints: Arc<kv_storage::HintStore>) -> Node {
+        let max_version_age = (self.config.grace_ms / 2).saturating_sub(self.hint_limits().max_age_ms);
+        let core = Arc::new(
+            ReplicaCore::new(id, engine.clone(), ReplicaMetrics::unregistered())
+                .with_hints(hints.clone(), max_version_age),
+        );
         let gauge = prometheus::IntGauge::new("kv_sim_dropping", "dropping spans").expect("invariant: valid metric");
         let ownership = Arc::new(
             Ownership::open(id, self.config.n, core.clone(), gauge).expect("invariant: a memory store has metadata"),
@@ -196,14 +211,15 @@ impl World {
         let seq = state.published;
         state.adopted.insert(id.to_owned(), seq);
         drop(state);
-        Node { core, ownership, engine, up: true }
+        Node { core, ownership, engine, hints, up: true }
     }
 
     /// Adds a member with `status` on a new, empty store.
     pub fn add_node(&self, id: &str, zone: &str, status: Status) {
         let engine = self.new_engine();
         self.state.lock().members.insert(id.to_owned(), (status, zone.to_owned()));
-        let node = self.start_node(id, engine);
+        let hints = self.open_hints(&engine);
+        let node = self.start_node(id, engine, hints);
         self.state.lock().nodes.insert(id.to_owned(), node);
     }
 
@@ -364,11 +380,11 @@ impl World {
         if matches!(self.status(id), Some(Status::Left | Status::Removed) | None) || self.is_up(id) {
             return;
         }
-        let engine = match self.state.lock().nodes.get(id) {
-            Some(node) => node.engine.clone(),
+        let (engine, hints) = match self.state.lock().nodes.get(id) {
+            Some(node) => (node.engine.clone(), node.hints.clone()),
             None => return,
         };
-        let node = self.start_node(id, engine);
+        let node = self.start_node(id, engine, hints);
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.trace(|| format!("restart {id}"));
         self.publish(false);
@@ -377,6 +393,66 @@ impl World {
     /// Ends network faults: messages from now on are prompt and arrive.
     pub fn calm(&self) {
         self.calm.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// One pass of node `id`'s hint dispatcher, as kvnode's: expired hints dropped; each
+    /// other hint, if its versions are younger than half the grace, stored on its target
+    /// (when up and reachable) or, if the target no longer holds the key, on every current
+    /// replica, and deleted once stored; one too old is dropped. Returns hints delivered.
+    pub fn deliver_hints(&self, id: &str) -> usize {
+        let Some(hints) = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.hints.clone()) else {
+            return 0;
+        };
+        let now = self.now_ms();
+        let _ = hints.expire(now);
+        let mut delivered = 0;
+        for target in hints.pending().into_keys() {
+            let Ok(page) = hints.page(&target, None, 64) else { continue };
+            let mut done = Vec::new();
+            for (seq, hint) in page {
+                let record = kv_vclock::Siblings::from_versions(hint.versions.clone());
+                if !plan::hand_off(&record, now, self.config.grace_ms) {
+                    self.trace(|| format!("{id}: hint for {target} dropped (too old)"));
+                    done.push(seq);
+                    continue;
+                }
+                let store = |to: &str| {
+                    let call = Call::Store(StoreRequest {
+                        key: hint.key.clone(),
+                        versions: hint.versions.clone(),
+                        fresh: None,
+                        deadline_ms: 0,
+                    });
+                    match self.deliver(id, to, call) {
+                        Delivery::Reply(Reply::Stored) => Some(true),
+                        Delivery::Reply(Reply::Failed { status: MISDIRECTED, .. }) => Some(false),
+                        _ => None,
+                    }
+                };
+                let stored = match store(&target) {
+                    Some(true) => true,
+                    Some(false) => {
+                        let owners: Vec<String> = self
+                            .ring()
+                            .preference_list(&hint.key, self.config.n)
+                            .iter()
+                            .map(|n| n.id.clone())
+                            .collect();
+                        owners.iter().all(|o| store(o) == Some(true))
+                    }
+                    None => false,
+                };
+                if stored {
+                    done.push(seq);
+                    delivered += 1;
+                }
+            }
+            let _ = hints.remove(&target, &done);
+        }
+        if delivered > 0 {
+            self.history(|h| h.counts.hints += delivered as u64);
+        }
+        delivered
     }
 
     /// How a message fares: delay there, delay back, reply lost.
@@ -844,7 +920,8 @@ impl World {
             member.0 = Status::Joining;
             member.1.clone()
         };
-        let node = self.start_node(id, engine);
+        let hints = self.open_hints(&engine);
+        let node = self.start_node(id, engine, hints);
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.join(id, &zone, keys).await;
     }

@@ -47,7 +47,7 @@ fn run_many(first: u64, count: u64, mutation: Mutation) -> (Counts, Vec<Report>)
 fn describe(counts: &Counts) -> String {
     format!(
         "{} histories: {} blind puts, {} puts with context, {} deletes, {} reads; {} writes acknowledged, {} refused; \
-         {} tombstone copies purged; faults: {} crashes, {} partitions, {} late messages, {} lost replies, {} joins, \
+         {} tombstone copies purged, {} hints delivered; faults: {} crashes, {} partitions, {} late messages, {} lost replies, {} joins, \
          {} leaves, {} removals, {} wiped disks; checks: {} acknowledged writes, {} live versions, {} writes after moves; \
          {} acknowledged writes whose last copy was too old to hand off; {} violations",
         counts.histories,
@@ -58,6 +58,7 @@ fn describe(counts: &Counts) -> String {
         counts.acked,
         counts.failed,
         counts.purged,
+        counts.hints,
         counts.crashes,
         counts.partitions,
         counts.late,
@@ -103,7 +104,7 @@ fn caught(mutation: Mutation, limit: u64) -> (u64, Report) {
 
 #[test]
 fn figures_catches_counters_restarting_after_a_purge() {
-    let (histories, report) = caught(Mutation::PerKeyCounters, 3_000);
+    let (histories, report) = caught(Mutation::PerKeyCounters, 10_000);
     println!(
         "mutation per-key counters (restart after purge): caught after {histories} histories (seed {}): {}",
         report.seed,
