@@ -81,6 +81,8 @@ pub struct Counts {
     pub purged: u64,
     /// Hints delivered to their targets (or re-routed to the current replicas).
     pub hints: u64,
+    /// Keys moved by anti-entropy.
+    pub repaired: u64,
     /// Node crashes (each followed by a restart).
     pub crashes: u64,
     /// Partitions between two endpoints (each healed).
@@ -123,6 +125,7 @@ impl Counts {
             failed,
             purged,
             hints,
+            repaired,
             crashes,
             partitions,
             late,

@@ -371,9 +371,10 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     if world.filling() {
         problems.push("some node never finished filling the ranges it gained".to_owned());
     }
-    // Hints still kept go to their targets (or expire).
+    // Hints still kept go to their targets (or expire); one anti-entropy round each.
     for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
         world.deliver_hints(&id);
+        world.anti_entropy_round(&id);
     }
     for _ in 0..2 {
         for key in keys {
@@ -408,12 +409,19 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
 
 /// Every node's dropper and filler, every 50 ms, until membership changes end.
 async fn drop_loop(world: Arc<World>, done: Arc<AtomicBool>) {
+    let mut round = 0u64;
     while !done.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        round += 1;
         for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
             world.drop_round(&id);
             world.fill_round(&id).await;
             world.deliver_hints(&id);
+            // Anti-entropy every second of each node: a slow background repair, as in a
+            // cluster (repairing at once would also hide what the mutations break).
+            if round.is_multiple_of(20) {
+                world.anti_entropy_round(&id);
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ use kv_coordinator::wire::{Call, Entry, Reply, StoreRequest, MISDIRECTED};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError, Topology};
 use kv_replica::ownership::Ownership;
 use kv_replica::replica::{ReplicaCore, ReplicaMetrics};
+use kv_replica::trees::segments;
+use kv_replica::RangeTrees;
 use kv_ring::{Node as RingNode, Ring};
 use kv_storage::{Engine, EngineKind, Identity, Record, StorageMetrics, SyncMode, Version};
 use kv_vclock::Dot;
@@ -58,6 +60,8 @@ struct Node {
     engine: Arc<dyn Engine>,
     /// Hints it keeps for others (opened once per store, kept across restarts).
     hints: Arc<kv_storage::HintStore>,
+    /// Merkle trees of its segments, observing its store (kept across restarts, as the store).
+    trees: Arc<RangeTrees>,
     up: bool,
 }
 
@@ -191,11 +195,20 @@ impl World {
         kv_storage::HintLimits { max_bytes_per_target: 1 << 20, max_age_ms: self.config.grace_ms / 4 }
     }
 
-    fn open_hints(&self, engine: &Arc<dyn Engine>) -> Arc<kv_storage::HintStore> {
-        Arc::new(engine.open_hints(self.hint_limits()).expect("invariant: a memory store opens its hints"))
+    /// What a store carries with it across restarts: its hints and its observing trees.
+    fn open_extras(&self, engine: &Arc<dyn Engine>) -> (Arc<kv_storage::HintStore>, Arc<RangeTrees>) {
+        let hints = Arc::new(engine.open_hints(self.hint_limits()).expect("invariant: a memory store opens its hints"));
+        let trees = RangeTrees::new();
+        trees.attach(&**engine);
+        (hints, trees)
     }
 
-    fn start_node(&self, id: &str, engine: Arc<dyn Engine>, hints: Arc<kv_storage::HintStore>) -> Node {
+    fn start_node(
+        &self,
+        id: &str,
+        engine: Arc<dyn Engine>,
+        (hints, trees): (Arc<kv_storage::HintStore>, Arc<RangeTrees>),
+    ) -> Node {
         let max_version_age = (self.config.grace_ms / 2).saturating_sub(self.hint_limits().max_age_ms);
         let core = Arc::new(
             ReplicaCore::new(id, engine.clone(), ReplicaMetrics::unregistered())
@@ -211,15 +224,15 @@ impl World {
         let seq = state.published;
         state.adopted.insert(id.to_owned(), seq);
         drop(state);
-        Node { core, ownership, engine, hints, up: true }
+        Node { core, ownership, engine, hints, trees, up: true }
     }
 
     /// Adds a member with `status` on a new, empty store.
     pub fn add_node(&self, id: &str, zone: &str, status: Status) {
         let engine = self.new_engine();
         self.state.lock().members.insert(id.to_owned(), (status, zone.to_owned()));
-        let hints = self.open_hints(&engine);
-        let node = self.start_node(id, engine, hints);
+        let extras = self.open_extras(&engine);
+        let node = self.start_node(id, engine, extras);
         self.state.lock().nodes.insert(id.to_owned(), node);
     }
 
@@ -380,11 +393,11 @@ impl World {
         if matches!(self.status(id), Some(Status::Left | Status::Removed) | None) || self.is_up(id) {
             return;
         }
-        let (engine, hints) = match self.state.lock().nodes.get(id) {
-            Some(node) => (node.engine.clone(), node.hints.clone()),
+        let (engine, extras) = match self.state.lock().nodes.get(id) {
+            Some(node) => (node.engine.clone(), (node.hints.clone(), node.trees.clone())),
             None => return,
         };
-        let node = self.start_node(id, engine, hints);
+        let node = self.start_node(id, engine, extras);
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.trace(|| format!("restart {id}"));
         self.publish(false);
@@ -453,6 +466,68 @@ impl World {
             self.history(|h| h.counts.hints += delivered as u64);
         }
         delivered
+    }
+
+    /// One anti-entropy round of node `id`, as kvnode's: for every segment of the current ring
+    /// it holds completely, with every other replica that is up, reachable and holds it
+    /// completely too, the trees are compared and the keys of each differing bucket exchanged
+    /// both ways (merged, siblings kept). Returns the keys moved.
+    pub fn anti_entropy_round(&self, id: &str) -> usize {
+        let state = self.state.lock();
+        let Some(me) = state.nodes.get(id).filter(|n| n.up) else { return 0 };
+        let (core, trees, engine) = (me.core.clone(), me.trees.clone(), me.engine.clone());
+        drop(state);
+        let ring = self.ring();
+        let view = core.view();
+        let wanted: Vec<(u64, u64)> =
+            segments(&ring).into_iter().filter(|&(lo, hi)| view.serves_range(lo, hi)).collect();
+        if trees.keep(&*engine, &wanted).is_err() {
+            return 0;
+        }
+        let mut moved = 0;
+        for &(lo, hi) in &wanted {
+            for peer in ring.preference_list_at(hi, self.config.n) {
+                let peer = peer.id.clone();
+                let theirs = self.state.lock().nodes.get(&peer).filter(|n| n.up).map(|n| n.trees.clone());
+                let (Some(theirs), Some(mine)) = (theirs, trees.tree(lo, hi)) else { continue };
+                let Some(their_tree) = theirs.tree(lo, hi) else { continue };
+                if peer == id || self.partitioned(id, &peer) {
+                    continue;
+                }
+                for bucket in mine.diff_local(&their_tree).buckets {
+                    let range = mine.bucket_range(bucket);
+                    let (first, last) = (*range.start(), *range.end());
+                    if first > last {
+                        continue;
+                    }
+                    // The peer answers only for a range it holds completely.
+                    let Ok(their_entries) = self.scan(id, &peer, first, last, None) else { continue };
+                    let Ok(my_entries) = core.scan(first, last, None, PAGE) else { continue };
+                    let lacks = |have: &[Entry], key: &[u8], versions: &[Version]| {
+                        let held =
+                            have.iter().find(|(k, _)| k.as_slice() == key).map_or(&[][..], |(_, v)| v.as_slice());
+                        versions.iter().any(|v| !held.iter().any(|h| h.dot == v.dot))
+                    };
+                    let to_me: Vec<Entry> =
+                        their_entries.iter().filter(|(k, v)| lacks(&my_entries, k, v)).cloned().collect();
+                    let to_them: Vec<Entry> =
+                        my_entries.iter().filter(|(k, v)| lacks(&their_entries, k, v)).cloned().collect();
+                    moved += to_me.len() + to_them.len();
+                    if !to_me.is_empty() {
+                        self.trace(|| format!("anti-entropy: {id} takes {} keys from {peer}", to_me.len()));
+                        let _ = core.store_stream(to_me);
+                    }
+                    if !to_them.is_empty() {
+                        self.trace(|| format!("anti-entropy: {id} gives {} keys to {peer}", to_them.len()));
+                        let _ = self.stream(id, &peer, to_them);
+                    }
+                }
+            }
+        }
+        if moved > 0 {
+            self.history(|h| h.counts.repaired += moved as u64);
+        }
+        moved
     }
 
     /// How a message fares: delay there, delay back, reply lost.
@@ -920,8 +995,8 @@ impl World {
             member.0 = Status::Joining;
             member.1.clone()
         };
-        let hints = self.open_hints(&engine);
-        let node = self.start_node(id, engine, hints);
+        let extras = self.open_extras(&engine);
+        let node = self.start_node(id, engine, extras);
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.join(id, &zone, keys).await;
     }

@@ -47,7 +47,7 @@ fn run_many(first: u64, count: u64, mutation: Mutation) -> (Counts, Vec<Report>)
 fn describe(counts: &Counts) -> String {
     format!(
         "{} histories: {} blind puts, {} puts with context, {} deletes, {} reads; {} writes acknowledged, {} refused; \
-         {} tombstone copies purged, {} hints delivered; faults: {} crashes, {} partitions, {} late messages, {} lost replies, {} joins, \
+         {} tombstone copies purged, {} hints delivered, {} keys repaired by anti-entropy; faults: {} crashes, {} partitions, {} late messages, {} lost replies, {} joins, \
          {} leaves, {} removals, {} wiped disks; checks: {} acknowledged writes, {} live versions, {} writes after moves; \
          {} acknowledged writes whose last copy was too old to hand off; {} violations",
         counts.histories,
@@ -59,6 +59,7 @@ fn describe(counts: &Counts) -> String {
         counts.failed,
         counts.purged,
         counts.hints,
+        counts.repaired,
         counts.crashes,
         counts.partitions,
         counts.late,
