@@ -9,8 +9,8 @@ use kv_types::{Record, Version};
 use kv_vclock::Dot;
 
 use crate::wire::{
-    Call, CoordinateRequest, CoordinateResponse, HintRequest, PurgeRequest, ReadRequest, Reply, ScanRequest,
-    ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
+    Call, CoordinateRequest, CoordinateResponse, HintRequest, MerkleRequest, MerkleResponse, PurgeRequest, ReadRequest,
+    Reply, ScanRequest, ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
 };
 use crate::ReplicaError;
 
@@ -146,6 +146,12 @@ pub trait RangeClient: Send + Sync + 'static {
     /// Merges many keys into `peer`'s store (durably).
     fn store_batch<'a>(&'a self, peer: &'a Peer, request: StoreBatchRequest)
         -> BoxFuture<'a, Result<(), ReplicaError>>;
+    /// Node values of `peer`'s segment trees (anti-entropy, and fills after their first copy).
+    fn merkle<'a>(
+        &'a self,
+        peer: &'a Peer,
+        request: MerkleRequest,
+    ) -> BoxFuture<'a, Result<MerkleResponse, ReplicaError>>;
 }
 
 /// A [`ReplicaClient`] defined by how one [`Call`] reaches a peer: the node's batched HTTP

@@ -30,7 +30,7 @@ use kv_membership::Membership;
 use kv_merkle::FANOUT;
 use kv_replica::trees::{segments, TREE_DEPTH};
 use kv_replica::{RangeTrees, ReplicaCore};
-use kv_transport::{HttpReplicaClient, PeerTransport};
+use kv_transport::HttpReplicaClient;
 use kv_worker::{Worker, WorkerState};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
@@ -123,7 +123,6 @@ pub struct AntiEntropy {
     core: Arc<ReplicaCore>,
     trees: Arc<RangeTrees>,
     membership: Arc<Membership>,
-    transport: PeerTransport,
     remote: Arc<HttpReplicaClient>,
     options: AntiEntropyOptions,
     metrics: RepairMetrics,
@@ -140,12 +139,10 @@ pub struct AntiEntropy {
 
 impl AntiEntropy {
     /// The worker, and the sender `POST /admin/repair` uses.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: Arc<ReplicaCore>,
         trees: Arc<RangeTrees>,
         membership: Arc<Membership>,
-        transport: PeerTransport,
         remote: Arc<HttpReplicaClient>,
         options: AntiEntropyOptions,
         metrics: RepairMetrics,
@@ -155,7 +152,6 @@ impl AntiEntropy {
             core,
             trees,
             membership,
-            transport,
             remote,
             options,
             metrics,
@@ -267,7 +263,7 @@ impl AntiEntropy {
     }
 
     /// Compares `segs` with `peer` and repairs what differs. Returns the segments that could not
-    /// be compared (the peer holds no complete copy of them yet).
+    /// be compared (the peer holds no complete copy of them yet) or not repaired.
     async fn compare(
         &mut self,
         peer: &Peer,
@@ -275,84 +271,25 @@ impl AntiEntropy {
         report: &mut RepairReport,
         shutdown: &CancellationToken,
     ) -> Result<Vec<u64>, String> {
-        let mut unsynced = Vec::new();
-        // Frontier per segment: the unequal nodes of the level above, starting at the roots.
-        let mut frontier: Vec<((u64, u64), Vec<usize>)> = segs.iter().map(|&s| (s, vec![0])).collect();
-        for level in 0..=TREE_DEPTH {
-            let asks: Vec<Ask> = frontier
-                .iter()
-                .map(|(seg, unequal)| {
-                    let indices = if level == 0 {
-                        vec![0]
-                    } else {
-                        unequal.iter().flat_map(|p| p * FANOUT..(p + 1) * FANOUT).collect()
-                    };
-                    (*seg, indices)
-                })
-                .collect();
-            let mut next = Vec::new();
-            for chunk in chunks(&asks) {
-                let queries = chunk
-                    .iter()
-                    .map(|((lo, hi), indices)| MerkleQuery {
-                        lo: *lo,
-                        hi: *hi,
-                        level,
-                        indices: indices.iter().map(|&i| i as u32).collect(),
-                    })
-                    .collect();
-                let answer = self
-                    .transport
-                    .request(&peer.address, &MerkleRequest { queries })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if answer.answers.len() != chunk.len() {
-                    return Err("merkle answer of the wrong length".into());
-                }
-                for (((lo, hi), indices), theirs) in chunk.iter().zip(answer.answers) {
-                    let (Some(theirs), Some(mine)) = (theirs, self.trees.values(*lo, *hi, level, indices)) else {
-                        unsynced.push(*lo);
-                        continue;
-                    };
-                    report.tree_nodes_fetched += theirs.len() as u64;
-                    if level == 0 {
-                        report.segments_compared += 1;
-                    }
-                    let unequal: Vec<usize> = indices
-                        .iter()
-                        .zip(mine.iter().zip(&theirs))
-                        .filter(|(_, (a, b))| a != b)
-                        .map(|(i, _)| *i)
-                        .collect();
-                    if unequal.is_empty() {
-                        continue;
-                    }
-                    if level == 0 {
-                        report.segments_differing += 1;
-                    }
-                    next.push(((*lo, *hi), unequal));
-                }
-            }
-            if level == TREE_DEPTH {
-                for ((lo, hi), buckets) in &next {
-                    for &bucket in buckets {
-                        if shutdown.is_cancelled() {
-                            return Ok(unsynced);
-                        }
-                        let Some((first, last)) = self.trees.bucket_range(*lo, *hi, bucket) else { continue };
-                        if first > last {
-                            continue;
-                        }
-                        if let Err(e) = self.exchange(peer, first, last, report).await {
-                            tracing::info!(peer = %peer.id, error = %e, "anti-entropy: bucket not exchanged");
-                            unsynced.push(*lo);
-                        }
-                    }
-                }
-            }
-            frontier = next;
-            if frontier.is_empty() {
+        let trees = self.trees.clone();
+        let found =
+            differing_buckets(&*self.remote, peer, segs, |lo, hi, level, indices| trees.values(lo, hi, level, indices))
+                .await?;
+        report.tree_nodes_fetched += found.nodes_fetched;
+        report.segments_compared += found.compared;
+        report.segments_differing += found.differing;
+        let mut unsynced: Vec<u64> = found.unanswered.iter().map(|(lo, _)| *lo).collect();
+        for ((lo, hi), bucket) in found.buckets {
+            if shutdown.is_cancelled() {
                 break;
+            }
+            let Some((first, last)) = self.trees.bucket_range(lo, hi, bucket) else { continue };
+            if first > last {
+                continue;
+            }
+            if let Err(e) = self.exchange(peer, first, last, report).await {
+                tracing::info!(peer = %peer.id, error = %e, "anti-entropy: bucket not exchanged");
+                unsynced.push(lo);
             }
         }
         Ok(unsynced)
@@ -479,6 +416,98 @@ impl Worker for AntiEntropy {
             () = tokio::time::sleep(tick) => {}
         }
     }
+}
+
+/// What a Merkle comparison with a peer found.
+#[derive(Debug, Default)]
+pub struct Differences {
+    /// Leaf buckets that differ: segment and bucket index.
+    pub buckets: Vec<((u64, u64), usize)>,
+    /// Segments the peer could not answer for (it holds no complete copy or no tree yet), or
+    /// that this side has no tree of.
+    pub unanswered: Vec<(u64, u64)>,
+    /// Segments compared.
+    pub compared: u64,
+    /// Of which differed.
+    pub differing: u64,
+    /// Node values fetched from the peer.
+    pub nodes_fetched: u64,
+}
+
+/// Compares this side's trees of `segs` (node values from `local(lo, hi, level, indices)`, of
+/// [`TREE_DEPTH`] like the peer's) with `peer`'s, level by level: the roots of all segments in
+/// one request, then only the children of unequal nodes. Returns the differing leaf buckets.
+pub async fn differing_buckets(
+    client: &dyn RangeClient,
+    peer: &Peer,
+    segs: &[(u64, u64)],
+    local: impl Fn(u64, u64, u32, &[usize]) -> Option<Vec<u128>>,
+) -> Result<Differences, String> {
+    let mut found = Differences::default();
+    // Frontier per segment: the unequal nodes of the level above, starting at the roots.
+    let mut frontier: Vec<((u64, u64), Vec<usize>)> = segs.iter().map(|&s| (s, vec![0])).collect();
+    for level in 0..=TREE_DEPTH {
+        let asks: Vec<Ask> = frontier
+            .iter()
+            .map(|(seg, unequal)| {
+                let indices = if level == 0 {
+                    vec![0]
+                } else {
+                    unequal.iter().flat_map(|p| p * FANOUT..(p + 1) * FANOUT).collect()
+                };
+                (*seg, indices)
+            })
+            .collect();
+        let mut next = Vec::new();
+        for chunk in chunks(&asks) {
+            let queries = chunk
+                .iter()
+                .map(|((lo, hi), indices)| MerkleQuery {
+                    lo: *lo,
+                    hi: *hi,
+                    level,
+                    indices: indices.iter().map(|&i| i as u32).collect(),
+                })
+                .collect();
+            let answer = client.merkle(peer, MerkleRequest { queries }).await.map_err(|e| e.to_string())?;
+            if answer.answers.len() != chunk.len() {
+                return Err("merkle answer of the wrong length".into());
+            }
+            for (((lo, hi), indices), theirs) in chunk.iter().zip(answer.answers) {
+                let (Some(theirs), Some(mine)) = (theirs, local(*lo, *hi, level, indices)) else {
+                    found.unanswered.push((*lo, *hi));
+                    continue;
+                };
+                found.nodes_fetched += theirs.len() as u64;
+                if level == 0 {
+                    found.compared += 1;
+                }
+                let unequal: Vec<usize> = indices
+                    .iter()
+                    .zip(mine.iter().zip(&theirs))
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, _)| *i)
+                    .collect();
+                if unequal.is_empty() {
+                    continue;
+                }
+                if level == 0 {
+                    found.differing += 1;
+                }
+                next.push(((*lo, *hi), unequal));
+            }
+        }
+        if level == TREE_DEPTH {
+            found.buckets =
+                next.into_iter().flat_map(|(seg, buckets)| buckets.into_iter().map(move |b| (seg, b))).collect();
+            break;
+        }
+        frontier = next;
+        if frontier.is_empty() {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// One segment's question at one level: the segment and the node indices asked.

@@ -25,7 +25,7 @@
 //!
 //! A down member changes nothing here: temporary failures move no data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ use kv_coordinator::plan::{self, Move};
 use kv_coordinator::wire::{Entry, ScanRequest, StoreBatchRequest};
 use kv_coordinator::{Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
+use kv_merkle::MerkleTree;
+use kv_replica::trees::segments;
 use kv_ring::{Intervals, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -424,7 +426,14 @@ impl Rebalancer {
                 copied += 1;
                 continue;
             }
-            match self.copy(&name, lo, hi, source, &mut moved, shutdown).await {
+            // After one full copy, another source's copy is merged by Merkle comparison: only
+            // the buckets where it differs from what we now hold travel.
+            let result = if copied > 0 {
+                self.merkle_pull(lo, hi, source, &mut moved, shutdown).await
+            } else {
+                self.copy(Some(&name), lo, hi, source, &mut moved, shutdown).await
+            };
+            match result {
                 Ok(()) => {
                     self.save_cursor(&name, None, true);
                     copied += 1;
@@ -448,17 +457,70 @@ impl Rebalancer {
         }
     }
 
-    /// Copies `lo..=hi` from `source` into our store, page by page, recording progress as `name`.
-    async fn copy(
+    /// Merges into our store everything `source` holds of `lo..=hi` that we lack, as a full copy
+    /// would, but moving only what differs: for each segment of the current ring that overlaps
+    /// the range (the source keeps a tree per segment), a tree of our store over the segment is
+    /// built now and compared with the source's ([`crate::antientropy::differing_buckets`]),
+    /// and of each differing bucket the part inside `lo..=hi` is copied. A bucket whose trees
+    /// are equal holds the same versions on both sides (our store only gains versions in a
+    /// range it fills, so it still holds them). Segments the source cannot compare (no complete
+    /// copy, no tree yet) are copied in full.
+    async fn merkle_pull(
         &self,
-        name: &str,
         lo: u64,
         hi: u64,
         source: &Peer,
         moved: &mut Moved,
         shutdown: &CancellationToken,
     ) -> Result<(), CopyError> {
-        let mut after = self.cursor(name);
+        let ring = self.membership.topology().ring.clone();
+        let segs: Vec<(u64, u64)> = segments(&ring).into_iter().filter(|&(a, b)| a <= hi && b >= lo).collect();
+        let engine = self.replica.engine().clone();
+        let wanted = segs.clone();
+        let trees = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|&(a, b)| kv_replica::trees::build(&*engine, a, b).map(|t| (a, t)))
+                .collect::<Result<BTreeMap<u64, MerkleTree>, kv_storage::Error>>()
+        })
+        .await
+        .map_err(|e| CopyError::Failed(e.to_string()))?
+        .map_err(|e| CopyError::Failed(e.to_string()))?;
+        let tree = |a: u64, b: u64| trees.get(&a).filter(|t| *t.range().end() == b);
+        let found = crate::antientropy::differing_buckets(&*self.client, source, &segs, |a, b, level, indices| {
+            tree(a, b).map(|t| t.values(level, indices))
+        })
+        .await
+        .map_err(CopyError::Failed)?;
+        tracing::debug!(
+            source = %source.id, segments = segs.len(), unanswered = found.unanswered.len(),
+            buckets = found.buckets.len(), "fill: merged a further copy by Merkle comparison"
+        );
+        let ranges = found.unanswered.into_iter().chain(found.buckets.into_iter().filter_map(|((a, b), bucket)| {
+            let range = tree(a, b)?.bucket_range(bucket);
+            Some((*range.start(), *range.end()))
+        }));
+        for (a, b) in ranges {
+            let (first, last) = (a.max(lo), b.min(hi));
+            if first <= last {
+                self.copy(None, first, last, source, moved, shutdown).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `lo..=hi` from `source` into our store, page by page, recording progress as `name`
+    /// (if given).
+    async fn copy(
+        &self,
+        name: Option<&str>,
+        lo: u64,
+        hi: u64,
+        source: &Peer,
+        moved: &mut Moved,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CopyError> {
+        let mut after = name.and_then(|name| self.cursor(name));
         loop {
             if shutdown.is_cancelled() {
                 return Err(CopyError::Failed("shutting down".into()));
@@ -478,7 +540,9 @@ impl Rebalancer {
             moved.bytes += value_bytes;
             self.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
             self.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
-            self.save_cursor(name, after.as_deref(), false);
+            if let Some(name) = name {
+                self.save_cursor(name, after.as_deref(), false);
+            }
             if page.done {
                 return Ok(());
             }

@@ -202,7 +202,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         config.cluster.seeds.clone(),
         config.cluster.gossip_interval,
         config.cluster.gossip_fanout,
-        transport.clone(),
+        transport,
     );
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data.
@@ -263,7 +263,6 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         core.clone(),
         trees.clone(),
         membership.clone(),
-        transport,
         remote.clone(),
         crate::antientropy::AntiEntropyOptions {
             interval: config.anti_entropy_interval,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kv_coordinator::batch::{Batcher, SendBatch};
-use kv_coordinator::wire::{Call, Reply, ScanRequest, ScanResponse, StoreBatchRequest};
+use kv_coordinator::wire::{Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaError};
 use kv_worker::{Stage, Supervisor};
 use parking_lot::Mutex;
@@ -79,6 +79,14 @@ impl RangeClient for HttpReplicaClient {
         peer: &'a Peer,
         request: StoreBatchRequest,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        Box::pin(async move { self.transport.request(&peer.address, &request).await })
+    }
+
+    fn merkle<'a>(
+        &'a self,
+        peer: &'a Peer,
+        request: MerkleRequest,
+    ) -> BoxFuture<'a, Result<MerkleResponse, ReplicaError>> {
         Box::pin(async move { self.transport.request(&peer.address, &request).await })
     }
 }
