@@ -189,6 +189,7 @@ fn scenario(name: &str, cluster: &mut Cluster, fault: impl FnOnce(&mut Cluster))
     let stop = AtomicBool::new(false);
     let base = cluster.gateways[0].client_url("");
     let started = Instant::now();
+    let mut healed = Instant::now();
     std::thread::scope(|scope| {
         scope.spawn(|| workload(&base, &history, &stop, 4));
         std::thread::sleep(Duration::from_secs(2));
@@ -201,18 +202,22 @@ fn scenario(name: &str, cluster: &mut Cluster, fault: impl FnOnce(&mut Cluster))
         }
         let _stop = StopOnDrop(&stop);
         fault(cluster);
+        healed = Instant::now();
         std::thread::sleep(Duration::from_secs(2));
     });
     let running = cluster.nodes.iter().filter(|n| n.is_running()).count();
     wait_normal(cluster, running);
     let took = converge(cluster);
+    let since_heal = healed.elapsed();
     let (lost, back, siblings) = check(&history, &base);
     let (writes, acked) = (history.writes.load(Ordering::Relaxed), history.acked_writes.load(Ordering::Relaxed));
     println!(
-        "{name}: {:.0} s of load, {acked}/{writes} writes acknowledged, converged {:.1} s after healing; \
-         lost {lost}, deleted values back {back}, keys with siblings {siblings}/{KEYS}",
+        "{name}: {:.0} s of load, {acked}/{writes} writes acknowledged; trees equal {:.1} s after the load stopped, \
+         {:.1} s after healing (the load ran 2 s past it); lost {lost}, deleted values back {back}, keys with siblings \
+         {siblings}/{KEYS}",
         started.elapsed().as_secs_f64(),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        since_heal.as_secs_f64()
     );
     assert_eq!(lost, 0, "{name}: acknowledged writes lost");
     assert_eq!(back, 0, "{name}: deleted or superseded values came back");
