@@ -405,6 +405,7 @@ impl Coordinator {
         // passes every answer on, and once all have answered repairs the stale ones.
         let (results, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
         let this = self.clone();
+        let read_started = (self.clock)();
         self.tasks.spawn(async move {
             let key: &[u8] = &key;
             let read = |peer: Peer| {
@@ -430,7 +431,7 @@ impl Coordinator {
             }
             drop(results);
             let merged = merge_records(answers.iter().map(|(_, r)| r));
-            this.repair(key, answers, merged).await;
+            this.repair(key, answers, merged, read_started).await;
         });
         let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
         while !tally.met() {
@@ -461,14 +462,15 @@ impl Coordinator {
     /// within one more (its deadline), so after two timeouts it has landed while the tombstone
     /// was still everywhere to supersede it, or it is dropped.
     pub async fn collect(self: &Arc<Self>, key: &[u8]) -> Result<bool, Error> {
-        let Some(dots) = self.settled_tombstones(key, true).await? else { return Ok(false) };
+        let Some((dots, peers)) = self.settled_tombstones(key, true).await? else { return Ok(false) };
         tokio::time::sleep(self.options.replica_timeout * 2).await;
-        match self.settled_tombstones(key, false).await? {
-            Some(again) if again == dots => {}
+        // The same replicas, holding the same tombstones: those read are the ones purged.
+        let peers = match self.settled_tombstones(key, false).await? {
+            Some((again, read)) if again == dots && read == peers => read,
             _ => return Ok(false),
-        }
+        };
         let mut purged = 0;
-        for peer in self.topology().preference_list(key, self.options.quorum.n) {
+        for peer in peers {
             if self.call(Op::Purge, self.client.purge(&peer, key, &dots)).await.is_ok() {
                 self.metrics.tombstones_purged.inc();
                 purged += 1;
@@ -485,15 +487,20 @@ impl Coordinator {
     }
 
     /// Reads every replica of `key` (repairing stale ones when `repair`) and returns the dots
-    /// of its versions if every replica answered with exactly them, all tombstones older than
-    /// the grace, and the key's range is not moving.
-    async fn settled_tombstones(self: &Arc<Self>, key: &[u8], repair: bool) -> Result<Option<Vec<Dot>>, Error> {
+    /// of its versions and the replicas read, if every replica answered with exactly them, all
+    /// tombstones older than the grace, and the key's range is not moving.
+    async fn settled_tombstones(
+        self: &Arc<Self>,
+        key: &[u8],
+        repair: bool,
+    ) -> Result<Option<(Vec<Dot>, Vec<Peer>)>, Error> {
         let peers = self.topology().preference_list(key, self.options.quorum.n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
         let replicas = peers.len();
-        let reads = peers.into_iter().map(|peer| async move {
+        let read_started = (self.clock)();
+        let reads = peers.clone().into_iter().map(|peer| async move {
             let result = self.call(Op::Read, self.client.read(&peer, key)).await;
             (peer, result)
         });
@@ -514,10 +521,10 @@ impl Coordinator {
         let dots = settled.then(|| {
             let mut dots: Vec<Dot> = merged.versions().iter().map(|v| v.dot().clone()).collect();
             dots.sort_by(|a, b| (&a.node, a.counter).cmp(&(&b.node, b.counter)));
-            dots
+            (dots, peers)
         });
         if repair {
-            self.repair(key, answers, merged).await;
+            self.repair(key, answers, merged, read_started).await;
         }
         Ok(dots)
     }
@@ -531,13 +538,20 @@ impl Coordinator {
     }
 
     /// Read repair: sends the merged versions to every replica that answered without some.
-    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record) {
+    ///
+    /// Every store carries the deadline `read_started` (wall-clock ms when the reads were sent)
+    /// plus two replica timeouts, however long the reads and the repairs before it took. A
+    /// replica that gave a version was read after `read_started`; a tombstone collector purging
+    /// what superseded that version read the same replica holding the tombstone later still, and
+    /// purges only after a second look two replica timeouts after that (rule 8 of
+    /// docs/consistency.md): the repair lands before the purge or not at all.
+    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record, read_started: u64) {
         let versions = merged.versions().to_vec();
+        let deadline = read_started + 2 * self.options.replica_timeout.as_millis() as u64;
         for (peer, record) in &answers {
             if !is_stale(record, &merged) {
                 continue;
             }
-            let deadline = (self.clock)() + self.options.replica_timeout.as_millis() as u64;
             if self.call(Op::Store, self.client.store(peer, key, &versions, None, deadline)).await.is_ok() {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %peer.id, "read repair");

@@ -114,6 +114,11 @@ pub struct StoreBatchRequest {
     /// Set on the last page of a leaving node's hand-off: the receiver now holds everything the
     /// sender gathered for this range (`lo..=hi`), so gaining it later, it is complete.
     pub complete: Option<(u64, u64)>,
+    /// Wall-clock ms after which the receiver must not apply the batch (0: none). Anti-entropy
+    /// sets it to one replica timeout after it read the versions it sends, so that a stalled
+    /// exchange cannot land a version after the tombstone collector's second look (which comes
+    /// two replica timeouts after a first look that saw every replica holding the tombstone).
+    pub deadline_ms: u64,
 }
 
 /// A client's write, as the coordinator forwards it.

@@ -113,7 +113,8 @@ fn one_node_down_two_of_three_succeed_three_of_three_fail() {
 
 #[test]
 fn read_repair_brings_a_returning_replica_up_to_date() {
-    let mut cluster = Cluster::start(3, 1, &[]);
+    // No hints and no anti-entropy round during the test: only the read can repair n3.
+    let mut cluster = Cluster::start(3, 1, &["--hinted-handoff=false", "--anti-entropy-interval", "1h"]);
     let c = client();
     c.put(format!("{}?w=3", cluster.gateways[0].key_url("k"))).body("old").send().unwrap();
     cluster.node("n3").kill9();
@@ -123,7 +124,7 @@ fn read_repair_brings_a_returning_replica_up_to_date() {
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
     cluster.node("n3").restart();
     assert_eq!(local_values(&cluster, 2, "k"), vec!["old"], "n3 should have missed the write");
-    // A read that touches n3 (reads ask all replicas) repairs it; there is no anti-entropy.
+    // A read that touches n3 (reads ask all replicas) repairs it.
     let read = c.get(format!("{}?r=3", cluster.gateways[0].key_url("k"))).send().unwrap();
     assert_eq!(visible_values(read), ["new".to_owned()].into());
     eventually("n3 to be repaired", || local_values(&cluster, 2, "k") == vec!["new"]);

@@ -75,6 +75,9 @@ pub struct AntiEntropyOptions {
     /// tombstone collector's second look, two replica timeouts after the first, must outlast
     /// any exchange that read a replica before it got a tombstone (docs/consistency.md, rule 8).
     pub max_exchange: Duration,
+    /// How long after it began reading a bucket an exchange's stores may still be applied, on
+    /// either side (one replica timeout: rule 8 of docs/consistency.md).
+    pub store_deadline: Duration,
 }
 
 /// Anti-entropy metrics.
@@ -299,6 +302,10 @@ impl AntiEntropy {
     async fn exchange(&mut self, peer: &Peer, first: u64, last: u64, report: &mut RepairReport) -> Result<(), String> {
         report.buckets_exchanged += 1;
         let started = Instant::now();
+        // Neither side applies what this exchange read later than one replica timeout after it
+        // began reading (docs/consistency.md, rule 8): the collector's second look comes two
+        // replica timeouts after a first look that found the tombstone everywhere.
+        let deadline_ms = kv_coordinator::now_ms() + self.options.store_deadline.as_millis() as u64;
         let mut theirs: Vec<Entry> = Vec::new();
         let mut after = None;
         loop {
@@ -323,17 +330,8 @@ impl AntiEntropy {
             mine.iter().map(|(k, v)| (k.as_slice(), v)).collect();
         let theirs_by_key: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
             theirs.iter().map(|(k, v)| (k.as_slice(), v)).collect();
-        let empty = Vec::new();
-        let to_me: Vec<Entry> = theirs
-            .iter()
-            .filter(|(k, vs)| lacks(mine_by_key.get(k.as_slice()).copied().unwrap_or(&empty), vs))
-            .cloned()
-            .collect();
-        let to_them: Vec<Entry> = mine
-            .iter()
-            .filter(|(k, vs)| lacks(theirs_by_key.get(k.as_slice()).copied().unwrap_or(&empty), vs))
-            .cloned()
-            .collect();
+        let to_me = wanted_by(&mine_by_key, &theirs);
+        let to_them = wanted_by(&theirs_by_key, &mine);
         let keys: BTreeSet<&[u8]> = to_me.iter().chain(&to_them).map(|(k, _)| k.as_slice()).collect();
         tracing::debug!(peer = %peer.id, first, last, keys = keys.len(), "anti-entropy bucket");
         if started.elapsed() > self.options.max_exchange {
@@ -345,7 +343,7 @@ impl AntiEntropy {
         let (in_keys, out_keys) = (to_me.len() as u64, to_them.len() as u64);
         if !to_me.is_empty() {
             let core = self.core.clone();
-            tokio::task::spawn_blocking(move || core.store_stream(to_me))
+            tokio::task::spawn_blocking(move || core.store_stream_until(to_me, deadline_ms, kv_coordinator::now_ms()))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|r| r.message)?;
@@ -354,7 +352,7 @@ impl AntiEntropy {
         if !to_them.is_empty() {
             sent = encode(&to_them).len() as u64;
             self.remote
-                .store_batch(peer, StoreBatchRequest { entries: to_them, begin: None, complete: None })
+                .store_batch(peer, StoreBatchRequest { entries: to_them, begin: None, complete: None, deadline_ms })
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -534,7 +532,68 @@ fn chunks(asks: &[Ask]) -> Vec<&[Ask]> {
     out
 }
 
-/// Whether `have` lacks a version of `other` (by dot: a dot names one version forever).
-fn lacks(have: &[kv_storage::Version], other: &[kv_storage::Version]) -> bool {
-    other.iter().any(|o| !have.iter().any(|h| h.dot == o.dot))
+/// What of `offered` (one side's records) the other side, whose records are `have`, should
+/// merge: per key, the versions it neither holds (by dot: a dot names one version forever) nor
+/// has superseded (a version of its covers the dot). A superseded version is never sent: were
+/// the tombstone that superseded it purged before the store lands, it would come back.
+fn wanted_by(have: &BTreeMap<&[u8], &Vec<kv_storage::Version>>, offered: &[Entry]) -> Vec<Entry> {
+    offered
+        .iter()
+        .filter_map(|(key, versions)| {
+            let held: &[kv_storage::Version] = have.get(key.as_slice()).map_or(&[], |v| v.as_slice());
+            let wanted: Vec<kv_storage::Version> = versions
+                .iter()
+                .filter(|o| !held.iter().any(|h| h.dot == o.dot || h.context.get(&o.dot.node) >= o.dot.counter))
+                .cloned()
+                .collect();
+            (!wanted.is_empty()).then(|| (key.clone(), wanted))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_vclock::{Dot, VClock};
+
+    fn version(actor: &str, counter: u64, context: &[(&str, u64)], tombstone: bool) -> kv_storage::Version {
+        let mut clock = VClock::new();
+        for (node, c) in context {
+            clock.set(node, *c, 1);
+        }
+        kv_storage::Version {
+            dot: Dot { node: actor.into(), counter, timestamp: 1 },
+            context: clock,
+            value: if tombstone { Vec::new() } else { b"v".to_vec() },
+            content_type: "t".into(),
+            tombstone,
+            written_at: 1,
+            write_id: 0,
+        }
+    }
+
+    /// Rule 8: an exchange never sends a version the other side has superseded (a tombstone
+    /// there covers it): were that tombstone purged before the store lands, the value would be
+    /// back. Held versions are not sent either; new ones are.
+    #[test]
+    fn an_exchange_sends_only_versions_the_other_side_neither_holds_nor_superseded() {
+        let old = version("a", 1, &[], false);
+        let tombstone = version("b", 1, &[("a", 1)], true);
+        let concurrent = version("c", 4, &[], false);
+        let theirs_deleted = vec![tombstone];
+        let theirs_other = vec![concurrent.clone()];
+        let have: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
+            [(b"deleted".as_slice(), &theirs_deleted), (b"other".as_slice(), &theirs_other)].into_iter().collect();
+        let offered: Vec<Entry> = vec![
+            (b"deleted".to_vec(), vec![old.clone()]),
+            (b"other".to_vec(), vec![concurrent.clone(), old.clone()]),
+            (b"new".to_vec(), vec![old.clone()]),
+        ];
+        let wanted = wanted_by(&have, &offered);
+        assert_eq!(
+            wanted,
+            vec![(b"other".to_vec(), vec![old.clone()]), (b"new".to_vec(), vec![old])],
+            "the superseded version of `deleted` and the held version of `other` stay home"
+        );
+    }
 }

@@ -13,11 +13,13 @@
 //! - **re-routes** a hint whose target no longer holds the key's range (the ring changed, or the
 //!   target was removed) to the key's current replicas: a hint may be the only copy beyond the
 //!   write's W acknowledgements, so it is never dropped for that;
-//! - **drops** only what must go, and says so: hints past `--hint-max-age`, and hints holding
-//!   a version older than half the tombstone grace (the hand-off rule of
-//!   [`kv_coordinator::plan::hand_off`]: such a version may have been deleted by a tombstone
-//!   purged since, and delivering it would bring it back). Each dropped hint's key is read
-//!   from all its replicas at once and the stale ones repaired
+//! - **expires** hints past `--hint-max-age` (the bound on what a fallback keeps): each is first
+//!   stored on every reachable replica of its key, so that its write keeps the copies it can
+//!   get, and kept for a later pass if none takes it;
+//! - **drops** only what must go, and says so: hints holding a version older than half the
+//!   tombstone grace (the hand-off rule of [`kv_coordinator::plan::hand_off`]: such a version
+//!   may have been deleted by a tombstone purged since, and delivering it would bring it back).
+//!   Each dropped hint's key is read from all its replicas at once and the stale ones repaired
 //!   ([`kv_coordinator::Coordinator::read_repair`]): the write the hint held reaches every
 //!   replica from the one that has it, without waiting for anti-entropy.
 //!
@@ -192,7 +194,9 @@ impl HintDispatcher {
             topology.addresses.get(target).map(|address| Peer { id: target.to_owned(), address: address.clone() });
         let sent = match member.filter(|_| !gone) {
             Some(peer) => {
-                self.remote.store_batch(&peer, StoreBatchRequest { entries, begin: None, complete: None }).await
+                self.remote
+                    .store_batch(&peer, StoreBatchRequest { entries, begin: None, complete: None, deadline_ms: 0 })
+                    .await
             }
             None => Err(ReplicaError::NotOwner(format!("{target} is no longer a member"))),
         };
@@ -233,6 +237,7 @@ impl HintDispatcher {
                     entries: vec![(hint.key.clone(), hint.versions.clone())],
                     begin: None,
                     complete: None,
+                    deadline_ms: 0,
                 };
                 if let Err(e) = self.remote.store_batch(peer, request).await {
                     tracing::debug!(peer = %peer.id, error = %e, "re-routing a hint failed; kept for later");
@@ -242,6 +247,62 @@ impl HintDispatcher {
             }
         }
         kept
+    }
+
+    /// Hints past `--hint-max-age` leave the store, but not their writes: each still young
+    /// enough to hand off (every version within half the grace, as a fallback only takes such
+    /// hints) goes to every reachable replica of its key first, its target included if it is
+    /// up (a hint may be the only copy of a write beyond its coordinator), in batches per
+    /// replica. One that no replica takes is kept for the next pass, until it is too old to
+    /// hand off; too old ones are dropped and their keys read-repaired.
+    async fn expire(&mut self, topology: &Topology) -> Result<(), String> {
+        let expired = self.blocking(move |s| s.expired(now_ms())).await?;
+        for (target, hints) in expired {
+            let now = now_ms();
+            let (young, old): (Vec<_>, Vec<_>) = hints.into_iter().partition(|(_, hint)| {
+                hand_off(&kv_vclock::Siblings::from_versions(hint.versions.clone()), now, self.options.grace_ms)
+            });
+            if !old.is_empty() {
+                self.drop_hints(&target, &old, "too_old").await?;
+            }
+            let mut per_peer: std::collections::BTreeMap<String, (Peer, Vec<usize>)> = Default::default();
+            for (i, (_, hint)) in young.iter().enumerate() {
+                let current = topology.preference_list(&hint.key, self.options.replicas);
+                let pending = topology.pending_replicas(&hint.key, self.options.replicas, &current);
+                for peer in current.into_iter().chain(pending).filter(|p| !self.membership.is_down(&p.id)) {
+                    per_peer.entry(peer.id.clone()).or_insert_with(|| (peer, Vec::new())).1.push(i);
+                }
+            }
+            let mut taken = vec![false; young.len()];
+            for (peer, indexes) in per_peer.values() {
+                for chunk in indexes.chunks(PAGE) {
+                    let entries =
+                        chunk.iter().map(|&i| (young[i].1.key.clone(), young[i].1.versions.clone())).collect();
+                    let request = StoreBatchRequest { entries, begin: None, complete: None, deadline_ms: 0 };
+                    match self.remote.store_batch(peer, request).await {
+                        Ok(()) => chunk.iter().for_each(|&i| taken[i] = true),
+                        Err(e) => {
+                            tracing::debug!(peer = %peer.id, error = %e, "storing expired hints on a replica failed")
+                        }
+                    }
+                }
+            }
+            let handed: Vec<u64> = young.iter().zip(&taken).filter(|(_, t)| **t).map(|((seq, _), _)| *seq).collect();
+            if handed.is_empty() {
+                continue;
+            }
+            let count = handed.len() as u64;
+            let target_owned = target.clone();
+            self.blocking(move |s| s.remove(&target_owned, &handed)).await?;
+            tracing::warn!(
+                target,
+                count,
+                "hints expired (--hint-max-age): their writes were stored on the keys' reachable replicas instead"
+            );
+            self.dropped += count;
+            self.metrics.dropped.with_label_values(&["expired"]).inc_by(count);
+        }
+        Ok(())
     }
 
     async fn drop_hints(&mut self, target: &str, hints: &[(u64, Hint)], reason: &str) -> Result<(), String> {
@@ -287,16 +348,9 @@ impl Worker for HintDispatcher {
     }
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
-        let expired = self.blocking(move |s| s.expire(now_ms())).await?;
-        for (target, keys) in expired {
-            let count = keys.len() as u64;
-            tracing::warn!(target, count, "hints expired (--hint-max-age); their keys read-repaired");
-            self.dropped += count;
-            self.metrics.dropped.with_label_values(&["expired"]).inc_by(count);
-            self.repair(keys.iter()).await;
-        }
-        self.refresh_gauges();
         let topology = self.membership.topology();
+        self.expire(&topology).await?;
+        self.refresh_gauges();
         let mut moved = 0;
         let targets: Vec<String> = self.store.pending().into_keys().collect();
         for target in targets {

@@ -87,7 +87,7 @@ pub async fn store_batch(State(state): State<Arc<NodeState>>, body: Bytes) -> Re
     }
     let keys = request.entries.len() as u64;
     let value_bytes: u64 = request.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
-    state.replica.store_batch(request.entries).await?;
+    state.replica.store_batch(request.entries, request.deadline_ms).await?;
     state.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
     state.metrics.stream_bytes.with_label_values(&["in"]).inc_by(value_bytes);
     if let Some(range) = request.complete {

@@ -462,8 +462,8 @@ impl Rebalancer {
     /// the range (the source keeps a tree per segment), a tree of our store over the segment is
     /// built now and compared with the source's ([`crate::antientropy::differing_buckets`]),
     /// and of each differing bucket the part inside `lo..=hi` is copied. A bucket whose trees
-    /// are equal holds the same versions on both sides (our store only gains versions in a
-    /// range it fills, so it still holds them). Segments the source cannot compare (no complete
+    /// are equal holds the same versions on both sides (our store loses a version in a range it
+    /// fills only to one that supersedes it: no purge happens while a replica fills). Segments the source cannot compare (no complete
     /// copy, no tree yet) are copied in full.
     async fn merkle_pull(
         &self,
@@ -535,7 +535,7 @@ impl Rebalancer {
             let value_bytes: u64 =
                 page.entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
             after = page.entries.last().map(|(k, _)| k.clone()).or(after);
-            self.replica.store_batch(page.entries).await.map_err(|e| e.to_string())?;
+            self.replica.store_batch(page.entries, 0).await.map_err(|e| e.to_string())?;
             moved.keys += keys;
             moved.bytes += value_bytes;
             self.metrics.stream_keys.with_label_values(&["in"]).inc_by(keys);
@@ -581,7 +581,7 @@ impl Rebalancer {
                 let keys = page.len() as u64;
                 let value_bytes: u64 = page.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
                 for target in &targets {
-                    let request = StoreBatchRequest { entries: page.clone(), begin, complete };
+                    let request = StoreBatchRequest { entries: page.clone(), begin, complete, deadline_ms: 0 };
                     self.client.store_batch(target, request).await.map_err(|e| format!("{}: {e}", target.id))?;
                     moved.keys += keys;
                     moved.bytes += value_bytes;
@@ -749,7 +749,7 @@ impl Dropper {
             for (target, entries) in by_target {
                 let peer = Peer { address: topology.addresses.get(&target).cloned().unwrap_or_default(), id: target };
                 let keys = entries.len() as u64;
-                let request = StoreBatchRequest { entries, begin: None, complete: None };
+                let request = StoreBatchRequest { entries, begin: None, complete: None, deadline_ms: 0 };
                 self.client.store_batch(&peer, request).await.map_err(|e| format!("{}: {e}", peer.id))?;
                 self.metrics.stream_keys.with_label_values(&["out"]).inc_by(keys);
             }

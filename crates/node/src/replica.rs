@@ -51,9 +51,10 @@ impl Replica {
 
     /// Merges many keys' versions (a range streamed in) in one blocking task; refused unless
     /// every key is this node's to hold.
-    pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>) -> Result<(), ApiError> {
+    pub async fn store_batch(&self, entries: Vec<(Vec<u8>, Vec<Version>)>, deadline_ms: u64) -> Result<(), ApiError> {
         let core = self.core.clone();
-        blocking(move || core.store_stream(entries).map_err(from_refusal)).await
+        blocking(move || core.store_stream_until(entries, deadline_ms, kv_coordinator::now_ms()).map_err(from_refusal))
+            .await
     }
 
     /// Up to `limit` records with key hashes in `first..=last`, after key `after`; refused unless

@@ -269,6 +269,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             bytes_per_sec: config.repair_bytes_per_sec,
             replicas: n,
             max_exchange: config.cluster.coordinator.replica_timeout / 2,
+            store_deadline: config.cluster.coordinator.replica_timeout,
         },
         repair_metrics,
     );

@@ -489,9 +489,20 @@ impl ReplicaCore {
     /// Merges many keys' versions (a range streamed in), refusing the whole batch if any key is
     /// not this replica's.
     pub fn store_stream(&self, entries: Vec<Entry>) -> Result<(), Refusal> {
+        self.store_stream_until(entries, 0, 0)
+    }
+
+    /// [`ReplicaCore::store_stream`], refused whole if the wall clock (`now_ms`, read just
+    /// before) is past `deadline_ms` (0: no deadline) when the batch is about to be applied.
+    pub fn store_stream_until(&self, entries: Vec<Entry>, deadline_ms: u64, now_ms: u64) -> Result<(), Refusal> {
         let view = self.view.read();
         if entries.iter().any(|(key, _)| !view.accepts(kv_ring::hash_key(key))) {
             return Err(self.misdirected("streamed keys").into());
+        }
+        if deadline_ms != 0 && deadline_ms < now_ms {
+            return Err(self
+                .refuse("too_late", TOO_LATE, format!("store-batch deadline passed {} ms ago", now_ms - deadline_ms))
+                .into());
         }
         for (_, versions) in &entries {
             self.observe(versions).map_err(|e| Refusal::from(storage_failed(&e)))?;
@@ -609,6 +620,17 @@ mod tests {
         assert!(matches!(replies[3], Reply::Stored));
         assert!(filling.scan(0, u64::MAX, None, 10).is_err());
         assert!(filling.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_ok());
+    }
+
+    #[test]
+    fn a_store_batch_past_its_deadline_is_refused_whole() {
+        let core = core(true, false);
+        let entries = vec![(b"k".to_vec(), vec![version("a", 1, &[], 5, false)])];
+        let late = core.store_stream_until(entries.clone(), 100, 101);
+        assert!(late.is_err_and(|r| r.status == TOO_LATE));
+        assert!(core.engine().get(b"k").unwrap().is_empty(), "nothing of a late batch is applied");
+        assert!(core.store_stream_until(entries, 100, 100).is_ok());
+        assert_eq!(core.engine().get(b"k").unwrap().len(), 1);
     }
 
     #[test]

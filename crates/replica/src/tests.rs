@@ -2,7 +2,7 @@
 //! behind fault switches): down, slow and lying ones.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ struct SimReplica {
     down: AtomicBool,
     slow: AtomicBool,
     lying: AtomicBool,
+    /// Milliseconds every read waits before it reaches the replica.
+    read_delay_ms: AtomicU64,
 }
 
 impl SimReplica {
@@ -37,6 +39,7 @@ impl SimReplica {
             down: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             lying: AtomicBool::new(false),
+            read_delay_ms: AtomicU64::new(0),
         }
     }
 
@@ -47,6 +50,11 @@ impl SimReplica {
 
 struct SimCluster {
     replicas: HashMap<String, SimReplica>,
+    /// The wall clock replicas check deadlines against (the coordinator's, in tests that pass
+    /// one: virtual time that follows tokio's paused clock).
+    clock: Clock,
+    /// Every store call that reached a replica: (replica, deadline ms, arrival ms).
+    stores: parking_lot::Mutex<Vec<(String, u64, u64)>>,
 }
 
 impl CallPeer for SimCluster {
@@ -58,13 +66,17 @@ impl CallPeer for SimCluster {
 impl SimCluster {
     /// Replicas `ids`, each with the view of `topology` (all normal).
     fn new(ids: &[String], topology: &Topology) -> Arc<SimCluster> {
+        SimCluster::with_clock(ids, topology, Arc::new(now_ms))
+    }
+
+    fn with_clock(ids: &[String], topology: &Topology, clock: Clock) -> Arc<SimCluster> {
         let replicas: HashMap<String, SimReplica> = ids.iter().map(|id| (id.clone(), SimReplica::new(id))).collect();
         for (id, replica) in &replicas {
             let none = Intervals::new();
             let view = ReplicaView::new(id, 3, &topology.ring, topology.pending.as_ref(), true, &none, &none);
             replica.core.set_view(view);
         }
-        Arc::new(SimCluster { replicas })
+        Arc::new(SimCluster { replicas, clock, stores: parking_lot::Mutex::new(Vec::new()) })
     }
 
     async fn send(&self, peer: &Peer, call: Call) -> Result<wire::Reply, ReplicaError> {
@@ -72,13 +84,21 @@ impl SimCluster {
         if replica.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        let delay = replica.read_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 && matches!(call, Call::Read(_)) {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if replica.down.load(Ordering::SeqCst) {
             return Err(ReplicaError::NotSent("connection refused".into()));
         }
         if replica.lying.load(Ordering::SeqCst) {
             return Err(ReplicaError::Decode("garbage".into()));
         }
-        let mut replies = replica.core.execute(vec![call], now_ms());
+        let now = (self.clock)();
+        if let Call::Store(store) = &call {
+            self.stores.lock().push((peer.id.clone(), store.deadline_ms, now));
+        }
+        let mut replies = replica.core.execute(vec![call], now);
         Ok(replies.remove(0))
     }
 }
@@ -257,4 +277,60 @@ async fn young_tombstones_are_kept() {
     coordinator.put(b"k".to_vec(), Write { tombstone: true, ..write("", VClock::new()) }, Some(3)).await.unwrap();
     assert!(!coordinator.collect(b"k").await.unwrap());
     assert_eq!(holders(&cluster, b"k"), vec![1, 1, 1]);
+}
+
+/// Rule 8 (docs/consistency.md): a read repair carries what replicas answered to replicas that
+/// lacked it; a tombstone collector that saw the tombstone everywhere purges two replica
+/// timeouts after that look, so every repair store must be refused past two replica timeouts
+/// after the reads were sent, however long the reads (a timed-out replica, then a slow
+/// fallback read) and the repairs before it took.
+#[tokio::test(start_paused = true)]
+async fn a_read_repair_expires_two_replica_timeouts_after_the_reads_were_sent() {
+    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let ring = Ring::new(ids.iter().map(|id| Node::new(id.clone(), id.clone()))).unwrap();
+    let addresses = ids.iter().map(|id| (id.clone(), format!("{id}:1"))).collect();
+    let topology = Topology::new(ring, addresses);
+    let start = tokio::time::Instant::now();
+    let clock: Clock = Arc::new(move || 1_000_000 + start.elapsed().as_millis() as u64);
+    let cluster = SimCluster::with_clock(&ids, &topology, clock.clone());
+    let (tx, rx) = watch::channel(Arc::new(topology));
+    std::mem::forget(tx);
+    let timeout = Duration::from_millis(500);
+    let options = Options {
+        quorum: Quorum::new(3, 2, 2).unwrap(),
+        replica_timeout: timeout,
+        read_all: false,
+        tombstone_grace: Duration::from_secs(10),
+        sloppy_quorum: false,
+        hinted_handoff: false,
+        zone: "z".into(),
+    };
+    let coordinator =
+        Coordinator::with_clock(cluster.clone(), rx, options, CoordinatorMetrics::unregistered(), 7, clock.clone());
+    let pl = coordinator.topology().preference_list(b"k", 3);
+    // The third replica misses the write.
+    cluster.replicas[&pl[2].id].down.store(true, Ordering::SeqCst);
+    coordinator.put(b"k".to_vec(), write("v", VClock::new()), Some(2)).await.unwrap();
+    settle(&coordinator).await;
+    cluster.replicas[&pl[2].id].down.store(false, Ordering::SeqCst);
+    cluster.stores.lock().clear();
+    // The read asks the first two; the first hangs (no answer within the timeout), so the
+    // third is asked, and answers (without the write) 400 ms later: the repair is sent about
+    // 900 ms after the reads began.
+    cluster.replicas[&pl[0].id].slow.store(true, Ordering::SeqCst);
+    cluster.replicas[&pl[2].id].read_delay_ms.store(400, Ordering::SeqCst);
+    let sent = clock();
+    coordinator.get(b"k".to_vec(), Some(2)).await.unwrap();
+    settle(&coordinator).await;
+    let stores = cluster.stores.lock().clone();
+    let repair = stores.iter().find(|(id, _, _)| *id == pl[2].id).expect("the stale replica was repaired");
+    let bound = sent + 2 * timeout.as_millis() as u64;
+    assert!(
+        repair.1 <= bound,
+        "repair deadline {} is {} ms after the reads were sent; at most two replica timeouts ({} ms) allowed",
+        repair.1,
+        repair.1 - sent,
+        bound - sent
+    );
+    assert_eq!(cluster.replicas[&pl[2].id].record(b"k").len(), 1, "landed within its deadline");
 }

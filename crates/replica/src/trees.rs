@@ -163,7 +163,8 @@ impl RangeTrees {
 
 /// The tree of `engine`'s records in `lo..=hi`, built by one scan (writes may go on meanwhile:
 /// the caller then compares a tree that may lack their changes, which only ever shows more
-/// differences, never fewer, as long as the store only gains versions there).
+/// differences, never fewer, as long as the store loses versions there only to versions that
+/// supersede them).
 pub fn build(engine: &dyn Engine, lo: Token, hi: Token) -> Result<MerkleTree, kv_storage::Error> {
     let mut tree = MerkleTree::new(lo, hi, TREE_DEPTH);
     let mut after: Option<Vec<u8>> = None;

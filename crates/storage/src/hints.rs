@@ -219,38 +219,49 @@ impl HintStore {
         self.space.sync()
     }
 
-    /// Drops every hint older than the age bound at `now_ms`; returns their keys per target.
-    pub fn expire(&self, now_ms: u64) -> Result<BTreeMap<String, Vec<Vec<u8>>>> {
-        let expired: Vec<(String, Vec<u64>)> = {
-            let index = self.index.lock();
-            index
-                .targets
-                .iter()
-                .map(|(target, hints)| {
-                    let old = hints
-                        .hints
-                        .iter()
-                        .filter(|(_, (created, _))| now_ms.saturating_sub(*created) > self.limits.max_age_ms)
-                        .map(|(seq, _)| *seq)
-                        .collect::<Vec<_>>();
-                    (target.clone(), old)
-                })
-                .filter(|(_, old)| !old.is_empty())
-                .collect()
-        };
-        let mut dropped = BTreeMap::new();
-        for (target, seqs) in expired {
-            // The keys, so that the caller can have them repaired.
-            let mut keys = Vec::with_capacity(seqs.len());
-            for &seq in &seqs {
+    /// Every hint older than the age bound at `now_ms`, per target, with its sequence number
+    /// (for [`HintStore::remove`] once the caller has done what it must with it).
+    pub fn expired(&self, now_ms: u64) -> Result<BTreeMap<String, Vec<(u64, Hint)>>> {
+        let mut out = BTreeMap::new();
+        for (target, seqs) in self.expired_seqs(now_ms) {
+            let mut hints = Vec::with_capacity(seqs.len());
+            for seq in seqs {
                 if let Some(bytes) = self.space.get(&hint_key(&target, seq))? {
-                    keys.push(decode(&bytes)?.key);
+                    hints.push((seq, decode(&bytes)?));
                 }
             }
+            out.insert(target, hints);
+        }
+        Ok(out)
+    }
+
+    /// Drops every hint older than the age bound at `now_ms`; returns their keys per target.
+    pub fn expire(&self, now_ms: u64) -> Result<BTreeMap<String, Vec<Vec<u8>>>> {
+        let mut dropped = BTreeMap::new();
+        for (target, hints) in self.expired(now_ms)? {
+            let seqs: Vec<u64> = hints.iter().map(|(seq, _)| *seq).collect();
             self.remove(&target, &seqs)?;
-            dropped.insert(target, keys);
+            dropped.insert(target, hints.into_iter().map(|(_, h)| h.key).collect());
         }
         Ok(dropped)
+    }
+
+    fn expired_seqs(&self, now_ms: u64) -> Vec<(String, Vec<u64>)> {
+        let index = self.index.lock();
+        index
+            .targets
+            .iter()
+            .map(|(target, hints)| {
+                let old = hints
+                    .hints
+                    .iter()
+                    .filter(|(_, (created, _))| now_ms.saturating_sub(*created) > self.limits.max_age_ms)
+                    .map(|(seq, _)| *seq)
+                    .collect::<Vec<_>>();
+                (target.clone(), old)
+            })
+            .filter(|(_, old)| !old.is_empty())
+            .collect()
     }
 
     /// Drops every hint for `target` (it was removed from the cluster); returns how many.

@@ -452,7 +452,8 @@ pub fn metric(proc: &Proc, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+        // An empty float sum is -0.0; a missing series reads 0.
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// A cluster of real processes: `nodes` kvnodes (ids `n1`, `n2`, ...) that know each other,

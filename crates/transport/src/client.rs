@@ -140,6 +140,8 @@ fn kind_metrics(requests: &IntCounterVec, bytes: &IntCounterVec, name: &'static 
 pub struct PeerTransport {
     http: reqwest::Client,
     permits: Arc<Semaphore>,
+    /// A call's deadline; a call waiting for a permit longer than this is not sent.
+    timeout: Duration,
     signer: Signer,
     /// Shared by every clone (the transport is cloned per batch sent).
     metrics: Option<Arc<TransportMetrics>>,
@@ -161,6 +163,7 @@ impl PeerTransport {
         Ok(PeerTransport {
             http,
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            timeout: options.timeout,
             signer: options.signer,
             metrics,
         })
@@ -197,8 +200,13 @@ impl PeerTransport {
         bounded: bool,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, ReplicaError> {
+        // The wait for a permit counts against the call's deadline too: a call queued behind
+        // others for longer is not sent at all (certainly not applied), rather than sent late.
         let _permit = if bounded {
-            Some(self.permits.acquire().await.map_err(|_| ReplicaError::NotSent("transport closed".into()))?)
+            let permit = tokio::time::timeout(self.timeout, self.permits.acquire())
+                .await
+                .map_err(|_| ReplicaError::NotSent(format!("no transport permit within {:?}", self.timeout)))?;
+            Some(permit.map_err(|_| ReplicaError::NotSent("transport closed".into()))?)
         } else {
             None
         };
