@@ -59,8 +59,12 @@ bench() { # label url protocol workload [extra...]
 
 # 1. The HTTP ceiling and one node, N=1, --sync batch.
 p=$(free_port); a=$(free_port)
+# Authentication on, as in production: every process holds the cluster secret.
+secret="$work/cluster.secret"
+(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secret")
 "$bin/kvnode" --node-id solo --listen "127.0.0.1:$p" --peer-listen "127.0.0.1:$(free_port)" \
-  --admin-listen "127.0.0.1:$a" --data-dir "$work/solo" --replicas 1 --sync batch >"$work/solo.log" 2>&1 &
+  --admin-listen "127.0.0.1:$a" --data-dir "$work/solo" --replicas 1 --sync batch \
+  --cluster-secret-file "$secret" >"$work/solo.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$a/health/live"
 bench "ceiling GET (noop)" "http://127.0.0.1:$p/noop" noop c
@@ -122,7 +126,8 @@ bench "redis no persistence SET" "redis://127.0.0.1:$rp2" redis w
 mkeys=${BENCH_MEMORY_KEYS:-1000000}
 p=$(free_port); a=$(free_port)
 "$bin/kvnode" --node-id mem --listen "127.0.0.1:$p" --peer-listen "127.0.0.1:$(free_port)" \
-  --admin-listen "127.0.0.1:$a" --data-dir "$work/mem" --replicas 1 --sync batch >"$work/mem.log" 2>&1 &
+  --admin-listen "127.0.0.1:$a" --data-dir "$work/mem" --replicas 1 --sync batch \
+  --cluster-secret-file "$secret" >"$work/mem.log" 2>&1 &
 mem_pid=$!; pids+=($mem_pid)
 wait_http "http://127.0.0.1:$a/health/live"
 echo "bench: memory at $mkeys keys" >&2

@@ -34,7 +34,7 @@ def blocks(path):
     found = [(m.group(1), m.group(2), m.start(), m.end()) for m in BLOCK.finditer(text)]
     examples = []
     for i, (lang, body, _, end) in enumerate(found):
-        if lang not in ("sh", "bash") or "curl" not in body:
+        if lang not in ("sh", "bash") or ("curl" not in body and "kvctl" not in body):
             continue
         expected = None
         if i + 1 < len(found):
@@ -83,6 +83,15 @@ def main(paths):
         print(f"check_doc_examples: the documented ports are taken; using {rewrite}")
     data = tempfile.mkdtemp(prefix="kv-doc-examples-")
     env = dict(os.environ, KV_DATA=data, KV_BASE_PORT=str(base), KV_GATEWAY_PORT=str(gateway_port))
+    # As after `make run` and `export KV_CLUSTER_SECRET_FILE=data/cluster.secret`: kvctl signs
+    # admin commands with the cluster's secret.
+    # kvctl on the PATH, from the binaries the cluster runs.
+    bin_dir = os.path.abspath(os.environ.get("KV_BIN", os.path.join(ROOT, "target", "release")))
+    example_env = dict(
+        os.environ,
+        KV_CLUSTER_SECRET_FILE=os.path.join(data, "cluster.secret"),
+        PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    )
     failures = 0
     total = 0
     try:
@@ -90,12 +99,12 @@ def main(paths):
         for path in paths:
             for body, expected in blocks(path):
                 total += 1
-                script = body
+                script = body.replace("data/cluster.secret", os.path.join(data, "cluster.secret"))
                 for old, new in rewrite.items():
                     script = script.replace(old, new)
                 run = subprocess.run(
                     ["bash", "-euo", "pipefail", "-c", script],
-                    capture_output=True, text=True, timeout=60,
+                    capture_output=True, text=True, timeout=60, env=example_env,
                 )
                 ok = run.returncode == 0
                 if ok and expected is not None:

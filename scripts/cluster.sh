@@ -9,7 +9,9 @@
 #
 # Idempotent: starting a running cluster or stopping a stopped one changes nothing.
 # Environment: KV_DATA (default ./data), KV_BIN (./target/release), KV_BASE_PORT (7001; peer
-# and admin ports are 100 and 200 above), KV_GATEWAY_PORT (8080; admin one above). Data lives in $KV_DATA/nK, logs in $KV_DATA/logs, pids in $KV_DATA/run.
+# and admin ports are 100 and 200 above), KV_GATEWAY_PORT (8080; admin one above). Data lives in
+# $KV_DATA/nK, logs in $KV_DATA/logs, pids in $KV_DATA/run, the cluster secret (made on the first
+# start) in $KV_DATA/cluster.secret.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,13 @@ done
 case "$nodes" in ''|*[!0-9]*|0) echo "cluster.sh: --nodes must be a positive number" >&2; exit 2 ;; esac
 
 mkdir -p "$data/logs" "$data/run"
+# The cluster secret every process proves membership with (docs/security.md): made once, kept
+# with the data, readable by its owner only. kvctl signs admin commands with it:
+#   export KV_CLUSTER_SECRET_FILE=$data/cluster.secret
+secret="$data/cluster.secret"
+if [ ! -s "$secret" ]; then
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secret"; echo >>"$secret")
+fi
 seeds=$(for i in $(seq 1 "$nodes"); do printf '127.0.0.1:%s,' $((base + 100 + i - 1)); done)
 seeds=${seeds%,}
 
@@ -59,11 +68,12 @@ case "$cmd" in
       port=$((base + i - 1))
       start_one "n$i" "$data/run/n$i.pid" "$bin/kvnode" --node-id "n$i" --listen "127.0.0.1:$port" \
         --peer-listen "127.0.0.1:$((port + 100))" --admin-listen "127.0.0.1:$((port + 200))" \
-        --data-dir "$data/n$i" --seeds "$seeds" --expect-nodes "$nodes"
+        --data-dir "$data/n$i" --seeds "$seeds" --expect-nodes "$nodes" --cluster-secret-file "$secret"
     done
     for i in $(seq 1 "$nodes"); do wait_healthy "127.0.0.1:$((base + 200 + i - 1))"; done
     start_one gateway "$data/run/gateway.pid" "$bin/kvgateway" --listen "127.0.0.1:$gw_port" \
-      --admin-listen "127.0.0.1:$((gw_port + 1))" --seeds "$seeds" --expect-nodes "$nodes"
+      --admin-listen "127.0.0.1:$((gw_port + 1))" --seeds "$seeds" --expect-nodes "$nodes" \
+      --cluster-secret-file "$secret"
     wait_healthy "127.0.0.1:$((gw_port + 1))"
     # Ready when the gateway sees every node as a normal member (new nodes join first).
     for _ in $(seq 1 300); do

@@ -23,6 +23,7 @@ Local cluster:
   nodes:    client API http://127.0.0.1:7001 .. 7003   admin http://127.0.0.1:7201 .. 7203
   gateway:  client API http://127.0.0.1:8080           admin http://127.0.0.1:8081
   data:     ./data/n1 ./data/n2 ./data/n3   logs: ./data/logs
+  secret:   ./data/cluster.secret (kvctl: export KV_CLUSTER_SECRET_FILE=data/cluster.secret)
 Try:
   curl -sS -X PUT -H 'Content-Type: text/plain' --data-binary 'hello' http://127.0.0.1:8080/kv/greeting
   curl -sS http://127.0.0.1:8080/kv/greeting

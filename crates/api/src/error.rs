@@ -76,6 +76,9 @@ pub enum ApiError {
     /// The request conflicts with the node's or member's state.
     #[error("{0}")]
     Conflict(String),
+    /// The key holds as many siblings as allowed; the write was not applied.
+    #[error("{0}")]
+    TooManySiblings(String),
     /// No member with this id.
     #[error("no member {0:?}")]
     NotFoundMember(String),
@@ -129,6 +132,7 @@ impl ApiError {
             ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotFoundMember(_) => (StatusCode::NOT_FOUND, "no_member"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooManySiblings(_) => (StatusCode::CONFLICT, "too_many_siblings"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -151,6 +155,7 @@ impl From<kv_coordinator::Error> for ApiError {
                 ApiError::InsufficientReplicas { op, required, replicas, n }
             }
             kv_coordinator::Error::NoMembers => ApiError::NotReady,
+            kv_coordinator::Error::TooManySiblings(message) => ApiError::TooManySiblings(message),
             refused @ kv_coordinator::Error::Refused { .. } => ApiError::Internal(refused.to_string()),
         }
     }

@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`api`] — the `/kv/{key}` handlers, key and header checks.
 //! - [`cluster`] — `/cluster/members`, `/cluster/ring`.
+//! - [`context`] — [`context::ContextSealer`]: context tokens with a MAC under the cluster secret.
 //! - [`error`] — [`ApiError`] and its HTTP mapping.
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use kv_membership::Membership;
 
 pub mod api;
 pub mod cluster;
+pub mod context;
 pub mod error;
 
 pub use error::ApiError;
@@ -37,6 +39,8 @@ pub struct ApiState {
     pub coordinator: Arc<Coordinator>,
     /// Known members.
     pub membership: Arc<Membership>,
+    /// Seals and opens context tokens.
+    pub contexts: Arc<context::ContextSealer>,
 }
 
 /// The client listener's routes: `/kv/{key}` (and `/noop`, the benchmarks' HTTP ceiling).

@@ -8,6 +8,11 @@
 //! The client is blocking (reqwest's blocking client) because its users, `kvctl` and tests, are
 //! sequential; it keeps connections alive between calls.
 //!
+//! Security (docs/security.md): [`Client::with_token`] sends a client token
+//! (`Authorization: Bearer`), [`Client::with_secrets`] signs admin requests (`/admin/*`) with
+//! the cluster secret for the node at the admin URL (its id, which `GET /health/live` tells),
+//! and [`ClientOptions::ca`] trusts a CA for `https://` URLs.
+//!
 //! # Layout
 //! - [`Client`], [`Read`], [`Sibling`] and [`Error`] are all in this file.
 
@@ -138,16 +143,62 @@ pub struct Client {
     http: reqwest::blocking::Client,
     r: Option<String>,
     w: Option<String>,
+    token: Option<String>,
+    signer: Option<kv_transport::Signer>,
+    /// The id of the process at the admin URL, once asked.
+    admin_id: std::sync::OnceLock<String>,
+}
+
+/// How a [`Client`] connects.
+#[derive(Debug, Default, Clone)]
+pub struct ClientOptions {
+    /// PEM file of a CA to trust for `https://` URLs (the cluster's own CA).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Client {
     /// A client for the client API at `base_url` (e.g. `http://127.0.0.1:8080`) with a per-call
     /// `timeout`; the cluster commands go to the same URL until [`Client::with_admin`].
     pub fn new(base_url: &str, timeout: Duration) -> Result<Client, Error> {
-        let http =
-            reqwest::blocking::Client::builder().timeout(timeout).build().map_err(|e| Error::transport(base_url, e))?;
+        Client::with_options(base_url, timeout, &ClientOptions::default())
+    }
+
+    /// [`Client::new`] with connection options.
+    pub fn with_options(base_url: &str, timeout: Duration, options: &ClientOptions) -> Result<Client, Error> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if let Some(ca) = &options.ca {
+            let pem = std::fs::read(ca).map_err(|e| Error::Protocol(format!("cannot read {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Protocol(format!("{}: not PEM certificates: {e}", ca.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| Error::transport(base_url, e))?;
         let base = base_url.trim_end_matches('/').to_owned();
-        Ok(Client { admin: base.clone(), base, http, r: None, w: None })
+        Ok(Client {
+            admin: base.clone(),
+            base,
+            http,
+            r: None,
+            w: None,
+            token: None,
+            signer: None,
+            admin_id: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` with every client API call.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
+    }
+
+    /// Signs admin requests with `secrets` (the cluster secret), as a cluster with
+    /// authentication requires.
+    pub fn with_secrets(mut self, secrets: Option<&kv_transport::Secrets>) -> Client {
+        self.signer = secrets.map(kv_transport::Signer::new);
+        self
     }
 
     /// Sends the cluster commands (members, ring, leave, remove) to the admin listener at
@@ -184,16 +235,14 @@ impl Client {
 
     /// `POST /admin/leave` on the node at the admin URL: it hands off its ranges and exits.
     pub fn leave(&self) -> Result<serde_json::Value, Error> {
-        let url = format!("{}/admin/leave", self.admin);
-        let response = expect_status(self.send(&url, self.http.post(&url))?, StatusCode::ACCEPTED)?;
+        let response = expect_status(self.admin_call("POST", "/admin/leave")?, StatusCode::ACCEPTED)?;
         response.json().map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// `POST /admin/repair` on the node at the admin URL: an anti-entropy round now; its report
     /// (or `{"status": "running"}` if it takes longer than the node waits).
     pub fn repair(&self) -> Result<serde_json::Value, Error> {
-        let url = format!("{}/admin/repair", self.admin);
-        let response = self.send(&url, self.http.post(&url))?;
+        let response = self.admin_call("POST", "/admin/repair")?;
         let response =
             if response.status() == StatusCode::ACCEPTED { response } else { expect_status(response, StatusCode::OK)? };
         response.json().map_err(|e| Error::Protocol(e.to_string()))
@@ -202,12 +251,49 @@ impl Client {
     /// `POST /admin/remove/{id}`: declare member `id` permanently failed (`force` even if it is
     /// not down).
     pub fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, Error> {
-        let mut url = format!("{}/admin/remove/{}", self.admin, encode_key(id));
+        let mut path = format!("/admin/remove/{}", encode_key(id));
         if force {
-            url.push_str("?force=true");
+            path.push_str("?force=true");
         }
-        let response = expect_status(self.send(&url, self.http.post(&url))?, StatusCode::OK)?;
+        let response = expect_status(self.admin_call("POST", &path)?, StatusCode::OK)?;
         response.json().map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Any admin request (`GET` or `POST` on a path under `/admin/`, with its query), signed
+    /// when the client has the cluster secret; the answer as JSON on success.
+    pub fn admin(&self, method: &str, path: &str) -> Result<serde_json::Value, Error> {
+        let response = self.admin_call(method, path)?;
+        if !response.status().is_success() {
+            return Err(server_error(response));
+        }
+        response.json().map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Sends an admin request, signed for the process at the admin URL.
+    fn admin_call(&self, method: &str, path: &str) -> Result<reqwest::blocking::Response, Error> {
+        if !path.starts_with('/') {
+            return Err(Error::Protocol(format!("an admin path starts with /, got {path:?}")));
+        }
+        let url = format!("{}{path}", self.admin);
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::Protocol(format!("not an HTTP method: {method:?}")))?;
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(signer) = &self.signer {
+            let to = self.admin_id()?;
+            request = request.header(kv_transport::SIGNATURE_HEADER, signer.sign(method.as_str(), path, &to, b""));
+        }
+        self.send(&url, request)
+    }
+
+    /// The id of the process at the admin URL (`GET /health/live`), which admin requests are
+    /// signed for: a request captured on the way to one node cannot be replayed to another.
+    fn admin_id(&self) -> Result<String, Error> {
+        if let Some(id) = self.admin_id.get() {
+            return Ok(id.clone());
+        }
+        let body = self.json(&format!("{}/health/live", self.admin))?;
+        let id = body["id"].as_str().ok_or_else(|| Error::Protocol("/health/live names no id".into()))?.to_owned();
+        Ok(self.admin_id.get_or_init(|| id).clone())
     }
 
     fn json(&self, url: &str) -> Result<serde_json::Value, Error> {
@@ -282,8 +368,11 @@ impl Client {
     fn send(
         &self,
         url: &str,
-        request: reqwest::blocking::RequestBuilder,
+        mut request: reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response, Error> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         request.send().map_err(|e| Error::transport(url, e))
     }
 }

@@ -15,7 +15,7 @@ use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
-use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_LATE};
+use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_LATE, TOO_MANY_SIBLINGS};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -254,6 +254,9 @@ impl Coordinator {
                 }
                 Err(ReplicaError::Refused { status: IMPOSSIBLE_CONTEXT, message }) => {
                     return Err(Error::BadContext(message))
+                }
+                Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
+                    return Err(Error::TooManySiblings(message))
                 }
                 Err(ReplicaError::Refused { message, .. }) => {
                     return Err(Error::Refused { node: peer.id.clone(), message })

@@ -48,6 +48,10 @@ pub enum Error {
     /// issued): forged or corrupted.
     #[error("{0}")]
     BadContext(String),
+    /// The key holds as many siblings as a replica allows (`--max-siblings`) and the write would
+    /// add one: certainly not applied. Resolve the siblings first.
+    #[error("{0}")]
+    TooManySiblings(String),
     /// An `r` or `w` parameter is not 1..=N, `one`, `quorum` or `all`.
     #[error("{0}")]
     BadQuorum(String),

@@ -25,6 +25,11 @@ pub const IMPOSSIBLE_CONTEXT: u16 = 422;
 /// Status of a write refused because the replica would not keep the version it vouches for.
 pub const NOT_KEPT: u16 = 500;
 
+/// Status of a coordinate call refused because the key already holds `--max-siblings`
+/// siblings and the write would add one (HTTP 409): certainly not applied; the client must
+/// resolve the siblings (read, then write with the context).
+pub const TOO_MANY_SIBLINGS: u16 = 409;
+
 /// Path of the batch call: many [`Call`]s (coordinate, store, read, purge) in one request,
 /// answered by as many [`Reply`]s in the same order. Replica calls travel only this way: a
 /// caller coalesces the calls that are queued for one peer at the moment it sends (see

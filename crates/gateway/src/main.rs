@@ -20,14 +20,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
+use kv_api::context::ContextSealer;
 use kv_api::ApiState;
 use kv_coordinator::{Coordinator, CoordinatorMetrics};
 use kv_membership::{GossipDriver, Membership, MembershipMetrics};
 use kv_server::admin::{AdminState, ReadyCheck};
 use kv_server::config::{settings_file, ClusterSettings, ServerSettings};
 use kv_server::http::{layered, HttpMetrics};
+use kv_server::listen::{ConnectionMetrics, ListenerTls};
+use kv_server::security::SecuritySettings;
 use kv_server::serve::{bind, cancel_on_signal, init_logging, serve, stop_in_order, Listener, RunError};
-use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions};
+use kv_server::tls::Tls;
+use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions, Verifier, VerifyState};
 use kv_worker::{Stage, Supervisor};
 use prometheus::Registry;
 use serde::Deserialize;
@@ -61,6 +65,9 @@ struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     cluster: ClusterSettings,
+    #[command(flatten)]
+    #[serde(flatten)]
+    security: SecuritySettings,
 }
 
 fn main() -> ExitCode {
@@ -84,10 +91,12 @@ fn start() -> Result<(), RunError> {
         let mut file: Settings = settings_file(&path).map_err(RunError::Startup)?;
         settings.server.layer_over(&mut file.server);
         settings.cluster.layer_over(&mut file.cluster);
+        settings.security.layer_over(&mut file.security);
         file_zone = file.zone;
     }
     let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
     let mut cluster = settings.cluster.validate().map_err(RunError::Startup)?;
+    let security = settings.security.validate().map_err(RunError::Startup)?;
     let zone = settings.zone.or(file_zone).unwrap_or_else(|| "default".to_owned());
     kv_membership::validate_node_id(&zone).map_err(|e| RunError::Startup(format!("--zone: {e}")))?;
     cluster.coordinator.zone = zone;
@@ -105,14 +114,23 @@ fn start() -> Result<(), RunError> {
         let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
         let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
         let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
+        let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
+        if security.secrets.is_insecure() {
+            tracing::warn!("--insecure: no cluster secret; this gateway's calls to nodes are not authenticated");
+        }
+        let signer = Signer::new(&security.secrets);
+        let contexts = Arc::new(ContextSealer::new(&security.secrets));
+        let tls = security.tls.as_ref().map(Tls::load).transpose().map_err(RunError::Startup)?.map(Arc::new);
         let (membership, _) =
             Membership::new(None, None, cluster.suspect_after, Some(membership_metrics), cluster.expect_nodes)
                 .map_err(RunError::Startup)?;
         let options = TransportOptions {
             timeout: cluster.coordinator.replica_timeout,
             max_in_flight: cluster.max_replica_calls.get(),
-            signer: Signer::default(),
+            signer: signer.clone(),
             local_address: Some(server.listen.ip()).filter(|ip| !ip.is_unspecified()),
+            tls: tls.as_ref().map(|t| t.client_config()),
+            pool_idle: server.limits.idle_timeout / 2,
         };
         let transport = PeerTransport::new(options, Some(&registry)).map_err(RunError::Startup)?;
         let client = Arc::new(HttpReplicaClient::new(
@@ -128,13 +146,22 @@ fn start() -> Result<(), RunError> {
             cluster.seeds.clone(),
             cluster.gossip_interval,
             cluster.gossip_fanout,
-            transport,
+            transport.clone(),
         );
         supervisor.spawn(Stage::Membership, gossip);
+        let on_secrets = {
+            let (signer, contexts) = (signer.clone(), contexts.clone());
+            Box::new(move |secrets: &kv_transport::Secrets| {
+                signer.reload(secrets);
+                contexts.reload(secrets);
+            })
+        };
+        kv_server::reload::spawn_reloaders(&supervisor, &security, on_secrets, tls.as_ref(), &transport);
         let api = Arc::new(ApiState {
             max_value_bytes: server.max_value_bytes,
             coordinator: coordinator.clone(),
             membership: membership.clone(),
+            contexts,
         });
         let serving = Arc::new(AtomicBool::new(true));
         let ready: ReadyCheck = {
@@ -149,19 +176,43 @@ fn start() -> Result<(), RunError> {
                 Ok(())
             })
         };
-        let admin_state =
-            AdminState { registry, supervisor: supervisor.clone(), serving: serving.clone(), ready, on_scrape: None };
-        let admin = kv_server::admin::router(admin_state).merge(kv_api::cluster_router(api.clone()));
+        let admin_state = AdminState {
+            registry: registry.clone(),
+            supervisor: supervisor.clone(),
+            serving: serving.clone(),
+            ready,
+            on_scrape: None,
+            id: "gateway".into(),
+        };
+        let mut admin = kv_server::admin::router(admin_state).merge(kv_api::cluster_router(api.clone()));
+        if !security.secrets.is_insecure() {
+            let auth_metrics = kv_transport::AuthMetrics::register(&registry).map_err(metric_error)?;
+            let check = VerifyState {
+                verifier: Arc::new(Verifier::new(&signer, security.max_skew)),
+                body_limit: 64 * 1024,
+                names: Arc::new(vec!["gateway".into()]),
+                bound: kv_transport::verify::changes,
+                metrics: Some(auth_metrics),
+                listener: "admin",
+                prefix: "/admin/",
+            };
+            admin = kv_transport::verify::guard(admin, check);
+        }
+        let client =
+            kv_server::tokens::protect(kv_api::client_router(api), &security, &registry).map_err(metric_error)?;
+        let listener_tls = || tls.clone().map(|tls| ListenerTls { tls, peer: false });
         let listeners = vec![
             Listener {
                 name: "client",
                 socket: bind("--listen", server.listen).await?,
-                router: layered(kv_api::client_router(api), "client", &server, &http_metrics),
+                router: layered(client, "client", &server, &http_metrics, &[]),
+                tls: listener_tls(),
             },
             Listener {
                 name: "admin",
                 socket: bind("--admin-listen", server.admin_listen).await?,
-                router: layered(admin, "admin", &server, &http_metrics),
+                router: layered(admin, "admin", &server, &http_metrics, &[]),
+                tls: listener_tls(),
             },
         ];
         tracing::info!(
@@ -170,7 +221,8 @@ fn start() -> Result<(), RunError> {
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let deadline = serve(listeners, serving, shutdown, server.shutdown_timeout).await?;
+        let deadline =
+            serve(listeners, serving, shutdown, server.shutdown_timeout, server.limits, connection_metrics).await?;
         stop_in_order(&supervisor, &coordinator, deadline).await;
         tracing::info!("shutdown complete");
         Ok(())

@@ -39,7 +39,11 @@ fn wait_for_status(cluster: &Cluster, observer: usize, id: &str, status: &str) {
 /// `kvctl --admin-url <node's admin> repair`, parsed.
 fn kvctl_repair(cluster: &Cluster, index: usize) -> Value {
     let admin = format!("http://127.0.0.1:{}", cluster.nodes[index].ports.admin);
-    let out = std::process::Command::new(binary("kvctl")).args(["--admin-url", &admin, "repair"]).output().unwrap();
+    let out = std::process::Command::new(binary("kvctl"))
+        .env("KV_CLUSTER_SECRET", kv_testkit::secret())
+        .args(["--admin-url", &admin, "repair"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "kvctl repair: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -158,7 +158,6 @@ fn check(history: &History, base: &str) -> (usize, usize, usize, usize) {
 /// Every running node's tree summary, once all are equal, and how long that took (nudging
 /// anti-entropy with `POST /admin/repair` meanwhile).
 fn converge(cluster: &Cluster) -> Duration {
-    let c = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let started = Instant::now();
     loop {
         let digests: BTreeSet<String> = cluster
@@ -166,7 +165,7 @@ fn converge(cluster: &Cluster) -> Duration {
             .iter()
             .filter(|n| n.is_running())
             .map(|n| {
-                let body: Value = c.get(n.admin_url("/admin/trees")).send().unwrap().json().unwrap();
+                let body: Value = n.admin(reqwest::Method::GET, "/admin/trees").send().unwrap().json().unwrap();
                 format!("{}:{}", body["segments"], body["digest"])
             })
             .collect();
@@ -175,7 +174,7 @@ fn converge(cluster: &Cluster) -> Duration {
         }
         assert!(started.elapsed() < CONVERGE, "replicas did not converge within {CONVERGE:?}: {digests:?}");
         for n in cluster.nodes.iter().filter(|n| n.is_running()) {
-            let _ = c.post(n.admin_url("/admin/repair")).send();
+            let _ = n.admin(reqwest::Method::POST, "/admin/repair").send();
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -286,7 +285,7 @@ fn join_and_leave_during_load() {
     scenario("n4 joins, then decommissions", &mut cluster, |c| {
         let n4 = c.add_node(&NODE_ARGS);
         wait_normal(c, 4);
-        let r = Client::new().post(c.nodes[n4].admin_url("/admin/leave")).send().unwrap();
+        let r = c.nodes[n4].admin(reqwest::Method::POST, "/admin/leave").send().unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let status = c.nodes[n4].wait_exit(Duration::from_secs(60));
         assert!(status.success(), "n4 left and exited: {status:?}");

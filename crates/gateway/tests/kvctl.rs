@@ -12,7 +12,12 @@ fn kvctl_at(proc: &Proc, args: &[&str]) -> Output {
 }
 
 fn kvctl(url: &str, admin: &str, args: &[&str]) -> Output {
-    Command::new(binary("kvctl")).args(["--url", url, "--admin-url", admin]).args(args).output().unwrap()
+    Command::new(binary("kvctl"))
+        .env("KV_CLUSTER_SECRET", kv_testkit::secret())
+        .args(["--url", url, "--admin-url", admin])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stdout(out: &Output) -> String {

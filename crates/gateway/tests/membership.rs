@@ -223,7 +223,7 @@ fn decommissioning_one_of_four_loses_no_key() {
     let gateway = cluster.gateways[0].url("");
     load(&gateway, KEYS, 8);
     let started = Instant::now();
-    let response = client().post(cluster.nodes[3].url("/admin/leave")).send().unwrap();
+    let response = cluster.nodes[3].admin(reqwest::Method::POST, "/admin/leave").send().unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let status = cluster.nodes[3].wait_exit(Duration::from_secs(60));
     let took = started.elapsed();
@@ -284,7 +284,7 @@ fn removing_a_node_whose_data_is_gone_restores_n_replicas() {
     wait_for("n2 to be marked down", Duration::from_secs(15), || {
         survivors.iter().all(|p| statuses(p).get("n2").map(String::as_str) == Some("down"))
     });
-    let removed = client().post(cluster.nodes[0].url("/admin/remove/n2")).send().unwrap();
+    let removed = cluster.nodes[0].admin(reqwest::Method::POST, "/admin/remove/n2").send().unwrap();
     assert_eq!(removed.status(), StatusCode::OK, "{}", removed.text().unwrap());
     // N = 3 on 3 remaining nodes: every key on every survivor.
     let all: BTreeSet<String> = (0..KEYS_REMOVE).map(|i| format!("key-{i}")).collect();

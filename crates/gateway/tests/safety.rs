@@ -59,7 +59,7 @@ fn delete(c: &Client, base: &str, key: &str, ctx: &str) -> StatusCode {
 
 /// Values one node holds itself for `key` (tombstones as `<deleted>`), and its context.
 fn local(proc: &Proc, key: &str) -> (Vec<String>, String) {
-    let body: Value = client().get(proc.url(&format!("/admin/local/{key}"))).send().unwrap().json().unwrap();
+    let body: Value = proc.admin(reqwest::Method::GET, &format!("/admin/local/{key}")).send().unwrap().json().unwrap();
     let values = body["versions"]
         .as_array()
         .unwrap()
@@ -200,7 +200,7 @@ fn s2_a_removed_node_restarted_on_its_old_disk_refuses_to_serve() {
     cluster.node("n4").kill9();
     let survivors: Vec<&Proc> = cluster.nodes[..3].iter().collect();
     wait_for("n4 to be marked down", Duration::from_secs(15), || all_see(&survivors, "n4", "down"));
-    let removed = c.post(cluster.nodes[0].url("/admin/remove/n4")).send().unwrap();
+    let removed = cluster.nodes[0].admin(reqwest::Method::POST, "/admin/remove/n4").send().unwrap();
     assert_eq!(removed.status(), StatusCode::OK);
     let everyone: Vec<&Proc> = cluster.nodes[..3].iter().chain(&cluster.gateways).collect();
     wait_for("n4 to be seen as removed", Duration::from_secs(15), || all_see(&everyone, "n4", "removed"));
@@ -277,7 +277,10 @@ fn s3_a_former_owner_never_merges_back_a_stale_copy() {
     }
     std::thread::sleep(GRACE_WAIT);
     wait_purged(&cluster.nodes, &(0..KEYS / 2).map(|i| format!("s3-{i}")).collect::<Vec<_>>());
-    assert_eq!(c.post(cluster.nodes[3].url("/admin/leave")).send().unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        cluster.nodes[3].admin(reqwest::Method::POST, "/admin/leave").send().unwrap().status(),
+        StatusCode::ACCEPTED
+    );
     assert_eq!(cluster.nodes[3].wait_exit(Duration::from_secs(60)).code(), Some(0));
     let rest: Vec<&Proc> = cluster.nodes[..3].iter().chain(&cluster.gateways).collect();
     wait_for("n4 seen as left", Duration::from_secs(15), || all_see(&rest, "n4", "left"));
@@ -417,7 +420,8 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
             .nodes
             .iter()
             .flat_map(|p| {
-                let body: Value = client().get(p.url(&format!("/admin/local/{key}"))).send().unwrap().json().unwrap();
+                let body: Value =
+                    p.admin(reqwest::Method::GET, &format!("/admin/local/{key}")).send().unwrap().json().unwrap();
                 body["versions"]
                     .as_array()
                     .unwrap()
@@ -536,7 +540,10 @@ fn s7b_a_leaving_node_waits_before_pushing() {
         before = now;
     }
     let started = Instant::now();
-    assert_eq!(client().post(cluster.nodes[3].url("/admin/leave")).send().unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        cluster.nodes[3].admin(reqwest::Method::POST, "/admin/leave").send().unwrap().status(),
+        StatusCode::ACCEPTED
+    );
     let mut first_push = None;
     while started.elapsed() < Duration::from_secs(20) {
         let now: f64 = cluster.nodes[..3].iter().map(|p| metric(p, "kv_stream_keys_total", "direction=\"in\"")).sum();
@@ -584,7 +591,7 @@ fn s7c_an_impossible_context_is_a_bad_context() {
 #[test]
 fn s7d_a_joining_node_does_not_coordinate() {
     use kv_coordinator::wire::{decode, encode, Call, CoordinateRequest, Reply, Ticket, Write, BATCH_PATH};
-    use kv_transport::{Signer, SIGNATURE_HEADER};
+    use kv_transport::SIGNATURE_HEADER;
     let mut cluster = Cluster::start(3, 0, &[]);
     // A slow-gossiping joiner stays joining for several seconds.
     let index = cluster.add_node(&["--gossip-interval", "2s", "--suspect-after", "6s"]);
@@ -603,7 +610,7 @@ fn s7d_a_joining_node_does_not_coordinate() {
     let body = encode(&calls);
     let response = client()
         .post(joiner.url(BATCH_PATH))
-        .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, &body))
+        .header(SIGNATURE_HEADER, kv_testkit::sign_peer(joiner, BATCH_PATH, &body))
         .body(body)
         .send()
         .unwrap();

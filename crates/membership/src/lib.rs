@@ -38,7 +38,7 @@ pub mod membership;
 pub mod metrics;
 
 pub use membership::{
-    owns_later, owns_now, resolve, ring_of, validate_state, GossipDriver, MemberInfo, MemberList, Membership,
+    owns_later, owns_now, resolve, ring_of, validate_state, GossipDriver, MemberInfo, MemberList, Membership, Probe,
 };
 pub use metrics::MembershipMetrics;
 

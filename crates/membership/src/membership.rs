@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_coordinator::Topology;
+use kv_coordinator::{ReplicaError, Topology};
 use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
 use kv_ring::{Node, Ring};
 use parking_lot::Mutex;
@@ -474,30 +474,39 @@ impl GossipDriver {
                 targets.push(addresses[self.rng.below(addresses.len())].clone());
             }
         }
-        self.answered = self.exchange_all(targets).await;
+        self.answered = self.exchange_all(targets).await.answered;
     }
 
     /// Exchanges digests with `targets` at once and merges the answers; returns how many
     /// answered.
-    async fn exchange_all(&self, mut targets: Vec<String>) -> usize {
+    async fn exchange_all(&self, mut targets: Vec<String>) -> Probe {
         let me = self.membership.my_state().map(|s| s.address);
         targets.retain(|t| Some(t) != me.as_ref());
         targets.sort();
         targets.dedup();
         let digest = self.membership.digest();
         let exchanges = targets.iter().map(|target| self.exchange(target, &digest));
-        let mut answered = 0;
-        for digest in futures::future::join_all(exchanges).await.into_iter().flatten() {
-            self.membership.merge(digest);
-            answered += 1;
+        let mut probe = Probe::default();
+        for (target, result) in targets.iter().zip(futures::future::join_all(exchanges).await) {
+            match result {
+                Ok(digest) => {
+                    self.membership.merge(digest);
+                    probe.answered += 1;
+                }
+                Err(ReplicaError::Refused { status: 401, message }) => {
+                    tracing::warn!(%target, %message, "a peer refused this process's credentials (cluster secret)");
+                    probe.unauthorized.push((target.clone(), message));
+                }
+                Err(e) => tracing::debug!(%target, error = %e, "gossip exchange failed"),
+            }
         }
-        answered
+        probe
     }
 
     /// One exchange with every seed and every known member, before serving: a node learns
-    /// whether it was removed (and the cluster's latest state) before it serves anything.
-    /// Returns how many answered.
-    pub async fn probe(&self) -> usize {
+    /// whether it was removed (and the cluster's latest state) before it serves anything, and
+    /// whether the cluster accepts its credentials.
+    pub async fn probe(&self) -> Probe {
         let mut targets: Vec<String> = Vec::new();
         for seed in &self.seeds {
             targets.extend(resolve(seed).await);
@@ -506,15 +515,18 @@ impl GossipDriver {
         self.exchange_all(targets).await
     }
 
-    async fn exchange(&self, target: &str, digest: &Digest) -> Option<Digest> {
-        match self.transport.request(target, digest).await {
-            Ok(digest) => Some(digest),
-            Err(e) => {
-                tracing::debug!(%target, error = %e, "gossip exchange failed");
-                None
-            }
-        }
+    async fn exchange(&self, target: &str, digest: &Digest) -> Result<Digest, ReplicaError> {
+        self.transport.request(target, digest).await
     }
+}
+
+/// What one exchange with every seed and known member found.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// Peers that answered.
+    pub answered: usize,
+    /// Peers that refused this process's signature (`401`), and what they said.
+    pub unauthorized: Vec<(String, String)>,
 }
 
 impl Worker for GossipDriver {

@@ -14,6 +14,7 @@ use kv_server::config::{
     duration_setting, parse_addr, settings_file, ClusterConfig, ClusterSettings, ServerConfig, ServerSettings,
 };
 use kv_server::layer;
+use kv_server::security::{SecurityConfig, SecuritySettings};
 use kv_storage::{Compression, EngineKind, SyncMode};
 use serde::Deserialize;
 
@@ -117,6 +118,19 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub cluster: ClusterSettings,
+    /// Cluster secret, client tokens, TLS.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub security: SecuritySettings,
+    /// Siblings a key may hold: a client write that would leave more is refused 409
+    /// too_many_siblings (read the key and write back with its context to resolve them);
+    /// replication, repair and hand-offs are never refused [default: 100].
+    #[arg(long, env = "KV_MAX_SIBLINGS")]
+    pub max_siblings: Option<usize>,
+    /// Siblings past which a write is logged as a warning and counted
+    /// (kv_siblings_over_warning_total) [default: 25].
+    #[arg(long, env = "KV_WARN_SIBLINGS")]
+    pub warn_siblings: Option<usize>,
 }
 
 /// Validated kvnode configuration.
@@ -154,6 +168,10 @@ pub struct Config {
     pub repair_bytes_per_sec: u64,
     /// Time between tombstone collection passes.
     pub gc_interval: std::time::Duration,
+    /// Cluster secret, client tokens, TLS.
+    pub security: SecurityConfig,
+    /// Sibling limits of client writes.
+    pub siblings: kv_replica::replica::SiblingLimits,
 }
 
 impl Settings {
@@ -189,10 +207,13 @@ impl Settings {
             hint_rate,
             anti_entropy_interval,
             repair_bytes_per_sec,
-            gc_interval
+            gc_interval,
+            max_siblings,
+            warn_siblings
         );
         self.server.layer_over(&mut lower.server);
         self.cluster.layer_over(&mut lower.cluster);
+        self.security.layer_over(&mut lower.security);
     }
 
     /// Applies defaults and checks every value.
@@ -266,7 +287,18 @@ impl Settings {
         if gc_interval < std::time::Duration::from_millis(100) {
             return Err(format!("--gc-interval: must be at least 100ms, got {gc_interval:?}"));
         }
+        let max_siblings = self.max_siblings.unwrap_or(100);
+        if !(2..=10_000).contains(&max_siblings) {
+            return Err(format!("--max-siblings: must be 2 to 10000, got {max_siblings}"));
+        }
+        let warn_siblings = self.warn_siblings.unwrap_or(25.min(max_siblings));
+        if warn_siblings == 0 || warn_siblings > max_siblings {
+            return Err(format!("--warn-siblings: must be 1 to --max-siblings ({max_siblings}), got {warn_siblings}"));
+        }
+        let security = self.security.validate()?;
         Ok(Config {
+            security,
+            siblings: kv_replica::replica::SiblingLimits { max: max_siblings, warn: warn_siblings },
             gc_interval,
             hint_limits: kv_storage::HintLimits {
                 max_bytes_per_target: hint_max_mb << 20,
@@ -350,9 +382,14 @@ mod tests {
     use kv_server::config::parse_duration;
     use std::time::Duration;
 
+    /// Settings with `--insecure` (no secret needed) and nothing else set.
+    fn insecure() -> Settings {
+        Settings { security: SecuritySettings { insecure: Some(true), ..Default::default() }, ..Default::default() }
+    }
+
     #[test]
     fn defaults_are_valid() {
-        let config = Settings::default().validate().unwrap();
+        let config = insecure().validate().unwrap();
         assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.storage.engine, EngineKind::Fjall);
         assert_eq!(config.storage.sync, SyncMode::Batch);
@@ -364,42 +401,40 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let cases: Vec<(Settings, &str)> = vec![
-            (Settings { engine: Some("rocks".into()), ..Default::default() }, "--engine"),
-            (Settings { sync: Some("sometimes".into()), ..Default::default() }, "--sync"),
+            (Settings { engine: Some("rocks".into()), ..insecure() }, "--engine"),
+            (Settings { sync: Some("sometimes".into()), ..insecure() }, "--sync"),
             (
                 Settings {
                     server: ServerSettings { listen: Some("nowhere".into()), ..Default::default() },
-                    ..Default::default()
+                    ..insecure()
                 },
                 "--listen",
             ),
             (
                 Settings {
                     cluster: ClusterSettings { replicas: Some(1), write_quorum: Some(2), ..Default::default() },
-                    ..Default::default()
+                    ..insecure()
                 },
                 "--read-quorum/--write-quorum",
             ),
             (
                 Settings {
                     cluster: ClusterSettings { seeds: Some("a:1,nowhere".into()), ..Default::default() },
-                    ..Default::default()
+                    ..insecure()
                 },
                 "--seeds",
             ),
-            (Settings { weight: Some(0), ..Default::default() }, "--weight"),
-            (Settings { node_id: Some("a b".into()), ..Default::default() }, "--node-id"),
+            (Settings { weight: Some(0), ..insecure() }, "--weight"),
+            (Settings { node_id: Some("a b".into()), ..insecure() }, "--node-id"),
+            (Settings::default(), "no cluster secret"),
             (
-                Settings {
-                    server: ServerSettings { max_value_bytes: Some(0), ..Default::default() },
-                    ..Default::default()
-                },
+                Settings { server: ServerSettings { max_value_bytes: Some(0), ..Default::default() }, ..insecure() },
                 "--max-value-bytes",
             ),
             (
                 Settings {
                     server: ServerSettings { log_format: Some("xml".into()), ..Default::default() },
-                    ..Default::default()
+                    ..insecure()
                 },
                 "--log-format",
             ),
@@ -417,7 +452,7 @@ mod tests {
         std::fs::write(&path, "listen = \"127.0.0.1:2\"\nzone = \"z9\"\nreplicas = 5\n").unwrap();
         let mut top = Settings {
             server: ServerSettings { listen: Some("127.0.0.1:1".into()), ..Default::default() },
-            ..Default::default()
+            ..insecure()
         };
         let mut file: Settings = settings_file(&path).unwrap();
         top.layer_over(&mut file);
@@ -432,11 +467,26 @@ mod tests {
     #[test]
     fn example_config_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kvnode.example.toml");
-        let settings: Settings = settings_file(&path).unwrap();
+        let mut settings: Settings = settings_file(&path).unwrap();
         // Every setting but `config` itself is shown in the example.
         let shown = format!("{settings:?}");
         assert_eq!(shown.matches("None").count(), 1, "{shown}");
-        settings.validate().unwrap();
+        // Its files, made here where the example names them.
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path)
+        };
+        let security = &mut settings.security;
+        security.cluster_secret_file = file("secret", &"s".repeat(64));
+        security.client_tokens_file = file("tokens", "read r-0123456789abcdef\nwrite w-0123456789abcdef\n");
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        security.tls_cert = file("crt", &ca.cert.pem());
+        security.tls_key = file("key", &ca.key_pair.serialize_pem());
+        security.tls_ca = file("ca", &ca.cert.pem());
+        let config = settings.validate().unwrap();
+        kv_server::tls::Tls::load(config.security.tls.as_ref().unwrap()).unwrap();
     }
 
     #[test]

@@ -46,7 +46,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use kv_membership::Membership;
 use kv_replica::ownership::Ownership;
-use kv_transport::{Signer, VerifyState};
+use kv_transport::VerifyState;
 
 pub mod admin;
 pub mod antientropy;
@@ -74,25 +74,40 @@ pub struct NodeState {
     pub trees: Arc<kv_replica::RangeTrees>,
     /// Asks the anti-entropy worker for a round now.
     pub repair: tokio::sync::mpsc::Sender<antientropy::RepairRequest>,
+    /// Seals context tokens (shown by `/admin/local`).
+    pub contexts: Arc<kv_api::context::ContextSealer>,
 }
 
 /// Internal messages carry a key's whole sibling set; allow this many values' worth (plus a
 /// full batch of small calls, see [`kv_coordinator::batch`]).
 const INTERNAL_BODY_VALUES: usize = 16;
 
-/// The peer listener's routes: `/internal/*` only, every request signature-checked first.
-pub fn peer_router(state: Arc<NodeState>, max_value_bytes: usize, signer: Signer) -> Router {
-    let body_limit = max_value_bytes
+/// The largest body of a peer request.
+pub fn peer_body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes
         .saturating_add(1)
         .saturating_mul(INTERNAL_BODY_VALUES)
-        .saturating_add(2 * kv_coordinator::batch::MAX_BATCH_BYTES);
+        .saturating_add(2 * kv_coordinator::batch::MAX_BATCH_BYTES)
+}
+
+/// Peer requests bound to their destination (a replay to another member is refused): all but
+/// gossip, whose replay is harmless and which is sent to seed addresses that may not be the
+/// advertised one.
+pub fn peer_bound(_method: &axum::http::Method, path: &str) -> bool {
+    path != kv_coordinator::wire::GOSSIP_PATH
+}
+
+/// The peer listener's routes: `/internal/*` only, every request's signature checked first
+/// (`verify`, its `prefix` `/`).
+pub fn peer_router(state: Arc<NodeState>, verify: VerifyState) -> Router {
+    let body_limit = verify.body_limit;
     Router::new()
         .route(kv_coordinator::wire::BATCH_PATH, post(internal::batch))
         .route(kv_coordinator::wire::SCAN_PATH, post(internal::scan))
         .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
         .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
         .route(kv_coordinator::wire::MERKLE_PATH, post(internal::merkle))
-        .route_layer(axum::middleware::from_fn_with_state(VerifyState { signer, body_limit }, kv_transport::verify))
+        .route_layer(axum::middleware::from_fn_with_state(verify, kv_transport::verify))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kv_api::context::ContextSealer;
 use kv_api::ApiState;
 use kv_coordinator::Coordinator;
 use kv_gossip::{MemberState, Status};
@@ -19,8 +20,10 @@ use kv_replica::ownership::Ownership;
 use kv_replica::replica::ReplicaCore;
 use kv_server::admin::{AdminState, ReadyCheck};
 use kv_server::http::{layered, HttpMetrics};
+use kv_server::listen::{ConnectionMetrics, ListenerTls};
 use kv_server::serve::{bind, serve, stop_in_order, Listener, RunError};
-use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions};
+use kv_server::tls::Tls;
+use kv_transport::{BoundCheck, HttpReplicaClient, PeerTransport, Signer, TransportOptions, Verifier, VerifyState};
 use kv_worker::{Stage, Supervisor, Worker, WorkerState};
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +108,16 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let hint_metrics = crate::hints::HintMetrics::register(&registry).map_err(metric_error)?;
     let repair_metrics = crate::antientropy::RepairMetrics::register(&registry).map_err(metric_error)?;
     let gc_metrics = crate::gc::GcMetrics::register(&registry).map_err(metric_error)?;
+    let auth_metrics = kv_transport::AuthMetrics::register(&registry).map_err(metric_error)?;
+    let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
+    let security = &config.security;
+    if security.secrets.is_insecure() {
+        tracing::warn!("--insecure: no cluster secret; anyone who reaches the peer or admin port controls this node");
+    }
+    let signer = Signer::new(&security.secrets);
+    let verifier = Arc::new(Verifier::new(&signer, security.max_skew));
+    let contexts = Arc::new(ContextSealer::new(&security.secrets));
+    let tls = security.tls.as_ref().map(Tls::load).transpose().map_err(RunError::Startup)?.map(Arc::new);
     let dir = engine_dir(&config.data_dir, config.storage.engine).map_err(RunError::Startup)?;
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
@@ -127,7 +140,8 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let hint_version_age = (grace_ms / 2).saturating_sub(config.hint_limits.max_age_ms);
     let core = Arc::new(
         ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone())
-            .with_hints(hint_store.clone(), hint_version_age),
+            .with_hints(hint_store.clone(), hint_version_age)
+            .with_sibling_limits(config.siblings),
     );
     // Merkle trees follow every change to the store from here on (built per segment by the
     // anti-entropy worker).
@@ -172,13 +186,14 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         Ownership::open(&node_id, n, core.clone(), metrics.ranges_dropping.clone()).map_err(RunError::Startup)?,
     );
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
-    let signer = Signer::default();
     let transport = PeerTransport::new(
         TransportOptions {
             timeout: config.cluster.coordinator.replica_timeout,
             max_in_flight: config.cluster.max_replica_calls.get(),
             signer: signer.clone(),
             local_address: Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified()),
+            tls: tls.as_ref().map(|t| t.client_config()),
+            pool_idle: config.server.limits.idle_timeout / 2,
         },
         Some(&registry),
     )
@@ -202,13 +217,19 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         config.cluster.seeds.clone(),
         config.cluster.gossip_interval,
         config.cluster.gossip_fanout,
-        transport,
+        transport.clone(),
     );
     // Before serving anything, hear from the cluster: a node an operator removed learns it
-    // here and refuses to serve its old data.
-    let answered = gossip.probe().await;
+    // here and refuses to serve its old data, and a node with the wrong secret learns that.
+    let probe = gossip.probe().await;
+    if let (0, Some((peer, message))) = (probe.answered, probe.unauthorized.first()) {
+        return Err(RunError::Startup(format!(
+            "the cluster refuses this node's credentials ({peer} answered 401: {message}); every node and gateway \
+             of a cluster must hold the same cluster secret (--cluster-secret-file or KV_CLUSTER_SECRET)"
+        )));
+    }
     refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
-    tracing::info!(answered, "start-up gossip exchange done");
+    tracing::info!(answered = probe.answered, "start-up gossip exchange done");
     ownership.update(&membership.topology()).map_err(RunError::Startup)?;
     let shutdown = CancellationToken::new();
     supervisor.spawn(Stage::Membership, gossip);
@@ -285,13 +306,30 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             gc_metrics,
         ),
     );
+    let on_secrets = {
+        let (signer, contexts) = (signer.clone(), contexts.clone());
+        Box::new(move |secrets: &kv_transport::Secrets| {
+            signer.reload(secrets);
+            contexts.reload(secrets);
+        })
+    };
+    kv_server::reload::spawn_reloaders(&supervisor, security, on_secrets, tls.as_ref(), &transport);
     let server = &config.server;
     let api = Arc::new(ApiState {
         max_value_bytes: server.max_value_bytes,
         coordinator: coordinator.clone(),
         membership: membership.clone(),
+        contexts: contexts.clone(),
     });
-    let node = Arc::new(NodeState { replica, ownership, membership: membership.clone(), metrics, trees, repair });
+    let node = Arc::new(NodeState {
+        replica,
+        ownership,
+        membership: membership.clone(),
+        metrics,
+        trees,
+        repair,
+        contexts: contexts.clone(),
+    });
     let serving = Arc::new(AtomicBool::new(true));
     let ready: ReadyCheck = {
         let membership = membership.clone();
@@ -303,30 +341,56 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     };
     let scraped = engine.clone();
     let admin_state = AdminState {
-        registry,
+        registry: registry.clone(),
         supervisor: supervisor.clone(),
         serving: serving.clone(),
         ready,
         on_scrape: Some(Arc::new(move || scraped.refresh_gauges())),
+        id: node_id.clone(),
     };
-    let admin = kv_server::admin::router(admin_state)
+    let names = Arc::new(vec![config.advertise.clone(), node_id.clone()]);
+    let verify = |listener, prefix, bound, body_limit| VerifyState {
+        verifier: verifier.clone(),
+        body_limit,
+        names: names.clone(),
+        bound,
+        metrics: Some(auth_metrics.clone()),
+        listener,
+        prefix,
+    };
+    let mut admin = kv_server::admin::router(admin_state)
         .merge(kv_api::cluster_router(api.clone()))
         .merge(crate::admin_router(node.clone()));
+    // With --insecure, admin requests are not signed (curl works); peer requests still are,
+    // with the built-in key, which catches corruption and other protocol versions.
+    if !security.secrets.is_insecure() {
+        let check = verify("admin", "/admin/", kv_transport::verify::changes as BoundCheck, ADMIN_BODY_LIMIT);
+        admin = kv_transport::verify::guard(admin, check);
+    }
+    let peer = crate::peer_router(
+        node,
+        verify("peer", "/", crate::peer_bound as BoundCheck, crate::peer_body_limit(server.max_value_bytes)),
+    );
+    let client = kv_server::tokens::protect(kv_api::client_router(api), security, &registry).map_err(metric_error)?;
+    let listener_tls = |peer| tls.clone().map(|tls| ListenerTls { tls, peer });
     let listeners = vec![
         Listener {
             name: "client",
             socket: bind("--listen", server.listen).await?,
-            router: layered(kv_api::client_router(api), "client", server, &http_metrics),
+            router: layered(client, "client", server, &http_metrics, &[]),
+            tls: listener_tls(false),
         },
         Listener {
             name: "peer",
             socket: bind("--peer-listen", config.peer_listen).await?,
-            router: layered(crate::peer_router(node, server.max_value_bytes, signer), "peer", server, &http_metrics),
+            router: layered(peer, "peer", server, &http_metrics, &[kv_coordinator::wire::GOSSIP_PATH]),
+            tls: listener_tls(true),
         },
         Listener {
             name: "admin",
             socket: bind("--admin-listen", server.admin_listen).await?,
-            router: layered(admin, "admin", server, &http_metrics),
+            router: layered(admin, "admin", server, &http_metrics, &[]),
+            tls: listener_tls(false),
         },
     ];
     tracing::info!(
@@ -359,7 +423,9 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         }
     };
     let watcher = tokio::spawn(on_signal);
-    let served = serve(listeners, serving, shutdown, config.server.shutdown_timeout).await;
+    let served =
+        serve(listeners, serving, shutdown, config.server.shutdown_timeout, config.server.limits, connection_metrics)
+            .await;
     watcher.abort();
     let deadline = served?;
     stop_in_order(&supervisor, &coordinator, deadline).await;
@@ -373,6 +439,9 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     tracing::info!("shutdown complete: storage synced");
     Ok(())
 }
+
+/// Largest body of an admin request (they carry none but a small JSON at most).
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
 /// Refuses to go on when the cluster removed this node or knows its store to be an old copy.
 fn refuse_if_stopped(

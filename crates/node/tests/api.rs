@@ -6,7 +6,9 @@ use base64::Engine as _;
 use kv_testkit::{start_node, Proc};
 
 fn kvnode() -> std::process::Command {
-    std::process::Command::new(kv_testkit::binary("kvnode"))
+    let mut command = std::process::Command::new(kv_testkit::binary("kvnode"));
+    command.env("KV_CLUSTER_SECRET", kv_testkit::secret());
+    command
 }
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
@@ -131,7 +133,7 @@ fn health_and_metrics_report() {
     assert_eq!(live["status"], "live");
     let ready: Value = client.get(node.url("/health/ready")).send().unwrap().json().unwrap();
     assert_eq!(ready["status"], "ready");
-    let workers: Value = client.get(node.url("/admin/workers")).send().unwrap().json().unwrap();
+    let workers: Value = node.admin(reqwest::Method::GET, "/admin/workers").send().unwrap().json().unwrap();
     let names: Vec<&str> = workers["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
     for expected in ["gossip", "ownership", "rebalancer", "dropper", "batch local"] {
         assert!(names.contains(&expected), "{expected} missing from {workers}");
@@ -236,7 +238,8 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Ticket, Write, BATCH_PATH,
         MAX_BATCH_CALLS,
     };
-    use kv_transport::{Signer, SIGNATURE_HEADER};
+    use kv_testkit::sign_peer;
+    use kv_transport::{Secrets, Signer, SIGNATURE_HEADER};
     let ticket = |write_id: u128| Ticket { write_id, deadline_ms: kv_coordinator::now_ms() + 60_000 };
     let (_dir, node) = start(&[]);
     let client = Client::new();
@@ -244,7 +247,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         let body = encode(&calls.to_vec());
         client
             .post(node.url(BATCH_PATH))
-            .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, &body))
+            .header(SIGNATURE_HEADER, sign_peer(&node, BATCH_PATH, &body))
             .body(body)
             .send()
             .unwrap()
@@ -302,29 +305,35 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);
     let garbage = client
         .post(node.url(BATCH_PATH))
-        .header(SIGNATURE_HEADER, Signer::default().sign("POST", BATCH_PATH, b"\xff\xff"))
+        .header(SIGNATURE_HEADER, sign_peer(&node, BATCH_PATH, b"\xff\xff"))
         .body(&b"\xff\xff"[..])
         .send()
         .unwrap();
     assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
     let unsigned = client.post(node.url(BATCH_PATH)).body(encode(&calls.to_vec())).send().unwrap();
-    assert_eq!(unsigned.status(), StatusCode::FORBIDDEN);
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
     // One byte changed after signing: refused at the transport's check, before any handler
     // (the read below would otherwise succeed).
     let read = encode(&vec![Call::Read(ReadRequest { key: b"a".to_vec() })]);
-    let signature = Signer::default().sign("POST", BATCH_PATH, &read);
+    let signature = sign_peer(&node, BATCH_PATH, &read);
     let honest = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(read.clone()).send();
     assert_eq!(honest.unwrap().status(), StatusCode::OK);
     let mut tampered = read.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    let refused = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(tampered).send().unwrap();
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let resigned = sign_peer(&node, BATCH_PATH, &read);
+    let refused = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &resigned).body(tampered).send().unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(refused.json::<Value>().unwrap()["message"].as_str().unwrap().contains("bad signature"));
     // Signed by a process with another key: refused too.
-    let foreign = Signer::new(b"another cluster").sign("POST", BATCH_PATH, &read);
-    let refused = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, foreign).body(read).send().unwrap();
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let other = Secrets::parse(&"another-clusters-secret-".repeat(2)).unwrap();
+    let foreign = Signer::new(&other).sign("POST", BATCH_PATH, &node.address(), &read);
+    let refused =
+        client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, foreign).body(read.clone()).send().unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    // The honest request replayed as it was: refused.
+    let replayed = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(read).send().unwrap();
+    assert_eq!(replayed.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[test]
@@ -371,15 +380,16 @@ fn each_listener_serves_only_its_routes() {
             "admin serves {path}"
         );
     }
-    for path in [
-        "/metrics",
-        "/health/live",
-        "/health/ready",
-        "/admin/workers",
-        "/admin/keys",
-        "/cluster/members",
-        "/cluster/ring",
-    ] {
+    for path in ["/metrics", "/health/live", "/health/ready", "/cluster/members", "/cluster/ring"] {
         assert_eq!(client.get(on(admin_port, path)).send().unwrap().status(), StatusCode::OK, "admin lacks {path}");
+    }
+    // Its /admin/* routes answer signed requests only.
+    for path in ["/admin/workers", "/admin/keys"] {
+        assert_eq!(client.get(on(admin_port, path)).send().unwrap().status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            node.admin(reqwest::Method::GET, path).send().unwrap().status(),
+            StatusCode::OK,
+            "admin lacks {path}"
+        );
     }
 }

@@ -45,7 +45,7 @@ use kv_coordinator::wire::{
     HINTS_FULL,
 };
 
-pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE};
+pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE, TOO_MANY_SIBLINGS};
 
 /// What a replica believes about its own place in the cluster.
 ///
@@ -126,6 +126,9 @@ pub struct ReplicaMetrics {
     pub refusals: prometheus::IntCounterVec,
     /// `kv_actor_amnesia_total`: versions that named a counter of ours we would still issue.
     pub amnesia: prometheus::IntCounter,
+    /// `kv_siblings_over_warning_total`: client writes that left more than `--warn-siblings`
+    /// siblings on their key.
+    pub siblings_over_warning: prometheus::IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -142,6 +145,11 @@ impl ReplicaMetrics {
                 "Versions naming a counter of this node's actor above what it had issued (a store restored from an old copy)",
             )
             .expect("invariant: valid metric"),
+            siblings_over_warning: prometheus::IntCounter::new(
+                "kv_siblings_over_warning_total",
+                "Client writes that left more than --warn-siblings siblings on their key",
+            )
+            .expect("invariant: valid metric"),
         }
     }
 
@@ -150,6 +158,7 @@ impl ReplicaMetrics {
         let m = ReplicaMetrics::unregistered();
         registry.register(Box::new(m.refusals.clone()))?;
         registry.register(Box::new(m.amnesia.clone()))?;
+        registry.register(Box::new(m.siblings_over_warning.clone()))?;
         Ok(m)
     }
 }
@@ -165,7 +174,31 @@ pub struct ReplicaCore {
     hints: Option<(Arc<HintStore>, u64)>,
     view: RwLock<Arc<ReplicaView>>,
     metrics: ReplicaMetrics,
+    siblings: SiblingLimits,
+    /// When a write past the warning level was last logged (ms), so a hot key logs once in a
+    /// while, not on every write.
+    warned_at: std::sync::atomic::AtomicU64,
 }
+
+/// How many siblings a client write may leave on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiblingLimits {
+    /// A coordinated write that would leave more siblings than this (and more than the key
+    /// held) is refused `409 too_many_siblings`; stores (replication, repair, hand-offs) never
+    /// are, so no copy is ever held back by the limit.
+    pub max: usize,
+    /// Past this many, a write is counted (`kv_siblings_over_warning_total`) and logged.
+    pub warn: usize,
+}
+
+impl Default for SiblingLimits {
+    fn default() -> Self {
+        SiblingLimits { max: 100, warn: 25 }
+    }
+}
+
+/// Least time between two warnings about sibling counts, ms.
+const SIBLING_WARNING_EVERY_MS: u64 = 10_000;
 
 /// The actor name of node `node_id` on a store of incarnation `incarnation`: what its dots and
 /// clock entries carry. Unique per storage incarnation, so a wiped disk is a new actor.
@@ -218,7 +251,15 @@ impl ReplicaCore {
             hints: None,
             view: RwLock::new(Arc::new(ReplicaView::nothing())),
             metrics,
+            siblings: SiblingLimits::default(),
+            warned_at: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The same replica with sibling limits `limits` for the writes it coordinates.
+    pub fn with_sibling_limits(mut self, limits: SiblingLimits) -> Self {
+        self.siblings = limits;
+        self
     }
 
     /// The same replica, keeping hints for other replicas in `hints`, each only if its oldest
@@ -390,9 +431,25 @@ impl ReplicaCore {
                             }
                         },
                     };
+                    next.insert(version.clone());
+                    if next.len() > self.siblings.max && next.len() > current.len() {
+                        early[j] = Some(self.refuse(
+                            "too_many_siblings",
+                            TOO_MANY_SIBLINGS,
+                            format!(
+                                "the key holds {} siblings, the most allowed (--max-siblings {}); read it and write \
+                                 back with its X-Context to resolve them",
+                                current.len(),
+                                self.siblings.max
+                            ),
+                        ));
+                        return current.clone();
+                    }
+                    if next.len() > self.siblings.warn {
+                        self.sibling_warning(keys[j], next.len(), now_ms);
+                    }
                     vouched[j] = Some(version.clone());
-                    created[j] = Some(version.clone());
-                    next.insert(version);
+                    created[j] = Some(version);
                 }
                 Some(WriteCall::Store(versions, fresh)) => {
                     vouched[j] = fresh.and_then(|dot| versions.iter().find(|v| v.dot == dot).cloned());
@@ -465,6 +522,27 @@ impl ReplicaCore {
                     }
                 }
             }
+        }
+    }
+
+    fn sibling_warning(&self, key: &[u8], count: usize, now_ms: u64) {
+        self.metrics.siblings_over_warning.inc();
+        let last = self.warned_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= SIBLING_WARNING_EVERY_MS
+            && self
+                .warned_at
+                .compare_exchange(
+                    last,
+                    now_ms,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key), count, warn = self.siblings.warn, max = self.siblings.max,
+                "a key has many siblings: its clients write without resolving them (read, then write with the context)"
+            );
         }
     }
 

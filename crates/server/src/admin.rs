@@ -1,6 +1,7 @@
 //! The admin listener's shared routes: liveness, readiness, metrics, workers.
 //!
-//! - `GET /health/live`: `200` while the process runs (a liveness probe: restart it if not).
+//! - `GET /health/live`: `200` while the process runs (a liveness probe: restart it if not),
+//!   with the process's id (a node's id: admin requests are signed for it).
 //! - `GET /health/ready`: `200` when it should get traffic: the binary's own check passes
 //!   (a node: membership known, its status `normal`, storage open; a gateway: it knows a formed
 //!   ring) and shutdown has not begun; else `503` with the reason.
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub ready: ReadyCheck,
     /// Runs before each scrape of `/metrics` (gauges read on demand, e.g. storage sizes).
     pub on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The process's name: a node's id (what `kvctl` signs admin requests for), `gateway`.
+    pub id: String,
 }
 
 impl AdminState {
@@ -59,8 +62,8 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "live" }))
+async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live", "id": state.id }))
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {

@@ -43,9 +43,25 @@ pub struct ServerSettings {
     /// Deadline for one client request [default: 30s].
     #[arg(long, env = "KV_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
-    /// Requests served at once; more wait in line [default: 1024].
+    /// Requests served at once per listener; more are answered 503 overloaded with
+    /// Retry-After at once, not queued [default: 1024].
     #[arg(long, env = "KV_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Connections open at once per listener; at the cap a new connection closes the one idle
+    /// longest [default: 4096].
+    #[arg(long, env = "KV_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a connection may go without a complete request head (idle keep-alive, slow
+    /// clients, TLS handshakes) before it is closed [default: 30s].
+    #[arg(long, env = "KV_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Largest request head (request line and headers), bytes; more is refused 431
+    /// [default: 32768].
+    #[arg(long, env = "KV_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most headers in a request; more is refused 431 [default: 64].
+    #[arg(long, env = "KV_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
     /// Threads that run request handling, 1 to 256. One is cheapest when several kvnode and
     /// kvgateway processes share a small machine (no cross-thread wake-ups) [default: one per
     /// CPU core].
@@ -152,8 +168,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Per-request deadline.
     pub request_timeout: Duration,
-    /// Concurrent request limit.
+    /// Concurrent request limit, per listener.
     pub max_in_flight: NonZeroUsize,
+    /// Connection limits of every listener.
+    pub limits: crate::listen::ConnectionLimits,
     /// Async worker threads; `None`: one per core.
     pub worker_threads: Option<usize>,
 }
@@ -213,6 +231,10 @@ impl ServerSettings {
             shutdown_timeout,
             request_timeout,
             max_in_flight,
+            max_connections,
+            idle_timeout,
+            max_header_bytes,
+            max_headers,
             worker_threads
         );
     }
@@ -245,6 +267,23 @@ impl ServerSettings {
         if let Some(threads) = self.worker_threads.filter(|t| !(1..=256).contains(t)) {
             return Err(format!("--worker-threads: must be 1 to 256, got {threads}"));
         }
+        let max_connections = self.max_connections.unwrap_or(4096);
+        if !(16..=1_000_000).contains(&max_connections) {
+            return Err(format!("--max-connections: must be 16 to 1000000, got {max_connections}"));
+        }
+        let idle_timeout = duration_setting("--idle-timeout", self.idle_timeout.as_deref(), "30s")?;
+        if idle_timeout < Duration::from_millis(100) || idle_timeout > Duration::from_secs(3600) {
+            return Err(format!("--idle-timeout: must be 100ms to 1h, got {idle_timeout:?}"));
+        }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(32 * 1024);
+        if !(4096..=1 << 20).contains(&max_header_bytes) {
+            return Err(format!("--max-header-bytes: must be 4096 to 1048576, got {max_header_bytes}"));
+        }
+        let max_headers = self.max_headers.unwrap_or(64);
+        if !(8..=1024).contains(&max_headers) {
+            return Err(format!("--max-headers: must be 8 to 1024, got {max_headers}"));
+        }
+        let limits = crate::listen::ConnectionLimits { max_connections, idle_timeout, max_headers, max_header_bytes };
         Ok(ServerConfig {
             listen,
             admin_listen,
@@ -253,6 +292,7 @@ impl ServerSettings {
             shutdown_timeout,
             request_timeout,
             max_in_flight,
+            limits,
             worker_threads: self.worker_threads,
         })
     }

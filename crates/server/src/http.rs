@@ -8,18 +8,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use tower::limit::ConcurrencyLimitLayer;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::ServerConfig;
 
-/// `kv_http_requests_total{listener, route, method, status}` and
-/// `kv_http_request_duration_seconds{listener, route, method}`.
+/// `kv_http_requests_total{listener, route, method, status}`,
+/// `kv_http_request_duration_seconds{listener, route, method}` and
+/// `kv_http_shed_total{listener}`.
 #[derive(Clone)]
 pub struct HttpMetrics {
     requests: IntCounterVec,
     seconds: HistogramVec,
+    shed: IntCounterVec,
 }
 
 impl HttpMetrics {
@@ -37,9 +40,14 @@ impl HttpMetrics {
             .buckets(exponential_buckets(0.000_05, 2.0, 18)?),
             &["listener", "route", "method"],
         )?;
+        let shed = IntCounterVec::new(
+            Opts::new("kv_http_shed_total", "Requests refused 503 overloaded (--max-in-flight reached), by listener"),
+            &["listener"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
-        Ok(HttpMetrics { requests, seconds })
+        registry.register(Box::new(shed.clone()))?;
+        Ok(HttpMetrics { requests, seconds, shed })
     }
 }
 
@@ -61,9 +69,22 @@ async fn track(
 }
 
 /// The layers every router gets: request metrics (labelled with `listener`), tracing, the
-/// per-request deadline (`503` when it passes) and the concurrency limit, and JSON fallbacks
-/// for unknown routes and methods.
-pub fn layered(router: Router, listener: &'static str, server: &ServerConfig, metrics: &HttpMetrics) -> Router {
+/// per-request deadline (`503` when it passes), the concurrency limit (beyond
+/// `--max-in-flight` requests at once, `503 overloaded` with `Retry-After` at once: nothing
+/// queues without bound; paths in `unshed` are never refused), and JSON fallbacks for unknown
+/// routes and methods.
+pub fn layered(
+    router: Router,
+    listener: &'static str,
+    server: &ServerConfig,
+    metrics: &HttpMetrics,
+    unshed: &'static [&'static str],
+) -> Router {
+    let limit = Shed {
+        permits: Arc::new(Semaphore::new(server.max_in_flight.get())),
+        unshed,
+        shed: metrics.shed.with_label_values(&[listener]),
+    };
     router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -73,10 +94,40 @@ pub fn layered(router: Router, listener: &'static str, server: &ServerConfig, me
                 // 503s (quorum not met) are expected in a degraded cluster: log them at debug;
                 // real server faults are logged where they happen.
                 .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
-                .layer(axum::middleware::from_fn_with_state(server.request_timeout, deadline))
-                .layer(ConcurrencyLimitLayer::new(server.max_in_flight.get())),
+                .layer(axum::middleware::from_fn_with_state(limit, shed))
+                .layer(axum::middleware::from_fn_with_state(server.request_timeout, deadline)),
         )
 }
+
+/// The concurrency limit of one listener.
+#[derive(Clone)]
+struct Shed {
+    permits: Arc<Semaphore>,
+    unshed: &'static [&'static str],
+    shed: prometheus::IntCounter,
+}
+
+/// Middleware: a request beyond the limit is answered `503 overloaded` with `Retry-After` at
+/// once, before anything reads its body or acts on it (so a caller knows it was not applied).
+async fn shed(State(limit): State<Shed>, request: Request, next: Next) -> Response {
+    if limit.unshed.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
+        limit.shed.inc();
+        let mut response = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OVERLOADED,
+            "too many requests in progress (--max-in-flight); retry after a moment",
+        );
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await
+}
+
+/// The error code of a request shed by the concurrency limit: it was not acted on.
+pub const OVERLOADED: &str = "overloaded";
 
 /// Middleware: a request still running after `--request-timeout` is answered `503` (JSON, with
 /// `Retry-After`), and its work dropped.

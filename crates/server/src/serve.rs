@@ -47,7 +47,7 @@ pub async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError>
     TcpListener::bind(addr).await.map_err(|e| RunError::Startup(format!("{name}: cannot listen on {addr}: {e}")))
 }
 
-/// One listener: its name (for logs), its socket and what it serves.
+/// One listener: its name (for logs), its socket, what it serves and its TLS.
 pub struct Listener {
     /// `client`, `peer` or `admin`.
     pub name: &'static str,
@@ -55,6 +55,8 @@ pub struct Listener {
     pub socket: TcpListener,
     /// Its routes.
     pub router: Router,
+    /// TLS, when on.
+    pub tls: Option<crate::listen::ListenerTls>,
 }
 
 /// Serves every listener until `shutdown` is cancelled; then clears `serving` (readiness fails),
@@ -65,12 +67,25 @@ pub async fn serve(
     serving: Arc<AtomicBool>,
     shutdown: CancellationToken,
     timeout: Duration,
+    limits: crate::listen::ConnectionLimits,
+    metrics: crate::listen::ConnectionMetrics,
 ) -> Result<Instant, RunError> {
     let mut servers = JoinSet::new();
     for listener in listeners {
-        let (name, stop) = (listener.name, shutdown.clone());
-        let server = axum::serve(listener.socket, listener.router).with_graceful_shutdown(stop.cancelled_owned());
-        servers.spawn(async move { (name, server.await) });
+        let (name, stop, metrics) = (listener.name, shutdown.clone(), metrics.clone());
+        servers.spawn(async move {
+            let served = crate::listen::serve_listener(
+                name,
+                listener.socket,
+                listener.router,
+                listener.tls,
+                limits,
+                metrics,
+                stop,
+            )
+            .await;
+            (name, served)
+        });
     }
     let ended = tokio::select! {
         biased;

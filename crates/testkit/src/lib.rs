@@ -5,10 +5,15 @@
 //! built them) on free loopback ports with data in temp directories, waits until they serve,
 //! and kills every one of them on drop, even when the test panics.
 //!
+//! Every process a test starts holds the same cluster secret ([`secret`], drawn once per test
+//! process, given in `KV_CLUSTER_SECRET`) unless its arguments say `--insecure` or name a
+//! secret file; admin requests go through [`Proc::admin`], signed with it, and raw peer requests
+//! can be signed with [`sign_peer`].
+//!
 //! # Layout
 //! - [`Proc`] — one child process.
 //! - [`Cluster`] — N nodes and G gateways that know each other.
-//! - helpers: [`free_port`], [`encode_key`], [`binary`].
+//! - helpers: [`free_port`], [`encode_key`], [`binary`], [`secret`], [`signer`].
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
@@ -71,6 +76,24 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} is missing: run `cargo build --bins` (make test does)", path.display());
     path
+}
+
+/// The cluster secret every process of this test process gets (random, drawn once), in
+/// `KV_CLUSTER_SECRET`: set it too for a `kvctl` that signs admin commands.
+pub fn secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| kv_transport::secret::generate().unwrap())
+}
+
+/// A signer holding [`secret`] (one sender for the whole test process).
+pub fn signer() -> &'static kv_transport::Signer {
+    static SIGNER: std::sync::OnceLock<kv_transport::Signer> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(|| kv_transport::Signer::new(&kv_transport::Secrets::parse(secret()).unwrap()))
+}
+
+/// The signature header value for a `POST` of `body` to `path` on `proc`'s peer listener.
+pub fn sign_peer(proc: &Proc, path: &str, body: &[u8]) -> String {
+    signer().sign("POST", path, &proc.address(), body)
 }
 
 /// Percent-encodes every byte outside the unreserved set, so any key is one path segment.
@@ -171,7 +194,15 @@ impl Proc {
     /// Starts the process, its stderr appended to the log, without waiting for it.
     fn spawn_child(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        // The test run's secret, unless the test gives its own or none.
+        let own = self.args.iter().any(|a| a == "--insecure" || a.starts_with("--cluster-secret-file"));
+        if own {
+            command.env_remove("KV_CLUSTER_SECRET");
+        } else {
+            command.env("KV_CLUSTER_SECRET", secret());
+        }
+        let child = command
             .args(&self.args)
             // `KV_TEST_LOG` (a `RUST_LOG` filter) to see more of what a failing test's processes did.
             .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
@@ -184,7 +215,7 @@ impl Proc {
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let client = Client::new();
+        let client = self.client();
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("{} exited with {status} before serving:\n{}", self.program.display(), self.log_text());
@@ -224,17 +255,55 @@ impl Proc {
         } else {
             self.ports.client
         };
-        format!("http://{}:{port}{path}", self.ports.host)
+        format!("{}://{}:{port}{path}", self.scheme(), self.ports.host)
+    }
+
+    /// `https` when the process runs with `--tls-cert`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.arg("--tls-cert").is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// An HTTP client for this process: trusting its `--tls-ca` when it has one.
+    pub fn client(&self) -> Client {
+        let mut builder = Client::builder().timeout(Duration::from_secs(30));
+        if let Some(ca) = self.arg("--tls-ca") {
+            for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap() {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder.build().unwrap()
     }
 
     /// `http://127.0.0.1:<admin port><path>`, whatever the path.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}:{}{}", self.ports.host, self.ports.admin, path)
+        format!("{}://{}:{}{}", self.scheme(), self.ports.host, self.ports.admin, path)
+    }
+
+    /// A request to `path` (with its query) on the admin listener, signed with the test run's
+    /// cluster secret for this process (its id, from `/health/live`).
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let client = self.client();
+        let id = match self.arg("--node-id") {
+            Some(id) => id.to_owned(),
+            None => client
+                .get(self.admin_url("/health/live"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .and_then(|v| v["id"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        let signature = signer().sign(method.as_str(), path, &id, b"");
+        client.request(method, self.admin_url(path)).header(kv_transport::SIGNATURE_HEADER, signature)
     }
 
     /// `http://127.0.0.1:<client port><path>`, whatever the path.
     pub fn client_url(&self, path: &str) -> String {
-        format!("http://{}:{}{}", self.ports.host, self.ports.client, path)
+        format!("{}://{}:{}{}", self.scheme(), self.ports.host, self.ports.client, path)
     }
 
     /// URL of a key on the client API.
@@ -262,9 +331,19 @@ impl Proc {
 
     /// SIGTERM, without waiting (see [`Proc::wait_exit`]).
     pub fn send_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, ...) to the process, if running.
+    pub fn signal(&self, name: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status();
         }
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM, then the exit status (SIGKILL and a panic if it does not exit in 30 s).
@@ -312,7 +391,7 @@ impl Proc {
         self.kill9();
         self.spawn_child();
         let deadline = Instant::now() + limit;
-        let client = Client::new();
+        let client = self.client();
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
@@ -360,7 +439,7 @@ impl Drop for Proc {
 
 /// Member id → status (`normal`, `down`, ...) as `proc` sees them.
 pub fn statuses(proc: &Proc) -> std::collections::BTreeMap<String, String> {
-    Client::new()
+    proc.client()
         .get(proc.url("/cluster/members"))
         .send()
         .ok()
@@ -441,14 +520,14 @@ pub fn visible(response: reqwest::blocking::Response) -> Option<std::collections
 
 /// The keys node `proc` stores (`/admin/keys`).
 pub fn stored_keys(proc: &Proc) -> std::collections::BTreeSet<String> {
-    let body: Value = Client::new().get(proc.url("/admin/keys")).send().unwrap().json().unwrap();
+    let body: Value = proc.admin(reqwest::Method::GET, "/admin/keys").send().unwrap().json().unwrap();
     body["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect()
 }
 
 /// A counter or gauge from `proc`'s `/metrics`: the sum of every series of `name` whose labels
 /// contain `labels` (e.g. `direction="in"`).
 pub fn metric(proc: &Proc, name: &str, labels: &str) -> f64 {
-    let text = Client::new().get(proc.url("/metrics")).send().unwrap().text().unwrap();
+    let text = proc.client().get(proc.url("/metrics")).send().unwrap().text().unwrap();
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
@@ -467,30 +546,44 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// Nodes the cluster was started with (`--expect-nodes` of every process).
     pub expect: usize,
+    /// Extra arguments of every gateway (TLS files, say).
+    pub gateway_args: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `nodes` nodes and `gateways` gateways; `node_args` go to every node. Returns once
     /// every process lists all nodes as normal members.
     pub fn start(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
-        Cluster::start_with_ports(nodes, gateways, node_args, |_| Ports::node())
+        Cluster::start_with_ports(nodes, gateways, node_args, &[], |_| Ports::node())
+    }
+
+    /// [`Cluster::start`] with `gateway_args` for every gateway (and for those added later).
+    pub fn start_with(nodes: usize, gateways: usize, node_args: &[&str], gateway_args: &[&str]) -> Cluster {
+        Cluster::start_with_ports(nodes, gateways, node_args, gateway_args, |_| Ports::node())
     }
 
     /// [`Cluster::start`] with node `i` on loopback address `127.0.0.{i + 2}` (n1 on
     /// 127.0.0.2, ...) and calling its peers from it, so that iptables rules between two
     /// addresses partition two nodes. Gateways and the test itself stay on 127.0.0.1.
     pub fn start_spread(nodes: usize, gateways: usize, node_args: &[&str]) -> Cluster {
-        Cluster::start_with_ports(nodes, gateways, node_args, |i| {
+        Cluster::start_with_ports(nodes, gateways, node_args, &[], |i| {
             Ports::node().on(std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8))
         })
     }
 
-    fn start_with_ports(nodes: usize, gateways: usize, node_args: &[&str], ports: impl Fn(usize) -> Ports) -> Cluster {
+    fn start_with_ports(
+        nodes: usize,
+        gateways: usize,
+        node_args: &[&str],
+        gateway_args: &[&str],
+        ports: impl Fn(usize) -> Ports,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<Ports> = (0..nodes).map(ports).collect();
         let seeds = ports.iter().map(|p| format!("{}:{}", p.host, p.peer.unwrap_or(p.client))).collect::<Vec<_>>();
         let seeds = seeds.join(",");
-        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
+        let gateway_args = gateway_args.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes, gateway_args };
         for ports in ports {
             cluster.spawn_node(ports, &seeds, node_args);
         }
@@ -538,6 +631,7 @@ impl Cluster {
             args.extend(["--expect-nodes".into(), self.expect.to_string()]);
         }
         args.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
+        args.extend(self.gateway_args.iter().cloned());
         let log = self.dir.path().join(format!("{name}.log"));
         self.gateways.push(Proc::start(binary("kvgateway"), args, ports, log));
     }
@@ -569,8 +663,8 @@ impl Cluster {
 
     /// What node `index` holds for `key` (`/admin/local`), as JSON.
     pub fn local(&self, index: usize, key: &str) -> Value {
-        Client::new()
-            .get(self.nodes[index].url(&format!("/admin/local/{}", encode_key(key))))
+        self.nodes[index]
+            .admin(reqwest::Method::GET, &format!("/admin/local/{}", encode_key(key)))
             .send()
             .unwrap()
             .json()
@@ -666,7 +760,8 @@ impl Cluster {
         let advertised: Vec<u16> =
             ports.iter().enumerate().map(|(i, p)| if i == proxied { proxy.port } else { peer(p) }).collect();
         let seeds = advertised.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes };
+        let mut cluster =
+            Cluster { nodes: Vec::new(), gateways: Vec::new(), dir, expect: nodes, gateway_args: Vec::new() };
         for (i, port) in ports.into_iter().enumerate() {
             let mut extra: Vec<String> = node_args.iter().map(|s| s.to_string()).collect();
             if i == proxied {
@@ -680,5 +775,63 @@ impl Cluster {
         }
         cluster.wait_for_members(nodes);
         (cluster, proxy)
+    }
+}
+
+/// Certificates for TLS tests: a CA and certificates it signs, as PEM files.
+pub mod tls {
+    use std::path::{Path, PathBuf};
+
+    /// A certificate authority of a test.
+    pub struct TestCa {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+        /// Its certificate, as a PEM file.
+        pub ca_file: PathBuf,
+    }
+
+    impl TestCa {
+        /// A new CA named `name`, its certificate written to `dir/<name>.ca.pem`.
+        pub fn new(dir: &Path, name: &str) -> TestCa {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let ca_file = dir.join(format!("{name}.ca.pem"));
+            std::fs::write(&ca_file, cert.pem()).unwrap();
+            TestCa { cert, key, ca_file }
+        }
+
+        /// A certificate for loopback (`localhost`, 127.0.0.1 to 127.0.0.9) good for servers and
+        /// clients, signed by this CA: `[cert file, key file]` in `dir`, named `name`.
+        pub fn issue(&self, dir: &Path, name: &str) -> [PathBuf; 2] {
+            let mut names = vec!["localhost".to_owned()];
+            names.extend((1..10).map(|i| format!("127.0.0.{i}")));
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.extended_key_usages =
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            let (cert_file, key_file) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+            std::fs::write(&cert_file, cert.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+            [cert_file, key_file]
+        }
+
+        /// The flags that give a process TLS with a certificate `name` of this CA.
+        pub fn args(&self, dir: &Path, name: &str) -> Vec<String> {
+            let [cert, key] = self.issue(dir, name);
+            vec![
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+                "--tls-ca".into(),
+                self.ca_file.display().to_string(),
+            ]
+        }
     }
 }

@@ -74,6 +74,12 @@ pub struct TransportOptions {
     /// peers, so that peers (and firewalls) see one address per process. `None`: the system's
     /// choice.
     pub local_address: Option<std::net::IpAddr>,
+    /// TLS to peers (`https`), with this configuration: the cluster's CA as the only roots and
+    /// this process's certificate presented. `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// How long an idle pooled connection is kept: below the peers' `--idle-timeout`, so that
+    /// a connection is not reused just as the peer closes it.
+    pub pool_idle: Duration,
 }
 
 /// `kv_peer_requests_total{request, outcome}` and `kv_peer_bytes_total{request, direction}`.
@@ -138,7 +144,11 @@ fn kind_metrics(requests: &IntCounterVec, bytes: &IntCounterVec, name: &'static 
 /// call and a bound on calls in flight. Cheap to clone (clones share all of it).
 #[derive(Clone)]
 pub struct PeerTransport {
-    http: reqwest::Client,
+    /// Replaced whole when the TLS certificates are reloaded.
+    http: Arc<parking_lot::RwLock<reqwest::Client>>,
+    /// `http` or `https`.
+    scheme: &'static str,
+    options: Arc<TransportOptions>,
     permits: Arc<Semaphore>,
     /// A call's deadline; a call waiting for a permit longer than this is not sent.
     timeout: Duration,
@@ -151,22 +161,27 @@ impl PeerTransport {
     /// The transport, exporting its metrics in `registry` if given. This is the only place a
     /// process builds an HTTP client for its peers (TLS goes here).
     pub fn new(options: TransportOptions, registry: Option<&Registry>) -> Result<PeerTransport, String> {
-        let http = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .local_address(options.local_address)
-            .build()
-            .map_err(|e| format!("peer HTTP client: {e}"))?;
+        let http = build_client(&options, options.tls.clone())?;
         let metrics = registry.map(register).transpose().map_err(|e| format!("transport metrics: {e}"))?.map(Arc::new);
         Ok(PeerTransport {
-            http,
+            http: Arc::new(parking_lot::RwLock::new(http)),
+            scheme: if options.tls.is_some() { "https" } else { "http" },
             permits: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             timeout: options.timeout,
-            signer: options.signer,
+            signer: options.signer.clone(),
+            options: Arc::new(options),
             metrics,
         })
+    }
+
+    /// Uses `tls` for connections made from now on (renewed certificates); connections already
+    /// pooled finish their calls.
+    pub fn set_tls(&self, tls: Arc<rustls::ClientConfig>) -> Result<(), String> {
+        if self.scheme != "https" {
+            return Err("the transport was started without TLS".into());
+        }
+        *self.http.write() = build_client(&self.options, Some(tls))?;
+        Ok(())
     }
 
     /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
@@ -210,10 +225,10 @@ impl PeerTransport {
         } else {
             None
         };
-        let signature = self.signer.sign("POST", path, &body);
-        let response = self
-            .http
-            .post(format!("http://{address}{path}"))
+        let signature = self.signer.sign("POST", path, address, &body);
+        let http = self.http.read().clone();
+        let response = http
+            .post(format!("{}://{address}{path}", self.scheme))
             .header(SIGNATURE_HEADER, signature)
             .header("content-type", "application/octet-stream")
             .body(body)
@@ -243,9 +258,31 @@ impl PeerTransport {
             );
             return Err(ReplicaError::NotSent(format!("{address} is not a peer listener (404 for {path})")));
         }
-        let message = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        let message: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && is_overloaded(&bytes) {
+            // Shed by the peer's concurrency limit before anything read the request.
+            return Err(ReplicaError::NotSent(format!("{address} is overloaded: {message}")));
+        }
         Err(ReplicaError::from_status(status.as_u16(), message))
     }
+}
+
+/// Whether an error body is the `overloaded` refusal of a peer's concurrency limit.
+fn is_overloaded(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"] == "overloaded")
+}
+
+fn build_client(options: &TransportOptions, tls: Option<Arc<rustls::ClientConfig>>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout)
+        .pool_idle_timeout(options.pool_idle)
+        .tcp_nodelay(true)
+        .local_address(options.local_address);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured((*tls).clone()).https_only(true);
+    }
+    builder.build().map_err(|e| format!("peer HTTP client: {e}"))
 }
 
 fn register(registry: &Registry) -> prometheus::Result<TransportMetrics> {

@@ -9,27 +9,35 @@
 //! - **Client** ([`PeerTransport`]): the one HTTP client for peers: pooled keep-alive
 //!   connections, a deadline per call, at most `max_in_flight` calls at once (more wait).
 //!   This is where TLS will go.
-//! - **Signing** ([`Signer`]): the client signs the whole request (method, path and query, body)
-//!   and the server checks it in one middleware ([`verify()`]) before any handler runs; a request
-//!   whose body changed by one byte is refused `403`. Without a cluster secret (the Security
-//!   issue adds one) the key is built in: this catches corruption and processes of another
-//!   protocol version, not an attacker.
+//! - **Authentication** ([`Signer`], [`Verifier`]): the client signs the whole request
+//!   (method, path and query, a digest of the body, its destination, a timestamp and a nonce)
+//!   with a key derived from the cluster secret ([`Secrets`]), and the server checks it in one
+//!   middleware ([`verify()`]) before any handler runs: a request without a valid signature, with
+//!   a body changed by one byte, signed with another secret, too far from the receiver's clock,
+//!   replayed ([`replay`]), or meant for another member is refused `401`. Admin requests are
+//!   signed the same way (by `kvctl`). With `--insecure` the secret is built in: that still
+//!   catches corruption and other protocol versions, not an attacker.
 //! - **Replica client** ([`HttpReplicaClient`]): coordinator calls to one peer are batched
 //!   ([`kv_coordinator::batch`]), each peer's batcher a worker under the process's supervisor;
 //!   it also implements [`kv_coordinator::RangeClient`] for range streams.
 //!
 //! # Layout
-//! - [`signer`] — [`Signer`] and the header it fills.
+//! - [`secret`] — [`Secrets`]: the cluster secrets, parsed, and keys derived from them.
+//! - [`signer`] — [`Signer`], [`Verifier`] and the header they use.
+//! - [`replay`] — [`replay::ReplayGuard`]: each signature is accepted once.
 //! - [`client`] — [`PeerTransport`], [`PeerRequest`].
 //! - [`mod@verify`] — the server-side check, an axum middleware.
 //! - [`replica_client`] — [`HttpReplicaClient`].
 
 pub mod client;
+pub mod replay;
 pub mod replica_client;
+pub mod secret;
 pub mod signer;
 pub mod verify;
 
 pub use client::{PeerRequest, PeerTransport, TransportOptions};
 pub use replica_client::HttpReplicaClient;
-pub use signer::{Signer, SIGNATURE_HEADER};
-pub use verify::{verify, VerifyState};
+pub use secret::Secrets;
+pub use signer::{AuthError, Signer, Verifier, SIGNATURE_HEADER};
+pub use verify::{verify, AuthMetrics, BoundCheck, VerifyState};

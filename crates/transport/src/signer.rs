@@ -1,111 +1,340 @@
-//! [`Signer`]: the one place internal requests are signed and checked.
+//! [`Signer`] and [`Verifier`]: the one place peer and admin requests are signed and checked.
 //!
-//! The signature is an HMAC-SHA256 of the method, the path with its query, and the whole body,
-//! sent as `v2 <hex>` in [`SIGNATURE_HEADER`]. The `v2` names the protocol, so processes of
-//! incompatible versions refuse each other clearly.
+//! A signature proves that the sender holds the cluster secret, binds the whole request, and
+//! is accepted once. It is sent in [`SIGNATURE_HEADER`] as
+//!
+//! ```text
+//! v3 <key id> <timestamp ms> <sender>.<seq> <to> <hmac>
+//! ```
+//!
+//! where the HMAC-SHA256, under a key derived from the cluster secret ([`crate::Secrets`]),
+//! covers the protocol, key id, timestamp, sender and sequence number, the destination `to`
+//! (the peer address dialed, or a node id), the method, the path with its query and the
+//! SHA-256 of the whole body. The receiver ([`Verifier::verify`]) refuses, in this order: a
+//! missing or malformed header or another protocol version; a key id it does not hold (the
+//! secrets differ); a MAC that does not match (the request was altered, or signed with another
+//! secret); a timestamp further than the allowed clock skew from its own clock; a
+//! (sender, sequence number) pair it accepted before ([`crate::replay::ReplayGuard`]). The caller
+//! then checks `to` where it matters (a request replayed to another member names the wrong one).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use parking_lot::RwLock;
+use sha2::{Digest as _, Sha256};
 
-/// Header carrying the internal request's signature.
+use crate::replay::{Replay, ReplayGuard};
+use crate::secret::Secrets;
+
+/// Header carrying a request's signature.
 pub const SIGNATURE_HEADER: &str = "x-kv-internal";
 
-/// Protocol version written before the signature: `v2` since requests are signed whole and
-/// members gossip their peer listener's address (a `v1` process is refused with a clear
-/// message, not misread).
-const PROTOCOL: &str = "v2";
+/// Protocol version written first: `v3` since signatures authenticate (cluster secret,
+/// timestamp, nonce, destination). Processes of other versions are refused with a clear message.
+const PROTOCOL: &str = "v3";
 
-/// The key used until the cluster has a secret of its own (the Security issue): it detects
-/// corrupted and cross-version requests, it does not authenticate.
-const BUILT_IN_KEY: &[u8] = b"kv-internal-protocol-v2";
+/// The purpose the signing key is derived for.
+const PURPOSE: &str = "requests-v3";
 
-/// Signs and checks internal requests. Cheap to clone.
-#[derive(Clone)]
-pub struct Signer {
-    key: Hmac<Sha256>,
+/// Longest `to` field.
+const MAX_TO: usize = 256;
+
+struct Keys {
+    /// Signs: the first secret's key.
+    sign: (String, Hmac<Sha256>),
+    /// Every key accepted, by id.
+    all: Vec<(String, Hmac<Sha256>)>,
+    insecure: bool,
 }
 
-impl Default for Signer {
-    fn default() -> Self {
-        Signer::new(BUILT_IN_KEY)
+impl Keys {
+    fn new(secrets: &Secrets) -> Keys {
+        let all: Vec<(String, Hmac<Sha256>)> = secrets
+            .derive(PURPOSE)
+            .into_iter()
+            .map(|k| (k.id, Hmac::new_from_slice(&k.key).expect("invariant: HMAC accepts any key length")))
+            .collect();
+        Keys { sign: all[0].clone(), all, insecure: secrets.is_insecure() }
     }
+}
+
+/// Signs requests. Cheap to clone; clones share the keys (reloaded together), the sender id and
+/// the sequence numbers.
+#[derive(Clone)]
+pub struct Signer {
+    keys: Arc<RwLock<Arc<Keys>>>,
+    /// Random per process start: who sends, for the receivers' replay windows.
+    sender: u64,
+    seq: Arc<AtomicU64>,
 }
 
 impl Signer {
-    /// A signer keyed by `key`.
-    pub fn new(key: &[u8]) -> Signer {
-        // HMAC takes keys of any length.
-        Signer { key: Hmac::new_from_slice(key).expect("invariant: HMAC accepts any key length") }
+    /// A signer with `secrets` (the first signs) and a new random sender id.
+    pub fn new(secrets: &Secrets) -> Signer {
+        // Without OS randomness the clock still makes two senders' ids differ.
+        let sender = getrandom::u64().unwrap_or_else(|_| now_ms().rotate_left(17) ^ u64::from(std::process::id()));
+        Signer { keys: Arc::new(RwLock::new(Arc::new(Keys::new(secrets)))), sender, seq: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn mac(&self, method: &str, path: &str, body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = self.key.clone();
-        mac.update(method.as_bytes());
-        mac.update(b"\n");
-        mac.update(path.as_bytes());
-        mac.update(b"\n");
-        mac.update(body);
-        mac
+    /// Replaces the secrets (a reload after rotation): every clone and every [`Verifier`] made
+    /// from it use the new ones from the next request.
+    pub fn reload(&self, secrets: &Secrets) {
+        *self.keys.write() = Arc::new(Keys::new(secrets));
     }
 
-    /// The header value for a request.
-    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
-        let tag = self.mac(method, path, body).finalize().into_bytes();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(PROTOCOL.len() + 1 + 64);
-        out.push_str(PROTOCOL);
-        out.push(' ');
-        for byte in tag {
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-        out
+    /// Whether the keys are the built-in `--insecure` ones.
+    pub fn is_insecure(&self) -> bool {
+        self.keys.read().insecure
     }
 
-    /// Checks a request's header value (in constant time); the error is safe to return to the
-    /// caller.
-    pub fn verify(&self, header: Option<&str>, method: &str, path: &str, body: &[u8]) -> Result<(), String> {
-        let header = header.ok_or_else(|| format!("missing {SIGNATURE_HEADER} header"))?;
-        let (protocol, hex) = header.split_once(' ').unwrap_or((header, ""));
-        if protocol != PROTOCOL {
-            return Err(format!(
-                "internal protocol {protocol:?} not supported; this node speaks {PROTOCOL} (all processes of a cluster \
-                 must run the same release)"
-            ));
-        }
-        let tag = from_hex(hex).ok_or("malformed signature")?;
-        self.mac(method, path, body)
-            .verify_slice(&tag)
-            .map_err(|_| "bad signature: the request was altered or signed with another key".to_owned())
+    /// The header value for a request to `to` (the address dialed, or the node id), now.
+    pub fn sign(&self, method: &str, path: &str, to: &str, body: &[u8]) -> String {
+        self.sign_at(method, path, to, body, now_ms())
+    }
+
+    /// [`Signer::sign`] at a given time.
+    pub fn sign_at(&self, method: &str, path: &str, to: &str, body: &[u8], now_ms: u64) -> String {
+        let keys = self.keys.read().clone();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let nonce = format!("{:016x}.{seq}", self.sender);
+        let (id, key) = &keys.sign;
+        let tag = mac(key, id, now_ms, &nonce, to, method, path, body);
+        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {}", hex(&tag))
     }
 }
 
+/// What a checked signature said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The destination the sender named.
+    pub to: String,
+}
+
+/// Why a request was refused; safe to return to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    /// Short reason, the metric label: `missing`, `protocol`, `malformed`, `unknown_key`,
+    /// `bad_signature`, `expired`, `replayed`, `wrong_destination`.
+    pub reason: &'static str,
+    /// What to tell the caller.
+    pub message: String,
+}
+
+impl AuthError {
+    /// A refusal for `reason`.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> AuthError {
+        AuthError { reason, message: message.into() }
+    }
+}
+
+/// Checks signatures with a [`Signer`]'s keys (reloaded with it), the allowed clock skew and a
+/// replay guard.
+pub struct Verifier {
+    keys: Arc<RwLock<Arc<Keys>>>,
+    max_skew_ms: u64,
+    guard: ReplayGuard,
+}
+
+impl Verifier {
+    /// A verifier sharing `signer`'s keys, accepting timestamps within `max_skew` of its clock.
+    pub fn new(signer: &Signer, max_skew: std::time::Duration) -> Verifier {
+        let max_skew_ms = max_skew.as_millis() as u64;
+        Verifier { keys: signer.keys.clone(), max_skew_ms, guard: ReplayGuard::new(max_skew_ms * 2) }
+    }
+
+    /// Checks a request's signature header at `now_ms`.
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Signed, AuthError> {
+        let header = header.ok_or_else(|| {
+            AuthError::new(
+                "missing",
+                format!("missing {SIGNATURE_HEADER} header: requests must be signed with the cluster secret"),
+            )
+        })?;
+        let fields: Vec<&str> = header.split(' ').collect();
+        if fields.first() != Some(&PROTOCOL) {
+            let theirs = fields.first().copied().unwrap_or("");
+            return Err(AuthError::new(
+                "protocol",
+                format!(
+                    "request protocol {:?} not supported; this process speaks {PROTOCOL} (all processes of a cluster \
+                     must run the same release)",
+                    theirs.chars().take(16).collect::<String>()
+                ),
+            ));
+        }
+        let malformed = || AuthError::new("malformed", "malformed signature header");
+        let [_, id, ts, nonce, to, tag] = fields.as_slice() else { return Err(malformed()) };
+        let ts: u64 = ts.parse().map_err(|_| malformed())?;
+        let (sender, seq) = nonce.split_once('.').ok_or_else(malformed)?;
+        let sender =
+            (sender.len() == 16).then(|| u64::from_str_radix(sender, 16).ok()).flatten().ok_or_else(malformed)?;
+        let seq: u64 = seq.parse().ok().filter(|s| *s > 0).ok_or_else(malformed)?;
+        if to.is_empty() || to.len() > MAX_TO {
+            return Err(malformed());
+        }
+        let tag = from_hex(tag).ok_or_else(malformed)?;
+        let keys = self.keys.read().clone();
+        let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else {
+            return Err(AuthError::new(
+                "unknown_key",
+                format!(
+                    "signed with key {:?}, which this process does not hold: its cluster secret differs",
+                    id.chars().take(16).collect::<String>()
+                ),
+            ));
+        };
+        let expected = mac(key, id, ts, nonce, to, method, path, body);
+        if !constant_time_eq(&expected, &tag) {
+            return Err(AuthError::new(
+                "bad_signature",
+                "bad signature: the request was altered after signing, or signed with another secret",
+            ));
+        }
+        let skew = now_ms.abs_diff(ts);
+        if skew > self.max_skew_ms {
+            return Err(AuthError::new(
+                "expired",
+                format!(
+                    "signed {skew} ms from this process's clock; at most {} ms allowed (--auth-max-skew): a delayed \
+                     or replayed request, or clocks that disagree",
+                    self.max_skew_ms
+                ),
+            ));
+        }
+        match self.guard.check(sender, seq, now_ms) {
+            Ok(()) => Ok(Signed { to: (*to).to_owned() }),
+            Err(Replay::Seen | Replay::TooOld) => {
+                Err(AuthError::new("replayed", "replayed request: this signature was accepted before"))
+            }
+            Err(Replay::Full) => Err(AuthError::new("replayed", "too many senders at once; retry shortly")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mac(
+    key: &Hmac<Sha256>,
+    id: &str,
+    ts: u64,
+    nonce: &str,
+    to: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> [u8; 32] {
+    let mut mac = key.clone();
+    for field in [PROTOCOL, id, &ts.to_string(), nonce, to, method, path] {
+        mac.update(field.as_bytes());
+        mac.update(b"\n");
+    }
+    mac.update(&Sha256::digest(body));
+    mac.finalize().into_bytes().into()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
+    if text.len() != 64 || !text.is_ascii() {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn secrets(c: char) -> Secrets {
+        Secrets::parse(&c.to_string().repeat(32)).unwrap()
+    }
 
     #[test]
-    fn a_signature_covers_method_path_and_every_body_byte() {
-        let signer = Signer::default();
+    fn a_signature_covers_every_field_and_every_body_byte() {
+        let signer = Signer::new(&secrets('a'));
+        let verifier = Verifier::new(&signer, Duration::from_secs(30));
         let body = b"some body bytes".to_vec();
-        let header = signer.sign("POST", "/internal/v1/batch", &body);
-        assert!(signer.verify(Some(&header), "POST", "/internal/v1/batch", &body).is_ok());
+        let sign = || signer.sign_at("POST", "/internal/v1/batch", "n1:7100", &body, 1000);
+        let ok = verifier.verify(Some(&sign()), "POST", "/internal/v1/batch", &body, 1000).unwrap();
+        assert_eq!(ok.to, "n1:7100");
         for i in 0..body.len() {
             let mut tampered = body.clone();
             tampered[i] ^= 1;
-            assert!(signer.verify(Some(&header), "POST", "/internal/v1/batch", &tampered).is_err(), "byte {i}");
+            let refused = verifier.verify(Some(&sign()), "POST", "/internal/v1/batch", &tampered, 1000).unwrap_err();
+            assert_eq!(refused.reason, "bad_signature", "byte {i}");
         }
-        assert!(signer.verify(Some(&header), "PUT", "/internal/v1/batch", &body).is_err());
-        assert!(signer.verify(Some(&header), "POST", "/internal/v1/scan", &body).is_err());
-        assert!(signer.verify(None, "POST", "/internal/v1/batch", &body).unwrap_err().contains("missing"));
-        assert!(signer.verify(Some("v0 00"), "POST", "/", &body).unwrap_err().contains("protocol"));
-        assert!(Signer::new(b"other").verify(Some(&header), "POST", "/internal/v1/batch", &body).is_err());
+        for (method, path) in [("PUT", "/internal/v1/batch"), ("POST", "/internal/v1/scan")] {
+            assert_eq!(verifier.verify(Some(&sign()), method, path, &body, 1000).unwrap_err().reason, "bad_signature");
+        }
+        // Every field of the header is covered: change one and the MAC no longer matches.
+        let header = sign();
+        let fields: Vec<&str> = header.split(' ').collect();
+        for (i, changed) in [(2, "1001"), (3, "00000000000000ff.1"), (4, "n2:7100")] {
+            let mut f = fields.clone();
+            f[i] = changed;
+            let refused = verifier.verify(Some(&f.join(" ")), "POST", "/internal/v1/batch", &body, 1000).unwrap_err();
+            assert_eq!(refused.reason, "bad_signature", "field {i}");
+        }
+        let missing = verifier.verify(None, "POST", "/", &body, 1000).unwrap_err();
+        assert_eq!(missing.reason, "missing");
+        let old = verifier.verify(Some("v2 00"), "POST", "/", &body, 1000).unwrap_err();
+        assert!(old.message.contains("protocol"), "{old:?}");
+        let other = Signer::new(&secrets('b')).sign_at("POST", "/x", "*", &body, 1000);
+        assert_eq!(verifier.verify(Some(&other), "POST", "/x", &body, 1000).unwrap_err().reason, "unknown_key");
+    }
+
+    #[test]
+    fn a_signature_is_accepted_once_and_only_within_the_skew() {
+        let signer = Signer::new(&secrets('a'));
+        let verifier = Verifier::new(&signer, Duration::from_secs(30));
+        let header = signer.sign_at("POST", "/admin/leave", "n1", b"", 100_000);
+        assert!(verifier.verify(Some(&header), "POST", "/admin/leave", b"", 100_000).is_ok());
+        let again = verifier.verify(Some(&header), "POST", "/admin/leave", b"", 100_001).unwrap_err();
+        assert_eq!(again.reason, "replayed");
+        let late = signer.sign_at("POST", "/admin/leave", "n1", b"", 100_000);
+        assert_eq!(verifier.verify(Some(&late), "POST", "/admin/leave", b"", 130_001).unwrap_err().reason, "expired");
+        let early = signer.sign_at("POST", "/admin/leave", "n1", b"", 200_000);
+        assert_eq!(verifier.verify(Some(&early), "POST", "/admin/leave", b"", 169_999).unwrap_err().reason, "expired");
+    }
+
+    #[test]
+    fn rotation_signs_with_the_first_secret_and_accepts_every_listed_one() {
+        let old = secrets('a');
+        let both = Secrets::parse(&format!("{}\n{}", "b".repeat(32), "a".repeat(32))).unwrap();
+        let old_signer = Signer::new(&old);
+        let new_signer = Signer::new(&both);
+        let verifier = Verifier::new(&old_signer, Duration::from_secs(30));
+        let by_new = new_signer.sign_at("POST", "/x", "*", b"", 5);
+        assert_eq!(verifier.verify(Some(&by_new), "POST", "/x", b"", 5).unwrap_err().reason, "unknown_key");
+        old_signer.reload(&both);
+        assert!(verifier.verify(Some(&by_new), "POST", "/x", b"", 5).is_ok(), "reloaded: the new secret is accepted");
+        let by_old = Signer::new(&old).sign_at("POST", "/x", "*", b"", 5);
+        assert!(verifier.verify(Some(&by_old), "POST", "/x", b"", 5).is_ok(), "and the old one still");
     }
 }

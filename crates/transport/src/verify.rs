@@ -1,42 +1,107 @@
-//! The server side of [`crate::Signer`]: one middleware in front of every internal route.
+//! The server side of [`crate::Signer`]: one middleware in front of every peer route and every
+//! `/admin/*` route.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::signer::{Signer, SIGNATURE_HEADER};
+use crate::signer::{now_ms, AuthError, Verifier, SIGNATURE_HEADER};
 
-/// What [`verify`] needs: the signer, and the largest body it reads.
+/// Which requests must name this process as their destination (the signed `to` field): the
+/// others are harmless when replayed to another member (reads, gossip).
+pub type BoundCheck = fn(&Method, &str) -> bool;
+
+/// What [`verify`] needs.
 #[derive(Clone)]
 pub struct VerifyState {
     /// Checks signatures.
-    pub signer: Signer,
+    pub verifier: Arc<Verifier>,
     /// Bodies larger than this are refused `413` before they are read whole.
     pub body_limit: usize,
+    /// The names a bound request may give as `to`: this node's advertised peer address and its
+    /// id.
+    pub names: Arc<Vec<String>>,
+    /// Whether a request (method, path) is bound to its destination.
+    pub bound: BoundCheck,
+    /// `kv_auth_failures_total`, if exported.
+    pub metrics: Option<AuthMetrics>,
+    /// The listener's name, for the metric.
+    pub listener: &'static str,
+    /// Only paths starting with this are checked (`/` for the peer listener, `/admin/` for
+    /// the admin listener, whose `/metrics`, `/health/*` and `/cluster/*` stay open).
+    pub prefix: &'static str,
 }
 
-/// Middleware: reads the whole body (up to the limit) and refuses the request `403` unless its
-/// signature covers exactly this method, path and body. Handlers behind it see the same body.
+/// Bound: requests that change something (every method but `GET`): the admin listeners' rule.
+pub fn changes(method: &Method, _path: &str) -> bool {
+    method != Method::GET
+}
+
+/// `router` with every request checked by [`verify`] under `state`.
+pub fn guard(router: axum::Router, state: VerifyState) -> axum::Router {
+    router.layer(axum::middleware::from_fn_with_state(state, verify))
+}
+
+/// `kv_auth_failures_total{listener, reason}`: requests refused `401`.
+#[derive(Clone)]
+pub struct AuthMetrics {
+    failures: IntCounterVec,
+}
+
+impl AuthMetrics {
+    /// Creates and registers the counter.
+    pub fn register(registry: &Registry) -> prometheus::Result<AuthMetrics> {
+        let failures = IntCounterVec::new(
+            Opts::new("kv_auth_failures_total", "Requests refused 401 by listener and reason"),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(AuthMetrics { failures })
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.failures.with_label_values(&[listener, reason]).inc();
+    }
+}
+
+/// Middleware: reads the whole body (up to the limit) and refuses the request `401` unless its
+/// signature checks ([`Verifier::verify`]) and, for bound requests, names this process. Handlers
+/// behind it see the same body.
 pub async fn verify(State(state): State<VerifyState>, request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with(state.prefix) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.body_limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "internal request body too large or cut short",
-            )
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large or cut short")
         }
     };
     let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Err(message) = state.signer.verify(header, parts.method.as_str(), path, &bytes) {
-        tracing::warn!(path, error = %message, "refused an internal request");
-        return refuse(StatusCode::FORBIDDEN, "forbidden", &message);
+    let checked = state.verifier.verify(header, parts.method.as_str(), path, &bytes, now_ms()).and_then(|signed| {
+        if (state.bound)(&parts.method, parts.uri.path()) && !state.names.contains(&signed.to) {
+            return Err(AuthError::new(
+                "wrong_destination",
+                format!("this request was signed for {:?}, not for this process", signed.to),
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        tracing::warn!(path, reason = e.reason, error = %e.message, "refused an unauthenticated request");
+        if let Some(metrics) = &state.metrics {
+            metrics.refused(state.listener, e.reason);
+        }
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.message);
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kv_client::{Client, Error, Read};
+use kv_client::{Client, ClientOptions, Error, Read};
 
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_SIBLINGS: u8 = 3;
@@ -39,6 +39,16 @@ struct Cli {
     /// Per-request timeout in seconds.
     #[arg(long, env = "KV_TIMEOUT", default_value_t = 10, global = true)]
     timeout: u64,
+    /// The cluster secret file, to sign admin commands (leave, remove, repair, admin); or set
+    /// KV_CLUSTER_SECRET. `make run` writes one to data/cluster.secret.
+    #[arg(long, env = "KV_CLUSTER_SECRET_FILE", value_name = "FILE", global = true)]
+    cluster_secret_file: Option<PathBuf>,
+    /// Client token (`Authorization: Bearer`), when the cluster has client tokens on.
+    #[arg(long, env = "KV_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for https:// URLs.
+    #[arg(long, env = "KV_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +102,14 @@ enum Command {
     Repair,
     /// Show each member's share of the ring.
     Ring,
+    /// Any admin request to the process at --admin-url, signed, its JSON answer printed:
+    /// e.g. `kvctl admin get /admin/workers`, `kvctl admin get /admin/local/KEY`.
+    Admin {
+        /// get or post.
+        method: String,
+        /// The path, starting with /admin/ (percent-encode keys).
+        path: String,
+    },
     /// Resolve siblings: read the key and write VALUE with the read's context.
     Resolve {
         /// The key.
@@ -122,8 +140,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let client =
-        Client::new(&cli.url, Duration::from_secs(cli.timeout))?.with_quorum(cli.r, cli.w).with_admin(&cli.admin_url);
+    let secrets = match (&cli.cluster_secret_file, std::env::var("KV_CLUSTER_SECRET").ok().filter(|v| !v.is_empty())) {
+        (Some(path), _) => Some(kv_transport::Secrets::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        (None, Some(text)) => {
+            Some(kv_transport::Secrets::parse(&text).map_err(|e| anyhow::anyhow!("KV_CLUSTER_SECRET: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    let options = ClientOptions { ca: cli.tls_ca.clone() };
+    let client = Client::with_options(&cli.url, Duration::from_secs(cli.timeout), &options)?
+        .with_quorum(cli.r, cli.w)
+        .with_admin(&cli.admin_url)
+        .with_token(cli.token.clone())
+        .with_secrets(secrets.as_ref());
     match cli.command {
         Command::Put { key, value, file, content_type, context } => {
             let bytes = match (value, file) {
@@ -224,6 +253,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     n["replica_share"].as_f64().unwrap_or(0.0) * 100.0
                 );
             }
+            Ok(0)
+        }
+        Command::Admin { method, path } => {
+            let answer = client.admin(&method, &path)?;
+            println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
             Ok(0)
         }
         Command::Resolve { key, value, content_type } => {

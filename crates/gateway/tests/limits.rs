@@ -1,0 +1,180 @@
+//! Hostile clients against a real node (docs/security.md, "Limits"): slow-loris connections,
+//! 10,000 idle connections and a flood of oversized bodies, all at once, while a normal client
+//! keeps reading and writing. Every normal request must succeed; the test prints their p99 and
+//! the node's resident memory during the attack.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kv_testkit::{metric, start_node, Proc};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+
+/// Resident memory of a process, in MB.
+fn rss_mb(proc: &Proc) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid().unwrap())).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+/// Normal traffic: writes and reads of small values, one at a time, until `stop`; each
+/// request's latency, and every failure.
+fn normal_client(base: &str, stop: &AtomicBool) -> (Vec<Duration>, Vec<String>) {
+    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let (mut latencies, mut failures) = (Vec::new(), Vec::new());
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let url = format!("{base}/kv/normal-{}", i % 100);
+        let started = Instant::now();
+        let result = if i.is_multiple_of(2) { c.put(&url).body(format!("v{i}")).send() } else { c.get(&url).send() };
+        latencies.push(started.elapsed());
+        match result {
+            Ok(r) if [StatusCode::NO_CONTENT, StatusCode::OK, StatusCode::NOT_FOUND].contains(&r.status()) => {}
+            Ok(r) => failures.push(format!("{url}: {}", r.status())),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    (latencies, failures)
+}
+
+/// Acceptance: a slow-loris client, 10,000 idle connections and a flood of oversized bodies
+/// leave a node serving normal requests (p99 printed) with bounded memory (RSS printed).
+#[test]
+fn slow_loris_idle_connections_and_oversized_bodies_leave_a_node_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("data"), &["--node-id", "n1"]);
+    let port = node.ports.client;
+    let base = node.client_url("");
+    let rss_before = rss_mb(&node);
+    // A baseline of the normal client alone.
+    let stop = AtomicBool::new(false);
+    let (baseline, _) = std::thread::scope(|s| {
+        let h = s.spawn(|| normal_client(&base, &stop));
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    let stop = AtomicBool::new(false);
+    let attack = AtomicBool::new(true);
+    let (idle_open, loris_sent, big_refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let peak_rss = AtomicU64::new(0);
+    let ((mut during, failures), held_at_end) = std::thread::scope(|s| {
+        // 10,000 idle connections, opened as fast as the node accepts them, held.
+        let idle = s.spawn(|| {
+            let mut held = Vec::new();
+            for _ in 0..10_000 {
+                if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+                    held.push(stream);
+                    idle_open.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            while attack.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // How many the node still holds: a closed one reads end-of-file.
+            held.iter_mut()
+                .filter_map(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 1];
+                    matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock).then_some(())
+                })
+                .count()
+        });
+        // Slow loris: 200 connections, each sending its request head one byte a second.
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut streams: Vec<TcpStream> =
+                    (0..50).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+                let head = b"PUT /kv/loris HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                let mut sent = 0;
+                while attack.load(Ordering::Relaxed) {
+                    for stream in &mut streams {
+                        let byte = head.get(sent).copied().unwrap_or(b'a');
+                        if stream.write_all(&[byte]).is_ok() {
+                            loris_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    sent += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+        // Oversized bodies: 4 clients sending 4 MB values (the limit is 1 MiB) as fast as the
+        // node refuses them.
+        for _ in 0..4 {
+            s.spawn(|| {
+                let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let big = vec![b'x'; 4 << 20];
+                while attack.load(Ordering::Relaxed) {
+                    if let Ok(r) = c.put(format!("{}/kv/big", node.client_url(""))).body(big.clone()).send() {
+                        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            big_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            while attack.load(Ordering::Relaxed) {
+                peak_rss.fetch_max(rss_mb(&node) as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        // Let the attack build up, then measure the normal client for 15 s under it.
+        std::thread::sleep(Duration::from_secs(3));
+        let normal = s.spawn(|| normal_client(&base, &stop));
+        std::thread::sleep(Duration::from_secs(15));
+        stop.store(true, Ordering::Relaxed);
+        let result = normal.join().unwrap();
+        let open = metric(&node, "kv_connections", "listener=\"client\"");
+        attack.store(false, Ordering::Relaxed);
+        (result, (idle.join().unwrap(), open))
+    });
+    let (held_at_end, open_at_end) = held_at_end;
+    let mut baseline = baseline;
+    baseline.sort();
+    during.sort();
+    let evicted = metric(&node, "kv_connections_closed_total", "reason=\"evicted\"");
+    let refused = metric(&node, "kv_connections_closed_total", "reason=\"refused\"");
+    let peak = peak_rss.load(Ordering::Relaxed);
+    println!(
+        "under attack (10,000 idle connections opened: {} accepted, {held_at_end} still held by the node at the end (its gauge: {open_at_end} open); \
+         200 slow-loris connections, {} bytes trickled; {} oversized bodies refused 413): {} normal requests, all \
+         answered; p50 {:.1} ms, p99 {:.1} ms (alone before: p50 {:.1} ms, p99 {:.1} ms, {} requests); node RSS {:.0} MB \
+         before, {peak} MB at most during; connections evicted {evicted}, refused {refused}",
+        idle_open.load(Ordering::Relaxed),
+        loris_sent.load(Ordering::Relaxed),
+        big_refused.load(Ordering::Relaxed),
+        during.len(),
+        percentile(&during, 0.5).as_secs_f64() * 1e3,
+        percentile(&during, 0.99).as_secs_f64() * 1e3,
+        percentile(&baseline, 0.5).as_secs_f64() * 1e3,
+        percentile(&baseline, 0.99).as_secs_f64() * 1e3,
+        baseline.len(),
+        rss_before
+    );
+    assert!(
+        failures.is_empty(),
+        "{} normal requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(during.len() >= 50, "the normal client got few requests through: {}", during.len());
+    assert!(open_at_end <= 4096.0, "the node held {open_at_end} connections, above its cap of 4096");
+    assert!(big_refused.load(Ordering::Relaxed) > 0);
+    assert!(peak < 1024, "resident memory grew to {peak} MB");
+}

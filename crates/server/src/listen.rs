@@ -1,0 +1,354 @@
+//! Serving one listener: accepting connections under a cap, TLS, HTTP/1.1 with bounded headers
+//! and idle time, and a graceful stop.
+//!
+//! What a hostile or broken client can hold is bounded:
+//!
+//! - **Connections**: at most `--max-connections` per listener. At the cap, a new connection
+//!   closes the connection that has been idle longest (no request in progress; one still
+//!   sending its request head counts as idle), so a crowd of idle or slow connections cannot
+//!   lock out real clients; if every connection is busy, the new one is closed at once.
+//! - **Time**: a connection must deliver a complete request head within `--idle-timeout` of
+//!   the previous response (or of connecting): an idle keep-alive connection and a slow-loris
+//!   client that trickles its headers are both closed then. A TLS handshake gets the same time.
+//!   Bodies are read within the request deadline (`--request-timeout`, [`crate::http`]).
+//! - **Headers**: at most `--max-headers` headers and `--max-header-bytes` bytes of request
+//!   head; more is refused `431` by hyper (with an empty body, before any handler runs).
+//!
+//! A plain-HTTP request to a TLS listener is answered, in plain HTTP, `400` with a JSON body
+//! saying to use https, and closed. Only HTTP/1.1 is spoken.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::tls::Tls;
+
+/// Limits of every connection of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Longest wait for a complete request head (and for a TLS handshake).
+    pub idle_timeout: Duration,
+    /// Most headers in a request.
+    pub max_headers: usize,
+    /// Most bytes of a request head.
+    pub max_header_bytes: usize,
+}
+
+/// `kv_connections{listener}`, `kv_connections_closed_total{listener, reason}`.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    open: IntGaugeVec,
+    closed: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &Registry) -> prometheus::Result<ConnectionMetrics> {
+        let open = IntGaugeVec::new(Opts::new("kv_connections", "Connections open, by listener"), &["listener"])?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "kv_connections_closed_total",
+                "Connections closed by this process before the client did, by listener and reason (evicted: idle at \
+                 the connection cap; refused: the cap reached with every connection busy; tls_handshake; plain_http)",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        Ok(ConnectionMetrics { open, closed })
+    }
+
+    fn closed(&self, listener: &str, reason: &str) {
+        self.closed.with_label_values(&[listener, reason]).inc();
+    }
+}
+
+/// One open connection, as the cap sees it.
+struct Conn {
+    /// Requests in progress on it.
+    in_flight: AtomicUsize,
+    /// Milliseconds since the listener started when it last received bytes.
+    last_active: AtomicU64,
+    /// Cancelled to close it (gracefully: a request in progress finishes first).
+    close: CancellationToken,
+}
+
+/// The open connections of one listener.
+struct Conns {
+    started: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Conns {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Registers a new connection if there is room, making room by closing the connection idle
+    /// longest when the cap is reached. `None`: every connection is busy.
+    fn admit(&self, max: usize) -> Option<(u64, Arc<Conn>, bool)> {
+        let mut open = self.open.lock();
+        let mut evicted = false;
+        if open.len() >= max {
+            let idlest = open
+                .iter()
+                .filter(|(_, c)| c.in_flight.load(Ordering::Relaxed) == 0 && !c.close.is_cancelled())
+                .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
+                .map(|(id, _)| *id);
+            let idlest = idlest?;
+            if let Some(conn) = open.remove(&idlest) {
+                conn.close.cancel();
+                evicted = true;
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            in_flight: AtomicUsize::new(0),
+            last_active: AtomicU64::new(self.now()),
+            close: CancellationToken::new(),
+        });
+        open.insert(id, conn.clone());
+        Some((id, conn, evicted))
+    }
+}
+
+/// A stream that records when it last received bytes.
+struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    conns: Arc<Conns>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.last_active.store(self.conns.now(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Counts a request in progress on a connection while alive.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: Arc<Conn>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// TLS of a listener: the process's certificates, and whether this is the peer listener (which
+/// asks for client certificates).
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The certificates.
+    pub tls: Arc<Tls>,
+    /// Mutual TLS.
+    pub peer: bool,
+}
+
+/// Accepts connections on `socket` and serves `router` on each until `stop` is cancelled; then
+/// stops accepting and closes each connection once its request in progress is answered.
+/// Returns once every connection is closed (the caller bounds the wait).
+pub async fn serve_listener(
+    name: &'static str,
+    socket: TcpListener,
+    router: Router,
+    tls: Option<ListenerTls>,
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let conns =
+        Arc::new(Conns { started: Instant::now(), next_id: AtomicU64::new(0), open: Mutex::new(HashMap::new()) });
+    let tasks = TaskTracker::new();
+    let gauge = metrics.open.with_label_values(&[name]);
+    let result = loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break Ok(()),
+            accepted = socket.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if is_transient(&e) => {
+                // Out of descriptors or a connection reset before it was accepted: wait a
+                // moment rather than spin, and go on.
+                tracing::warn!(listener = name, error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => break Err(e),
+        };
+        let Some((id, conn, evicted)) = conns.admit(limits.max_connections) else {
+            metrics.closed(name, "refused");
+            drop(stream);
+            continue;
+        };
+        if evicted {
+            metrics.closed(name, "evicted");
+        }
+        gauge.inc();
+        let (conns, router, tls, metrics, gauge, stop) =
+            (conns.clone(), router.clone(), tls.clone(), metrics.clone(), gauge.clone(), stop.clone());
+        tasks.spawn(async move {
+            connection(name, stream, router, tls, limits, &metrics, conn.clone(), conns.clone(), stop).await;
+            conns.open.lock().remove(&id);
+            gauge.dec();
+        });
+    };
+    drop(socket);
+    tasks.close();
+    tasks.wait().await;
+    result
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::Interrupted
+    ) || e.raw_os_error().is_some_and(|code| code == 23 || code == 24 || code == 105 || code == 12)
+}
+
+/// The answer to a plain-HTTP request on a TLS listener.
+fn plain_http_answer() -> Vec<u8> {
+    let body = "{\"error\":\"tls_required\",\"message\":\"this listener speaks HTTPS only: use https://\"}\n";
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    name: &'static str,
+    stream: TcpStream,
+    router: Router,
+    tls: Option<ListenerTls>,
+    limits: ConnectionLimits,
+    metrics: &ConnectionMetrics,
+    conn: Arc<Conn>,
+    conns: Arc<Conns>,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        http(Tracked { inner: stream, conn: conn.clone(), conns }, router, limits, conn, stop).await;
+        return;
+    };
+    // A TLS client speaks first, with a handshake record (0x16); anything else is most likely
+    // plain HTTP, which gets a plain answer instead of a handshake failure it cannot read.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            metrics.closed(name, "plain_http");
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&plain_http_answer())).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.tls.server_config(tls.peer));
+    let accepted = tokio::select! {
+        () = conn.close.cancelled() => return,
+        accepted = tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => http(Tracked { inner: stream, conn: conn.clone(), conns }, router, limits, conn, stop).await,
+        Ok(Err(e)) => {
+            metrics.closed(name, "tls_handshake");
+            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+        }
+        Err(_) => metrics.closed(name, "tls_handshake"),
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, it idles past the limit, or
+/// it is told to close (eviction or shutdown: gracefully).
+async fn http<S>(io: Tracked<S>, router: Router, limits: ConnectionLimits, conn: Arc<Conn>, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let in_flight = conn.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let (router, guard) = (router.clone(), InFlight::new(in_flight.clone()));
+        async move {
+            let response = router.oneshot(request.map(axum::body::Body::new)).await;
+            drop(guard);
+            response
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = conn.close.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+        () = stop.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,202 @@
+//! [`ClientTokens`]: optional bearer tokens on the client API, read-only or read-write.
+//!
+//! The file (`--client-tokens-file`) holds one token per line: `read TOKEN [name]` or
+//! `write TOKEN [name]`; blank lines and `#` comments are skipped. A token is 16 to 256 visible
+//! ASCII characters. Only SHA-256 digests of the tokens are kept in memory, and a request's
+//! token is looked up by its digest, so the lookup reveals nothing about stored tokens. With
+//! tokens on, a client request without a valid `Authorization: Bearer TOKEN` is `401`, and a
+//! `PUT` or `DELETE` with a read token is `403`. The set is replaced whole on reload (SIGHUP):
+//! a bad file keeps the old set and says why in the log.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use parking_lot::RwLock;
+use prometheus::{IntCounterVec, Opts, Registry};
+use sha2::{Digest as _, Sha256};
+
+use crate::http::json_error;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `GET` only.
+    Read,
+    /// Everything on the client API.
+    Write,
+}
+
+/// Shortest token accepted.
+pub const MIN_TOKEN_BYTES: usize = 16;
+/// Longest token accepted.
+pub const MAX_TOKEN_BYTES: usize = 256;
+
+type Table = HashMap<[u8; 32], (Role, String)>;
+
+/// The client tokens, reloadable.
+pub struct ClientTokens {
+    table: RwLock<Arc<Table>>,
+}
+
+impl std::fmt::Debug for ClientTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientTokens({} tokens)", self.table.read().len())
+    }
+}
+
+impl ClientTokens {
+    /// Tokens from a file's text; errors name the line, never the token.
+    pub fn parse(text: &str) -> Result<ClientTokens, String> {
+        Ok(ClientTokens { table: RwLock::new(Arc::new(parse_table(text)?)) })
+    }
+
+    /// Tokens from a file.
+    pub fn from_file(path: &Path) -> Result<ClientTokens, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ClientTokens::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Replaces the tokens with those of `path`; on error keeps the current ones. Returns how
+    /// many tokens are now in force.
+    pub fn reload(&self, path: &Path) -> Result<usize, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let table = parse_table(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let count = table.len();
+        *self.table.write() = Arc::new(table);
+        Ok(count)
+    }
+
+    /// The role of `token`, if it is one.
+    pub fn role(&self, token: &str) -> Option<Role> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.table.read().get(&digest).map(|(role, _)| *role)
+    }
+}
+
+fn parse_table(text: &str) -> Result<Table, String> {
+    let mut table = Table::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = i + 1;
+        let mut words = line.split_whitespace();
+        let role = match words.next() {
+            Some("read") => Role::Read,
+            Some("write") => Role::Write,
+            _ => return Err(format!("line {n}: must start with `read` or `write`")),
+        };
+        let token = words.next().ok_or_else(|| format!("line {n}: no token after the role"))?;
+        if token.len() < MIN_TOKEN_BYTES
+            || token.len() > MAX_TOKEN_BYTES
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "line {n}: a token must be {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES} visible ASCII characters"
+            ));
+        }
+        let name = words.collect::<Vec<_>>().join(" ");
+        if table.insert(Sha256::digest(token.as_bytes()).into(), (role, name)).is_some() {
+            return Err(format!("line {n}: the same token appears twice"));
+        }
+    }
+    Ok(table)
+}
+
+/// What [`client_auth`] needs.
+#[derive(Clone)]
+pub struct ClientAuth {
+    /// The tokens.
+    pub tokens: Arc<ClientTokens>,
+    /// `kv_client_auth_failures_total{reason}`.
+    pub failures: IntCounterVec,
+}
+
+impl ClientAuth {
+    /// Client authentication with `tokens`, its counter registered in `registry`.
+    pub fn new(tokens: Arc<ClientTokens>, registry: &Registry) -> prometheus::Result<ClientAuth> {
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "kv_client_auth_failures_total",
+                "Client requests refused by reason (missing, invalid, read_only)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(ClientAuth { tokens, failures })
+    }
+}
+
+/// Middleware for the client listener: `401` without a valid bearer token, `403` for a write
+/// with a read token.
+pub async fn client_auth(State(auth): State<ClientAuth>, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = token else {
+        auth.failures.with_label_values(&["missing"]).inc();
+        return unauthorized("this API needs `Authorization: Bearer TOKEN`");
+    };
+    match auth.tokens.role(token) {
+        None => {
+            auth.failures.with_label_values(&["invalid"]).inc();
+            unauthorized("unknown token")
+        }
+        Some(Role::Read) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+            auth.failures.with_label_values(&["read_only"]).inc();
+            json_error(StatusCode::FORBIDDEN, "forbidden", "this token may only read")
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// `router` behind [`client_auth`] when `security` has client tokens; as it is otherwise.
+pub fn protect(
+    router: axum::Router,
+    security: &crate::security::SecurityConfig,
+    registry: &Registry,
+) -> prometheus::Result<axum::Router> {
+    Ok(match &security.client_tokens {
+        Some((_, tokens)) => {
+            let auth = ClientAuth::new(tokens.clone(), registry)?;
+            router.layer(axum::middleware::from_fn_with_state(auth, client_auth))
+        }
+        None => router,
+    })
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_resolve_to_roles() {
+        let tokens =
+            ClientTokens::parse("# comment\nread  r-token-0123456789 dashboards\nwrite w-token-0123456789\n\n")
+                .unwrap();
+        assert_eq!(tokens.role("r-token-0123456789"), Some(Role::Read));
+        assert_eq!(tokens.role("w-token-0123456789"), Some(Role::Write));
+        assert_eq!(tokens.role("w-token-012345678"), None);
+        assert!(ClientTokens::parse("admin x-token-0123456789").unwrap_err().contains("line 1"));
+        assert!(ClientTokens::parse("read short").unwrap_err().contains("16 to 256"));
+        assert!(ClientTokens::parse("read a-token-0123456789\nwrite a-token-0123456789")
+            .unwrap_err()
+            .contains("twice"));
+        assert!(!ClientTokens::parse("read short").unwrap_err().contains("short"), "never shows a token");
+    }
+}
