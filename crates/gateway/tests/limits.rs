@@ -178,3 +178,51 @@ fn slow_loris_idle_connections_and_oversized_bodies_leave_a_node_serving() {
     assert!(big_refused.load(Ordering::Relaxed) > 0);
     assert!(peak < 1024, "resident memory grew to {peak} MB");
 }
+
+/// Limits answer with clear JSON errors: a write past `--max-siblings` (409), too many headers
+/// (431), a value over the limit (413), a request beyond `--max-in-flight` (503 overloaded
+/// with Retry-After, at once, while a slow upload holds the only slot).
+#[test]
+fn limits_refuse_with_clear_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        start_node(&dir.path().join("data"), &["--node-id", "n1", "--max-siblings", "3", "--max-in-flight", "1"]);
+    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let url = node.key_url("k");
+    let json = |r: reqwest::blocking::Response| -> (StatusCode, serde_json::Value) {
+        (r.status(), r.json().unwrap_or_default())
+    };
+    for i in 0..3 {
+        assert_eq!(c.put(&url).body(format!("v{i}")).send().unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    let (status, body) = json(c.put(&url).body("v3").send().unwrap());
+    assert_eq!((status, body["error"].as_str()), (StatusCode::CONFLICT, Some("too_many_siblings")), "{body}");
+    let read = c.get(&url).send().unwrap();
+    assert_eq!(read.status(), StatusCode::MULTIPLE_CHOICES);
+    let context = read.headers()["x-context"].to_str().unwrap().to_owned();
+    assert_eq!(c.put(&url).header("x-context", context).body("one").send().unwrap().status(), StatusCode::NO_CONTENT);
+    let mut request = c.get(&url);
+    for i in 0..70 {
+        request = request.header(format!("x-extra-{i}"), "v");
+    }
+    let (status, body) = json(request.send().unwrap());
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Some("headers_too_large"))
+    );
+    let (status, body) = json(c.put(&url).body(vec![0u8; 2 << 20]).send().unwrap());
+    assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("value_too_large")), "{body}");
+    // A slow upload holds the only slot: the next request is shed at once.
+    let mut slow = TcpStream::connect(("127.0.0.1", node.ports.client)).unwrap();
+    slow.write_all(b"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let shed = c.get(&url).send().unwrap();
+    let retry_after = shed.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let (status, body) = json(shed);
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(5), "shed at once, not queued");
+    drop(slow);
+    println!("refusals: 409 too_many_siblings, 431 headers_too_large, 413 value_too_large, 503 overloaded with Retry-After: 1 in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+}

@@ -701,6 +701,33 @@ mod tests {
     }
 
     #[test]
+    fn a_client_write_past_the_sibling_cap_is_refused_and_stores_never_are() {
+        let core = core(true, false).with_sibling_limits(SiblingLimits { max: 3, warn: 2 });
+        let blind = |value: &str, id: u128, context: VClock| {
+            Call::Coordinate(CoordinateRequest {
+                key: b"k".to_vec(),
+                write: Write { value: value.into(), content_type: "t".into(), context, tombstone: false },
+                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
+            })
+        };
+        for id in 1..=3 {
+            assert!(matches!(core.execute(vec![blind("v", id, VClock::new())], 1)[0], Reply::Coordinated(_)));
+        }
+        let refused = core.execute(vec![blind("fourth", 4, VClock::new())], 1);
+        assert!(matches!(&refused[0], Reply::Failed { status: TOO_MANY_SIBLINGS, .. }), "{refused:?}");
+        assert_eq!(core.engine().get(b"k").unwrap().len(), 3, "the refused write left nothing");
+        assert_eq!(core.metrics.siblings_over_warning.get(), 1, "the third sibling passed the warning level");
+        // Replication and repair merge whatever they carry.
+        let others: Vec<Version> = (1..=3).map(|c| version("elsewhere", c, &[], 5, false)).collect();
+        assert!(matches!(core.execute(vec![store(b"k", others, None)], 1)[0], Reply::Stored));
+        assert_eq!(core.engine().get(b"k").unwrap().len(), 6);
+        // A write with the read's context resolves them all.
+        let context = core.engine().get(b"k").unwrap().context();
+        let resolved = core.execute(vec![blind("merged", 5, context)], 1);
+        assert!(matches!(&resolved[0], Reply::Coordinated(c) if c.record.len() == 1), "{resolved:?}");
+    }
+
+    #[test]
     fn a_store_batch_past_its_deadline_is_refused_whole() {
         let core = core(true, false);
         let entries = vec![(b"k".to_vec(), vec![version("a", 1, &[], 5, false)])];

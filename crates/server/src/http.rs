@@ -95,8 +95,33 @@ pub fn layered(
                 // real server faults are logged where they happen.
                 .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
                 .layer(axum::middleware::from_fn_with_state(limit, shed))
+                .layer(axum::middleware::from_fn_with_state(server.limits, head_limits))
                 .layer(axum::middleware::from_fn_with_state(server.request_timeout, deadline)),
         )
+}
+
+/// Middleware: a request with more headers than `--max-headers`, or a head larger than
+/// `--max-header-bytes`, is refused `431` with a JSON body. (hyper refuses heads over twice
+/// these limits before any handler, with an empty `431`: see [`crate::listen`].)
+async fn head_limits(State(limits): State<crate::listen::ConnectionLimits>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes = request.uri().to_string().len()
+        + request.method().as_str().len()
+        + headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    if headers.len() > limits.max_headers || bytes > limits.max_header_bytes {
+        return json_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!(
+                "request head of {} headers and about {bytes} bytes; at most {} headers and {} bytes \
+                 (--max-headers, --max-header-bytes)",
+                headers.len(),
+                limits.max_headers,
+                limits.max_header_bytes
+            ),
+        );
+    }
+    next.run(request).await
 }
 
 /// The concurrency limit of one listener.

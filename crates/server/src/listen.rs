@@ -12,7 +12,9 @@
 //!   client that trickles its headers are both closed then. A TLS handshake gets the same time.
 //!   Bodies are read within the request deadline (`--request-timeout`, [`crate::http`]).
 //! - **Headers**: at most `--max-headers` headers and `--max-header-bytes` bytes of request
-//!   head; more is refused `431` by hyper (with an empty body, before any handler runs).
+//!   head; more is refused `431` with a JSON body ([`crate::http`]), and a head over twice
+//!   these limits is refused by hyper before it is read whole (`431` with an empty body: the
+//!   one error that is not JSON).
 //!
 //! A plain-HTTP request to a TLS listener is answered, in plain HTTP, `400` with a JSON body
 //! saying to use https, and closed. Only HTTP/1.1 is spoken.
@@ -332,8 +334,8 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
-        .max_headers(limits.max_headers)
-        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers.saturating_mul(2))
+        .max_header_size(limits.max_header_bytes.saturating_mul(2))
         .keep_alive(true);
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
