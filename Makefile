@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint structure-check unit docs-check bench bench-storage build bins release clean
+.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract fuzz bench bench-storage build bins release clean
 
 CARGO ?= cargo
 
@@ -44,6 +44,15 @@ unit:
 # The doc examples run against the debug binaries `make unit` built (no second, release build).
 docs-check: bins
 	KV_BIN=./target/debug python3 scripts/check_doc_examples.py README.md docs/api.md
+
+# docs/openapi.yaml against a live 3-node cluster and gateway (schemathesis, in .venv).
+contract: bins
+	KV_BIN=./target/debug ./scripts/schemathesis.sh
+
+# Every cargo-fuzz target for FUZZ_RUNS executions (default 1,000,000); the numbers are in
+# docs/security.md. Long: not part of `make test` (its property tests are).
+fuzz:
+	./scripts/fuzz.sh
 
 test:
 	./scripts/test.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs, idempotently: the Rust components, cargo-nextest, and (as
-# root) iptables for the partition tests.
+# Installs what `make test` needs, idempotently: the Rust components, cargo-nextest,
+# schemathesis in .venv, and (as root) iptables for the partition tests.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo is missing; install Rust with rustup first" >&2
@@ -17,6 +18,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3; }
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+# Python tools in a local virtualenv: schemathesis checks docs/openapi.yaml against a live
+# cluster (make contract).
+if [ ! -x .venv/bin/schemathesis ] || ! .venv/bin/schemathesis --version 2>/dev/null | grep -q '4.32.5'; then
+  python3 -m venv .venv 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv .venv; }
+  .venv/bin/pip install -q 'schemathesis==4.32.5'
+fi
 # The fault-injection suite partitions nodes with iptables (it says so and skips when not root).
 if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq iptables

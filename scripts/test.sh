@@ -2,7 +2,8 @@
 # `make test`: every check, in stages, each timed; a summary of the stage times at the end.
 # Stages: deps (install what the checks need), fmt, lint (clippy -D warnings), unit (build the
 # binaries and run every test with nextest), docs-check (the README's and docs/api.md's curl
-# examples against a real local cluster). Stops at the first failing stage.
+# examples against a real local cluster), contract (docs/openapi.yaml against a live cluster,
+# schemathesis). Stops at the first failing stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,5 @@ run_stage fmt fmt
 run_stage lint lint
 run_stage unit unit
 run_stage docs-check docs-check
+run_stage contract contract
 summary

@@ -209,13 +209,18 @@ macro_rules! layer {
 /// flags (a typo must stop the process, not be ignored).
 pub fn settings_file<T: DeserializeOwned + CommandFactory>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    settings_text(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+/// Settings for the command `T` from the text of a TOML file (see [`settings_file`]).
+pub fn settings_text<T: DeserializeOwned + CommandFactory>(text: &str) -> Result<T, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let command = T::command();
     let known: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
     if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str()) || k.as_str() == "config") {
-        return Err(format!("config file {}: unknown key {unknown:?}", path.display()));
+        return Err(format!("unknown key {unknown:?}"));
     }
-    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    toml::from_str(text).map_err(|e| e.to_string())
 }
 
 impl ServerSettings {

@@ -88,7 +88,8 @@ impl Signer {
         self.keys.read().insecure
     }
 
-    /// The header value for a request to `to` (the address dialed, or the node id), now.
+    /// The header value for a request to `to` (the address dialed, or the node id: no
+    /// whitespace, at most 256 bytes), now.
     pub fn sign(&self, method: &str, path: &str, to: &str, body: &[u8]) -> String {
         self.sign_at(method, path, to, body, now_ms())
     }

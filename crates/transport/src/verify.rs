@@ -1,6 +1,7 @@
 //! The server side of [`crate::Signer`]: one middleware in front of every peer route and every
 //! `/admin/*` route.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -97,7 +98,20 @@ pub async fn verify(State(state): State<VerifyState>, request: Request, next: Ne
         Ok(())
     });
     if let Err(e) = checked {
-        tracing::warn!(path, reason = e.reason, error = %e.message, "refused an unauthenticated request");
+        // At most one warning every WARN_EVERY_MS: a flood of bad requests must not flood the
+        // log (the counter counts every one).
+        let now = now_ms();
+        let last = LAST_WARNING.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARN_EVERY_MS
+            && LAST_WARNING.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                listener = state.listener, path, reason = e.reason, error = %e.message,
+                "refused an unauthenticated request (further refusals for 10 s are only counted: kv_auth_failures_total)"
+            );
+        } else {
+            tracing::debug!(listener = state.listener, path, reason = e.reason, "refused an unauthenticated request");
+        }
         if let Some(metrics) = &state.metrics {
             metrics.refused(state.listener, e.reason);
         }
@@ -105,6 +119,12 @@ pub async fn verify(State(state): State<VerifyState>, request: Request, next: Ne
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
+
+/// Least time between two warnings about refused requests, ms.
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// When a refusal was last logged as a warning (ms since the epoch), for the whole process.
+static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()

@@ -1,0 +1,4 @@
+//! Fuzz target: `kv_fuzzing::config` (see crates/fuzzing for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kv_fuzzing::config(data));
