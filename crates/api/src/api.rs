@@ -55,11 +55,11 @@ pub async fn put(
         // Copy: keeping the request's `Bytes` would pin hyper's read buffer.
         value: body.to_vec(),
         content_type: content_type(&headers)?,
-        context: context(&state, &headers)?,
+        context: context(&state, &key, &headers)?,
         tombstone: false,
     };
-    let outcome = state.coordinator.put_with(key, write, w, count(pw)).await?;
-    Ok(written(outcome, &state.contexts))
+    let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
+    Ok(written(&key, outcome, &state.contexts))
 }
 
 /// `GET /kv/{key}?r=`: the value, `300` with the siblings, or `404`, from R of N replicas.
@@ -71,8 +71,8 @@ pub async fn get(
     let key = valid_key(key)?;
     let [r] = quorum_params(&state, query, ["r"])?;
     formed(&state)?;
-    let outcome = state.coordinator.get_with(key, r).await?;
-    let mut response = read_response(&outcome.record, &state.contexts);
+    let outcome = state.coordinator.get_with(key.clone(), r).await?;
+    let mut response = read_response(&key, &outcome.record, &state.contexts);
     set_replicas(&mut response, outcome.answered.len(), outcome.replicas);
     Ok(response)
 }
@@ -90,12 +90,12 @@ pub async fn delete(
     let [w, pw] = quorum_params(&state, query, ["w", "pw"])?;
     formed(&state)?;
     let context = match headers.get(&X_CONTEXT) {
-        Some(_) => context(&state, &headers)?,
+        Some(_) => context(&state, &key, &headers)?,
         None => state.coordinator.get(key.clone(), None).await?.record.context(),
     };
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
-    let outcome = state.coordinator.put_with(key, write, w, count(pw)).await?;
-    Ok(written(outcome, &state.contexts))
+    let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
+    Ok(written(&key, outcome, &state.contexts))
 }
 
 /// Refuses client requests until the cluster has formed (`--expect-nodes`).
@@ -103,8 +103,8 @@ fn formed(state: &ApiState) -> Result<(), ApiError> {
     state.membership.formed().map_err(|(normal, expected)| ApiError::Forming { normal, expected })
 }
 
-fn written(outcome: PutOutcome, contexts: &ContextSealer) -> Response {
-    let mut response = with_context(StatusCode::NO_CONTENT.into_response(), &outcome.created.clock(), contexts);
+fn written(key: &[u8], outcome: PutOutcome, contexts: &ContextSealer) -> Response {
+    let mut response = with_context(StatusCode::NO_CONTENT.into_response(), key, &outcome.created.clock(), contexts);
     set_replicas(&mut response, outcome.acked.len(), outcome.replicas);
     response
 }
@@ -161,8 +161,8 @@ pub async fn noop(_body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// The response for a read of `record`.
-pub fn read_response(record: &Record, contexts: &ContextSealer) -> Response {
+/// The response for a read of `record`, the versions of `key`.
+pub fn read_response(key: &[u8], record: &Record, contexts: &ContextSealer) -> Response {
     let context = record.context();
     // Siblings with the same value, type and delete flag (a retried write coordinated twice)
     // are one answer to the client; the context still covers all of them.
@@ -195,15 +195,18 @@ pub fn read_response(record: &Record, contexts: &ContextSealer) -> Response {
                     sibling
                 })
                 .collect();
-            (StatusCode::MULTIPLE_CHOICES, Json(json!({ "context": contexts.seal(&context), "siblings": siblings })))
+            (
+                StatusCode::MULTIPLE_CHOICES,
+                Json(json!({ "context": contexts.seal(key, &context), "siblings": siblings })),
+            )
                 .into_response()
         }
     };
-    with_context(response, &context, contexts)
+    with_context(response, key, &context, contexts)
 }
 
-fn with_context(mut response: Response, context: &VClock, contexts: &ContextSealer) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&contexts.seal(context)) {
+fn with_context(mut response: Response, key: &[u8], context: &VClock, contexts: &ContextSealer) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&contexts.seal(key, context)) {
         if !context.is_empty() {
             response.headers_mut().insert(X_CONTEXT.clone(), value);
         }
@@ -242,10 +245,10 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
-fn context(state: &ApiState, headers: &HeaderMap) -> Result<VClock, ApiError> {
+fn context(state: &ApiState, key: &[u8], headers: &HeaderMap) -> Result<VClock, ApiError> {
     let Some(value) = headers.get(&X_CONTEXT) else {
         return Ok(VClock::new());
     };
     let text = value.to_str().map_err(|_| ApiError::BadContext("not ASCII".into()))?;
-    state.contexts.open(text).map_err(ApiError::BadContext)
+    state.contexts.open(key, text).map_err(ApiError::BadContext)
 }

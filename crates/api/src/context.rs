@@ -6,13 +6,20 @@
 //! token a client gets carries a MAC under a key derived from the cluster secret, and any token
 //! whose MAC does not check is refused `400 bad_context` before anything reads it.
 //!
+//! A token is also bound to the key it was read from: the MAC covers the key, so a token of one
+//! key is refused on another. (Dot counters are store-wide, so a fresh clock of any key names
+//! counters above those of older versions of every other key: without the binding, a client
+//! could read its own key and use that context to supersede another key's versions it never
+//! read.)
+//!
 //! Format (opaque to clients, versioned): base64url without padding of
 //!
 //! ```text
 //! 0x01 | key id (4 bytes) | the clock's bytes (kv_vclock) | HMAC-SHA256 truncated to 16 bytes
 //! ```
 //!
-//! The MAC covers the version byte, the key id and the clock. Size cost: 21 bytes before
+//! The MAC covers the version byte, the key id, the clock and the data key (which the token
+//! does not carry: the request names it). Size cost: 21 bytes before
 //! base64, so a token grows by 28 characters (a one-entry clock: from about 30 to about 58
 //! characters; ten entries, the pruning bound: from about 290 to about 320). Truncating the MAC
 //! to 128 bits keeps forgery as hard as guessing a 128-bit key. Tokens made with any secret the
@@ -61,25 +68,25 @@ impl ContextSealer {
         *self.keys.write() = Arc::new(keys(secrets));
     }
 
-    /// The token for `clock` (empty for an empty clock).
-    pub fn seal(&self, clock: &VClock) -> String {
+    /// The token for `clock`, read from `key` (empty for an empty clock).
+    pub fn seal(&self, key: &[u8], clock: &VClock) -> String {
         if clock.is_empty() {
             return String::new();
         }
         let keys = self.keys.read().clone();
-        let (id, key) = &keys.sign;
+        let (id, mac_key) = &keys.sign;
         let mut bytes = Vec::with_capacity(64);
         bytes.push(VERSION);
         bytes.extend_from_slice(id);
         bytes.extend_from_slice(&clock.encode());
-        let tag = mac(key, &bytes);
+        let tag = mac(mac_key, &bytes, key);
         bytes.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// The clock of a token this cluster made; surrounding whitespace is ignored, an empty token
-    /// is an empty clock.
-    pub fn open(&self, token: &str) -> Result<VClock, String> {
+    /// The clock of a token this cluster made for `key`; surrounding whitespace is ignored, an
+    /// empty token is an empty clock.
+    pub fn open(&self, key: &[u8], token: &str) -> Result<VClock, String> {
         let token = token.trim();
         if token.is_empty() {
             return Ok(VClock::new());
@@ -99,13 +106,15 @@ impl ContextSealer {
         let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
         let keys = self.keys.read().clone();
         let id: [u8; 4] = body[1..5].try_into().map_err(|_| "too short".to_owned())?;
-        let Some((_, key)) = keys.all.iter().find(|(k, _)| *k == id) else {
+        let Some((_, mac_key)) = keys.all.iter().find(|(k, _)| *k == id) else {
             return Err("not a context of this cluster (made with another cluster secret)".into());
         };
-        let expected = mac(key, body);
+        let expected = mac(mac_key, body, key);
         if expected.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
             return Err(
-                "altered or forged: its MAC does not match (use the context exactly as a read returned it)".into()
+                "altered, forged, or read from another key: its MAC does not match (send the context a read of \
+                 this key returned, as it was)"
+                    .into(),
             );
         }
         VClock::decode(&body[5..]).map_err(|e| e.to_string())
@@ -127,9 +136,12 @@ fn keys(secrets: &Secrets) -> Keys {
     Keys { sign: all[0].clone(), all }
 }
 
-fn mac(key: &Hmac<Sha256>, bytes: &[u8]) -> [u8; MAC_BYTES] {
-    let mut mac = key.clone();
+fn mac(mac_key: &Hmac<Sha256>, bytes: &[u8], key: &[u8]) -> [u8; MAC_BYTES] {
+    let mut mac = mac_key.clone();
     mac.update(bytes);
+    // The data key last, after its length, so that no split of one input reads as another.
+    mac.update(&(key.len() as u64).to_be_bytes());
+    mac.update(key);
     let full = mac.finalize().into_bytes();
     let mut out = [0u8; MAC_BYTES];
     out.copy_from_slice(&full[..MAC_BYTES]);
@@ -155,30 +167,31 @@ mod tests {
     #[test]
     fn a_sealed_clock_opens_and_any_changed_byte_is_refused() {
         let (sealer, other) = (sealer('a'), sealer('b'));
-        let token = sealer.seal(&clock());
-        assert_eq!(sealer.open(&token).unwrap(), clock());
+        let token = sealer.seal(b"k", &clock());
+        assert_eq!(sealer.open(b"k", &token).unwrap(), clock());
         let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
         for i in 0..bytes.len() {
             let mut changed = bytes.clone();
             changed[i] ^= 0x01;
-            assert!(sealer.open(&URL_SAFE_NO_PAD.encode(&changed)).is_err(), "byte {i} changed, token accepted");
+            assert!(sealer.open(b"k", &URL_SAFE_NO_PAD.encode(&changed)).is_err(), "byte {i} changed, token accepted");
         }
-        assert!(other.open(&token).unwrap_err().contains("another cluster"));
-        assert_eq!(sealer.seal(&VClock::new()), "");
-        assert!(sealer.open("").unwrap().is_empty());
+        assert!(other.open(b"k", &token).unwrap_err().contains("another cluster"));
+        assert!(sealer.open(b"k2", &token).unwrap_err().contains("another key"), "a token of one key on another");
+        assert_eq!(sealer.seal(b"k", &VClock::new()), "");
+        assert!(sealer.open(b"k", "").unwrap().is_empty());
         // The unsealed token of the releases before: refused, with a reason.
-        assert!(sealer.open(&clock().to_token()).is_err());
+        assert!(sealer.open(b"k", &clock().to_token()).is_err());
     }
 
     #[test]
     fn rotation_opens_tokens_of_every_listed_secret() {
         let old = sealer('a');
-        let token = old.seal(&clock());
+        let token = old.seal(b"k", &clock());
         let both = Secrets::parse(&format!("{}\n{}", "b".repeat(32), "a".repeat(32))).unwrap();
         let new = ContextSealer::new(&both);
-        assert_eq!(new.open(&token).unwrap(), clock());
+        assert_eq!(new.open(b"k", &token).unwrap(), clock());
         assert_eq!(
-            old.open(&new.seal(&clock())).unwrap_err(),
+            old.open(b"k", &new.seal(b"k", &clock())).unwrap_err(),
             "not a context of this cluster (made with another cluster secret)"
         );
     }
@@ -188,9 +201,9 @@ mod tests {
         #[test]
         fn open_never_panics(text in ".{0,400}", bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let sealer = sealer('a');
-            let _ = sealer.open(&text);
+            let _ = sealer.open(b"k", &text);
             let token = URL_SAFE_NO_PAD.encode(&bytes);
-            prop_assert!(sealer.open(&token).is_err() || bytes.is_empty());
+            prop_assert!(sealer.open(b"k", &token).is_err() || bytes.is_empty());
         }
     }
 }

@@ -190,11 +190,22 @@ fn a_context_token_with_any_byte_changed_is_refused_and_a_genuine_one_works() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "byte {i} changed: {text}");
     }
     let sealer = kv_api::context::ContextSealer::new(&Secrets::parse(secret()).unwrap());
-    let clock = sealer.open(&token).unwrap();
-    let foreign = kv_api::context::ContextSealer::new(&other_secrets()).seal(&clock);
+    let clock = sealer.open(b"k", &token).unwrap();
+    let foreign = kv_api::context::ContextSealer::new(&other_secrets()).seal(b"k", &clock);
     let (status, text) = message(c.put(&url).header("x-context", foreign).body("foreign").send().unwrap());
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert_eq!(c.get(format!("{url}?r=3")).send().unwrap().text().unwrap(), "first", "no refused write was applied");
+    // A token read from another key: store-wide counters make a fresh clock of the reader's
+    // own key cover the older versions of every key; bound to its key, it is refused.
+    let victim = cluster.gateways[0].key_url("victim");
+    assert_eq!(c.put(&victim).body("a write nobody read").send().unwrap().status(), StatusCode::NO_CONTENT);
+    let own = cluster.gateways[0].key_url("own");
+    assert_eq!(c.put(&own).body("mine").send().unwrap().status(), StatusCode::NO_CONTENT);
+    let own_token = c.get(&own).send().unwrap().headers()["x-context"].to_str().unwrap().to_owned();
+    let (status, text) = message(c.put(&victim).header("x-context", own_token).body("overwrite").send().unwrap());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a token of another key: {text}");
+    let survived = c.get(format!("{victim}?r=3")).send().unwrap().text().unwrap();
+    assert_eq!(survived, "a write nobody read");
     let genuine = c.put(&url).header("x-context", &token).body("second").send().unwrap();
     assert_eq!(genuine.status(), StatusCode::NO_CONTENT);
     let now = c.get(format!("{url}?r=3")).send().unwrap();

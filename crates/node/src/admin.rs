@@ -47,7 +47,7 @@ pub async fn local(
     Ok(Json(json!({
         "node_id": replica.node_id(),
         "key": String::from_utf8_lossy(&key),
-        "context": state.contexts.seal(&record.context()),
+        "context": state.contexts.seal(&key, &record.context()),
         "versions": versions,
     })))
 }
