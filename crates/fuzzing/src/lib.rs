@@ -187,7 +187,11 @@ fn api() -> &'static Api {
                 .expect("invariant: the default settings are valid");
             let metrics = kv_server::http::HttpMetrics::register(&prometheus::Registry::new())
                 .expect("invariant: a fresh registry");
-            kv_server::http::layered(kv_api::client_router(state), "client", &server, &metrics, &[])
+            let options = kv_server::http::ListenerOptions {
+                too_large_code: "value_too_large",
+                ..kv_server::http::ListenerOptions::bodies(4097)
+            };
+            kv_server::http::layered(kv_api::client_router(state), "client", &server, &metrics, options)
         });
         Api { runtime, router }
     })

@@ -26,7 +26,7 @@ use kv_coordinator::{Coordinator, CoordinatorMetrics};
 use kv_membership::{GossipDriver, Membership, MembershipMetrics};
 use kv_server::admin::{AdminState, ReadyCheck};
 use kv_server::config::{settings_file, ClusterSettings, ServerSettings};
-use kv_server::http::{layered, HttpMetrics};
+use kv_server::http::{layered, HttpMetrics, ListenerOptions};
 use kv_server::listen::{ConnectionMetrics, ListenerTls};
 use kv_server::security::SecuritySettings;
 use kv_server::serve::{bind, cancel_on_signal, init_logging, serve, stop_in_order, Listener, RunError};
@@ -115,6 +115,7 @@ fn start() -> Result<(), RunError> {
         let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
         let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
         let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
+        kv_server::serve::raise_fd_limit(2 * server.limits.max_connections as u64 + 2048);
         if security.secrets.is_insecure() {
             tracing::warn!("--insecure: no cluster secret; this gateway's calls to nodes are not authenticated");
         }
@@ -185,6 +186,7 @@ fn start() -> Result<(), RunError> {
             id: "gateway".into(),
         };
         let mut admin = kv_server::admin::router(admin_state).merge(kv_api::cluster_router(api.clone()));
+        let mut admin_options = ListenerOptions::bodies(64 * 1024);
         if !security.secrets.is_insecure() {
             let auth_metrics = kv_transport::AuthMetrics::register(&registry).map_err(metric_error)?;
             let check = VerifyState {
@@ -196,8 +198,13 @@ fn start() -> Result<(), RunError> {
                 listener: "admin",
                 prefix: "/admin/",
             };
+            admin_options.precheck = Some(kv_transport::verify::precheck_fn(check.clone()));
             admin = kv_transport::verify::guard(admin, check);
         }
+        let client_options = ListenerOptions {
+            too_large_code: "value_too_large",
+            ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
+        };
         let client =
             kv_server::tokens::protect(kv_api::client_router(api), &security, &registry).map_err(metric_error)?;
         let listener_tls = || tls.clone().map(|tls| ListenerTls { tls, peer: false });
@@ -205,13 +212,13 @@ fn start() -> Result<(), RunError> {
             Listener {
                 name: "client",
                 socket: bind("--listen", server.listen).await?,
-                router: layered(client, "client", &server, &http_metrics, &[]),
+                router: layered(client, "client", &server, &http_metrics, client_options),
                 tls: listener_tls(),
             },
             Listener {
                 name: "admin",
                 socket: bind("--admin-listen", server.admin_listen).await?,
-                router: layered(admin, "admin", &server, &http_metrics, &[]),
+                router: layered(admin, "admin", &server, &http_metrics, admin_options),
                 tls: listener_tls(),
             },
         ];

@@ -186,7 +186,7 @@ fn slow_loris_idle_connections_and_oversized_bodies_leave_a_node_serving() {
 fn limits_refuse_with_clear_json_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node =
-        start_node(&dir.path().join("data"), &["--node-id", "n1", "--max-siblings", "3", "--max-in-flight", "1"]);
+        start_node(&dir.path().join("data"), &["--node-id", "n1", "--max-siblings", "3", "--max-buffered-mb", "16"]);
     let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = node.key_url("k");
     let json = |r: reqwest::blocking::Response| -> (StatusCode, serde_json::Value) {
@@ -212,12 +212,20 @@ fn limits_refuse_with_clear_json_errors() {
     );
     let (status, body) = json(c.put(&url).body(vec![0u8; 2 << 20]).send().unwrap());
     assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("value_too_large")), "{body}");
-    // A slow upload holds the only slot: the next request is shed at once.
-    let mut slow = TcpStream::connect(("127.0.0.1", node.ports.client)).unwrap();
-    slow.write_all(b"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Uploads in progress hold the listener's 16 MiB budget of bodies in memory (sixteen of
+    // them, 1 MiB each, not finished): the next body is shed at once.
+    let slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", node.ports.client)).unwrap();
+            let head = format!("PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 1 << 20);
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&vec![b'x'; (1 << 20) - 16]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let shed = c.get(&url).send().unwrap();
+    let shed = c.put(node.key_url("another")).body(vec![b'y'; 64 << 10]).send().unwrap();
     let retry_after = shed.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     let (status, body) = json(shed);
     assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded")), "{body}");
@@ -225,4 +233,50 @@ fn limits_refuse_with_clear_json_errors() {
     assert!(started.elapsed() < Duration::from_secs(5), "shed at once, not queued");
     drop(slow);
     println!("refusals: 409 too_many_siblings, 431 headers_too_large, 413 value_too_large, 503 overloaded with Retry-After: 1 in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+}
+
+/// Review finding: requests whose bodies stall hold no connection slot a real client needs: a
+/// connection still sending its request counts as idle, so the cap closes it for a new one, and
+/// a stalled body is refused after 5 s (408).
+#[test]
+fn stalled_request_bodies_do_not_lock_out_real_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("data"), &["--node-id", "n1", "--max-connections", "16"]);
+    let port = node.ports.client;
+    let mut stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"PUT /kv/stall HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly some").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let started = Instant::now();
+    for i in 0..20 {
+        let r = c.put(node.key_url(&format!("real-{i}"))).body("v").send().unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "a real client got through the stalled connections");
+    }
+    let real_took = started.elapsed();
+    // Every stalled connection ends: closed for a new one, or answered 408 after the stall.
+    let answered = stalled.iter_mut().last().map(|s| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "a stalled body got {text:?}");
+        if n == 0 {
+            "closed".to_owned()
+        } else {
+            "408".to_owned()
+        }
+    });
+    let evicted = metric(&node, "kv_connections_closed_total", "reason=\"evicted\"");
+    println!(
+        "40 connections stalled mid-body (cap 16): 20 real writes answered in {:.0} ms; {evicted} connections \
+         evicted; the last stalled one: {}",
+        real_took.as_secs_f64() * 1e3,
+        answered.unwrap_or_default()
+    );
+    assert!(evicted >= 24.0, "the stalled connections were closed for the new ones: {evicted}");
 }

@@ -298,7 +298,11 @@ impl Settings {
         let security = self.security.validate()?;
         Ok(Config {
             security,
-            siblings: kv_replica::replica::SiblingLimits { max: max_siblings, warn: warn_siblings },
+            siblings: kv_replica::replica::SiblingLimits {
+                max: max_siblings,
+                warn: warn_siblings,
+                max_bytes: server.max_value_bytes.saturating_mul(8),
+            },
             gc_interval,
             hint_limits: kv_storage::HintLimits {
                 max_bytes_per_target: hint_max_mb << 20,

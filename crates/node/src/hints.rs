@@ -168,9 +168,17 @@ impl HintDispatcher {
     async fn deliver(&mut self, topology: &Topology, target: &str, gone: bool) -> Result<usize, String> {
         let target_owned = target.to_owned();
         let after = self.cursor.remove(target);
-        let page = self.blocking(move |s| s.page(&target_owned, after, PAGE)).await?;
+        let mut page = self.blocking(move |s| s.page(&target_owned, after, PAGE)).await?;
         if page.is_empty() {
             return Ok(0);
+        }
+        // At most about PAGE_BYTES of values in one delivery (the rest go in the next).
+        let mut bytes = 0;
+        if let Some(end) = page.iter().position(|(_, h)| {
+            bytes += h.versions.iter().map(|v| v.value.len()).sum::<usize>();
+            bytes >= crate::replica::PAGE_BYTES
+        }) {
+            page.truncate(end + 1);
         }
         let now = now_ms();
         let (mut deliver, mut stale) = (Vec::new(), Vec::new());

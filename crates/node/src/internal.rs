@@ -67,8 +67,7 @@ pub async fn scan(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Re
         return Err(ApiError::BadRequest(format!("scan needs first <= last and 1 to {MAX_SCAN_PAGE} records")));
     }
     let limit = request.limit as usize;
-    let entries = state.replica.scan(request.first_hash, request.last_hash, request.after, limit).await?;
-    let done = entries.len() < limit;
+    let (entries, done) = state.replica.scan_page(request.first_hash, request.last_hash, request.after, limit).await?;
     state.metrics.stream_keys.with_label_values(&["out"]).inc_by(entries.len() as u64);
     let value_bytes: u64 = entries.iter().flat_map(|(_, vs)| vs.iter()).map(|v| v.value.len() as u64).sum();
     state.metrics.stream_bytes.with_label_values(&["out"]).inc_by(value_bytes);

@@ -57,8 +57,9 @@ impl Replica {
             .await
     }
 
-    /// Up to `limit` records with key hashes in `first..=last`, after key `after`; refused unless
-    /// this node serves the whole range.
+    /// A page of the records with key hashes in `first..=last` after key `after`: up to `limit`
+    /// records and about [`PAGE_BYTES`] of values (a page ends after the record that passes
+    /// it); refused unless this node serves the whole range. Empty once the range is done.
     pub async fn scan(
         &self,
         first: u64,
@@ -66,12 +67,32 @@ impl Replica {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<Version>)>, ApiError> {
-        let core = self.core.clone();
-        blocking(move || core.scan(first, last, after.as_deref(), limit).map_err(from_refusal)).await
+        Ok(self.scan_page(first, last, after, limit).await?.0)
     }
 
-    /// Every record in `first..=last` after `after`, whatever the node's ownership: for ranges it
-    /// is dropping and for operators.
+    /// [`Replica::scan`], and whether the range is done (no record after the page).
+    pub async fn scan_page(
+        &self,
+        first: u64,
+        last: u64,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<Version>)>, bool), ApiError> {
+        let core = self.core.clone();
+        blocking(move || {
+            paged(
+                after,
+                limit,
+                |after, n| core.scan(first, last, after, n).map_err(from_refusal),
+                |versions| versions.iter().map(|v| v.value.len()).sum(),
+            )
+        })
+        .await
+    }
+
+    /// A page of every record in `first..=last` after `after`, whatever the node's ownership
+    /// (for ranges it is dropping, and for operators): up to `limit` records and about
+    /// [`PAGE_BYTES`] of values. Empty once the range is done.
     pub async fn scan_any(
         &self,
         first: u64,
@@ -80,7 +101,16 @@ impl Replica {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>, ApiError> {
         let engine = self.engine().clone();
-        blocking(move || engine.scan(first, last, after.as_deref(), limit).map_err(from_storage)).await
+        let page = blocking(move || {
+            paged(
+                after,
+                limit,
+                |after, n| engine.scan(first, last, after, n).map_err(from_storage),
+                |record| record.versions().iter().map(|v| v.value.len()).sum(),
+            )
+        })
+        .await?;
+        Ok(page.0)
     }
 
     /// Removes `keys` durably.
@@ -127,5 +157,70 @@ pub fn from_storage(e: kv_storage::Error) -> ApiError {
         ApiError::Unavailable(e.to_string())
     } else {
         ApiError::Internal(e.to_string())
+    }
+}
+
+/// Bytes of values one page of a range holds at most (the page ends after the record that
+/// passes it): pages of large values stay well within what a peer accepts in one body
+/// (`--max-value-bytes` times 16, see `peer_body_limit`), and within memory.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// A page of records and whether the range is done.
+type Page<T> = (Vec<(Vec<u8>, T)>, bool);
+
+/// Records read from storage at a time while a page fills.
+const PAGE_CHUNK: usize = 32;
+
+/// A page of records after `after`: `read(after, n)` gives the next up to `n` records, `size`
+/// a record's value bytes. Reads a few records at a time until `limit` records or
+/// [`PAGE_BYTES`] of values; returns the page and whether the records ran out.
+fn paged<T, E>(
+    mut after: Option<Vec<u8>>,
+    limit: usize,
+    mut read: impl FnMut(Option<&[u8]>, usize) -> Result<Vec<(Vec<u8>, T)>, E>,
+    size: impl Fn(&T) -> usize,
+) -> Result<Page<T>, E> {
+    let mut page: Vec<(Vec<u8>, T)> = Vec::new();
+    let mut bytes = 0;
+    while page.len() < limit && bytes < PAGE_BYTES {
+        let want = PAGE_CHUNK.min(limit - page.len());
+        let chunk = read(after.as_deref(), want)?;
+        let exhausted = chunk.len() < want;
+        for (key, record) in chunk {
+            bytes += size(&record);
+            after = Some(key.clone());
+            page.push((key, record));
+            if bytes >= PAGE_BYTES {
+                // The records after this one are for the next page: more may follow.
+                return Ok((page, false));
+            }
+        }
+        if exhausted {
+            return Ok((page, true));
+        }
+    }
+    Ok((page, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_end_at_the_record_limit_or_after_the_record_that_passes_the_byte_limit() {
+        let records: Vec<(Vec<u8>, usize)> =
+            (0..100u8).map(|i| (vec![i], if i == 10 { PAGE_BYTES } else { 1 })).collect();
+        let read = |after: Option<&[u8]>, n: usize| -> Result<Vec<(Vec<u8>, usize)>, ()> {
+            let start = after.map_or(0, |a| a[0] as usize + 1);
+            Ok(records.iter().skip(start).take(n).cloned().collect())
+        };
+        let (page, done) = paged(None, 500, read, |s| *s).unwrap();
+        assert_eq!((page.len(), done), (11, false), "ends after the large record");
+        let (page, done) = paged(Some(vec![10]), 500, read, |s| *s).unwrap();
+        assert_eq!((page.len(), done), (89, true), "the rest, and done");
+        let (page, done) = paged(None, 5, read, |s| *s).unwrap();
+        assert_eq!((page.len(), done), (5, false));
+        let (page, done) = paged(Some(vec![99]), 5, read, |s| *s).unwrap();
+        assert_eq!((page.len(), done), (0, true));
     }
 }

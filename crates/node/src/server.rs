@@ -19,7 +19,7 @@ use kv_membership::{GossipDriver, Membership, MembershipMetrics};
 use kv_replica::ownership::Ownership;
 use kv_replica::replica::ReplicaCore;
 use kv_server::admin::{AdminState, ReadyCheck};
-use kv_server::http::{layered, HttpMetrics};
+use kv_server::http::{layered, HttpMetrics, ListenerOptions};
 use kv_server::listen::{ConnectionMetrics, ListenerTls};
 use kv_server::serve::{bind, serve, stop_in_order, Listener, RunError};
 use kv_server::tls::Tls;
@@ -110,6 +110,8 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let gc_metrics = crate::gc::GcMetrics::register(&registry).map_err(metric_error)?;
     let auth_metrics = kv_transport::AuthMetrics::register(&registry).map_err(metric_error)?;
     let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
+    // Three listeners at their caps, the store's files and the calls to peers.
+    kv_server::serve::raise_fd_limit(3 * config.server.limits.max_connections as u64 + 4096);
     let security = &config.security;
     if security.secrets.is_insecure() {
         tracing::warn!("--insecure: no cluster secret; anyone who reaches the peer or admin port controls this node");
@@ -361,35 +363,46 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let mut admin = kv_server::admin::router(admin_state)
         .merge(kv_api::cluster_router(api.clone()))
         .merge(crate::admin_router(node.clone()));
+    let mut admin_options = ListenerOptions::bodies(ADMIN_BODY_LIMIT);
     // With --insecure, admin requests are not signed (curl works); peer requests still are,
     // with the built-in key, which catches corruption and other protocol versions.
     if !security.secrets.is_insecure() {
         let check = verify("admin", "/admin/", kv_transport::verify::changes as BoundCheck, ADMIN_BODY_LIMIT);
+        admin_options.precheck = Some(prechecked(check.clone(), None));
         admin = kv_transport::verify::guard(admin, check);
     }
-    let peer = crate::peer_router(
-        node,
-        verify("peer", "/", crate::peer_bound as BoundCheck, crate::peer_body_limit(server.max_value_bytes)),
-    );
+    let peer_limit = crate::peer_body_limit(server.max_value_bytes);
+    let peer_check = verify("peer", "/", crate::peer_bound as BoundCheck, peer_limit);
+    let peer_options = ListenerOptions {
+        unshed: &[kv_coordinator::wire::GOSSIP_PATH],
+        body_max: peer_limit,
+        too_large_code: "body_too_large",
+        precheck: Some(prechecked(peer_check.clone(), Some((kv_coordinator::wire::GOSSIP_PATH, GOSSIP_BODY_LIMIT)))),
+    };
+    let peer = crate::peer_router(node, peer_check);
     let client = kv_server::tokens::protect(kv_api::client_router(api), security, &registry).map_err(metric_error)?;
+    let client_options = ListenerOptions {
+        too_large_code: "value_too_large",
+        ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
+    };
     let listener_tls = |peer| tls.clone().map(|tls| ListenerTls { tls, peer });
     let listeners = vec![
         Listener {
             name: "client",
             socket: bind("--listen", server.listen).await?,
-            router: layered(client, "client", server, &http_metrics, &[]),
+            router: layered(client, "client", server, &http_metrics, client_options),
             tls: listener_tls(false),
         },
         Listener {
             name: "peer",
             socket: bind("--peer-listen", config.peer_listen).await?,
-            router: layered(peer, "peer", server, &http_metrics, &[kv_coordinator::wire::GOSSIP_PATH]),
+            router: layered(peer, "peer", server, &http_metrics, peer_options),
             tls: listener_tls(true),
         },
         Listener {
             name: "admin",
             socket: bind("--admin-listen", server.admin_listen).await?,
-            router: layered(admin, "admin", server, &http_metrics, &[]),
+            router: layered(admin, "admin", server, &http_metrics, admin_options),
             tls: listener_tls(false),
         },
     ];
@@ -442,6 +455,32 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
 
 /// Largest body of an admin request (they carry none but a small JSON at most).
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// Largest body of a gossip exchange: a digest of hundreds of members is tens of KiB.
+const GOSSIP_BODY_LIMIT: u64 = 1 << 20;
+
+/// The head check of a listener: the signature's form, key and time before the body is read,
+/// and (for `small`'s path) a declared body no larger than its limit.
+fn prechecked(check: VerifyState, small: Option<(&'static str, u64)>) -> kv_server::http::Precheck {
+    Arc::new(move |parts: &axum::http::request::Parts| {
+        kv_transport::verify::precheck(&check, parts)?;
+        if let Some((path, limit)) = small.filter(|(path, _)| parts.uri.path() == *path) {
+            let declared = parts
+                .headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_none_or(|length| length > limit) {
+                return Err(Box::new(kv_server::http::json_error(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    &format!("{path} takes a body of at most {limit} bytes, with its Content-Length"),
+                )));
+            }
+        }
+        Ok(())
+    })
+}
 
 /// Refuses to go on when the cluster removed this node or knows its store to be an old copy.
 fn refuse_if_stopped(

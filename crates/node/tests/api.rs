@@ -359,13 +359,13 @@ fn each_listener_serves_only_its_routes() {
         assert_eq!(get.json::<Value>().unwrap()["error"], "no_route");
         assert_eq!(client.post(on(client_port, path)).send().unwrap().status(), StatusCode::NOT_FOUND, "POST {path}");
     }
-    // The peer port: /internal only.
+    // The peer port: /internal only; it answers nothing unsigned (401), and a signed request
+    // for anything else finds no route.
     for path in ["/kv/k", "/admin/keys", "/metrics", "/cluster/members"] {
-        assert_eq!(
-            client.get(on(peer_port, path)).send().unwrap().status(),
-            StatusCode::NOT_FOUND,
-            "peer port serves {path}"
-        );
+        assert_eq!(client.get(on(peer_port, path)).send().unwrap().status(), StatusCode::UNAUTHORIZED, "{path}");
+        let signature = kv_testkit::signer().sign("GET", path, &node.address(), b"");
+        let signed = client.get(on(peer_port, path)).header(kv_transport::SIGNATURE_HEADER, signature).send().unwrap();
+        assert_eq!(signed.status(), StatusCode::NOT_FOUND, "peer port serves {path}");
     }
     // The admin port: no keys, no internal traffic.
     for path in ["/kv/k", "/internal/v1/batch"] {

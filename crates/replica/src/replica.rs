@@ -189,11 +189,15 @@ pub struct SiblingLimits {
     pub max: usize,
     /// Past this many, a write is counted (`kv_siblings_over_warning_total`) and logged.
     pub warn: usize,
+    /// A coordinated write that would leave more value bytes than this on the key (all
+    /// siblings together; and more than the key held) is refused the same way: a key's whole
+    /// sibling set must fit in one peer message, or it could never be replicated or repaired.
+    pub max_bytes: usize,
 }
 
 impl Default for SiblingLimits {
     fn default() -> Self {
-        SiblingLimits { max: 100, warn: 25 }
+        SiblingLimits { max: 100, warn: 25, max_bytes: 8 << 20 }
     }
 }
 
@@ -432,17 +436,26 @@ impl ReplicaCore {
                         },
                     };
                     next.insert(version.clone());
-                    if next.len() > self.siblings.max && next.len() > current.len() {
-                        early[j] = Some(self.refuse(
-                            "too_many_siblings",
-                            TOO_MANY_SIBLINGS,
-                            format!(
-                                "the key holds {} siblings, the most allowed (--max-siblings {}); read it and write \
-                                 back with its X-Context to resolve them",
-                                current.len(),
-                                self.siblings.max
-                            ),
-                        ));
+                    let value_bytes = |s: &Record| s.versions().iter().map(|v| v.value.len()).sum::<usize>();
+                    let (bytes, held) = (value_bytes(&next), value_bytes(current));
+                    let refusal = if next.len() > self.siblings.max && next.len() > current.len() {
+                        Some(format!(
+                            "the key holds {} siblings, the most allowed (--max-siblings {})",
+                            current.len(),
+                            self.siblings.max
+                        ))
+                    } else if bytes > self.siblings.max_bytes && bytes > held {
+                        Some(format!(
+                            "the key's siblings would hold {bytes} bytes of values, more than the {} allowed \
+                             (8 x --max-value-bytes)",
+                            self.siblings.max_bytes
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refusal {
+                        let message = format!("{why}; read it and write back with its X-Context to resolve them");
+                        early[j] = Some(self.refuse("too_many_siblings", TOO_MANY_SIBLINGS, message));
                         return current.clone();
                     }
                     if next.len() > self.siblings.warn {
@@ -700,9 +713,13 @@ mod tests {
         assert!(filling.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_ok());
     }
 
+    fn core_with(limits: SiblingLimits) -> ReplicaCore {
+        core(true, false).with_sibling_limits(limits)
+    }
+
     #[test]
     fn a_client_write_past_the_sibling_cap_is_refused_and_stores_never_are() {
-        let core = core(true, false).with_sibling_limits(SiblingLimits { max: 3, warn: 2 });
+        let core = core(true, false).with_sibling_limits(SiblingLimits { max: 3, warn: 2, max_bytes: 1 << 20 });
         let blind = |value: &str, id: u128, context: VClock| {
             Call::Coordinate(CoordinateRequest {
                 key: b"k".to_vec(),
@@ -725,6 +742,15 @@ mod tests {
         let context = core.engine().get(b"k").unwrap().context();
         let resolved = core.execute(vec![blind("merged", 5, context)], 1);
         assert!(matches!(&resolved[0], Reply::Coordinated(c) if c.record.len() == 1), "{resolved:?}");
+        // The bytes of all siblings are capped too: 6 + 6 bytes fit in 12, a third does not.
+        let core = core_with(SiblingLimits { max: 100, warn: 100, max_bytes: 12 });
+        for id in 1..=2 {
+            assert!(matches!(core.execute(vec![blind("123456", id, VClock::new())], 1)[0], Reply::Coordinated(_)));
+        }
+        let refused = core.execute(vec![blind("123456", 3, VClock::new())], 1);
+        assert!(
+            matches!(&refused[0], Reply::Failed { status: TOO_MANY_SIBLINGS, message } if message.contains("bytes"))
+        );
     }
 
     #[test]

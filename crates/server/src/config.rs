@@ -62,6 +62,10 @@ pub struct ServerSettings {
     /// Most headers in a request; more is refused 431 [default: 64].
     #[arg(long, env = "KV_MAX_HEADERS")]
     pub max_headers: Option<usize>,
+    /// Request bodies held in memory at once per listener, in MiB (being received or being
+    /// handled); past it requests are answered 503 overloaded [default: 256].
+    #[arg(long, env = "KV_MAX_BUFFERED_MB")]
+    pub max_buffered_mb: Option<usize>,
     /// Threads that run request handling, 1 to 256. One is cheapest when several kvnode and
     /// kvgateway processes share a small machine (no cross-thread wake-ups) [default: one per
     /// CPU core].
@@ -172,6 +176,8 @@ pub struct ServerConfig {
     pub max_in_flight: NonZeroUsize,
     /// Connection limits of every listener.
     pub limits: crate::listen::ConnectionLimits,
+    /// Request bodies held at once per listener, KiB.
+    pub max_buffered_kib: usize,
     /// Async worker threads; `None`: one per core.
     pub worker_threads: Option<usize>,
 }
@@ -240,6 +246,7 @@ impl ServerSettings {
             idle_timeout,
             max_header_bytes,
             max_headers,
+            max_buffered_mb,
             worker_threads
         );
     }
@@ -289,6 +296,10 @@ impl ServerSettings {
             return Err(format!("--max-headers: must be 8 to 1024, got {max_headers}"));
         }
         let limits = crate::listen::ConnectionLimits { max_connections, idle_timeout, max_headers, max_header_bytes };
+        let max_buffered_mb = self.max_buffered_mb.unwrap_or(256);
+        if !(16..=65_536).contains(&max_buffered_mb) {
+            return Err(format!("--max-buffered-mb: must be 16 to 65536, got {max_buffered_mb}"));
+        }
         Ok(ServerConfig {
             listen,
             admin_listen,
@@ -298,6 +309,7 @@ impl ServerSettings {
             request_timeout,
             max_in_flight,
             limits,
+            max_buffered_kib: max_buffered_mb * 1024,
             worker_threads: self.worker_threads,
         })
     }

@@ -68,21 +68,30 @@ async fn track(
     response
 }
 
-/// The layers every router gets: request metrics (labelled with `listener`), tracing, the
-/// per-request deadline (`503` when it passes), the concurrency limit (beyond
-/// `--max-in-flight` requests at once, `503 overloaded` with `Retry-After` at once: nothing
-/// queues without bound; paths in `unshed` are never refused), and JSON fallbacks for unknown
-/// routes and methods.
+/// The layers every router gets: request metrics (labelled with `listener`), tracing, the head
+/// limits, the body's precheck and buffering under a budget ([`buffer_body`]), the concurrency
+/// limit (beyond `--max-in-flight` requests at once, `503 overloaded` with `Retry-After` at
+/// once: nothing queues without bound; paths in `options.unshed` are never refused), the
+/// per-request deadline (`503` when it passes), and JSON fallbacks for unknown routes and
+/// methods.
 pub fn layered(
     router: Router,
     listener: &'static str,
     server: &ServerConfig,
     metrics: &HttpMetrics,
-    unshed: &'static [&'static str],
+    options: ListenerOptions,
 ) -> Router {
     let limit = Shed {
         permits: Arc::new(Semaphore::new(server.max_in_flight.get())),
-        unshed,
+        unshed: options.unshed,
+        shed: metrics.shed.with_label_values(&[listener]),
+    };
+    let bodies = Bodies {
+        budget: Arc::new(Semaphore::new(server.max_buffered_kib)),
+        max: options.body_max,
+        too_large: options.too_large_code,
+        precheck: options.precheck,
+        idle_timeout: server.limits.idle_timeout,
         shed: metrics.shed.with_label_values(&[listener]),
     };
     router
@@ -94,10 +103,122 @@ pub fn layered(
                 // 503s (quorum not met) are expected in a degraded cluster: log them at debug;
                 // real server faults are logged where they happen.
                 .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
-                .layer(axum::middleware::from_fn_with_state(limit, shed))
                 .layer(axum::middleware::from_fn_with_state(server.limits, head_limits))
+                .layer(axum::middleware::from_fn_with_state(bodies, buffer_body))
+                .layer(axum::middleware::from_fn_with_state(limit, shed))
                 .layer(axum::middleware::from_fn_with_state(server.request_timeout, deadline)),
         )
+}
+
+/// A check of a request's head made before its body is read (the peer and admin listeners: the
+/// signature's form, key and time); `Err` is the answer.
+pub type Precheck = Arc<dyn Fn(&axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
+
+/// What a listener's layers need to know besides the server settings.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// Paths never shed by the concurrency limit (gossip).
+    pub unshed: &'static [&'static str],
+    /// Largest request body, bytes; larger is `413`.
+    pub body_max: usize,
+    /// The error code of that `413` (`value_too_large` on the client API).
+    pub too_large_code: &'static str,
+    /// Checked before the body is read.
+    pub precheck: Option<Precheck>,
+}
+
+impl ListenerOptions {
+    /// Bodies up to `body_max` bytes, nothing else special.
+    pub fn bodies(body_max: usize) -> ListenerOptions {
+        ListenerOptions { unshed: &[], body_max, too_large_code: "body_too_large", precheck: None }
+    }
+}
+
+/// How long a request body may stall (no bytes) before the request is refused.
+pub const BODY_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Clone)]
+struct Bodies {
+    /// KiB of bodies being received or held, at most `--max-buffered-mb` per listener.
+    budget: Arc<Semaphore>,
+    max: usize,
+    too_large: &'static str,
+    precheck: Option<Precheck>,
+    idle_timeout: std::time::Duration,
+    shed: prometheus::IntCounter,
+}
+
+/// Middleware: the head's precheck, then the whole body read into memory (at most `body_max`
+/// bytes; `413` past it), counted against the listener's budget of buffered bytes as it arrives
+/// (`503 overloaded` when the budget is spent: bodies in memory are bounded, and a client must
+/// send the bytes it holds budget for), refused `408` when it stalls for [`BODY_STALL`] or takes
+/// longer than `--idle-timeout`. Only then is the request in progress on its connection
+/// ([`crate::listen::Activity`]): a connection sending a slow or stalled request counts as idle,
+/// and the connection cap may close it.
+async fn buffer_body(State(bodies): State<Bodies>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt as _;
+    let (parts, mut body) = request.into_parts();
+    if let Some(precheck) = &bodies.precheck {
+        if let Err(response) = precheck(&parts) {
+            return *response;
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut bytes = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let left = bodies.idle_timeout.saturating_sub(started.elapsed()).min(BODY_STALL);
+        let frame = match tokio::time::timeout(left, body.frame()).await {
+            Err(_) => {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body stalled or came too slowly",
+                )
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", "the request body was cut short")
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > bodies.max {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                bodies.too_large,
+                &format!("request body over the limit of {} bytes", bodies.max),
+            );
+        }
+        bytes.extend_from_slice(&data);
+        // Budget in KiB, taken as the bytes arrive.
+        let want = bytes.len().div_ceil(1024) as u32;
+        let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+        if want > have {
+            match bodies.budget.clone().try_acquire_many_owned(want - have) {
+                Ok(more) => match held.as_mut() {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                },
+                Err(_) => {
+                    bodies.shed.inc();
+                    let mut response = json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        OVERLOADED,
+                        "too many request bodies in memory (--max-buffered-mb); retry after a moment",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+                    return response;
+                }
+            }
+        }
+    }
+    let busy = parts.extensions.get::<crate::listen::Activity>().map(crate::listen::Activity::busy);
+    let response = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    drop((busy, held));
+    response
 }
 
 /// Middleware: a request with more headers than `--max-headers`, or a head larger than
@@ -133,7 +254,8 @@ struct Shed {
 }
 
 /// Middleware: a request beyond the limit is answered `503 overloaded` with `Retry-After` at
-/// once, before anything reads its body or acts on it (so a caller knows it was not applied).
+/// once, before anything acts on it (so a caller knows it was not applied). Its body is in
+/// already ([`buffer_body`] comes first): a slow upload holds no slot of the limit.
 async fn shed(State(limit): State<Shed>, request: Request, next: Next) -> Response {
     if limit.unshed.contains(&request.uri().path()) {
         return next.run(request).await;

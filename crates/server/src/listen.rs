@@ -4,9 +4,10 @@
 //! What a hostile or broken client can hold is bounded:
 //!
 //! - **Connections**: at most `--max-connections` per listener. At the cap, a new connection
-//!   closes the connection that has been idle longest (no request in progress; one still
-//!   sending its request head counts as idle), so a crowd of idle or slow connections cannot
-//!   lock out real clients; if every connection is busy, the new one is closed at once.
+//!   closes, at once, the connection that has been idle longest (no request in progress; one
+//!   still sending its request head or body, or its TLS handshake, counts as idle), so a crowd
+//!   of idle or slow connections cannot lock out real clients; if every connection is busy, the
+//!   new one is closed at once.
 //! - **Time**: a connection must deliver a complete request head within `--idle-timeout` of
 //!   the previous response (or of connecting): an idle keep-alive connection and a slow-loris
 //!   client that trickles its headers are both closed then. A TLS handshake gets the same time.
@@ -171,8 +172,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// A request's connection, as a request extension: [`Activity::busy`] marks a request in
+/// progress on it (once its body is in: [`crate::http`]), which the connection cap never closes.
+#[derive(Clone)]
+pub struct Activity(Arc<Conn>);
+
+impl Activity {
+    /// Marks a request in progress on the connection until the guard is dropped.
+    pub fn busy(&self) -> InFlight {
+        InFlight::new(self.0.clone())
+    }
+}
+
 /// Counts a request in progress on a connection while alive.
-struct InFlight(Arc<Conn>);
+pub struct InFlight(Arc<Conn>);
 
 impl InFlight {
     fn new(conn: Arc<Conn>) -> InFlight {
@@ -289,7 +302,11 @@ async fn connection(
     // A TLS client speaks first, with a handshake record (0x16); anything else is most likely
     // plain HTTP, which gets a plain answer instead of a handshake failure it cannot read.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)).await {
+    let peeked = tokio::select! {
+        () = conn.close.cancelled() => return,
+        peeked = tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)) => peeked,
+    };
+    match peeked {
         Ok(Ok(1)) if first[0] != 0x16 => {
             metrics.closed(name, "plain_http");
             let mut stream = stream;
@@ -321,14 +338,12 @@ async fn http<S>(io: Tracked<S>, router: Router, limits: ConnectionLimits, conn:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let in_flight = conn.clone();
+    let activity = Activity(conn.clone());
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let (router, guard) = (router.clone(), InFlight::new(in_flight.clone()));
-        async move {
-            let response = router.oneshot(request.map(axum::body::Body::new)).await;
-            drop(guard);
-            response
-        }
+        let router = router.clone();
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(activity.clone());
+        router.oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -342,6 +357,11 @@ where
     let result = tokio::select! {
         result = served.as_mut() => result,
         () = conn.close.cancelled() => {
+            // Evicted while idle (or sending a request head or body): closed at once. With a
+            // request in progress it finishes first.
+            if conn.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
             served.as_mut().graceful_shutdown();
             served.await
         }

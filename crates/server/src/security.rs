@@ -111,6 +111,7 @@ impl SecuritySettings {
                 return Err(format!("--cluster-secret-file and {SECRET_ENV} are both set; give one"));
             }
             (Some(path), None) => {
+                warn_if_readable_by_others(path);
                 (Secrets::from_file(path).map_err(|e| format!("--cluster-secret-file: {e}"))?, Some(path.clone()))
             }
             (None, Some(text)) => (Secrets::parse(&text).map_err(|e| format!("{SECRET_ENV}: {e}"))?, None),
@@ -143,5 +144,26 @@ impl SecuritySettings {
             _ => return Err("--tls-cert, --tls-key and --tls-ca: give all three, or none".into()),
         };
         Ok(SecurityConfig { secrets, secret_file, max_skew, client_tokens, tls })
+    }
+}
+
+/// Warns when a secret file can be read by users other than its owner (mode bits for group or
+/// others): whoever reads it controls the cluster.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                // Logging may not be set up yet: say it on stderr.
+                eprintln!(
+                    "warning: {} is readable by other users (mode {:o}): whoever reads it controls the cluster; \
+                     chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
     }
 }

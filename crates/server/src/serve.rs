@@ -41,6 +41,22 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Raises this process's open-files limit to its hard limit (Linux defaults the soft one to
+/// 1,024, far below the connection caps of three listeners) and warns when even that is below
+/// `needed` descriptors.
+pub fn raise_fd_limit(needed: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what the connection caps allow: raise it (ulimit -n, LimitNOFILE) or \
+             lower --max-connections"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
+}
+
 /// Binds `addr` for the listener `name` (the flag that set it), turning "address in use" into
 /// a start-up error.
 pub async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {

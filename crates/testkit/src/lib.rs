@@ -37,8 +37,28 @@ pub fn legacy() -> bool {
 /// or while a killed process is restarted on it.
 const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
 
-/// A listener on a free port of [`TEST_PORTS`], starting the search at a point that differs
-/// between calls and between test processes running at once.
+/// Claims `port` for this test process until it exits: an exclusive lock on a file named after
+/// it, which every test process checks. A port handed to a child stays claimed while the child
+/// is killed and restarted on it, so no other test process (they run in parallel) takes it in
+/// between. The lock goes with the process.
+fn claim(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("kv-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(file) =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
+    else {
+        return false;
+    };
+    if file.try_lock().is_err() {
+        return false;
+    }
+    CLAIMED.lock().unwrap().push(file);
+    true
+}
+
+/// A listener on a free port of [`TEST_PORTS`] that no other test process has claimed, starting
+/// the search at a point that differs between calls and between test processes running at once.
 fn bind_free() -> TcpListener {
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -48,7 +68,7 @@ fn bind_free() -> TcpListener {
     let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
     (0..span)
         .map(|i| TEST_PORTS.start + ((seed >> 16).wrapping_add(i * 7919) % span) as u16)
-        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok().filter(|_| claim(port)))
         .expect("a free test port")
 }
 

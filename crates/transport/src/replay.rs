@@ -1,11 +1,13 @@
 //! [`ReplayGuard`]: every signed request is accepted once.
 //!
-//! A signature names its sender (a random 64-bit id drawn by each process at start) and a
-//! sequence number that sender never repeats. The receiver keeps, per sender, the highest
-//! sequence number seen and a window of the [`WINDOW`] below it (a bitmap, as IPsec's
-//! anti-replay window): a number seen before, or below the window, is a replay. Requests from
-//! one sender travel on several connections at once, so they may arrive out of order, but never
-//! by more than the sender's calls in flight (hundreds), far below the window.
+//! A signature names its sender (a random 64-bit id drawn by each process at start), its
+//! destination, and a sequence number that sender never repeats for that destination. The
+//! receiver keeps, per (sender, destination), the highest sequence number seen and a window of
+//! the [`WINDOW`] below it (a bitmap, as IPsec's anti-replay window): a number seen before, or
+//! below the window, is a replay. Requests from one sender to one destination travel on several
+//! connections at once, so they may arrive out of order, but never by more than the sender's
+//! calls in flight to it (hundreds), far below the window; numbering per destination keeps a
+//! sender's traffic to others from moving the window.
 //!
 //! Bounded: a sender not heard from for twice the clock skew allowed is forgotten (its requests
 //! carry timestamps; any replay of them is refused as too old by then), and at most
@@ -21,7 +23,7 @@ pub const WINDOW: u64 = 4096;
 
 const WORDS: usize = (WINDOW / 64) as usize;
 
-/// Senders remembered at once (about 600 bytes each).
+/// (Sender, destination) pairs remembered at once (about 600 bytes each).
 pub const MAX_SENDERS: usize = 65_536;
 
 /// One sender's window: bit `i` set means `max - i` was seen.
@@ -68,7 +70,7 @@ pub enum Replay {
 
 /// Remembers which (sender, sequence number) pairs were accepted.
 pub struct ReplayGuard {
-    senders: Mutex<HashMap<u64, Window>>,
+    senders: Mutex<HashMap<(u64, String), Window>>,
     /// Senders idle this long are forgotten.
     forget_after_ms: u64,
 }
@@ -79,17 +81,19 @@ impl ReplayGuard {
         ReplayGuard { senders: Mutex::new(HashMap::new()), forget_after_ms }
     }
 
-    /// Accepts `(sender, seq)` at `now_ms` if it was not accepted before; `seq` is at least 1.
-    pub fn check(&self, sender: u64, seq: u64, now_ms: u64) -> Result<(), Replay> {
+    /// Accepts `seq` of `sender` for destination `to` at `now_ms` if it was not accepted
+    /// before; `seq` is at least 1.
+    pub fn check(&self, sender: u64, to: &str, seq: u64, now_ms: u64) -> Result<(), Replay> {
         let mut senders = self.senders.lock();
-        if !senders.contains_key(&sender) && senders.len() >= MAX_SENDERS {
+        let id = (sender, to.to_owned());
+        if !senders.contains_key(&id) && senders.len() >= MAX_SENDERS {
             let cutoff = now_ms.saturating_sub(self.forget_after_ms);
             senders.retain(|_, w| w.last_ms >= cutoff);
             if senders.len() >= MAX_SENDERS {
                 return Err(Replay::Full);
             }
         }
-        let window = senders.entry(sender).or_insert_with(|| Window { max: 0, bits: [0; WORDS], last_ms: now_ms });
+        let window = senders.entry(id).or_insert_with(|| Window { max: 0, bits: [0; WORDS], last_ms: now_ms });
         window.last_ms = window.last_ms.max(now_ms);
         if seq > window.max {
             window.shift(seq - window.max);
@@ -123,25 +127,26 @@ mod tests {
     fn each_number_is_accepted_once_in_any_order_within_the_window() {
         let guard = ReplayGuard::new(60_000);
         for seq in [5, 3, 9, 4, 1000, 6, 8] {
-            assert_eq!(guard.check(1, seq, 0), Ok(()), "{seq}");
+            assert_eq!(guard.check(1, "a", seq, 0), Ok(()), "{seq}");
         }
         for seq in [5, 3, 9, 4, 1000, 6, 8] {
-            assert_eq!(guard.check(1, seq, 0), Err(Replay::Seen), "{seq}");
+            assert_eq!(guard.check(1, "a", seq, 0), Err(Replay::Seen), "{seq}");
         }
-        assert_eq!(guard.check(2, 5, 0), Ok(()), "senders are apart");
-        assert_eq!(guard.check(1, 1000 + WINDOW, 0), Ok(()));
-        assert_eq!(guard.check(1, 1000, 0), Err(Replay::TooOld));
-        assert_eq!(guard.check(1, 1001, 0), Ok(()));
+        assert_eq!(guard.check(2, "a", 5, 0), Ok(()), "senders are apart");
+        assert_eq!(guard.check(1, "b", 5, 0), Ok(()), "and destinations");
+        assert_eq!(guard.check(1, "a", 1000 + WINDOW, 0), Ok(()));
+        assert_eq!(guard.check(1, "a", 1000, 0), Err(Replay::TooOld));
+        assert_eq!(guard.check(1, "a", 1001, 0), Ok(()));
     }
 
     #[test]
     fn idle_senders_are_forgotten_when_full() {
         let guard = ReplayGuard::new(1000);
         for sender in 0..MAX_SENDERS as u64 {
-            guard.check(sender, 1, 0).unwrap();
+            guard.check(sender, "a", 1, 0).unwrap();
         }
-        assert_eq!(guard.check(u64::MAX, 1, 500), Err(Replay::Full));
-        assert_eq!(guard.check(u64::MAX, 1, 2000), Ok(()));
+        assert_eq!(guard.check(u64::MAX, "a", 1, 500), Err(Replay::Full));
+        assert_eq!(guard.check(u64::MAX, "a", 1, 2000), Ok(()));
         assert_eq!(guard.senders(), 1);
     }
 
@@ -161,7 +166,7 @@ mod tests {
                 } else {
                     Ok(())
                 };
-                prop_assert_eq!(guard.check(7, seq, 0), expect, "seq {}", seq);
+                prop_assert_eq!(guard.check(7, "a", seq, 0), expect, "seq {}", seq);
                 if expect.is_ok() {
                     accepted.insert(seq);
                 }

@@ -17,7 +17,6 @@
 //! (sender, sequence number) pair it accepted before ([`crate::replay::ReplayGuard`]). The caller
 //! then checks `to` where it matters (a request replayed to another member names the wrong one).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
@@ -66,7 +65,10 @@ pub struct Signer {
     keys: Arc<RwLock<Arc<Keys>>>,
     /// Random per process start: who sends, for the receivers' replay windows.
     sender: u64,
-    seq: Arc<AtomicU64>,
+    /// The last sequence number per destination: each receiver's window follows one
+    /// destination's numbers, so requests to other destinations never push it past one that is
+    /// still in flight (a busy sender signs thousands of requests a second).
+    seqs: Arc<parking_lot::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl Signer {
@@ -74,7 +76,7 @@ impl Signer {
     pub fn new(secrets: &Secrets) -> Signer {
         // Without OS randomness the clock still makes two senders' ids differ.
         let sender = getrandom::u64().unwrap_or_else(|_| now_ms().rotate_left(17) ^ u64::from(std::process::id()));
-        Signer { keys: Arc::new(RwLock::new(Arc::new(Keys::new(secrets)))), sender, seq: Arc::new(AtomicU64::new(0)) }
+        Signer { keys: Arc::new(RwLock::new(Arc::new(Keys::new(secrets)))), sender, seqs: Arc::default() }
     }
 
     /// Replaces the secrets (a reload after rotation): every clone and every [`Verifier`] made
@@ -97,7 +99,12 @@ impl Signer {
     /// [`Signer::sign`] at a given time.
     pub fn sign_at(&self, method: &str, path: &str, to: &str, body: &[u8], now_ms: u64) -> String {
         let keys = self.keys.read().clone();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = {
+            let mut seqs = self.seqs.lock();
+            let seq = seqs.entry(to.to_owned()).or_insert(0);
+            *seq += 1;
+            *seq
+        };
         let nonce = format!("{:016x}.{seq}", self.sender);
         let (id, key) = &keys.sign;
         let tag = mac(key, id, now_ms, &nonce, to, method, path, body);
@@ -105,11 +112,13 @@ impl Signer {
     }
 }
 
-/// What a checked signature said.
+/// What a checked signature said: its MAC and time are right; [`Verifier::accept_once`] is left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
     /// The destination the sender named.
     pub to: String,
+    sender: u64,
+    seq: u64,
 }
 
 /// Why a request was refused; safe to return to the caller.
@@ -144,7 +153,8 @@ impl Verifier {
         Verifier { keys: signer.keys.clone(), max_skew_ms, guard: ReplayGuard::new(max_skew_ms * 2) }
     }
 
-    /// Checks a request's signature header at `now_ms`.
+    /// The whole check of a request's signature header at `now_ms`: [`Verifier::check`], then
+    /// [`Verifier::accept_once`]. (A receiver that checks the destination does so between them.)
     pub fn verify(
         &self,
         header: Option<&str>,
@@ -153,6 +163,98 @@ impl Verifier {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Signed, AuthError> {
+        let signed = self.check(header, method, path, body, now_ms)?;
+        self.accept_once(&signed, now_ms)?;
+        Ok(signed)
+    }
+
+    /// What can be checked before the body is read, cheaply: the header is well-formed, of this
+    /// protocol, signed with a key this process holds, and within the clock skew. A request
+    /// that fails it is refused before its body is read (an unauthenticated client cannot make
+    /// a node buffer bodies).
+    pub fn precheck(&self, header: Option<&str>, now_ms: u64) -> Result<(), AuthError> {
+        let parsed = parse(header)?;
+        let keys = self.keys.read().clone();
+        if !keys.all.iter().any(|(k, _)| k == parsed.id) {
+            return Err(unknown_key(parsed.id));
+        }
+        self.within_skew(parsed.ts, now_ms)
+    }
+
+    /// Checks the signature's MAC over this request and its time; does not yet record it as
+    /// seen.
+    pub fn check(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<Signed, AuthError> {
+        let Parsed { id, ts, nonce, sender, seq, to, tag } = parse(header)?;
+        let keys = self.keys.read().clone();
+        let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else { return Err(unknown_key(id)) };
+        let expected = mac(key, id, ts, nonce, to, method, path, body);
+        if !constant_time_eq(&expected, &tag) {
+            return Err(AuthError::new(
+                "bad_signature",
+                "bad signature: the request was altered after signing, or signed with another secret",
+            ));
+        }
+        self.within_skew(ts, now_ms)?;
+        Ok(Signed { to: to.to_owned(), sender, seq })
+    }
+
+    /// Records a checked signature as seen; refused if it was seen before (a replay).
+    pub fn accept_once(&self, signed: &Signed, now_ms: u64) -> Result<(), AuthError> {
+        match self.guard.check(signed.sender, &signed.to, signed.seq, now_ms) {
+            Ok(()) => Ok(()),
+            Err(Replay::Seen | Replay::TooOld) => {
+                Err(AuthError::new("replayed", "replayed request: this signature was accepted before"))
+            }
+            Err(Replay::Full) => Err(AuthError::new("replayed", "too many senders at once; retry shortly")),
+        }
+    }
+
+    fn within_skew(&self, ts: u64, now_ms: u64) -> Result<(), AuthError> {
+        let skew = now_ms.abs_diff(ts);
+        if skew > self.max_skew_ms {
+            return Err(AuthError::new(
+                "expired",
+                format!(
+                    "signed {skew} ms from this process's clock; at most {} ms allowed (--auth-max-skew): a delayed \
+                     or replayed request, or clocks that disagree",
+                    self.max_skew_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a signature header.
+struct Parsed<'a> {
+    id: &'a str,
+    ts: u64,
+    nonce: &'a str,
+    sender: u64,
+    seq: u64,
+    to: &'a str,
+    tag: Vec<u8>,
+}
+
+fn unknown_key(id: &str) -> AuthError {
+    AuthError::new(
+        "unknown_key",
+        format!(
+            "signed with key {:?}, which this process does not hold: its cluster secret differs",
+            id.chars().take(16).collect::<String>()
+        ),
+    )
+}
+
+fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
+    {
         let header = header.ok_or_else(|| {
             AuthError::new(
                 "missing",
@@ -182,41 +284,7 @@ impl Verifier {
             return Err(malformed());
         }
         let tag = from_hex(tag).ok_or_else(malformed)?;
-        let keys = self.keys.read().clone();
-        let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else {
-            return Err(AuthError::new(
-                "unknown_key",
-                format!(
-                    "signed with key {:?}, which this process does not hold: its cluster secret differs",
-                    id.chars().take(16).collect::<String>()
-                ),
-            ));
-        };
-        let expected = mac(key, id, ts, nonce, to, method, path, body);
-        if !constant_time_eq(&expected, &tag) {
-            return Err(AuthError::new(
-                "bad_signature",
-                "bad signature: the request was altered after signing, or signed with another secret",
-            ));
-        }
-        let skew = now_ms.abs_diff(ts);
-        if skew > self.max_skew_ms {
-            return Err(AuthError::new(
-                "expired",
-                format!(
-                    "signed {skew} ms from this process's clock; at most {} ms allowed (--auth-max-skew): a delayed \
-                     or replayed request, or clocks that disagree",
-                    self.max_skew_ms
-                ),
-            ));
-        }
-        match self.guard.check(sender, seq, now_ms) {
-            Ok(()) => Ok(Signed { to: (*to).to_owned() }),
-            Err(Replay::Seen | Replay::TooOld) => {
-                Err(AuthError::new("replayed", "replayed request: this signature was accepted before"))
-            }
-            Err(Replay::Full) => Err(AuthError::new("replayed", "too many senders at once; retry shortly")),
-        }
+        Ok(Parsed { id, ts, nonce, sender, seq, to, tag })
     }
 }
 
@@ -322,6 +390,24 @@ mod tests {
         assert_eq!(verifier.verify(Some(&late), "POST", "/admin/leave", b"", 130_001).unwrap_err().reason, "expired");
         let early = signer.sign_at("POST", "/admin/leave", "n1", b"", 200_000);
         assert_eq!(verifier.verify(Some(&early), "POST", "/admin/leave", b"", 169_999).unwrap_err().reason, "expired");
+    }
+
+    #[test]
+    fn a_request_overtaken_by_thousands_to_other_destinations_is_not_a_replay() {
+        let signer = Signer::new(&secrets('a'));
+        let at_a = Verifier::new(&signer, Duration::from_secs(30));
+        let early = signer.sign_at("POST", "/x", "a:1", b"", 5);
+        for _ in 0..5000 {
+            signer.sign_at("POST", "/x", "b:1", b"", 5);
+        }
+        let late = signer.sign_at("POST", "/x", "a:1", b"", 5);
+        assert!(at_a.verify(Some(&late), "POST", "/x", b"", 5).is_ok());
+        assert!(at_a.verify(Some(&early), "POST", "/x", b"", 5).is_ok(), "the delayed request is still accepted");
+        // A checked signature is recorded only once accepted: checking alone moves nothing.
+        let other = signer.sign_at("POST", "/x", "a:1", b"", 5);
+        let signed = at_a.check(Some(&other), "POST", "/x", b"", 5).unwrap();
+        assert!(at_a.accept_once(&signed, 5).is_ok());
+        assert_eq!(at_a.accept_once(&signed, 5).unwrap_err().reason, "replayed");
     }
 
     #[test]

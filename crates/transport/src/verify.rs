@@ -88,36 +88,64 @@ pub async fn verify(State(state): State<VerifyState>, request: Request, next: Ne
     };
     let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let checked = state.verifier.verify(header, parts.method.as_str(), path, &bytes, now_ms()).and_then(|signed| {
+    let now = now_ms();
+    // The MAC and time, then the destination, and only then is the signature recorded as seen
+    // (a request meant for another member must not move this member's replay window).
+    let checked = state.verifier.check(header, parts.method.as_str(), path, &bytes, now).and_then(|signed| {
         if (state.bound)(&parts.method, parts.uri.path()) && !state.names.contains(&signed.to) {
             return Err(AuthError::new(
                 "wrong_destination",
                 format!("this request was signed for {:?}, not for this process", signed.to),
             ));
         }
-        Ok(())
+        state.verifier.accept_once(&signed, now)
     });
     if let Err(e) = checked {
-        // At most one warning every WARN_EVERY_MS: a flood of bad requests must not flood the
-        // log (the counter counts every one).
-        let now = now_ms();
-        let last = LAST_WARNING.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= WARN_EVERY_MS
-            && LAST_WARNING.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            tracing::warn!(
-                listener = state.listener, path, reason = e.reason, error = %e.message,
-                "refused an unauthenticated request (further refusals for 10 s are only counted: kv_auth_failures_total)"
-            );
-        } else {
-            tracing::debug!(listener = state.listener, path, reason = e.reason, "refused an unauthenticated request");
-        }
-        if let Some(metrics) = &state.metrics {
-            metrics.refused(state.listener, e.reason);
-        }
-        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.message);
+        return refused(&state, path, e);
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// The part of [`verify`] done on the head alone, before the body is read: the signature's form,
+/// key and time (`401` otherwise, counted and logged like any refusal). Paths outside the
+/// state's prefix pass.
+pub fn precheck(state: &VerifyState, parts: &axum::http::request::Parts) -> Result<(), Box<Response>> {
+    let path = parts.uri.path();
+    if !path.starts_with(state.prefix) {
+        return Ok(());
+    }
+    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    state.verifier.precheck(header, now_ms()).map_err(|e| Box::new(refused(state, path, e)))
+}
+
+/// [`precheck`] under `state`, as a shareable function of the head.
+pub type HeadCheck = Arc<dyn Fn(&axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
+
+/// [`precheck`] bound to `state`.
+pub fn precheck_fn(state: VerifyState) -> HeadCheck {
+    Arc::new(move |parts: &axum::http::request::Parts| precheck(&state, parts))
+}
+
+/// A `401` for `e`, logged (at most every [`WARN_EVERY_MS`] as a warning) and counted.
+fn refused(state: &VerifyState, path: &str, e: AuthError) -> Response {
+    // At most one warning every WARN_EVERY_MS: a flood of bad requests must not flood the
+    // log (the counter counts every one).
+    let now = now_ms();
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= WARN_EVERY_MS
+        && LAST_WARNING.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(
+            listener = state.listener, path, reason = e.reason, error = %e.message,
+            "refused an unauthenticated request (further refusals for 10 s are only counted: kv_auth_failures_total)"
+        );
+    } else {
+        tracing::debug!(listener = state.listener, path, reason = e.reason, "refused an unauthenticated request");
+    }
+    if let Some(metrics) = &state.metrics {
+        metrics.refused(state.listener, e.reason);
+    }
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.message)
 }
 
 /// Least time between two warnings about refused requests, ms.

@@ -116,6 +116,48 @@ struct Args {
     /// Name of this run in the output.
     #[arg(long, default_value = "run")]
     label: String,
+    /// CA certificate (PEM) to trust for an https:// URL.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How HTTP connections are opened: TLS with this configuration for https:// URLs.
+#[derive(Clone)]
+struct Dialer {
+    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+}
+
+impl Dialer {
+    async fn connect(&self, address: &str) -> Result<Box<dyn Stream>, String> {
+        let tcp = TcpStream::connect(address).await.map_err(|_| "connection".to_string())?;
+        tcp.set_nodelay(true).map_err(|_| "connection".to_string())?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some((connector, name)) => {
+                let stream = connector.connect(name.clone(), tcp).await.map_err(|_| "tls".to_string())?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}
+
+/// The dialer for `url`: TLS when it is https://, trusting `ca`.
+fn dialer(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Dialer> {
+    let Some(rest) = url.strip_prefix("https://") else { return Ok(Dialer { tls: None }) };
+    use rustls_pki_types::pem::PemObject as _;
+    let ca = ca.context("an https:// URL needs --tls-ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("{}", ca.display()))? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let host = rest.split(['/', ':']).next().unwrap_or("localhost").to_owned();
+    let name = rustls_pki_types::ServerName::try_from(host).context("the URL's host is not a TLS server name")?;
+    Ok(Dialer { tls: Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name)) })
 }
 
 /// One connection's way of doing a read or a write.
@@ -127,7 +169,8 @@ struct Args {
 enum Conn {
     Http {
         address: String,
-        stream: Option<BufReader<TcpStream>>,
+        dialer: Dialer,
+        stream: Option<BufReader<Box<dyn Stream>>>,
         protocol: Protocol,
         base_path: String,
         r: String,
@@ -180,11 +223,13 @@ impl Conn {
         let rest = args
             .url
             .strip_prefix("http://")
-            .with_context(|| format!("--url {}: expected http://host:port[/path]", args.url))?;
+            .or_else(|| args.url.strip_prefix("https://"))
+            .with_context(|| format!("--url {}: expected http(s)://host:port[/path]", args.url))?;
         let (address, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         let q = |name: &str, v: &Option<String>| v.as_ref().map_or(String::new(), |v| format!("?{name}={v}"));
         Ok(Conn::Http {
             address: address.to_owned(),
+            dialer: dialer(&args.url, args.tls_ca.as_deref())?,
             stream: None,
             protocol: args.protocol,
             base_path: format!("/{}", path.trim_end_matches('/')).trim_end_matches('/').to_owned(),
@@ -209,7 +254,7 @@ impl Conn {
 
     async fn op_inner(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            Conn::Http { address, stream, protocol, base_path, r, w, contexts } => {
+            Conn::Http { address, dialer, stream, protocol, base_path, r, w, contexts } => {
                 let (method, path, body) = match (*protocol, write) {
                     (Protocol::Kv, true) => ("PUT", format!("{base_path}/kv/{key}{w}"), value.to_vec()),
                     (Protocol::Kv, false) => ("GET", format!("{base_path}/kv/{key}{r}"), Vec::new()),
@@ -224,9 +269,7 @@ impl Conn {
                     (Protocol::Redis, _) => return Err("internal: redis over http".into()),
                 };
                 if stream.is_none() {
-                    let tcp = TcpStream::connect(address.as_str()).await.map_err(|_| "connection".to_string())?;
-                    tcp.set_nodelay(true).map_err(|_| "connection".to_string())?;
-                    *stream = Some(BufReader::new(tcp));
+                    *stream = Some(BufReader::new(dialer.connect(address.as_str()).await?));
                 }
                 let conn = stream.as_mut().ok_or("connection")?;
                 let context = if write { contexts.as_ref().and_then(|c| c.get(key)) } else { None };
@@ -283,7 +326,7 @@ impl Conn {
 }
 
 /// Reads one line into `line` (cleared first); end of stream is an error.
-async fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> Result<(), String> {
+async fn read_line(conn: &mut BufReader<Box<dyn Stream>>, line: &mut String) -> Result<(), String> {
     line.clear();
     match conn.read_line(line).await {
         Ok(0) | Err(_) => Err("connection".to_string()),
@@ -295,7 +338,7 @@ async fn read_line(conn: &mut BufReader<TcpStream>, line: &mut String) -> Result
 /// dropped). Returns the status, whether the connection stays open, and the response's
 /// `x-context`; `Err` is an error kind.
 async fn http_exchange(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut BufReader<Box<dyn Stream>>,
     host: &str,
     method: &str,
     path: &str,
