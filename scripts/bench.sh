@@ -30,6 +30,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
   KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
+  KV_DATA="$work/cluster3" ./scripts/cluster.sh stop >/dev/null 2>&1 || true
   sleep 1
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -91,6 +92,23 @@ KV_DATA="$work/cluster2" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluste
 bench "3 nodes+gw N=3 C, threads per core" "http://127.0.0.1:$gw" kv c
 bench "3 nodes+gw N=3 W, threads per core" "http://127.0.0.1:$gw" kv w
 KV_DATA="$work/cluster2" ./scripts/cluster.sh stop >/dev/null
+
+# 2b. The 3-node rows again with TLS on every listener (mutual TLS between the processes),
+#     one worker thread each as in 2: what TLS costs. Certificates from a throw-away CA.
+tls="$work/tls"; mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$tls/ca.key" \
+  -out "$tls/ca.pem" -days 2 -subj /CN=bench-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$tls/node.key" \
+  -out "$tls/node.csr" -subj /CN=bench 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$tls/ext"
+openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+  -out "$tls/node.pem" -days 2 -extfile "$tls/ext" 2>/dev/null
+base=23001; gw=28100
+KV_TLS_CERT="$tls/node.pem" KV_TLS_KEY="$tls/node.key" KV_TLS_CA="$tls/ca.pem" KV_WORKER_THREADS=1 \
+  KV_DATA="$work/cluster3" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null
+bench "3 nodes+gw N=3 C, TLS" "https://127.0.0.1:$gw" kv c --tls-ca "$tls/ca.pem"
+bench "3 nodes+gw N=3 W, TLS" "https://127.0.0.1:$gw" kv w --tls-ca "$tls/ca.pem"
+KV_TLS_CA="$tls/ca.pem" KV_DATA="$work/cluster3" ./scripts/cluster.sh stop >/dev/null
 
 # 3. etcd: 3 members on loopback, durable by default, through its v3 HTTP/JSON gateway.
 cluster=""

@@ -64,6 +64,8 @@ def main(path, secs, keys, conc, vsize, memory_path=None):
         f"| 1 node N=1 batch writes / ceiling PUT | {ratio('1 node N=1 W', 'ceiling PUT (noop)'):.2f}x | 0.6x |",
         f"| N=3 W=2 writes p99 | {p99(w):.2f} ms | < 5 ms |",
         f"| N=3 R=2 reads p99 | {p99(c):.2f} ms | < 5 ms |",
+        f"| N=3 reads with TLS / without | {ratio(c + ', TLS', c):.2f}x | - |",
+        f"| N=3 writes with TLS / without | {ratio(w + ', TLS', w):.2f}x | - |",
     ]
     if memory_path:
         m = json.load(open(memory_path))

@@ -43,7 +43,12 @@ seeds=${seeds%,}
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-health() { curl -fsS -m 1 "http://$1/health/live" >/dev/null 2>&1; }
+# With KV_TLS_CERT, KV_TLS_KEY and KV_TLS_CA set (every process reads them), the cluster
+# speaks only https: this script checks it with the CA.
+scheme=http; curl_tls=()
+if [ -n "${KV_TLS_CA:-}" ]; then scheme=https; curl_tls=(--cacert "$KV_TLS_CA"); fi
+
+health() { curl -fsS -m 1 "${curl_tls[@]}" "$scheme://$1/health/live" >/dev/null 2>&1; }
 
 wait_healthy() {
   for _ in $(seq 1 300); do health "$1" && return 0; sleep 0.1; done
@@ -77,7 +82,7 @@ case "$cmd" in
     wait_healthy "127.0.0.1:$((gw_port + 1))"
     # Ready when the gateway sees every node as a normal member (new nodes join first).
     for _ in $(seq 1 300); do
-      count=$( (curl -fsS -m 1 "http://127.0.0.1:$((gw_port + 1))/cluster/members" 2>/dev/null || true) | grep -o '"status":"normal"' | wc -l || true)
+      count=$( (curl -fsS -m 1 "${curl_tls[@]}" "$scheme://127.0.0.1:$((gw_port + 1))/cluster/members" 2>/dev/null || true) | grep -o '"status":"normal"' | wc -l || true)
       [ "${count:-0}" -ge "$nodes" ] && break
       sleep 0.1
     done
