@@ -91,7 +91,7 @@ pub fn layered(
         max: options.body_max,
         too_large: options.too_large_code,
         precheck: options.precheck,
-        idle_timeout: server.limits.idle_timeout,
+        limits: server.limits,
         shed: metrics.shed.with_label_values(&[listener]),
     };
     router
@@ -103,7 +103,6 @@ pub fn layered(
                 // 503s (quorum not met) are expected in a degraded cluster: log them at debug;
                 // real server faults are logged where they happen.
                 .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
-                .layer(axum::middleware::from_fn_with_state(server.limits, head_limits))
                 .layer(axum::middleware::from_fn_with_state(bodies, buffer_body))
                 .layer(axum::middleware::from_fn_with_state(limit, shed))
                 .layer(axum::middleware::from_fn_with_state(server.request_timeout, deadline)),
@@ -144,11 +143,11 @@ struct Bodies {
     max: usize,
     too_large: &'static str,
     precheck: Option<Precheck>,
-    idle_timeout: std::time::Duration,
+    limits: crate::listen::ConnectionLimits,
     shed: prometheus::IntCounter,
 }
 
-/// Middleware: the head's precheck, then the whole body read into memory (at most `body_max`
+/// Middleware: the head's limits ([`head_limits`]) and precheck, then the whole body read into memory (at most `body_max`
 /// bytes; `413` past it), counted against the listener's budget of buffered bytes as it arrives
 /// (`503 overloaded` when the budget is spent: bodies in memory are bounded, and a client must
 /// send the bytes it holds budget for), refused `408` when it stalls for [`BODY_STALL`] or takes
@@ -158,16 +157,26 @@ struct Bodies {
 async fn buffer_body(State(bodies): State<Bodies>, request: Request, next: Next) -> Response {
     use http_body_util::BodyExt as _;
     let (parts, mut body) = request.into_parts();
+    if let Some(response) = head_limits(&bodies.limits, &parts) {
+        return response;
+    }
     if let Some(precheck) = &bodies.precheck {
         if let Err(response) = precheck(&parts) {
             return *response;
         }
     }
+    // No body (GET, DELETE): nothing to read or hold.
+    if http_body::Body::is_end_stream(&body) {
+        let busy = parts.extensions.get::<crate::listen::Activity>().map(crate::listen::Activity::busy);
+        let response = next.run(Request::from_parts(parts, body)).await;
+        drop(busy);
+        return response;
+    }
     let started = std::time::Instant::now();
     let mut bytes = Vec::new();
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
-        let left = bodies.idle_timeout.saturating_sub(started.elapsed()).min(BODY_STALL);
+        let left = bodies.limits.idle_timeout.saturating_sub(started.elapsed()).min(BODY_STALL);
         let frame = match tokio::time::timeout(left, body.frame()).await {
             Err(_) => {
                 return json_error(
@@ -221,16 +230,18 @@ async fn buffer_body(State(bodies): State<Bodies>, request: Request, next: Next)
     response
 }
 
-/// Middleware: a request with more headers than `--max-headers`, or a head larger than
+/// A request with more headers than `--max-headers`, or a head larger than
 /// `--max-header-bytes`, is refused `431` with a JSON body. (hyper refuses heads over twice
 /// these limits before any handler, with an empty `431`: see [`crate::listen`].)
-async fn head_limits(State(limits): State<crate::listen::ConnectionLimits>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let bytes = request.uri().to_string().len()
-        + request.method().as_str().len()
+fn head_limits(limits: &crate::listen::ConnectionLimits, parts: &axum::http::request::Parts) -> Option<Response> {
+    let headers = &parts.headers;
+    let uri = &parts.uri;
+    let bytes = uri.path().len()
+        + uri.query().map_or(0, str::len)
+        + parts.method.as_str().len()
         + headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if headers.len() > limits.max_headers || bytes > limits.max_header_bytes {
-        return json_error(
+        return Some(json_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             &format!(
@@ -240,9 +251,9 @@ async fn head_limits(State(limits): State<crate::listen::ConnectionLimits>, requ
                 limits.max_headers,
                 limits.max_header_bytes
             ),
-        );
+        ));
     }
-    next.run(request).await
+    None
 }
 
 /// The concurrency limit of one listener.

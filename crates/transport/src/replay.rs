@@ -70,7 +70,11 @@ pub enum Replay {
 
 /// Remembers which (sender, sequence number) pairs were accepted.
 pub struct ReplayGuard {
-    senders: Mutex<HashMap<(u64, String), Window>>,
+    /// Per sender, its destinations' windows (a sender calls a few destinations: looked up in
+    /// place, with no allocation per request).
+    senders: Mutex<HashMap<u64, Vec<(String, Window)>>>,
+    /// Windows held, all senders together.
+    windows: std::sync::atomic::AtomicUsize,
     /// Senders idle this long are forgotten.
     forget_after_ms: u64,
 }
@@ -78,22 +82,36 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// A guard that forgets senders idle for `forget_after_ms` (twice the allowed clock skew).
     pub fn new(forget_after_ms: u64) -> ReplayGuard {
-        ReplayGuard { senders: Mutex::new(HashMap::new()), forget_after_ms }
+        ReplayGuard { senders: Mutex::new(HashMap::new()), windows: Default::default(), forget_after_ms }
     }
 
     /// Accepts `seq` of `sender` for destination `to` at `now_ms` if it was not accepted
     /// before; `seq` is at least 1.
     pub fn check(&self, sender: u64, to: &str, seq: u64, now_ms: u64) -> Result<(), Replay> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut senders = self.senders.lock();
-        let id = (sender, to.to_owned());
-        if !senders.contains_key(&id) && senders.len() >= MAX_SENDERS {
+        let known = senders.get(&sender).is_some_and(|ws| ws.iter().any(|(t, _)| t == to));
+        if !known && self.windows.load(Relaxed) >= MAX_SENDERS {
             let cutoff = now_ms.saturating_sub(self.forget_after_ms);
-            senders.retain(|_, w| w.last_ms >= cutoff);
-            if senders.len() >= MAX_SENDERS {
+            senders.retain(|_, ws| {
+                ws.retain(|(_, w)| w.last_ms >= cutoff);
+                !ws.is_empty()
+            });
+            self.windows.store(senders.values().map(Vec::len).sum(), Relaxed);
+            if self.windows.load(Relaxed) >= MAX_SENDERS {
                 return Err(Replay::Full);
             }
         }
-        let window = senders.entry(id).or_insert_with(|| Window { max: 0, bits: [0; WORDS], last_ms: now_ms });
+        let windows = senders.entry(sender).or_default();
+        let index = match windows.iter().position(|(t, _)| t == to) {
+            Some(index) => index,
+            None => {
+                windows.push((to.to_owned(), Window { max: 0, bits: [0; WORDS], last_ms: now_ms }));
+                self.windows.fetch_add(1, Relaxed);
+                windows.len() - 1
+            }
+        };
+        let window = &mut windows[index].1;
         window.last_ms = window.last_ms.max(now_ms);
         if seq > window.max {
             window.shift(seq - window.max);
@@ -112,9 +130,9 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// Senders remembered now.
+    /// (Sender, destination) windows remembered now.
     pub fn senders(&self) -> usize {
-        self.senders.lock().len()
+        self.windows.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

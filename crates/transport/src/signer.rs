@@ -101,9 +101,16 @@ impl Signer {
         let keys = self.keys.read().clone();
         let seq = {
             let mut seqs = self.seqs.lock();
-            let seq = seqs.entry(to.to_owned()).or_insert(0);
-            *seq += 1;
-            *seq
+            match seqs.get_mut(to) {
+                Some(seq) => {
+                    *seq += 1;
+                    *seq
+                }
+                None => {
+                    seqs.insert(to.to_owned(), 1);
+                    1
+                }
+            }
         };
         let nonce = format!("{:016x}.{seq}", self.sender);
         let (id, key) = &keys.sign;
