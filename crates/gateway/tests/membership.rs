@@ -98,7 +98,9 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
         let (reads, failures) = reading.join().unwrap();
         (reads, failures, join_time)
     });
-    assert!(join_time < Duration::from_secs(10), "the join took {join_time:?}, over 10 s");
+    // A bound against a stuck join, not a speed goal (that is a benchmark's): debug builds on
+    // two shared cores took 8 to 12 s.
+    assert!(join_time < Duration::from_secs(30), "the join took {join_time:?}, over 30 s");
     assert!(
         failures.is_empty(),
         "{} of {reads} reads failed during the join, e.g. {:?}",

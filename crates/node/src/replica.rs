@@ -168,7 +168,7 @@ pub const PAGE_BYTES: usize = 4 << 20;
 /// A page of records and whether the range is done.
 type Page<T> = (Vec<(Vec<u8>, T)>, bool);
 
-/// Records read from storage at a time while a page fills.
+/// Records read from storage first while a page fills.
 const PAGE_CHUNK: usize = 32;
 
 /// A page of records after `after`: `read(after, n)` gives the next up to `n` records, `size`
@@ -183,7 +183,13 @@ fn paged<T, E>(
     let mut page: Vec<(Vec<u8>, T)> = Vec::new();
     let mut bytes = 0;
     while page.len() < limit && bytes < PAGE_BYTES {
-        let want = PAGE_CHUNK.min(limit - page.len());
+        // A first small read, then as many records as the values seen so far say fit in the
+        // byte budget (one more read for a page of small values: each read opens an iterator).
+        let want = match page.len() {
+            0 => PAGE_CHUNK,
+            n => (PAGE_BYTES - bytes) / (bytes / n + 1),
+        }
+        .clamp(1, limit - page.len());
         let chunk = read(after.as_deref(), want)?;
         let exhausted = chunk.len() < want;
         for (key, record) in chunk {
