@@ -280,3 +280,78 @@ fn stalled_request_bodies_do_not_lock_out_real_clients() {
     );
     assert!(evicted >= 24.0, "the stalled connections were closed for the new ones: {evicted}");
 }
+
+/// Reads from `stream` until it is closed by the node (end of file or reset), for at most
+/// `within`; how long that took, or `None` if it stayed open.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < within {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// `--idle-timeout` (1 s here) closes a connection with no request, and one trickling a request
+/// head it never finishes (slow loris), by one watchdog per connection; a connection that keeps
+/// sending requests stays open however long it lives, and so does one whose request is in
+/// progress.
+#[test]
+fn idle_and_slow_head_connections_are_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("data"), &["--node-id", "n1", "--idle-timeout", "1s"]);
+    let port = node.ports.client;
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut loris = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut busy = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let loris = s.spawn(move || {
+            // One byte every 200 ms, never a whole head.
+            let head = b"GET /kv/loris HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            for i in 0.. {
+                let byte = head.get(i).copied().unwrap_or(b'a');
+                if loris.write_all(&[byte]).is_err() || started.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            started.elapsed()
+        });
+        // A request every 300 ms for 4 s (four idle timeouts) on one keep-alive connection.
+        let busy = s.spawn(move || {
+            let request = b"GET /kv/busy HTTP/1.1\r\nHost: x\r\n\r\n";
+            let mut answered = 0;
+            busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            while started.elapsed() < Duration::from_secs(4) {
+                busy.write_all(request).unwrap();
+                let mut buf = [0u8; 4096];
+                let n = busy.read(&mut buf).unwrap();
+                assert!(n > 0, "the busy connection was closed after {answered} answers");
+                assert!(buf.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&buf[..n]));
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            answered
+        });
+        let idle_closed = closed_within(&mut idle, Duration::from_secs(10)).expect("the idle connection stayed open");
+        let loris_closed = loris.join().unwrap();
+        let answered = busy.join().unwrap();
+        println!(
+            "idle timeout 1 s: an idle connection closed after {:.2} s, a slow-loris head after {:.2} s; a \
+             connection with a request every 300 ms answered {answered} over 4 s and stayed open",
+            idle_closed.as_secs_f64(),
+            loris_closed.as_secs_f64()
+        );
+        assert!(idle_closed >= Duration::from_millis(900), "closed too early: {idle_closed:?}");
+        assert!(idle_closed < Duration::from_secs(4), "closed too late: {idle_closed:?}");
+        assert!(loris_closed < Duration::from_secs(5), "the slow loris was held {loris_closed:?}");
+        assert!(answered >= 8, "only {answered} answers");
+    });
+}

@@ -4,14 +4,16 @@
 //! What a hostile or broken client can hold is bounded:
 //!
 //! - **Connections**: at most `--max-connections` per listener. At the cap, a new connection
-//!   closes, at once, the connection that has been idle longest (no request in progress; one
-//!   still sending its request head or body, or its TLS handshake, counts as idle), so a crowd
+//!   closes, at once, the connection that has been idle longest (no request in progress, and
+//!   none begun or ended for the longest time; one still sending its request head or body, or
+//!   its TLS handshake, counts as idle), so a crowd
 //!   of idle or slow connections cannot lock out real clients; if every connection is busy, the
 //!   new one is closed at once.
 //! - **Time**: a connection must deliver a complete request head within `--idle-timeout` of
-//!   the previous response (or of connecting): an idle keep-alive connection and a slow-loris
-//!   client that trickles its headers are both closed then. A TLS handshake gets the same time.
-//!   Bodies are read within the request deadline (`--request-timeout`, [`crate::http`]).
+//!   the previous answer (or of connecting): an idle keep-alive connection and a slow-loris
+//!   client that trickles its headers are both closed then, by one watchdog per connection. An
+//!   answer must be read by the client within the same time. A TLS handshake gets the same
+//!   time. A body must arrive within `--idle-timeout` too, never stalling 5 s ([`crate::http`]).
 //! - **Headers**: at most `--max-headers` headers and `--max-header-bytes` bytes of request
 //!   head; more is refused `431` with a JSON body ([`crate::http`]), and a head over twice
 //!   these limits is refused by hyper before it is read whole (`431` with an empty body: the
@@ -21,18 +23,16 @@
 //! saying to use https, and closed. Only HTTP/1.1 is spoken.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,9 +84,13 @@ impl ConnectionMetrics {
 
 /// One open connection, as the cap sees it.
 struct Conn {
-    /// Requests in progress on it.
+    /// Requests in progress on it (body in, not yet answered).
     in_flight: AtomicUsize,
-    /// Milliseconds since the listener started when it last received bytes.
+    /// Requests whose head is in and that are not yet answered (body being read, or in
+    /// progress).
+    heads: AtomicUsize,
+    /// Milliseconds since the listener started when a request on it last began or ended (or it
+    /// connected).
     last_active: AtomicU64,
     /// Cancelled to close it (gracefully: a request in progress finishes first).
     close: CancellationToken,
@@ -124,6 +128,7 @@ impl Conns {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             in_flight: AtomicUsize::new(0),
+            heads: AtomicUsize::new(0),
             last_active: AtomicU64::new(self.now()),
             close: CancellationToken::new(),
         });
@@ -132,55 +137,56 @@ impl Conns {
     }
 }
 
-/// A stream that records when it last received bytes.
-struct Tracked<S> {
-    inner: S,
-    conn: Arc<Conn>,
-    conns: Arc<Conns>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.conn.last_active.store(self.conns.now(), Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// A request's connection, as a request extension: [`Activity::busy`] marks a request in
-/// progress on it (once its body is in: [`crate::http`]), which the connection cap never closes.
+/// A request's connection, as a request extension: [`Activity::head`] marks a request's head
+/// in (the idle watchdog leaves the connection alone until it is answered), [`Activity::busy`]
+/// a request in progress on it (once its body is in: [`crate::http`]), which the connection cap
+/// never closes.
 #[derive(Clone)]
-pub struct Activity(Arc<Conn>);
+pub struct Activity(Arc<Conn>, Arc<Conns>);
 
 impl Activity {
+    /// Marks a request's head received until the guard is dropped.
+    pub fn head(&self) -> Head {
+        self.0.heads.fetch_add(1, Ordering::Relaxed);
+        self.0.last_active.store(self.1.now(), Ordering::Relaxed);
+        Head(self.clone())
+    }
+
     /// Marks a request in progress on the connection until the guard is dropped.
     pub fn busy(&self) -> InFlight {
         InFlight::new(self.0.clone())
+    }
+}
+
+/// A request's head received and not yet answered, while alive.
+pub struct Head(Activity);
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let Activity(conn, conns) = &self.0;
+        conn.last_active.store(conns.now(), Ordering::Relaxed);
+        conn.heads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes `conn` once it has had no request for `idle` (no head received since the last answer,
+/// or since it connected): an idle keep-alive connection, and a slow-loris client that trickles
+/// a head it never finishes. One timer per connection, looked at once per `idle` period (a
+/// timer per request cost the HTTP ceiling about 3%).
+async fn watchdog(conn: Arc<Conn>, conns: Arc<Conns>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let due = conn.last_active.load(Ordering::Relaxed).saturating_add(idle_ms);
+        let now = conns.now();
+        let wait = if now < due {
+            due - now
+        } else if conn.heads.load(Ordering::Relaxed) == 0 {
+            conn.close.cancel();
+            return;
+        } else {
+            idle_ms // a request in progress: look again after it
+        };
+        tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
     }
 }
 
@@ -296,7 +302,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        http(Tracked { inner: stream, conn: conn.clone(), conns }, router, limits, conn, stop).await;
+        http(stream, router, limits, conn, conns, stop).await;
         return;
     };
     // A TLS client speaks first, with a handshake record (0x16); anything else is most likely
@@ -323,7 +329,7 @@ async fn connection(
         accepted = tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)) => accepted,
     };
     match accepted {
-        Ok(Ok(stream)) => http(Tracked { inner: stream, conn: conn.clone(), conns }, router, limits, conn, stop).await,
+        Ok(Ok(stream)) => http(stream, router, limits, conn, conns, stop).await,
         Ok(Err(e)) => {
             metrics.closed(name, "tls_handshake");
             tracing::debug!(listener = name, error = %e, "TLS handshake failed");
@@ -334,11 +340,19 @@ async fn connection(
 
 /// Serves HTTP/1.1 on one connection until the client closes it, it idles past the limit, or
 /// it is told to close (eviction or shutdown: gracefully).
-async fn http<S>(io: Tracked<S>, router: Router, limits: ConnectionLimits, conn: Arc<Conn>, stop: CancellationToken)
-where
+async fn http<S>(
+    io: S,
+    router: Router,
+    limits: ConnectionLimits,
+    conn: Arc<Conn>,
+    conns: Arc<Conns>,
+    stop: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity(conn.clone());
+    let watchdog = tokio::spawn(watchdog(conn.clone(), conns.clone(), limits.idle_timeout));
+    let _watchdog = AbortOnDrop(watchdog);
+    let activity = Activity(conn.clone(), conns);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let router = router.clone();
         let mut request = request.map(axum::body::Body::new);
@@ -346,9 +360,9 @@ where
         router.oneshot(request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No header read timeout (a timer armed per request): the watchdog bounds idle and slow heads.
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
+        .header_read_timeout(None)
         .max_headers(limits.max_headers.saturating_mul(2))
         .max_header_size(limits.max_header_bytes.saturating_mul(2))
         .keep_alive(true);
@@ -357,8 +371,8 @@ where
     let result = tokio::select! {
         result = served.as_mut() => result,
         () = conn.close.cancelled() => {
-            // Evicted while idle (or sending a request head or body): closed at once. With a
-            // request in progress it finishes first.
+            // Evicted, or idle past the limit (or sending a request head or body): closed at
+            // once. With a request in progress it finishes first.
             if conn.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
             }
@@ -372,5 +386,14 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

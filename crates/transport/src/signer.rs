@@ -44,7 +44,6 @@ struct Keys {
     sign: (String, Hmac<Sha256>),
     /// Every key accepted, by id.
     all: Vec<(String, Hmac<Sha256>)>,
-    insecure: bool,
 }
 
 impl Keys {
@@ -54,7 +53,7 @@ impl Keys {
             .into_iter()
             .map(|k| (k.id, Hmac::new_from_slice(&k.key).expect("invariant: HMAC accepts any key length")))
             .collect();
-        Keys { sign: all[0].clone(), all, insecure: secrets.is_insecure() }
+        Keys { sign: all[0].clone(), all }
     }
 }
 
@@ -83,11 +82,6 @@ impl Signer {
     /// from it use the new ones from the next request.
     pub fn reload(&self, secrets: &Secrets) {
         *self.keys.write() = Arc::new(Keys::new(secrets));
-    }
-
-    /// Whether the keys are the built-in `--insecure` ones.
-    pub fn is_insecure(&self) -> bool {
-        self.keys.read().insecure
     }
 
     /// The header value for a request to `to` (the address dialed, or the node id: no
