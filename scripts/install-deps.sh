@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs, idempotently: the Rust components, cargo-nextest,
-# schemathesis in .venv, and (as root) iptables for the partition tests.
+# schemathesis in .venv, (as root) iptables for the partition tests and promtool (Debian's
+# prometheus package) for the metrics, alert and dashboard checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,13 @@ fi
 # The fault-injection suite partitions nodes with iptables (it says so and skips when not root).
 if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq iptables
+fi
+# promtool checks the live metrics of both binaries (crates/gateway/tests/observability.rs),
+# the alert rules and the dashboard's queries (scripts/check-observability.sh).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  else
+    echo "install-deps: promtool missing; install Debian's prometheus package (as root)" >&2
+  fi
 fi

@@ -22,6 +22,9 @@ pub struct CoordinatorMetrics {
     /// or for want of one a replica that holds the write (`replica`), keeps as a hint;
     /// `none`: no node could keep it (anti-entropy must repair the replica).
     pub hints_written: IntCounterVec,
+    /// `kv_read_siblings`: values a successful read of an existing key returned (1: no
+    /// conflict; more: siblings the client must resolve).
+    pub read_siblings: prometheus::Histogram,
 }
 
 impl CoordinatorMetrics {
@@ -68,12 +71,24 @@ impl CoordinatorMetrics {
                 &["holder"],
             )
             .expect("invariant: valid metric"),
+            read_siblings: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "kv_read_siblings",
+                    "Values returned by a successful read of an existing key (more than 1: siblings)",
+                )
+                .buckets(vec![1.0, 2.0, 3.0, 5.0, 10.0, 25.0, 100.0]),
+            )
+            .expect("invariant: valid metric"),
         }
     }
 
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = CoordinatorMetrics::unregistered();
+        // Exported at 0 from the start, so that rates and alerts on them have a series.
+        for op in ["get", "put", "delete"] {
+            m.quorum_failures.with_label_values(&[op]);
+        }
         registry.register(Box::new(m.replica_calls.clone()))?;
         registry.register(Box::new(m.replica_call_seconds.clone()))?;
         registry.register(Box::new(m.quorum_failures.clone()))?;
@@ -81,6 +96,7 @@ impl CoordinatorMetrics {
         registry.register(Box::new(m.read_repairs.clone()))?;
         registry.register(Box::new(m.tombstones_purged.clone()))?;
         registry.register(Box::new(m.hints_written.clone()))?;
+        registry.register(Box::new(m.read_siblings.clone()))?;
         Ok(m)
     }
 }

@@ -111,8 +111,10 @@ fn start() -> Result<(), RunError> {
         let registry = Registry::new();
         let metric_error = |e: prometheus::Error| RunError::Startup(format!("metrics: {e}"));
         let coordinator_metrics = CoordinatorMetrics::register(&registry).map_err(metric_error)?;
+        kv_server::admin::register_process(&registry, "kvgateway").map_err(metric_error)?;
         let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
-        let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
+        let membership_metrics =
+            MembershipMetrics::register(&registry, cluster.coordinator.quorum.n).map_err(metric_error)?;
         let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
         let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
         kv_server::serve::raise_fd_limit(2 * server.limits.max_connections as u64 + 2048);

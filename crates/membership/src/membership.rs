@@ -347,7 +347,11 @@ impl Membership {
         let changed = *current != signature;
         if changed {
             *current = signature;
-            self.topology.send_replace(Arc::new(build_topology(&views)));
+            let topology = Arc::new(build_topology(&views));
+            if let Some(metrics) = &self.metrics {
+                metrics.ring(&topology);
+            }
+            self.topology.send_replace(topology);
         }
         drop(current);
         if changed {

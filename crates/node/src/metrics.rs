@@ -22,6 +22,11 @@ pub struct NodeMetrics {
     pub keys_discarded: IntCounter,
     /// `kv_ranges_dropping`: spans of lost ranges not yet handed off and removed.
     pub ranges_dropping: IntGauge,
+    /// `kv_storage_disk_free_bytes`: bytes free for this process on the data directory's
+    /// filesystem, refreshed on scrape.
+    pub disk_free: IntGauge,
+    /// `kv_storage_disk_capacity_bytes`: size of that filesystem.
+    pub disk_capacity: IntGauge,
     /// Replica refusals and amnesia.
     pub replica: ReplicaMetrics,
 }
@@ -51,8 +56,18 @@ impl NodeMetrics {
         registry.register(Box::new(stream_bytes.clone()))?;
         registry.register(Box::new(keys_dropped.clone()))?;
         registry.register(Box::new(keys_discarded.clone()))?;
+        let disk_free = IntGauge::new(
+            "kv_storage_disk_free_bytes",
+            "Bytes available to the node on the filesystem of its data directory",
+        )?;
+        let disk_capacity =
+            IntGauge::new("kv_storage_disk_capacity_bytes", "Size of the filesystem of the node's data directory")?;
         registry.register(Box::new(ranges_dropping.clone()))?;
+        registry.register(Box::new(disk_free.clone()))?;
+        registry.register(Box::new(disk_capacity.clone()))?;
         Ok(NodeMetrics {
+            disk_free,
+            disk_capacity,
             ranges_streaming,
             stream_keys,
             stream_bytes,
@@ -61,5 +76,14 @@ impl NodeMetrics {
             ranges_dropping,
             replica: ReplicaMetrics::register(registry)?,
         })
+    }
+
+    /// Refreshes the disk gauges from the filesystem holding `dir` (left as they were if it
+    /// cannot be read).
+    pub fn refresh_disk(&self, dir: &std::path::Path) {
+        if let (Ok(free), Ok(total)) = (fs2::available_space(dir), fs2::total_space(dir)) {
+            self.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
+            self.disk_capacity.set(i64::try_from(total).unwrap_or(i64::MAX));
+        }
     }
 }

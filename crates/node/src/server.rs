@@ -100,10 +100,12 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let registry = Registry::new();
     let metric_error = |e: prometheus::Error| RunError::Startup(format!("metrics: {e}"));
     let metrics = NodeMetrics::register(&registry).map_err(metric_error)?;
+    kv_server::admin::register_process(&registry, "kvnode").map_err(metric_error)?;
     let storage_metrics = kv_storage::StorageMetrics::register(&registry).map_err(metric_error)?;
     let coordinator_metrics = kv_coordinator::CoordinatorMetrics::register(&registry).map_err(metric_error)?;
     let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
-    let membership_metrics = MembershipMetrics::register(&registry).map_err(metric_error)?;
+    let membership_metrics =
+        MembershipMetrics::register(&registry, config.cluster.coordinator.quorum.n).map_err(metric_error)?;
     let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
     let hint_metrics = crate::hints::HintMetrics::register(&registry).map_err(metric_error)?;
     let repair_metrics = crate::antientropy::RepairMetrics::register(&registry).map_err(metric_error)?;
@@ -341,13 +343,16 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             None => Err("membership not known".into()),
         })
     };
-    let scraped = engine.clone();
+    let (scraped, scraped_metrics, data_dir) = (engine.clone(), node.metrics.clone(), config.data_dir.clone());
     let admin_state = AdminState {
         registry: registry.clone(),
         supervisor: supervisor.clone(),
         serving: serving.clone(),
         ready,
-        on_scrape: Some(Arc::new(move || scraped.refresh_gauges())),
+        on_scrape: Some(Arc::new(move || {
+            scraped.refresh_gauges();
+            scraped_metrics.refresh_disk(&data_dir);
+        })),
         id: node_id.clone(),
     };
     let names = Arc::new(vec![config.advertise.clone(), node_id.clone()]);

@@ -73,6 +73,20 @@ async fn ready(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// Registers what every process exports besides its own metrics: the process collector
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`,
+/// `process_max_fds`, `process_start_time_seconds`, ...) and `kv_build_info{binary, version}`
+/// (always 1: which release each process runs, for upgrades).
+pub fn register_process(registry: &Registry, binary: &str) -> prometheus::Result<()> {
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("kv_build_info", "The binary and release this process runs (always 1)"),
+        &["binary", "version"],
+    )?;
+    info.with_label_values(&[binary, env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(info))
+}
+
 /// The Prometheus text exposition of every metric in `registry`.
 pub fn render(registry: &Registry) -> String {
     let mut out = Vec::new();
