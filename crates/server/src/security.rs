@@ -147,23 +147,73 @@ impl SecuritySettings {
     }
 }
 
-/// Warns when a secret file can be read by users other than its owner (mode bits for group or
-/// others): whoever reads it controls the cluster.
+/// Warns when a secret file can be read by users other than its owner (mode bits for others,
+/// or for a group other than the process's own): whoever reads it controls the cluster. A file
+/// readable by the process's own group is what Kubernetes mounts with an `fsGroup` (mode 0440).
 fn warn_if_readable_by_others(path: &std::path::Path) {
+    if let Some(mode) = exposed_mode(path) {
+        // Logging may not be set up yet: say it on stderr.
+        eprintln!(
+            "warning: {} is readable by other users (mode {mode:o}): whoever reads it controls the cluster; \
+             chmod 600 it (or 640 with the process's group)",
+            path.display(),
+        );
+    }
+}
+
+/// The permission bits of `path` when users other than its owner and the process's groups can
+/// read it.
+fn exposed_mode(path: &std::path::Path) -> Option<u32> {
     #[cfg(unix)]
     {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = std::fs::metadata(path).ok()?;
+        let mode = meta.permissions().mode() & 0o777;
+        let group_is_ours = process_gids().contains(&meta.gid());
+        (mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_is_ours)).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The process's real, effective and supplementary group ids, from `/proc/self/status` (empty
+/// where there is none: then only a file no group can read passes).
+#[cfg(unix)]
+fn process_gids() -> Vec<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.starts_with("Gid:") || l.starts_with("Groups:"))
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret readable by anyone, or by a group the process is not in, is flagged; one
+    /// readable by the owner, or by the process's own group (Kubernetes' `fsGroup` mounts, mode
+    /// 0440), is not.
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_readable_beyond_the_process_are_flagged() {
         use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                // Logging may not be set up yet: say it on stderr.
-                eprintln!(
-                    "warning: {} is readable by other users (mode {:o}): whoever reads it controls the cluster; \
-                     chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "x").unwrap();
+        let set = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        set(0o600);
+        assert_eq!(exposed_mode(&path), None);
+        set(0o440); // the file's group is the process's (it created it)
+        assert_eq!(exposed_mode(&path), None);
+        set(0o644);
+        assert_eq!(exposed_mode(&path), Some(0o644));
+        set(0o604);
+        assert_eq!(exposed_mode(&path), Some(0o604));
     }
 }
