@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract fuzz bench bench-storage build bins release clean
+.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check fuzz bench bench-storage build bins release clean image test-docker test-scale-local
 
 CARGO ?= cargo
 
@@ -49,6 +49,12 @@ docs-check: bins
 contract: bins
 	KV_BIN=./target/debug ./scripts/schemathesis.sh
 
+# The Helm chart and deploy/k8s: lint, render (default values, 5 nodes over 3 zones, TLS),
+# validate every object (kubernetes-validate), assert its properties, test the hook scripts,
+# diff deploy/k8s against a fresh rendering and scan with checkov (scripts/check-deploy.sh).
+deploy-check:
+	./scripts/check-deploy.sh
+
 # Every cargo-fuzz target for FUZZ_RUNS executions (default 1,000,000); the numbers are in
 # docs/security.md. Long: not part of `make test` (its property tests are).
 fuzz:
@@ -63,6 +69,21 @@ test-long: deps bins
 	KV_SIM_HISTORIES=200000 $(CARGO) test -p kv-sim --test model figures_model_checker -- --nocapture
 	KV_SOAK_SECS=120 $(CARGO) test -p kv-gateway --test membership no_member_is_marked_down_falsely -- --nocapture
 	KV_AE_KEYS=100000 $(CARGO) test -p kv-gateway --test failures one_round_moves_only_the_differing_buckets -- --nocapture
+
+# The container image kvstore:dev (and kvstore:<version>) without a registry: a Debian base
+# made with debootstrap, the release binaries, deploy/docker/Dockerfile.local (scripts/image.sh;
+# installs and starts Docker when missing).
+image:
+	./scripts/image.sh
+
+# deploy/docker/compose.yaml end to end: put/get through the gateway, a node stopped and
+# started, 3 -> 4 -> 3 nodes under a writing client, every acknowledged key read back.
+test-docker:
+	./scripts/test-docker.sh
+
+# The same 3 -> 4 -> 3 with scripts/cluster.sh (add, remove) on this machine.
+test-scale-local:
+	./scripts/test-scale-local.sh
 
 bench:
 	./scripts/bench.sh

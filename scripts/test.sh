@@ -3,7 +3,8 @@
 # Stages: deps (install what the checks need), fmt, lint (clippy -D warnings), unit (build the
 # binaries and run every test with nextest), docs-check (the README's and docs/api.md's curl
 # examples against a real local cluster), contract (docs/openapi.yaml against a live cluster,
-# schemathesis). Stops at the first failing stage.
+# schemathesis), deploy (the Helm chart and deploy/k8s rendered, validated and scanned). Stops
+# at the first failing stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,4 +35,5 @@ run_stage lint lint
 run_stage unit unit
 run_stage docs-check docs-check
 run_stage contract contract
+run_stage deploy deploy-check
 summary
