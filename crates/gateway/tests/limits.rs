@@ -355,3 +355,40 @@ fn idle_and_slow_head_connections_are_closed_after_the_idle_timeout() {
         assert!(answered >= 8, "only {answered} answers");
     });
 }
+
+/// A connection with no request begun (idle, or trickling a head it never finishes) does not
+/// hold up a shutdown: SIGTERM closes it at once, and the node exits well within
+/// `--shutdown-timeout` without cutting its workers short.
+#[test]
+fn a_slow_head_does_not_hold_up_a_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start_node(&dir.path().join("data"), &["--node-id", "n1", "--shutdown-timeout", "20s"]);
+    let port = node.ports.client;
+    let _idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut loris = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let stop = AtomicBool::new(false);
+    let took = std::thread::scope(|s| {
+        s.spawn(|| {
+            let head = b"GET /kv/loris HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            for i in 0.. {
+                let byte = head.get(i).copied().unwrap_or(b'a');
+                if stop.load(Ordering::Relaxed) || loris.write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        node.send_term();
+        let status = node.wait_exit(Duration::from_secs(30));
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        assert!(status.success(), "{status:?}");
+        took
+    });
+    let log = node.log_text();
+    println!("SIGTERM with an idle connection and a slow-loris head open: exited 0 after {:.2} s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert!(!log.contains("drain deadline passed") && !log.contains("aborted"), "{log}");
+}

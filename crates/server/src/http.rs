@@ -89,8 +89,9 @@ pub fn layered(
 /// allocation and one clone of the route per request: these run for every request, and each
 /// separate middleware cost the HTTP ceiling about 3%):
 ///
-/// 1. **Metrics**: every answer, the guard's own refusals included, is counted and timed by
-///    route template (never by key) in `kv_http_requests_total` and
+/// 1. **Metrics**: every answer, the guard's own refusals included, is counted by route
+///    template (never by key) and status in `kv_http_requests_total`; a request admitted (its
+///    body in, not shed) is timed from then to its answer in
 ///    `kv_http_request_duration_seconds`.
 /// 2. **Head**: more headers than `--max-headers` or a head over `--max-header-bytes` is `431`
 ///    ([`head_limits`]); then the listener's precheck (the peer and admin listeners: the
@@ -167,24 +168,29 @@ impl Guard {
     where
         S: tower::Service<Request, Response = Response, Error = Infallible>,
     {
-        let started = Instant::now();
         let activity = request.extensions().get::<crate::listen::Activity>().cloned();
         // The request's head is in: the connection is not idle until it is answered.
         let _head = activity.as_ref().map(crate::listen::Activity::head);
         let route = request.extensions().get::<MatchedPath>().cloned();
         let method = request.method().clone();
-        let response = match self.admit(request).await {
+        let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let response = match self.admit(request, activity.as_ref()).await {
             Err(refused) => refused,
             Ok((request, held)) => {
+                // Latency from the body in to the answer: what the store spent, not the
+                // client's upload.
+                let started = Instant::now();
                 let response = self.run(request, &activity, inner).await;
                 drop(held);
+                self.seconds
+                    .with_label_values(&[self.listener, route_name, method.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
                 response
             }
         };
-        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let method = method.as_str();
-        self.requests.with_label_values(&[self.listener, route, method, response.status().as_str()]).inc();
-        self.seconds.with_label_values(&[self.listener, route, method]).observe(started.elapsed().as_secs_f64());
+        self.requests
+            .with_label_values(&[self.listener, route_name, method.as_str(), response.status().as_str()])
+            .inc();
         response
     }
 }
@@ -219,7 +225,11 @@ pub const BODY_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 impl Guard {
     /// The head's limits and precheck, then the body read under the budget: the request with
     /// its body in memory, and the budget it holds; or the refusal.
-    async fn admit(&self, request: Request) -> Result<(Request, Option<OwnedSemaphorePermit>), Response> {
+    async fn admit(
+        &self,
+        request: Request,
+        activity: Option<&crate::listen::Activity>,
+    ) -> Result<(Request, Option<OwnedSemaphorePermit>), Response> {
         use http_body_util::BodyExt as _;
         let (parts, mut body) = request.into_parts();
         if let Some(response) = head_limits(&self.limits, &parts) {
@@ -253,6 +263,10 @@ impl Guard {
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else { continue };
+            // A body arriving is activity: an upload in progress is not the idlest connection.
+            if let Some(activity) = activity {
+                activity.touch();
+            }
             if bytes.len() + data.len() > self.body_max {
                 return Err(json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -68,7 +68,8 @@ impl ConnectionMetrics {
             Opts::new(
                 "kv_connections_closed_total",
                 "Connections closed by this process before the client did, by listener and reason (evicted: idle at \
-                 the connection cap; refused: the cap reached with every connection busy; tls_handshake; plain_http)",
+                 the connection cap; refused: the cap reached with every connection busy; idle: no request for \
+                 --idle-timeout; tls_handshake; plain_http)",
             ),
             &["listener", "reason"],
         )?;
@@ -79,6 +80,10 @@ impl ConnectionMetrics {
 
     fn closed(&self, listener: &str, reason: &str) {
         self.closed.with_label_values(&[listener, reason]).inc();
+    }
+
+    fn closed_counter(&self, listener: &str, reason: &str) -> prometheus::IntCounter {
+        self.closed.with_label_values(&[listener, reason])
     }
 }
 
@@ -94,6 +99,9 @@ struct Conn {
     last_active: AtomicU64,
     /// Cancelled to close it (gracefully: a request in progress finishes first).
     close: CancellationToken,
+    /// Cancelled to drop it at once: closed, and still open an idle period after its last
+    /// request ended (a client not reading its answer).
+    kill: CancellationToken,
 }
 
 /// The open connections of one listener.
@@ -131,6 +139,7 @@ impl Conns {
             heads: AtomicUsize::new(0),
             last_active: AtomicU64::new(self.now()),
             close: CancellationToken::new(),
+            kill: CancellationToken::new(),
         });
         open.insert(id, conn.clone());
         Some((id, conn, evicted))
@@ -150,6 +159,12 @@ impl Activity {
         self.0.heads.fetch_add(1, Ordering::Relaxed);
         self.0.last_active.store(self.1.now(), Ordering::Relaxed);
         Head(self.clone())
+    }
+
+    /// Records activity on the connection now (a request's body arriving), for the connection
+    /// cap's choice of the idlest connection.
+    pub fn touch(&self) {
+        self.0.last_active.store(self.1.now(), Ordering::Relaxed);
     }
 
     /// Marks a request in progress on the connection until the guard is dropped.
@@ -172,19 +187,25 @@ impl Drop for Head {
 /// Closes `conn` once it has had no request for `idle` (no head received since the last answer,
 /// or since it connected): an idle keep-alive connection, and a slow-loris client that trickles
 /// a head it never finishes. One timer per connection, looked at once per `idle` period (a
-/// timer per request cost the HTTP ceiling about 3%).
-async fn watchdog(conn: Arc<Conn>, conns: Arc<Conns>, idle: Duration) {
+/// timer per request cost the HTTP ceiling about 3%). A connection closed (by this or by the
+/// connection cap) that is still open an idle period after its last request ended, a client
+/// not reading its answer, is dropped (`kill`): nothing holds a connection without bound.
+async fn watchdog(conn: Arc<Conn>, conns: Arc<Conns>, idle: Duration, idle_closed: prometheus::IntCounter) {
     let idle_ms = idle.as_millis() as u64;
     loop {
         let due = conn.last_active.load(Ordering::Relaxed).saturating_add(idle_ms);
         let now = conns.now();
         let wait = if now < due {
             due - now
-        } else if conn.heads.load(Ordering::Relaxed) == 0 {
-            conn.close.cancel();
+        } else if conn.heads.load(Ordering::Relaxed) > 0 {
+            idle_ms // a request in progress: look again after it
+        } else if conn.close.is_cancelled() {
+            conn.kill.cancel();
             return;
         } else {
-            idle_ms // a request in progress: look again after it
+            idle_closed.inc();
+            conn.close.cancel();
+            idle_ms
         };
         tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
     }
@@ -302,7 +323,7 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        http(stream, router, limits, conn, conns, stop).await;
+        http(stream, router, limits, conn, conns, metrics.closed_counter(name, "idle"), stop).await;
         return;
     };
     // A TLS client speaks first, with a handshake record (0x16); anything else is most likely
@@ -329,7 +350,9 @@ async fn connection(
         accepted = tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)) => accepted,
     };
     match accepted {
-        Ok(Ok(stream)) => http(stream, router, limits, conn, conns, stop).await,
+        Ok(Ok(stream)) => {
+            http(stream, router, limits, conn, conns, metrics.closed_counter(name, "idle"), stop).await;
+        }
         Ok(Err(e)) => {
             metrics.closed(name, "tls_handshake");
             tracing::debug!(listener = name, error = %e, "TLS handshake failed");
@@ -346,11 +369,12 @@ async fn http<S>(
     limits: ConnectionLimits,
     conn: Arc<Conn>,
     conns: Arc<Conns>,
+    idle_closed: prometheus::IntCounter,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let watchdog = tokio::spawn(watchdog(conn.clone(), conns.clone(), limits.idle_timeout));
+    let watchdog = tokio::spawn(watchdog(conn.clone(), conns.clone(), limits.idle_timeout, idle_closed));
     let _watchdog = AbortOnDrop(watchdog);
     let activity = Activity(conn.clone(), conns);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -368,20 +392,34 @@ async fn http<S>(
         .keep_alive(true);
     let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
+    // The requests of this connection run on this task, inside `served`: while this task is in
+    // a branch below, no request starts or ends, so `in_flight` and `heads` cannot change
+    // between their check and what follows from it.
     let result = tokio::select! {
         result = served.as_mut() => result,
         () = conn.close.cancelled() => {
             // Evicted, or idle past the limit (or sending a request head or body): closed at
-            // once. With a request in progress it finishes first.
+            // once. With a request in progress it finishes first, its answer bounded by `kill`.
             if conn.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
             }
             served.as_mut().graceful_shutdown();
-            served.await
+            tokio::select! {
+                result = served.as_mut() => result,
+                () = conn.kill.cancelled() => return,
+            }
         }
         () = stop.cancelled() => {
+            // Shutting down: a connection with no request begun (idle, or a head still
+            // arriving) closes at once; one with a request lets it finish and be answered.
+            if conn.heads.load(Ordering::Relaxed) == 0 {
+                return;
+            }
             served.as_mut().graceful_shutdown();
-            served.await
+            tokio::select! {
+                result = served.as_mut() => result,
+                () = conn.kill.cancelled() => return,
+            }
         }
     };
     if let Err(e) = result {
