@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check fuzz bench bench-storage build bins release clean image test-docker test-scale-local
+.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-storage build bins release clean image test-docker test-scale-local
 
 CARGO ?= cargo
 
@@ -48,6 +48,12 @@ docs-check: bins
 # docs/openapi.yaml against a live 3-node cluster and gateway (schemathesis, in .venv).
 contract: bins
 	KV_BIN=./target/debug ./scripts/schemathesis.sh
+
+# deploy/prometheus and deploy/grafana: promtool check config and rules, the alert rules' unit
+# tests, every dashboard query parsed, every metric they name exported by the code
+# (scripts/check-observability.sh).
+observability-check:
+	./scripts/check-observability.sh
 
 # The Helm chart and deploy/k8s: lint, render (default values, 5 nodes over 3 zones, TLS),
 # validate every object (kubernetes-validate), assert its properties, test the hook scripts,

@@ -3,8 +3,9 @@
 # Stages: deps (install what the checks need), fmt, lint (clippy -D warnings), unit (build the
 # binaries and run every test with nextest), docs-check (the README's and docs/api.md's curl
 # examples against a real local cluster), contract (docs/openapi.yaml against a live cluster,
-# schemathesis), deploy (the Helm chart and deploy/k8s rendered, validated and scanned). Stops
-# at the first failing stage.
+# schemathesis), observability (alert rules and their tests, the dashboard's queries), deploy
+# (the Helm chart and deploy/k8s rendered, validated and scanned). Stops at the first failing
+# stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ run_stage() { # name make-target
   echo "== stage $name"
   make --no-print-directory "$target"
   status=$?
-  times+=("$(printf '%-11s %4ss' "$name" $(( $(date +%s) - start )))")
+  times+=("$(printf '%-13s %4ss' "$name" $(( $(date +%s) - start )))")
   if [ "$status" -ne 0 ]; then
     echo "== stage $name FAILED after $(( $(date +%s) - start ))s"
     summary
@@ -35,5 +36,6 @@ run_stage lint lint
 run_stage unit unit
 run_stage docs-check docs-check
 run_stage contract contract
+run_stage observability observability-check
 run_stage deploy deploy-check
 summary
