@@ -3,6 +3,7 @@
 #
 #   scripts/image.sh           (make image) the engine if needed, the base, the binaries, the image
 #   scripts/image.sh engine    only make sure a Docker engine and a compose command are there
+#   scripts/image.sh stop-engine  stop the dockerd `engine` started, and remove Docker's iptables rules
 #
 # Idempotent, step by step:
 #   1. Docker: installs Debian's docker.io (and docker-compose when neither `docker compose` nor
@@ -43,6 +44,10 @@ ensure_engine() {
     apt_install docker.io
   fi
   [ "$(id -u)" = 0 ] || die "no Docker engine answers and only root can start one here"
+  # Docker sets the FORWARD policy to DROP; the one before it is put back by stop-engine.
+  if command -v iptables >/dev/null 2>&1; then
+    iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" {print $3}' >/run/kvstore-forward-policy || true
+  fi
   say "starting dockerd (log /var/log/kvstore-dockerd.log)"
   # Detached from this shell's session and output, so that a caller waiting for our output to
   # close (CI) is not held open by the daemon.
@@ -161,7 +166,42 @@ build_image() {
   docker run --rm --entrypoint kvnode "$image" --version >&2
 }
 
+# Stops the dockerd `ensure_engine` started (its pid in /run/kvstore-dockerd.pid) and removes
+# the iptables rules and chains Docker made, which dockerd leaves behind when it exits (it makes
+# them again when it starts): a run that had to start an engine leaves the firewall as it found it.
+stop_engine() {
+  local pidfile=/run/kvstore-dockerd.pid pid table rule chain
+  [ -s "$pidfile" ] || { say "no dockerd started by this script"; return 0; }
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  rm -f "$pidfile"
+  command -v iptables >/dev/null 2>&1 || return 0
+  for table in filter nat; do
+    # Rules of the built-in chains that jump to Docker's chains or name its bridge.
+    iptables -t "$table" -S 2>/dev/null | grep -E '^-A (INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING) ' |
+      grep -E 'DOCKER|docker0|172\.17\.' | while read -r rule; do
+        # shellcheck disable=SC2086 # the rule's words are iptables arguments
+        iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
+      done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^DOCKER/ {print $2}'); do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^DOCKER/ {print $2}'); do
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+  if [ -s /run/kvstore-forward-policy ]; then
+    iptables -P FORWARD "$(cat /run/kvstore-forward-policy)" 2>/dev/null || true
+    rm -f /run/kvstore-forward-policy
+  fi
+  say "dockerd (pid $pid) stopped, its iptables rules removed"
+}
+
 case "${1:-build}" in
+  stop-engine)
+    stop_engine
+    ;;
   engine)
     ensure_engine
     say "compose command: $(compose_cmd)"
@@ -179,7 +219,7 @@ case "${1:-build}" in
     say "done in $((SECONDS - total)) s"
     ;;
   *)
-    echo "usage: scripts/image.sh [build|engine|compose-cmd]" >&2
+    echo "usage: scripts/image.sh [build|engine|stop-engine|compose-cmd]" >&2
     exit 2
     ;;
 esac
