@@ -395,26 +395,19 @@ async fn http<S>(
     // The requests of this connection run on this task, inside `served`: while this task is in
     // a branch below, no request starts or ends, so `in_flight` and `heads` cannot change
     // between their check and what follows from it.
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        () = conn.close.cancelled() => {
-            // Evicted, or idle past the limit (or sending a request head or body): closed at
-            // once. With a request in progress it finishes first, its answer bounded by `kill`.
-            if conn.in_flight.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            served.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = served.as_mut() => result,
-                () = conn.kill.cancelled() => return,
-            }
-        }
-        () = stop.cancelled() => {
-            // Shutting down: a connection with no request begun (idle, or a head still
-            // arriving) closes at once; one with a request lets it finish and be answered.
-            if conn.heads.load(Ordering::Relaxed) == 0 {
-                return;
-            }
+    let finished = tokio::select! {
+        result = served.as_mut() => Some(result),
+        // Evicted, or idle past the limit (or sending a request head or body): closed at once.
+        // With a request in progress it finishes first.
+        () = conn.close.cancelled() => (conn.in_flight.load(Ordering::Relaxed) == 0).then_some(Ok(())),
+        // Shutting down: a connection with no request begun (idle, or a head still arriving)
+        // closes at once; one with a request lets it finish and be answered.
+        () = stop.cancelled() => (conn.heads.load(Ordering::Relaxed) == 0).then_some(Ok(())),
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            // Gracefully, the answer bounded by `kill`.
             served.as_mut().graceful_shutdown();
             tokio::select! {
                 result = served.as_mut() => result,
