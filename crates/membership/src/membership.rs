@@ -347,15 +347,15 @@ impl Membership {
         let changed = *current != signature;
         if changed {
             *current = signature;
-            let topology = Arc::new(build_topology(&views));
-            if let Some(metrics) = &self.metrics {
-                metrics.ring(&topology);
-            }
-            self.topology.send_replace(topology);
+            self.topology.send_replace(Arc::new(build_topology(&views)));
         }
         drop(current);
         if changed {
             if let Some(metrics) = &self.metrics {
+                // Outside the lock (a walk over every range of the ring), from the newest
+                // topology published.
+                let topology = self.topology.borrow().clone();
+                metrics.ring(&topology);
                 let mut counts: BTreeMap<&str, i64> =
                     ["joining", "normal", "leaving", "left", "removed", "down"].iter().map(|s| (*s, 0)).collect();
                 for view in &views {
