@@ -72,6 +72,11 @@ pub async fn get(
     let [r] = quorum_params(&state, query, ["r"])?;
     formed(&state)?;
     let outcome = state.coordinator.get_with(key.clone(), r).await?;
+    // Client reads only (a DELETE's read of its context is not one).
+    let values = outcome.record.versions().iter().filter(|v| !v.tombstone).count();
+    if values > 0 {
+        state.coordinator.metrics().read_siblings.observe(values as f64);
+    }
     let mut response = read_response(&key, &outcome.record, &state.contexts);
     set_replicas(&mut response, outcome.answered.len(), outcome.replicas);
     Ok(response)

@@ -448,10 +448,6 @@ impl Coordinator {
             return Err(self.quorum_failure("get", tally.required(), answers.len(), replicas));
         }
         let record = merge_records(answers.iter().map(|(_, r)| r));
-        let values = record.versions().iter().filter(|v| !v.tombstone).count();
-        if values > 0 {
-            self.metrics.read_siblings.observe(values as f64);
-        }
         let answered = answers.into_iter().map(|(p, _)| p.id).collect();
         Ok(GetOutcome { record, answered, replicas })
     }

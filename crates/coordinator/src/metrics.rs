@@ -22,7 +22,7 @@ pub struct CoordinatorMetrics {
     /// or for want of one a replica that holds the write (`replica`), keeps as a hint;
     /// `none`: no node could keep it (anti-entropy must repair the replica).
     pub hints_written: IntCounterVec,
-    /// `kv_read_siblings`: values a successful read of an existing key returned (1: no
+    /// `kv_read_siblings`: values a successful client read of an existing key returned (1: no
     /// conflict; more: siblings the client must resolve).
     pub read_siblings: prometheus::Histogram,
 }
