@@ -97,14 +97,16 @@ except Exception:
 print(sum(m["status"] == "normal" for m in ms), sum(m["status"] in ("joining", "leaving") for m in ms))'
 }
 
-# Until the gateway lists exactly $1 normal members and none joining or leaving, and no node
+# Until the gateway lists at least $1 normal members and none joining or leaving, and no node
 # holds ranges it still has to hand off (kv_ranges_dropping 0 everywhere): a membership change
 # has settled.
 wait_settled() {
   local want=$1 counts i dropping
   for _ in $(seq 1 1200); do
     counts=$(member_counts)
-    if [ "$counts" = "$want 0" ]; then
+    # At least `want` normal members (another change made at the same time may add more) and
+    # none joining or leaving.
+    if [ "${counts#* }" = 0 ] && [ "${counts%% *}" -ge "$want" ] 2>/dev/null; then
       dropping=0
       for i in $(running_nodes); do
         d=$( (curl -fsS -m 2 "${curl_tls[@]}" "$scheme://127.0.0.1:$((base + 200 + i - 1))/metrics" 2>/dev/null || echo 'kv_ranges_dropping 1') |
@@ -130,17 +132,21 @@ case "$cmd" in
     [ -x "$bin/kvnode" ] || { echo "cluster.sh: $bin/kvnode missing; run cargo build --release --bins" >&2; exit 1; }
     live=$(running_nodes | wc -l)
     [ "$live" -gt 0 ] || { echo "cluster.sh: no node runs; start the cluster first" >&2; exit 1; }
-    # The next index past every node that runs or has a data directory.
+    # The next index past every node that runs or has a data directory, claimed by creating
+    # its data directory (mkdir is atomic): two `add`s run at once take two indexes.
     next=$( { running_nodes; for d in "$data"/n*/; do [ -d "$d" ] && basename "$d" | tr -d n; done; } | sort -n | tail -1)
     next=$((next + 1))
+    until mkdir "$data/n$next" 2>/dev/null; do next=$((next + 1)); done
     port=$((base + next - 1))
     join_seeds=$(node_seeds)
     start_one "n$next" "$data/run/n$next.pid" "$bin/kvnode" --node-id "n$next" --listen "127.0.0.1:$port" \
       --peer-listen "127.0.0.1:$((port + 100))" --admin-listen "127.0.0.1:$((port + 200))" \
       --data-dir "$data/n$next" --seeds "$join_seeds" --expect-nodes 1 --cluster-secret-file "$secret"
     wait_healthy "127.0.0.1:$((port + 200))"
+    # At least one more normal member and nothing changing: other joins (another `add` at the
+    # same time) settle with it.
     wait_settled $((live + 1))
-    echo "n$next joined: $((live + 1)) nodes normal (client 127.0.0.1:$port, peer :$((port + 100)), admin :$((port + 200)))"
+    echo "n$next joined: $(member_counts | cut -d' ' -f1) nodes normal (client 127.0.0.1:$port, peer :$((port + 100)), admin :$((port + 200)))"
     ;;
   remove)
     [ -x "$bin/kvctl" ] || { echo "cluster.sh: $bin/kvctl missing; run cargo build --release --bins" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# 3 -> 4 -> 3 nodes on this machine under a writing client, with scripts/cluster.sh (start,
-# add, remove, stop), and every acknowledged write read back afterwards: the local twin of
-# scripts/test-docker.sh.
+# 3 -> 5 -> 3 nodes on this machine under a writing client, with scripts/cluster.sh (start,
+# two adds at once, remove twice, stop), and every acknowledged write read back afterwards: the
+# local twin of scripts/test-docker.sh.
 #
 #   scripts/test-scale-local.sh        (make test-scale-local)
 #
@@ -72,11 +72,15 @@ python3 scripts/acked_writes.py write --url "$url" --acked "$work/acked" --stop-
 writer=$!
 sleep 3
 
-step "scale up: add a fourth node"
+step "scale up: add a fourth and a fifth node at the same time (two cluster.sh add at once)"
+scripts/cluster.sh add &
+first=$!
 scripts/cluster.sh add
+wait "$first"
 members
 
-step "scale down: decommission it"
+step "scale down: decommission them, one after the other"
+scripts/cluster.sh remove
 scripts/cluster.sh remove
 members
 sleep 3

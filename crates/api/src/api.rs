@@ -47,6 +47,7 @@ pub async fn put(
     let key = valid_key(key)?;
     let [w, pw] = quorum_params(&state, query, ["w", "pw"])?;
     formed(&state)?;
+    serving(&state).await?;
     let body = body.map_err(|e| body_error(e, state.max_value_bytes))?;
     if body.len() > state.max_value_bytes {
         return Err(ApiError::TooLarge { limit: state.max_value_bytes });
@@ -59,6 +60,7 @@ pub async fn put(
         tombstone: false,
     };
     let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
+    serving(&state).await?;
     Ok(written(&key, outcome, &state.contexts))
 }
 
@@ -71,7 +73,11 @@ pub async fn get(
     let key = valid_key(key)?;
     let [r] = quorum_params(&state, query, ["r"])?;
     formed(&state)?;
+    serving(&state).await?;
     let outcome = state.coordinator.get_with(key.clone(), r).await?;
+    // Checked again before the answer: a node paused while it read must not hand out data
+    // once it resumes unless it is still a member.
+    serving(&state).await?;
     // Client reads only (a DELETE's read of its context is not one).
     let values = outcome.record.versions().iter().filter(|v| !v.tombstone).count();
     if values > 0 {
@@ -94,13 +100,22 @@ pub async fn delete(
     let key = valid_key(key)?;
     let [w, pw] = quorum_params(&state, query, ["w", "pw"])?;
     formed(&state)?;
+    serving(&state).await?;
     let context = match headers.get(&X_CONTEXT) {
         Some(_) => context(&state, &key, &headers)?,
         None => state.coordinator.get(key.clone(), None).await?.record.context(),
     };
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
     let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
+    serving(&state).await?;
     Ok(written(&key, outcome, &state.contexts))
+}
+
+/// Refuses client requests while this process must not serve: it left or was removed, its
+/// clock is fenced, or after a gap in contact it cannot confirm it is still a member
+/// ([`kv_membership::Membership::confirm`]). Cheap when all is well (no exchange).
+async fn serving(state: &ApiState) -> Result<(), ApiError> {
+    state.membership.confirm().await.map_err(|e| ApiError::NotServing(e.to_string()))
 }
 
 /// Refuses client requests until the cluster has formed (`--expect-nodes`).

@@ -70,6 +70,11 @@ pub enum ApiError {
         /// `--expect-nodes`.
         expected: usize,
     },
+    /// This node does not serve now: it left or was removed, its clock is off from the
+    /// cluster's, or it cannot confirm that it is still a member (docs/consistency.md, rule 12).
+    /// Another node serves the request.
+    #[error("{0}")]
+    NotServing(String),
     /// A peer asked this node about a key or range it does not hold in its view.
     #[error("{0}")]
     Misdirected(String),
@@ -127,6 +132,7 @@ impl ApiError {
             ApiError::InsufficientReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "insufficient_replicas"),
             ApiError::Forming { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cluster_forming"),
             ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+            ApiError::NotServing(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
             ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
             ApiError::NotFoundKey => (StatusCode::NOT_FOUND, "not_found"),

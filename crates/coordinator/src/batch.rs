@@ -12,6 +12,13 @@
 //! - Replies come back in call order; a failed batch (peer unreachable, timeout) fails each of
 //!   its calls with the same [`ReplicaError`], exactly as separate calls would have failed.
 //! - A call whose caller gave up (timed out) before its batch left is not sent.
+//! - **A stalled peer fails fast.** Once the oldest batch in flight has gone unanswered for
+//!   `stall_after` (the peer is frozen, partitioned or badly overloaded), the calls queued
+//!   behind it, and every new call until it is answered, fail at once with
+//!   [`ReplicaError::NotSent`]: they were certainly not applied, so the coordinator asks the
+//!   next replica, a fallback keeps a hint, a read counts the others. Without this, calls
+//!   queued behind a frozen peer's batch failed with it after the whole replica timeout, as if
+//!   they might have been applied, and writes coordinated there were answered `503`.
 //!
 //! The queue is bounded ([`QUEUE_CALLS`]): callers wait when a peer falls that far behind,
 //! which is the backpressure the coordinator's per-call timeout turns into an error.
@@ -43,6 +50,49 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Calls queued per peer before callers wait.
 pub const QUEUE_CALLS: usize = 4096;
 
+/// How a [`Batcher`] paces one peer.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Batches in flight at once.
+    pub in_flight: usize,
+    /// How long the oldest batch in flight may go unanswered before the peer counts as stalled
+    /// and calls fail fast instead of queueing behind it.
+    pub stall_after: std::time::Duration,
+}
+
+/// The batches in flight to one peer, by when each was sent: what tells a stalled peer.
+#[derive(Default)]
+struct Flight {
+    next: std::sync::atomic::AtomicU64,
+    /// tokio's clock, which tests can pause.
+    sent: parking_lot::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
+}
+
+impl Flight {
+    fn begin(&self) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sent.lock().insert(id, tokio::time::Instant::now());
+        id
+    }
+
+    fn end(&self, id: u64) {
+        self.sent.lock().remove(&id);
+    }
+
+    /// How long the oldest batch in flight has gone unanswered, if one has for `stall_after`.
+    fn stalled(&self, stall_after: std::time::Duration) -> Option<std::time::Duration> {
+        let oldest = self.sent.lock().values().min().map(tokio::time::Instant::elapsed)?;
+        (oldest >= stall_after).then_some(oldest)
+    }
+}
+
+fn stalled_error(name: &str, waited: std::time::Duration) -> ReplicaError {
+    ReplicaError::NotSent(format!(
+        "{name}: a batch sent {} ms ago is unanswered (the peer is stalled); not sent",
+        waited.as_millis()
+    ))
+}
+
 /// Sends one batch and returns one reply per call, in order.
 pub type SendBatch = Arc<dyn Fn(Vec<Call>) -> BoxFuture<'static, Result<Vec<Reply>, ReplicaError>> + Send + Sync>;
 
@@ -52,16 +102,22 @@ type Waiter = oneshot::Sender<Result<Reply, ReplicaError>>;
 /// that worker under its supervisor ([`kv_worker::Supervisor`]).
 pub struct Batcher {
     queue: mpsc::Sender<(Call, Waiter)>,
+    flight: Arc<Flight>,
+    stall_after: std::time::Duration,
+    name: String,
 }
 
 impl Batcher {
     /// A queue named `name` (shown at `/admin/workers`) and the worker that sends its batches
-    /// with `send`, at most `in_flight` at a time, recording each batch's size in `sizes`.
-    pub fn new(name: String, send: SendBatch, in_flight: usize, sizes: Option<Histogram>) -> (Batcher, BatchWorker) {
+    /// with `send`, paced by `limits`, recording each batch's size in `sizes`.
+    pub fn new(name: String, send: SendBatch, limits: BatchLimits, sizes: Option<Histogram>) -> (Batcher, BatchWorker) {
         let (queue, calls) = mpsc::channel(QUEUE_CALLS);
-        let in_flight = in_flight.max(1);
+        let in_flight = limits.in_flight.max(1);
+        let flight = Arc::new(Flight::default());
         let worker = BatchWorker {
-            name,
+            name: name.clone(),
+            flight: flight.clone(),
+            stall_after: limits.stall_after,
             calls,
             next: None,
             closed: false,
@@ -72,11 +128,14 @@ impl Batcher {
             sizes,
             batches: 0,
         };
-        (Batcher { queue }, worker)
+        (Batcher { queue, flight, stall_after: limits.stall_after, name }, worker)
     }
 
-    /// Queues `call` and waits for its reply.
+    /// Queues `call` and waits for its reply; fails at once, unsent, while the peer is stalled.
     pub async fn call(&self, call: Call) -> Result<Reply, ReplicaError> {
+        if let Some(waited) = self.flight.stalled(self.stall_after) {
+            return Err(stalled_error(&self.name, waited));
+        }
         let (waiter, reply) = oneshot::channel();
         self.queue
             .send((call, waiter))
@@ -91,6 +150,8 @@ impl Batcher {
 /// [`ReplicaError::Unreachable`]).
 pub struct BatchWorker {
     name: String,
+    flight: Arc<Flight>,
+    stall_after: std::time::Duration,
     calls: mpsc::Receiver<(Call, Waiter)>,
     /// The call that woke the worker, not yet sent.
     next: Option<(Call, Waiter)>,
@@ -119,8 +180,27 @@ impl Worker for BatchWorker {
         let Some(first) = self.next.take() else {
             return Ok(if self.closed { WorkerState::Done } else { WorkerState::Idle });
         };
-        // Wait for a free slot before draining: whatever queues meanwhile joins this batch.
-        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        // Wait for a free slot before draining: whatever queues meanwhile joins this batch. If
+        // the peer stalls meanwhile, everything queued fails unsent instead of waiting on it.
+        let slot = loop {
+            let wait = match self.flight.stalled(std::time::Duration::ZERO) {
+                Some(oldest) => self.stall_after.saturating_sub(oldest),
+                None => self.stall_after,
+            };
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => break slot.map_err(|e| e.to_string())?,
+                () = tokio::time::sleep(wait.max(std::time::Duration::from_millis(1))) => {
+                    if let Some(waited) = self.flight.stalled(self.stall_after) {
+                        let error = stalled_error(&self.name, waited);
+                        let _ = first.1.send(Err(error.clone()));
+                        while let Ok((_, waiter)) = self.calls.try_recv() {
+                            let _ = waiter.send(Err(error.clone()));
+                        }
+                        return Ok(WorkerState::Idle);
+                    }
+                }
+            }
+        };
         let mut bytes = first.0.weight();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_CALLS && bytes < MAX_BATCH_BYTES {
@@ -137,10 +217,13 @@ impl Worker for BatchWorker {
         }
         self.batches += 1;
         let send = self.send.clone();
+        let flight = self.flight.clone();
+        let id = flight.begin();
         self.sending.spawn(async move {
             let (batch, waiters): (Vec<Call>, Vec<Waiter>) = batch.into_iter().unzip();
             let count = batch.len();
             let result = send(batch).await;
+            flight.end(id);
             drop(slot);
             match result {
                 Ok(replies) if replies.len() == count => {
@@ -181,7 +264,8 @@ mod tests {
 
     /// A batcher whose worker runs under a supervisor (the task outlives the handle).
     fn spawn(send: SendBatch, in_flight: usize, sizes: Option<Histogram>) -> Batcher {
-        let (batcher, worker) = Batcher::new("test".into(), send, in_flight, sizes);
+        let limits = BatchLimits { in_flight, stall_after: Duration::from_secs(1) };
+        let (batcher, worker) = Batcher::new("test".into(), send, limits, sizes);
         let supervisor = Supervisor::new();
         supervisor.spawn(Stage::Transport, worker);
         batcher
@@ -245,6 +329,47 @@ mod tests {
         for handle in handles {
             assert!(matches!(handle.await.unwrap(), Err(ReplicaError::Unreachable(m)) if m == "down"));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_behind_a_stalled_peer_fail_unsent_at_once() {
+        // A peer that answers its first batch only after 10 s (frozen), then at once.
+        let frozen = Arc::new(AtomicUsize::new(1));
+        let sent = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let send: SendBatch = {
+            let (frozen, sent) = (frozen.clone(), sent.clone());
+            Arc::new(move |calls: Vec<Call>| {
+                let (frozen, sent) = (frozen.clone(), sent.clone());
+                Box::pin(async move {
+                    sent.lock().push(calls.len());
+                    if frozen.swap(0, Ordering::SeqCst) == 1 {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    Ok(calls.iter().map(|_| Reply::Stored).collect())
+                })
+            })
+        };
+        let batcher = Arc::new(spawn(send, 1, None));
+        let in_flight = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(read("in-flight")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued behind the frozen batch: failed unsent once the stall is seen (1 s), not
+        // after the peer answers.
+        let started = tokio::time::Instant::now();
+        let queued = batcher.call(read("queued")).await;
+        assert!(matches!(&queued, Err(ReplicaError::NotSent(m)) if m.contains("stalled")), "{queued:?}");
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(1), "queued for {waited:?}");
+        // A new call while stalled: refused at once.
+        let started = tokio::time::Instant::now();
+        assert!(matches!(batcher.call(read("new")).await, Err(ReplicaError::NotSent(_))));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // The call in flight gets its real answer when the peer resumes; then calls flow again.
+        assert!(matches!(in_flight.await.unwrap(), Ok(Reply::Stored)));
+        assert!(matches!(batcher.call(read("after")).await, Ok(Reply::Stored)));
+        assert_eq!(*sent.lock(), vec![1, 1], "the queued and the refused calls were never sent");
     }
 
     #[tokio::test(start_paused = true)]

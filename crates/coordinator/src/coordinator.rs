@@ -36,6 +36,15 @@ pub struct Options {
     pub hinted_handoff: bool,
     /// This coordinator's zone, for `local_quorum`.
     pub zone: String,
+    /// How long a coordinate call the replica may have received is waited for (rule 6 of
+    /// docs/consistency.md): only its answer tells whether the write was applied, and a
+    /// replica that froze answers once it resumes (refusing the call if its deadline passed,
+    /// after which the next replica coordinates). Past it, `503 outcome_unknown`.
+    pub outcome_wait: Duration,
+    /// The clock skew the cluster accepts (`--auth-max-skew`): the tombstone collector's second
+    /// look waits it out on top of two replica timeouts, since the deadlines of stores still in
+    /// flight are judged by their receivers' clocks.
+    pub max_clock_skew: Duration,
 }
 
 /// Result of a write.
@@ -247,7 +256,8 @@ impl Coordinator {
         for index in order {
             let peer = &peers[index];
             let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
-            match self.call(Op::Coordinate, self.client.coordinate(peer, &key, &write, &ticket)).await {
+            let coordinate = self.client.coordinate(peer, &key, &write, &ticket);
+            match self.call_within(Op::Coordinate, self.options.outcome_wait, coordinate).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
                     break;
@@ -258,15 +268,21 @@ impl Coordinator {
                 Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
                     return Err(Error::TooManySiblings(message))
                 }
-                Err(ReplicaError::Refused { message, .. }) => {
-                    return Err(Error::Refused { node: peer.id.clone(), message })
-                }
                 // The attempt certainly created nothing: another replica may create the version.
-                Err(ReplicaError::NotOwner(reason) | ReplicaError::NotSent(reason)) => {
+                // (A `401`: the replica refused the signature before reading the call, e.g. our
+                // clocks differ by more than the skew it accepts.)
+                Err(
+                    ReplicaError::NotOwner(reason)
+                    | ReplicaError::NotSent(reason)
+                    | ReplicaError::Refused { status: 401, message: reason },
+                ) => {
                     tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
                 }
                 Err(ReplicaError::Failed { status: TOO_LATE, message }) => {
                     tracing::debug!(peer = %peer.id, %message, "replica refused a late write; trying the next")
+                }
+                Err(ReplicaError::Refused { message, .. }) => {
+                    return Err(Error::Refused { node: peer.id.clone(), message })
                 }
                 // The attempt may have created a version: a second replica would create another
                 // version of the same write, which a reader of one copy cannot supersede.
@@ -466,7 +482,7 @@ impl Coordinator {
     /// was still everywhere to supersede it, or it is dropped.
     pub async fn collect(self: &Arc<Self>, key: &[u8]) -> Result<bool, Error> {
         let Some((dots, peers)) = self.settled_tombstones(key, true).await? else { return Ok(false) };
-        tokio::time::sleep(self.options.replica_timeout * 2).await;
+        tokio::time::sleep(self.options.replica_timeout * 2 + self.options.max_clock_skew).await;
         // The same replicas, holding the same tombstones: those read are the ones purged.
         let peers = match self.settled_tombstones(key, false).await? {
             Some((again, read)) if again == dots && read == peers => read,
@@ -562,12 +578,22 @@ impl Coordinator {
         }
     }
 
-    /// One replica call with the timeout and metrics.
+    /// One replica call with the replica timeout and metrics.
     async fn call<T>(&self, op: Op, call: impl Future<Output = Result<T, ReplicaError>>) -> Result<T, ReplicaError> {
+        self.call_within(op, self.options.replica_timeout, call).await
+    }
+
+    /// One replica call with `timeout` and metrics.
+    async fn call_within<T>(
+        &self,
+        op: Op,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, ReplicaError>>,
+    ) -> Result<T, ReplicaError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.options.replica_timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
-            Err(_) => Err(ReplicaError::Unreachable(format!("no answer within {:?}", self.options.replica_timeout))),
+            Err(_) => Err(ReplicaError::Unreachable(format!("no answer within {timeout:?}"))),
         };
         let outcome = match &result {
             Ok(_) => 0,

@@ -22,6 +22,15 @@ pub const TOO_LATE: u16 = 504;
 /// happened (a counter above all it has issued): a forged or corrupted context (HTTP 422).
 pub const IMPOSSIBLE_CONTEXT: u16 = 422;
 
+/// What a scan refusal (a [`MISDIRECTED`] answer) says when the replica owns the range but is
+/// filling it (gaining it from its other owners, as the caller is): it is not one of the owners
+/// that can hold an acknowledged write the others lack, so a filler need not wait for it
+/// ([`crate::plan::copies_needed_without`]). Any other refusal (the source does not own the
+/// range in its view: its view lags behind the caller's, or leads it) is retried, never
+/// counted out: a source that has not yet learned it owns a range may be the only one that
+/// holds its writes (a join completing while a removal's gainers fill).
+pub const GAINING_TOO: &str = "filling it too: gaining it from its other owners";
+
 /// Status of a write refused because the replica would not keep the version it vouches for.
 pub const NOT_KEPT: u16 = 500;
 

@@ -98,6 +98,7 @@ fn member(id: &str, status: Status) -> MemberState {
         generation: 1,
         heartbeat: 1,
         suspects: Vec::new(),
+        formed: false,
     }
 }
 
@@ -168,6 +169,8 @@ fn api() -> &'static Api {
                 sloppy_quorum: true,
                 hinted_handoff: false,
                 zone: "z".into(),
+                outcome_wait: Duration::from_millis(100),
+                max_clock_skew: Duration::ZERO,
             };
             let coordinator = Coordinator::new(
                 Arc::new(Unreachable),

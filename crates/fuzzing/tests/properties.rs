@@ -88,6 +88,7 @@ proptest! {
             "replicas", "read-quorum", "write-quorum", "weight", "max-value-bytes", "tombstone-grace", "hint-max-age",
             "gossip-interval", "suspect-after", "max-connections", "idle-timeout", "max-siblings", "warn-siblings",
             "auth-max-skew", "insecure", "engine", "sync", "zone", "node-id", "seeds", "expect-nodes", "max-headers",
+            "max-clock-offset",
         ]),
         value in "-?[0-9]{1,20}|\"[ -~]{0,20}\"|true|false|\\[\\]|\\{\\}|1\\.5e9",
         rest in "[ -~\n]{0,80}",

@@ -97,6 +97,7 @@ fn start() -> Result<(), RunError> {
     let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
     let mut cluster = settings.cluster.validate().map_err(RunError::Startup)?;
     let security = settings.security.validate().map_err(RunError::Startup)?;
+    cluster.settle(server.request_timeout);
     let zone = settings.zone.or(file_zone).unwrap_or_else(|| "default".to_owned());
     kv_membership::validate_node_id(&zone).map_err(|e| RunError::Startup(format!("--zone: {e}")))?;
     cluster.coordinator.zone = zone;
@@ -127,6 +128,8 @@ fn start() -> Result<(), RunError> {
         let (membership, _) =
             Membership::new(None, None, cluster.suspect_after, Some(membership_metrics), cluster.expect_nodes)
                 .map_err(RunError::Startup)?;
+        // Measured, never fenced: a gateway stamps no version and judges no age.
+        membership.enable_clock(None, Some(kv_membership::ClockMetrics::register(&registry).map_err(metric_error)?));
         let options = TransportOptions {
             timeout: cluster.coordinator.replica_timeout,
             max_in_flight: cluster.max_replica_calls.get(),
@@ -134,12 +137,15 @@ fn start() -> Result<(), RunError> {
             local_address: Some(server.listen.ip()).filter(|ip| !ip.is_unspecified()),
             tls: tls.as_ref().map(|t| t.client_config()),
             pool_idle: server.limits.idle_timeout / 2,
+            gate: None,
+            on_not_member: None,
         };
         let transport = PeerTransport::new(options, Some(&registry)).map_err(RunError::Startup)?;
         let client = Arc::new(HttpReplicaClient::new(
             transport.clone(),
             supervisor.clone(),
-            cluster.batches_per_peer,
+            cluster.batch_limits(),
+            cluster.coordinator.outcome_wait,
             Some(coordinator_metrics.batch_calls.clone()),
         ));
         let coordinator =

@@ -391,7 +391,13 @@ fn s5_a_wiped_disk_is_a_new_actor() {
 #[test]
 fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
     const KEYS: usize = 10;
-    let (cluster, proxy) = Cluster::start_with_proxy(3, 1, &[], 0);
+    let (mut cluster, proxy) = Cluster::start_with_proxy(3, 0, &[], 0);
+    // The gateway waits for a coordinate call's answer up to half its request timeout (the
+    // answer alone says whether the write was applied); 4 s keeps this test's lost replies
+    // short.
+    cluster.gateway_args = vec!["--request-timeout".into(), "4s".into()];
+    cluster.add_gateway("g0");
+    cluster.wait_for_members(3);
     let g = cluster.gateways[0].url("");
     let c = client();
     let keys = keys_first_at(&["n1", "n2", "n3"], "n1", "s6", KEYS);
@@ -408,7 +414,9 @@ fn s6_a_write_whose_reply_is_lost_is_never_applied_twice() {
         keys.iter().zip(&firsts).map(|(key, ctx)| put(&c, &g, key, &format!("second-{key}"), ctx, 2).0).collect();
     let took = started.elapsed() / KEYS as u32;
     proxy.drop_replies(false);
-    std::thread::sleep(Duration::from_secs(1));
+    // The last batches whose replies were lost are given up after the gateway's outcome wait
+    // (2 s); until then n1 counts as stalled and calls to it fail fast.
+    std::thread::sleep(Duration::from_secs(3));
     // Repair spreads whatever exists, then a client overwrites what it read.
     let mut twice = Vec::new();
     let mut back = Vec::new();

@@ -117,6 +117,12 @@ pub struct MemberState {
     pub heartbeat: u64,
     /// Members this member suspects, with the heartbeat of theirs it last saw.
     pub suspects: Vec<(String, u64)>,
+    /// This member has seen the cluster formed (`--expect-nodes` normal members at once, or a
+    /// member that had). Set once, never cleared, kept across restarts: a cluster that formed
+    /// never forms again, whatever leaves, removals and restarts follow, and a process that
+    /// starts later learns it from any member's state. False in states recorded before.
+    #[serde(default)]
+    pub formed: bool,
 }
 
 impl MemberState {
@@ -137,6 +143,11 @@ pub struct Digest {
     pub states: Vec<MemberState>,
     /// (id, incarnation) pairs removed by an operator.
     pub removed: Vec<(String, u64)>,
+    /// The sender's wall clock when it sent this (ms since the epoch; 0: not given): the
+    /// caller of an exchange estimates each peer's clock offset from the answer's, as NTP does
+    /// (offset = answer's clock - midpoint of send and receipt).
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 /// A member as an observer sees it.
@@ -252,6 +263,22 @@ impl Gossip {
         }
     }
 
+    /// Marks our own state as having seen the cluster formed (bumping the heartbeat the first
+    /// time, so it spreads). Never undone.
+    pub fn set_formed(&mut self) {
+        if let Some(state) = self.me.as_ref().and_then(|me| self.members.get_mut(me)) {
+            if !state.formed {
+                state.formed = true;
+                state.heartbeat += 1;
+            }
+        }
+    }
+
+    /// Whether any state in this view (ours included, any status) says the cluster formed.
+    pub fn formed_known(&self) -> bool {
+        self.members.values().any(|m| m.formed)
+    }
+
     /// Records our store's counter lease (bumping the heartbeat when it grew, so it spreads).
     pub fn set_lease(&mut self, lease: u64) {
         if let Some(state) = self.me.as_ref().and_then(|me| self.members.get_mut(me)) {
@@ -311,7 +338,7 @@ impl Gossip {
 
     /// What a gossip exchange sends: every state and the removed set.
     pub fn digest(&self) -> Digest {
-        Digest { states: self.states(), removed: self.removed() }
+        Digest { states: self.states(), removed: self.removed(), clock_ms: 0 }
     }
 
     /// Merges a peer's [`Digest`]. Returns whether anything changed.

@@ -15,6 +15,7 @@ fn state(id: &str, generation: u64) -> MemberState {
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
+        formed: false,
     }
 }
 

@@ -22,7 +22,15 @@
 //!
 //! A new cluster *forms* before it serves clients: until a process has seen `--expect-nodes`
 //! normal members at once, client requests are answered `503 cluster_forming`
-//! ([`Membership::formed`]).
+//! ([`Membership::formed`]). Formed is gossiped and recorded: once any member saw it, every
+//! process (a restarted node, a new gateway) serves at once, whatever left since.
+//!
+//! A node is *fenced* when it must not act: a peer refused it as no longer a member (it left or
+//! was removed while it could not hear of it: [`Membership::fence`]), or its clock is off from
+//! most members' ([`clock`]). [`Membership::confirm`], called before a node answers a client or
+//! a replica call, refuses then, and after any gap in contact with the other members first
+//! exchanges views with them, so a node removed while it was paused learns so before it hands
+//! out anything (docs/consistency.md, rules 12 and 13).
 //!
 //! [`GossipDriver`] is the worker that runs the rounds: bump our heartbeat, exchange states with
 //! `--gossip-fanout` random live peers (and now and then with a seed, which heals partitions
@@ -33,12 +41,16 @@
 //! # Layout
 //! - [`membership`] — [`Membership`], [`GossipDriver`], [`MemberInfo`], the rings.
 //! - [`metrics`] — [`MembershipMetrics`].
+//! - [`clock`] — [`clock::ClockOffsets`]: peers' clock offsets from gossip, and the clock fence.
 
+pub mod clock;
 pub mod membership;
 pub mod metrics;
 
+pub use clock::ClockMetrics;
 pub use membership::{
-    owns_later, owns_now, resolve, ring_of, validate_state, GossipDriver, MemberInfo, MemberList, Membership, Probe,
+    owns_later, owns_now, resolve, ring_of, validate_state, Exchanger, GossipDriver, MemberInfo, MemberList,
+    Membership, NotServing, Probe,
 };
 pub use metrics::MembershipMetrics;
 

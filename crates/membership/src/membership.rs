@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use kv_transport::PeerTransport;
 use kv_worker::{Worker, WorkerState};
 
+use crate::clock::ClockOffsets;
 use crate::metrics::MembershipMetrics;
 use crate::validate_node_id;
 
@@ -119,6 +121,46 @@ pub struct Membership {
     stop: CancellationToken,
     /// Reads our store's counter lease, published every round ([`Membership::publish_lease`]).
     lease: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// When we last merged a peer's view (ms on `started`'s clock); `u64::MAX`: never.
+    last_contact_ms: AtomicU64,
+    /// What confirms our membership after a gap in contact ([`Membership::confirm`]).
+    confirmation: std::sync::OnceLock<Confirmation>,
+    /// One confirmation at a time; holds when the last one failed (ms), so that a burst of
+    /// requests after a gap waits for one exchange, not one each.
+    confirming: tokio::sync::Mutex<Option<u64>>,
+    /// Set when a peer refused us as no longer a member (we left or were removed): we stop.
+    fenced: std::sync::OnceLock<String>,
+    /// Peers' clock offsets and our clock fence ([`Membership::enable_clock`]).
+    clock: std::sync::OnceLock<ClockOffsets>,
+    /// Held while `members.json` is written.
+    persisting: Mutex<()>,
+}
+
+/// How [`Membership::confirm`] re-confirms our membership after a gap in contact.
+struct Confirmation {
+    exchanger: Exchanger,
+    /// Longest gap in contact after which we confirm before answering, ms.
+    after_ms: u64,
+}
+
+/// Why this process must not answer a request now ([`Membership::confirm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotServing {
+    /// It left the cluster, was removed, or a peer refused it as no longer a member.
+    NotMember(String),
+    /// It heard from no other member for longer than the contact limit, and could reach none
+    /// now: it cannot tell whether it is still a member.
+    NoContact(String),
+    /// Its clock is off from most members' by more than the bound the safety rules need.
+    ClockSkew(String),
+}
+
+impl std::fmt::Display for NotServing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotServing::NotMember(m) | NotServing::NoContact(m) | NotServing::ClockSkew(m) => f.write_str(m),
+        }
+    }
 }
 
 impl Membership {
@@ -136,8 +178,8 @@ impl Membership {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     recorded = match serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))? {
-                        Recorded::Digest { states, removed } => Digest { states, removed },
-                        Recorded::States(states) => Digest { states, removed: Vec::new() },
+                        Recorded::Digest { states, removed } => Digest { states, removed, clock_ms: 0 },
+                        Recorded::States(states) => Digest { states, removed: Vec::new(), clock_ms: 0 },
                     };
                     validate_digest(&recorded).map_err(|e| format!("{}: {e}", path.display()))?;
                 }
@@ -148,6 +190,11 @@ impl Membership {
         let previous = local.as_ref().and_then(|me| recorded.states.iter().find(|s| s.id == me.id)).cloned();
         let mut gossip = Gossip::new(local, suspect_after.as_millis() as u64, 0);
         gossip.merge_digest(recorded, 0);
+        // A cluster we saw formed stays formed across our restarts (on a wiped disk too: the
+        // cluster formed, whatever became of our data).
+        if previous.as_ref().is_some_and(|p| p.formed) {
+            gossip.set_formed();
+        }
         let membership = Membership {
             gossip: Mutex::new(gossip),
             topology: watch::channel(Arc::new(Topology::empty())).0,
@@ -159,6 +206,12 @@ impl Membership {
             formed: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
             lease: std::sync::OnceLock::new(),
+            last_contact_ms: AtomicU64::new(u64::MAX),
+            confirmation: std::sync::OnceLock::new(),
+            confirming: tokio::sync::Mutex::new(None),
+            fenced: std::sync::OnceLock::new(),
+            clock: std::sync::OnceLock::new(),
+            persisting: Mutex::new(()),
         };
         membership.refresh(true);
         Ok((Arc::new(membership), previous))
@@ -181,6 +234,146 @@ impl Membership {
         self.stop.clone()
     }
 
+    /// Exports peers' clock offsets in `metrics` and, with a `bound`, fences this member's
+    /// clock at it from the cluster's ([`crate::clock`]). Call before the first exchange; a
+    /// process given no bound (a gateway: it stamps no version) measures but is never fenced.
+    pub fn enable_clock(&self, bound: Option<Duration>, metrics: Option<crate::clock::ClockMetrics>) {
+        let _ = self.clock.set(ClockOffsets::new(bound, metrics));
+    }
+
+    fn clock(&self) -> &ClockOffsets {
+        self.clock.get_or_init(|| ClockOffsets::new(None, None))
+    }
+
+    /// Records a measurement of peer `id`'s clock (its clock minus ours, over a round trip of
+    /// `rtt_ms`).
+    pub fn record_clock(&self, id: &str, offset_ms: i64, rtt_ms: u64) {
+        if self.clock().record(id, offset_ms, rtt_ms) {
+            if self.clock().fenced() {
+                tracing::error!(
+                    median_offset_ms = self.clock().median_ms(),
+                    bound_ms = self.clock().bound_ms(),
+                    "this node's clock is off from most members' by more than the bound the safety rules allow: it \
+                     serves no client and no replica call until its clock agrees again (fix NTP)"
+                );
+            } else {
+                tracing::warn!("this node's clock agrees with the cluster's again: serving");
+            }
+        }
+    }
+
+    /// Whether this member's clock is fenced (off from most members' by more than the bound).
+    pub fn clock_fenced(&self) -> bool {
+        self.clock().fenced()
+    }
+
+    /// Whether the member `id` of storage `incarnation` may not act in the cluster any more: it
+    /// was removed, or it left. Returns what to tell it. A member we do not know yet (a new
+    /// joiner, before gossip brings it) is not refused.
+    pub fn not_a_member(&self, id: &str, incarnation: u64) -> Option<&'static str> {
+        let gossip = self.gossip.lock();
+        if gossip.is_removed(id, incarnation) {
+            return Some("removed");
+        }
+        match gossip.state(id) {
+            Some(state) if state.incarnation == incarnation && state.status == Status::Left => Some("left"),
+            Some(state) if state.incarnation == incarnation && state.status == Status::Removed => Some("removed"),
+            _ => None,
+        }
+    }
+
+    /// A peer refused us as no longer a member (we left or were removed while we could not
+    /// hear of it: paused, partitioned): we stop serving, and the process exits.
+    pub fn fence(&self, reason: String) {
+        if self.fenced.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "a peer refused this node as no longer a member of the cluster: it stops serving and exits");
+            self.stop.cancel();
+        }
+    }
+
+    /// Why a peer refused us as no longer a member, if one did.
+    pub fn fenced(&self) -> Option<String> {
+        self.fenced.get().cloned()
+    }
+
+    /// Lets [`Membership::confirm`] re-confirm our membership through `exchanger` after a gap of
+    /// `after` in contact with the other members.
+    pub fn enable_confirmation(&self, exchanger: Exchanger, after: Duration) {
+        let _ = self.confirmation.set(Confirmation { exchanger, after_ms: after.as_millis() as u64 });
+    }
+
+    /// Whether this process may answer a request now; called before a node answers a client or
+    /// a replica call (and again before it sends a client the answer). A member that left, was
+    /// removed, or was refused as no longer a member does not serve; nor does one whose clock is
+    /// fenced. And after any gap in contact (no peer's view merged for the contact limit: it was
+    /// paused, partitioned, or its host slept), it first exchanges views with its seeds and
+    /// members, so that a node removed while it could not hear of it learns so before it
+    /// answers anything: it must not hand out, or write back, data the cluster has deleted
+    /// since. A gateway (no member state) and a member alone in its view always may.
+    pub async fn confirm(&self) -> Result<(), NotServing> {
+        self.serving_now()?;
+        let Some(confirmation) = self.confirmation.get() else { return Ok(()) };
+        if self.in_contact(confirmation.after_ms) {
+            return Ok(());
+        }
+        let mut last_failure = self.confirming.lock().await;
+        // Another request may have confirmed while we waited.
+        if self.in_contact(confirmation.after_ms) {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let retry_ms = (confirmation.after_ms / 10).clamp(100, 1000);
+        if !last_failure.is_some_and(|at| now.saturating_sub(at) < retry_ms) {
+            tracing::info!("no contact with the cluster lately: confirming membership before serving");
+            confirmation.exchanger.probe(self).await;
+        }
+        self.serving_now()?;
+        if self.in_contact(confirmation.after_ms) {
+            *last_failure = None;
+            return Ok(());
+        }
+        *last_failure = Some(self.now_ms());
+        Err(NotServing::NoContact(format!(
+            "this node has heard from no other member for over {} ms and cannot reach one now: it cannot confirm \
+             that it is still a member, so it does not serve",
+            confirmation.after_ms
+        )))
+    }
+
+    /// [`Membership::confirm`]'s checks that need no exchange.
+    fn serving_now(&self) -> Result<(), NotServing> {
+        if let Some(reason) = self.fenced() {
+            return Err(NotServing::NotMember(reason));
+        }
+        let (status, removed) = {
+            let gossip = self.gossip.lock();
+            (gossip.my_state().map(|s| s.status), gossip.removed_me())
+        };
+        if removed || matches!(status, Some(Status::Left | Status::Removed)) {
+            let what = if removed { "was removed from" } else { "has left" };
+            return Err(NotServing::NotMember(format!("this node {what} the cluster")));
+        }
+        if self.clock_fenced() {
+            return Err(NotServing::ClockSkew(format!(
+                "this node's clock is {} ms off from most members' (at most {} ms allowed): fix its time source",
+                -self.clock().median_ms(),
+                self.clock().bound_ms()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether we merged a peer's view within `after_ms`, or have no other member to hear from.
+    fn in_contact(&self, after_ms: u64) -> bool {
+        let last = self.last_contact_ms.load(std::sync::atomic::Ordering::Acquire);
+        if last != u64::MAX && self.now_ms().saturating_sub(last) <= after_ms {
+            return true;
+        }
+        let gossip = self.gossip.lock();
+        let me = gossip.me().map(str::to_owned);
+        me.is_none() || !gossip.states().iter().any(|s| Some(&s.id) != me.as_ref() && s.status.is_member())
+    }
+
     /// Publishes the lease `source` reads (our store's counter lease) now and every round;
     /// `at_start` is the lease our store had recorded when this run opened it.
     pub fn publish_lease(&self, at_start: u64, source: impl Fn() -> u64 + Send + Sync + 'static) {
@@ -191,19 +384,37 @@ impl Membership {
         let _ = self.lease.set(Box::new(source));
     }
 
-    /// Whether the cluster has formed: `--expect-nodes` normal members were seen at once. Once
-    /// formed, always formed (a later failure is a degraded cluster, not a forming one).
+    /// Whether the cluster has formed: `--expect-nodes` normal members were seen at once, here
+    /// or by any member whose state we hold (it gossips `formed`, and records it across
+    /// restarts). Once formed, always formed: a later failure, leave, removal or restart makes
+    /// a degraded or smaller cluster, not a forming one. Evaluated on every change of the view
+    /// ([`Membership::refresh`]), not only when a request arrives.
     pub fn formed(&self) -> Result<(), (usize, usize)> {
         use std::sync::atomic::Ordering;
         if self.formed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let normal = self.gossip.lock().states().iter().filter(|s| s.status == Status::Normal).count();
-        if normal >= self.expect_nodes {
-            self.formed.store(true, Ordering::Release);
-            return Ok(());
+        let mut gossip = self.gossip.lock();
+        match self.check_formed(&mut gossip) {
+            Some(normal) => Err((normal, self.expect_nodes)),
+            None => Ok(()),
         }
-        Err((normal, self.expect_nodes))
+    }
+
+    /// Latches `formed` (and marks our own state, so it spreads) if the view shows the cluster
+    /// formed; otherwise returns how many normal members it shows.
+    fn check_formed(&self, gossip: &mut Gossip) -> Option<usize> {
+        use std::sync::atomic::Ordering;
+        let normal = gossip.states().iter().filter(|s| s.status == Status::Normal).count();
+        if normal < self.expect_nodes && !gossip.formed_known() {
+            return Some(normal);
+        }
+        if gossip.my_state().is_some_and(|me| !me.formed) {
+            gossip.set_formed();
+            tracing::info!(normal, expected = self.expect_nodes, "the cluster has formed");
+        }
+        self.formed.store(true, Ordering::Release);
+        None
     }
 
     fn now_ms(&self) -> u64 {
@@ -296,7 +507,8 @@ impl Membership {
         let removed: Vec<(String, u64)> =
             digest.removed.into_iter().take(MAX_REMOVED).filter(|(id, _)| validate_node_id(id).is_ok()).collect();
         let (was_removed, was_restored) = (self.removed_me(), self.restored_me());
-        let changed = self.gossip.lock().merge_digest(Digest { states, removed }, self.now_ms());
+        let changed = self.gossip.lock().merge_digest(Digest { states, removed, clock_ms: 0 }, self.now_ms());
+        self.last_contact_ms.store(self.now_ms(), std::sync::atomic::Ordering::Release);
         if !was_removed && self.removed_me() {
             tracing::error!("an operator removed this node from the cluster: it stops serving and exits");
             self.set_status(Status::Removed);
@@ -333,7 +545,14 @@ impl Membership {
         // Held until the topology is published: two refreshes racing (a gossip round and a
         // peer's exchange) must not publish an older view after a newer one.
         let mut current = self.signature.lock();
-        let views = self.gossip.lock().views(now);
+        // Formed is noticed as the view changes: a process that serves no request meanwhile
+        // still learns it (and records it), so it never waits for members that left since.
+        let (views, newly_formed) = {
+            let mut gossip = self.gossip.lock();
+            let newly_formed =
+                !self.formed.load(std::sync::atomic::Ordering::Acquire) && self.check_formed(&mut gossip).is_none();
+            (gossip.views(now), newly_formed)
+        };
         let signature: Signature = (
             views
                 .iter()
@@ -366,14 +585,17 @@ impl Membership {
                 }
             }
         }
-        if changed || persist {
+        if changed || persist || newly_formed {
             self.persist();
         }
     }
 
     fn persist(&self) {
         let Some(path) = &self.state_file else { return };
-        let Digest { states, removed } = self.digest();
+        // One writer at a time: two refreshes racing (a gossip round and a peer's exchange)
+        // shared the temporary file, and one's rename failed or installed the other's half.
+        let _writing = self.persisting.lock();
+        let Digest { states, removed, .. } = self.digest();
         let text = serde_json::to_string_pretty(&Recorded::Digest { states, removed }).unwrap_or_default();
         let tmp = path.with_extension("json.tmp");
         // Write then rename, so a crash never leaves a half-written file.
@@ -432,11 +654,95 @@ fn build_topology(views: &[MemberView]) -> Topology {
     Topology { ring, pending, addresses, down, leaving }
 }
 
+/// Exchanges views with peers: the gossip rounds' exchanges, the start-up probe and
+/// [`Membership::confirm`]'s. Every exchange also measures the peer's clock offset. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Exchanger {
+    seeds: Vec<String>,
+    transport: PeerTransport,
+}
+
+impl Exchanger {
+    /// Exchanges through `transport`, with `seeds` as the way in.
+    pub fn new(seeds: Vec<String>, transport: PeerTransport) -> Exchanger {
+        Exchanger { seeds, transport }
+    }
+
+    /// Exchanges digests with `targets` at once and merges the answers into `membership`;
+    /// returns how many answered.
+    async fn exchange_all(&self, membership: &Membership, mut targets: Vec<String>) -> Probe {
+        let me = membership.my_state().map(|s| s.address);
+        targets.retain(|t| Some(t) != me.as_ref());
+        targets.sort();
+        targets.dedup();
+        let digest = membership.digest();
+        let exchanges = targets.iter().map(|target| self.exchange(membership, target, &digest));
+        let mut probe = Probe::default();
+        for (target, result) in targets.iter().zip(futures::future::join_all(exchanges).await) {
+            match result {
+                Ok(digest) => {
+                    membership.merge(digest);
+                    probe.answered += 1;
+                }
+                Err(ReplicaError::Refused { status: 401, message }) => {
+                    tracing::warn!(%target, %message, "a peer refused this process's credentials (cluster secret)");
+                    probe.unauthorized.push((target.clone(), message));
+                }
+                Err(e) => tracing::debug!(%target, error = %e, "gossip exchange failed"),
+            }
+        }
+        probe
+    }
+
+    /// One exchange with every seed and every known member: a node learns whether it was
+    /// removed (and the cluster's latest state), and whether the cluster accepts its
+    /// credentials.
+    pub async fn probe(&self, membership: &Membership) -> Probe {
+        let mut targets: Vec<String> = Vec::new();
+        for seed in &self.seeds {
+            targets.extend(resolve(seed).await);
+        }
+        targets.extend(membership.states().into_iter().filter(|s| s.status.is_member()).map(|s| s.address));
+        self.exchange_all(membership, targets).await
+    }
+
+    /// One exchange with `target`, measuring its clock: from its answer, or from the clock it
+    /// gave when it refused our signature as too far from its own.
+    async fn exchange(&self, membership: &Membership, target: &str, digest: &Digest) -> Result<Digest, ReplicaError> {
+        let mut digest = digest.clone();
+        let sent = kv_transport::signer::now_ms();
+        digest.clock_ms = sent;
+        let result = self.transport.request(target, &digest).await;
+        let received = kv_transport::signer::now_ms();
+        let their_clock = match &result {
+            Ok(answer) => answer.clock_ms,
+            Err(ReplicaError::Refused { status: 401, message }) => refusal_clock(message),
+            Err(_) => 0,
+        };
+        if their_clock != 0 {
+            let id = membership.states().into_iter().find(|s| s.address == target).map(|s| s.id);
+            if let Some(id) = id {
+                let midpoint = sent / 2 + received / 2;
+                let offset = i64::try_from(their_clock).unwrap_or(i64::MAX) - i64::try_from(midpoint).unwrap_or(0);
+                membership.record_clock(&id, offset, received.saturating_sub(sent));
+            }
+        }
+        result
+    }
+}
+
+/// The clock a peer gave in a `401` refusing our signature as too far from its own
+/// (`"now_ms"` in the JSON body), or 0.
+fn refusal_clock(message: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(message).ok().and_then(|v| v["now_ms"].as_u64()).unwrap_or(0)
+}
+
 /// The gossip rounds, a [`Worker`]: each unit of work is one round.
 pub struct GossipDriver {
     membership: Arc<Membership>,
     seeds: Vec<String>,
-    transport: PeerTransport,
+    exchanger: Exchanger,
     tick: tokio::time::Interval,
     fanout: usize,
     rng: Rng,
@@ -460,7 +766,13 @@ impl GossipDriver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first round runs as the worker starts; the next one interval later, not at once.
         tick.reset();
-        GossipDriver { membership, seeds, transport, tick, fanout, rng: Rng::new(seed), answered: 0 }
+        let exchanger = Exchanger::new(seeds.clone(), transport);
+        GossipDriver { membership, seeds, exchanger, tick, fanout, rng: Rng::new(seed), answered: 0 }
+    }
+
+    /// What the driver exchanges with: for [`Membership::enable_confirmation`].
+    pub fn exchanger(&self) -> Exchanger {
+        self.exchanger.clone()
     }
 
     async fn round(&mut self) {
@@ -478,49 +790,14 @@ impl GossipDriver {
                 targets.push(addresses[self.rng.below(addresses.len())].clone());
             }
         }
-        self.answered = self.exchange_all(targets).await.answered;
-    }
-
-    /// Exchanges digests with `targets` at once and merges the answers; returns how many
-    /// answered.
-    async fn exchange_all(&self, mut targets: Vec<String>) -> Probe {
-        let me = self.membership.my_state().map(|s| s.address);
-        targets.retain(|t| Some(t) != me.as_ref());
-        targets.sort();
-        targets.dedup();
-        let digest = self.membership.digest();
-        let exchanges = targets.iter().map(|target| self.exchange(target, &digest));
-        let mut probe = Probe::default();
-        for (target, result) in targets.iter().zip(futures::future::join_all(exchanges).await) {
-            match result {
-                Ok(digest) => {
-                    self.membership.merge(digest);
-                    probe.answered += 1;
-                }
-                Err(ReplicaError::Refused { status: 401, message }) => {
-                    tracing::warn!(%target, %message, "a peer refused this process's credentials (cluster secret)");
-                    probe.unauthorized.push((target.clone(), message));
-                }
-                Err(e) => tracing::debug!(%target, error = %e, "gossip exchange failed"),
-            }
-        }
-        probe
+        self.answered = self.exchanger.exchange_all(&self.membership, targets).await.answered;
     }
 
     /// One exchange with every seed and every known member, before serving: a node learns
     /// whether it was removed (and the cluster's latest state) before it serves anything, and
     /// whether the cluster accepts its credentials.
     pub async fn probe(&self) -> Probe {
-        let mut targets: Vec<String> = Vec::new();
-        for seed in &self.seeds {
-            targets.extend(resolve(seed).await);
-        }
-        targets.extend(self.membership.states().into_iter().filter(|s| s.status.is_member()).map(|s| s.address));
-        self.exchange_all(targets).await
-    }
-
-    async fn exchange(&self, target: &str, digest: &Digest) -> Result<Digest, ReplicaError> {
-        self.transport.request(target, digest).await
+        self.exchanger.probe(&self.membership).await
     }
 }
 
@@ -564,5 +841,117 @@ pub async fn resolve(seed: &str) -> Vec<String> {
             tracing::debug!(seed, error = %e, "cannot resolve seed");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, status: Status) -> MemberState {
+        MemberState {
+            id: id.into(),
+            address: format!("127.0.0.1:{}", 7100 + id.len()),
+            zone: "z".into(),
+            weight: 1,
+            status,
+            incarnation: 7,
+            lease: 0,
+            run: 1,
+            generation: 1,
+            heartbeat: 1,
+            suspects: Vec::new(),
+            formed: false,
+        }
+    }
+
+    fn digest(states: Vec<MemberState>) -> Digest {
+        Digest { states, removed: Vec::new(), clock_ms: 0 }
+    }
+
+    #[test]
+    fn a_cluster_that_formed_never_forms_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members.json");
+        let open = || {
+            Membership::new(Some(state("n1", Status::Normal)), Some(file.clone()), Duration::from_secs(5), None, 3)
+                .unwrap()
+                .0
+        };
+        let n1 = open();
+        assert_eq!(n1.formed(), Err((1, 3)));
+        // Three normal members seen at once: formed, noticed as the view changes (no request
+        // needed), and our own state says so.
+        n1.merge(digest(vec![state("n2", Status::Normal), state("n3", Status::Normal)]));
+        assert!(n1.formed.load(std::sync::atomic::Ordering::Acquire), "noticed without a request");
+        assert!(n1.my_state().unwrap().formed);
+        // Two members leave: still formed.
+        let mut left = state("n3", Status::Left);
+        left.heartbeat = 2;
+        n1.merge(digest(vec![left]));
+        assert_eq!(n1.formed(), Ok(()));
+        // A restart on the same disk, seeing only itself and one other member: formed at once.
+        drop(n1);
+        let again = open();
+        assert_eq!(again.formed(), Ok(()));
+
+        // A process that never saw three normal members (a new gateway, a new node) learns it
+        // from any member's state.
+        let (gateway, _) = Membership::new(None, None, Duration::from_secs(5), None, 3).unwrap();
+        let mut n2 = state("n2", Status::Normal);
+        n2.formed = true;
+        gateway.merge(digest(vec![n2]));
+        assert_eq!(gateway.formed(), Ok(()));
+    }
+
+    #[test]
+    fn removed_and_left_members_are_not_members() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        n1.merge(digest(vec![state("n2", Status::Normal), state("n3", Status::Normal)]));
+        assert_eq!(n1.not_a_member("n2", 7), None);
+        assert_eq!(n1.not_a_member("n9", 7), None, "a member not known yet (a new joiner) is not refused");
+        n1.remove("n2").unwrap();
+        assert_eq!(n1.not_a_member("n2", 7), Some("removed"));
+        assert_eq!(n1.not_a_member("n2", 8), None, "the same id on a new disk is a new member");
+        let mut left = state("n3", Status::Left);
+        left.heartbeat = 2;
+        n1.merge(digest(vec![left]));
+        assert_eq!(n1.not_a_member("n3", 7), Some("left"));
+    }
+
+    #[tokio::test]
+    async fn a_member_confirms_after_a_gap_and_refuses_once_it_left_or_was_fenced() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        // Alone in its view: nothing to confirm with.
+        assert_eq!(n1.confirm().await, Ok(()));
+        // A peer's view merged just now: in contact.
+        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        assert_eq!(n1.confirm().await, Ok(()));
+        // Contact older than the limit, and no peer reachable: it cannot confirm.
+        let transport = PeerTransport::new(
+            kv_transport::TransportOptions {
+                timeout: Duration::from_millis(200),
+                max_in_flight: 4,
+                signer: kv_transport::Signer::new(&kv_transport::Secrets::insecure()),
+                local_address: None,
+                tls: None,
+                pool_idle: Duration::from_secs(1),
+                gate: None,
+                on_not_member: None,
+            },
+            None,
+        )
+        .unwrap();
+        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(_))));
+        // A peer's view merged again: serving.
+        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        assert_eq!(n1.confirm().await, Ok(()));
+        n1.fence("n2 refused this node: removed".into());
+        assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));
+        assert!(n1.stop_signal().is_cancelled());
     }
 }

@@ -91,8 +91,9 @@ pub struct Settings {
     /// then repaired by anti-entropy) [default: 1024].
     #[arg(long, env = "KV_HINT_MAX_MB")]
     pub hint_max_mb: Option<u64>,
-    /// Hints older than this are dropped undelivered and their keys left to anti-entropy; at
-    /// most half of --tombstone-grace [default: 3h, or a quarter of the grace if shorter].
+    /// Hints older than this are dropped undelivered and their keys left to anti-entropy; with
+    /// twice --max-clock-offset, below half of --tombstone-grace [default: 3h, or a quarter of
+    /// the grace if shorter].
     #[arg(long, env = "KV_HINT_MAX_AGE")]
     pub hint_max_age: Option<String>,
     /// Hints delivered per second, at most, so a returning node is not flooded [default: 2000].
@@ -296,6 +297,30 @@ impl Settings {
             return Err(format!("--warn-siblings: must be 1 to --max-siblings ({max_siblings}), got {warn_siblings}"));
         }
         let security = self.security.validate()?;
+        cluster.settle(server.request_timeout);
+        // docs/consistency.md, "Clocks": members that act differ by at most twice
+        // --max-clock-offset. A fallback takes a hint only of versions younger than half the
+        // grace minus --hint-max-age by its own clock, so versions stamped by a clock that far
+        // behind must still be taken; and signatures must accept any two members that agree
+        // with the cluster.
+        let skew = cluster.max_clock_offset * 2;
+        if hint_max_age + skew >= half_grace {
+            return Err(format!(
+                "--hint-max-age {hint_max_age:?} contradicts --tombstone-grace {:?} and --max-clock-offset {:?}: the \
+                 hint age plus twice the clock offset must stay below half the grace ({half_grace:?}), or a fallback \
+                 would refuse hints of fresh writes stamped by a clock behind its own; lower one of them or raise \
+                 --tombstone-grace",
+                cluster.coordinator.tombstone_grace, cluster.max_clock_offset
+            ));
+        }
+        if security.max_skew < skew {
+            return Err(format!(
+                "--auth-max-skew {:?} contradicts --max-clock-offset {:?}: signatures must accept twice the clock \
+                 offset two members may have ({skew:?}), or members whose clocks the cluster accepts would refuse \
+                 each other",
+                security.max_skew, cluster.max_clock_offset
+            ));
+        }
         Ok(Config {
             security,
             siblings: kv_replica::replica::SiblingLimits {

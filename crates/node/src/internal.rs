@@ -107,7 +107,9 @@ pub async fn gossip(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
     let digest: Digest = message(&body)?;
     // Our view as it was before the caller's: what it sends about itself cannot hide what we
     // knew of it (a node started on an older copy of its store learns of its later run so).
-    let reply = state.membership.digest();
+    let mut reply = state.membership.digest();
+    // Our clock, from which the caller measures its offset from ours.
+    reply.clock_ms = kv_transport::signer::now_ms();
     state.membership.merge(digest);
     Ok(binary(encode(&reply)))
 }

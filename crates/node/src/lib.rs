@@ -107,9 +107,51 @@ pub fn peer_router(state: Arc<NodeState>, verify: VerifyState) -> Router {
         .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
         .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
         .route(kv_coordinator::wire::MERKLE_PATH, post(internal::merkle))
+        // Inside the signature check: it runs on requests whose sender is known.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), members_only))
         .route_layer(axum::middleware::from_fn_with_state(verify, kv_transport::verify))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Middleware of the peer listener, after the signature check: a member that left or was
+/// removed (by the signature's `from`) is refused `410 not_a_member` whatever it asks, which
+/// makes it stop (it may have been paused, or partitioned, through its removal, and its copies
+/// predate deletes the cluster has purged since); and this node answers no replica call while
+/// it must not serve (`503 not_serving`: its clock is fenced, or after a gap in contact it
+/// cannot confirm it is still a member). Gossip passes: it is how a stale member learns.
+async fn members_only(
+    axum::extract::State(state): axum::extract::State<Arc<NodeState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if request.uri().path() == kv_coordinator::wire::GOSSIP_PATH {
+        return next.run(request).await;
+    }
+    let refuse = |status: StatusCode, code: &str, message: String| {
+        (status, axum::Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+    };
+    let sender = request.extensions().get::<kv_transport::signer::Signed>().and_then(|s| s.from.clone());
+    if let Some((id, incarnation)) = sender {
+        if let Some(what) = state.membership.not_a_member(&id, incarnation) {
+            state.metrics.refused_members.with_label_values(&[what]).inc();
+            return refuse(
+                StatusCode::GONE,
+                kv_transport::NOT_A_MEMBER,
+                format!(
+                    "{id} (storage incarnation {incarnation:016x}) {} the cluster: it must stop; to bring it back, start \
+                     it on an empty data directory",
+                    if what == "left" { "has left" } else { "was removed from" }
+                ),
+            );
+        }
+    }
+    if let Err(e) = state.membership.confirm().await {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, kv_transport::NOT_SERVING, e.to_string());
+    }
+    next.run(request).await
 }
 
 /// The node's own admin routes (merged into the admin listener with the shared ones).

@@ -27,6 +27,9 @@ pub struct NodeMetrics {
     pub disk_free: IntGauge,
     /// `kv_storage_disk_capacity_bytes`: size of that filesystem.
     pub disk_capacity: IntGauge,
+    /// `kv_refused_members_total{reason}`: peer requests refused because their sender left
+    /// (`left`) or was removed (`removed`).
+    pub refused_members: IntCounterVec,
     /// Replica refusals and amnesia.
     pub replica: ReplicaMetrics,
 }
@@ -62,6 +65,17 @@ impl NodeMetrics {
         )?;
         let disk_capacity =
             IntGauge::new("kv_storage_disk_capacity_bytes", "Size of the filesystem of the node's data directory")?;
+        let refused_members = IntCounterVec::new(
+            Opts::new(
+                "kv_refused_members_total",
+                "Peer requests refused because their sender left or was removed from the cluster",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["left", "removed"] {
+            refused_members.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(refused_members.clone()))?;
         registry.register(Box::new(ranges_dropping.clone()))?;
         registry.register(Box::new(disk_free.clone()))?;
         registry.register(Box::new(disk_capacity.clone()))?;
@@ -74,6 +88,7 @@ impl NodeMetrics {
             keys_dropped,
             keys_discarded,
             ranges_dropping,
+            refused_members,
             replica: ReplicaMetrics::register(registry)?,
         })
     }

@@ -32,7 +32,7 @@ impl NodeReplicaClient {
             let target = target.clone();
             Box::pin(async move { Ok(target.execute(calls).await) })
         });
-        let (batcher, worker) = Batcher::new("batch local".into(), send, remote.batches_per_peer(), batch_sizes);
+        let (batcher, worker) = Batcher::new("batch local".into(), send, remote.limits(), batch_sizes);
         supervisor.spawn(Stage::Transport, worker);
         NodeReplicaClient { local: (replica, batcher), remote }
     }

@@ -4,6 +4,11 @@
 //! occasions, each computed from the ring's ownership diff ([`kv_ring::diff()`]), so that only
 //! the ranges that must move do:
 //!
+//! Joins and leaves plan against the *pending ring* (normal and joining members: the ring once
+//! every move in progress completes), not the current ring with only our own change, so that
+//! any number of joins and leaves may run at once and each moves exactly the ranges its
+//! accepting set and every other member's follow (docs/consistency.md, rule 14).
+//!
 //! - **Join** (our status is `joining`): wait a few gossip rounds, so that coordinators know we
 //!   are joining and already send us new writes for our future ranges (the pending ring), then
 //!   *pull* every range we gain from **every** current owner that answers — at least R of them,
@@ -13,7 +18,8 @@
 //! - **Leave** (`leaving`, after `POST /admin/leave` or SIGTERM with `--leave-on-shutdown`):
 //!   wait the same few rounds, so that the new owners know they are gaining ranges and accept
 //!   them, then gather every range we lose from the other old owners (at least R copies with
-//!   ours) and *push* the merged copy to its new owners (`store-batch`); we keep serving reads
+//!   ours) and *push* the merged copy to its owners in the pending ring, joiners included
+//!   (`store-batch`); we keep serving reads
 //!   and writes meanwhile. Then we announce `left`, let it spread, and the process exits.
 //! - **Removal** (an operator declared a member permanently failed): every node *pulls* the
 //!   ranges it gains from **all** surviving old owners (at least R, or all there are), so each
@@ -43,7 +49,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use kv_membership::{owns_now, ring_of, Membership};
+use kv_membership::{owns_later, ring_of, Membership};
 use kv_replica::ownership::Ownership;
 use kv_worker::{Worker, WorkerState};
 use tokio::sync::watch;
@@ -134,8 +140,10 @@ pub struct RebalancerOptions {
 
 /// Why a copy from a source failed.
 enum CopyError {
-    /// The source does not hold the range completely (it is filling or dropping it, or does
-    /// not own it in its view).
+    /// The source owns the range but is filling it too ([`kv_coordinator::wire::GAINING_TOO`]):
+    /// it gained it as we did, so it is not one of the owners that can hold an acknowledged
+    /// write the others lack. (A source that does not own the range in its view is a
+    /// [`CopyError::Failed`]: its view lags or leads ours, and we retry.)
     NotComplete(String),
     /// Anything else: unreachable, a failed store here, shutting down.
     Failed(String),
@@ -273,8 +281,14 @@ impl Rebalancer {
         self.membership.my_state().map(|s| s.id).ok_or_else(|| "no own state".to_owned())
     }
 
-    /// The ring as it will be when our own status is `status`.
-    fn ring_with_me_as(&self, status: Status) -> Result<Ring, String> {
+    /// The ring once every move in progress completes (normal and joining members: the
+    /// pending ring), with our own status taken as `status`. Joins and leaves plan against it,
+    /// not against the current ring with only our own change applied: with other members
+    /// joining or leaving at the same time, the ranges we gain or lose are those of the pending
+    /// ring, which is also what our accepting set and every other member's follow (a joiner
+    /// that pulled ranges the pending ring gives another joiner refused its own pages for
+    /// ever).
+    fn pending_with_me_as(&self, status: Status) -> Result<Ring, String> {
         let me = self.me()?;
         let states = self.membership.states().into_iter().map(|mut s| {
             if s.id == me {
@@ -282,14 +296,15 @@ impl Rebalancer {
             }
             s
         });
-        Ok(ring_of(states, owns_now))
+        Ok(ring_of(states, owns_later))
     }
 
-    /// Pulls every range we gain once normal; returns what moved and the ranges pulled.
+    /// Pulls every range we gain once every move in progress completes; returns what moved and
+    /// the ranges pulled.
     async fn join(&self, shutdown: &CancellationToken) -> Result<(Moved, Intervals), String> {
         let me = self.me()?;
         let before = self.membership.topology().ring.clone();
-        let after = self.ring_with_me_as(Status::Normal)?;
+        let after = self.pending_with_me_as(Status::Normal)?;
         let moves = plan::gained_by(&before, &after, self.replicas, &me);
         let gained = Intervals::from_spans(moves.iter().map(|m| (m.lo, m.hi)));
         let needed = self.read_quorum;
@@ -528,7 +543,9 @@ impl Rebalancer {
             let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
             let page = match self.client.scan(source, request).await {
                 Ok(page) => page,
-                Err(ReplicaError::NotOwner(e)) => return Err(CopyError::NotComplete(e)),
+                Err(ReplicaError::NotOwner(e)) if e.contains(kv_coordinator::wire::GAINING_TOO) => {
+                    return Err(CopyError::NotComplete(e))
+                }
                 Err(e) => return Err(CopyError::Failed(e.to_string())),
             };
             let keys = page.entries.len() as u64;
@@ -552,7 +569,7 @@ impl Rebalancer {
     async fn leave(&self, shutdown: &CancellationToken) -> Result<Moved, String> {
         let me = self.me()?;
         let before = self.membership.topology().ring.clone();
-        let after = self.ring_with_me_as(Status::Left)?;
+        let after = self.pending_with_me_as(Status::Left)?;
         let moves = plan::lost_by(&before, &after, self.replicas, &me);
         // Our copy may lack writes the other owners acknowledged: merge theirs in first (with
         // ours, at least R copies), so the new owners get everything a quorum held.

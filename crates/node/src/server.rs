@@ -126,6 +126,9 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let engine =
         kv_storage::open(&dir, &config.storage, storage_metrics).map_err(|e| RunError::Startup(e.to_string()))?;
     let identity = engine.identity();
+    // Every request this node signs names it, so that peers refuse it once it has left or was
+    // removed (docs/consistency.md, rule 12).
+    signer.set_member(&node_id, identity.incarnation);
     // A store once found to be an older copy of itself stays refused, whatever peers say now.
     if let Some(marker) = engine.get_meta(RESTORED_META).map_err(|e| RunError::Startup(e.to_string()))? {
         let text = String::from_utf8_lossy(&marker).into_owned();
@@ -165,6 +168,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         generation,
         heartbeat: 0,
         suspects: Vec::new(),
+        formed: false,
     };
     let (membership, previous) = Membership::new(
         Some(me),
@@ -174,6 +178,8 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         config.cluster.expect_nodes,
     )
     .map_err(RunError::Startup)?;
+    let clock_metrics = kv_membership::ClockMetrics::register(&registry).map_err(metric_error)?;
+    membership.enable_clock(Some(config.cluster.max_clock_offset), Some(clock_metrics));
     let status = start_status(&node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())?;
     membership.set_status(status);
     // Our own state as last recorded, from a later run than our store: an older copy.
@@ -198,6 +204,11 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
             local_address: Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified()),
             tls: tls.as_ref().map(|t| t.client_config()),
             pool_idle: config.server.limits.idle_timeout / 2,
+            gate: Some(send_gate(&membership)),
+            on_not_member: Some({
+                let membership = membership.clone();
+                Arc::new(move |reason: String| membership.fence(reason))
+            }),
         },
         Some(&registry),
     )
@@ -205,7 +216,8 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let remote = Arc::new(HttpReplicaClient::new(
         transport.clone(),
         supervisor.clone(),
-        config.cluster.batches_per_peer,
+        config.cluster.batch_limits(),
+        config.cluster.coordinator.outcome_wait,
         Some(coordinator_metrics.batch_calls.clone()),
     ));
     let client = Arc::new(NodeReplicaClient::new(
@@ -223,6 +235,9 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         config.cluster.gossip_fanout,
         transport.clone(),
     );
+    // After a gap in contact (paused, partitioned), a node confirms it is still a member
+    // before it answers a client or a replica call: one removed meanwhile learns so first.
+    membership.enable_confirmation(gossip.exchanger(), config.cluster.suspect_after);
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data, and a node with the wrong secret learns that.
     let probe = gossip.probe().await;
@@ -338,7 +353,15 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let ready: ReadyCheck = {
         let membership = membership.clone();
         Arc::new(move || match membership.my_status() {
-            Some(Status::Normal) => Ok(()),
+            // Fenced (its clock is off, or a peer refused it as no longer a member), it serves
+            // nothing: not ready, so that a load balancer sends clients elsewhere.
+            Some(Status::Normal) if membership.clock_fenced() => {
+                Err("node is fenced: its clock is off from most members' clocks".into())
+            }
+            Some(Status::Normal) => match membership.fenced() {
+                Some(reason) => Err(format!("node is no longer a member: {reason}")),
+                None => Ok(()),
+            },
             Some(other) => Err(format!("node is {}", other.name())),
             None => Err("membership not known".into()),
         })
@@ -458,6 +481,25 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     Ok(())
 }
 
+/// What a node asks before it sends a peer anything but gossip: nothing once a peer refused it
+/// as no longer a member, nor while its clock is fenced (its stamps and its judgements of age
+/// would break the rules of docs/consistency.md, "Clocks").
+fn send_gate(membership: &Arc<Membership>) -> kv_transport::Gate {
+    let membership = membership.clone();
+    Arc::new(move || {
+        if let Some(reason) = membership.fenced() {
+            return Err(format!("this node is no longer a member: {reason}"));
+        }
+        if membership.removed_me() || membership.my_status() == Some(Status::Removed) {
+            return Err("this node was removed from the cluster".into());
+        }
+        if membership.clock_fenced() {
+            return Err("this node's clock is fenced: it is off from most members' clocks".into());
+        }
+        Ok(())
+    })
+}
+
 /// Largest body of an admin request (they carry none but a small JSON at most).
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
@@ -496,6 +538,14 @@ fn refuse_if_stopped(
 ) -> Result<(), RunError> {
     if membership.removed_me() {
         return Err(removed_error(node_id, identity.incarnation));
+    }
+    if let Some(reason) = membership.fenced() {
+        return Err(RunError::Startup(format!(
+            "node {node_id} (storage incarnation {:016x}) is no longer a member of the cluster ({reason}); it stopped \
+             without serving its old data. To bring this machine back, start it with an empty data directory: it \
+             joins as a new member",
+            identity.incarnation
+        )));
     }
     match membership.restored_me() {
         Some(known) => Err(restored(engine, node_id, identity, known)),

@@ -42,7 +42,7 @@ use parking_lot::RwLock;
 
 use kv_coordinator::wire::{
     counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, HintRequest, Reply,
-    HINTS_FULL,
+    GAINING_TOO, HINTS_FULL,
 };
 
 pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE, TOO_MANY_SIBLINGS};
@@ -60,6 +60,8 @@ pub struct ReplicaView {
     accepting: Intervals,
     complete: Intervals,
     coordinating: Intervals,
+    /// Owned now and not dropping, complete or filling.
+    owned: Intervals,
 }
 
 impl ReplicaView {
@@ -88,14 +90,26 @@ impl ReplicaView {
         filling: &Intervals,
     ) -> Self {
         let accepting = now.union(later).difference(dropping);
-        let complete = now.difference(filling).difference(dropping);
+        let owned = now.difference(dropping);
+        let complete = owned.difference(filling);
         let coordinating = if normal { complete.clone() } else { Intervals::new() };
-        ReplicaView { accepting, complete, coordinating }
+        ReplicaView { accepting, complete, coordinating, owned }
     }
 
     /// A view that owns nothing (before membership is known).
     pub fn nothing() -> Self {
-        ReplicaView { accepting: Intervals::new(), complete: Intervals::new(), coordinating: Intervals::new() }
+        ReplicaView {
+            accepting: Intervals::new(),
+            complete: Intervals::new(),
+            coordinating: Intervals::new(),
+            owned: Intervals::new(),
+        }
+    }
+
+    /// Whether the replica owns all of `[lo, hi]` now but is filling part of it (gaining it
+    /// from its other owners): why it refuses to serve a scan of it.
+    pub fn filling_range(&self, lo: u64, hi: u64) -> bool {
+        self.owned.covers(lo, hi) && !self.complete.covers(lo, hi)
     }
 
     /// Whether the replica stores writes and streams for the key at `hash`.
@@ -608,6 +622,9 @@ impl ReplicaCore {
     pub fn scan(&self, lo: u64, hi: u64, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, Refusal> {
         let view = self.view.read();
         if !view.serves_range(lo, hi) {
+            if view.filling_range(lo, hi) {
+                return Err(self.refuse("misdirected", MISDIRECTED, format!("range: {GAINING_TOO}")).into());
+            }
             return Err(self.misdirected("range").into());
         }
         let page = self.engine.scan(lo, hi, after, limit).map_err(|e| Refusal::from(storage_failed(&e)))?;

@@ -120,6 +120,8 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
         sloppy_quorum: true,
         hinted_handoff: true,
         zone: "z".into(),
+        outcome_wait: Duration::from_millis(500),
+        max_clock_skew: Duration::ZERO,
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
     (cluster, coordinator, ids)
@@ -256,6 +258,8 @@ async fn writes_also_reach_pending_owners_and_down_replicas_coordinate_last() {
         sloppy_quorum: true,
         hinted_handoff: true,
         zone: "z".into(),
+        outcome_wait: Duration::from_millis(500),
+        max_clock_skew: Duration::ZERO,
     };
     let coordinator = Coordinator::new(cluster.clone(), rx, options, CoordinatorMetrics::unregistered());
     // W = 2: a replica known down is not written to (it gets a hint), so W = 3 cannot be met.
@@ -304,6 +308,8 @@ async fn a_read_repair_expires_two_replica_timeouts_after_the_reads_were_sent() 
         sloppy_quorum: false,
         hinted_handoff: false,
         zone: "z".into(),
+        outcome_wait: Duration::from_millis(500),
+        max_clock_skew: Duration::ZERO,
     };
     let coordinator =
         Coordinator::with_clock(cluster.clone(), rx, options, CoordinatorMetrics::unregistered(), 7, clock.clone());

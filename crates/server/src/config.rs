@@ -135,6 +135,13 @@ pub struct ClusterSettings {
     /// this many normal members were seen at once (then never again) [default: 1].
     #[arg(long, env = "KV_EXPECT_NODES")]
     pub expect_nodes: Option<usize>,
+    /// A node whose clock is further than this from most members' (measured by every gossip
+    /// exchange) fences itself: it serves nothing until its clock agrees again. Tombstone
+    /// purges, hints and hand-offs compare clocks of different members, and hold while any two
+    /// differ by at most twice this: at most an eighth of --tombstone-grace [default: 1s, or a
+    /// sixteenth of --tombstone-grace if that is shorter].
+    #[arg(long, env = "KV_MAX_CLOCK_OFFSET")]
+    pub max_clock_offset: Option<String>,
 }
 
 /// Log output format.
@@ -201,6 +208,28 @@ pub struct ClusterConfig {
     pub suspect_after: Duration,
     /// Normal members needed before clients are served.
     pub expect_nodes: usize,
+    /// The clock fence: a node further than this from most members' clocks serves nothing.
+    pub max_clock_offset: Duration,
+}
+
+impl ClusterConfig {
+    /// How each peer's batches are paced: `--batches-per-peer` in flight, and a peer whose
+    /// oldest batch is unanswered for half the replica timeout counts as stalled (calls then go
+    /// elsewhere at once, with half the replica timeout left to do so; a batch slower than that
+    /// is far beyond a healthy peer's, even with fsyncs on a slow disk).
+    pub fn batch_limits(&self) -> kv_coordinator::batch::BatchLimits {
+        kv_coordinator::batch::BatchLimits {
+            in_flight: self.batches_per_peer,
+            stall_after: self.coordinator.replica_timeout / 2,
+        }
+    }
+
+    /// Completes the coordinator's options from the server's: a coordinate call's outcome is
+    /// waited for up to half of `request_timeout` (at least one replica timeout).
+    pub fn settle(&mut self, request_timeout: Duration) {
+        let options = &mut self.coordinator;
+        options.outcome_wait = (request_timeout / 2).max(options.replica_timeout);
+    }
 }
 
 /// Fills every unset field of `$top` from `$bottom`.
@@ -335,7 +364,8 @@ impl ClusterSettings {
             tombstone_grace,
             sloppy_quorum,
             hinted_handoff,
-            expect_nodes
+            expect_nodes,
+            max_clock_offset
         );
     }
 
@@ -405,8 +435,26 @@ impl ClusterSettings {
         if !(1..=1000).contains(&expect_nodes) {
             return Err(format!("--expect-nodes: must be 1 to 1000, got {expect_nodes}"));
         }
+        let max_clock_offset = match self.max_clock_offset.as_deref() {
+            Some(text) => duration_setting("--max-clock-offset", Some(text), "1s")?,
+            // A sixteenth: the default --hint-max-age (a quarter) plus twice this stays below
+            // half the grace.
+            None => (tombstone_grace / 16).min(Duration::from_secs(1)),
+        };
+        // docs/consistency.md, "Clocks": any two members that act differ by at most twice the
+        // offset, and the age rules of purges, hints and hand-offs hold while that is at most a
+        // quarter of the grace.
+        if max_clock_offset.is_zero() || max_clock_offset > tombstone_grace / 8 {
+            return Err(format!(
+                "--max-clock-offset {max_clock_offset:?} contradicts --tombstone-grace {tombstone_grace:?}: it must be \
+                 above zero and at most an eighth of the grace ({:?}), or a purged delete could come back through a \
+                 hint or a hand-off judged by a skewed clock; lower it or raise --tombstone-grace",
+                tombstone_grace / 8
+            ));
+        }
         Ok(ClusterConfig {
             expect_nodes,
+            max_clock_offset,
             seeds,
             coordinator: kv_coordinator::Options {
                 quorum,
@@ -416,6 +464,10 @@ impl ClusterSettings {
                 sloppy_quorum: self.sloppy_quorum.unwrap_or(true),
                 hinted_handoff: self.hinted_handoff.unwrap_or(true),
                 zone: "default".into(),
+                // Set from --request-timeout by the binaries ([`ClusterConfig::settle`]).
+                outcome_wait: replica_timeout,
+                // Two members that agree with the cluster differ by up to twice the offset.
+                max_clock_skew: max_clock_offset * 2,
             },
             max_replica_calls,
             batches_per_peer,

@@ -37,9 +37,9 @@ pub struct SecuritySettings {
     /// cluster. For a development cluster on one machine only.
     #[arg(long, env = "KV_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
-    /// How far a signed request's timestamp may be from this process's clock; also how long
-    /// signatures are remembered against replay. Clocks of the cluster must agree within it
-    /// [default: 30s].
+    /// How far a signed request's timestamp may be from this process's clock (clock offsets
+    /// plus the time a request spends queued); also how long signatures are remembered against
+    /// replay. At least twice --max-clock-offset [default: 30s].
     #[arg(long, env = "KV_AUTH_MAX_SKEW")]
     pub auth_max_skew: Option<String>,
     /// File of client tokens (`read TOKEN [name]` or `write TOKEN [name]` per line): the client

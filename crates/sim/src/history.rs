@@ -99,6 +99,12 @@ pub struct Counts {
     pub removals: u64,
     /// Disks wiped (the node rejoined as a new actor).
     pub wipes: u64,
+    /// Nodes paused through their removal, which resumed with their old store and view.
+    pub paused_removals: u64,
+    /// Membership changes that started while another was in progress.
+    pub concurrent_changes: u64,
+    /// Clocks set beyond the bound for a while (the node fenced itself).
+    pub clock_jumps: u64,
     /// Acknowledged writes checked at the end.
     pub checked_writes: u64,
     /// Live versions checked for resurrection.
@@ -134,6 +140,9 @@ impl Counts {
             leaves,
             removals,
             wipes,
+            paused_removals,
+            concurrent_changes,
+            clock_jumps,
             checked_writes,
             checked_versions,
             checked_moves,

@@ -47,4 +47,4 @@ pub mod run;
 pub mod world;
 
 pub use history::Counts;
-pub use run::{run_history, run_late_drop, run_regained_range, Config, Mutation, Report};
+pub use run::{run_history, run_late_drop, run_regained_range, run_skewed_drop, Config, Mutation, Report};

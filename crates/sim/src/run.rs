@@ -47,6 +47,16 @@ pub enum Mutation {
     /// A former owner hands off only the young versions of a key: the new owner holds a later
     /// dot of an actor without the earlier sibling it covers, and a reader's context drops it.
     HandOffYoungVersions,
+    /// Joins and leaves plan against the current ring with only their own change applied, not
+    /// against the ring once every move in progress completes: two joins at once each pull
+    /// ranges the other takes, and their own accepting sets refuse them (a livelock).
+    PlanAgainstCurrentRing,
+    /// Peers accept calls from a member that left or was removed: one paused through its
+    /// removal resumes and hands out copies that deletes purged since superseded.
+    AcceptRemovedSenders,
+    /// A node whose clock is off by more than the bound does not fence itself: its stamps and
+    /// its judgements of age break the rules that assume clocks agree within the bound.
+    NoClockFence,
 }
 
 /// One history's settings.
@@ -64,13 +74,33 @@ pub struct Config {
     pub keys: usize,
     /// Crashes, partitions, late and lost messages.
     pub faults: bool,
-    /// Joins, leaves, removals and wiped disks.
+    /// Joins, leaves, removals and wiped disks, several at once; a node paused through its
+    /// removal.
     pub membership: bool,
+    /// Clocks off the reference: every endpoint within the bound, and now and then a node far
+    /// beyond it for a while.
+    pub clocks: bool,
+    /// How long a front waits for a coordinate call's answer (kvnode's outcome wait), ms.
+    pub outcome_wait_ms: u64,
     /// A rule broken on purpose.
     pub mutation: Mutation,
 }
 
 impl Config {
+    /// A scripted history's settings: no random faults, membership changes or clock offsets,
+    /// and a front gives up on a coordinate call after one replica timeout (the scripts' timings
+    /// count on it).
+    pub fn scripted(mutation: Mutation) -> Config {
+        Config {
+            faults: false,
+            membership: false,
+            clocks: false,
+            outcome_wait_ms: TIMEOUT_MS,
+            mutation,
+            ..Config::new(0)
+        }
+    }
+
     /// The default shape of a history for `seed`.
     pub fn new(seed: u64) -> Config {
         Config {
@@ -81,6 +111,10 @@ impl Config {
             keys: 3,
             faults: true,
             membership: true,
+            clocks: true,
+            // Past the replica timeout, as kvnode's: late replies (the network delays messages
+            // up to three timeouts) come back, refused if past their deadline.
+            outcome_wait_ms: 2 * TIMEOUT_MS,
             mutation: Mutation::None,
         }
     }
@@ -108,6 +142,11 @@ const TIMEOUT_MS: u64 = 200;
 /// Tombstone grace: longer than any message may travel (stores carry a deadline of one replica
 /// timeout), short enough that purges race with client traffic.
 const GRACE_MS: u64 = 400;
+/// A node further than this from the reference clock fences itself (kvnode's
+/// `--max-clock-offset`): the most the rules allow, an eighth of the grace.
+const CLOCK_BOUND_MS: u64 = GRACE_MS / 8;
+/// The most two members that act differ by: twice the bound, a quarter of the grace.
+const MAX_SKEW_MS: u64 = 2 * CLOCK_BOUND_MS;
 
 /// Runs `history` on a single-threaded runtime whose clock only moves when every task waits.
 fn in_virtual_time(history: impl std::future::Future<Output = Report>) -> Report {
@@ -155,17 +194,26 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
         timeout_ms: TIMEOUT_MS,
         grace_ms: GRACE_MS,
         faults: config.faults,
+        clock_bound_ms: CLOCK_BOUND_MS,
         mutation: config.mutation,
     });
     for i in 1..=config.nodes {
         world.add_node(&format!("n{i}"), &format!("z{}", i % 2), Status::Normal);
     }
+    if config.clocks {
+        // Every clock anywhere within the bound: the rules must hold for any skew accepted.
+        let bound = CLOCK_BOUND_MS as i64;
+        for id in (1..=config.nodes).map(|i| format!("n{i}")).chain(["f0".to_owned(), "f1".to_owned()]) {
+            let offset = world.rng(|r| r.between(0, 2 * bound as u64) as i64 - bound);
+            world.set_offset(&id, offset);
+        }
+    }
     let fronts: Vec<Arc<Coordinator>> = (0..2)
         .map(|f| {
             let net = Arc::new(Net::new(world.clone(), &format!("f{f}")));
             let clock = {
-                let world = world.clone();
-                Arc::new(move || world.now_ms())
+                let (world, id) = (world.clone(), format!("f{f}"));
+                Arc::new(move || world.clock_ms(&id))
             };
             let options = Options {
                 quorum: Quorum::new(N, R, W).expect("invariant: valid quorum"),
@@ -177,6 +225,8 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
                 sloppy_quorum: false,
                 hinted_handoff: true,
                 zone: "default".into(),
+                outcome_wait: Duration::from_millis(config.outcome_wait_ms),
+                max_clock_skew: Duration::from_millis(MAX_SKEW_MS),
             };
             let instance = world.rng(|r| r.next_u64());
             Coordinator::with_clock(
@@ -190,6 +240,7 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
         })
         .collect();
     world.publish(true);
+    world.set_collectors(fronts.clone());
     (world, fronts)
 }
 
@@ -239,7 +290,7 @@ pub fn run_regained_range(mutation: Mutation) -> Report {
 }
 
 async fn regained_range(mutation: Mutation) -> Report {
-    let config = Config { faults: false, membership: false, mutation, ..Config::new(0) };
+    let config = Config::scripted(mutation);
     let (world, fronts) = cluster(&config);
     let Some((index, first, ahead)) = key_lost_to_n5() else {
         return Report { seed: 0, counts: Counts::default(), violations: vec!["no key moves".into()] };
@@ -312,17 +363,26 @@ fn key_lost_to_n5() -> Option<(usize, String, Vec<String>)> {
 /// key from it, and the delete, older than the grace, is purged from the new owners. Then `X`
 /// restarts and drops the range: its copy of the deleted value must not be handed back.
 pub fn run_late_drop(mutation: Mutation) -> Report {
-    in_virtual_time(late_drop(mutation))
+    in_virtual_time(late_drop(mutation, false))
 }
 
-async fn late_drop(mutation: Mutation) -> Report {
-    let config = Config { faults: false, membership: false, mutation, ..Config::new(0) };
+/// [`run_late_drop`] with the former owner's clock stepped back by the value's age when it
+/// restarts (a second, far beyond the bound): judged by its clock, the deleted value is young
+/// enough to hand back. It must fence itself until its clock agrees with the cluster's again (the history
+/// puts every clock back on the reference as it quiesces).
+pub fn run_skewed_drop(mutation: Mutation) -> Report {
+    in_virtual_time(late_drop(mutation, true))
+}
+
+async fn late_drop(mutation: Mutation, skewed: bool) -> Report {
+    let config = Config::scripted(mutation);
     let (world, fronts) = cluster(&config);
     let Some((index, first, _)) = key_lost_to_n5() else {
         return Report { seed: 0, counts: Counts::default(), violations: vec!["no key moves".into()] };
     };
     let keys: Vec<Vec<u8>> = (0..=index).map(key).collect();
     let front = &fronts[0];
+    let written = world.now_ms();
     write(&world, front, index, "value".into(), VClock::new(), Vec::new(), false, N).await;
     let held = world.record(&first, &key(index));
     world.partition("f0", &first);
@@ -336,6 +396,9 @@ async fn late_drop(mutation: Mutation) -> Report {
     let _ = front.collect(&key(index)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     world.trace(|| format!("the delete is purged; {first} restarts and drops what it lost"));
+    if skewed {
+        world.set_offset(&first, -((world.now_ms() - written) as i64));
+    }
     world.restart(&first);
     tokio::time::sleep(Duration::from_millis(crate::world::VIEW_LAG_MS + 5)).await;
     for _ in 0..20 {
@@ -350,6 +413,8 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     let mut problems = Vec::new();
     world.calm();
     world.heal_all();
+    // Clocks agree again (a fenced node serves again): what remains must be correct.
+    world.reset_clocks();
     for id in world.members(&[Status::Normal, Status::Joining, Status::Leaving]) {
         world.restart(&id);
     }
@@ -506,19 +571,34 @@ async fn write(
     }
 }
 
-/// Crashes, partitions and membership changes until the clients are done.
+/// A membership change in progress, as the fault task tracks it.
+struct Change {
+    /// The member it acts on (the new one, for a join).
+    id: String,
+    /// Whether it takes a member out (a leave, a removal).
+    shrinks: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Crashes, partitions, clock jumps and membership changes until the clients are done. Up to
+/// three membership changes run at once (joins started together, a leave while a node joins,
+/// a removal during either), as operators and autoscalers make them.
 async fn faults(world: Arc<World>, done: Arc<AtomicBool>, config: Config, keys: Vec<Vec<u8>>) {
-    let mut changes_left = if config.membership { 2 } else { 0 };
+    let mut changes_left = if config.membership { 3 } else { 0 };
     let mut loss_left = 1;
     let mut next_id = config.nodes + 1;
+    let mut running: Vec<Change> = Vec::new();
     while !done.load(Ordering::Acquire) {
-        let (pause, roll, choice) = world.rng(|r| (r.between(20, 150), r.below(100), r.below(4)));
+        let (pause, roll, choice) = world.rng(|r| (r.between(20, 150), r.below(100), r.below(6)));
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        running.retain(|c| !c.task.is_finished());
         if !config.faults && changes_left == 0 {
             continue;
         }
-        let normal = world.members(&[Status::Normal]);
-        if config.faults && roll < 45 {
+        let busy: Vec<String> = running.iter().map(|c| c.id.clone()).collect();
+        let normal: Vec<String> =
+            world.members(&[Status::Normal]).into_iter().filter(|id| !busy.contains(id)).collect();
+        if config.faults && roll < 40 {
             let Some(victim) = world.rng(|r| r.pick(&normal).cloned()) else { continue };
             world.crash(&victim);
             let downtime = world.rng(|r| r.between(30, 400));
@@ -527,7 +607,7 @@ async fn faults(world: Arc<World>, done: Arc<AtomicBool>, config: Config, keys: 
                 tokio::time::sleep(Duration::from_millis(downtime)).await;
                 world.restart(&victim);
             });
-        } else if config.faults && roll < 75 {
+        } else if config.faults && roll < 70 {
             let endpoints: Vec<String> = ["f0".to_owned(), "f1".to_owned()].into_iter().chain(normal.clone()).collect();
             let (a, b, heal_after) =
                 world.rng(|r| (r.pick(&endpoints).cloned(), r.pick(&normal).cloned(), r.between(30, 400)));
@@ -541,34 +621,83 @@ async fn faults(world: Arc<World>, done: Arc<AtomicBool>, config: Config, keys: 
                 tokio::time::sleep(Duration::from_millis(heal_after)).await;
                 world.heal(&a, &b);
             });
-        } else if changes_left > 0 {
+        } else if config.clocks && roll < 76 {
+            // A node's clock steps far beyond the bound (a bad NTP step) for a while, then back.
+            let Some(victim) = world.rng(|r| r.pick(&normal).cloned()) else { continue };
+            let bound = CLOCK_BOUND_MS as i64;
+            let (jump, back, lasts) = world.rng(|r| {
+                let size = r.between(3 * CLOCK_BOUND_MS, 12 * CLOCK_BOUND_MS) as i64;
+                let sign = if r.chance(50) { 1 } else { -1 };
+                (sign * size, r.between(0, 2 * CLOCK_BOUND_MS) as i64 - bound, r.between(50, 600))
+            });
+            world.set_offset(&victim, jump);
+            world.history(|h| h.counts.clock_jumps += 1);
+            let world = world.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(lasts)).await;
+                world.set_offset(&victim, back);
+            });
+        } else if changes_left > 0 && running.len() < 3 {
             changes_left -= 1;
-            let can_shrink = normal.len() > N;
-            match choice {
+            if !running.is_empty() {
+                world.history(|h| h.counts.concurrent_changes += 1);
+            }
+            // Members left once every change in progress completes: a leave or a removal
+            // starts only if more than N would remain after it.
+            let shrinking = running.iter().filter(|c| c.shrinks).count();
+            let can_shrink = world.members(&[Status::Normal]).len().saturating_sub(shrinking) > N;
+            let start = |world: &Arc<World>, id: String, shrinks: bool, what: u64| {
+                let (w, keys, target) = (world.clone(), keys.clone(), id.clone());
+                let task = tokio::spawn(async move {
+                    match what {
+                        0 => {
+                            let zone = format!("z{}", target.trim_start_matches('n').parse::<usize>().unwrap_or(0) % 2);
+                            w.join(&target, &zone, &keys).await
+                        }
+                        1 => w.leave(&target, &keys).await,
+                        2 => w.remove(&target, &keys).await,
+                        3 => w.wipe(&target, &keys).await,
+                        _ => {
+                            let pause_ms = w.rng(|r| r.between(GRACE_MS + 100, 3 * GRACE_MS));
+                            w.pause_remove(&target, &keys, pause_ms).await
+                        }
+                    }
+                });
+                Change { id, shrinks, task }
+            };
+            // A change on an existing member: (what, whether it shrinks, whether it loses a disk).
+            let on_member = match choice {
                 0 => {
-                    let id = format!("n{next_id}");
+                    running.push(start(&world, format!("n{next_id}"), false, 0));
                     next_id += 1;
-                    world.join(&id, &format!("z{}", next_id % 2), &keys).await;
+                    None
                 }
-                1 if can_shrink => {
-                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
-                        world.leave(&id, &keys).await;
+                // Two nodes started at the same moment.
+                1 if running.len() < 2 => {
+                    for _ in 0..2 {
+                        running.push(start(&world, format!("n{next_id}"), false, 0));
+                        next_id += 1;
                     }
+                    world.history(|h| h.counts.concurrent_changes += 1);
+                    None
                 }
-                2 if can_shrink && loss_left > 0 => {
+                2 if can_shrink => Some((1, true, false)),
+                3 if can_shrink && loss_left > 0 => Some((2, true, true)),
+                4 if loss_left > 0 => Some((3, false, true)),
+                5 if can_shrink && loss_left > 0 => Some((4, true, true)),
+                _ => None,
+            };
+            if let Some((what, shrinks, loses)) = on_member {
+                if loses {
                     loss_left -= 1;
-                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
-                        world.remove(&id, &keys).await;
-                    }
                 }
-                3 if loss_left > 0 => {
-                    loss_left -= 1;
-                    if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
-                        world.wipe(&id, &keys).await;
-                    }
+                if let Some(id) = world.rng(|r| r.pick(&normal).cloned()) {
+                    running.push(start(&world, id, shrinks, what));
                 }
-                _ => {}
             }
         }
+    }
+    for change in running {
+        let _ = change.task.await;
     }
 }

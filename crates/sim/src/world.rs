@@ -79,6 +79,9 @@ struct State {
     published: u64,
     /// Per node: the sequence number of the topology its view was built from.
     adopted: BTreeMap<String, u64>,
+    /// Each endpoint's clock offset from the reference clock, ms (nodes and fronts; 0 if
+    /// absent).
+    offsets: BTreeMap<String, i64>,
     history: History,
 }
 
@@ -97,7 +100,10 @@ pub struct WorldConfig {
     pub grace_ms: u64,
     /// Network faults (slow, late and lost messages).
     pub faults: bool,
-    /// A rule deliberately broken.
+    /// A node whose clock is further than this from the reference fences itself: it answers
+    /// no call and does no background work (kvnode's clock fence, `--max-clock-offset`).
+    pub clock_bound_ms: u64,
+    /// A rule broken on purpose.
     pub mutation: Mutation,
 }
 
@@ -111,6 +117,9 @@ pub struct World {
     trace: bool,
     /// Set once the history quiesces: no more slow or lost messages.
     calm: std::sync::atomic::AtomicBool,
+    /// The fronts, whose tombstone collectors a pause-across-removal runs while the node is
+    /// paused (as the nodes' collectors run every `--gc-interval`).
+    collectors: Mutex<Vec<Arc<kv_coordinator::Coordinator>>>,
 }
 
 /// What happened to a message at its destination.
@@ -139,6 +148,7 @@ impl World {
             fronts: Vec::new(),
             published: 0,
             adopted: BTreeMap::new(),
+            offsets: BTreeMap::new(),
             history: History::default(),
         };
         let trace = std::env::var("KV_SIM_TRACE").is_ok_and(|v| v == "1");
@@ -148,7 +158,13 @@ impl World {
             epoch: tokio::time::Instant::now(),
             trace,
             calm: std::sync::atomic::AtomicBool::new(false),
+            collectors: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The fronts whose collectors run while a removed node is paused.
+    pub fn set_collectors(&self, fronts: Vec<Arc<kv_coordinator::Coordinator>>) {
+        *self.collectors.lock() = fronts;
     }
 
     /// Prints an event with the virtual time, in trace mode.
@@ -158,9 +174,44 @@ impl World {
         }
     }
 
-    /// Virtual wall-clock ms.
+    /// Virtual wall-clock ms of the reference clock.
     pub fn now_ms(&self) -> u64 {
         1_000_000 + self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Endpoint `id`'s wall clock: the reference plus its offset.
+    pub fn clock_ms(&self, id: &str) -> u64 {
+        let offset = self.state.lock().offsets.get(id).copied().unwrap_or(0);
+        self.now_ms().saturating_add_signed(offset)
+    }
+
+    /// Sets endpoint `id`'s clock offset from the reference, ms.
+    pub fn set_offset(&self, id: &str, offset_ms: i64) {
+        self.trace(|| format!("clock of {id} set {offset_ms:+} ms off"));
+        self.state.lock().offsets.insert(id.to_owned(), offset_ms);
+    }
+
+    /// Every clock back on the reference.
+    pub fn reset_clocks(&self) {
+        self.state.lock().offsets.clear();
+    }
+
+    /// Whether node `id` has fenced itself for its clock (docs/consistency.md, "Clocks"): it is
+    /// further than the bound from the reference, which most members agree with. A fenced node
+    /// answers no call and does no background work, as if down.
+    pub fn fenced(&self, id: &str) -> bool {
+        if self.config.mutation == Mutation::NoClockFence {
+            return false;
+        }
+        let offset = self.state.lock().offsets.get(id).copied().unwrap_or(0);
+        offset.unsigned_abs() > self.config.clock_bound_ms
+    }
+
+    /// Whether a call from `from` is refused as coming from a member that left or was removed
+    /// (rule 12: peers refuse it, which makes it stop).
+    fn not_a_member(&self, from: &str) -> bool {
+        self.config.mutation != Mutation::AcceptRemovedSenders
+            && matches!(self.status(from), Some(Status::Removed | Status::Left))
     }
 
     /// Runs `f` on the random generator.
@@ -190,9 +241,12 @@ impl World {
         }
     }
 
-    /// Hint bounds: kept a quarter of the grace, as kvnode's default.
+    /// Hint bounds: kept an eighth of the grace, so that with clocks as far apart as two
+    /// members may be (a quarter of the grace) a fallback still takes hints of fresh versions,
+    /// as kvnode's configuration requires (`--hint-max-age` plus twice `--max-clock-offset`
+    /// below half the grace).
     fn hint_limits(&self) -> kv_storage::HintLimits {
-        kv_storage::HintLimits { max_bytes_per_target: 1 << 20, max_age_ms: self.config.grace_ms / 4 }
+        kv_storage::HintLimits { max_bytes_per_target: 1 << 20, max_age_ms: self.config.grace_ms / 8 }
     }
 
     /// What a store carries with it across restarts: its hints and its observing trees.
@@ -416,7 +470,10 @@ impl World {
         let Some(hints) = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.hints.clone()) else {
             return 0;
         };
-        let now = self.now_ms();
+        if self.fenced(id) {
+            return 0;
+        }
+        let now = self.clock_ms(id);
         let _ = hints.expire(now);
         let mut delivered = 0;
         for target in hints.pending().into_keys() {
@@ -477,6 +534,9 @@ impl World {
         let Some(me) = state.nodes.get(id).filter(|n| n.up) else { return 0 };
         let (core, trees, engine) = (me.core.clone(), me.trees.clone(), me.engine.clone());
         drop(state);
+        if self.fenced(id) {
+            return 0;
+        }
         let ring = self.ring();
         let view = core.view();
         let wanted: Vec<(u64, u64)> =
@@ -559,12 +619,16 @@ impl World {
                 }
             }
         };
+        if self.fenced(to) || self.not_a_member(from) {
+            self.trace(|| format!("{from} -> {to}: {} refused (fenced, or not a member)", describe_call(&call)));
+            return Delivery::Refused;
+        }
         if self.partitioned(from, to) {
             self.trace(|| format!("{from} -> {to}: {} lost (partition)", describe_call(&call)));
             return Delivery::Partitioned;
         }
         let what = if self.trace { describe_call(&call) } else { String::new() };
-        let mut replies = core.execute(vec![call], self.now_ms());
+        let mut replies = core.execute(vec![call], self.clock_ms(to));
         let reply = replies.pop().unwrap_or(Reply::Failed { status: 500, message: "no reply".into() });
         self.trace(|| format!("{from} -> {to}: {what} => {}", describe_reply(&reply)));
         if let Reply::Coordinated(response) = &reply {
@@ -579,10 +643,12 @@ impl World {
     /// or cut off.
     fn scan(&self, by: &str, from: &str, lo: u64, hi: u64, after: Option<&[u8]>) -> Result<Vec<Entry>, bool> {
         let core = self.state.lock().nodes.get(from).filter(|n| n.up).map(|n| n.core.clone()).ok_or(false)?;
-        if self.partitioned(by, from) {
+        if self.partitioned(by, from) || self.fenced(from) || self.not_a_member(by) {
             return Err(false);
         }
-        core.scan(lo, hi, after, PAGE).map_err(|_| true)
+        // Only a source filling the range too is counted out (`GAINING_TOO`); one that does
+        // not own it in its view (a lagging view) is retried.
+        core.scan(lo, hi, after, PAGE).map_err(|e| e.message.contains(kv_coordinator::wire::GAINING_TOO))
     }
 
     /// Streams `entries` from `from` into `to` (`false` if it cannot or `to` refuses).
@@ -590,6 +656,10 @@ impl World {
         let Some(core) = self.state.lock().nodes.get(to).filter(|n| n.up).map(|n| n.core.clone()) else {
             return false;
         };
+        if self.not_a_member(from) || self.fenced(to) {
+            self.trace(|| format!("{from} -> {to}: stream refused (fenced, or not a member)"));
+            return false;
+        }
         !self.partitioned(from, to) && core.store_stream(entries).is_ok()
     }
 
@@ -635,7 +705,7 @@ impl World {
         else {
             return;
         };
-        if !matches!(self.status(id), Some(Status::Normal | Status::Joining | Status::Leaving)) {
+        if !matches!(self.status(id), Some(Status::Normal | Status::Joining | Status::Leaving)) || self.fenced(id) {
             return;
         }
         let dropping = ownership.dropping();
@@ -651,7 +721,7 @@ impl World {
                     done.push((lo, hi));
                     continue 'spans;
                 }
-                let now = self.now_ms();
+                let now = self.clock_ms(id);
                 let mut by_target: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
                 for (key, record) in &page {
                     let versions: Vec<Version> = match self.config.mutation {
@@ -712,6 +782,9 @@ impl World {
         let Some(ownership) = self.state.lock().nodes.get(id).filter(|n| n.up).map(|n| n.ownership.clone()) else {
             return;
         };
+        if self.fenced(id) {
+            return;
+        }
         let (filling, epoch) = ownership.filling_snapshot();
         if filling.is_empty() {
             return;
@@ -732,6 +805,9 @@ impl World {
                         Err(false) => {}
                     }
                 }
+                self.trace(|| {
+                    format!("{id} fill {lo:016x}-{hi:016x} from {sources:?}: {copied} copied, {refused} refused")
+                });
                 if copied >= plan::copies_needed_without(self.config.r, sources.len(), refused) {
                     done.push((lo, hi));
                 }
@@ -804,9 +880,19 @@ impl World {
         due
     }
 
+    /// Rule 4 for `gainer` once its move completed: it holds every write of `due`, for the keys
+    /// it still accepts (a join or a leave, checked as it completes) or serves (a removal,
+    /// checked once every gainer filled). A change that ran at the same time may have moved a
+    /// key on since (the gainer dropped it to its new owners): the final checks cover it.
     fn check_gainer(&self, what: &str, gainer: &str, due: &[usize], keys: &[Vec<u8>]) {
+        let view = self.state.lock().nodes.get(gainer).map(|n| n.core.view());
+        let still_held = |key: usize| {
+            let hash = kv_ring::hash_key(&keys[key]);
+            view.as_ref().is_some_and(|v| if what == "removal" { v.serves(hash) } else { v.accepts(hash) })
+        };
+        let due: Vec<usize> = self.history(|h| due.iter().copied().filter(|&w| still_held(h.writes[w].key)).collect());
         let snapshot: Vec<Vec<Seen>> = keys.iter().map(|k| self.held(gainer, k)).collect();
-        self.history(|h| h.check_move(what, gainer, due, &|key| snapshot[key].clone()));
+        self.history(|h| h.check_move(what, gainer, &due, &|key| snapshot[key].clone()));
     }
 
     /// A new node `id` joins: announce, wait, merge every gained range from its old owners
@@ -821,7 +907,14 @@ impl World {
         loop {
             let epoch = self.loss_epoch(id);
             let before = self.ring();
-            let after = self.ring_of(|m, s| m == id || matches!(s, Status::Normal | Status::Leaving));
+            // What it owns once every move in progress completes (the pending ring), as kvnode's
+            // rebalancer plans: other members may be joining or leaving at the same time.
+            let after = match self.config.mutation {
+                Mutation::PlanAgainstCurrentRing => {
+                    self.ring_of(|m, s| m == id || matches!(s, Status::Normal | Status::Leaving))
+                }
+                _ => self.ring_of(|m, s| m == id || matches!(s, Status::Normal | Status::Joining)),
+            };
             let moves = plan::gained_by(&before, &after, self.config.n, id);
             let exclude = [id.to_owned()];
             let mut due = Vec::new();
@@ -870,7 +963,12 @@ impl World {
         tokio::time::sleep(Duration::from_millis(ANNOUNCE_MS)).await;
         loop {
             let before = self.ring();
-            let after = self.ring_of(|m, s| m != id && matches!(s, Status::Normal | Status::Leaving));
+            let after = match self.config.mutation {
+                Mutation::PlanAgainstCurrentRing => {
+                    self.ring_of(|m, s| m != id && matches!(s, Status::Normal | Status::Leaving))
+                }
+                _ => self.ring_of(|m, s| m != id && matches!(s, Status::Normal | Status::Joining)),
+            };
             let moves = plan::lost_by(&before, &after, self.config.n, id);
             let exclude = [id.to_owned()];
             let needed_of = |count: usize| plan::copies_needed(self.config.r.saturating_sub(1), count);
@@ -968,13 +1066,60 @@ impl World {
         self.publish(false);
         // The fillers do the work; wait until every gainer holds its ranges completely.
         tokio::time::sleep(Duration::from_millis(VIEW_LAG_MS)).await;
-        while gainers.iter().any(|g| self.is_up(g) && self.node_filling(g)) || gainers.iter().any(|g| !self.is_up(g)) {
+        // (A gainer that left or was removed meanwhile, by a change running at the same time,
+        // handed off or lost what it held: it is not waited for, nor checked.)
+        let member = |g: &String| matches!(self.status(g), Some(Status::Normal | Status::Joining | Status::Leaving));
+        while gainers.iter().filter(|g| member(g)).any(|g| !self.is_up(g) || self.node_filling(g)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for (gainer, owed) in &due {
+        for (gainer, owed) in due.iter().filter(|(g, _)| member(g)) {
             self.check_gainer("removal", gainer, owed, keys);
         }
         self.history(|h| h.counts.removals += 1);
+    }
+
+    /// Node `id` is paused (a stopped process, a VM pause: it hears nothing) and an operator
+    /// removes it meanwhile; the gainers fill its ranges from the survivors. After `pause_ms`
+    /// it resumes with its store and its stale view and, before it learns of its removal, runs
+    /// its background work once: an anti-entropy round and its hints. Its peers must refuse it
+    /// (rule 12), or its stale copies (a delete it missed, purged since) come back. Then it
+    /// stops for good.
+    pub async fn pause_remove(self: &Arc<Self>, id: &str, keys: &[Vec<u8>], pause_ms: u64) {
+        self.trace(|| format!("pause {id}, then remove it"));
+        let engine = self.state.lock().nodes.get(id).map(|n| n.engine.clone());
+        self.remove(id, keys).await;
+        self.history(|h| h.counts.paused_removals += 1);
+        // Meanwhile the collectors purge what was deleted while it was paused.
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(self.config.grace_ms + 20)).await;
+        let collector = self.collectors.lock().first().cloned();
+        if let Some(collector) = collector {
+            for key in keys {
+                let _ = collector.collect(key).await;
+            }
+        }
+        let paused = started.elapsed().as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(pause_ms.saturating_sub(paused))).await;
+        // The process resumes on the store it had (remove() stopped it without touching it).
+        let resumed = {
+            let mut state = self.state.lock();
+            match state.nodes.get_mut(id) {
+                Some(node) if engine.as_ref().is_some_and(|e| Arc::ptr_eq(e, &node.engine)) => {
+                    node.up = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if resumed {
+            self.trace(|| format!("{id} resumes, removed, with its old view"));
+            self.anti_entropy_round(id);
+            self.deliver_hints(id);
+            if let Some(node) = self.state.lock().nodes.get_mut(id) {
+                node.up = false;
+            }
+            self.trace(|| format!("{id} learns it was removed and stops"));
+        }
     }
 
     fn node_filling(&self, id: &str) -> bool {

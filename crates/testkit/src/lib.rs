@@ -694,11 +694,16 @@ impl Cluster {
 
 /// A TCP proxy in front of one process, to lose its replies on demand: requests still reach it
 /// (it applies them), answers never come back. The callers see a timeout, as when a reply is
-/// lost in a network. Stops its threads on drop.
+/// lost in a network. It can also be shut: new connections are closed as they arrive and open
+/// ones cut, as a frozen machine's peers see it (with SIGSTOP alone the kernel still accepts
+/// connections and queues what they send). Stops its threads on drop.
 pub struct Proxy {
     /// The port it listens on, on 127.0.0.1.
     pub port: u16,
     drop_replies: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped when shut: connections of an earlier epoch stop.
+    epoch: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -706,29 +711,35 @@ impl Proxy {
     /// A proxy on a free port forwarding to `127.0.0.1:target`.
     pub fn start(target: u16) -> Proxy {
         use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let drop_replies = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicBool::new(true));
+        let epoch = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (drops, stopped) = (drop_replies.clone(), stop.clone());
+        let (drops, is_open, epochs, stopped) = (drop_replies.clone(), open.clone(), epoch.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((client, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
+                if !is_open.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
                 let _ = client.set_nonblocking(false);
+                let born = epochs.load(Ordering::Relaxed);
                 let pump =
                     |mut from: std::net::TcpStream, mut to: std::net::TcpStream, lose: Option<Arc<AtomicBool>>| {
-                        let stopped = stopped.clone();
+                        let (stopped, epochs) = (stopped.clone(), epochs.clone());
                         std::thread::spawn(move || {
-                            let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
                             let mut buf = [0u8; 16 * 1024];
-                            while !stopped.load(Ordering::Relaxed) {
+                            while !stopped.load(Ordering::Relaxed) && epochs.load(Ordering::Relaxed) == born {
                                 match from.read(&mut buf) {
                                     Ok(0) => break,
                                     Ok(n) => {
@@ -747,19 +758,34 @@ impl Proxy {
                                     Err(_) => break,
                                 }
                             }
-                            let _ = to.shutdown(std::net::Shutdown::Write);
+                            let cut = epochs.load(Ordering::Relaxed) != born;
+                            let _ = to.shutdown(if cut { std::net::Shutdown::Both } else { std::net::Shutdown::Write });
+                            if cut {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                            }
                         });
                     };
                 pump(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
                 pump(server, client, Some(drops.clone()));
             }
         });
-        Proxy { port, drop_replies, stop }
+        Proxy { port, drop_replies, open, epoch, stop }
     }
 
     /// Whether replies are lost from now on.
     pub fn drop_replies(&self, on: bool) {
         self.drop_replies.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes new connections as they arrive and cuts the open ones, until [`Proxy::reopen`].
+    pub fn shut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Forwards new connections again.
+    pub fn reopen(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

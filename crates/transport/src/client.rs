@@ -80,7 +80,26 @@ pub struct TransportOptions {
     /// How long an idle pooled connection is kept: below the peers' `--idle-timeout`, so that
     /// a connection is not reused just as the peer closes it.
     pub pool_idle: Duration,
+    /// Asked before every request but gossip: a reason this process must send nothing now (it
+    /// is fenced: no longer a member, or its clock is off). Such a request is not sent.
+    pub gate: Option<Gate>,
+    /// Called when a peer refuses this process as no longer a member of the cluster (`410
+    /// not_a_member`: it left or was removed while it could not hear of it).
+    pub on_not_member: Option<OnNotMember>,
 }
+
+/// See [`TransportOptions::gate`].
+pub type Gate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// See [`TransportOptions::on_not_member`].
+pub type OnNotMember = Arc<dyn Fn(String) + Send + Sync>;
+
+/// The error code of a peer's refusal of a member that left or was removed (status `410`).
+pub const NOT_A_MEMBER: &str = "not_a_member";
+
+/// The error code of a process that does not serve now (status `503`): fenced for its clock, or
+/// unable to confirm it is still a member. Nothing was done: the caller tries elsewhere.
+pub const NOT_SERVING: &str = "not_serving";
 
 /// `kv_peer_requests_total{request, outcome}` and `kv_peer_bytes_total{request, direction}`.
 struct TransportMetrics {
@@ -187,7 +206,19 @@ impl PeerTransport {
     /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
     /// its answer.
     pub async fn request<R: PeerRequest>(&self, address: &str, request: &R) -> Result<R::Reply, ReplicaError> {
-        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request)).await?;
+        self.request_within(address, request, None).await
+    }
+
+    /// [`PeerTransport::request`], waiting for the answer up to `timeout` instead of the
+    /// transport's call deadline (a batch holding a write's coordination waits for its outcome:
+    /// a peer that froze after reading it answers once it resumes).
+    pub async fn request_within<R: PeerRequest>(
+        &self,
+        address: &str,
+        request: &R,
+        timeout: Option<Duration>,
+    ) -> Result<R::Reply, ReplicaError> {
+        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request), timeout).await?;
         decode(&bytes).map_err(ReplicaError::Decode)
     }
 
@@ -199,9 +230,10 @@ impl PeerTransport {
         name: &str,
         bounded: bool,
         body: Vec<u8>,
+        timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReplicaError> {
         let sent = body.len() as u64;
-        let result = self.post_unmetered(address, path, bounded, body).await;
+        let result = self.post_unmetered(address, path, bounded, body, timeout).await;
         if let Some(metrics) = &self.metrics {
             metrics.record(name, &result, sent);
         }
@@ -214,7 +246,13 @@ impl PeerTransport {
         path: &str,
         bounded: bool,
         body: Vec<u8>,
+        timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReplicaError> {
+        if path != GOSSIP_PATH {
+            if let Some(gate) = &self.options.gate {
+                gate().map_err(ReplicaError::NotSent)?;
+            }
+        }
         // The wait for a permit counts against the call's deadline too: a call queued behind
         // others for longer is not sent at all (certainly not applied), rather than sent late.
         let _permit = if bounded {
@@ -227,8 +265,11 @@ impl PeerTransport {
         };
         let signature = self.signer.sign("POST", path, address, &body);
         let http = self.http.read().clone();
-        let response = http
-            .post(format!("{}://{address}{path}", self.scheme))
+        let mut post = http.post(format!("{}://{address}{path}", self.scheme));
+        if let Some(timeout) = timeout {
+            post = post.timeout(timeout);
+        }
+        let response = post
             .header(SIGNATURE_HEADER, signature)
             .header("content-type", "application/octet-stream")
             .body(body)
@@ -259,17 +300,29 @@ impl PeerTransport {
             return Err(ReplicaError::NotSent(format!("{address} is not a peer listener (404 for {path})")));
         }
         let message: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && is_overloaded(&bytes) {
+        let code = error_code(&bytes);
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && matches!(code.as_deref(), Some("overloaded")) {
             // Shed by the peer's concurrency limit before anything read the request.
             return Err(ReplicaError::NotSent(format!("{address} is overloaded: {message}")));
+        }
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && code.as_deref() == Some(NOT_SERVING) {
+            // Refused whole before anything was done (its clock is fenced, or it cannot
+            // confirm its membership): like a peer that is down.
+            return Err(ReplicaError::NotSent(format!("{address} does not serve now: {message}")));
+        }
+        if status == reqwest::StatusCode::GONE && code.as_deref() == Some(NOT_A_MEMBER) {
+            if let Some(on_not_member) = &self.options.on_not_member {
+                on_not_member(format!("{address} refused this node: {message}"));
+            }
+            return Err(ReplicaError::NotSent(format!("{address} refused this node as no longer a member: {message}")));
         }
         Err(ReplicaError::from_status(status.as_u16(), message))
     }
 }
 
-/// Whether an error body is the `overloaded` refusal of a peer's concurrency limit.
-fn is_overloaded(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"] == "overloaded")
+/// The `error` code of a JSON error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?["error"].as_str().map(str::to_owned)
 }
 
 fn build_client(options: &TransportOptions, tls: Option<Arc<rustls::ClientConfig>>) -> Result<reqwest::Client, String> {

@@ -36,7 +36,7 @@ pub mod secret;
 pub mod signer;
 pub mod verify;
 
-pub use client::{PeerRequest, PeerTransport, TransportOptions};
+pub use client::{Gate, OnNotMember, PeerRequest, PeerTransport, TransportOptions, NOT_A_MEMBER, NOT_SERVING};
 pub use replica_client::HttpReplicaClient;
 pub use secret::Secrets;
 pub use signer::{AuthError, Signer, Verifier, SIGNATURE_HEADER};

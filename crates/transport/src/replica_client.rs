@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kv_coordinator::batch::{Batcher, SendBatch};
+use kv_coordinator::batch::{BatchLimits, Batcher, SendBatch};
 use kv_coordinator::wire::{Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaError};
 use kv_worker::{Stage, Supervisor};
@@ -23,25 +23,37 @@ pub struct HttpReplicaClient {
     supervisor: Supervisor,
     /// One queue per peer address; a handful of entries (one per member ever called).
     batchers: Mutex<HashMap<String, Arc<Batcher>>>,
-    batches_per_peer: usize,
+    limits: BatchLimits,
+    /// How long a batch holding a coordinate call waits for the peer's answer (longer than the
+    /// replica timeout: whether the write was applied is known only from the answer).
+    outcome_wait: std::time::Duration,
     batch_sizes: Option<Histogram>,
 }
 
 impl HttpReplicaClient {
-    /// A client with at most `batches_per_peer` batches in flight to one peer, whose batchers
-    /// run under `supervisor`; batch sizes go to `batch_sizes`.
+    /// A client pacing each peer by `limits`, whose batchers run under `supervisor`; a batch
+    /// holding a coordinate call waits up to `outcome_wait` for its answer; batch sizes go to
+    /// `batch_sizes`.
     pub fn new(
         transport: PeerTransport,
         supervisor: Supervisor,
-        batches_per_peer: usize,
+        limits: BatchLimits,
+        outcome_wait: std::time::Duration,
         batch_sizes: Option<Histogram>,
     ) -> Self {
-        HttpReplicaClient { transport, supervisor, batchers: Mutex::new(HashMap::new()), batches_per_peer, batch_sizes }
+        HttpReplicaClient {
+            transport,
+            supervisor,
+            batchers: Mutex::new(HashMap::new()),
+            limits,
+            outcome_wait,
+            batch_sizes,
+        }
     }
 
-    /// Batches in flight to one peer.
-    pub fn batches_per_peer(&self) -> usize {
-        self.batches_per_peer
+    /// How each peer is paced.
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
     }
 
     fn batcher(&self, address: &str) -> Arc<Batcher> {
@@ -49,13 +61,15 @@ impl HttpReplicaClient {
         if let Some(batcher) = batchers.get(address) {
             return batcher.clone();
         }
-        let (transport, target) = (self.transport.clone(), address.to_owned());
+        let (transport, target, outcome_wait) = (self.transport.clone(), address.to_owned(), self.outcome_wait);
         let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
             let (transport, target) = (transport.clone(), target.clone());
-            Box::pin(async move { transport.request(&target, &calls).await })
+            // A coordinate call's outcome is known only from the answer: wait for it (the
+            // coordinator waits as long), not just the replica timeout.
+            let wait = calls.iter().any(|c| matches!(c, Call::Coordinate(_))).then_some(outcome_wait);
+            Box::pin(async move { transport.request_within(&target, &calls, wait).await })
         });
-        let (batcher, worker) =
-            Batcher::new(format!("batch {address}"), send, self.batches_per_peer, self.batch_sizes.clone());
+        let (batcher, worker) = Batcher::new(format!("batch {address}"), send, self.limits, self.batch_sizes.clone());
         self.supervisor.spawn(Stage::Transport, worker);
         let batcher = Arc::new(batcher);
         batchers.insert(address.to_owned(), batcher.clone());

@@ -4,13 +4,14 @@
 //! is accepted once. It is sent in [`SIGNATURE_HEADER`] as
 //!
 //! ```text
-//! v3 <key id> <timestamp ms> <sender>.<seq> <to> <hmac>
+//! v3 <key id> <timestamp ms> <sender>.<seq> <to> <from> <hmac>
 //! ```
 //!
 //! where the HMAC-SHA256, under a key derived from the cluster secret ([`crate::Secrets`]),
 //! covers the protocol, key id, timestamp, sender and sequence number, the destination `to`
-//! (the peer address dialed, or a node id), the method, the path with its query and the
-//! SHA-256 of the whole body. The receiver ([`Verifier::verify`]) refuses, in this order: a
+//! (the peer address dialed, or a node id), `from` (the sending member as `<node id>~<storage
+//! incarnation in hex>`, or `-` for a gateway or kvctl: receivers refuse members that left or
+//! were removed), the method, the path with its query and the SHA-256 of the whole body. The receiver ([`Verifier::verify`]) refuses, in this order: a
 //! missing or malformed header or another protocol version; a key id it does not hold (the
 //! secrets differ); a MAC that does not match (the request was altered, or signed with another
 //! secret); a timestamp further than the allowed clock skew from its own clock; a
@@ -68,6 +69,9 @@ pub struct Signer {
     /// destination's numbers, so requests to other destinations never push it past one that is
     /// still in flight (a busy sender signs thousands of requests a second).
     seqs: Arc<parking_lot::Mutex<std::collections::HashMap<String, u64>>>,
+    /// The member this process is (`<node id>~<incarnation hex>`), once its store is open;
+    /// `-` until then and in gateways and kvctl.
+    member: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Signer {
@@ -75,7 +79,18 @@ impl Signer {
     pub fn new(secrets: &Secrets) -> Signer {
         // Without OS randomness the clock still makes two senders' ids differ.
         let sender = getrandom::u64().unwrap_or_else(|_| now_ms().rotate_left(17) ^ u64::from(std::process::id()));
-        Signer { keys: Arc::new(RwLock::new(Arc::new(Keys::new(secrets)))), sender, seqs: Arc::default() }
+        Signer {
+            keys: Arc::new(RwLock::new(Arc::new(Keys::new(secrets)))),
+            sender,
+            seqs: Arc::default(),
+            member: Arc::default(),
+        }
+    }
+
+    /// Names the member this process is, in every request signed from now on (by every clone):
+    /// `id` and its storage `incarnation`. Set once; later calls change nothing.
+    pub fn set_member(&self, id: &str, incarnation: u64) {
+        let _ = self.member.set(member_name(id, incarnation));
     }
 
     /// Replaces the secrets (a reload after rotation): every clone and every [`Verifier`] made
@@ -107,10 +122,25 @@ impl Signer {
             }
         };
         let nonce = format!("{:016x}.{seq}", self.sender);
+        let from = self.member.get().map_or("-", String::as_str);
         let (id, key) = &keys.sign;
-        let tag = mac(key, id, now_ms, &nonce, to, method, path, body);
-        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {}", hex(&tag))
+        let tag = mac(key, id, now_ms, &nonce, to, from, method, path, body);
+        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {from} {}", hex(&tag))
     }
+}
+
+/// How a member names itself in a signature: `<node id>~<incarnation, 16 hex digits>`.
+pub fn member_name(id: &str, incarnation: u64) -> String {
+    format!("{id}~{incarnation:016x}")
+}
+
+/// The node id and incarnation of a [`member_name`], if it is one.
+pub fn parse_member(name: &str) -> Option<(&str, u64)> {
+    let (id, incarnation) = name.rsplit_once('~')?;
+    if id.is_empty() || incarnation.len() != 16 {
+        return None;
+    }
+    Some((id, u64::from_str_radix(incarnation, 16).ok()?))
 }
 
 /// What a checked signature said: its MAC and time are right; [`Verifier::accept_once`] is left.
@@ -118,6 +148,10 @@ impl Signer {
 pub struct Signed {
     /// The destination the sender named.
     pub to: String,
+    /// The member that signed it (node id, incarnation); `None` for a gateway or kvctl.
+    pub from: Option<(String, u64)>,
+    /// The time it was signed at, by the sender's clock (ms since the epoch).
+    pub signed_ms: u64,
     sender: u64,
     seq: u64,
 }
@@ -192,10 +226,10 @@ impl Verifier {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Signed, AuthError> {
-        let Parsed { id, ts, nonce, sender, seq, to, tag } = parse(header)?;
+        let Parsed { id, ts, nonce, sender, seq, to, from, tag } = parse(header)?;
         let keys = self.keys.read().clone();
         let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else { return Err(unknown_key(id)) };
-        let expected = mac(key, id, ts, nonce, to, method, path, body);
+        let expected = mac(key, id, ts, nonce, to, from, method, path, body);
         if !constant_time_eq(&expected, &tag) {
             return Err(AuthError::new(
                 "bad_signature",
@@ -203,7 +237,8 @@ impl Verifier {
             ));
         }
         self.within_skew(ts, now_ms)?;
-        Ok(Signed { to: to.to_owned(), sender, seq })
+        let from = parse_member(from).map(|(id, incarnation)| (id.to_owned(), incarnation));
+        Ok(Signed { to: to.to_owned(), from, signed_ms: ts, sender, seq })
     }
 
     /// Records a checked signature as seen; refused if it was seen before (a replay).
@@ -241,6 +276,7 @@ struct Parsed<'a> {
     sender: u64,
     seq: u64,
     to: &'a str,
+    from: &'a str,
     tag: Vec<u8>,
 }
 
@@ -275,7 +311,7 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
             ));
         }
         let malformed = || AuthError::new("malformed", "malformed signature header");
-        let [_, id, ts, nonce, to, tag] = fields.as_slice() else { return Err(malformed()) };
+        let [_, id, ts, nonce, to, from, tag] = fields.as_slice() else { return Err(malformed()) };
         let ts: u64 = ts.parse().map_err(|_| malformed())?;
         let (sender, seq) = nonce.split_once('.').ok_or_else(malformed)?;
         let sender =
@@ -284,8 +320,11 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
         if to.is_empty() || to.len() > MAX_TO {
             return Err(malformed());
         }
+        if *from != "-" && parse_member(from).is_none() {
+            return Err(malformed());
+        }
         let tag = from_hex(tag).ok_or_else(malformed)?;
-        Ok(Parsed { id, ts, nonce, sender, seq, to, tag })
+        Ok(Parsed { id, ts, nonce, sender, seq, to, from, tag })
     }
 }
 
@@ -296,12 +335,13 @@ fn mac(
     ts: u64,
     nonce: &str,
     to: &str,
+    from: &str,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> [u8; 32] {
     let mut mac = key.clone();
-    for field in [PROTOCOL, id, &ts.to_string(), nonce, to, method, path] {
+    for field in [PROTOCOL, id, &ts.to_string(), nonce, to, from, method, path] {
         mac.update(field.as_bytes());
         mac.update(b"\n");
     }
@@ -365,7 +405,7 @@ mod tests {
         // Every field of the header is covered: change one and the MAC no longer matches.
         let header = sign();
         let fields: Vec<&str> = header.split(' ').collect();
-        for (i, changed) in [(2, "1001"), (3, "00000000000000ff.1"), (4, "n2:7100")] {
+        for (i, changed) in [(2, "1001"), (3, "00000000000000ff.1"), (4, "n2:7100"), (5, "n9~00000000000000ff")] {
             let mut f = fields.clone();
             f[i] = changed;
             let refused = verifier.verify(Some(&f.join(" ")), "POST", "/internal/v1/batch", &body, 1000).unwrap_err();

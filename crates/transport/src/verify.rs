@@ -98,11 +98,15 @@ pub async fn verify(State(state): State<VerifyState>, request: Request, next: Ne
                 format!("this request was signed for {:?}, not for this process", signed.to),
             ));
         }
-        state.verifier.accept_once(&signed, now)
+        state.verifier.accept_once(&signed, now).map(|()| signed)
     });
-    if let Err(e) = checked {
-        return refused(&state, path, e);
-    }
+    let signed = match checked {
+        Ok(signed) => signed,
+        Err(e) => return refused(&state, path, e),
+    };
+    let mut parts = parts;
+    // Handlers see who signed it (the peer listener refuses members that left or were removed).
+    parts.extensions.insert(signed);
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
@@ -144,6 +148,12 @@ fn refused(state: &VerifyState, path: &str, e: AuthError) -> Response {
     }
     if let Some(metrics) = &state.metrics {
         metrics.refused(state.listener, e.reason);
+    }
+    if e.reason == "expired" {
+        // Our clock, so that a member whose clock is off learns by how much (it measures its
+        // offset from refusals too, and fences itself when most members disagree with it).
+        let body = serde_json::json!({ "error": "unauthorized", "message": e.message, "now_ms": now });
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
     }
     refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.message)
 }
