@@ -258,8 +258,9 @@ fn unreadable(base: &str, pairs: &[(String, String)]) -> Vec<String> {
 // Scenario 1: joins that never finish.
 
 /// Three nodes started at the same moment, each seeded with one existing member, into a
-/// 3-node cluster under a writing load: all must reach `normal` everywhere within 45 s, and
-/// every acknowledged write must still be readable.
+/// 3-node cluster under a writing load: all must reach `normal` everywhere within 120 s (a
+/// bound against a livelock, not a speed goal: the time is printed), and every acknowledged
+/// write must still be readable.
 #[test]
 fn s1_three_nodes_started_at_once_all_finish_joining() {
     joins_at_once(&["n4", "n5", "n6"]);
@@ -292,7 +293,7 @@ fn joins_at_once(ids: &[&str]) {
         cluster.nodes.extend(new);
         let all: Vec<&str> = ["n1", "n2", "n3"].into_iter().chain(ids.iter().copied()).collect();
         let procs: Vec<&Proc> = cluster.nodes.iter().chain(&cluster.gateways).collect();
-        let join_time = wait_until(Duration::from_secs(45), || {
+        let join_time = wait_until(Duration::from_secs(120), || {
             procs.iter().all(|p| {
                 let s = statuses(p);
                 all.iter().all(|id| s.get(*id).map(String::as_str) == Some("normal"))
@@ -323,7 +324,7 @@ fn joins_at_once(ids: &[&str]) {
         ids.len(),
         started_in.as_secs_f64(),
         3 + ids.len(),
-        join_time.map_or("NO, not within 45 s".to_owned(), |t| format!("after {:.1} s", t.as_secs_f64())),
+        join_time.map_or("NO, not within 120 s".to_owned(), |t| format!("after {:.1} s", t.as_secs_f64())),
         acked.len(),
         missing.len(),
         pairs.len(),
@@ -331,7 +332,7 @@ fn joins_at_once(ids: &[&str]) {
     );
     assert!(
         join_time.is_some(),
-        "{} nodes started at once did not all reach normal within 45 s: {snapshot:?}",
+        "{} nodes started at once did not all reach normal within 120 s: {snapshot:?}",
         ids.len()
     );
     assert!(missing.is_empty(), "{} acknowledged writes unreadable after the join", missing.len());
@@ -366,7 +367,7 @@ fn s1b_a_leave_during_a_join_completes_both() {
         let leave_status = leave.status();
         let leave_body = leave.text().unwrap_or_default();
         let (mut left_at, mut joined_at) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(50);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline && (left_at.is_none() || joined_at.is_none()) {
             if left_at.is_none() && exited(&cluster.nodes[3]) {
                 left_at = Some(started.elapsed());
@@ -401,16 +402,16 @@ fn s1b_a_leave_during_a_join_completes_both() {
          refused; {} of {} acknowledged writes unreadable; 'interrupted' log lines: n4 {n4_stuck} (e.g. {n4_first:?}), \
          n5 {n5_stuck} (e.g. {n5_first:?})",
         delay.as_millis(),
-        left_at.map_or("NO, not within 50 s".to_owned(), |t| format!("{:.1} s after n5 started", t.as_secs_f64())),
-        joined_at.map_or("NO, not within 50 s".to_owned(), |t| format!("{:.1} s after it started", t.as_secs_f64())),
+        left_at.map_or("NO, not within 120 s".to_owned(), |t| format!("{:.1} s after n5 started", t.as_secs_f64())),
+        joined_at.map_or("NO, not within 120 s".to_owned(), |t| format!("{:.1} s after it started", t.as_secs_f64())),
         acked.len(),
         missing.len(),
         pairs.len(),
     );
     assert_eq!(leave_status, StatusCode::ACCEPTED, "{leave_body}");
-    assert!(left_at.is_some(), "the leaving node did not exit within 50 s while another node joined");
+    assert!(left_at.is_some(), "the leaving node did not exit within 120 s while another node joined");
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "a node that left exits 0");
-    assert!(joined_at.is_some(), "the joining node did not reach normal within 50 s while another left");
+    assert!(joined_at.is_some(), "the joining node did not reach normal within 120 s while another left");
     assert!(missing.is_empty(), "{} acknowledged writes unreadable", missing.len());
 }
 
