@@ -76,14 +76,19 @@ def write(args) -> int:
         while not stop.is_set() and time.monotonic() < deadline and i < args.max_keys:
             key = f"{args.prefix}-{t}-{i}"
             i += 1
-            status, _ = client.request("PUT", key, value_of(key))
+            status, body = client.request("PUT", key, value_of(key))
             with lock:
                 counts["written"] += 1
                 if status is not None and 200 <= status < 300:
                     counts["acknowledged"] += 1
                     acked.write(key + "\n")
                 else:
+                    # The status and the error code (`503 outcome_unknown`), so a run says why.
                     label = str(status) if status is not None else "no answer"
+                    try:
+                        label += " " + json.loads(body)["error"]
+                    except (ValueError, KeyError, TypeError):
+                        pass
                     counts["failed"][label] = counts["failed"].get(label, 0) + 1
             if interval:
                 next_at += interval
