@@ -921,12 +921,16 @@ fn frozen_scenario(name: &str, fault: impl FnOnce(&mut Cluster)) -> (usize, usiz
                             }
                             Ok(r) => {
                                 let status = r.status();
+                                let replicas = r
+                                    .headers()
+                                    .get("x-replicas")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned();
                                 let body = r.text().unwrap_or_default();
-                                stats
-                                    .failures
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("GET {key} (acknowledged) at {at:.1}s: {status} {body}"));
+                                stats.failures.lock().unwrap().push(format!(
+                                    "GET {key} (acknowledged) at {at:.1}s: {status} X-Replicas {replicas} {body}"
+                                ));
                             }
                             Err(e) => stats.failures.lock().unwrap().push(format!("GET {key} at {at:.1}s: {e}")),
                         }
@@ -950,10 +954,16 @@ fn frozen_scenario(name: &str, fault: impl FnOnce(&mut Cluster)) -> (usize, usiz
         let copies: Vec<String> = cluster
             .nodes
             .iter()
-            .filter(|p| p.is_running())
-            .map(|p| format!("{}: {:?}", p.address(), local(p, key)))
+            .enumerate()
+            .filter(|(_, p)| p.is_running())
+            .map(|(i, p)| format!("n{}: {:?}", i + 1, local(p, key)))
             .collect();
-        println!("{name}: {key} was acknowledged {:?}; copies now {copies:?}", acked_by.get(key));
+        let ring = Ring::new(["n1", "n2", "n3", "n4"].iter().map(|m| Node::new(*m, "default"))).unwrap();
+        let replicas: Vec<String> = ring.preference_list(key.as_bytes(), 3).iter().map(|n| n.id.clone()).collect();
+        println!(
+            "{name}: {key} (replicas {replicas:?}) was acknowledged {:?}; copies now {copies:?}",
+            acked_by.get(key)
+        );
     }
     let (writes, reads, slowest) = (stats.writes.into_inner(), stats.reads.into_inner(), stats.slowest_ms.into_inner());
     let write_failures = failures.iter().filter(|f| f.starts_with("PUT")).count();

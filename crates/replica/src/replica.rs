@@ -347,11 +347,21 @@ impl ReplicaCore {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut payloads: Vec<Option<WriteCall>> = Vec::new();
         let mut hints: Vec<(usize, HintRequest)> = Vec::new();
+        // Reads of a key that an earlier call of this batch writes run after the batch's writes
+        // (which are applied together, at the end): a read sent after a store of its key must
+        // see it, as it would in separate requests. A client whose write was acknowledged by
+        // its coordinator and a fallback, and whose next read shared a batch with this
+        // replica's store of it, read the key as it was before (once, with a replica frozen).
+        let mut deferred: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, call) in calls.into_iter().enumerate() {
             let hash = kv_ring::hash_key(call.key());
             let reply = match call {
                 Call::Read(_) | Call::Purge(_) if !view.serves(hash) => {
                     Some(self.misdirected("reading requires a complete copy of the key's range"))
+                }
+                Call::Read(c) if keys.contains(&c.key) => {
+                    deferred.push((i, c.key));
+                    None
                 }
                 Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
                 Call::Hint(h) => {
@@ -410,6 +420,10 @@ impl ReplicaCore {
         }
         if !keys.is_empty() {
             self.write(&keys, payloads, now_ms, &indexes, &mut replies);
+        }
+        for (i, key) in deferred {
+            replies[i] =
+                Some(self.engine.get(&key).map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())));
         }
         drop(view);
         if !hints.is_empty() {
@@ -703,6 +717,21 @@ mod tests {
         let dot = fresh.dot.clone();
         let replies = core.execute(vec![store(b"j", vec![fresh], Some(dot))], 100);
         assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
+    }
+
+    #[test]
+    fn a_read_after_a_store_of_its_key_in_one_batch_sees_the_store() {
+        let core = core(true, false);
+        let read = |key: &[u8]| Call::Read(ReadRequest { key: key.to_vec() });
+        let value = version("a", 1, &[], 5, false);
+        // A read of another key before the store, the store, a read of its key after it.
+        let replies = core.execute(vec![read(b"other"), store(b"k", vec![value], None), read(b"k")], 100);
+        assert!(matches!(&replies[0], Reply::Read(v) if v.is_empty()), "{replies:?}");
+        assert!(matches!(&replies[1], Reply::Stored), "{replies:?}");
+        assert!(
+            matches!(&replies[2], Reply::Read(v) if v.len() == 1),
+            "the read missed the store before it: {replies:?}"
+        );
     }
 
     #[test]
