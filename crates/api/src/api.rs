@@ -60,7 +60,6 @@ pub async fn put(
         tombstone: false,
     };
     let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
-    serving(&state).await?;
     Ok(written(&key, outcome, &state.contexts))
 }
 
@@ -107,7 +106,6 @@ pub async fn delete(
     };
     let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
     let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
-    serving(&state).await?;
     Ok(written(&key, outcome, &state.contexts))
 }
 

@@ -41,9 +41,9 @@ pub struct Options {
     /// replica that froze answers once it resumes (refusing the call if its deadline passed,
     /// after which the next replica coordinates). Past it, `503 outcome_unknown`.
     pub outcome_wait: Duration,
-    /// The clock skew the cluster accepts (`--auth-max-skew`): the tombstone collector's second
-    /// look waits it out on top of two replica timeouts, since the deadlines of stores still in
-    /// flight are judged by their receivers' clocks.
+    /// The most two members' clocks may differ (twice `--max-clock-offset`): the tombstone
+    /// collector's second look waits it out on top of two replica timeouts, since the deadlines
+    /// of stores still in flight are judged by their receivers' clocks.
     pub max_clock_skew: Duration,
 }
 

@@ -830,14 +830,26 @@ fn s4b_contradicting_age_settings_are_refused_at_start() {
     };
     let review = run(&["--tombstone-grace", "12s", "--hint-max-age", "5s", "--auth-max-skew", "30s"]);
     let wide = run(&["--tombstone-grace", "12s", "--max-clock-offset", "2s"]);
-    let narrow_auth = run(&["--tombstone-grace", "10d", "--max-clock-offset", "1s", "--auth-max-skew", "1s"]);
-    println!("s4b refused at start: {review:?}; {wide:?}; {narrow_auth:?}");
+    let narrow_auth = run(&[
+        "--tombstone-grace",
+        "10d",
+        "--max-clock-offset",
+        "1s",
+        "--replica-timeout",
+        "4s",
+        "--auth-max-skew",
+        "5s",
+    ]);
+    let slow_calls = run(&["--tombstone-grace", "10d", "--max-clock-offset", "1s", "--replica-timeout", "3s"]);
+    println!("s4b refused at start: {review:?}; {wide:?}; {narrow_auth:?}; {slow_calls:?}");
     assert_eq!(review.0, Some(2));
     assert!(review.1.contains("--hint-max-age") && review.1.contains("--max-clock-offset"), "{}", review.1);
     assert_eq!(wide.0, Some(2));
     assert!(wide.1.contains("an eighth of the grace"), "{}", wide.1);
     assert_eq!(narrow_auth.0, Some(2));
     assert!(narrow_auth.1.contains("--auth-max-skew"), "{}", narrow_auth.1);
+    assert_eq!(slow_calls.0, Some(2));
+    assert!(slow_calls.1.contains("--replica-timeout"), "{}", slow_calls.1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -196,6 +196,9 @@ pub struct Gossip {
     /// A peer knew a larger counter lease of an earlier run of our store than our store had
     /// recorded (set once, never cleared).
     restored: Option<u64>,
+    /// Newer states of members other than us merged so far: what tells that we hear from the
+    /// cluster (an exchange with ourselves, under another address, brings none).
+    heard_others: u64,
 }
 
 impl Gossip {
@@ -209,6 +212,7 @@ impl Gossip {
             removed: BTreeSet::new(),
             lease_at_start: None,
             restored: None,
+            heard_others: 0,
         };
         if let Some(state) = me {
             gossip.me = Some(state.id.clone());
@@ -221,6 +225,12 @@ impl Gossip {
     /// This member's id (`None` for an observer).
     pub fn me(&self) -> Option<&str> {
         self.me.as_deref()
+    }
+
+    /// How many newer states of other members this view has merged: it grows while we hear
+    /// from the cluster (their heartbeats rise every round).
+    pub fn heard_others(&self) -> u64 {
+        self.heard_others
     }
 
     /// This member's own state.
@@ -411,6 +421,7 @@ impl Gossip {
             if newer {
                 self.detector.heard(&state.id, state.version(), now_ms);
                 self.members.insert(state.id.clone(), state);
+                self.heard_others += 1;
                 changed = true;
             }
         }

@@ -146,9 +146,17 @@ impl ClockOffsets {
                 })
                 .count()
         };
+        // Peers whose clock certainly agrees with ours (the offset plus the round trip's
+        // uncertainty within the bound).
+        let agree = recent.iter().filter(|s| s.offset_ms.unsigned_abs() + s.rtt_ms / 2 <= self.bound_ms).count();
         let members = recent.len() + 1;
-        let fenced = 2 * beyond(1).max(beyond(-1)) > members;
-        let was = self.fenced.swap(fenced, Ordering::AcqRel);
+        let was = self.fenced.load(Ordering::Acquire);
+        // Fenced when a strict majority (us included) says our clock is off; lifted only when a
+        // strict majority, with at least one peer, says it agrees: measurements that age out
+        // (a peer gone quiet) never lift it alone.
+        let fenced =
+            if was { !(agree > 0 && 2 * (agree + 1) > members) } else { 2 * beyond(1).max(beyond(-1)) > members };
+        self.fenced.store(fenced, Ordering::Release);
         if let Some(metrics) = &self.metrics {
             metrics.fenced.set(i64::from(fenced));
         }
@@ -176,8 +184,11 @@ mod tests {
         normal.record("n3", -4, 2);
         assert!(!normal.fenced(), "only the fast member is off");
 
-        // The fast member's clock is fixed: new measurements lift the fence.
-        for peer in ["n1", "n2", "n3"] {
+        // One peer agrees again, two still disagree: still fenced.
+        fast.record("n1", 10, 2);
+        assert!(fast.fenced());
+        // The fast member's clock is fixed: a majority of measurements agree, the fence lifts.
+        for peer in ["n2", "n3"] {
             fast.record(peer, 10, 2);
         }
         assert!(!fast.fenced());

@@ -121,8 +121,11 @@ pub struct Membership {
     stop: CancellationToken,
     /// Reads our store's counter lease, published every round ([`Membership::publish_lease`]).
     lease: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
-    /// When we last merged a peer's view (ms on `started`'s clock); `u64::MAX`: never.
+    /// When we last heard news of another member (ms on `started`'s clock); `u64::MAX`: never.
     last_contact_ms: AtomicU64,
+    /// The same on the wall clock: the monotonic clock does not advance while the host is
+    /// suspended (or a VM is paused), the wall clock does.
+    last_contact_wall_ms: AtomicU64,
     /// What confirms our membership after a gap in contact ([`Membership::confirm`]).
     confirmation: std::sync::OnceLock<Confirmation>,
     /// One confirmation at a time; holds when the last one failed (ms), so that a burst of
@@ -207,6 +210,7 @@ impl Membership {
             stop: CancellationToken::new(),
             lease: std::sync::OnceLock::new(),
             last_contact_ms: AtomicU64::new(u64::MAX),
+            last_contact_wall_ms: AtomicU64::new(0),
             confirmation: std::sync::OnceLock::new(),
             confirming: tokio::sync::Mutex::new(None),
             fenced: std::sync::OnceLock::new(),
@@ -340,6 +344,20 @@ impl Membership {
         )))
     }
 
+    /// What readiness reports: [`Membership::confirm`] without its exchange (a node that has
+    /// lost contact, or is fenced, is not ready, so that a load balancer sends its clients
+    /// elsewhere).
+    pub fn ready(&self) -> Result<(), NotServing> {
+        self.serving_now()?;
+        match self.confirmation.get() {
+            Some(confirmation) if !self.in_contact(confirmation.after_ms) => Err(NotServing::NoContact(format!(
+                "no news from any other member for over {} ms",
+                confirmation.after_ms
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// [`Membership::confirm`]'s checks that need no exchange.
     fn serving_now(&self) -> Result<(), NotServing> {
         if let Some(reason) = self.fenced() {
@@ -363,10 +381,13 @@ impl Membership {
         Ok(())
     }
 
-    /// Whether we merged a peer's view within `after_ms`, or have no other member to hear from.
+    /// Whether we heard news of another member within `after_ms` (by the monotonic clock and by
+    /// the wall clock), or have no other member to hear from.
     fn in_contact(&self, after_ms: u64) -> bool {
-        let last = self.last_contact_ms.load(std::sync::atomic::Ordering::Acquire);
-        if last != u64::MAX && self.now_ms().saturating_sub(last) <= after_ms {
+        use std::sync::atomic::Ordering;
+        let last = self.last_contact_ms.load(Ordering::Acquire);
+        let wall_gap = kv_transport::signer::now_ms().saturating_sub(self.last_contact_wall_ms.load(Ordering::Acquire));
+        if last != u64::MAX && self.now_ms().saturating_sub(last) <= after_ms && wall_gap <= after_ms {
             return true;
         }
         let gossip = self.gossip.lock();
@@ -507,8 +528,23 @@ impl Membership {
         let removed: Vec<(String, u64)> =
             digest.removed.into_iter().take(MAX_REMOVED).filter(|(id, _)| validate_node_id(id).is_ok()).collect();
         let (was_removed, was_restored) = (self.removed_me(), self.restored_me());
-        let changed = self.gossip.lock().merge_digest(Digest { states, removed, clock_ms: 0 }, self.now_ms());
-        self.last_contact_ms.store(self.now_ms(), std::sync::atomic::Ordering::Release);
+        let (changed, heard) = {
+            let mut gossip = self.gossip.lock();
+            let before = gossip.heard_others();
+            let changed = gossip.merge_digest(Digest { states, removed, clock_ms: 0 }, self.now_ms());
+            (changed, gossip.heard_others() > before)
+        };
+        // Contact is hearing news of another member (its heartbeat rises every round): an
+        // exchange with ourselves, through a seed naming us another way, is not.
+        if heard {
+            self.last_contact_ms.store(self.now_ms(), std::sync::atomic::Ordering::Release);
+            self.last_contact_wall_ms.store(kv_transport::signer::now_ms(), std::sync::atomic::Ordering::Release);
+        }
+        if changed {
+            for state in self.states().iter().filter(|s| !s.status.is_member()) {
+                self.clock().forget(&state.id);
+            }
+        }
         if !was_removed && self.removed_me() {
             tracing::error!("an operator removed this node from the cluster: it stops serving and exits");
             self.set_status(Status::Removed);
@@ -947,8 +983,14 @@ mod tests {
         n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(_))));
-        // A peer's view merged again: serving.
-        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        // An exchange with ourselves (a seed naming us another way) brings no news: still no
+        // contact.
+        n1.merge(n1.digest());
+        assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(_))));
+        // News of another member (its heartbeat rose): serving.
+        let mut newer = state("n2", Status::Normal);
+        newer.heartbeat = 2;
+        n1.merge(digest(vec![newer]));
         assert_eq!(n1.confirm().await, Ok(()));
         n1.fence("n2 refused this node: removed".into());
         assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));

@@ -385,6 +385,10 @@ impl Worker for AntiEntropy {
     }
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        // Its stores carry deadlines from our clock: no exchange while it is fenced.
+        if self.membership.clock_fenced() {
+            return Ok(WorkerState::Idle);
+        }
         let mut waiting = std::mem::take(&mut self.waiting);
         while let Ok(request) = self.requests.try_recv() {
             waiting.push(request);

@@ -313,11 +313,12 @@ impl Settings {
                 cluster.coordinator.tombstone_grace, cluster.max_clock_offset
             ));
         }
-        if security.max_skew < skew {
+        let signed_skew = skew + cluster.coordinator.replica_timeout;
+        if security.max_skew < signed_skew {
             return Err(format!(
                 "--auth-max-skew {:?} contradicts --max-clock-offset {:?}: signatures must accept twice the clock \
-                 offset two members may have ({skew:?}), or members whose clocks the cluster accepts would refuse \
-                 each other",
+                 offset two members may have plus a replica timeout in transit ({signed_skew:?}), or members whose \
+                 clocks the cluster accepts would refuse each other",
                 security.max_skew, cluster.max_clock_offset
             ));
         }

@@ -135,7 +135,8 @@ impl Worker for TombstoneCollector {
     }
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
-        if Instant::now() < self.next {
+        // Tombstone ages are judged by our clock: no collection while it is fenced.
+        if Instant::now() < self.next || self.membership.clock_fenced() {
             return Ok(WorkerState::Idle);
         }
         self.next = Instant::now() + self.interval;

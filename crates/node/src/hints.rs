@@ -356,6 +356,10 @@ impl Worker for HintDispatcher {
     }
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
+        // Expiry and delivery judge hints' ages by our clock: nothing while it is fenced.
+        if self.membership.clock_fenced() {
+            return Ok(WorkerState::Idle);
+        }
         let topology = self.membership.topology();
         self.expire(&topology).await?;
         self.refresh_gauges();

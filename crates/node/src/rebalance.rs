@@ -192,6 +192,11 @@ impl Rebalancer {
 
     /// One pass: join, leave, or fill what the node gained, as its status asks.
     async fn step(&mut self, shutdown: &CancellationToken) -> WorkerState {
+        // Moves judge nothing by the clock, but a fenced node sends nothing but gossip: wait.
+        if self.membership.clock_fenced() {
+            self.doing = "waiting: this node's clock is fenced";
+            return WorkerState::Idle;
+        }
         match self.membership.my_status() {
             Some(Status::Joining) => {
                 self.doing = "joining: waiting for coordinators to learn of the join";
@@ -793,7 +798,8 @@ impl Worker for Rebalancer {
     }
 
     async fn wait_for_work(&mut self) {
-        let retry = if self.ownership.filling().is_empty() { Duration::MAX / 4 } else { self.gossip_interval * 5 };
+        let idle = self.ownership.filling().is_empty() && !self.membership.clock_fenced();
+        let retry = if idle { Duration::MAX / 4 } else { self.gossip_interval * 5 };
         wake_on_change(retry, &mut self.topology, &mut self.ownership_changes).await;
     }
 }
@@ -809,7 +815,9 @@ impl Worker for Dropper {
 
     async fn work(&mut self, shutdown: &CancellationToken) -> Result<WorkerState, String> {
         let status = self.membership.my_status();
-        let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving));
+        // Which keys are too old to hand off is judged by our clock: nothing while it is fenced.
+        let busy = matches!(status, Some(Status::Normal | Status::Joining | Status::Leaving))
+            && !self.membership.clock_fenced();
         if busy && !self.ownership.dropping().is_empty() {
             match self.round(shutdown).await {
                 Ok((ranges, keys)) if ranges > 0 => {

@@ -353,15 +353,10 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let ready: ReadyCheck = {
         let membership = membership.clone();
         Arc::new(move || match membership.my_status() {
-            // Fenced (its clock is off, or a peer refused it as no longer a member), it serves
-            // nothing: not ready, so that a load balancer sends clients elsewhere.
-            Some(Status::Normal) if membership.clock_fenced() => {
-                Err("node is fenced: its clock is off from most members' clocks".into())
-            }
-            Some(Status::Normal) => match membership.fenced() {
-                Some(reason) => Err(format!("node is no longer a member: {reason}")),
-                None => Ok(()),
-            },
+            // Fenced (its clock is off, a peer refused it as no longer a member) or out of
+            // contact with every other member, it serves nothing: not ready, so that a load
+            // balancer sends its clients elsewhere.
+            Some(Status::Normal) => membership.ready().map_err(|e| e.to_string()),
             Some(other) => Err(format!("node is {}", other.name())),
             None => Err("membership not known".into()),
         })

@@ -138,8 +138,9 @@ pub struct ClusterSettings {
     /// A node whose clock is further than this from most members' (measured by every gossip
     /// exchange) fences itself: it serves nothing until its clock agrees again. Tombstone
     /// purges, hints and hand-offs compare clocks of different members, and hold while any two
-    /// differ by at most twice this: at most an eighth of --tombstone-grace [default: 1s, or a
-    /// sixteenth of --tombstone-grace if that is shorter].
+    /// differ by at most twice this: at most an eighth of --tombstone-grace and a quarter of
+    /// --replica-timeout [default: 500ms with the default replica timeout: a quarter of it, a
+    /// sixteenth of --tombstone-grace, or 1s, whichever is shortest].
     #[arg(long, env = "KV_MAX_CLOCK_OFFSET")]
     pub max_clock_offset: Option<String>,
 }
@@ -437,9 +438,9 @@ impl ClusterSettings {
         }
         let max_clock_offset = match self.max_clock_offset.as_deref() {
             Some(text) => duration_setting("--max-clock-offset", Some(text), "1s")?,
-            // A sixteenth: the default --hint-max-age (a quarter) plus twice this stays below
-            // half the grace.
-            None => (tombstone_grace / 16).min(Duration::from_secs(1)),
+            // A sixteenth of the grace: the default --hint-max-age (a quarter) plus twice this
+            // stays below half the grace; a quarter of the replica timeout (below).
+            None => (tombstone_grace / 16).min(replica_timeout / 4).min(Duration::from_secs(1)),
         };
         // docs/consistency.md, "Clocks": any two members that act differ by at most twice the
         // offset, and the age rules of purges, hints and hand-offs hold while that is at most a
@@ -450,6 +451,17 @@ impl ClusterSettings {
                  above zero and at most an eighth of the grace ({:?}), or a purged delete could come back through a \
                  hint or a hand-off judged by a skewed clock; lower it or raise --tombstone-grace",
                 tombstone_grace / 8
+            ));
+        }
+        // A store's or a coordinate call's deadline is the sender's clock plus the replica
+        // timeout, judged by the receiver's clock: two members twice the offset apart shorten it
+        // by that much; at most by half.
+        if max_clock_offset * 4 > replica_timeout {
+            return Err(format!(
+                "--max-clock-offset {max_clock_offset:?} contradicts --replica-timeout {replica_timeout:?}: two members \
+                 may differ by twice the offset, which shortens every call's deadline by as much; it must be at most \
+                 a quarter of the replica timeout ({:?})",
+                replica_timeout / 4
             ));
         }
         Ok(ClusterConfig {
