@@ -201,7 +201,7 @@ fn start() -> Result<(), RunError> {
                 verifier: Arc::new(Verifier::new(&signer, security.max_skew)),
                 body_limit: 64 * 1024,
                 names: Arc::new(vec!["gateway".into()]),
-                bound: kv_transport::verify::changes,
+                bound: kv_transport::verify::every,
                 metrics: Some(auth_metrics),
                 listener: "admin",
                 prefix: "/admin/",
@@ -209,12 +209,13 @@ fn start() -> Result<(), RunError> {
             admin_options.precheck = Some(kv_transport::verify::precheck_fn(check.clone()));
             admin = kv_transport::verify::guard(admin, check);
         }
+        let (client, client_precheck) =
+            kv_server::tokens::protect(kv_api::client_router(api), &security, &registry).map_err(metric_error)?;
         let client_options = ListenerOptions {
             too_large_code: "value_too_large",
+            precheck: client_precheck,
             ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
         };
-        let client =
-            kv_server::tokens::protect(kv_api::client_router(api), &security, &registry).map_err(metric_error)?;
         let listener_tls = || tls.clone().map(|tls| ListenerTls { tls, peer: false });
         let listeners = vec![
             Listener {

@@ -390,7 +390,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     // With --insecure, admin requests are not signed (curl works); peer requests still are,
     // with the built-in key, which catches corruption and other protocol versions.
     if !security.secrets.is_insecure() {
-        let check = verify("admin", "/admin/", kv_transport::verify::changes as BoundCheck, ADMIN_BODY_LIMIT);
+        let check = verify("admin", "/admin/", kv_transport::verify::every as BoundCheck, ADMIN_BODY_LIMIT);
         admin_options.precheck = Some(prechecked(check.clone(), None));
         admin = kv_transport::verify::guard(admin, check);
     }
@@ -403,9 +403,11 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         precheck: Some(prechecked(peer_check.clone(), Some((kv_coordinator::wire::GOSSIP_PATH, GOSSIP_BODY_LIMIT)))),
     };
     let peer = crate::peer_router(node, peer_check);
-    let client = kv_server::tokens::protect(kv_api::client_router(api), security, &registry).map_err(metric_error)?;
+    let (client, client_precheck) =
+        kv_server::tokens::protect(kv_api::client_router(api), security, &registry).map_err(metric_error)?;
     let client_options = ListenerOptions {
         too_large_code: "value_too_large",
+        precheck: client_precheck,
         ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
     };
     let listener_tls = |peer| tls.clone().map(|tls| ListenerTls { tls, peer });
@@ -504,7 +506,7 @@ const GOSSIP_BODY_LIMIT: u64 = 1 << 20;
 /// The head check of a listener: the signature's form, key and time before the body is read,
 /// and (for `small`'s path) a declared body no larger than its limit.
 fn prechecked(check: VerifyState, small: Option<(&'static str, u64)>) -> kv_server::http::Precheck {
-    Arc::new(move |parts: &axum::http::request::Parts| {
+    Arc::new(move |parts: &mut axum::http::request::Parts| {
         kv_transport::verify::precheck(&check, parts)?;
         if let Some((path, limit)) = small.filter(|(path, _)| parts.uri.path() == *path) {
             let declared = parts

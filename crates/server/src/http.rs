@@ -197,7 +197,7 @@ impl Guard {
 
 /// A check of a request's head made before its body is read (the peer and admin listeners: the
 /// signature's form, key and time); `Err` is the answer.
-pub type Precheck = Arc<dyn Fn(&axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
+pub type Precheck = Arc<dyn Fn(&mut axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
 
 /// What a listener's layers need to know besides the server settings.
 #[derive(Clone)]
@@ -231,19 +231,28 @@ impl Guard {
         activity: Option<&crate::listen::Activity>,
     ) -> Result<(Request, Option<OwnedSemaphorePermit>), Response> {
         use http_body_util::BodyExt as _;
-        let (parts, mut body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
         if let Some(response) = head_limits(&self.limits, &parts) {
             return Err(response);
         }
         if let Some(precheck) = &self.precheck {
-            precheck(&parts).map_err(|response| *response)?;
+            precheck(&mut parts).map_err(|response| *response)?;
         }
         // No body (GET, DELETE): nothing to read or hold.
         if http_body::Body::is_end_stream(&body) {
             return Ok((Request::from_parts(parts, body), None));
         }
         let started = Instant::now();
-        let mut bytes = Vec::new();
+        // Reserved whole when the head declares the length (within the limit), so the buffer
+        // never grows by doubling: the budget counts what is allocated, not only what arrived
+        // (buffers grown by doubling held up to twice the budget in memory).
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&length| length <= self.body_max);
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
         let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
             let left = self.limits.idle_timeout.saturating_sub(started.elapsed()).min(BODY_STALL);
@@ -275,8 +284,8 @@ impl Guard {
                 ));
             }
             bytes.extend_from_slice(&data);
-            // Budget in KiB, taken as the bytes arrive.
-            let want = bytes.len().div_ceil(1024) as u32;
+            // Budget in KiB of what the buffer holds allocated, taken as the bytes arrive.
+            let want = bytes.capacity().div_ceil(1024) as u32;
             let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
             if want > have {
                 let Ok(more) = self.budget.clone().try_acquire_many_owned(want - have) else {

@@ -133,44 +133,61 @@ impl ClientAuth {
     }
 }
 
-/// Middleware for the client listener: `401` without a valid bearer token, `403` for a write
-/// with a read token.
-pub async fn client_auth(State(auth): State<ClientAuth>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
+/// Checks a request's `Authorization` against the tokens: `Ok` or the `401`/`403` to answer
+/// (counted by reason).
+fn check(auth: &ClientAuth, method: &Method, headers: &axum::http::HeaderMap) -> Result<(), Box<Response>> {
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = token else {
         auth.failures.with_label_values(&["missing"]).inc();
-        return unauthorized("this API needs `Authorization: Bearer TOKEN`");
+        return Err(Box::new(unauthorized("this API needs `Authorization: Bearer TOKEN`")));
     };
     match auth.tokens.role(token) {
         None => {
             auth.failures.with_label_values(&["invalid"]).inc();
-            unauthorized("unknown token")
+            Err(Box::new(unauthorized("unknown token")))
         }
-        Some(Role::Read) if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+        Some(Role::Read) if !matches!(*method, Method::GET | Method::HEAD) => {
             auth.failures.with_label_values(&["read_only"]).inc();
-            json_error(StatusCode::FORBIDDEN, "forbidden", "this token may only read")
+            Err(Box::new(json_error(StatusCode::FORBIDDEN, "forbidden", "this token may only read")))
         }
-        Some(_) => next.run(request).await,
+        Some(_) => Ok(()),
     }
 }
 
-/// `router` behind [`client_auth`] when `security` has client tokens; as it is otherwise.
+/// Middleware: refuses a request without a valid token (`401`), and a write with a read token
+/// (`403`). The listener's guard runs the same check on the head before it reads the body
+/// ([`protect`]'s precheck); this one covers a router called without the guard.
+pub async fn client_auth(State(auth): State<ClientAuth>, request: Request, next: Next) -> Response {
+    match check(&auth, request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => *refused,
+    }
+}
+
+/// With client tokens on: `router` behind [`client_auth`], and the same check as a precheck of
+/// the head for the listener's guard ([`crate::http::ListenerOptions::precheck`]), so that a
+/// request without a valid token is refused before a byte of its body is read or counted
+/// against the listener's budget (an unauthenticated client cannot fill it). Without tokens:
+/// `router` as it is, and no precheck.
 pub fn protect(
     router: axum::Router,
     security: &crate::security::SecurityConfig,
     registry: &Registry,
-) -> prometheus::Result<axum::Router> {
+) -> prometheus::Result<(axum::Router, Option<crate::http::Precheck>)> {
     Ok(match &security.client_tokens {
         Some((_, tokens)) => {
             let auth = ClientAuth::new(tokens.clone(), registry)?;
-            router.layer(axum::middleware::from_fn_with_state(auth, client_auth))
+            let head = auth.clone();
+            let precheck: crate::http::Precheck = std::sync::Arc::new(move |parts: &mut axum::http::request::Parts| {
+                check(&head, &parts.method, &parts.headers)
+            });
+            (router.layer(axum::middleware::from_fn_with_state(auth, client_auth)), Some(precheck))
         }
-        None => router,
+        None => (router, None),
     })
 }
 

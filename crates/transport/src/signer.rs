@@ -4,19 +4,31 @@
 //! is accepted once. It is sent in [`SIGNATURE_HEADER`] as
 //!
 //! ```text
-//! v3 <key id> <timestamp ms> <sender>.<seq> <to> <from> <hmac>
+//! v4 <key id> <timestamp ms> <sender>.<seq> <to> <from> <body sha-256> <hmac>
 //! ```
 //!
 //! where the HMAC-SHA256, under a key derived from the cluster secret ([`crate::Secrets`]),
 //! covers the protocol, key id, timestamp, sender and sequence number, the destination `to`
 //! (the peer address dialed, or a node id), `from` (the sending member as `<node id>~<storage
 //! incarnation in hex>`, or `-` for a gateway or kvctl: receivers refuse members that left or
-//! were removed), the method, the path with its query and the SHA-256 of the whole body. The receiver ([`Verifier::verify`]) refuses, in this order: a
-//! missing or malformed header or another protocol version; a key id it does not hold (the
-//! secrets differ); a MAC that does not match (the request was altered, or signed with another
-//! secret); a timestamp further than the allowed clock skew from its own clock; a
-//! (sender, sequence number) pair it accepted before ([`crate::replay::ReplayGuard`]). The caller
-//! then checks `to` where it matters (a request replayed to another member names the wrong one).
+//! were removed), the method, the path with its query and the SHA-256 of the whole body, which
+//! the header declares in hex.
+//!
+//! **The head is authenticated before the body is read** ([`Verifier::check_head`]): the MAC
+//! covers every field of the head, the declared body digest included, so a receiver proves the
+//! sender holds the secret, that the request is meant for it, fresh and not a replay, before it
+//! reads or buffers a byte of the body; only then is the body read, and its digest compared
+//! with the declared one ([`Verifier::check_body`]). (Before v4 the MAC covered the body itself,
+//! so a head with the right key id and time and a MAC of zeros passed the head's checks and made
+//! a node buffer up to 16 MiB per request before the MAC could be checked.) The receiver refuses,
+//! in this order: a missing or malformed header or another protocol version; a key id it does
+//! not hold (the secrets differ); a MAC that does not match (the head was altered, or signed
+//! with another secret); a timestamp further than the allowed clock skew from its own clock, or
+//! earlier than the process started (a request captured before a restart is never accepted
+//! again: the replay windows live in memory); a (sender, sequence number) pair it accepted
+//! before ([`crate::replay::ReplayGuard`]); and, once the body is in, a body whose digest is not
+//! the declared one. The caller checks `to` where it matters (a request replayed to another
+//! member names the wrong one).
 
 use std::sync::Arc;
 
@@ -30,12 +42,13 @@ use crate::secret::Secrets;
 /// Header carrying a request's signature.
 pub const SIGNATURE_HEADER: &str = "x-kv-internal";
 
-/// Protocol version written first: `v3` since signatures authenticate (cluster secret,
-/// timestamp, nonce, destination). Processes of other versions are refused with a clear message.
-const PROTOCOL: &str = "v3";
+/// Protocol version written first: `v4` since the head is authenticated on its own (the MAC
+/// covers the declared body digest). Processes of other versions are refused with a clear
+/// message.
+const PROTOCOL: &str = "v4";
 
 /// The purpose the signing key is derived for.
-const PURPOSE: &str = "requests-v3";
+const PURPOSE: &str = "requests-v4";
 
 /// Longest `to` field.
 const MAX_TO: usize = 256;
@@ -124,8 +137,9 @@ impl Signer {
         let nonce = format!("{:016x}.{seq}", self.sender);
         let from = self.member.get().map_or("-", String::as_str);
         let (id, key) = &keys.sign;
-        let tag = mac(key, id, now_ms, &nonce, to, from, method, path, body);
-        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {from} {}", hex(&tag))
+        let digest = hex(&Sha256::digest(body));
+        let tag = mac(key, &Head { id, ts: now_ms, nonce: &nonce, to, from, digest: &digest }, method, path);
+        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {from} {digest} {}", hex(&tag))
     }
 }
 
@@ -152,6 +166,8 @@ pub struct Signed {
     pub from: Option<(String, u64)>,
     /// The time it was signed at, by the sender's clock (ms since the epoch).
     pub signed_ms: u64,
+    /// The SHA-256 of the body the head declared (and its MAC covers).
+    digest: [u8; 32],
     sender: u64,
     seq: u64,
 }
@@ -179,17 +195,26 @@ pub struct Verifier {
     keys: Arc<RwLock<Arc<Keys>>>,
     max_skew_ms: u64,
     guard: ReplayGuard,
+    /// When this process started (ms since the epoch): a signature made before is refused.
+    started_ms: u64,
 }
 
 impl Verifier {
-    /// A verifier sharing `signer`'s keys, accepting timestamps within `max_skew` of its clock.
+    /// A verifier sharing `signer`'s keys, accepting timestamps within `max_skew` of its clock
+    /// and not earlier than now (the process's start).
     pub fn new(signer: &Signer, max_skew: std::time::Duration) -> Verifier {
-        let max_skew_ms = max_skew.as_millis() as u64;
-        Verifier { keys: signer.keys.clone(), max_skew_ms, guard: ReplayGuard::new(max_skew_ms * 2) }
+        Verifier::started_at(signer, max_skew, now_ms())
     }
 
-    /// The whole check of a request's signature header at `now_ms`: [`Verifier::check`], then
-    /// [`Verifier::accept_once`]. (A receiver that checks the destination does so between them.)
+    /// [`Verifier::new`] for a process that started at `started_ms`.
+    pub fn started_at(signer: &Signer, max_skew: std::time::Duration, started_ms: u64) -> Verifier {
+        let max_skew_ms = max_skew.as_millis() as u64;
+        Verifier { keys: signer.keys.clone(), max_skew_ms, guard: ReplayGuard::new(max_skew_ms * 2), started_ms }
+    }
+
+    /// The whole check of a request at `now_ms`: [`Verifier::check_head`],
+    /// [`Verifier::accept_once`] and [`Verifier::check_body`]. (A receiver that checks the
+    /// destination does so after the head's check.)
     pub fn verify(
         &self,
         header: Option<&str>,
@@ -198,38 +223,22 @@ impl Verifier {
         body: &[u8],
         now_ms: u64,
     ) -> Result<Signed, AuthError> {
-        let signed = self.check(header, method, path, body, now_ms)?;
+        let signed = self.check_head(header, method, path, now_ms)?;
         self.accept_once(&signed, now_ms)?;
+        Verifier::check_body(&signed, body)?;
         Ok(signed)
     }
 
-    /// What can be checked before the body is read, cheaply: the header is well-formed, of this
-    /// protocol, signed with a key this process holds, and within the clock skew. A request
-    /// that fails it is refused before its body is read (an unauthenticated client cannot make
-    /// a node buffer bodies).
-    pub fn precheck(&self, header: Option<&str>, now_ms: u64) -> Result<(), AuthError> {
-        let parsed = parse(header)?;
-        let keys = self.keys.read().clone();
-        if !keys.all.iter().any(|(k, _)| k == parsed.id) {
-            return Err(unknown_key(parsed.id));
-        }
-        self.within_skew(parsed.ts, now_ms)
-    }
-
-    /// Checks the signature's MAC over this request and its time; does not yet record it as
-    /// seen.
-    pub fn check(
-        &self,
-        header: Option<&str>,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        now_ms: u64,
-    ) -> Result<Signed, AuthError> {
-        let Parsed { id, ts, nonce, sender, seq, to, from, tag } = parse(header)?;
+    /// Checks the head alone, before a byte of the body is read: the header's form and
+    /// protocol, its key, its MAC over the head's fields (the declared body digest included),
+    /// and its time (within the skew, not before this process started). Does not yet record it
+    /// as seen ([`Verifier::accept_once`]); the body is checked once in
+    /// ([`Verifier::check_body`]).
+    pub fn check_head(&self, header: Option<&str>, method: &str, path: &str, now_ms: u64) -> Result<Signed, AuthError> {
+        let Parsed { id, ts, nonce, sender, seq, to, from, digest, tag } = parse(header)?;
         let keys = self.keys.read().clone();
         let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else { return Err(unknown_key(id)) };
-        let expected = mac(key, id, ts, nonce, to, from, method, path, body);
+        let expected = mac(key, &Head { id, ts, nonce, to, from, digest }, method, path);
         if !constant_time_eq(&expected, &tag) {
             return Err(AuthError::new(
                 "bad_signature",
@@ -237,8 +246,31 @@ impl Verifier {
             ));
         }
         self.within_skew(ts, now_ms)?;
+        if ts < self.started_ms {
+            return Err(AuthError::new(
+                "before_start",
+                format!(
+                    "signed {} ms before this process started: a request captured before a restart is not accepted \
+                     again (or the sender's clock is behind this process's)",
+                    self.started_ms - ts
+                ),
+            ));
+        }
         let from = parse_member(from).map(|(id, incarnation)| (id.to_owned(), incarnation));
-        Ok(Signed { to: to.to_owned(), from, signed_ms: ts, sender, seq })
+        let digest = from_hex(digest).ok_or_else(|| AuthError::new("malformed", "malformed signature header"))?;
+        Ok(Signed { to: to.to_owned(), from, signed_ms: ts, digest, sender, seq })
+    }
+
+    /// Checks the body a head declared: its SHA-256 must be the digest the head's MAC covers.
+    pub fn check_body(signed: &Signed, body: &[u8]) -> Result<(), AuthError> {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        if !constant_time_eq(&digest, &signed.digest) {
+            return Err(AuthError::new(
+                "bad_signature",
+                "bad signature: the body is not the one the request was signed for (altered or cut)",
+            ));
+        }
+        Ok(())
     }
 
     /// Records a checked signature as seen; refused if it was seen before (a replay).
@@ -277,7 +309,19 @@ struct Parsed<'a> {
     seq: u64,
     to: &'a str,
     from: &'a str,
-    tag: Vec<u8>,
+    digest: &'a str,
+    tag: [u8; 32],
+}
+
+/// The fields of a head the MAC covers, besides the method and path.
+struct Head<'a> {
+    id: &'a str,
+    ts: u64,
+    nonce: &'a str,
+    to: &'a str,
+    from: &'a str,
+    /// The body's SHA-256, hex.
+    digest: &'a str,
 }
 
 fn unknown_key(id: &str) -> AuthError {
@@ -311,7 +355,7 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
             ));
         }
         let malformed = || AuthError::new("malformed", "malformed signature header");
-        let [_, id, ts, nonce, to, from, tag] = fields.as_slice() else { return Err(malformed()) };
+        let [_, id, ts, nonce, to, from, digest, tag] = fields.as_slice() else { return Err(malformed()) };
         let ts: u64 = ts.parse().map_err(|_| malformed())?;
         let (sender, seq) = nonce.split_once('.').ok_or_else(malformed)?;
         let sender =
@@ -323,29 +367,21 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
         if *from != "-" && parse_member(from).is_none() {
             return Err(malformed());
         }
+        if from_hex(digest).is_none() {
+            return Err(malformed());
+        }
         let tag = from_hex(tag).ok_or_else(malformed)?;
-        Ok(Parsed { id, ts, nonce, sender, seq, to, from, tag })
+        Ok(Parsed { id, ts, nonce, sender, seq, to, from, digest, tag })
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn mac(
-    key: &Hmac<Sha256>,
-    id: &str,
-    ts: u64,
-    nonce: &str,
-    to: &str,
-    from: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> [u8; 32] {
+fn mac(key: &Hmac<Sha256>, head: &Head<'_>, method: &str, path: &str) -> [u8; 32] {
     let mut mac = key.clone();
-    for field in [PROTOCOL, id, &ts.to_string(), nonce, to, from, method, path] {
+    let ts = head.ts.to_string();
+    for field in [PROTOCOL, head.id, &ts, head.nonce, head.to, head.from, method, path, head.digest] {
         mac.update(field.as_bytes());
         mac.update(b"\n");
     }
-    mac.update(&Sha256::digest(body));
     mac.finalize().into_bytes().into()
 }
 
@@ -364,11 +400,15 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn from_hex(text: &str) -> Option<Vec<u8>> {
+fn from_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -388,7 +428,7 @@ mod tests {
     #[test]
     fn a_signature_covers_every_field_and_every_body_byte() {
         let signer = Signer::new(&secrets('a'));
-        let verifier = Verifier::new(&signer, Duration::from_secs(30));
+        let verifier = Verifier::started_at(&signer, Duration::from_secs(30), 0);
         let body = b"some body bytes".to_vec();
         let sign = || signer.sign_at("POST", "/internal/v1/batch", "n1:7100", &body, 1000);
         let ok = verifier.verify(Some(&sign()), "POST", "/internal/v1/batch", &body, 1000).unwrap();
@@ -405,7 +445,14 @@ mod tests {
         // Every field of the header is covered: change one and the MAC no longer matches.
         let header = sign();
         let fields: Vec<&str> = header.split(' ').collect();
-        for (i, changed) in [(2, "1001"), (3, "00000000000000ff.1"), (4, "n2:7100"), (5, "n9~00000000000000ff")] {
+        let other_digest = hex(&Sha256::digest(b"another body"));
+        for (i, changed) in [
+            (2, "1001"),
+            (3, "00000000000000ff.1"),
+            (4, "n2:7100"),
+            (5, "n9~00000000000000ff"),
+            (6, other_digest.as_str()),
+        ] {
             let mut f = fields.clone();
             f[i] = changed;
             let refused = verifier.verify(Some(&f.join(" ")), "POST", "/internal/v1/batch", &body, 1000).unwrap_err();
@@ -422,7 +469,7 @@ mod tests {
     #[test]
     fn a_signature_is_accepted_once_and_only_within_the_skew() {
         let signer = Signer::new(&secrets('a'));
-        let verifier = Verifier::new(&signer, Duration::from_secs(30));
+        let verifier = Verifier::started_at(&signer, Duration::from_secs(30), 0);
         let header = signer.sign_at("POST", "/admin/leave", "n1", b"", 100_000);
         assert!(verifier.verify(Some(&header), "POST", "/admin/leave", b"", 100_000).is_ok());
         let again = verifier.verify(Some(&header), "POST", "/admin/leave", b"", 100_001).unwrap_err();
@@ -436,7 +483,7 @@ mod tests {
     #[test]
     fn a_request_overtaken_by_thousands_to_other_destinations_is_not_a_replay() {
         let signer = Signer::new(&secrets('a'));
-        let at_a = Verifier::new(&signer, Duration::from_secs(30));
+        let at_a = Verifier::started_at(&signer, Duration::from_secs(30), 0);
         let early = signer.sign_at("POST", "/x", "a:1", b"", 5);
         for _ in 0..5000 {
             signer.sign_at("POST", "/x", "b:1", b"", 5);
@@ -446,7 +493,7 @@ mod tests {
         assert!(at_a.verify(Some(&early), "POST", "/x", b"", 5).is_ok(), "the delayed request is still accepted");
         // A checked signature is recorded only once accepted: checking alone moves nothing.
         let other = signer.sign_at("POST", "/x", "a:1", b"", 5);
-        let signed = at_a.check(Some(&other), "POST", "/x", b"", 5).unwrap();
+        let signed = at_a.check_head(Some(&other), "POST", "/x", 5).unwrap();
         assert!(at_a.accept_once(&signed, 5).is_ok());
         assert_eq!(at_a.accept_once(&signed, 5).unwrap_err().reason, "replayed");
     }
@@ -457,12 +504,45 @@ mod tests {
         let both = Secrets::parse(&format!("{}\n{}", "b".repeat(32), "a".repeat(32))).unwrap();
         let old_signer = Signer::new(&old);
         let new_signer = Signer::new(&both);
-        let verifier = Verifier::new(&old_signer, Duration::from_secs(30));
+        let verifier = Verifier::started_at(&old_signer, Duration::from_secs(30), 0);
         let by_new = new_signer.sign_at("POST", "/x", "*", b"", 5);
         assert_eq!(verifier.verify(Some(&by_new), "POST", "/x", b"", 5).unwrap_err().reason, "unknown_key");
         old_signer.reload(&both);
         assert!(verifier.verify(Some(&by_new), "POST", "/x", b"", 5).is_ok(), "reloaded: the new secret is accepted");
         let by_old = Signer::new(&old).sign_at("POST", "/x", "*", b"", 5);
         assert!(verifier.verify(Some(&by_old), "POST", "/x", b"", 5).is_ok(), "and the old one still");
+    }
+
+    #[test]
+    fn the_head_is_authenticated_before_the_body_and_the_body_after() {
+        let signer = Signer::new(&secrets('a'));
+        let verifier = Verifier::started_at(&signer, Duration::from_secs(30), 0);
+        let body = vec![7u8; 1 << 16];
+        let header = signer.sign_at("POST", "/internal/v1/batch", "n1:7100", &body, 1000);
+        // The head alone proves the secret: a forged MAC (the right key id and time, a MAC of
+        // zeros) is refused before any byte of the body.
+        let mut fields: Vec<String> = header.split(' ').map(str::to_owned).collect();
+        fields[7] = "0".repeat(64);
+        let forged = fields.join(" ");
+        assert_eq!(
+            verifier.check_head(Some(&forged), "POST", "/internal/v1/batch", 1000).unwrap_err().reason,
+            "bad_signature"
+        );
+        // A genuine head passes on its own; then its body must be the one it declared.
+        let signed = verifier.check_head(Some(&header), "POST", "/internal/v1/batch", 1000).unwrap();
+        assert!(Verifier::check_body(&signed, &body).is_ok());
+        assert_eq!(Verifier::check_body(&signed, &body[1..]).unwrap_err().reason, "bad_signature");
+    }
+
+    #[test]
+    fn a_signature_made_before_the_process_started_is_refused() {
+        let signer = Signer::new(&secrets('a'));
+        let started = 50_000;
+        let verifier = Verifier::started_at(&signer, Duration::from_secs(30), started);
+        let before = signer.sign_at("POST", "/admin/repair", "n1", b"", started - 1);
+        let refused = verifier.verify(Some(&before), "POST", "/admin/repair", b"", started + 100).unwrap_err();
+        assert_eq!(refused.reason, "before_start");
+        let after = signer.sign_at("POST", "/admin/repair", "n1", b"", started + 50);
+        assert!(verifier.verify(Some(&after), "POST", "/admin/repair", b"", started + 100).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::signer::{now_ms, AuthError, Verifier, SIGNATURE_HEADER};
+use crate::signer::{now_ms, AuthError, Signed, Verifier, SIGNATURE_HEADER};
 
 /// Which requests must name this process as their destination (the signed `to` field): the
 /// others are harmless when replayed to another member (reads, gossip).
@@ -39,9 +39,16 @@ pub struct VerifyState {
     pub prefix: &'static str,
 }
 
-/// Bound: requests that change something (every method but `GET`): the admin listeners' rule.
+/// Bound: requests that change something (every method but `GET`).
 pub fn changes(method: &Method, _path: &str) -> bool {
     method != Method::GET
+}
+
+/// Bound: every request, reads included: the admin listeners' rule (an admin read returns data,
+/// `/admin/local/KEY` a key's versions and a context, and a signed read captured on its way to
+/// one node was answered by every other).
+pub fn every(_method: &Method, _path: &str) -> bool {
+    true
 }
 
 /// `router` with every request checked by [`verify`] under `state`.
@@ -73,61 +80,80 @@ impl AuthMetrics {
 }
 
 /// Middleware: reads the whole body (up to the limit) and refuses the request `401` unless its
-/// signature checks ([`Verifier::verify`]) and, for bound requests, names this process. Handlers
-/// behind it see the same body.
+/// signature checks. A request whose head the listener's guard already authenticated
+/// ([`precheck`]: the head's MAC, time, destination and replay window, before a byte of the
+/// body was read) has only its body checked against the digest its head declared; any other
+/// (a router called without the guard) is checked whole here ([`Verifier::verify`]). Handlers
+/// behind it see the same body, and who signed it ([`crate::signer::Signed`] in the request's
+/// extensions).
 pub async fn verify(State(state): State<VerifyState>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with(state.prefix) {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.body_limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large or cut short")
         }
     };
-    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let now = now_ms();
-    // The MAC and time, then the destination, and only then is the signature recorded as seen
-    // (a request meant for another member must not move this member's replay window).
-    let checked = state.verifier.check(header, parts.method.as_str(), path, &bytes, now).and_then(|signed| {
-        if (state.bound)(&parts.method, parts.uri.path()) && !state.names.contains(&signed.to) {
-            return Err(AuthError::new(
-                "wrong_destination",
-                format!("this request was signed for {:?}, not for this process", signed.to),
-            ));
-        }
-        state.verifier.accept_once(&signed, now).map(|()| signed)
-    });
-    let signed = match checked {
-        Ok(signed) => signed,
-        Err(e) => return refused(&state, path, e),
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let checked = match parts.extensions.get::<Signed>() {
+        Some(signed) => Verifier::check_body(signed, &bytes),
+        None => head_checked(&state, &parts, now_ms()).and_then(|signed| {
+            Verifier::check_body(&signed, &bytes)?;
+            parts.extensions.insert(signed);
+            Ok(())
+        }),
     };
-    let mut parts = parts;
-    // Handlers see who signed it (the peer listener refuses members that left or were removed).
-    parts.extensions.insert(signed);
+    if let Err(e) = checked {
+        return refused(&state, &path, e);
+    }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
-/// The part of [`verify`] done on the head alone, before the body is read: the signature's form,
-/// key and time (`401` otherwise, counted and logged like any refusal). Paths outside the
-/// state's prefix pass.
-pub fn precheck(state: &VerifyState, parts: &axum::http::request::Parts) -> Result<(), Box<Response>> {
+/// The head's whole check: MAC and time, then the destination, and only then is the signature
+/// recorded as seen (a request meant for another member must not move this member's replay
+/// window).
+fn head_checked(state: &VerifyState, parts: &axum::http::request::Parts, now: u64) -> Result<Signed, AuthError> {
+    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let signed = state.verifier.check_head(header, parts.method.as_str(), path, now)?;
+    if (state.bound)(&parts.method, parts.uri.path()) && !state.names.contains(&signed.to) {
+        return Err(AuthError::new(
+            "wrong_destination",
+            format!("this request was signed for {:?}, not for this process", signed.to),
+        ));
+    }
+    state.verifier.accept_once(&signed, now)?;
+    Ok(signed)
+}
+
+/// The part of [`verify`] done on the head alone, before a byte of the body is read (the
+/// listener's guard calls it): the signature's form, key, MAC over the head (the declared body
+/// digest included), time, destination and replay window; `401` otherwise, counted and logged
+/// like any refusal. A request that passes carries its [`Signed`] in its extensions, and only
+/// its body's digest is left to check. Paths outside the state's prefix pass.
+pub fn precheck(state: &VerifyState, parts: &mut axum::http::request::Parts) -> Result<(), Box<Response>> {
     let path = parts.uri.path();
     if !path.starts_with(state.prefix) {
         return Ok(());
     }
-    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    state.verifier.precheck(header, now_ms()).map_err(|e| Box::new(refused(state, path, e)))
+    match head_checked(state, parts, now_ms()) {
+        Ok(signed) => {
+            parts.extensions.insert(signed);
+            Ok(())
+        }
+        Err(e) => Err(Box::new(refused(state, parts.uri.path(), e))),
+    }
 }
 
 /// [`precheck`] under `state`, as a shareable function of the head.
-pub type HeadCheck = Arc<dyn Fn(&axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
+pub type HeadCheck = Arc<dyn Fn(&mut axum::http::request::Parts) -> Result<(), Box<Response>> + Send + Sync>;
 
 /// [`precheck`] bound to `state`.
 pub fn precheck_fn(state: VerifyState) -> HeadCheck {
-    Arc::new(move |parts: &axum::http::request::Parts| precheck(&state, parts))
+    Arc::new(move |parts: &mut axum::http::request::Parts| precheck(&state, parts))
 }
 
 /// A `401` for `e`, logged (at most every [`WARN_EVERY_MS`] as a warning) and counted.
@@ -149,7 +175,7 @@ fn refused(state: &VerifyState, path: &str, e: AuthError) -> Response {
     if let Some(metrics) = &state.metrics {
         metrics.refused(state.listener, e.reason);
     }
-    if e.reason == "expired" {
+    if matches!(e.reason, "expired" | "before_start") {
         // Our clock, so that a member whose clock is off learns by how much (it measures its
         // offset from refusals too, and fences itself when most members disagree with it).
         let body = serde_json::json!({ "error": "unauthorized", "message": e.message, "now_ms": now });
