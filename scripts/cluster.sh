@@ -13,8 +13,9 @@
 #                                           off its ranges and exited, delete its data directory,
 #                                           wait until the others are settled
 #
-# Idempotent: starting a running cluster or stopping a stopped one changes nothing. One
-# membership change at a time (docs/operations.md): add and remove return once it has settled.
+# Idempotent: starting a running cluster or stopping a stopped one changes nothing. add and
+# remove return once the change has settled; changes may also overlap (two adds at once, a remove
+# during an add: docs/operations.md), each then waits for every member to be normal.
 # After an add, `start --nodes K` starts the K nodes again after a stop.
 # Environment: KV_DATA (default ./data), KV_BIN (./target/release), KV_BASE_PORT (7001; peer
 # and admin ports are 100 and 200 above), KV_GATEWAY_PORT (8080; admin one above). Data lives in

@@ -110,7 +110,7 @@ pub async fn delete(
 }
 
 /// Refuses client requests while this process must not serve: it left or was removed, its
-/// clock is fenced, or after a gap in contact it cannot confirm it is still a member
+/// clock is fenced, or after it was frozen it cannot confirm it is still a member
 /// ([`kv_membership::Membership::confirm`]). Cheap when all is well (no exchange).
 async fn serving(state: &ApiState) -> Result<(), ApiError> {
     state.membership.confirm().await.map_err(|e| ApiError::NotServing(e.to_string()))

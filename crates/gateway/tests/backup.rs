@@ -23,7 +23,7 @@ fn script(args: &[&str]) -> std::process::Output {
 #[test]
 fn a_backup_restored_into_another_cluster_holds_the_same_values_and_siblings() {
     let source = Cluster::start(3, 1, &[]);
-    let client = reqwest::blocking::Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let gateway = &source.gateways[0];
     for i in 0..100 {
         assert!(client

@@ -13,12 +13,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kv_testkit::{statuses, visible, Cluster};
+use kv_testkit::{statuses, visible, Cluster, Partition};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -67,7 +66,7 @@ fn workload(base: &str, history: &History, stop: &AtomicBool, threads: usize) {
     std::thread::scope(|scope| {
         for t in 0..threads {
             scope.spawn(move || {
-                let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let c = kv_testkit::http_client(Duration::from_secs(10));
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -117,7 +116,7 @@ fn workload(base: &str, history: &History, stop: &AtomicBool, threads: usize) {
 /// deleted values back, live values beside a write whose client had read them (siblings that
 /// are not truly concurrent), and keys with siblings.
 fn check(history: &History, base: &str) -> (usize, usize, usize, usize) {
-    let c = Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let c = kv_testkit::http_client(Duration::from_secs(15));
     let ops = history.ops.lock().unwrap();
     let (mut lost, mut back, mut false_siblings, mut siblings) = (0, 0, 0, 0);
     for (key, ops) in ops.iter() {
@@ -290,53 +289,6 @@ fn join_and_leave_during_load() {
         let status = c.nodes[n4].wait_exit(Duration::from_secs(60));
         assert!(status.success(), "n4 left and exited: {status:?}");
     });
-}
-
-/// iptables rules that drop traffic between two sets of loopback addresses, removed on drop.
-struct Partition {
-    rules: Vec<[String; 4]>,
-}
-
-impl Partition {
-    /// Whether this process can change the firewall (root, iptables installed); says so if not.
-    fn possible() -> bool {
-        let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout == b"0\n");
-        let iptables = Command::new("iptables").arg("-S").arg("INPUT").output().is_ok_and(|o| o.status.success());
-        if !root || !iptables {
-            println!("SKIPPED: partitions need root and iptables (make test installs iptables; CI runs as root)");
-        }
-        root && iptables
-    }
-
-    /// Isolates `node` from `others` both ways.
-    fn isolate(node: &str, others: &[&str]) -> Partition {
-        let mut partition = Partition { rules: Vec::new() };
-        for other in others {
-            for (from, to) in [(node, *other), (*other, node)] {
-                let rule = [from.to_owned(), to.to_owned(), "kv-test".to_owned(), std::process::id().to_string()];
-                let status = Command::new("iptables").args(Partition::args("-I", &rule)).status().unwrap();
-                assert!(status.success(), "iptables -I {rule:?}");
-                partition.rules.push(rule);
-            }
-        }
-        partition
-    }
-
-    fn args(action: &str, rule: &[String; 4]) -> Vec<String> {
-        [action, "INPUT", "-i", "lo", "-s", &rule[0], "-d", &rule[1], "-m", "comment", "--comment"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([format!("{}-{}", rule[2], rule[3]), "-j".into(), "DROP".into()])
-            .collect()
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        for rule in &self.rules {
-            let _ = Command::new("iptables").args(Partition::args("-D", rule)).status();
-        }
-    }
 }
 
 /// Acceptance: a partition isolating one node for 30 s under write load, then healed: nothing

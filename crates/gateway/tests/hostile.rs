@@ -14,7 +14,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kv_testkit::{signer, Cluster, Proc};
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 
 /// The body budget the nodes run with (`--max-buffered-mb`): the memory bound the attacks test.
@@ -97,7 +96,7 @@ fn trickle(port: u16, head: &str, burst: usize, stop: &AtomicBool, attack: &Atta
 /// Default-quorum writes through `base` with the write token until `stop`: (acknowledged,
 /// failures).
 fn writer(base: &str, stop: &AtomicBool) -> (u64, Vec<String>) {
-    let c = Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let c = kv_testkit::http_client(Duration::from_secs(15));
     let (mut acked, mut failures) = (0, Vec::new());
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -259,7 +258,7 @@ fn forged_signature_heads_are_refused_before_their_bodies_and_block_no_replicati
 #[test]
 fn a_signed_request_captured_before_a_restart_or_for_another_node_is_refused() {
     let mut cluster = Cluster::start(3, 0, &[]);
-    let c = Client::new();
+    let c = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let n1 = &cluster.nodes[0];
     let repair = signer().sign("POST", "/admin/repair", "n1", b"");
     let first =

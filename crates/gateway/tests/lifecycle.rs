@@ -6,7 +6,8 @@
 //!
 //! - `s1*`: nodes started at once into a running cluster, and a leave during a join.
 //! - `s2*`: the "formed" latch of `--expect-nodes` after a leave and a restart.
-//! - `s3`: a node frozen (SIGSTOP) through its removal, its deleted keys purged meanwhile.
+//! - `s3*`: a node frozen (SIGSTOP) through its removal, its deleted keys purged meanwhile (and,
+//!   in `s3b`, cut off from its peers by iptables when it resumes).
 //! - `s4*`: one node's wall clock 20 s ahead (libfaketime: `apt-get install -y faketime`), and
 //!   a configuration whose grace, hint age and clock bound contradict each other.
 //! - `s5*`: a replica frozen, or killed, for 8 s under load at the default timings.
@@ -29,7 +30,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
+    kv_testkit::http_client(Duration::from_secs(15))
 }
 
 /// Polls `check` every 50 ms until it holds (returns how long it took) or `limit` passes (None).
@@ -211,7 +212,7 @@ fn writer_load(base: &str, prefix: &str, threads: usize, stop: &AtomicBool) -> (
         for t in 0..threads {
             let (acked, refused) = (&acked, &refused);
             scope.spawn(move || {
-                let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let c = kv_testkit::http_client(Duration::from_secs(10));
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("{prefix}-{t}-{i}");
@@ -270,7 +271,7 @@ fn joins_at_once(ids: &[&str]) {
     const PRELOAD: usize = 2000;
     let mut cluster = Cluster::start(3, 1, &[]);
     let g = cluster.gateways[0].url("");
-    load(&g, PRELOAD, 4);
+    load(&g, PRELOAD, 16);
     let stop = AtomicBool::new(false);
     let seed = cluster.nodes[0].address();
     let (join_time, snapshot, acked, refused, started_in) = std::thread::scope(|scope| {
@@ -349,7 +350,7 @@ fn s1b_a_leave_during_a_join_completes_both() {
         Duration::from_millis(std::env::var("LIFECYCLE_LEAVE_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     let mut cluster = Cluster::start(4, 1, &[]);
     let g = cluster.gateways[0].url("");
-    load(&g, PRELOAD, 4);
+    load(&g, PRELOAD, 16);
     let stop = AtomicBool::new(false);
     let (joiner_status, leave_status, leave_body, left_at, joined_at, acked, refused) = std::thread::scope(|scope| {
         let _stop = StopOnDrop(&stop);
@@ -520,20 +521,91 @@ type Answer = Result<(StatusCode, String), String>;
 /// values may come back on the survivors.
 #[test]
 fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
+    paused_through_removal(false);
+}
+
+/// The same, and n4 can reach no peer when it resumes (iptables): it cannot hear of its
+/// removal, and no peer can refuse it; it must not answer from its own copy because it was
+/// frozen (with `--serve-isolated`, the default, a node that ran all along would). Once the
+/// partition heals it learns that it was removed and exits, and nothing comes back.
+#[test]
+fn s3b_a_node_paused_through_its_removal_and_cut_off_after_answers_no_deleted_value() {
+    if kv_testkit::Partition::possible() {
+        paused_through_removal(true);
+    }
+}
+
+/// A node that ran all along but hears from no other member (here both others are stopped):
+/// with `--serve-isolated=false` it refuses clients (`503 not_serving`) and reports not ready
+/// once `--suspect-after` passed, and serves again as soon as a member is back. (With the
+/// default it serves on: `failures.rs`, `a_zone_outage_keeps_w1_and_r1_working...`.)
+#[test]
+fn s3c_an_isolated_node_refuses_only_when_told_to() {
+    let mut cluster = Cluster::start(2, 0, &[]);
+    let strict = cluster.add_node(&["--serve-isolated=false"]);
+    cluster.wait_for_members(3);
+    let c = client();
+    let n3 = &cluster.nodes[strict];
+    assert_eq!(c.put(format!("{}?w=1", n3.key_url("iso"))).body("v").send().unwrap().status(), StatusCode::NO_CONTENT);
+    cluster.nodes[0].terminate();
+    cluster.nodes[1].terminate();
+    let n3 = &cluster.nodes[strict];
+    let ready = |p: &Proc| c.get(p.admin_url("/health/ready")).send().unwrap().status();
+    let refused_in = wait_for("the isolated strict node to refuse", Duration::from_secs(15), || {
+        c.get(format!("{}?r=1", n3.key_url("iso"))).send().unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+    });
+    let refusal = c.get(format!("{}?r=1", n3.key_url("iso"))).send().unwrap().text().unwrap();
+    let ready_isolated = ready(n3);
+    cluster.nodes[0].restart();
+    let n3 = &cluster.nodes[strict];
+    let back_in = wait_for("the strict node to serve again", Duration::from_secs(15), || {
+        c.get(format!("{}?r=1", n3.key_url("iso"))).send().unwrap().status() == StatusCode::OK
+    });
+    println!(
+        "s3c --serve-isolated=false, both other nodes stopped: refused reads {:.1} s later ({refusal}), readiness \
+         {ready_isolated}; served again {:.1} s after one member restarted, readiness {}",
+        refused_in.as_secs_f64(),
+        back_in.as_secs_f64(),
+        ready(n3)
+    );
+    assert!(refusal.contains("not_serving"), "{refusal}");
+    assert_eq!(ready_isolated, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+fn paused_through_removal(cut_off: bool) {
     const KEYS: usize = 30;
     const READS_PER_KEY: usize = 1;
     let node_args = ["--tombstone-grace", "3s", "--gc-interval", "500ms"];
     // n4's peers reach it through a gate, shut while it is frozen (a frozen machine accepts no
     // connection); `LIFECYCLE_S3_NO_GATE=1` leaves it open throughout (SIGSTOP alone).
-    let gated = std::env::var("LIFECYCLE_S3_NO_GATE").is_err();
+    let gated = cut_off || std::env::var("LIFECYCLE_S3_NO_GATE").is_err();
     let mut cluster = empty_cluster(4);
-    let ports: Vec<Ports> = (0..4).map(|_| Ports::node()).collect();
+    // Cut off: the survivors on 127.0.0.2-4, so that what n4 (127.0.0.1) sends them can be
+    // dropped alone.
+    let ports: Vec<Ports> = (0..4)
+        .map(|i| {
+            if cut_off && i < 3 {
+                Ports::node().on(std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+            } else {
+                Ports::node()
+            }
+        })
+        .collect();
     let gate = Proxy::start(ports[3].peer.unwrap());
     let advertised: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("127.0.0.1:{}", if i == 3 { gate.port } else { p.peer.unwrap() }))
+        .map(
+            |(i, p)| {
+                if i == 3 {
+                    format!("127.0.0.1:{}", gate.port)
+                } else {
+                    format!("{}:{}", p.host, p.peer.unwrap())
+                }
+            },
+        )
         .collect();
+    let survivor_peers: Vec<(String, u16)> = ports[..3].iter().map(|p| (p.host.to_string(), p.peer.unwrap())).collect();
     let seeds = advertised.join(",");
     for (i, ports) in ports.into_iter().enumerate() {
         let mut extra: Vec<String> = node_args.iter().map(|s| s.to_string()).collect();
@@ -580,6 +652,7 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
     let purges: f64 = survivors.iter().map(|p| metric(p, "kv_tombstones_purged_total", "")).sum();
     // Reads to the frozen n4: they wait in its listen queue until it resumes.
     let n4 = &cluster.nodes[3];
+    let mut cut: Vec<kv_testkit::Partition> = Vec::new();
     let answers: Vec<(String, Answer)> = std::thread::scope(|scope| {
         // READS_PER_KEY queued reads of every key (more queued reads only means more refused
         // when n4 exits); every other key at r=1, which n4's own copy alone would answer.
@@ -591,7 +664,7 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
                 let url = if i % 2 == 0 { n4.key_url(key) } else { format!("{}?r=1", n4.key_url(key)) };
                 let key = key.clone();
                 scope.spawn(move || {
-                    let c = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+                    let c = kv_testkit::http_client(Duration::from_secs(20));
                     let answer = c
                         .get(url)
                         .send()
@@ -605,17 +678,27 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(800));
-        gate.reopen();
+        if cut_off {
+            cut = survivor_peers
+                .iter()
+                .map(|(host, port)| kv_testkit::Partition::block("127.0.0.1", host, *port))
+                .collect();
+        } else {
+            gate.reopen();
+        }
         n4.resume();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut with_data = Vec::new();
+    let mut refusals: BTreeSet<String> = BTreeSet::new();
     for (key, answer) in &answers {
         let label = match answer {
             Ok((status, body)) => {
                 if status.is_success() {
                     with_data.push(format!("{key}={body}"));
+                } else {
+                    refusals.insert(body.chars().take(160).collect());
                 }
                 status.as_u16().to_string()
             }
@@ -624,6 +707,18 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
         *by_status.entry(label).or_default() += 1;
     }
     std::thread::sleep(Duration::from_secs(2));
+    let mut healed_exit = String::new();
+    if cut_off {
+        // Heal: n4 hears of its removal (or is refused by a peer) and exits.
+        drop(cut);
+        gate.reopen();
+        let exit = wait_until(Duration::from_secs(30), || exited(&cluster.nodes[3]));
+        healed_exit = format!(
+            "; after the partition healed n4 exited: {}",
+            exit.map_or("NO".into(), |t| format!("after {:.1} s", t.as_secs_f64()))
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
     // Read repair from n4's reads: the survivors' own copies.
     let back_local: Vec<String> = keys
         .iter()
@@ -641,10 +736,16 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
     println!(
         "s3 removed while frozen (peer connections to n4 {}): n4 held {n4_held}/{KEYS} keys; marked down {:.1} s after SIGSTOP; remove answered \
          {removed_status}; tombstones purged {:.1} s after the deletes ({purges} purges); reads sent to frozen n4 answered \
-         {by_status:?} after SIGCONT ({READS_PER_KEY} per key, half at r=1), {} of {} with the deleted value (e.g. {:?}); afterwards {} of {KEYS} keys live \
+         {by_status:?} after SIGCONT ({READS_PER_KEY} per key, half at r=1; refusals {refusals:?}), {} of {} with the deleted value (e.g. {:?}); afterwards {} of {KEYS} keys live \
          again on a survivor's own copy (e.g. {:?}), {back_read} of {KEYS} visible at r=3 through n1; n4 exited by then: \
-         {n4_exited}; n4 log lines saying 'removed': {removed_lines} (first {removed_first:?})",
-        if gated { "refused while it was frozen" } else { "queued by its kernel while it was frozen" },
+         {n4_exited}; n4 log lines saying 'removed': {removed_lines} (first {removed_first:?}){healed_exit}",
+        if cut_off {
+            "refused while it was frozen, and n4 cut off from its peers when it resumed"
+        } else if gated {
+            "refused while it was frozen"
+        } else {
+            "queued by its kernel while it was frozen"
+        },
         down_in.as_secs_f64(),
         purged_in.as_secs_f64(),
         with_data.len(),
@@ -654,6 +755,7 @@ fn s3_a_node_paused_through_its_removal_brings_back_no_deleted_value() {
         &back_local[..back_local.len().min(2)],
     );
     assert!(with_data.is_empty(), "{} of {} reads answered a deleted value", with_data.len(), answers.len());
+    assert!(n4_exited, "the removed node still runs{healed_exit}");
     assert!(back_local.is_empty(), "{} of {KEYS} deleted values came back on the survivors", back_local.len());
     assert_eq!(back_read, 0, "deleted values visible again");
 }
@@ -680,7 +782,7 @@ fn skewed_kvnode(dir: &std::path::Path, skew: &str) -> PathBuf {
 
 /// The metric `name{labels}` of `proc`, or `None` if it does not answer.
 fn try_metric(proc: &Proc, name: &str, labels: &str) -> Option<f64> {
-    let text = Client::new().get(proc.admin_url("/metrics")).send().ok()?.text().ok()?;
+    let text = proc.client().get(proc.admin_url("/metrics")).send().ok()?.text().ok()?;
     let prefix = if labels.is_empty() { format!("{name} ") } else { format!("{name}{{{labels}}} ") };
     text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
@@ -887,7 +989,7 @@ fn frozen_scenario(name: &str, fault: impl FnOnce(&mut Cluster)) -> (usize, usiz
         for t in 0..4 {
             let (stats, stop, base) = (&stats, &stop, &base);
             scope.spawn(move || {
-                let c = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+                let c = kv_testkit::http_client(Duration::from_secs(30));
                 let mut acked: Vec<(String, String)> = Vec::new();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {

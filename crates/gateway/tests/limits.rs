@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kv_testkit::{metric, start_node, Proc};
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 
 /// Resident memory of a process, in MB.
@@ -33,7 +32,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Normal traffic: writes and reads of small values, one at a time, until `stop`; each
 /// request's latency, and every failure.
 fn normal_client(base: &str, stop: &AtomicBool) -> (Vec<Duration>, Vec<String>) {
-    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let c = kv_testkit::http_client(Duration::from_secs(10));
     let (mut latencies, mut failures) = (Vec::new(), Vec::new());
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -117,7 +116,7 @@ fn slow_loris_idle_connections_and_oversized_bodies_leave_a_node_serving() {
         // node refuses them.
         for _ in 0..4 {
             s.spawn(|| {
-                let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let c = kv_testkit::http_client(Duration::from_secs(10));
                 let big = vec![b'x'; 4 << 20];
                 while attack.load(Ordering::Relaxed) {
                     if let Ok(r) = c.put(format!("{}/kv/big", node.client_url(""))).body(big.clone()).send() {
@@ -187,7 +186,7 @@ fn limits_refuse_with_clear_json_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node =
         start_node(&dir.path().join("data"), &["--node-id", "n1", "--max-siblings", "3", "--max-buffered-mb", "16"]);
-    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let c = kv_testkit::http_client(Duration::from_secs(10));
     let url = node.key_url("k");
     let json = |r: reqwest::blocking::Response| -> (StatusCode, serde_json::Value) {
         (r.status(), r.json().unwrap_or_default())
@@ -251,7 +250,7 @@ fn stalled_request_bodies_do_not_lock_out_real_clients() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let c = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let c = kv_testkit::http_client(Duration::from_secs(10));
     let started = Instant::now();
     for i in 0..20 {
         let r = c.put(node.key_url(&format!("real-{i}"))).body("v").send().unwrap();

@@ -12,10 +12,14 @@ use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-const KEYS: usize = 20_000;
+/// Keys loaded before a join or a leave: `KV_MEMBERSHIP_KEYS`, 5,000 in `make test` (20,000 in
+/// `make test-long`).
+fn keys() -> usize {
+    std::env::var("KV_MEMBERSHIP_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(5_000)
+}
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    kv_testkit::http_client(Duration::from_secs(10))
 }
 
 /// Polls until `check` holds; returns how long it took. Panics after `limit`.
@@ -35,10 +39,10 @@ fn all_normal(procs: &[&Proc], ids: &[&str]) -> bool {
     })
 }
 
-/// The keys among `key-0..KEYS` whose N = 3 replicas include `id`, on a ring of `members`.
+/// The keys among `key-0..keys()` whose N = 3 replicas include `id`, on a ring of `members`.
 fn keys_of(members: &[&str], id: &str) -> BTreeSet<String> {
     let ring = Ring::new(members.iter().map(|m| Node::new(*m, "default"))).unwrap();
-    (0..KEYS)
+    (0..keys())
         .map(|i| format!("key-{i}"))
         .filter(|k| ring.preference_list(k.as_bytes(), 3).iter().any(|n| n.id == id))
         .collect()
@@ -60,7 +64,7 @@ fn reader(base: &str, stop: &AtomicBool) -> (usize, Vec<String>) {
     let (mut reads, mut failures) = (0, Vec::new());
     let mut i = 7usize;
     while !stop.load(Ordering::Relaxed) {
-        i = (i * 7919 + 13) % KEYS;
+        i = (i * 7919 + 13) % keys();
         match c.get(format!("{base}/kv/key-{i}?r=2")).send() {
             Ok(r) if r.status() == StatusCode::OK => {
                 if r.text().unwrap() != format!("value-{i}") {
@@ -79,7 +83,7 @@ fn reader(base: &str, stop: &AtomicBool) -> (usize, Vec<String>) {
 fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
     let mut cluster = Cluster::start(3, 1, &[]);
     let gateway = cluster.gateways[0].url("");
-    load(&gateway, KEYS, 8);
+    load(&gateway, keys(), 32);
     let stop = AtomicBool::new(false);
     let (reads, failures, join_time) = std::thread::scope(|scope| {
         let _stop = StopOnDrop(&stop);
@@ -124,11 +128,12 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
         "join: 4 normal members on every node and the gateway after {:.1} s; {reads} reads at r=2 during the join, 0 failed; \
          n4 received {streamed} keys (every key of its ranges from one old owner, what the other owners hold beyond it found by \
          Merkle comparison, then hand-offs from the owners that dropped them) \
-         and holds {} keys, exactly the {} keys of its ranges (of {KEYS}); the old owners dropped {dropped} keys they lost \
+         and holds {} keys, exactly the {} keys of its ranges (of {}); the old owners dropped {dropped} keys they lost \
          within {:.1} s and hold exactly their own; primary shares {:?}",
         join_time.as_secs_f64(),
         held.len(),
         expected.len(),
+        keys(),
         settled.as_secs_f64(),
         shares.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>()
     );
@@ -223,7 +228,7 @@ fn no_member_is_marked_down_falsely_under_load() {
 fn decommissioning_one_of_four_loses_no_key() {
     let mut cluster = Cluster::start(4, 1, &[]);
     let gateway = cluster.gateways[0].url("");
-    load(&gateway, KEYS, 8);
+    load(&gateway, keys(), 32);
     let started = Instant::now();
     let response = cluster.nodes[3].admin(reqwest::Method::POST, "/admin/leave").send().unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -238,22 +243,34 @@ fn decommissioning_one_of_four_loses_no_key() {
     let bytes: f64 = cluster.nodes[..3].iter().map(|p| metric(p, "kv_stream_bytes_total", "direction=\"in\"")).sum();
     let ring: Value = client().get(cluster.gateways[0].url("/cluster/ring")).send().unwrap().json().unwrap();
     assert_eq!(ring["nodes"].as_array().unwrap().len(), 3, "ring of 3");
-    let c = client();
-    let mut missing = Vec::new();
-    for i in 0..KEYS {
-        let r = c.get(format!("{gateway}/kv/key-{i}?r=2")).send().unwrap();
-        if r.status() != StatusCode::OK || r.text().unwrap() != format!("value-{i}") {
-            missing.push(i);
-        }
-    }
+    // Every key read back at r=2, from 8 threads.
+    let missing: Vec<usize> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..8)
+            .map(|t| {
+                let gateway = &gateway;
+                scope.spawn(move || {
+                    let c = client();
+                    (t..keys())
+                        .step_by(8)
+                        .filter(|i| {
+                            let r = c.get(format!("{gateway}/kv/key-{i}?r=2")).send().unwrap();
+                            r.status() != StatusCode::OK || r.text().unwrap() != format!("value-{i}")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        readers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    });
     // With 3 nodes left and N = 3, every node must hold every key.
     for p in &cluster.nodes[..3] {
-        assert_eq!(stored_keys(p).len(), KEYS, "{} lacks keys", p.address());
+        assert_eq!(stored_keys(p).len(), keys(), "{} lacks keys", p.address());
     }
     println!(
-        "decommission: n4 handed off its ranges and exited in {:.1} s, sending {received} keys ({bytes} value bytes); ring of 3; {} of {KEYS} keys missing",
+        "decommission: n4 handed off its ranges and exited in {:.1} s, sending {received} keys ({bytes} value bytes); ring of 3; {} of {} keys missing",
         took.as_secs_f64(),
-        missing.len()
+        missing.len(),
+        keys()
     );
     assert!(missing.is_empty(), "lost keys, e.g. {:?}", &missing[..missing.len().min(5)]);
 }

@@ -57,7 +57,7 @@ fn both_binaries_export_clean_metrics_that_follow_the_cluster() {
     let gateway = cluster.gateways[0].client_url("");
     load(&gateway, 200, 4);
     // Siblings: two blind writes of one key (no context) are concurrent.
-    let client = reqwest::blocking::Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     for value in ["a", "b"] {
         let r = client.put(cluster.gateways[0].key_url("conflict")).body(value).send().unwrap();
         assert!(r.status().is_success(), "{}", r.status());

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    kv_testkit::http_client(Duration::from_secs(10))
 }
 
 /// Values a read shows: the value on 200, every live sibling on 300, nothing on 404.

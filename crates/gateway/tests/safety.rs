@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
+    kv_testkit::http_client(Duration::from_secs(15))
 }
 
 fn read(c: &Client, base: &str, key: &str, r: usize) -> Option<BTreeSet<String>> {

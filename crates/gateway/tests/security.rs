@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
+    kv_testkit::http_client(Duration::from_secs(15))
 }
 
 /// A child process killed on drop, even when the test fails.

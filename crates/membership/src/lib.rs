@@ -28,9 +28,9 @@
 //! A node is *fenced* when it must not act: a peer refused it as no longer a member (it left or
 //! was removed while it could not hear of it: [`Membership::fence`]), or its clock is off from
 //! most members' ([`clock`]). [`Membership::confirm`], called before a node answers a client or
-//! a replica call, refuses then, and after any gap in contact with the other members first
-//! exchanges views with them, so a node removed while it was paused learns so before it hands
-//! out anything (docs/consistency.md, rules 12 and 13).
+//! a replica call, refuses then, and after this process was frozen (paused, its host asleep:
+//! `contact`) first exchanges views with the other members, so a node removed while it was
+//! paused learns so before it hands out anything (docs/consistency.md, rules 12 and 13).
 //!
 //! [`GossipDriver`] is the worker that runs the rounds: bump our heartbeat, exchange states with
 //! `--gossip-fanout` random live peers (and now and then with a seed, which heals partitions
@@ -44,6 +44,7 @@
 //! - [`clock`] — [`clock::ClockOffsets`]: peers' clock offsets from gossip, and the clock fence.
 
 pub mod clock;
+mod contact;
 pub mod membership;
 pub mod metrics;
 

@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::contact::Contact;
 use kv_coordinator::{ReplicaError, Topology};
 use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
 use kv_ring::{Node, Ring};
@@ -121,12 +121,9 @@ pub struct Membership {
     stop: CancellationToken,
     /// Reads our store's counter lease, published every round ([`Membership::publish_lease`]).
     lease: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
-    /// When we last heard news of another member (ms on `started`'s clock); `u64::MAX`: never.
-    last_contact_ms: AtomicU64,
-    /// The same on the wall clock: the monotonic clock does not advance while the host is
-    /// suspended (or a VM is paused), the wall clock does.
-    last_contact_wall_ms: AtomicU64,
-    /// What confirms our membership after a gap in contact ([`Membership::confirm`]).
+    /// News of other members, and freezes of this process ([`crate::contact`]).
+    contact: Arc<Contact>,
+    /// What confirms our membership after a freeze or a gap in contact ([`Membership::confirm`]).
     confirmation: std::sync::OnceLock<Confirmation>,
     /// One confirmation at a time; holds when the last one failed (ms), so that a burst of
     /// requests after a gap waits for one exchange, not one each.
@@ -144,6 +141,9 @@ struct Confirmation {
     exchanger: Exchanger,
     /// Longest gap in contact after which we confirm before answering, ms.
     after_ms: u64,
+    /// Whether a node that ran all along but hears from no other member (they are down, or a
+    /// partition cut it off) serves meanwhile (`--serve-isolated`).
+    serve_isolated: bool,
 }
 
 /// Why this process must not answer a request now ([`Membership::confirm`]).
@@ -151,8 +151,9 @@ struct Confirmation {
 pub enum NotServing {
     /// It left the cluster, was removed, or a peer refused it as no longer a member.
     NotMember(String),
-    /// It heard from no other member for longer than the contact limit, and could reach none
-    /// now: it cannot tell whether it is still a member.
+    /// It was frozen (or, with `--serve-isolated=false`, heard from no other member) for
+    /// longer than the contact limit, and could reach none now: it cannot tell whether it is
+    /// still a member.
     NoContact(String),
     /// Its clock is off from most members' by more than the bound the safety rules need.
     ClockSkew(String),
@@ -209,8 +210,7 @@ impl Membership {
             formed: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
             lease: std::sync::OnceLock::new(),
-            last_contact_ms: AtomicU64::new(u64::MAX),
-            last_contact_wall_ms: AtomicU64::new(0),
+            contact: Arc::new(Contact::new(Instant::now())),
             confirmation: std::sync::OnceLock::new(),
             confirming: tokio::sync::Mutex::new(None),
             fenced: std::sync::OnceLock::new(),
@@ -271,6 +271,11 @@ impl Membership {
         self.clock().fenced()
     }
 
+    /// Whether `id` of storage `incarnation` is this process (a seed that names it another way).
+    pub fn is_me(&self, id: &str, incarnation: u64) -> bool {
+        self.gossip.lock().my_state().is_some_and(|s| s.id == id && s.incarnation == incarnation)
+    }
+
     /// Whether the member `id` of storage `incarnation` may not act in the cluster any more: it
     /// was removed, or it left. Returns what to tell it. A member we do not know yet (a new
     /// joiner, before gossip brings it) is not refused.
@@ -301,61 +306,87 @@ impl Membership {
     }
 
     /// Lets [`Membership::confirm`] re-confirm our membership through `exchanger` after a gap of
-    /// `after` in contact with the other members.
-    pub fn enable_confirmation(&self, exchanger: Exchanger, after: Duration) {
-        let _ = self.confirmation.set(Confirmation { exchanger, after_ms: after.as_millis() as u64 });
+    /// `after` in contact with the other members, or after this process was frozen for
+    /// `after` (it starts the freeze watch); `serve_isolated`: whether a node that ran all
+    /// along but hears from no other member serves meanwhile (`--serve-isolated`).
+    pub fn enable_confirmation(&self, exchanger: Exchanger, after: Duration, serve_isolated: bool) {
+        let confirmation = Confirmation { exchanger, after_ms: after.as_millis() as u64, serve_isolated };
+        if self.confirmation.set(confirmation).is_ok() {
+            self.contact.watch(after);
+        }
     }
 
     /// Whether this process may answer a request now; called before a node answers a client or
     /// a replica call (and again before it sends a client the answer). A member that left, was
     /// removed, or was refused as no longer a member does not serve; nor does one whose clock is
-    /// fenced. And after any gap in contact (no peer's view merged for the contact limit: it was
-    /// paused, partitioned, or its host slept), it first exchanges views with its seeds and
-    /// members, so that a node removed while it could not hear of it learns so before it
-    /// answers anything: it must not hand out, or write back, data the cluster has deleted
-    /// since. A gateway (no member state) and a member alone in its view always may.
+    /// fenced. After this process was *frozen* for the contact limit (paused, its VM stopped,
+    /// its host asleep: [`crate::contact`]) it first exchanges views with its seeds and members,
+    /// and serves only once one of them answered: a node removed while it could not hear of it
+    /// learns so before it answers anything, and must not hand out, or write back, data the
+    /// cluster has deleted since. A node that ran all along but heard from no other member for
+    /// the limit (they are down, or a partition cut it off) serves on with `--serve-isolated`
+    /// (the default: the last zone up stays writable at `w=1`; its gossip rounds keep trying
+    /// every member, and the first that answers, or refuses it, tells it whether it was
+    /// removed), and otherwise confirms the same way. A gateway (no member state) and a member
+    /// alone in its view always may.
     pub async fn confirm(&self) -> Result<(), NotServing> {
         self.serving_now()?;
         let Some(confirmation) = self.confirmation.get() else { return Ok(()) };
-        if self.in_contact(confirmation.after_ms) {
+        if self.may_serve_unconfirmed(confirmation) {
             return Ok(());
         }
         let mut last_failure = self.confirming.lock().await;
         // Another request may have confirmed while we waited.
-        if self.in_contact(confirmation.after_ms) {
+        if self.may_serve_unconfirmed(confirmation) {
             return Ok(());
         }
         let now = self.now_ms();
         let retry_ms = (confirmation.after_ms / 10).clamp(100, 1000);
         if !last_failure.is_some_and(|at| now.saturating_sub(at) < retry_ms) {
-            tracing::info!("no contact with the cluster lately: confirming membership before serving");
+            tracing::info!(
+                "no contact with the cluster lately, or this process was frozen: confirming membership before serving"
+            );
+            // An answer clears a freeze ([`Exchanger::exchange_all`]).
             confirmation.exchanger.probe(self).await;
         }
         self.serving_now()?;
-        if self.in_contact(confirmation.after_ms) {
+        if self.may_serve_unconfirmed(confirmation) {
             *last_failure = None;
             return Ok(());
         }
         *last_failure = Some(self.now_ms());
         Err(NotServing::NoContact(format!(
-            "this node has heard from no other member for over {} ms and cannot reach one now: it cannot confirm \
-             that it is still a member, so it does not serve",
-            confirmation.after_ms
+            "this node {} and cannot reach another member now: it cannot confirm that it is still a member, so it \
+             does not serve",
+            if self.contact.frozen() {
+                format!("did not run for over {} ms (paused, or its host slept)", self.contact.freeze_limit_ms())
+            } else {
+                format!("has heard from no other member for over {} ms", confirmation.after_ms)
+            }
         )))
     }
 
-    /// What readiness reports: [`Membership::confirm`] without its exchange (a node that has
-    /// lost contact, or is fenced, is not ready, so that a load balancer sends its clients
+    /// What readiness reports: [`Membership::confirm`] without its exchange (a node that must
+    /// confirm first, or is fenced, is not ready, so that a load balancer sends its clients
     /// elsewhere).
     pub fn ready(&self) -> Result<(), NotServing> {
         self.serving_now()?;
         match self.confirmation.get() {
-            Some(confirmation) if !self.in_contact(confirmation.after_ms) => Err(NotServing::NoContact(format!(
-                "no news from any other member for over {} ms",
+            Some(confirmation) if !self.may_serve_unconfirmed(confirmation) => Err(NotServing::NoContact(format!(
+                "frozen, or no news from any other member, for over {} ms",
                 confirmation.after_ms
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Whether [`Membership::confirm`] may answer without an exchange: alone in the view, or
+    /// not frozen and either in contact or serving while isolated.
+    fn may_serve_unconfirmed(&self, confirmation: &Confirmation) -> bool {
+        if self.alone() {
+            return true;
+        }
+        !self.contact.frozen() && (confirmation.serve_isolated || self.contact.heard_within(confirmation.after_ms))
     }
 
     /// [`Membership::confirm`]'s checks that need no exchange.
@@ -381,15 +412,8 @@ impl Membership {
         Ok(())
     }
 
-    /// Whether we heard news of another member within `after_ms` (by the monotonic clock and by
-    /// the wall clock), or have no other member to hear from.
-    fn in_contact(&self, after_ms: u64) -> bool {
-        use std::sync::atomic::Ordering;
-        let last = self.last_contact_ms.load(Ordering::Acquire);
-        let wall_gap = kv_transport::signer::now_ms().saturating_sub(self.last_contact_wall_ms.load(Ordering::Acquire));
-        if last != u64::MAX && self.now_ms().saturating_sub(last) <= after_ms && wall_gap <= after_ms {
-            return true;
-        }
+    /// Whether we have no other member to hear from (an observer, or a member alone in its view).
+    fn alone(&self) -> bool {
         let gossip = self.gossip.lock();
         let me = gossip.me().map(str::to_owned);
         me.is_none() || !gossip.states().iter().any(|s| Some(&s.id) != me.as_ref() && s.status.is_member())
@@ -511,8 +535,9 @@ impl Membership {
         self.refresh(false);
     }
 
-    /// Merges a peer's digest, dropping invalid states and removals.
-    pub fn merge(&self, digest: Digest) {
+    /// Merges a peer's digest, dropping invalid states and removals; whether it brought news of
+    /// another member (contact).
+    pub fn merge(&self, digest: Digest) -> bool {
         let states: Vec<MemberState> = digest
             .states
             .into_iter()
@@ -537,8 +562,7 @@ impl Membership {
         // Contact is hearing news of another member (its heartbeat rises every round): an
         // exchange with ourselves, through a seed naming us another way, is not.
         if heard {
-            self.last_contact_ms.store(self.now_ms(), std::sync::atomic::Ordering::Release);
-            self.last_contact_wall_ms.store(kv_transport::signer::now_ms(), std::sync::atomic::Ordering::Release);
+            self.contact.heard();
         }
         if changed {
             for state in self.states().iter().filter(|s| !s.status.is_member()) {
@@ -561,6 +585,7 @@ impl Membership {
         if changed {
             self.refresh(true);
         }
+        heard
     }
 
     /// Gossip targets for this round.
@@ -713,12 +738,19 @@ impl Exchanger {
         targets.sort();
         targets.dedup();
         let digest = membership.digest();
+        let sent = membership.contact.now().0;
         let exchanges = targets.iter().map(|target| self.exchange(membership, target, &digest));
         let mut probe = Probe::default();
         for (target, result) in targets.iter().zip(futures::future::join_all(exchanges).await) {
             match result {
                 Ok(digest) => {
-                    membership.merge(digest);
+                    if membership.merge(digest) {
+                        probe.news += 1;
+                    }
+                    // Another member's answer (a node refuses an exchange with itself), made
+                    // after this request: what the cluster did while this process was frozen,
+                    // if it was, is in it and now merged.
+                    membership.contact.answered(sent);
                     probe.answered += 1;
                 }
                 Err(ReplicaError::Refused { status: 401, message }) => {
@@ -842,6 +874,9 @@ impl GossipDriver {
 pub struct Probe {
     /// Peers that answered.
     pub answered: usize,
+    /// Answers that brought news of another member (an answer from ourselves, through a seed
+    /// that names us another way, brings none).
+    pub news: usize,
     /// Peers that refused this process's signature (`401`), and what they said.
     pub unauthorized: Vec<(String, String)>,
 }
@@ -980,7 +1015,8 @@ mod tests {
             None,
         )
         .unwrap();
-        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50));
+        // (Strict: --serve-isolated=false.)
+        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50), false);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(_))));
         // An exchange with ourselves (a seed naming us another way) brings no news: still no
@@ -995,5 +1031,46 @@ mod tests {
         n1.fence("n2 refused this node: removed".into());
         assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));
         assert!(n1.stop_signal().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_isolated_member_serves_on_but_a_frozen_one_confirms_first() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        let transport = PeerTransport::new(
+            kv_transport::TransportOptions {
+                timeout: Duration::from_millis(200),
+                max_in_flight: 4,
+                signer: kv_transport::Signer::new(&kv_transport::Secrets::insecure()),
+                local_address: None,
+                tls: None,
+                pool_idle: Duration::from_secs(1),
+                gate: None,
+                on_not_member: None,
+            },
+            None,
+        )
+        .unwrap();
+        // n2 (never reachable: it has no address anyone listens on) silent for longer than
+        // the limit while n1 ran: with --serve-isolated n1 serves on, and is ready.
+        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(300), true);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(n1.confirm().await, Ok(()));
+        assert_eq!(n1.ready(), Ok(()));
+        // Frozen (paused through the limit): it must hear from a member through an exchange of
+        // its own first. News merged by gossip does not count (an answer read after the pause
+        // may have been sent before it); no member answers here, so it refuses.
+        n1.contact.freeze();
+        let mut newer = state("n2", Status::Normal);
+        newer.heartbeat = 2;
+        n1.merge(digest(vec![newer]));
+        assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(m)) if m.contains("did not run")));
+        assert!(n1.ready().is_err());
+        // Alone in its view, there is no one to confirm with: it serves.
+        let mut gone = state("n2", Status::Left);
+        gone.heartbeat = 3;
+        n1.merge(digest(vec![gone]));
+        assert_eq!(n1.confirm().await, Ok(()));
     }
 }

@@ -84,6 +84,14 @@ pub struct Settings {
     /// exiting (a decommission), instead of a restart-style stop [default: false].
     #[arg(long, env = "KV_LEAVE_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_shutdown: Option<bool>,
+    /// Whether a node that hears from no other member for --suspect-after while it runs (the
+    /// others are down, or a partition cut it off) serves on: the last zone up stays writable
+    /// at w=1 and readable at r=1, but a node removed by the other side of a partition serves
+    /// its clients until the partition heals. With false it refuses (503 not_serving) until it
+    /// hears from a member. A node that was frozen (paused, its host asleep) always confirms
+    /// first [default: true].
+    #[arg(long, env = "KV_SERVE_ISOLATED", num_args = 0..=1, default_missing_value = "true")]
+    pub serve_isolated: Option<bool>,
     /// Ranges streamed at once while joining, leaving or re-replicating [default: 16].
     #[arg(long, env = "KV_STREAM_CONCURRENCY")]
     pub stream_concurrency: Option<usize>,
@@ -157,6 +165,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Leave the cluster on SIGTERM.
     pub leave_on_shutdown: bool,
+    /// Serve while no other member is heard from (the process ran all along).
+    pub serve_isolated: bool,
     /// Ranges streamed at once.
     pub stream_concurrency: NonZeroUsize,
     /// Hint bounds.
@@ -202,6 +212,7 @@ impl Settings {
             cache_mb,
             compression,
             leave_on_shutdown,
+            serve_isolated,
             stream_concurrency,
             hint_max_mb,
             hint_max_age,
@@ -338,6 +349,7 @@ impl Settings {
             anti_entropy_interval,
             repair_bytes_per_sec,
             leave_on_shutdown: self.leave_on_shutdown.unwrap_or(false),
+            serve_isolated: self.serve_isolated.unwrap_or(true),
             stream_concurrency,
             node_id: self.node_id,
             peer_listen,

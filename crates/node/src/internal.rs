@@ -6,11 +6,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use kv_coordinator::wire::{
     decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
     MAX_BATCH_CALLS, MAX_MERKLE_QUERIES,
 };
 use kv_gossip::Digest;
+use kv_transport::signer::Signed;
 use serde::de::DeserializeOwned;
 
 use kv_api::api::MAX_KEY_BYTES;
@@ -103,7 +105,20 @@ pub async fn store_batch(State(state): State<Arc<NodeState>>, body: Bytes) -> Re
 
 /// `POST /internal/v1/gossip`: merge the sender's digest (member states and removed set),
 /// answer with ours.
-pub async fn gossip(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
+/// An exchange with itself (a seed that names this node another way) is refused: its answer
+/// would be taken for another member's (which clears a freeze, `kv_membership::Contact`).
+pub async fn gossip(
+    State(state): State<Arc<NodeState>>,
+    signed: Option<Extension<Signed>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some((id, incarnation)) = signed.as_ref().and_then(|s| s.from.as_ref()) {
+        if state.membership.is_me(id, *incarnation) {
+            return Err(ApiError::BadRequest(
+                "a gossip exchange with itself: one of this node's seeds names the node itself".into(),
+            ));
+        }
+    }
     let digest: Digest = message(&body)?;
     // Our view as it was before the caller's: what it sends about itself cannot hide what we
     // knew of it (a node started on an older copy of its store learns of its later run so).

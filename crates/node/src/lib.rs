@@ -118,7 +118,7 @@ pub fn peer_router(state: Arc<NodeState>, verify: VerifyState) -> Router {
 /// removed (by the signature's `from`) is refused `410 not_a_member` whatever it asks, which
 /// makes it stop (it may have been paused, or partitioned, through its removal, and its copies
 /// predate deletes the cluster has purged since); and this node answers no replica call while
-/// it must not serve (`503 not_serving`: its clock is fenced, or after a gap in contact it
+/// it must not serve (`503 not_serving`: its clock is fenced, or after it was frozen it
 /// cannot confirm it is still a member). Gossip passes: it is how a stale member learns.
 async fn members_only(
     axum::extract::State(state): axum::extract::State<Arc<NodeState>>,

@@ -10,7 +10,6 @@ fn kvnode() -> std::process::Command {
     command.env("KV_CLUSTER_SECRET", kv_testkit::secret());
     command
 }
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -29,7 +28,7 @@ fn context(response: &reqwest::blocking::Response) -> String {
 #[test]
 fn every_byte_value_and_a_non_ascii_key_round_trip() {
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let value: Vec<u8> = (0..=255u8).collect();
     let key = "clé-ключ-鍵 🔑/with slash?&";
     let put =
@@ -46,7 +45,7 @@ fn every_byte_value_and_a_non_ascii_key_round_trip() {
 #[test]
 fn blind_writes_are_siblings_until_a_write_with_their_context() {
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let url = node.key_url("cart");
     for value in ["apples", "pears"] {
         assert_eq!(client.put(&url).body(value).send().unwrap().status(), StatusCode::NO_CONTENT);
@@ -73,7 +72,7 @@ fn blind_writes_are_siblings_until_a_write_with_their_context() {
 #[test]
 fn delete_then_get_is_not_found() {
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let url = node.key_url("gone");
     client.put(&url).body("v").send().unwrap();
     assert_eq!(client.delete(&url).send().unwrap().status(), StatusCode::NO_CONTENT);
@@ -95,7 +94,7 @@ fn delete_then_get_is_not_found() {
 #[test]
 fn bad_requests_get_clear_4xx() {
     let (_dir, node) = start(&["--max-value-bytes", "1000"]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let too_large = client.put(node.key_url("big")).body(vec![0u8; 1001]).send().unwrap();
     assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(too_large.json::<Value>().unwrap()["error"], "value_too_large");
@@ -126,7 +125,7 @@ fn bad_requests_get_clear_4xx() {
 #[test]
 fn health_and_metrics_report() {
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     client.put(node.key_url("m")).body("v").send().unwrap();
     client.get(node.key_url("m")).send().unwrap();
     let live: Value = client.get(node.url("/health/live")).send().unwrap().json().unwrap();
@@ -161,7 +160,7 @@ fn sigterm_drains_syncs_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut node = start_node(&data, &["--node-id", "n1", "--sync", "none"]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     for i in 0..50 {
         client.put(node.key_url(&format!("k{i}"))).body("v").send().unwrap();
     }
@@ -216,7 +215,7 @@ fn config_file_env_and_flags_layer() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let mut members = None;
     for _ in 0..200 {
         if let Ok(r) = client.get(format!("http://127.0.0.1:{}/cluster/members", ports.admin)).send() {
@@ -242,7 +241,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     use kv_transport::{Secrets, Signer, SIGNATURE_HEADER};
     let ticket = |write_id: u128| Ticket { write_id, deadline_ms: kv_coordinator::now_ms() + 60_000 };
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let post = |calls: &[Call]| {
         let body = encode(&calls.to_vec());
         client
@@ -339,7 +338,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
 #[test]
 fn each_listener_serves_only_its_routes() {
     let (_dir, node) = start(&[]);
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let on = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
     let (client_port, peer_port, admin_port) = (node.ports.client, node.ports.peer.unwrap(), node.ports.admin);
     assert_eq!(client.put(on(client_port, "/kv/k")).body("v").send().unwrap().status(), StatusCode::NO_CONTENT);

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kv_testkit::start_node;
-use reqwest::blocking::Client;
 use reqwest::StatusCode;
 
 const KEYS: usize = 1000;
@@ -21,7 +20,7 @@ fn acknowledged_writes_survive_kill_9(engine: &str, sync: &str) {
     std::thread::scope(|scope| {
         for _ in 0..WRITERS {
             scope.spawn(|| {
-                let client = Client::new();
+                let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= KEYS {
@@ -36,7 +35,7 @@ fn acknowledged_writes_survive_kill_9(engine: &str, sync: &str) {
     });
     node.kill9();
     node.restart();
-    let client = Client::new();
+    let client = kv_testkit::http_client(std::time::Duration::from_secs(60));
     let mut missing = Vec::new();
     for i in 0..KEYS {
         let response = client.get(node.key_url(&format!("key-{i}"))).send().unwrap();

@@ -17,9 +17,11 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
@@ -287,15 +289,25 @@ impl Proc {
         }
     }
 
-    /// An HTTP client for this process: trusting its `--tls-ca` when it has one.
+    /// An HTTP client for this process: trusting its `--tls-ca` when it has one. One client per
+    /// CA for the whole test binary (cheap clones): building one reads the system's root
+    /// certificates, which in a debug build took a core of the helpers' polling loops.
     pub fn client(&self) -> Client {
-        let mut builder = Client::builder().timeout(Duration::from_secs(30));
-        if let Some(ca) = self.arg("--tls-ca") {
-            for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap() {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        builder.build().unwrap()
+        static CLIENTS: std::sync::OnceLock<Mutex<HashMap<Option<String>, Client>>> = std::sync::OnceLock::new();
+        let ca = self.arg("--tls-ca").map(str::to_owned);
+        let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap();
+        clients
+            .entry(ca.clone())
+            .or_insert_with(|| {
+                let mut builder = Client::builder().timeout(Duration::from_secs(30));
+                if let Some(ca) = ca {
+                    for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap() {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                builder.build().unwrap()
+            })
+            .clone()
     }
 
     /// `http://127.0.0.1:<admin port><path>`, whatever the path.
@@ -498,6 +510,13 @@ fn fast_gossip_unless(extra: &[&str]) -> Vec<String> {
     FAST_GOSSIP.chunks(2).filter(|pair| !extra.contains(&pair[0])).flatten().map(|s| s.to_string()).collect()
 }
 
+/// A plain-HTTP client with `timeout`. Without the system's root certificates: reading them
+/// costs a debug build tens of milliseconds of CPU per client, which added up to a core in the
+/// tests' polling helpers.
+pub fn http_client(timeout: Duration) -> Client {
+    Client::builder().timeout(timeout).tls_certs_only(Vec::new()).build().unwrap()
+}
+
 /// Writes `keys` keys `key-0`.. with value `value-<i>` through `base` (a gateway or node URL)
 /// from `threads` threads at the cluster's default W. Panics on any failed write.
 pub fn load(base: &str, keys: usize, threads: usize) {
@@ -505,7 +524,7 @@ pub fn load(base: &str, keys: usize, threads: usize) {
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                let client = Client::new();
+                let client = http_client(Duration::from_secs(60));
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if i >= keys {
@@ -878,6 +897,63 @@ pub mod tls {
                 "--tls-ca".into(),
                 self.ca_file.display().to_string(),
             ]
+        }
+    }
+}
+
+/// iptables rules that drop traffic between loopback addresses (tests of partitions; they
+/// need root and iptables: [`Partition::possible`]). The rules carry a comment naming this
+/// test process and are deleted on drop, also when the test fails.
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Whether this process can change the firewall (root, iptables installed); says so if not.
+    pub fn possible() -> bool {
+        let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout == b"0\n");
+        let iptables = Command::new("iptables").arg("-S").arg("INPUT").output().is_ok_and(|o| o.status.success());
+        if !root || !iptables {
+            println!("SKIPPED: partitions need root and iptables (make test installs iptables; CI runs as root)");
+        }
+        root && iptables
+    }
+
+    /// Isolates `node` from `others` both ways.
+    pub fn isolate(node: &str, others: &[&str]) -> Partition {
+        let mut partition = Partition { rules: Vec::new() };
+        for other in others {
+            partition.add(node, other, None);
+            partition.add(other, node, None);
+        }
+        partition
+    }
+
+    /// Drops the connections `from` opens to TCP `port` of `to` (what it answers on its own
+    /// ports, and anything others send, passes).
+    pub fn block(from: &str, to: &str, port: u16) -> Partition {
+        let mut partition = Partition { rules: Vec::new() };
+        partition.add(from, to, Some(port));
+        partition
+    }
+
+    fn add(&mut self, from: &str, to: &str, port: Option<u16>) {
+        let mut rule: Vec<String> = ["INPUT", "-i", "lo", "-s", from, "-d", to].iter().map(|s| s.to_string()).collect();
+        if let Some(port) = port {
+            rule.extend(["-p".into(), "tcp".into(), "--dport".into(), port.to_string()]);
+        }
+        rule.extend(["-m".into(), "comment".into(), "--comment".into(), format!("kv-test-{}", std::process::id())]);
+        rule.extend(["-j".into(), "DROP".into()]);
+        let status = Command::new("iptables").arg("-I").args(&rule).status().expect("iptables runs");
+        assert!(status.success(), "iptables -I {rule:?}");
+        self.rules.push(rule);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables").arg("-D").args(rule).status();
         }
     }
 }
