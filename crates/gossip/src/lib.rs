@@ -148,6 +148,11 @@ pub struct Digest {
     /// (offset = answer's clock - midpoint of send and receipt).
     #[serde(default)]
     pub clock_ms: u64,
+    /// The sender was frozen (did not run for a while) and has not confirmed since: what it
+    /// knows may predate what the cluster did meanwhile, so its answer does not confirm
+    /// another frozen member.
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// A member as an observer sees it.
@@ -348,7 +353,7 @@ impl Gossip {
 
     /// What a gossip exchange sends: every state and the removed set.
     pub fn digest(&self) -> Digest {
-        Digest { states: self.states(), removed: self.removed(), clock_ms: 0 }
+        Digest { states: self.states(), removed: self.removed(), ..Digest::default() }
     }
 
     /// Merges a peer's [`Digest`]. Returns whether anything changed.

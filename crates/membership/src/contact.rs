@@ -11,7 +11,7 @@
 //! a host sleeps) marks the process frozen until another member answers an exchange sent after
 //! the freeze was seen ([`Contact::answered`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,11 @@ pub(crate) struct Contact {
     beat_wall_ms: AtomicU64,
     /// A gap longer than this between beats is a freeze, ms.
     limit_ms: AtomicU64,
-    /// A freeze was seen that no confirmation has cleared since.
-    frozen: AtomicBool,
-    /// When the last freeze was seen (ms on `started`'s clock).
-    frozen_at_ms: AtomicU64,
+    /// Freezes seen so far (every gap counts, also one seen while already frozen; an exchange
+    /// clears a freeze only if none was seen between its sending and its answer) times two,
+    /// plus one while a freeze is not cleared: one word, so that a freeze seen while an answer
+    /// clears the previous one is never lost.
+    freezes: AtomicU64,
 }
 
 impl Contact {
@@ -48,8 +49,7 @@ impl Contact {
             beat_ms: AtomicU64::new(u64::MAX),
             beat_wall_ms: AtomicU64::new(0),
             limit_ms: AtomicU64::new(u64::MAX),
-            frozen: AtomicBool::new(false),
-            frozen_at_ms: AtomicU64::new(0),
+            freezes: AtomicU64::new(0),
         }
     }
 
@@ -75,8 +75,9 @@ impl Contact {
     }
 
     /// Starts the watch thread: a gap of more than `limit` (at least a second) between two beats
-    /// is a freeze. The thread ends when the last reference to `self` goes.
-    pub(crate) fn watch(self: &Arc<Self>, limit: Duration) {
+    /// is a freeze. The thread ends when the last reference to `self` goes. Without the thread
+    /// the process would look frozen for good: failing to start it is an error.
+    pub(crate) fn watch(self: &Arc<Self>, limit: Duration) -> std::io::Result<()> {
         self.limit_ms.store(limit.max(MIN_FREEZE).as_millis() as u64, Ordering::Release);
         self.beat();
         let weak = Arc::downgrade(self);
@@ -87,40 +88,51 @@ impl Contact {
                 std::thread::sleep(BEAT);
             }
         });
-        if let Err(e) = spawned {
-            // Without the thread every check finds the first beat old: the process confirms
-            // before every request after the limit, which is slow but safe.
-            tracing::error!(error = %e, "cannot start the freeze watch thread");
+        if spawned.is_err() {
+            self.limit_ms.store(u64::MAX, Ordering::Release);
         }
+        spawned.map(drop)
     }
 
-    /// One beat of the watch thread.
+    /// One beat of the watch thread: the gap since the last beat checked, and the beat stored,
+    /// with one reading of the clocks (a pause between two readings would hide its gap).
     fn beat(&self) {
-        self.gap_check();
         let (now, wall) = self.now();
+        self.gap_check(now, wall);
         self.beat_ms.store(now, Ordering::Release);
         self.beat_wall_ms.store(wall, Ordering::Release);
     }
 
-    /// Marks the process frozen if the last beat is older than the limit by either clock.
-    fn gap_check(&self) {
+    /// Marks the process frozen if the last beat is older than the limit at `(now, wall)` by
+    /// either clock.
+    fn gap_check(&self, now: u64, wall: u64) {
         let beat = self.beat_ms.load(Ordering::Acquire);
         let limit = self.limit_ms.load(Ordering::Acquire);
         if beat == u64::MAX || limit == u64::MAX {
             return;
         }
-        let (now, wall) = self.now();
         let gap = now.saturating_sub(beat).max(wall.saturating_sub(self.beat_wall_ms.load(Ordering::Acquire)));
-        if gap > limit && !self.frozen.load(Ordering::Acquire) {
-            self.frozen_at_ms.store(now, Ordering::Release);
-            self.frozen.store(true, Ordering::Release);
-            tracing::warn!(
-                gap_ms = gap,
-                limit_ms = limit,
-                "this process did not run for longer than the contact limit (paused, or its host slept): it confirms \
-                 that it is still a member before it serves again"
-            );
+        // The thread that sees a gap first beats in its place: the gap counts once (every
+        // request after a pause sees it until the watch thread runs), and a later pause is a
+        // gap of its own.
+        if gap > limit && self.beat_ms.compare_exchange(beat, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.beat_wall_ms.store(wall, Ordering::Release);
+            let before = self.freezes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| Some((f | 1) + 2));
+            if before.is_ok_and(|f| f & 1 == 0) {
+                tracing::warn!(
+                    gap_ms = gap,
+                    limit_ms = limit,
+                    "this process did not run for longer than the contact limit (paused, or its host slept): it \
+                     confirms that it is still a member before it serves again"
+                );
+            }
         }
+    }
+
+    /// Checks for a gap now.
+    fn check_now(&self) {
+        let (now, wall) = self.now();
+        self.gap_check(now, wall);
     }
 
     /// The shortest gap between beats taken as a freeze, ms.
@@ -130,16 +142,25 @@ impl Contact {
 
     /// Whether this process froze and no confirmation has cleared it since.
     pub(crate) fn frozen(&self) -> bool {
-        self.gap_check();
-        self.frozen.load(Ordering::Acquire)
+        self.check_now();
+        self.freezes.load(Ordering::Acquire) & 1 == 1
     }
 
-    /// Another member answered an exchange this process sent at `sent_ms` (ms on `started`'s
-    /// clock, [`Contact::now`]): if it was sent after the freeze was seen, the answer tells what
-    /// the cluster did meanwhile, and the freeze is cleared.
-    pub(crate) fn answered(&self, sent_ms: u64) {
-        if self.frozen.load(Ordering::Acquire) && sent_ms >= self.frozen_at_ms.load(Ordering::Acquire) {
-            self.frozen.store(false, Ordering::Release);
+    /// The mark of an exchange about to be sent, for [`Contact::answered`]: the freezes seen
+    /// until now.
+    pub(crate) fn mark(&self) -> u64 {
+        self.check_now();
+        self.freezes.load(Ordering::Acquire) >> 1
+    }
+
+    /// An exchange sent at `mark` ([`Contact::mark`]) was answered by a member that was not
+    /// frozen itself, or every member answered it: if no freeze was seen between its sending
+    /// and now, the answer (merged before this call) tells what the cluster did while this
+    /// process was frozen, and the freeze is cleared.
+    pub(crate) fn answered(&self, mark: u64) {
+        self.check_now();
+        let frozen = (mark << 1) | 1;
+        if self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             tracing::info!("another member answered since this process resumed: it serves again");
         }
     }
@@ -147,8 +168,7 @@ impl Contact {
     /// Marks the process frozen as if it had not run for longer than the limit (tests).
     #[cfg(test)]
     pub(crate) fn freeze(&self) {
-        self.frozen_at_ms.store(self.now().0, Ordering::Release);
-        self.frozen.store(true, Ordering::Release);
+        let _ = self.freezes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| Some((f | 1) + 2));
     }
 }
 
@@ -165,6 +185,7 @@ mod tests {
         contact.beat_wall_ms.store(kv_transport::signer::now_ms(), Ordering::Release);
         contact.limit_ms.store(50, Ordering::Release);
         assert!(!contact.frozen());
+        let before = contact.mark();
         std::thread::sleep(Duration::from_millis(80));
         // No beat for longer than the limit: frozen, and it stays so after the next beat.
         assert!(contact.frozen());
@@ -172,9 +193,20 @@ mod tests {
         assert!(contact.frozen());
         // An answer to an exchange sent before the freeze was seen does not clear it; one
         // sent after does.
-        contact.answered(0);
+        contact.answered(before);
         assert!(contact.frozen());
-        contact.answered(contact.now().0);
+        let after = contact.mark();
+        contact.answered(after);
+        assert!(!contact.frozen());
+        // Frozen again: an exchange sent after the first freeze but before a second one,
+        // answered after it, clears neither.
+        contact.freeze();
+        let between = contact.mark();
+        std::thread::sleep(Duration::from_millis(80));
+        contact.answered(between);
+        assert!(contact.frozen(), "a second freeze after the exchange was sent");
+        contact.beat();
+        contact.answered(contact.mark());
         assert!(!contact.frozen());
         // A wall clock that jumped ahead of the last beat (a host that slept) is a freeze too.
         contact.beat();
@@ -185,7 +217,7 @@ mod tests {
     #[test]
     fn the_watch_thread_keeps_a_running_process_unfrozen() {
         let contact = Arc::new(Contact::new(Instant::now()));
-        contact.watch(Duration::from_millis(400));
+        contact.watch(Duration::from_millis(400)).unwrap();
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
             assert!(!contact.frozen());

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use crate::contact::Contact;
 use kv_coordinator::{ReplicaError, Topology};
 use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
@@ -182,8 +184,8 @@ impl Membership {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     recorded = match serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))? {
-                        Recorded::Digest { states, removed } => Digest { states, removed, clock_ms: 0 },
-                        Recorded::States(states) => Digest { states, removed: Vec::new(), clock_ms: 0 },
+                        Recorded::Digest { states, removed } => Digest { states, removed, ..Digest::default() },
+                        Recorded::States(states) => Digest { states, ..Digest::default() },
                     };
                     validate_digest(&recorded).map_err(|e| format!("{}: {e}", path.display()))?;
                 }
@@ -309,11 +311,25 @@ impl Membership {
     /// `after` in contact with the other members, or after this process was frozen for
     /// `after` (it starts the freeze watch); `serve_isolated`: whether a node that ran all
     /// along but hears from no other member serves meanwhile (`--serve-isolated`).
-    pub fn enable_confirmation(&self, exchanger: Exchanger, after: Duration, serve_isolated: bool) {
+    ///
+    /// Fails if the freeze watch's thread cannot start.
+    pub fn enable_confirmation(
+        &self,
+        exchanger: Exchanger,
+        after: Duration,
+        serve_isolated: bool,
+    ) -> std::io::Result<()> {
         let confirmation = Confirmation { exchanger, after_ms: after.as_millis() as u64, serve_isolated };
         if self.confirmation.set(confirmation).is_ok() {
-            self.contact.watch(after);
+            self.contact.watch(after)?;
         }
+        Ok(())
+    }
+
+    /// Whether this process was frozen and has not confirmed since (what its gossip answers
+    /// say, [`Digest::frozen`]).
+    pub fn frozen(&self) -> bool {
+        self.confirmation.get().is_some() && self.contact.frozen()
     }
 
     /// Whether this process may answer a request now; called before a node answers a client or
@@ -346,8 +362,9 @@ impl Membership {
             tracing::info!(
                 "no contact with the cluster lately, or this process was frozen: confirming membership before serving"
             );
-            // An answer clears a freeze ([`Exchanger::exchange_all`]).
-            confirmation.exchanger.probe(self).await;
+            // An answer clears a freeze ([`Exchanger::exchange_all`]); the probe ends with
+            // the first that does.
+            confirmation.exchanger.probe_until_thawed(self).await;
         }
         self.serving_now()?;
         if self.may_serve_unconfirmed(confirmation) {
@@ -556,7 +573,7 @@ impl Membership {
         let (changed, heard) = {
             let mut gossip = self.gossip.lock();
             let before = gossip.heard_others();
-            let changed = gossip.merge_digest(Digest { states, removed, clock_ms: 0 }, self.now_ms());
+            let changed = gossip.merge_digest(Digest { states, removed, ..Digest::default() }, self.now_ms());
             (changed, gossip.heard_others() > before)
         };
         // Contact is hearing news of another member (its heartbeat rises every round): an
@@ -730,28 +747,46 @@ impl Exchanger {
         Exchanger { seeds, transport }
     }
 
-    /// Exchanges digests with `targets` at once and merges the answers into `membership`;
-    /// returns how many answered.
-    async fn exchange_all(&self, membership: &Membership, mut targets: Vec<String>) -> Probe {
+    /// Exchanges digests with `targets` at once and merges each answer into `membership` as it
+    /// comes; returns how many answered. An answer clears a freeze of this process
+    /// ([`Contact::answered`](crate::contact::Contact::answered)) if it comes from a member that
+    /// was not frozen itself, or once every member answered (all of them frozen, say after a
+    /// host that runs them all slept: nothing happened in the cluster that none of them knows,
+    /// and all they know is merged). A node refuses an exchange with itself, so its own answer
+    /// through a seed that names it another way never counts. With `until_thawed`, returns as
+    /// soon as this process is no longer frozen.
+    async fn exchange_all(&self, membership: &Membership, mut targets: Vec<String>, until_thawed: bool) -> Probe {
         let me = membership.my_state().map(|s| s.address);
         targets.retain(|t| Some(t) != me.as_ref());
         targets.sort();
         targets.dedup();
         let digest = membership.digest();
-        let sent = membership.contact.now().0;
-        let exchanges = targets.iter().map(|target| self.exchange(membership, target, &digest));
+        let mark = membership.contact.mark();
+        let mut exchanges: FuturesUnordered<_> = targets
+            .iter()
+            .map(|target| {
+                let digest = &digest;
+                async move { (target, self.exchange(membership, target, digest).await) }
+            })
+            .collect();
         let mut probe = Probe::default();
-        for (target, result) in targets.iter().zip(futures::future::join_all(exchanges).await) {
+        let mut answered = HashSet::new();
+        while let Some((target, result)) = exchanges.next().await {
             match result {
                 Ok(digest) => {
+                    let confirms = !digest.frozen;
                     if membership.merge(digest) {
                         probe.news += 1;
                     }
-                    // Another member's answer (a node refuses an exchange with itself), made
-                    // after this request: what the cluster did while this process was frozen,
-                    // if it was, is in it and now merged.
-                    membership.contact.answered(sent);
+                    // Merged first: an answer that says this node was removed stops it.
+                    if confirms {
+                        membership.contact.answered(mark);
+                    }
+                    answered.insert(target.as_str());
                     probe.answered += 1;
+                    if until_thawed && !membership.contact.frozen() {
+                        return probe;
+                    }
                 }
                 Err(ReplicaError::Refused { status: 401, message }) => {
                     tracing::warn!(%target, %message, "a peer refused this process's credentials (cluster secret)");
@@ -760,6 +795,15 @@ impl Exchanger {
                 Err(e) => tracing::debug!(%target, error = %e, "gossip exchange failed"),
             }
         }
+        let others: Vec<String> = membership
+            .states()
+            .into_iter()
+            .filter(|s| s.status.is_member() && Some(&s.address) != me.as_ref())
+            .map(|s| s.address)
+            .collect();
+        if !others.is_empty() && others.iter().all(|a| answered.contains(a.as_str())) {
+            membership.contact.answered(mark);
+        }
         probe
     }
 
@@ -767,12 +811,24 @@ impl Exchanger {
     /// removed (and the cluster's latest state), and whether the cluster accepts its
     /// credentials.
     pub async fn probe(&self, membership: &Membership) -> Probe {
+        let targets = self.probe_targets(membership).await;
+        self.exchange_all(membership, targets, false).await
+    }
+
+    /// [`Exchanger::probe`] that returns as soon as an answer confirmed this frozen process.
+    async fn probe_until_thawed(&self, membership: &Membership) -> Probe {
+        let targets = self.probe_targets(membership).await;
+        self.exchange_all(membership, targets, true).await
+    }
+
+    /// Every seed and every known member.
+    async fn probe_targets(&self, membership: &Membership) -> Vec<String> {
         let mut targets: Vec<String> = Vec::new();
         for seed in &self.seeds {
             targets.extend(resolve(seed).await);
         }
         targets.extend(membership.states().into_iter().filter(|s| s.status.is_member()).map(|s| s.address));
-        self.exchange_all(membership, targets).await
+        targets
     }
 
     /// One exchange with `target`, measuring its clock: from its answer, or from the clock it
@@ -858,7 +914,7 @@ impl GossipDriver {
                 targets.push(addresses[self.rng.below(addresses.len())].clone());
             }
         }
-        self.answered = self.exchanger.exchange_all(&self.membership, targets).await.answered;
+        self.answered = self.exchanger.exchange_all(&self.membership, targets, false).await.answered;
     }
 
     /// One exchange with every seed and every known member, before serving: a node learns
@@ -937,7 +993,7 @@ mod tests {
     }
 
     fn digest(states: Vec<MemberState>) -> Digest {
-        Digest { states, removed: Vec::new(), clock_ms: 0 }
+        Digest { states, ..Digest::default() }
     }
 
     #[test]
@@ -1016,7 +1072,7 @@ mod tests {
         )
         .unwrap();
         // (Strict: --serve-isolated=false.)
-        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50), false);
+        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50), false).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(_))));
         // An exchange with ourselves (a seed naming us another way) brings no news: still no
@@ -1054,7 +1110,7 @@ mod tests {
         .unwrap();
         // n2 (never reachable: it has no address anyone listens on) silent for longer than
         // the limit while n1 ran: with --serve-isolated n1 serves on, and is ready.
-        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(300), true);
+        n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(300), true).unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(n1.confirm().await, Ok(()));
         assert_eq!(n1.ready(), Ok(()));

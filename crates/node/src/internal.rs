@@ -125,6 +125,8 @@ pub async fn gossip(
     let mut reply = state.membership.digest();
     // Our clock, from which the caller measures its offset from ours.
     reply.clock_ms = kv_transport::signer::now_ms();
+    // A frozen node's view may predate what the cluster did meanwhile: it confirms no one.
+    reply.frozen = state.membership.frozen();
     state.membership.merge(digest);
     Ok(binary(encode(&reply)))
 }

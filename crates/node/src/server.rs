@@ -238,7 +238,9 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     // After this process was frozen (paused, its host asleep), or with --serve-isolated=false
     // after any gap in contact, a node confirms it is still a member before it answers a client
     // or a replica call: one removed meanwhile learns so first.
-    membership.enable_confirmation(gossip.exchanger(), config.cluster.suspect_after, config.serve_isolated);
+    membership
+        .enable_confirmation(gossip.exchanger(), config.cluster.suspect_after, config.serve_isolated)
+        .map_err(|e| RunError::Startup(format!("cannot start the freeze watch thread: {e}")))?;
     // Before serving anything, hear from the cluster: a node an operator removed learns it
     // here and refuses to serve its old data, and a node with the wrong secret learns that.
     let probe = gossip.probe().await;
