@@ -275,15 +275,19 @@ pub async fn serve_listener(
             continue;
         };
         if evicted {
+            // The evicted connection left the open set (it closes in its own time): the gauge
+            // counts the set, which the cap bounds.
             metrics.closed(name, "evicted");
+            gauge.dec();
         }
         gauge.inc();
         let (conns, router, tls, metrics, gauge, stop) =
             (conns.clone(), router.clone(), tls.clone(), metrics.clone(), gauge.clone(), stop.clone());
         tasks.spawn(async move {
             connection(name, stream, router, tls, limits, &metrics, conn.clone(), conns.clone(), stop).await;
-            conns.open.lock().remove(&id);
-            gauge.dec();
+            if conns.open.lock().remove(&id).is_some() {
+                gauge.dec();
+            }
         });
     };
     drop(socket);
