@@ -515,6 +515,28 @@ fn s2b_a_node_that_served_no_request_before_a_leave_still_serves() {
 /// A read's status and body, or why it got none.
 type Answer = Result<(StatusCode, String), String>;
 
+/// A read of `key` at `url` from a thread of its own (it may wait in a frozen node's listen
+/// queue): the key and what it answered.
+fn queued_read<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    key: &str,
+    url: String,
+) -> std::thread::ScopedJoinHandle<'s, (String, Answer)> {
+    let key = key.to_owned();
+    scope.spawn(move || {
+        let c = kv_testkit::http_client(Duration::from_secs(20));
+        let answer = c
+            .get(url)
+            .send()
+            .map(|r| {
+                let status = r.status();
+                (status, r.text().unwrap_or_default())
+            })
+            .map_err(|e| e.to_string());
+        (key, answer)
+    })
+}
+
 /// n4 is frozen (SIGSTOP), marked down and removed; 30 of its keys are deleted with a read's
 /// context and their tombstones purged; then reads sent to n4's client port while it is
 /// frozen are answered once it resumes. None may answer the deleted value, and none of the
@@ -572,6 +594,138 @@ fn s3c_an_isolated_node_refuses_only_when_told_to() {
     assert_eq!(ready_isolated, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Two nodes paused together (say on one VM), cut off from the three others meanwhile; one
+/// of them is removed and the keys it held are deleted. Both resume still cut off from the
+/// others, but reaching each other: n5's gossip answers reach n4, yet n5 was frozen as well and
+/// knows no more than n4, so they must not confirm n4 (nor n4's, n5): the reads queued at n4
+/// are refused, none answers a deleted value. When the partition heals, n4 learns of its removal
+/// and exits, and n5 serves again.
+#[test]
+fn s3d_two_nodes_paused_together_do_not_vouch_for_each_other() {
+    if !kv_testkit::Partition::possible() {
+        return;
+    }
+    const KEYS: usize = 20;
+    let mut cluster = empty_cluster(5);
+    // n1-n3 on 127.0.0.12-14, n4 and n5 on 127.0.0.15-16 (a node sends from its own address):
+    // the firewall cuts {n4, n5} from {n1, n2, n3} and leaves the test's client (127.0.0.1)
+    // and n4 <-> n5 alone.
+    let hosts: Vec<std::net::Ipv4Addr> = (0..5).map(|i| std::net::Ipv4Addr::new(127, 0, 0, 12 + i as u8)).collect();
+    let ports: Vec<Ports> = hosts.iter().map(|h| Ports::node().on(*h)).collect();
+    let seeds = ports.iter().map(|p| format!("{}:{}", p.host, p.peer.unwrap())).collect::<Vec<_>>().join(",");
+    for (i, ports) in ports.into_iter().enumerate() {
+        let proc = spawn_node(&cluster, binary("kvnode"), &format!("n{}", i + 1), ports, &seeds, &[]);
+        cluster.nodes.push(proc);
+    }
+    cluster.wait_for_members(5);
+    touch_all(&cluster);
+    // Keys n4 holds and n5 never does, before or after n4's removal.
+    let after = Ring::new(["n1", "n2", "n3", "n5"].iter().map(|m| Node::new(*m, "default"))).unwrap();
+    let keys: Vec<String> = keys_where(&["n1", "n2", "n3", "n4", "n5"], "tw", 2000, |ids| {
+        ids.iter().any(|id| id == "n4") && !ids.iter().any(|id| id == "n5")
+    })
+    .into_iter()
+    .filter(|k| after.preference_list(k.as_bytes(), 3).iter().all(|n| n.id != "n5"))
+    .take(KEYS)
+    .collect();
+    assert_eq!(keys.len(), KEYS);
+    let c = client();
+    let n4_held = write_old_values(&cluster, &keys);
+    cluster.node("n4").pause();
+    cluster.node("n5").pause();
+    let survivors_hosts: Vec<String> = hosts[..3].iter().map(|h| h.to_string()).collect();
+    let survivor_refs: Vec<&str> = survivors_hosts.iter().map(String::as_str).collect();
+    let mut cut: Vec<kv_testkit::Partition> =
+        hosts[3..].iter().map(|h| kv_testkit::Partition::isolate(&h.to_string(), &survivor_refs)).collect();
+    let survivors: Vec<&Proc> = cluster.nodes[..3].iter().collect();
+    wait_for("n4 and n5 marked down", Duration::from_secs(15), || {
+        all_see(&survivors, "n4", "down") && all_see(&survivors, "n5", "down")
+    });
+    let removed_status = remove_n4_and_delete(&cluster, &survivors, &keys);
+    assert_eq!(removed_status, StatusCode::OK);
+    // Reads at r=1 queued at the frozen n4 (its own copy alone would answer them), then both
+    // resume, still cut off from the others.
+    let n4 = &cluster.nodes[3];
+    let answers: Vec<(String, Answer)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let url = format!("{}?r=1", n4.key_url(key));
+                queued_read(scope, key, url)
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        cluster.nodes[4].resume();
+        n4.resume();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // A while longer cut off: later reads are refused too.
+    std::thread::sleep(Duration::from_secs(3));
+    let later: Vec<StatusCode> = keys
+        .iter()
+        .take(5)
+        .filter_map(|k| c.get(format!("{}?r=1", n4.key_url(k))).send().ok().map(|r| r.status()))
+        .collect();
+    let with_data: Vec<&String> =
+        answers.iter().filter(|(_, a)| matches!(a, Ok((status, _)) if status.is_success())).map(|(k, _)| k).collect();
+    let statuses: BTreeMap<String, usize> = answers.iter().fold(BTreeMap::new(), |mut m, (_, a)| {
+        let label = a.as_ref().map_or("error".to_owned(), |(s, _)| s.as_u16().to_string());
+        *m.entry(label).or_default() += 1;
+        m
+    });
+    let refusal =
+        answers.iter().find_map(|(_, a)| a.as_ref().ok().filter(|(s, _)| !s.is_success()).map(|(_, b)| b.clone()));
+    // Heal: n4 learns of its removal and exits; n5 confirms and serves again.
+    cut.clear();
+    let n4_exit = wait_until(Duration::from_secs(30), || exited(&cluster.nodes[3]));
+    let n5 = &cluster.nodes[4];
+    let n5_back = wait_until(Duration::from_secs(30), || {
+        c.get(n5.admin_url("/health/ready")).send().is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    println!(
+        "s3d n4 and n5 paused together, n4 removed while both were cut off from n1-n3, {KEYS} keys (n4 held {n4_held}) deleted; after both resumed still cut off: queued reads at n4 answered {statuses:?} (e.g. {refusal:?}), later reads {later:?}; {} with the deleted value; after the partition healed n4 exited: {}, n5 ready again: {}",
+        with_data.len(),
+        n4_exit.map_or("NO".into(), |t| format!("after {:.1} s", t.as_secs_f64())),
+        n5_back.map_or("NO".into(), |t| format!("after {:.1} s", t.as_secs_f64())),
+    );
+    assert!(with_data.is_empty(), "{} of {KEYS} reads answered a deleted value", with_data.len());
+    assert!(later.iter().all(|s| !s.is_success()), "n4 served later reads: {later:?}");
+    assert!(n4_exit.is_some(), "the removed node still runs after the partition healed");
+    assert!(n5_back.is_some(), "n5 did not serve again after the partition healed");
+}
+
+/// Writes `old-<key>` to every key through n1 at w=3; returns how many n4 holds.
+fn write_old_values(cluster: &Cluster, keys: &[String]) -> usize {
+    let c = client();
+    let front = cluster.nodes[0].url("");
+    for key in keys {
+        let r = c.put(format!("{front}/kv/{key}?w=3")).body(format!("old-{key}")).send().unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    keys.iter().filter(|k| !local(&cluster.nodes[3], k).is_empty()).count()
+}
+
+/// `kvctl remove n4` through n1 (returns its answer's status, which must be 200); once the
+/// survivors see it removed and hold `keys` on all three, each key is deleted with a read's
+/// context through n2 (r=3, w=3).
+fn remove_n4_and_delete(cluster: &Cluster, survivors: &[&Proc], keys: &[String]) -> StatusCode {
+    let removed = cluster.nodes[0].admin(reqwest::Method::POST, "/admin/remove/n4").send().unwrap();
+    let status = removed.status();
+    let body = removed.text().unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for("n4 seen as removed", Duration::from_secs(15), || all_see(survivors, "n4", "removed"));
+    let all: BTreeSet<String> = keys.iter().cloned().collect();
+    wait_for("the keys back on 3 replicas", Duration::from_secs(30), || {
+        survivors.iter().all(|p| stored_keys(p).is_superset(&all))
+    });
+    let c = client();
+    let other = cluster.nodes[1].url("");
+    for key in keys {
+        assert_eq!(delete_with_context(&c, &other, key, 3, 3), StatusCode::NO_CONTENT);
+    }
+    status
+}
+
 fn paused_through_removal(cut_off: bool) {
     const KEYS: usize = 30;
     const READS_PER_KEY: usize = 1;
@@ -621,31 +775,14 @@ fn paused_through_removal(cut_off: bool) {
     let keys = keys_where(&["n1", "n2", "n3", "n4"], "rm", KEYS, |ids| ids.iter().any(|id| id == "n4"));
     let c = client();
     let front = cluster.nodes[0].url("");
-    for key in &keys {
-        let r = c.put(format!("{front}/kv/{key}?w=3")).body(format!("old-{key}")).send().unwrap();
-        assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    }
-    let n4_held = keys.iter().filter(|k| !local(&cluster.nodes[3], k).is_empty()).count();
+    let n4_held = write_old_values(&cluster, &keys);
     if gated {
         gate.shut();
     }
     cluster.node("n4").pause();
     let survivors: Vec<&Proc> = cluster.nodes[..3].iter().collect();
     let down_in = wait_for("n4 marked down", Duration::from_secs(15), || all_see(&survivors, "n4", "down"));
-    let removed = cluster.nodes[0].admin(reqwest::Method::POST, "/admin/remove/n4").send().unwrap();
-    let removed_status = removed.status();
-    let removed_body = removed.text().unwrap_or_default();
-    assert_eq!(removed_status, StatusCode::OK, "{removed_body}");
-    wait_for("n4 seen as removed", Duration::from_secs(15), || all_see(&survivors, "n4", "removed"));
-    let all: BTreeSet<String> = keys.iter().cloned().collect();
-    wait_for("the keys back on 3 replicas", Duration::from_secs(30), || {
-        survivors.iter().all(|p| stored_keys(p).is_superset(&all))
-    });
-    // Deleted with a read's context, through another node.
-    let other = cluster.nodes[1].url("");
-    for key in &keys {
-        assert_eq!(delete_with_context(&c, &other, key, 3, 3), StatusCode::NO_CONTENT);
-    }
+    let removed_status = remove_n4_and_delete(&cluster, &survivors, &keys);
     let purged_in = wait_for("the tombstones purged on the survivors", Duration::from_secs(40), || {
         keys.iter().all(|k| survivors.iter().all(|p| local(p, k).is_empty()))
     });
@@ -662,19 +799,7 @@ fn paused_through_removal(cut_off: bool) {
             .flat_map(|(i, key)| std::iter::repeat_n((i, key), READS_PER_KEY))
             .map(|(i, key)| {
                 let url = if i % 2 == 0 { n4.key_url(key) } else { format!("{}?r=1", n4.key_url(key)) };
-                let key = key.clone();
-                scope.spawn(move || {
-                    let c = kv_testkit::http_client(Duration::from_secs(20));
-                    let answer = c
-                        .get(url)
-                        .send()
-                        .map(|r| {
-                            let status = r.status();
-                            (status, r.text().unwrap_or_default())
-                        })
-                        .map_err(|e| e.to_string());
-                    (key, answer)
-                })
+                queued_read(scope, key, url)
             })
             .collect();
         std::thread::sleep(Duration::from_millis(800));
