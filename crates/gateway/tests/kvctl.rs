@@ -82,6 +82,9 @@ fn kvbench_loads_runs_a_workload_and_reports_json() {
     assert_eq!(result["ops"], 400, "{result}");
     assert!(result["errors"].as_object().unwrap().is_empty(), "{result}");
     assert!(result["p99_ms"].as_f64().unwrap() >= result["p50_ms"].as_f64().unwrap());
+    // The load generator's own CPU time over the measured phase.
+    assert!(result["loader_cpu_s"].as_f64().unwrap() > 0.0, "{result}");
+    assert!(result["loader_cores"].as_f64().unwrap() > 0.0, "{result}");
     // The no-op endpoint answers every method without touching storage.
     let noop = Command::new(binary("kvbench"))
         .args([

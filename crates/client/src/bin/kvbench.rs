@@ -561,7 +561,12 @@ async fn main() -> anyhow::Result<()> {
         let (load, took) = run_phase(&args, true, &contexts).await?;
         eprintln!("loaded {} keys in {:.1} s", load.done.load(Ordering::Relaxed), took.as_secs_f64());
     }
+    let cpu_before = process_cpu_seconds();
     let (shared, took) = run_phase(&args, false, &contexts).await?;
+    // What the load generator itself took of the machine during the measured phase: on a
+    // small machine it competes with the servers it measures.
+    let loader_cpu = process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
+    let loader_cores = loader_cpu.map(|cpu| cpu / took.as_secs_f64());
     let histogram = shared.histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
     let errors = shared.errors.lock().map_err(|_| anyhow::anyhow!("errors lock poisoned"))?.clone();
     let ok = histogram.len();
@@ -576,15 +581,16 @@ async fn main() -> anyhow::Result<()> {
             "seconds": took.as_secs_f64(), "ops": ok, "ops_per_sec": ops_per_sec,
             "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
             "max_ms": histogram.max() as f64 / 1000.0, "errors": errors,
+            "loader_cpu_s": loader_cpu, "loader_cores": loader_cores,
         });
         println!("{result}");
     } else {
         println!(
-            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  errors",
-            "run", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}  errors",
+            "run", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "loader cores"
         );
         println!(
-            "{:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            "{:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12}  {:?}",
             args.label,
             ops_per_sec,
             ms(0.5),
@@ -592,8 +598,21 @@ async fn main() -> anyhow::Result<()> {
             ms(0.99),
             ms(0.999),
             histogram.max() as f64 / 1000.0,
+            loader_cores.map_or("-".to_owned(), |c| format!("{c:.2}")),
             errors
         );
     }
     Ok(())
+}
+
+/// CPU time this process has used so far, user and system, in seconds (`/proc/self/stat`);
+/// `None` where there is no such file.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces): state is field 3, utime
+    // and stime are fields 14 and 15, in clock ticks of USER_HZ (100 on Linux, whatever the
+    // kernel's own tick).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
