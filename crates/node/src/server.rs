@@ -476,7 +476,12 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         .context("storage sync task")
         .and_then(|r| r.context("final storage sync"))
         .map_err(RunError::Runtime)?;
-    refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
+    // A node that left on its own has done what it was asked: a peer that already knew it had
+    // left and refused its last gossip (410 not_a_member) does not make that a failure.
+    let left = membership.my_status() == Some(Status::Left) && !membership.removed_me();
+    if !left {
+        refuse_if_stopped(&membership, &*engine, &node_id, identity)?;
+    }
     tracing::info!("shutdown complete: storage synced");
     Ok(())
 }
