@@ -113,6 +113,24 @@ fn writer(base: &str, stop: &AtomicBool) -> (u64, Vec<String>) {
 }
 
 /// Samples the resident memory of `procs` every 100 ms until `stop`; returns each one's peak.
+/// Once the attack has built up (2 s), the token client writes for 8 s; then the attack and
+/// the memory sampler stop. What the client wrote, and the sampler's peaks.
+fn write_under_attack<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    base: &'s str,
+    stop: &'s AtomicBool,
+    stop_sampling: &AtomicBool,
+    sampler: std::thread::ScopedJoinHandle<'s, Vec<f64>>,
+) -> ((u64, Vec<String>), Vec<f64>) {
+    std::thread::sleep(Duration::from_secs(2));
+    let writing = s.spawn(move || writer(base, stop));
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let written = writing.join().unwrap();
+    stop_sampling.store(true, Ordering::Relaxed);
+    (written, sampler.join().unwrap())
+}
+
 fn peak_rss(procs: &[&Proc], stop: &AtomicBool) -> Vec<f64> {
     let mut peak = vec![0.0f64; procs.len()];
     while !stop.load(Ordering::Relaxed) {
@@ -159,13 +177,8 @@ fn bodies_without_a_token_are_refused_from_the_head_and_block_no_write() {
             let (head, stop, attack) = (&head, &stop, &attack);
             s.spawn(move || trickle(target.ports.client, head, (1 << 20) - 1024, stop, attack));
         }
-        std::thread::sleep(Duration::from_secs(2));
-        let writing = s.spawn(|| writer(&base, &stop));
-        std::thread::sleep(Duration::from_secs(8));
-        stop.store(true, Ordering::Relaxed);
-        let written = writing.join().unwrap();
-        stop_sampling.store(true, Ordering::Relaxed);
-        (written, sampler.join().unwrap()[0])
+        let (written, peaks) = write_under_attack(s, &base, &stop, &stop_sampling, sampler);
+        (written, peaks[0])
     });
     println!(
         "attack 1 (no token, {CONNECTIONS} connections of 1 MiB bodies trickled): {}; node at rest {rest:.0} MB, peak \
@@ -226,13 +239,7 @@ fn forged_signature_heads_are_refused_before_their_bodies_and_block_no_replicati
                 s.spawn(move || trickle(port, &head, 8 << 20, stop, attack));
             }
         }
-        std::thread::sleep(Duration::from_secs(2));
-        let writing = s.spawn(|| writer(&base, &stop));
-        std::thread::sleep(Duration::from_secs(8));
-        stop.store(true, Ordering::Relaxed);
-        let written = writing.join().unwrap();
-        stop_sampling.store(true, Ordering::Relaxed);
-        (written, sampler.join().unwrap())
+        write_under_attack(s, &base, &stop, &stop_sampling, sampler)
     });
     println!(
         "attack 2 (forged signature heads, {PER_NODE} bodies of 16 MiB trickled to each of 2 replicas): {}; attacked \

@@ -400,10 +400,10 @@ impl Membership {
     /// Whether [`Membership::confirm`] may answer without an exchange: alone in the view, or
     /// not frozen and either in contact or serving while isolated.
     fn may_serve_unconfirmed(&self, confirmation: &Confirmation) -> bool {
-        if self.alone() {
-            return true;
-        }
-        !self.contact.frozen() && (confirmation.serve_isolated || self.contact.heard_within(confirmation.after_ms))
+        // The cheap checks first: this runs before every request, and `alone` reads the view
+        // under its lock.
+        (!self.contact.frozen() && (confirmation.serve_isolated || self.contact.heard_within(confirmation.after_ms)))
+            || self.alone()
     }
 
     /// [`Membership::confirm`]'s checks that need no exchange.
@@ -1047,17 +1047,9 @@ mod tests {
         assert_eq!(n1.not_a_member("n3", 7), Some("left"));
     }
 
-    #[tokio::test]
-    async fn a_member_confirms_after_a_gap_and_refuses_once_it_left_or_was_fenced() {
-        let (n1, _) =
-            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
-        // Alone in its view: nothing to confirm with.
-        assert_eq!(n1.confirm().await, Ok(()));
-        // A peer's view merged just now: in contact.
-        n1.merge(digest(vec![state("n2", Status::Normal)]));
-        assert_eq!(n1.confirm().await, Ok(()));
-        // Contact older than the limit, and no peer reachable: it cannot confirm.
-        let transport = PeerTransport::new(
+    /// A peer transport with short timeouts (the tests' peers are never reachable).
+    fn test_transport() -> PeerTransport {
+        PeerTransport::new(
             kv_transport::TransportOptions {
                 timeout: Duration::from_millis(200),
                 max_in_flight: 4,
@@ -1070,7 +1062,20 @@ mod tests {
             },
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_member_confirms_after_a_gap_and_refuses_once_it_left_or_was_fenced() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        // Alone in its view: nothing to confirm with.
+        assert_eq!(n1.confirm().await, Ok(()));
+        // A peer's view merged just now: in contact.
+        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        assert_eq!(n1.confirm().await, Ok(()));
+        // Contact older than the limit, and no peer reachable: it cannot confirm.
+        let transport = test_transport();
         // (Strict: --serve-isolated=false.)
         n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(50), false).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1094,20 +1099,7 @@ mod tests {
         let (n1, _) =
             Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
         n1.merge(digest(vec![state("n2", Status::Normal)]));
-        let transport = PeerTransport::new(
-            kv_transport::TransportOptions {
-                timeout: Duration::from_millis(200),
-                max_in_flight: 4,
-                signer: kv_transport::Signer::new(&kv_transport::Secrets::insecure()),
-                local_address: None,
-                tls: None,
-                pool_idle: Duration::from_secs(1),
-                gate: None,
-                on_not_member: None,
-            },
-            None,
-        )
-        .unwrap();
+        let transport = test_transport();
         // n2 (never reachable: it has no address anyone listens on) silent for longer than
         // the limit while n1 ran: with --serve-isolated n1 serves on, and is ready.
         n1.enable_confirmation(Exchanger::new(Vec::new(), transport), Duration::from_millis(300), true).unwrap();
