@@ -58,10 +58,6 @@ pub enum ApiError {
         /// The configured N.
         n: usize,
     },
-    /// The replica creating the write's version stopped answering; the write may or may not be
-    /// applied.
-    #[error("{0}")]
-    OutcomeUnknown(String),
     /// The cluster has not formed yet: fewer normal members than `--expect-nodes` were seen.
     #[error("the cluster is forming: {normal} of {expected} expected members are up; retry shortly")]
     Forming {
@@ -131,7 +127,6 @@ impl ApiError {
             ApiError::QuorumNotMet { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
             ApiError::InsufficientReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "insufficient_replicas"),
             ApiError::Forming { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cluster_forming"),
-            ApiError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::NotServing(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
             ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
@@ -156,7 +151,6 @@ impl From<kv_coordinator::Error> for ApiError {
             }
             kv_coordinator::Error::BadQuorum(message) => ApiError::BadParameter(message),
             kv_coordinator::Error::BadContext(message) => ApiError::BadContext(message),
-            unknown @ kv_coordinator::Error::OutcomeUnknown { .. } => ApiError::OutcomeUnknown(unknown.to_string()),
             kv_coordinator::Error::InsufficientReplicas { op, required, replicas, n } => {
                 ApiError::InsufficientReplicas { op, required, replicas, n }
             }

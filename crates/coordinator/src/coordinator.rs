@@ -15,7 +15,7 @@ use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
-use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_LATE, TOO_MANY_SIBLINGS};
+use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_MANY_SIBLINGS};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -36,11 +36,6 @@ pub struct Options {
     pub hinted_handoff: bool,
     /// This coordinator's zone, for `local_quorum`.
     pub zone: String,
-    /// How long a coordinate call the replica may have received is waited for (rule 6 of
-    /// docs/consistency.md): only its answer tells whether the write was applied, and a
-    /// replica that froze answers once it resumes (refusing the call if its deadline passed,
-    /// after which the next replica coordinates). Past it, `503 outcome_unknown`.
-    pub outcome_wait: Duration,
     /// The most two members' clocks may differ (twice `--max-clock-offset`): the tombstone
     /// collector's second look waits it out on top of two replica timeouts, since the deadlines
     /// of stores still in flight are judged by their receivers' clocks.
@@ -216,9 +211,12 @@ impl Coordinator {
     /// Writes (or deletes, for a tombstone `write`) `key`, waiting for `w` (default W) and for
     /// at least `pw` acknowledgements from the key's own replicas.
     ///
-    /// The first replica of the preference list that answers creates the version (normal
-    /// replicas first, then leaving ones, then those known down); the others receive its whole
-    /// sibling set in parallel. A replica known down, or whose store fails, gets a hint instead:
+    /// The first replica of the preference list that answers issues the version's dot (normal
+    /// replicas first, then leaving ones, then those known down) and answers its sibling set
+    /// with the new version, storing nothing; then every replica, that one included, stores the
+    /// set in parallel: one durable write round per write (rule 15 of docs/consistency.md). Any
+    /// failure of the first call leaves no version anywhere, so the next replica is asked. A
+    /// replica known down, or whose store fails, gets a hint instead:
     /// the write is handed to a fallback (the next member clockwise beyond the preference list,
     /// not known down), which keeps it durably for that replica; for want of one, to the
     /// replica that created the version. With sloppy quorum a fallback's acknowledgement counts
@@ -241,7 +239,10 @@ impl Coordinator {
         }
         let replicas = peers.len();
         let need = w.unwrap_or(Need::Count(self.options.quorum.w));
-        let mut tally = self.tally(&topology, &peers, need, pw.unwrap_or(0), op)?;
+        // At least one of the key's own replicas must store the write itself (rule 15): a
+        // hint alone is not a replica's copy, and the replica that creates the version stores
+        // it only with the others.
+        let mut tally = self.tally(&topology, &peers, need, pw.unwrap_or(0).max(1), op)?;
         let pending = topology.pending_replicas(&key, n, &peers);
         let write_id = self.write_ids.next();
 
@@ -257,7 +258,7 @@ impl Coordinator {
             let peer = &peers[index];
             let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
             let coordinate = self.client.coordinate(peer, &key, &write, &ticket);
-            match self.call_within(Op::Coordinate, self.options.outcome_wait, coordinate).await {
+            match self.call(Op::Coordinate, coordinate).await {
                 Ok(response) => {
                     coordinated = Some((index, response));
                     break;
@@ -268,28 +269,22 @@ impl Coordinator {
                 Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
                     return Err(Error::TooManySiblings(message))
                 }
-                // The attempt certainly created nothing: another replica may create the version.
-                // (A `401`: the replica refused the signature before reading the call, e.g. our
-                // clocks differ by more than the skew it accepts.)
-                Err(
-                    ReplicaError::NotOwner(reason)
-                    | ReplicaError::NotSent(reason)
-                    | ReplicaError::Refused { status: 401, message: reason },
-                ) => {
+                // A `401`: the replica refused the signature (e.g. our clocks differ by more
+                // than the skew it accepts).
+                Err(ReplicaError::Refused { status: 401, message: reason }) => {
                     tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
-                }
-                Err(ReplicaError::Failed { status: TOO_LATE, message }) => {
-                    tracing::debug!(peer = %peer.id, %message, "replica refused a late write; trying the next")
                 }
                 Err(ReplicaError::Refused { message, .. }) => {
                     return Err(Error::Refused { node: peer.id.clone(), message })
                 }
-                // The attempt may have created a version: a second replica would create another
-                // version of the same write, which a reader of one copy cannot supersede.
+                // A coordinate call stores nothing (rule 15 of docs/consistency.md): whatever
+                // became of it, no version of this write exists until we store one, so the next
+                // replica may create it. One that did not answer is asked last for a while.
                 Err(e) => {
-                    self.stall(&peer.id);
-                    self.metrics.quorum_failures.with_label_values(&[op]).inc();
-                    return Err(Error::OutcomeUnknown { op, node: peer.id.clone(), reason: e.to_string() });
+                    if matches!(e, ReplicaError::Unreachable(_)) {
+                        self.stall(&peer.id);
+                    }
+                    tracing::debug!(peer = %peer.id, error = %e, "replica did not coordinate; trying the next")
                 }
             }
         }
@@ -297,7 +292,6 @@ impl Coordinator {
             return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
         let fresh = response.created.dot.clone();
-        tally.add(&peers[index].id, true);
 
         let versions: Vec<Version> = response.record.into_versions();
         // One background task per write drives every store and hint (so replication past W
@@ -305,8 +299,9 @@ impl Coordinator {
         let (acks, mut ack_rx) = mpsc::channel(replicas * 2);
         let holder = peers[index].clone();
         let fallbacks = topology.fallbacks(&key, n);
-        let targets: Vec<(usize, Peer)> =
-            peers.iter().enumerate().filter(|(i, _)| *i != index).map(|(i, p)| (i, p.clone())).collect();
+        // Every replica stores the new sibling set, the one that created it too, at once: one
+        // durable write per replica, all in parallel (rule 15).
+        let targets: Vec<(usize, Peer)> = peers.iter().cloned().enumerate().collect();
         let down = topology.down.clone();
         let this = self.clone();
         self.tasks.spawn(async move {
@@ -321,7 +316,7 @@ impl Coordinator {
                         let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
                         let store = this.client.store(&peer, key, versions, Some(fresh), deadline);
                         if this.call(Op::Store, store).await.is_ok() {
-                            let _ = acks.send((peer.id.clone(), true)).await;
+                            let _ = acks.send((peer.id.clone(), None)).await;
                             return;
                         }
                     }
@@ -329,7 +324,7 @@ impl Coordinator {
                         return;
                     }
                     if let Some((by, fallback)) = this.hint(&peer, position, key, versions, fallbacks, holder).await {
-                        let _ = acks.send((by, fallback && this.options.sloppy_quorum)).await;
+                        let _ = acks.send((by, Some(fallback && this.options.sloppy_quorum))).await;
                     }
                 });
             }
@@ -346,7 +341,8 @@ impl Coordinator {
         });
         while !tally.met() {
             match ack_rx.recv().await {
-                Some((id, counts)) => tally.add(&id, counts),
+                Some((id, None)) => tally.add(&id, true),
+                Some((id, Some(counts))) => tally.add_hint(&id, counts),
                 None => break,
             }
         }

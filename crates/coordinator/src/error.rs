@@ -32,18 +32,6 @@ pub enum Error {
         /// The configured N.
         n: usize,
     },
-    /// The replica creating the write's version stopped answering: the write may or may not
-    /// have been applied. The front does not retry it elsewhere (that could make two versions of
-    /// one write); the client may retry (a new write: at worst a sibling with the same value).
-    #[error("{op}: replica {node} did not answer while creating the new version ({reason}); the write may or may not be applied")]
-    OutcomeUnknown {
-        /// `put` or `delete`.
-        op: &'static str,
-        /// The replica.
-        node: String,
-        /// What happened.
-        reason: String,
-    },
     /// The client's context names an event that never happened (a counter a replica never
     /// issued): forged or corrupted.
     #[error("{0}")]
@@ -71,13 +59,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::QuorumNotMet { .. }
-                | Error::NoMembers
-                | Error::InsufficientReplicas { .. }
-                | Error::OutcomeUnknown { .. }
-        )
+        matches!(self, Error::QuorumNotMet { .. } | Error::NoMembers | Error::InsufficientReplicas { .. })
     }
 }
 

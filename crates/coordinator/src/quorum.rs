@@ -137,8 +137,23 @@ impl Tally {
     /// (sloppy quorum); the key's own replicas always count. A node counts once.
     pub fn add(&mut self, id: &str, counts: bool) {
         let primary = self.zone_of(id).is_some();
-        if (primary || counts) && !self.answered.iter().any(|(a, _)| a == id) {
-            self.answered.push((id.to_owned(), primary));
+        self.record(id, primary || counts, primary);
+    }
+
+    /// Records that node `id` keeps the write as a hint for a replica that did not take it:
+    /// it counts toward W when `counts` (sloppy quorum, a fallback), and never as one of the
+    /// key's own replicas, even if it is one (a hint is not its copy).
+    pub fn add_hint(&mut self, id: &str, counts: bool) {
+        self.record(id, counts, false);
+    }
+
+    fn record(&mut self, id: &str, counts: bool, primary: bool) {
+        if !counts {
+            return;
+        }
+        match self.answered.iter_mut().find(|(a, _)| a == id) {
+            Some((_, was)) => *was |= primary,
+            None => self.answered.push((id.to_owned(), primary)),
         }
     }
 

@@ -174,7 +174,6 @@ fn api() -> &'static Api {
                 sloppy_quorum: true,
                 hinted_handoff: false,
                 zone: "z".into(),
-                outcome_wait: Duration::from_millis(100),
                 max_clock_skew: Duration::ZERO,
             };
             let coordinator = Coordinator::new(

@@ -97,7 +97,6 @@ fn start() -> Result<(), RunError> {
     let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
     let mut cluster = settings.cluster.validate().map_err(RunError::Startup)?;
     let security = settings.security.validate().map_err(RunError::Startup)?;
-    cluster.settle(server.request_timeout);
     let zone = settings.zone.or(file_zone).unwrap_or_else(|| "default".to_owned());
     kv_membership::validate_node_id(&zone).map_err(|e| RunError::Startup(format!("--zone: {e}")))?;
     cluster.coordinator.zone = zone;
@@ -145,7 +144,6 @@ fn start() -> Result<(), RunError> {
             transport.clone(),
             supervisor.clone(),
             cluster.batch_limits(),
-            cluster.coordinator.outcome_wait,
             Some(coordinator_metrics.batch_calls.clone()),
         ));
         let coordinator =

@@ -308,7 +308,6 @@ impl Settings {
             return Err(format!("--warn-siblings: must be 1 to --max-siblings ({max_siblings}), got {warn_siblings}"));
         }
         let security = self.security.validate()?;
-        cluster.settle(server.request_timeout);
         // docs/consistency.md, "Clocks": members that act differ by at most twice
         // --max-clock-offset. A fallback takes a hint only of versions younger than half the
         // grace minus --hint-max-age by its own clock, so versions stamped by a clock that far

@@ -217,7 +217,6 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         transport.clone(),
         supervisor.clone(),
         config.cluster.batch_limits(),
-        config.cluster.coordinator.outcome_wait,
         Some(coordinator_metrics.batch_calls.clone()),
     ));
     let client = Arc::new(NodeReplicaClient::new(
@@ -470,12 +469,23 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     watcher.abort();
     let deadline = served?;
     stop_in_order(&supervisor, &coordinator, deadline).await;
-    let synced = engine.clone();
-    tokio::task::spawn_blocking(move || synced.sync())
-        .await
-        .context("storage sync task")
-        .and_then(|r| r.context("final storage sync"))
-        .map_err(RunError::Runtime)?;
+    let (synced, replica) = (engine.clone(), core.clone());
+    tokio::task::spawn_blocking(move || {
+        synced.sync()?;
+        // Rule 15 of docs/consistency.md: the next run keeps this actor only if every dot this
+        // one issued is accounted for here.
+        match replica.outstanding_dots() {
+            0 => synced.mark_clean(),
+            keys => {
+                tracing::warn!(keys, "versions created here were not all stored here: the next start is a new actor");
+                Ok(())
+            }
+        }
+    })
+    .await
+    .context("storage sync task")
+    .and_then(|r| r.context("final storage sync"))
+    .map_err(RunError::Runtime)?;
     // A node that left on its own has done what it was asked: a peer that already knew it had
     // left and refused its last gossip (410 not_a_member) does not make that a failure.
     let left = membership.my_status() == Some(Status::Left) && !membership.removed_me();

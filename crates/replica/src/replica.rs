@@ -33,12 +33,13 @@
 //! Views change under a write lock, and every call checks ownership and writes under the read
 //! lock, so a range-drop that starts after a view change sees every write accepted before it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kv_ring::{Intervals, Ring};
 use kv_storage::{Added, Engine, Hint, HintStore, Record, Version};
 use kv_vclock::{Dot, Versioned};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use kv_coordinator::wire::{
     counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, HintRequest, Reply,
@@ -192,7 +193,17 @@ pub struct ReplicaCore {
     /// When a write past the warning level was last logged (ms), so a hot key logs once in a
     /// while, not on every write.
     warned_at: std::sync::atomic::AtomicU64,
+    /// Dots this run issued, by key, that the key's record here does not account for yet (no
+    /// version here carries or covers them): the front stores a new version on every replica
+    /// at once, this one included, after we answer. No dot is issued for a key with one
+    /// outstanding (rule 15 of docs/consistency.md).
+    issued: Mutex<HashMap<Vec<u8>, Vec<u64>>>,
 }
+
+/// Most keys with a dot outstanding ([`ReplicaCore::outstanding_dots`]) before coordination of
+/// other keys is refused too (the front asks the next replica): normally a dot is accounted for
+/// within a round trip, so this bounds only what stores lost for good leave behind.
+const MAX_OUTSTANDING_KEYS: usize = 1 << 20;
 
 /// How many siblings a client write may leave on a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,10 +229,16 @@ impl Default for SiblingLimits {
 /// Least time between two warnings about sibling counts, ms.
 const SIBLING_WARNING_EVERY_MS: u64 = 10_000;
 
-/// The actor name of node `node_id` on a store of incarnation `incarnation`: what its dots and
-/// clock entries carry. Unique per storage incarnation, so a wiped disk is a new actor.
-pub fn actor_name(node_id: &str, incarnation: u64) -> String {
-    format!("{node_id}~{incarnation:016x}")
+/// The actor name of node `node_id` on a store of incarnation `incarnation` in epoch `epoch`:
+/// what its dots and clock entries carry. Unique per storage incarnation, so a wiped disk is a
+/// new actor, and per epoch, so a run that follows one that may have lost track of a dot it
+/// issued (a crash) is a new actor too (epoch 0 keeps the name without an epoch).
+pub fn actor_name(node_id: &str, incarnation: u64, epoch: u64) -> String {
+    if epoch == 0 {
+        format!("{node_id}~{incarnation:016x}")
+    } else {
+        format!("{node_id}~{incarnation:016x}.{epoch}")
+    }
 }
 
 fn failed(status: u16, message: impl Into<String>) -> Reply {
@@ -251,16 +268,22 @@ fn storage_failed(e: &kv_storage::Error) -> Reply {
     failed(status, e.to_string())
 }
 
-/// A write call of a batch, once its key is split off.
-enum WriteCall {
-    Coordinate(CoordinateRequest),
-    Store(Vec<Version>, Option<Dot>),
+/// A store call of a batch, once its key is split off: the versions and the fresh dot.
+type StoreCall = (Vec<Version>, Option<Dot>);
+
+/// Whether `record` accounts for dot `counter` of `actor`: a version carries it or covers it.
+fn accounts_for(record: &Record, actor: &str, counter: u64) -> bool {
+    record
+        .versions()
+        .iter()
+        .any(|v| v.context.get(actor) >= counter || (v.dot.node == actor && v.dot.counter == counter))
 }
 
 impl ReplicaCore {
     /// A replica of node `node_id` over `engine`, owning nothing until [`ReplicaCore::set_view`].
     pub fn new(node_id: &str, engine: Arc<dyn Engine>, metrics: ReplicaMetrics) -> Self {
-        let actor = actor_name(node_id, engine.identity().incarnation);
+        let identity = engine.identity();
+        let actor = actor_name(node_id, identity.incarnation, identity.epoch);
         let node_id = node_id.to_owned();
         ReplicaCore {
             actor,
@@ -271,7 +294,31 @@ impl ReplicaCore {
             metrics,
             siblings: SiblingLimits::default(),
             warned_at: std::sync::atomic::AtomicU64::new(0),
+            issued: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets every outstanding dot: rule 15 broken on purpose (the model checker's mutation
+    /// `ForgetOutstandingDots`; nothing else calls it).
+    pub fn forget_outstanding_dots(&self) {
+        self.issued.lock().clear();
+    }
+
+    /// How many keys have a dot this run issued that their record here does not account for
+    /// yet. Zero at the end of a run means the run may be marked clean
+    /// ([`Engine::mark_clean`]): the next one can keep the actor.
+    /// Reads the records of the keys it counts, so dots that arrived by a stream or a repair
+    /// are not counted (shutdown).
+    pub fn outstanding_dots(&self) -> usize {
+        let mut issued = self.issued.lock();
+        issued.retain(|key, dots| match self.engine.get(key) {
+            Ok(record) => {
+                dots.retain(|&counter| !accounts_for(&record, &self.actor, counter));
+                !dots.is_empty()
+            }
+            Err(_) => true,
+        });
+        issued.len()
     }
 
     /// The same replica with sibling limits `limits` for the writes it coordinates.
@@ -345,7 +392,8 @@ impl ReplicaCore {
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
         let mut indexes = Vec::new();
         let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut payloads: Vec<Option<WriteCall>> = Vec::new();
+        let mut payloads: Vec<Option<StoreCall>> = Vec::new();
+        let mut coordinates: Vec<(usize, CoordinateRequest)> = Vec::new();
         let mut hints: Vec<(usize, HintRequest)> = Vec::new();
         // Reads of a key that an earlier call of this batch writes run after the batch's writes
         // (which are applied together, at the end): a read sent after a store of its key must
@@ -401,9 +449,7 @@ impl ReplicaCore {
                     format!("store deadline passed {} ms ago", now_ms - c.deadline_ms),
                 )),
                 Call::Coordinate(c) => {
-                    indexes.push(i);
-                    keys.push(c.key.clone());
-                    payloads.push(Some(WriteCall::Coordinate(c)));
+                    coordinates.push((i, c));
                     None
                 }
                 Call::Store(c) => match self.observe(&c.versions) {
@@ -411,7 +457,7 @@ impl ReplicaCore {
                     Ok(()) => {
                         indexes.push(i);
                         keys.push(c.key);
-                        payloads.push(Some(WriteCall::Store(c.versions, c.fresh)));
+                        payloads.push(Some((c.versions, c.fresh)));
                         None
                     }
                 },
@@ -419,7 +465,11 @@ impl ReplicaCore {
             replies.push(reply);
         }
         if !keys.is_empty() {
-            self.write(&keys, payloads, now_ms, &indexes, &mut replies);
+            self.write(&keys, payloads, &indexes, &mut replies);
+        }
+        // After the batch's stores, so that one accounting for a dot issued here is seen.
+        for (i, c) in coordinates {
+            replies[i] = Some(self.coordinate(c, now_ms));
         }
         for (i, key) in deferred {
             replies[i] =
@@ -432,86 +482,118 @@ impl ReplicaCore {
         replies.into_iter().map(|r| r.unwrap_or_else(|| failed(500, "call was not run"))).collect()
     }
 
+    /// Issues the dot of a client write and answers the key's sibling set with the new version
+    /// in it, storing nothing: the front stores that set on every replica at once, this one
+    /// included, so a call whose answer is lost leaves no version anywhere and the front may ask
+    /// the next replica (rule 15 of docs/consistency.md). No dot is issued for a key while one
+    /// issued before is not accounted for by the key's record here: the set we answer must hold
+    /// every version of ours that may exist (rule 4). Runs under the lock of the outstanding
+    /// dots, so a store that accounts for one is seen by the next coordination of its key.
+    fn coordinate(&self, c: CoordinateRequest, now_ms: u64) -> Reply {
+        let mut issued = self.issued.lock();
+        let current = match self.engine.get(&c.key) {
+            Ok(record) => record,
+            Err(e) => return storage_failed(&e),
+        };
+        if let Some(dots) = issued.get_mut(&c.key) {
+            dots.retain(|&counter| !accounts_for(&current, &self.actor, counter));
+            if !dots.is_empty() {
+                return self.refuse(
+                    "outstanding_dot",
+                    MISDIRECTED,
+                    "coordinating: a version of this key created here earlier is not stored here yet".into(),
+                );
+            }
+            issued.remove(&c.key);
+        } else if issued.len() >= MAX_OUTSTANDING_KEYS {
+            return self.refuse(
+                "outstanding_dot",
+                MISDIRECTED,
+                format!("coordinating: {MAX_OUTSTANDING_KEYS} keys have versions created here and not stored here"),
+            );
+        }
+        let (version, issued_now) = match reusable(&current, c.ticket.write_id) {
+            Some(same) => (same, false),
+            None => match self.engine.issue_counter(counter_floor(&self.actor, &current)) {
+                Ok(counter) => (new_version(&self.actor, counter, &c.write, c.ticket.write_id, now_ms), true),
+                Err(e) => return storage_failed(&e),
+            },
+        };
+        let mut next = current.clone();
+        next.insert(version.clone());
+        let value_bytes = |s: &Record| s.versions().iter().map(|v| v.value.len()).sum::<usize>();
+        let (bytes, held) = (value_bytes(&next), value_bytes(&current));
+        let refusal = if next.len() > self.siblings.max && next.len() > current.len() {
+            Some(format!(
+                "the key holds {} siblings, the most allowed (--max-siblings {})",
+                current.len(),
+                self.siblings.max
+            ))
+        } else if bytes > self.siblings.max_bytes && bytes > held {
+            Some(format!(
+                "the key's siblings would hold {bytes} bytes of values, more than the {} allowed \
+                 (8 x --max-value-bytes)",
+                self.siblings.max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let message = format!("{why}; read it and write back with its X-Context to resolve them");
+            return self.refuse("too_many_siblings", TOO_MANY_SIBLINGS, message);
+        }
+        if next.len() > self.siblings.warn {
+            self.sibling_warning(&c.key, next.len(), now_ms);
+        }
+        if issued_now {
+            issued.entry(c.key).or_default().push(version.dot.counter);
+        }
+        Reply::Coordinated(CoordinateResponse { record: next, created: version })
+    }
+
+    /// Applies a batch's stores with one durability wait, and answers each.
     fn write(
         &self,
         keys: &[Vec<u8>],
-        mut payloads: Vec<Option<WriteCall>>,
-        now_ms: u64,
+        mut payloads: Vec<Option<StoreCall>>,
         indexes: &[usize],
         replies: &mut [Option<Reply>],
     ) {
         let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        // Per write: the version it vouches for, and an answer decided under the key's lock.
+        // Per store: the version it vouches for.
         let mut vouched: Vec<Option<Version>> = vec![None; keys.len()];
-        let mut created: Vec<Option<Version>> = vec![None; keys.len()];
-        let mut early: Vec<Option<Reply>> = vec![None; keys.len()];
         let results = self.engine.update_many(&keys, &mut |j, current| {
             let mut next = current.clone();
-            match payloads[j].take() {
-                Some(WriteCall::Coordinate(c)) => {
-                    if c.ticket.deadline_ms < now_ms {
-                        early[j] = Some(self.refuse("too_late", TOO_LATE, "deadline passed".into()));
-                        return next;
-                    }
-                    let version = match reusable(current, c.ticket.write_id) {
-                        Some(same) => same,
-                        None => match self.engine.issue_counter(counter_floor(&self.actor, current)) {
-                            Ok(counter) => new_version(&self.actor, counter, &c.write, c.ticket.write_id, now_ms),
-                            Err(e) => {
-                                early[j] = Some(storage_failed(&e));
-                                return next;
-                            }
-                        },
-                    };
-                    next.insert(version.clone());
-                    let value_bytes = |s: &Record| s.versions().iter().map(|v| v.value.len()).sum::<usize>();
-                    let (bytes, held) = (value_bytes(&next), value_bytes(current));
-                    let refusal = if next.len() > self.siblings.max && next.len() > current.len() {
-                        Some(format!(
-                            "the key holds {} siblings, the most allowed (--max-siblings {})",
-                            current.len(),
-                            self.siblings.max
-                        ))
-                    } else if bytes > self.siblings.max_bytes && bytes > held {
-                        Some(format!(
-                            "the key's siblings would hold {bytes} bytes of values, more than the {} allowed \
-                             (8 x --max-value-bytes)",
-                            self.siblings.max_bytes
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(why) = refusal {
-                        let message = format!("{why}; read it and write back with its X-Context to resolve them");
-                        early[j] = Some(self.refuse("too_many_siblings", TOO_MANY_SIBLINGS, message));
-                        return current.clone();
-                    }
-                    if next.len() > self.siblings.warn {
-                        self.sibling_warning(keys[j], next.len(), now_ms);
-                    }
-                    vouched[j] = Some(version.clone());
-                    created[j] = Some(version);
-                }
-                Some(WriteCall::Store(versions, fresh)) => {
-                    vouched[j] = fresh.and_then(|dot| versions.iter().find(|v| v.dot == dot).cloned());
-                    next.merge(versions);
-                }
-                None => {}
+            if let Some((versions, fresh)) = payloads[j].take() {
+                vouched[j] = fresh.and_then(|dot| versions.iter().find(|v| v.dot == dot).cloned());
+                next.merge(versions);
             }
             next
         });
+        self.account(&keys, &results);
         for (j, (result, i)) in results.into_iter().zip(indexes).enumerate() {
-            replies[*i] = Some(match (result, early[j].take()) {
-                (_, Some(reply)) => reply,
-                (Err(e), None) => storage_failed(&e),
-                (Ok(record), None) => match vouched[j].take() {
+            replies[*i] = Some(match result {
+                Err(e) => storage_failed(&e),
+                Ok(record) => match vouched[j].take() {
                     Some(version) if repeated_dot(&record, &version) => self.not_kept(keys[j], &version.dot, &record),
-                    _ => match created[j].take() {
-                        Some(created) => Reply::Coordinated(CoordinateResponse { record, created }),
-                        None => Reply::Stored,
-                    },
+                    _ => Reply::Stored,
                 },
             });
+        }
+    }
+
+    /// Forgets the outstanding dots that stored records now account for.
+    fn account(&self, keys: &[&[u8]], results: &[Result<Record, kv_storage::Error>]) {
+        let mut issued = self.issued.lock();
+        if issued.is_empty() {
+            return;
+        }
+        for (key, result) in keys.iter().zip(results) {
+            let (Some(dots), Ok(record)) = (issued.get_mut(*key), result) else { continue };
+            dots.retain(|&counter| !accounts_for(record, &self.actor, counter));
+            if dots.is_empty() {
+                issued.remove(*key);
+            }
         }
     }
 
@@ -759,6 +841,59 @@ mod tests {
         assert!(filling.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_ok());
     }
 
+    /// What the front does with a coordinate call: the call, then a store of the set it
+    /// answered on this replica (rule 15). Returns the coordinate call's reply.
+    fn coordinate_and_store(core: &ReplicaCore, call: Call) -> Reply {
+        let key = call.key().to_vec();
+        let reply = core.execute(vec![call], 1).remove(0);
+        if let Reply::Coordinated(c) = &reply {
+            let stored = core.execute(vec![store(&key, c.record.versions().to_vec(), Some(c.created.dot.clone()))], 1);
+            assert!(matches!(stored[0], Reply::Stored), "{stored:?}");
+        }
+        reply
+    }
+
+    #[test]
+    fn no_dot_is_issued_for_a_key_while_one_issued_before_is_not_stored_here() {
+        let core = core(true, false);
+        let call = |id: u128| {
+            Call::Coordinate(CoordinateRequest {
+                key: b"k".to_vec(),
+                write: Write {
+                    value: b"v".to_vec(),
+                    content_type: "t".into(),
+                    context: VClock::new(),
+                    tombstone: false,
+                },
+                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
+            })
+        };
+        let first = match core.execute(vec![call(1)], 1).remove(0) {
+            Reply::Coordinated(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert!(core.engine().get(b"k").unwrap().is_empty(), "a coordinate call stores nothing");
+        assert_eq!(core.outstanding_dots(), 1);
+        // Its set would lack the first version, whose dot the new one's counter covers.
+        let refused = core.execute(vec![call(2)], 1);
+        assert!(matches!(&refused[0], Reply::Failed { status: MISDIRECTED, .. }), "{refused:?}");
+        // Another key is not held up.
+        let other = Call::Coordinate(CoordinateRequest {
+            key: b"other".to_vec(),
+            ..match call(3) {
+                Call::Coordinate(c) => c,
+                _ => unreachable!(),
+            }
+        });
+        assert!(matches!(coordinate_and_store(&core, other), Reply::Coordinated(_)));
+        // Once the first version is stored here (in the same batch, before the call), the key
+        // coordinates again, and its set holds the first version.
+        let batch = vec![store(b"k", first.record.versions().to_vec(), Some(first.created.dot.clone())), call(4)];
+        let replies = core.execute(batch, 1);
+        assert!(matches!(&replies[1], Reply::Coordinated(c) if c.record.len() == 2), "{replies:?}");
+        assert_eq!(core.outstanding_dots(), 1, "the second write's dot is outstanding now");
+    }
+
     fn core_with(limits: SiblingLimits) -> ReplicaCore {
         core(true, false).with_sibling_limits(limits)
     }
@@ -774,7 +909,7 @@ mod tests {
             })
         };
         for id in 1..=3 {
-            assert!(matches!(core.execute(vec![blind("v", id, VClock::new())], 1)[0], Reply::Coordinated(_)));
+            assert!(matches!(coordinate_and_store(&core, blind("v", id, VClock::new())), Reply::Coordinated(_)));
         }
         let refused = core.execute(vec![blind("fourth", 4, VClock::new())], 1);
         assert!(matches!(&refused[0], Reply::Failed { status: TOO_MANY_SIBLINGS, .. }), "{refused:?}");
@@ -791,7 +926,7 @@ mod tests {
         // The bytes of all siblings are capped too: 6 + 6 bytes fit in 12, a third does not.
         let core = core_with(SiblingLimits { max: 100, warn: 100, max_bytes: 12 });
         for id in 1..=2 {
-            assert!(matches!(core.execute(vec![blind("123456", id, VClock::new())], 1)[0], Reply::Coordinated(_)));
+            assert!(matches!(coordinate_and_store(&core, blind("123456", id, VClock::new())), Reply::Coordinated(_)));
         }
         let refused = core.execute(vec![blind("123456", 3, VClock::new())], 1);
         assert!(
@@ -841,17 +976,17 @@ mod tests {
                 ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
             })
         };
-        let first = match core.execute(vec![coordinate(b"a", "x", 1)], 1).remove(0) {
+        let first = match coordinate_and_store(&core, coordinate(b"a", "x", 1)) {
             Reply::Coordinated(c) => c.created.dot.counter,
             other => panic!("{other:?}"),
         };
         // Another key, and the same key after its record is gone: counters keep rising.
-        let second = match core.execute(vec![coordinate(b"b", "y", 2)], 1).remove(0) {
+        let second = match coordinate_and_store(&core, coordinate(b"b", "y", 2)) {
             Reply::Coordinated(c) => c.created.dot.counter,
             other => panic!("{other:?}"),
         };
         core.engine().remove(&[b"a".to_vec()]).unwrap();
-        let third = match core.execute(vec![coordinate(b"a", "z", 3)], 1).remove(0) {
+        let third = match coordinate_and_store(&core, coordinate(b"a", "z", 3)) {
             Reply::Coordinated(c) => c.created.dot.counter,
             other => panic!("{other:?}"),
         };

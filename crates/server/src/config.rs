@@ -224,13 +224,6 @@ impl ClusterConfig {
             stall_after: self.coordinator.replica_timeout / 2,
         }
     }
-
-    /// Completes the coordinator's options from the server's: a coordinate call's outcome is
-    /// waited for up to half of `request_timeout` (at least one replica timeout).
-    pub fn settle(&mut self, request_timeout: Duration) {
-        let options = &mut self.coordinator;
-        options.outcome_wait = (request_timeout / 2).max(options.replica_timeout);
-    }
 }
 
 /// Fills every unset field of `$top` from `$bottom`.
@@ -476,8 +469,6 @@ impl ClusterSettings {
                 sloppy_quorum: self.sloppy_quorum.unwrap_or(true),
                 hinted_handoff: self.hinted_handoff.unwrap_or(true),
                 zone: "default".into(),
-                // Set from --request-timeout by the binaries ([`ClusterConfig::settle`]).
-                outcome_wait: replica_timeout,
                 // Two members that agree with the cluster differ by up to twice the offset.
                 max_clock_skew: max_clock_offset * 2,
             },

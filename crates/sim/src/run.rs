@@ -57,6 +57,12 @@ pub enum Mutation {
     /// A node whose clock is off by more than the bound does not fence itself: its stamps and
     /// its judgements of age break the rules that assume clocks agree within the bound.
     NoClockFence,
+    /// A replica coordinates a key while a dot it issued for the key is not stored there yet
+    /// (rule 15): the new version's set lacks that version, whose dot its counter covers.
+    ForgetOutstandingDots,
+    /// A node restarted after a crash keeps its actor (no new epoch): a dot the crashed run
+    /// issued and never stored there is covered by the next run's counters (rule 15).
+    KeepActorAfterCrash,
 }
 
 /// One history's settings.
@@ -80,25 +86,14 @@ pub struct Config {
     /// Clocks off the reference: every endpoint within the bound, and now and then a node far
     /// beyond it for a while.
     pub clocks: bool,
-    /// How long a front waits for a coordinate call's answer (kvnode's outcome wait), ms.
-    pub outcome_wait_ms: u64,
     /// A rule broken on purpose.
     pub mutation: Mutation,
 }
 
 impl Config {
-    /// A scripted history's settings: no random faults, membership changes or clock offsets,
-    /// and a front gives up on a coordinate call after one replica timeout (the scripts' timings
-    /// count on it).
+    /// A scripted history's settings: no random faults, membership changes or clock offsets.
     pub fn scripted(mutation: Mutation) -> Config {
-        Config {
-            faults: false,
-            membership: false,
-            clocks: false,
-            outcome_wait_ms: TIMEOUT_MS,
-            mutation,
-            ..Config::new(0)
-        }
+        Config { faults: false, membership: false, clocks: false, mutation, ..Config::new(0) }
     }
 
     /// The default shape of a history for `seed`.
@@ -112,9 +107,6 @@ impl Config {
             faults: true,
             membership: true,
             clocks: true,
-            // Past the replica timeout, as kvnode's: late replies (the network delays messages
-            // up to three timeouts) come back, refused if past their deadline.
-            outcome_wait_ms: 2 * TIMEOUT_MS,
             mutation: Mutation::None,
         }
     }
@@ -225,7 +217,6 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
                 sloppy_quorum: false,
                 hinted_handoff: true,
                 zone: "default".into(),
-                outcome_wait: Duration::from_millis(config.outcome_wait_ms),
                 max_clock_skew: Duration::from_millis(MAX_SKEW_MS),
             };
             let instance = world.rng(|r| r.next_u64());

@@ -451,6 +451,12 @@ impl World {
             Some(node) => (node.engine.clone(), (node.hints.clone(), node.trees.clone())),
             None => return,
         };
+        // A crash ends a run uncleanly: the restart begins the next epoch (rule 15), unless
+        // that rule is broken on purpose.
+        if self.config.mutation == Mutation::KeepActorAfterCrash {
+            let _ = engine.mark_clean();
+        }
+        engine.begin_run().expect("invariant: a memory store records a run");
         let node = self.start_node(id, engine, extras);
         self.state.lock().nodes.insert(id.to_owned(), node);
         self.trace(|| format!("restart {id}"));
@@ -628,6 +634,9 @@ impl World {
             return Delivery::Partitioned;
         }
         let what = if self.trace { describe_call(&call) } else { String::new() };
+        if self.config.mutation == Mutation::ForgetOutstandingDots {
+            core.forget_outstanding_dots();
+        }
         let mut replies = core.execute(vec![call], self.clock_ms(to));
         let reply = replies.pop().unwrap_or(Reply::Failed { status: 500, message: "no reply".into() });
         self.trace(|| format!("{from} -> {to}: {what} => {}", describe_reply(&reply)));
@@ -1297,6 +1306,12 @@ impl Engine for PerKeyCounters {
     }
     fn observe_counter(&self, _seen: u64) -> kv_storage::Result<bool> {
         Ok(false)
+    }
+    fn mark_clean(&self) -> kv_storage::Result<()> {
+        self.0.mark_clean()
+    }
+    fn begin_run(&self) -> kv_storage::Result<()> {
+        self.0.begin_run()
     }
     fn get_meta(&self, name: &str) -> kv_storage::Result<Option<Vec<u8>>> {
         self.0.get_meta(name)

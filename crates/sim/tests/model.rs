@@ -212,3 +212,24 @@ fn figures_catches_a_skewed_clock_that_does_not_fence() {
         "a node judging ages by a skewed clock handed back a purged delete, unnoticed"
     );
 }
+
+#[test]
+fn figures_catches_coordinating_over_an_outstanding_dot() {
+    let (histories, report) = caught(Mutation::ForgetOutstandingDots, 10_000);
+    println!(
+        "mutation coordinating while a dot issued here is not stored here (rule 15): caught after {histories} \
+         histories (seed {}): {}",
+        report.seed,
+        report.violations.join("; ")
+    );
+}
+
+#[test]
+fn figures_catches_a_crashed_node_keeping_its_actor() {
+    let (histories, report) = caught(Mutation::KeepActorAfterCrash, 10_000);
+    println!(
+        "mutation a crashed node keeps its actor (rule 15): caught after {histories} histories (seed {}): {}",
+        report.seed,
+        report.violations.join("; ")
+    );
+}

@@ -19,6 +19,14 @@
 //!   backup restored over it) has a smaller one, which peers that heard the latest can tell
 //!   (`Engine::counter_lease`; the node gossips it and refuses to serve an older copy).
 //!
+//! - **A run that may have lost track of a dot is a new actor.** A replica issues a dot before
+//!   any copy of its version is stored (the front replicates it to every replica at once, this
+//!   one included: rule 15 of docs/consistency.md), so a run can end with a dot issued whose
+//!   version this store never received. A later run issuing higher counters for that key under
+//!   the same actor would claim to have seen it. So every open counts an *epoch*: a run that did
+//!   not end by [`crate::Engine::mark_clean`] (a crash, or a clean stop with dots unaccounted
+//!   for) makes the next open draw the next epoch, and the node names its actor after it.
+//!
 //! Evidence of amnesia (a version arriving from a peer with a counter of ours at or above what
 //! we would issue next: a store restored from an old copy) moves the counter past it
 //! ([`DotCounter::observe`]), as Riak KV's fix for issue 679 does.
@@ -32,6 +40,9 @@ use crate::{Error, Result};
 /// Name of the reserved key holding the identity.
 pub(crate) const IDENTITY_META: &str = "ident";
 
+/// Name of the reserved key holding the run's epoch and whether the last run ended clean.
+pub(crate) const RUN_META: &str = "run";
+
 /// Counters issued per recorded lease: one durable write per 65,536 dots. A restart skips what
 /// was left of the lease; at this size a node restarted every second for a century uses 2^47 of
 /// the 2^56 counters a clock may hold ([`kv_vclock::MAX_COUNTER`]).
@@ -42,6 +53,15 @@ pub const COUNTER_LEASE: u64 = 1 << 16;
 struct Recorded {
     incarnation: u64,
     lease_end: u64,
+}
+
+/// The epoch of the current run and whether it ended cleanly, recorded beside the identity.
+/// A store without it (new, or written by a version that applied every dot it issued before
+/// answering) counts as epoch 0, ended cleanly.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Run {
+    epoch: u64,
+    clean: bool,
 }
 
 /// The store's identity as a writer.
@@ -56,6 +76,10 @@ pub struct Identity {
     /// runs of this store issued is below it, unless the store is an older copy of itself. This
     /// open recorded a larger one ([`crate::Engine::counter_lease`]).
     pub lease_at_open: u64,
+    /// The epoch of this run: the number of earlier runs that did not end cleanly
+    /// ([`crate::Engine::mark_clean`]). Part of the actor name, so a run that may have issued a
+    /// dot it never stored is never continued by a later run under the same actor.
+    pub epoch: u64,
 }
 
 struct Counter {
@@ -94,12 +118,39 @@ impl DotCounter {
                 incarnation: recorded.incarnation,
                 fresh,
                 lease_at_open: recorded.lease_end,
+                epoch: 0,
             }),
             counter: Mutex::new(Counter { next: recorded.lease_end, lease_end: recorded.lease_end }),
         };
-        // A new lease for this run, even if it issues nothing.
-        counter.cover(&mut counter.counter.lock(), recorded.lease_end, backend)?;
+        counter.begin_run(backend)?;
         Ok(counter)
+    }
+
+    /// Starts a run: the next epoch unless the last run ended cleanly, recorded as not ended
+    /// yet, and a new lease, even if the run issues nothing; all durable before any dot.
+    pub(crate) fn begin_run(&self, backend: &dyn Backend) -> Result<()> {
+        let key = crate::meta_key(RUN_META);
+        let last = match backend.get(&key)? {
+            Some(bytes) => postcard::from_bytes::<Run>(&bytes)
+                .map_err(|e| Error::Corrupt(format!("store run record does not decode: {e}")))?,
+            None => Run { epoch: 0, clean: true },
+        };
+        let epoch = if last.clean { last.epoch } else { last.epoch + 1 };
+        backend.put(&key, &postcard::to_stdvec(&Run { epoch, clean: false }).unwrap_or_default())?;
+        self.identity.lock().epoch = epoch;
+        let mut counter = self.counter.lock();
+        let resume = counter.lease_end;
+        counter.next = counter.next.max(resume);
+        // `cover` syncs, making the run record durable with the lease.
+        self.cover(&mut counter, resume, backend)
+    }
+
+    /// Records that this run ended with every dot it issued accounted for: the next open keeps
+    /// the epoch.
+    pub(crate) fn mark_clean(&self, backend: &dyn Backend) -> Result<()> {
+        let run = Run { epoch: self.identity().epoch, clean: true };
+        backend.put(&crate::meta_key(RUN_META), &postcard::to_stdvec(&run).unwrap_or_default())?;
+        backend.sync()
     }
 
     /// Records `incarnation` as the identity of an empty backend (deterministic simulation).
@@ -194,6 +245,28 @@ mod tests {
         let wiped = DotCounter::open(&other).unwrap();
         assert!(wiped.identity().fresh);
         assert_ne!(wiped.identity().incarnation, first.identity().incarnation);
+    }
+
+    #[test]
+    fn a_run_that_did_not_end_clean_makes_the_next_a_new_epoch() {
+        let backend = MemoryBackend::default();
+        let first = DotCounter::open(&backend).unwrap();
+        assert_eq!(first.identity().epoch, 0);
+        let issued = first.issue(0, &backend).unwrap();
+        // A crash: the next run is the next epoch, and counters still rise.
+        let second = DotCounter::open(&backend).unwrap();
+        assert_eq!(second.identity().epoch, 1);
+        assert!(second.issue(0, &backend).unwrap() > issued);
+        // A clean end keeps the epoch, once.
+        second.mark_clean(&backend).unwrap();
+        let third = DotCounter::open(&backend).unwrap();
+        assert_eq!(third.identity().epoch, 1);
+        let fourth = DotCounter::open(&backend).unwrap();
+        assert_eq!(fourth.identity().epoch, 2);
+        // A restart in place (the simulation's) counts the same way.
+        fourth.begin_run(&backend).unwrap();
+        assert_eq!(fourth.identity().epoch, 3);
+        assert_eq!(fourth.identity().incarnation, first.identity().incarnation);
     }
 
     #[test]

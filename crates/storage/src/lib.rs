@@ -137,6 +137,15 @@ pub trait Engine: Send + Sync {
     /// key, before or after a restart (see [`identity`]).
     fn issue_counter(&self, floor: u64) -> Result<u64>;
 
+    /// Records that this run ended with every dot it issued accounted for (its versions stored
+    /// here, or superseded): the next open keeps the actor's epoch. Without it, the next open
+    /// starts a new epoch ([`Identity::epoch`]), a new actor. Call last, after the final writes.
+    fn mark_clean(&self) -> Result<()>;
+
+    /// Starts a new run of this store in place, as a reopen would: a new epoch unless the last
+    /// run was marked clean, and a new lease (the deterministic simulation's restart).
+    fn begin_run(&self) -> Result<()>;
+
     /// Makes every future [`Engine::issue_counter`] exceed `seen`, a counter of this store's
     /// actor found in a version from elsewhere. Returns whether that moved the counter (the
     /// store had issued it and forgot: it was restored from an old copy).

@@ -276,6 +276,16 @@ impl Engine for Store {
         self.counter.issue(floor, &*self.backend)
     }
 
+    fn mark_clean(&self) -> Result<()> {
+        self.commit.check()?;
+        self.backend.sync()?;
+        self.counter.mark_clean(&*self.backend)
+    }
+
+    fn begin_run(&self) -> Result<()> {
+        self.counter.begin_run(&*self.backend)
+    }
+
     fn observe_counter(&self, seen: u64) -> Result<bool> {
         self.counter.observe(seen, &*self.backend)
     }

@@ -206,19 +206,7 @@ impl PeerTransport {
     /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
     /// its answer.
     pub async fn request<R: PeerRequest>(&self, address: &str, request: &R) -> Result<R::Reply, ReplicaError> {
-        self.request_within(address, request, None).await
-    }
-
-    /// [`PeerTransport::request`], waiting for the answer up to `timeout` instead of the
-    /// transport's call deadline (a batch holding a write's coordination waits for its outcome:
-    /// a peer that froze after reading it answers once it resumes).
-    pub async fn request_within<R: PeerRequest>(
-        &self,
-        address: &str,
-        request: &R,
-        timeout: Option<Duration>,
-    ) -> Result<R::Reply, ReplicaError> {
-        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request), timeout).await?;
+        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request), None).await?;
         decode(&bytes).map_err(ReplicaError::Decode)
     }
 

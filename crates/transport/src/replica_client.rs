@@ -24,31 +24,19 @@ pub struct HttpReplicaClient {
     /// One queue per peer address; a handful of entries (one per member ever called).
     batchers: Mutex<HashMap<String, Arc<Batcher>>>,
     limits: BatchLimits,
-    /// How long a batch holding a coordinate call waits for the peer's answer (longer than the
-    /// replica timeout: whether the write was applied is known only from the answer).
-    outcome_wait: std::time::Duration,
     batch_sizes: Option<Histogram>,
 }
 
 impl HttpReplicaClient {
-    /// A client pacing each peer by `limits`, whose batchers run under `supervisor`; a batch
-    /// holding a coordinate call waits up to `outcome_wait` for its answer; batch sizes go to
-    /// `batch_sizes`.
+    /// A client pacing each peer by `limits`, whose batchers run under `supervisor`; batch sizes
+    /// go to `batch_sizes`.
     pub fn new(
         transport: PeerTransport,
         supervisor: Supervisor,
         limits: BatchLimits,
-        outcome_wait: std::time::Duration,
         batch_sizes: Option<Histogram>,
     ) -> Self {
-        HttpReplicaClient {
-            transport,
-            supervisor,
-            batchers: Mutex::new(HashMap::new()),
-            limits,
-            outcome_wait,
-            batch_sizes,
-        }
+        HttpReplicaClient { transport, supervisor, batchers: Mutex::new(HashMap::new()), limits, batch_sizes }
     }
 
     /// How each peer is paced.
@@ -61,13 +49,10 @@ impl HttpReplicaClient {
         if let Some(batcher) = batchers.get(address) {
             return batcher.clone();
         }
-        let (transport, target, outcome_wait) = (self.transport.clone(), address.to_owned(), self.outcome_wait);
+        let (transport, target) = (self.transport.clone(), address.to_owned());
         let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
             let (transport, target) = (transport.clone(), target.clone());
-            // A coordinate call's outcome is known only from the answer: wait for it (the
-            // coordinator waits as long), not just the replica timeout.
-            let wait = calls.iter().any(|c| matches!(c, Call::Coordinate(_))).then_some(outcome_wait);
-            Box::pin(async move { transport.request_within(&target, &calls, wait).await })
+            Box::pin(async move { transport.request(&target, &calls).await })
         });
         let (batcher, worker) = Batcher::new(format!("batch {address}"), send, self.limits, self.batch_sizes.clone());
         self.supervisor.spawn(Stage::Transport, worker);
