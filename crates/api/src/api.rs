@@ -31,6 +31,8 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Header carrying the causal context token.
 pub static X_CONTEXT: HeaderName = HeaderName::from_static("x-context");
+/// Header of a write's answer when the new version has concurrent siblings: how many.
+pub static X_SIBLINGS: HeaderName = HeaderName::from_static("x-siblings");
 
 /// Header saying how many replicas answered, e.g. `2/3`.
 pub static X_REPLICAS: HeaderName = HeaderName::from_static("x-replicas");
@@ -121,8 +123,18 @@ fn formed(state: &ApiState) -> Result<(), ApiError> {
     state.membership.formed().map_err(|(normal, expected)| ApiError::Forming { normal, expected })
 }
 
+/// The answer to a write: `204` with the new version's context, `X-Replicas`, and, when the
+/// new version has concurrent siblings, `X-Siblings` (their number, the new version included)
+/// and no context: the new version's clock names its actor's counter, which covers that
+/// actor's earlier dots of the key, including a sibling the client never saw, so a write on it
+/// would drop that sibling unseen. The client reads the key to resolve them.
 fn written(key: &[u8], outcome: PutOutcome, contexts: &ContextSealer) -> Response {
-    let mut response = with_context(StatusCode::NO_CONTENT.into_response(), key, &outcome.created.clock(), contexts);
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if outcome.siblings <= 1 {
+        response = with_context(response, key, &outcome.created.clock(), contexts);
+    } else if let Ok(value) = HeaderValue::from_str(&outcome.siblings.to_string()) {
+        response.headers_mut().insert(X_SIBLINGS.clone(), value);
+    }
     set_replicas(&mut response, outcome.acked.len(), outcome.replicas);
     response
 }

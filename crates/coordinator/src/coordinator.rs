@@ -15,7 +15,7 @@ use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
-use crate::wire::{IMPOSSIBLE_CONTEXT, TOO_MANY_SIBLINGS};
+use crate::wire::{CoordinateResponse, IMPOSSIBLE_CONTEXT, OUTSTANDING, TOO_MANY_SIBLINGS};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -51,6 +51,9 @@ pub struct PutOutcome {
     pub acked: Vec<String>,
     /// Replicas in the key's preference list.
     pub replicas: usize,
+    /// Versions the key held once the write was merged in at the replica that created it
+    /// (1: the new version alone; more: it has concurrent siblings there).
+    pub siblings: usize,
 }
 
 /// Result of a read.
@@ -252,48 +255,14 @@ impl Coordinator {
             let id = &peers[i].id;
             (topology.down.contains(id), stalled.contains(id), topology.leaving.contains(id))
         });
-        let mut coordinated = None;
-        let timeout_ms = self.options.replica_timeout.as_millis() as u64;
-        for index in order {
-            let peer = &peers[index];
-            let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
-            let coordinate = self.client.coordinate(peer, &key, &write, &ticket);
-            match self.call(Op::Coordinate, coordinate).await {
-                Ok(response) => {
-                    coordinated = Some((index, response));
-                    break;
-                }
-                Err(ReplicaError::Refused { status: IMPOSSIBLE_CONTEXT, message }) => {
-                    return Err(Error::BadContext(message))
-                }
-                Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
-                    return Err(Error::TooManySiblings(message))
-                }
-                // A `401`: the replica refused the signature (e.g. our clocks differ by more
-                // than the skew it accepts).
-                Err(ReplicaError::Refused { status: 401, message: reason }) => {
-                    tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
-                }
-                Err(ReplicaError::Refused { message, .. }) => {
-                    return Err(Error::Refused { node: peer.id.clone(), message })
-                }
-                // A coordinate call stores nothing (rule 15 of docs/consistency.md): whatever
-                // became of it, no version of this write exists until we store one, so the next
-                // replica may create it. One that did not answer is asked last for a while.
-                Err(e) => {
-                    if matches!(e, ReplicaError::Unreachable(_)) {
-                        self.stall(&peer.id);
-                    }
-                    tracing::debug!(peer = %peer.id, error = %e, "replica did not coordinate; trying the next")
-                }
-            }
-        }
+        let coordinated = self.create(&peers, order, &key, &write, write_id).await?;
         let Some((index, response)) = coordinated else {
             return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
         let fresh = response.created.dot.clone();
 
         let versions: Vec<Version> = response.record.into_versions();
+        let siblings = versions.len();
         // One background task per write drives every store and hint (so replication past W
         // outlives the client's answer); it reports the nodes that acknowledged.
         let (acks, mut ack_rx) = mpsc::channel(replicas * 2);
@@ -349,7 +318,64 @@ impl Coordinator {
         if !tally.met() {
             return Err(self.quorum_failure(op, tally.required(), tally.acks(), replicas));
         }
-        Ok(PutOutcome { created: response.created, acked: tally.ids(), replicas })
+        Ok(PutOutcome { created: response.created, acked: tally.ids(), replicas, siblings })
+    }
+
+    /// Asks the replicas at `order` in `peers`, one at a time, to create the version of
+    /// `write` (its dot and the key's new sibling set), until one does; `None` if none did. A
+    /// coordinate call stores nothing (rule 15 of docs/consistency.md): whatever became of one,
+    /// no version of this write exists until the front stores one, so the next replica may
+    /// create it. Replicas whose last version of the key is still on its way to their own copy
+    /// (`OUTSTANDING`) are asked again after a short pause, within one replica timeout.
+    async fn create(
+        &self,
+        peers: &[Peer],
+        mut order: Vec<usize>,
+        key: &[u8],
+        write: &Write,
+        write_id: u128,
+    ) -> Result<Option<(usize, CoordinateResponse)>, Error> {
+        let timeout_ms = self.options.replica_timeout.as_millis() as u64;
+        let give_up = tokio::time::Instant::now() + self.options.replica_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut busy = Vec::new();
+            for index in order {
+                let peer = &peers[index];
+                let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
+                match self.call(Op::Coordinate, self.client.coordinate(peer, key, write, &ticket)).await {
+                    Ok(response) => return Ok(Some((index, response))),
+                    Err(ReplicaError::Refused { status: IMPOSSIBLE_CONTEXT, message }) => {
+                        return Err(Error::BadContext(message))
+                    }
+                    Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
+                        return Err(Error::TooManySiblings(message))
+                    }
+                    Err(ReplicaError::Refused { status: OUTSTANDING, .. }) => busy.push(index),
+                    // A `401`: the replica refused the signature (e.g. our clocks differ by
+                    // more than the skew it accepts).
+                    Err(ReplicaError::Refused { status: 401, message: reason }) => {
+                        tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
+                    }
+                    Err(ReplicaError::Refused { message, .. }) => {
+                        return Err(Error::Refused { node: peer.id.clone(), message })
+                    }
+                    // One that did not answer is asked last for a while.
+                    Err(e) => {
+                        if matches!(e, ReplicaError::Unreachable(_)) {
+                            self.stall(&peer.id);
+                        }
+                        tracing::debug!(peer = %peer.id, error = %e, "replica did not coordinate; trying the next")
+                    }
+                }
+            }
+            if busy.is_empty() || tokio::time::Instant::now() + pause > give_up {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+            order = busy;
+        }
     }
 
     /// The tally of a request needing `need` (and `primary` of the key's own replicas), or the

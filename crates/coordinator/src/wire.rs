@@ -31,6 +31,11 @@ pub const IMPOSSIBLE_CONTEXT: u16 = 422;
 /// holds its writes (a join completing while a removal's gainers fill).
 pub const GAINING_TOO: &str = "filling it too: gaining it from its other owners";
 
+/// Status of a coordinate call refused because a version of the key this replica created is
+/// still on its way to its own copy (HTTP 425 Too Early; rule 15 of docs/consistency.md):
+/// certainly nothing was created; ask again shortly, or ask another replica.
+pub const OUTSTANDING: u16 = 425;
+
 /// Status of a write refused because the replica would not keep the version it vouches for.
 pub const NOT_KEPT: u16 = 500;
 

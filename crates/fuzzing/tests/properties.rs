@@ -50,7 +50,7 @@ proptest! {
     }
 
     #[test]
-    fn signatures(header in "v4 [0-9a-f]{0,8} [0-9]{0,14} [0-9a-f]{0,16}\\.[0-9]{0,5} [!-~]{0,20} (-|n[0-9]~[0-9a-f]{16}) [0-9a-f]{0,64} [0-9a-f]{0,64}", body in ".{0,50}") {
+    fn signatures(header in "v5 [0-9a-f]{0,8} [0-9]{0,14} [0-9a-f]{0,16}\\.[0-9]{0,5} [!-~]{0,20} (-|n[0-9]~[0-9a-f]{16}) [0-9a-f]{0,64} [0-9a-f]{0,64}", body in ".{0,50}") {
         kv_fuzzing::signature(format!("{header}\n{body}").as_bytes());
     }
 

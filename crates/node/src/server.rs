@@ -148,7 +148,15 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let core = Arc::new(
         ReplicaCore::new(&node_id, engine.clone(), metrics.replica.clone())
             .with_hints(hint_store.clone(), hint_version_age)
-            .with_sibling_limits(config.siblings),
+            .with_sibling_limits(config.siblings)
+            // A front's store of a version arrives within its deadline (one replica timeout
+            // after the front got the version, itself within one replica timeout), judged by
+            // clocks up to the skew bound apart (rule 15).
+            .with_outstanding_for(
+                (2 * config.cluster.coordinator.replica_timeout + config.cluster.coordinator.max_clock_skew).as_millis()
+                    as u64
+                    + 1_000,
+            ),
     );
     // Merkle trees follow every change to the store from here on (built per segment by the
     // anti-entropy worker).
@@ -434,7 +442,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         },
     ];
     tracing::info!(
-        node_id, actor = core.actor(), generation, status = status.name(), listen = %config.server.listen, peer_listen = %config.peer_listen,
+        node_id, actor = %core.actor(), generation, status = status.name(), listen = %config.server.listen, peer_listen = %config.peer_listen,
         admin_listen = %config.server.admin_listen, advertise = %config.advertise,
         engine = %config.storage.engine, sync = %config.storage.sync, data_dir = %config.data_dir.display(),
         seeds = ?config.cluster.seeds, quorum = ?config.cluster.coordinator.quorum, "kvnode serving"
@@ -474,7 +482,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         synced.sync()?;
         // Rule 15 of docs/consistency.md: the next run keeps this actor only if every dot this
         // one issued is accounted for here.
-        match replica.outstanding_dots() {
+        match replica.close() {
             0 => synced.mark_clean(),
             keys => {
                 tracing::warn!(keys, "versions created here were not all stored here: the next start is a new actor");

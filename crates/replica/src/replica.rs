@@ -46,7 +46,7 @@ use kv_coordinator::wire::{
     GAINING_TOO, HINTS_FULL,
 };
 
-pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, TOO_LATE, TOO_MANY_SIBLINGS};
+pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, OUTSTANDING, TOO_LATE, TOO_MANY_SIBLINGS};
 
 /// What a replica believes about its own place in the cluster.
 ///
@@ -180,7 +180,8 @@ impl ReplicaMetrics {
 
 /// A storage node's replica: its engine, its actor name and its view of what it owns.
 pub struct ReplicaCore {
-    actor: String,
+    /// The name this run's dots carry; changes when the run moves to a new epoch.
+    actor: RwLock<Arc<str>>,
     node_id: String,
     engine: Arc<dyn Engine>,
     /// Where hints for other replicas are kept (none: hint calls are refused), and the age
@@ -193,17 +194,34 @@ pub struct ReplicaCore {
     /// When a write past the warning level was last logged (ms), so a hot key logs once in a
     /// while, not on every write.
     warned_at: std::sync::atomic::AtomicU64,
-    /// Dots this run issued, by key, that the key's record here does not account for yet (no
-    /// version here carries or covers them): the front stores a new version on every replica
-    /// at once, this one included, after we answer. No dot is issued for a key with one
-    /// outstanding (rule 15 of docs/consistency.md).
-    issued: Mutex<HashMap<Vec<u8>, Vec<u64>>>,
+    /// Dots this run issued that their key's record here does not account for yet (rule 15 of
+    /// docs/consistency.md).
+    issued: Mutex<Issued>,
+    /// How long after it was issued a dot's own store can still arrive from the front that
+    /// asked for it (ms): past that, only a hint can bring it, and a key still waiting for it
+    /// moves the replica to a new epoch instead of waiting.
+    outstanding_for_ms: u64,
 }
 
-/// Most keys with a dot outstanding ([`ReplicaCore::outstanding_dots`]) before coordination of
-/// other keys is refused too (the front asks the next replica): normally a dot is accounted for
-/// within a round trip, so this bounds only what stores lost for good leave behind.
-const MAX_OUTSTANDING_KEYS: usize = 1 << 20;
+/// The dots a run issued, by key, that the key's record here does not account for yet (no
+/// version here carries or covers them): the front stores a new version on every replica at
+/// once, this one included, after we answer. No dot is issued for a key with one outstanding.
+#[derive(Default)]
+struct Issued {
+    /// Key -> (counter, when issued, ms by our clock).
+    keys: HashMap<Vec<u8>, Vec<(u64, u64)>>,
+    /// Set at shutdown, once the run is judged clean or not: no dot is issued after it.
+    closed: bool,
+}
+
+/// Most keys with a dot outstanding before the replica moves to a new epoch, which makes every
+/// outstanding dot moot: normally a dot is accounted for within a round trip, so this bounds
+/// only what lost stores leave behind.
+const MAX_OUTSTANDING_KEYS: usize = 1 << 16;
+
+/// Default of [`ReplicaCore::with_outstanding_for`]: two default replica timeouts and the
+/// default clock bound, with room.
+const OUTSTANDING_FOR_MS: u64 = 10_000;
 
 /// How many siblings a client write may leave on a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,11 +297,17 @@ fn accounts_for(record: &Record, actor: &str, counter: u64) -> bool {
         .any(|v| v.context.get(actor) >= counter || (v.dot.node == actor && v.dot.counter == counter))
 }
 
+/// Drops from `dots` those `record` accounts for; returns whether any remain.
+fn still_outstanding(dots: &mut Vec<(u64, u64)>, record: &Record, actor: &str) -> bool {
+    dots.retain(|&(counter, _)| !accounts_for(record, actor, counter));
+    !dots.is_empty()
+}
+
 impl ReplicaCore {
     /// A replica of node `node_id` over `engine`, owning nothing until [`ReplicaCore::set_view`].
     pub fn new(node_id: &str, engine: Arc<dyn Engine>, metrics: ReplicaMetrics) -> Self {
         let identity = engine.identity();
-        let actor = actor_name(node_id, identity.incarnation, identity.epoch);
+        let actor = RwLock::new(Arc::from(actor_name(node_id, identity.incarnation, identity.epoch)));
         let node_id = node_id.to_owned();
         ReplicaCore {
             actor,
@@ -294,31 +318,44 @@ impl ReplicaCore {
             metrics,
             siblings: SiblingLimits::default(),
             warned_at: std::sync::atomic::AtomicU64::new(0),
-            issued: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Issued::default()),
+            outstanding_for_ms: OUTSTANDING_FOR_MS,
         }
+    }
+
+    /// The same replica, waiting at most `ms` after issuing a dot for its own store of it to
+    /// arrive before a key waiting for it moves the run to a new epoch: at least the longest a
+    /// front's store can take to arrive (two replica timeouts and twice the clock bound).
+    pub fn with_outstanding_for(mut self, ms: u64) -> Self {
+        self.outstanding_for_ms = ms;
+        self
     }
 
     /// Forgets every outstanding dot: rule 15 broken on purpose (the model checker's mutation
     /// `ForgetOutstandingDots`; nothing else calls it).
     pub fn forget_outstanding_dots(&self) {
-        self.issued.lock().clear();
+        self.issued.lock().keys.clear();
     }
 
-    /// How many keys have a dot this run issued that their record here does not account for
-    /// yet. Zero at the end of a run means the run may be marked clean
-    /// ([`Engine::mark_clean`]): the next one can keep the actor.
-    /// Reads the records of the keys it counts, so dots that arrived by a stream or a repair
-    /// are not counted (shutdown).
-    pub fn outstanding_dots(&self) -> usize {
+    /// Ends coordination for this run (shutdown) and answers how many keys have a dot this run
+    /// issued that their record here does not account for, reading their records first, so
+    /// dots that arrived by a stream or a repair are not counted. Zero means the run may be
+    /// marked clean ([`Engine::mark_clean`]): the next one can keep the actor. No dot is issued
+    /// after this, so none can be outstanding unseen.
+    pub fn close(&self) -> usize {
         let mut issued = self.issued.lock();
-        issued.retain(|key, dots| match self.engine.get(key) {
-            Ok(record) => {
-                dots.retain(|&counter| !accounts_for(&record, &self.actor, counter));
-                !dots.is_empty()
-            }
+        issued.closed = true;
+        let actor = self.actor();
+        issued.keys.retain(|key, dots| match self.engine.get(key) {
+            Ok(record) => still_outstanding(dots, &record, &actor),
             Err(_) => true,
         });
-        issued.len()
+        issued.keys.len()
+    }
+
+    /// Keys with a dot outstanding now (a gauge).
+    pub fn outstanding_keys(&self) -> usize {
+        self.issued.lock().keys.len()
     }
 
     /// The same replica with sibling limits `limits` for the writes it coordinates.
@@ -341,9 +378,9 @@ impl ReplicaCore {
         &self.node_id
     }
 
-    /// The name this replica's dots carry.
-    pub fn actor(&self) -> &str {
-        &self.actor
+    /// The name this replica's dots carry now.
+    pub fn actor(&self) -> Arc<str> {
+        self.actor.read().clone()
     }
 
     /// The storage engine.
@@ -375,10 +412,11 @@ impl ReplicaCore {
     /// would issue their counter again we forgot (a restored copy). Contexts never move it: a
     /// client could forge one to exhaust our counter.
     fn observe(&self, versions: &[Version]) -> Result<(), kv_storage::Error> {
-        let seen = versions.iter().filter(|v| v.dot.node == self.actor).map(|v| v.dot.counter).max().unwrap_or(0);
+        let actor = self.actor();
+        let seen = versions.iter().filter(|v| *v.dot.node == *actor).map(|v| v.dot.counter).max().unwrap_or(0);
         if seen > 0 && self.engine.observe_counter(seen)? {
             self.metrics.amnesia.inc();
-            tracing::warn!(actor = %self.actor, counter = seen, "a version names a counter of ours we had not issued: this store forgot writes (restored from an old copy?); counting on from there");
+            tracing::warn!(actor = %actor, counter = seen, "a version names a counter of ours we had not issued: this store forgot writes (restored from an old copy?); counting on from there");
         }
         Ok(())
     }
@@ -432,14 +470,14 @@ impl ReplicaCore {
                     TOO_LATE,
                     format!("deadline passed {} ms ago", now_ms - c.ticket.deadline_ms),
                 )),
-                Call::Coordinate(c) if c.write.context.get(&self.actor) >= self.engine.counter_ceiling() => {
+                Call::Coordinate(c) if c.write.context.get(&self.actor()) >= self.engine.counter_ceiling() => {
                     Some(self.refuse(
                         "impossible_context",
                         IMPOSSIBLE_CONTEXT,
                         format!(
                             "the context names event {} of {}, which never happened",
-                            c.write.context.get(&self.actor),
-                            self.actor
+                            c.write.context.get(&self.actor()),
+                            self.actor()
                         ),
                     ))
                 }
@@ -482,6 +520,19 @@ impl ReplicaCore {
         replies.into_iter().map(|r| r.unwrap_or_else(|| failed(500, "call was not run"))).collect()
     }
 
+    /// Moves this run to the next epoch, a new actor, under the lock of the outstanding dots,
+    /// which it clears: no dot of the new actor covers any of them (rule 15).
+    fn next_epoch(&self, issued: &mut Issued, why: &str) -> Result<Arc<str>, kv_storage::Error> {
+        self.engine.begin_run()?;
+        let identity = self.engine.identity();
+        let next: Arc<str> = Arc::from(actor_name(&self.node_id, identity.incarnation, identity.epoch));
+        tracing::warn!(actor = %next, outstanding_keys = issued.keys.len(), "{why}: this node's dots now carry a new actor");
+        self.metrics.refusals.with_label_values(&["new_epoch"]).inc();
+        issued.keys.clear();
+        *self.actor.write() = next.clone();
+        Ok(next)
+    }
+
     /// Issues the dot of a client write and answers the key's sibling set with the new version
     /// in it, storing nothing: the front stores that set on every replica at once, this one
     /// included, so a call whose answer is lost leaves no version anywhere and the front may ask
@@ -491,31 +542,48 @@ impl ReplicaCore {
     /// dots, so a store that accounts for one is seen by the next coordination of its key.
     fn coordinate(&self, c: CoordinateRequest, now_ms: u64) -> Reply {
         let mut issued = self.issued.lock();
+        if issued.closed {
+            return self.misdirected("coordinating: this node is stopping");
+        }
         let current = match self.engine.get(&c.key) {
             Ok(record) => record,
             Err(e) => return storage_failed(&e),
         };
-        if let Some(dots) = issued.get_mut(&c.key) {
-            dots.retain(|&counter| !accounts_for(&current, &self.actor, counter));
-            if !dots.is_empty() {
+        let mut actor = self.actor();
+        let waiting = match issued.keys.get_mut(&c.key) {
+            Some(dots) => still_outstanding(dots, &current, &actor)
+                .then(|| dots.iter().all(|&(_, at)| now_ms.saturating_sub(at) > self.outstanding_for_ms)),
+            None => None,
+        };
+        if waiting.is_none() {
+            issued.keys.remove(&c.key);
+        }
+        let why = match waiting {
+            // The key's own store of our last version of it is still on its way: the front
+            // asks again shortly, or asks another replica.
+            Some(false) => {
                 return self.refuse(
                     "outstanding_dot",
-                    MISDIRECTED,
-                    "coordinating: a version of this key created here earlier is not stored here yet".into(),
-                );
+                    OUTSTANDING,
+                    "coordinating: a version of this key created here is on its way to this replica's copy".into(),
+                )
             }
-            issued.remove(&c.key);
-        } else if issued.len() >= MAX_OUTSTANDING_KEYS {
-            return self.refuse(
-                "outstanding_dot",
-                MISDIRECTED,
-                format!("coordinating: {MAX_OUTSTANDING_KEYS} keys have versions created here and not stored here"),
-            );
+            // It can only come as a hint now, if at all: a new epoch makes every dot of the old
+            // one moot (the new actor's counters cover none of them). So does a full map.
+            Some(true) => Some("a version created here never reached this replica's copy"),
+            None if issued.keys.len() >= MAX_OUTSTANDING_KEYS => Some("too many keys wait for versions created here"),
+            None => None,
+        };
+        if let Some(why) = why {
+            match self.next_epoch(&mut issued, why) {
+                Ok(next) => actor = next,
+                Err(e) => return storage_failed(&e),
+            }
         }
         let (version, issued_now) = match reusable(&current, c.ticket.write_id) {
             Some(same) => (same, false),
-            None => match self.engine.issue_counter(counter_floor(&self.actor, &current)) {
-                Ok(counter) => (new_version(&self.actor, counter, &c.write, c.ticket.write_id, now_ms), true),
+            None => match self.engine.issue_counter(counter_floor(&actor, &current)) {
+                Ok(counter) => (new_version(&actor, counter, &c.write, c.ticket.write_id, now_ms), true),
                 Err(e) => return storage_failed(&e),
             },
         };
@@ -546,7 +614,7 @@ impl ReplicaCore {
             self.sibling_warning(&c.key, next.len(), now_ms);
         }
         if issued_now {
-            issued.entry(c.key).or_default().push(version.dot.counter);
+            issued.keys.entry(c.key).or_default().push((version.dot.counter, now_ms));
         }
         Reply::Coordinated(CoordinateResponse { record: next, created: version })
     }
@@ -585,14 +653,14 @@ impl ReplicaCore {
     /// Forgets the outstanding dots that stored records now account for.
     fn account(&self, keys: &[&[u8]], results: &[Result<Record, kv_storage::Error>]) {
         let mut issued = self.issued.lock();
-        if issued.is_empty() {
+        if issued.keys.is_empty() {
             return;
         }
+        let actor = self.actor();
         for (key, result) in keys.iter().zip(results) {
-            let (Some(dots), Ok(record)) = (issued.get_mut(*key), result) else { continue };
-            dots.retain(|&counter| !accounts_for(record, &self.actor, counter));
-            if dots.is_empty() {
-                issued.remove(*key);
+            let (Some(dots), Ok(record)) = (issued.keys.get_mut(*key), result) else { continue };
+            if !still_outstanding(dots, record, &actor) {
+                issued.keys.remove(*key);
             }
         }
     }
@@ -873,10 +941,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(core.engine().get(b"k").unwrap().is_empty(), "a coordinate call stores nothing");
-        assert_eq!(core.outstanding_dots(), 1);
+        assert_eq!(core.outstanding_keys(), 1);
         // Its set would lack the first version, whose dot the new one's counter covers.
         let refused = core.execute(vec![call(2)], 1);
-        assert!(matches!(&refused[0], Reply::Failed { status: MISDIRECTED, .. }), "{refused:?}");
+        assert!(matches!(&refused[0], Reply::Failed { status: OUTSTANDING, .. }), "{refused:?}");
         // Another key is not held up.
         let other = Call::Coordinate(CoordinateRequest {
             key: b"other".to_vec(),
@@ -891,7 +959,41 @@ mod tests {
         let batch = vec![store(b"k", first.record.versions().to_vec(), Some(first.created.dot.clone())), call(4)];
         let replies = core.execute(batch, 1);
         assert!(matches!(&replies[1], Reply::Coordinated(c) if c.record.len() == 2), "{replies:?}");
-        assert_eq!(core.outstanding_dots(), 1, "the second write's dot is outstanding now");
+        assert_eq!(core.outstanding_keys(), 1, "the second write's dot is outstanding now");
+    }
+
+    #[test]
+    fn a_dot_whose_store_never_came_moves_the_run_to_a_new_epoch() {
+        let core = core(true, false).with_outstanding_for(1_000);
+        let call = |id: u128| {
+            Call::Coordinate(CoordinateRequest {
+                key: b"k".to_vec(),
+                write: Write {
+                    value: b"v".to_vec(),
+                    content_type: "t".into(),
+                    context: VClock::new(),
+                    tombstone: false,
+                },
+                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
+            })
+        };
+        let before = core.actor();
+        assert!(matches!(core.execute(vec![call(1)], 1)[0], Reply::Coordinated(_)));
+        let refused = core.execute(vec![call(2)], 1_000);
+        assert!(matches!(&refused[0], Reply::Failed { status: OUTSTANDING, .. }), "{refused:?}");
+        // Past the bound only a hint could bring it: the next dot is a new actor's, which
+        // covers none of the old one's.
+        let replies = core.execute(vec![call(3)], 1_002);
+        assert!(
+            matches!(&replies[0], Reply::Coordinated(c) if *c.created.dot.node == *format!("{before}.1")),
+            "{replies:?}"
+        );
+        assert_eq!(core.engine().identity().epoch, 1);
+        assert_eq!(core.outstanding_keys(), 1, "only the new actor's dot is outstanding");
+        // After close, nothing is coordinated: the count it gave stays true.
+        assert_eq!(core.close(), 1);
+        let closed = core.execute(vec![call(4)], 1_003);
+        assert!(matches!(&closed[0], Reply::Failed { status: MISDIRECTED, .. }), "{closed:?}");
     }
 
     fn core_with(limits: SiblingLimits) -> ReplicaCore {
@@ -949,7 +1051,7 @@ mod tests {
     fn a_context_naming_an_event_that_never_happened_is_refused() {
         let core = core(true, false);
         let mut context = VClock::new();
-        context.set(core.actor(), 1_000_000, 1);
+        context.set(&core.actor(), 1_000_000, 1);
         let write = Write { value: b"v".to_vec(), content_type: "t".into(), context, tombstone: false };
         let call = Call::Coordinate(CoordinateRequest {
             key: b"k".to_vec(),
