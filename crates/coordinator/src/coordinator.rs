@@ -15,7 +15,7 @@ use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::wire::{is_stale, merge_records, Ticket, Write};
-use crate::wire::{CoordinateResponse, IMPOSSIBLE_CONTEXT, OUTSTANDING, TOO_MANY_SIBLINGS};
+use crate::wire::{CoordinateResponse, IMPOSSIBLE_CONTEXT, OUTSTANDING, STORE_FAILED, TOO_MANY_SIBLINGS};
 use crate::{Error, Quorum, ReplicaError};
 
 /// Coordinator settings.
@@ -261,6 +261,11 @@ impl Coordinator {
         };
         let fresh = response.created.dot.clone();
 
+        // A replica in our own process may have stored it already (it counts, and gets no store).
+        let stored_at = response.stored.then_some(index);
+        if let Some(index) = stored_at {
+            tally.add(&peers[index].id, true);
+        }
         let versions: Vec<Version> = response.record.into_versions();
         let siblings = versions.len();
         // One background task per write drives every store and hint (so replication past W
@@ -270,7 +275,8 @@ impl Coordinator {
         let fallbacks = topology.fallbacks(&key, n);
         // Every replica stores the new sibling set, the one that created it too, at once: one
         // durable write per replica, all in parallel (rule 15).
-        let targets: Vec<(usize, Peer)> = peers.iter().cloned().enumerate().collect();
+        let targets: Vec<(usize, Peer)> =
+            peers.iter().cloned().enumerate().filter(|(i, _)| Some(*i) != stored_at).collect();
         let down = topology.down.clone();
         let this = self.clone();
         self.tasks.spawn(async move {
@@ -352,6 +358,10 @@ impl Coordinator {
                         return Err(Error::TooManySiblings(message))
                     }
                     Err(ReplicaError::Refused { status: OUTSTANDING, .. }) => busy.push(index),
+                    // Our own replica created the version and may hold it: not elsewhere too.
+                    Err(ReplicaError::Failed { status: STORE_FAILED, message }) => {
+                        return Err(Error::Refused { node: peer.id.clone(), message })
+                    }
                     // A `401`: the replica refused the signature (e.g. our clocks differ by
                     // more than the skew it accepts).
                     Err(ReplicaError::Refused { status: 401, message: reason }) => {

@@ -36,6 +36,11 @@ pub const GAINING_TOO: &str = "filling it too: gaining it from its other owners"
 /// certainly nothing was created; ask again shortly, or ask another replica.
 pub const OUTSTANDING: u16 = 425;
 
+/// Status of a coordinate call from a front in the replica's own process whose store of the
+/// new version failed (508): the version may be held there, so the front must not create
+/// another elsewhere (rule 6); the client gets an error.
+pub const STORE_FAILED: u16 = 508;
+
 /// Status of a write refused because the replica would not keep the version it vouches for.
 pub const NOT_KEPT: u16 = 500;
 
@@ -183,6 +188,11 @@ pub struct CoordinateResponse {
     pub record: Record,
     /// The version this write created (or the identical one it reused).
     pub created: Version,
+    /// Whether the replica stored `record` durably too: only a front in the replica's own
+    /// process asks for that (its answer cannot be lost on the way); a remote coordinate call
+    /// stores nothing (rule 15 of docs/consistency.md).
+    #[serde(default)]
+    pub stored: bool,
 }
 
 /// A [`Call::Store`]: merge versions into a replica.

@@ -15,7 +15,9 @@ use crate::replica::Replica;
 
 /// Calls to this node's own replica take a shortcut; the rest go to the peer transport.
 pub struct NodeReplicaClient {
-    local: (Replica, Batcher),
+    /// This node's replica, and its batchers: writes (a coordinate call stores here too, rule
+    /// 15 of docs/consistency.md), and reads apart, so that a read never waits for an fsync.
+    local: (Replica, [Batcher; 2]),
     remote: Arc<HttpReplicaClient>,
 }
 
@@ -27,14 +29,18 @@ impl NodeReplicaClient {
         supervisor: &Supervisor,
         batch_sizes: Option<Histogram>,
     ) -> Self {
-        let target = replica.clone();
-        let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
-            let target = target.clone();
-            Box::pin(async move { Ok(target.execute(calls).await) })
-        });
-        let (batcher, worker) = Batcher::new("batch local".into(), send, remote.limits(), batch_sizes);
-        supervisor.spawn(Stage::Transport, worker);
-        NodeReplicaClient { local: (replica, batcher), remote }
+        let batcher = |name: &str| {
+            let target = replica.clone();
+            let send: SendBatch = Arc::new(move |calls: Vec<Call>| {
+                let target = target.clone();
+                Box::pin(async move { Ok(target.execute_local(calls).await) })
+            });
+            let (batcher, worker) = Batcher::new(name.into(), send, remote.limits(), batch_sizes.clone());
+            supervisor.spawn(Stage::Transport, worker);
+            batcher
+        };
+        let batchers = [batcher("batch local"), batcher("batch local reads")];
+        NodeReplicaClient { local: (replica, batchers), remote }
     }
 }
 
@@ -43,7 +49,7 @@ impl CallPeer for NodeReplicaClient {
         Box::pin(async move {
             let (replica, local) = &self.local;
             if replica.node_id() == peer.id {
-                local.call(call).await
+                local[usize::from(matches!(call, Call::Read(_)))].call(call).await
             } else {
                 self.remote.call(peer, call).await
             }

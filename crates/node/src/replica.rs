@@ -121,9 +121,20 @@ impl Replica {
 
     /// Runs a batch of replica calls in one blocking task; replies come in call order.
     pub async fn execute(&self, calls: Vec<Call>) -> Vec<Reply> {
+        self.execute_with(calls, false).await
+    }
+
+    /// [`Replica::execute`] for this node's own coordinator: a coordinate call stores the new
+    /// set here too ([`ReplicaCore::execute_local`]).
+    pub async fn execute_local(&self, calls: Vec<Call>) -> Vec<Reply> {
+        self.execute_with(calls, true).await
+    }
+
+    async fn execute_with(&self, calls: Vec<Call>, local: bool) -> Vec<Reply> {
         let core = self.core.clone();
         let count = calls.len();
-        match tokio::task::spawn_blocking(move || core.execute(calls, now_ms())).await {
+        let run = move || if local { core.execute_local(calls, now_ms()) } else { core.execute(calls, now_ms()) };
+        match tokio::task::spawn_blocking(run).await {
             Ok(replies) => replies,
             Err(e) => {
                 let message = format!("storage task failed: {e}");

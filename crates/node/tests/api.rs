@@ -281,7 +281,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     // A coordinate call stores nothing, and no second dot is issued for the key until the
     // first version is stored here (rule 15 of docs/consistency.md): the front asks another
     // replica.
-    assert!(matches!(&replies[3], Reply::Failed { status: 421, .. }), "{:?}", replies[3]);
+    assert!(matches!(&replies[3], Reply::Failed { status: 425, .. }), "{:?}", replies[3]);
     assert!(matches!(&replies[4], Reply::Read(versions) if versions.is_empty()), "{:?}", replies[4]);
     // The front's store of the set, then the second write in the same batch: two blind writes
     // through one node are siblings.

@@ -46,7 +46,9 @@ use kv_coordinator::wire::{
     GAINING_TOO, HINTS_FULL,
 };
 
-pub use kv_coordinator::wire::{IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, OUTSTANDING, TOO_LATE, TOO_MANY_SIBLINGS};
+pub use kv_coordinator::wire::{
+    IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, OUTSTANDING, STORE_FAILED, TOO_LATE, TOO_MANY_SIBLINGS,
+};
 
 /// What a replica believes about its own place in the cluster.
 ///
@@ -426,6 +428,20 @@ impl ReplicaCore {
     /// ([`Engine::update_many`]). The calls of a batch are concurrent requests, so their order
     /// inside it is not an ordering promise: reads run before the batch's writes.
     pub fn execute(&self, calls: Vec<Call>, now_ms: u64) -> Vec<Reply> {
+        self.execute_with(calls, now_ms, false)
+    }
+
+    /// [`ReplicaCore::execute`] for calls from a front in this replica's own process, whose
+    /// answers cannot be lost on the way: a coordinate call also stores the key's new set here,
+    /// with the batch's stores and their one durability wait, and says so
+    /// ([`CoordinateResponse::stored`]); the front then stores it only on the other replicas.
+    /// If this process dies meanwhile, so does the front, and the client learns nothing either
+    /// way, as with any write in flight.
+    pub fn execute_local(&self, calls: Vec<Call>, now_ms: u64) -> Vec<Reply> {
+        self.execute_with(calls, now_ms, true)
+    }
+
+    fn execute_with(&self, calls: Vec<Call>, now_ms: u64, local: bool) -> Vec<Reply> {
         let view = self.view.read();
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
         let mut indexes = Vec::new();
@@ -502,12 +518,44 @@ impl ReplicaCore {
             };
             replies.push(reply);
         }
-        if !keys.is_empty() {
-            self.write(&keys, payloads, &indexes, &mut replies);
-        }
-        // After the batch's stores, so that one accounting for a dot issued here is seen.
-        for (i, c) in coordinates {
-            replies[i] = Some(self.coordinate(c, now_ms));
+        if local {
+            // Coordinated first, then stored with the batch's stores.
+            let mut created = Vec::new();
+            for (i, c) in coordinates {
+                let (key, reply) = (c.key.clone(), self.coordinate(c, now_ms));
+                if let Reply::Coordinated(response) = &reply {
+                    indexes.push(i);
+                    keys.push(key);
+                    payloads.push(Some((response.record.versions().to_vec(), Some(response.created.dot.clone()))));
+                    created.push((i, reply));
+                } else {
+                    replies[i] = Some(reply);
+                }
+            }
+            if !keys.is_empty() {
+                self.write(&keys, payloads, &indexes, &mut replies);
+            }
+            for (i, reply) in created {
+                replies[i] = Some(match (replies[i].take(), reply) {
+                    (Some(Reply::Stored), Reply::Coordinated(mut response)) => {
+                        response.stored = true;
+                        Reply::Coordinated(response)
+                    }
+                    (Some(Reply::Failed { message, .. }), _) => failed(
+                        STORE_FAILED,
+                        format!("the new version was created but storing it here failed: {message}"),
+                    ),
+                    (_, reply) => reply,
+                });
+            }
+        } else {
+            if !keys.is_empty() {
+                self.write(&keys, payloads, &indexes, &mut replies);
+            }
+            // After the batch's stores, so that one accounting for a dot issued here is seen.
+            for (i, c) in coordinates {
+                replies[i] = Some(self.coordinate(c, now_ms));
+            }
         }
         for (i, key) in deferred {
             replies[i] =
@@ -616,7 +664,7 @@ impl ReplicaCore {
         if issued_now {
             issued.keys.entry(c.key).or_default().push((version.dot.counter, now_ms));
         }
-        Reply::Coordinated(CoordinateResponse { record: next, created: version })
+        Reply::Coordinated(CoordinateResponse { record: next, created: version, stored: false })
     }
 
     /// Applies a batch's stores with one durability wait, and answers each.
