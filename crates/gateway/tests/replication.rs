@@ -188,6 +188,9 @@ fn read_repair_brings_a_returning_replica_up_to_date() {
     let context = read.headers()["x-context"].to_str().unwrap().to_owned();
     let put = c.put(cluster.gateways[0].key_url("k")).header("x-context", context).body("new").send().unwrap();
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    // The write's store to n3 may still be queued (it answered after W = 2); past its deadline
+    // (one replica timeout, 2 s) a restarted n3 refuses it as too late.
+    std::thread::sleep(Duration::from_millis(2_500));
     cluster.node("n3").restart();
     assert_eq!(local_values(&cluster, 2, "k"), vec!["old"], "n3 should have missed the write");
     // A read that touches n3 (reads ask all replicas) repairs it.
