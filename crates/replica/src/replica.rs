@@ -969,21 +969,19 @@ mod tests {
         reply
     }
 
+    /// A client's blind write of `key` with write id `id` and no deadline, as a coordinate call.
+    fn blind(key: &[u8], id: u128) -> Call {
+        Call::Coordinate(CoordinateRequest {
+            key: key.to_vec(),
+            write: Write { value: b"v".to_vec(), content_type: "t".into(), context: VClock::new(), tombstone: false },
+            ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
+        })
+    }
+
     #[test]
     fn no_dot_is_issued_for_a_key_while_one_issued_before_is_not_stored_here() {
         let core = core(true, false);
-        let call = |id: u128| {
-            Call::Coordinate(CoordinateRequest {
-                key: b"k".to_vec(),
-                write: Write {
-                    value: b"v".to_vec(),
-                    content_type: "t".into(),
-                    context: VClock::new(),
-                    tombstone: false,
-                },
-                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
-            })
-        };
+        let call = |id: u128| blind(b"k", id);
         let first = match core.execute(vec![call(1)], 1).remove(0) {
             Reply::Coordinated(c) => c,
             other => panic!("{other:?}"),
@@ -994,14 +992,7 @@ mod tests {
         let refused = core.execute(vec![call(2)], 1);
         assert!(matches!(&refused[0], Reply::Failed { status: OUTSTANDING, .. }), "{refused:?}");
         // Another key is not held up.
-        let other = Call::Coordinate(CoordinateRequest {
-            key: b"other".to_vec(),
-            ..match call(3) {
-                Call::Coordinate(c) => c,
-                _ => unreachable!(),
-            }
-        });
-        assert!(matches!(coordinate_and_store(&core, other), Reply::Coordinated(_)));
+        assert!(matches!(coordinate_and_store(&core, blind(b"other", 3)), Reply::Coordinated(_)));
         // Once the first version is stored here (in the same batch, before the call), the key
         // coordinates again, and its set holds the first version.
         let batch = vec![store(b"k", first.record.versions().to_vec(), Some(first.created.dot.clone())), call(4)];
@@ -1013,18 +1004,7 @@ mod tests {
     #[test]
     fn a_dot_whose_store_never_came_moves_the_run_to_a_new_epoch() {
         let core = core(true, false).with_outstanding_for(1_000);
-        let call = |id: u128| {
-            Call::Coordinate(CoordinateRequest {
-                key: b"k".to_vec(),
-                write: Write {
-                    value: b"v".to_vec(),
-                    content_type: "t".into(),
-                    context: VClock::new(),
-                    tombstone: false,
-                },
-                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
-            })
-        };
+        let call = |id: u128| blind(b"k", id);
         let before = core.actor();
         assert!(matches!(core.execute(vec![call(1)], 1)[0], Reply::Coordinated(_)));
         let refused = core.execute(vec![call(2)], 1_000);
