@@ -255,8 +255,7 @@ impl Coordinator {
             let id = &peers[i].id;
             (topology.down.contains(id), stalled.contains(id), topology.leaving.contains(id))
         });
-        let coordinated = self.create(&peers, order, &key, &write, write_id).await?;
-        let Some((index, response)) = coordinated else {
+        let Some((index, response)) = self.create(&peers, order, &key, &write, write_id).await? else {
             return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
         let fresh = response.created.dot.clone();
@@ -612,16 +611,7 @@ impl Coordinator {
 
     /// One replica call with the replica timeout and metrics.
     async fn call<T>(&self, op: Op, call: impl Future<Output = Result<T, ReplicaError>>) -> Result<T, ReplicaError> {
-        self.call_within(op, self.options.replica_timeout, call).await
-    }
-
-    /// One replica call with `timeout` and metrics.
-    async fn call_within<T>(
-        &self,
-        op: Op,
-        timeout: Duration,
-        call: impl Future<Output = Result<T, ReplicaError>>,
-    ) -> Result<T, ReplicaError> {
+        let timeout = self.options.replica_timeout;
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
