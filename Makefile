@@ -30,12 +30,14 @@ lint: structure-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The structure the code keeps: the gateway links no storage and not the node; only the peer
-# transport builds an HTTP client for peers.
+# transport builds an HTTP client for peers; no HTTP status crosses the internal protocol.
 structure-check:
 	@if $(CARGO) tree -p kv-gateway --prefix none | grep -E '^(kv-storage|kv-node|fjall|sled) '; then \
 	  echo "structure-check: kv-gateway must not depend on storage or kv-node"; exit 1; fi
 	@if grep -rln 'reqwest::Client::builder' crates/*/src | grep -v '^crates/transport/'; then \
 	  echo "structure-check: peer HTTP clients are built only in crates/transport"; exit 1; fi
+	@if grep -rnE '\bu16\b|StatusCode|axum|reqwest' crates/proto/src crates/proto/Cargo.toml; then \
+	  echo "structure-check: kv-proto carries typed refusals, never an HTTP status"; exit 1; fi
 	@echo "structure-check: ok"
 
 unit:

@@ -32,32 +32,11 @@ pub enum ApiError {
     /// An internal request failed its signature check.
     #[error("{0}")]
     Forbidden(String),
-    /// Too few replicas answered.
-    #[error("{op}: {acks} of {required} required replicas answered ({replicas} in the preference list)")]
-    QuorumNotMet {
-        /// `put`, `delete` or `get`.
-        op: &'static str,
-        /// R or W.
-        required: usize,
-        /// Replicas that answered.
-        acks: usize,
-        /// Replicas of the key.
-        replicas: usize,
-    },
-    /// The key has fewer replicas than the quorum asks for (a ring smaller than N).
-    #[error(
-        "{op}: {required} replicas required but the key has only {replicas} (the ring has fewer members than N = {n})"
-    )]
-    InsufficientReplicas {
-        /// `put`, `delete` or `get`.
-        op: &'static str,
-        /// R or W.
-        required: usize,
-        /// Replicas of the key.
-        replicas: usize,
-        /// The configured N.
-        n: usize,
-    },
+    /// Too few replicas answered ([`kv_coordinator::Error::QuorumNotMet`]), or the key has fewer
+    /// replicas than the quorum asks for ([`kv_coordinator::Error::InsufficientReplicas`]): the
+    /// coordinator's error itself, so its fields are defined once.
+    #[error("{0}")]
+    Quorum(kv_coordinator::Error),
     /// The cluster has not formed yet: fewer normal members than `--expect-nodes` were seen.
     #[error("the cluster is forming: {normal} of {expected} expected members are up; retry shortly")]
     Forming {
@@ -124,8 +103,10 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::BadParameter(_) => (StatusCode::BAD_REQUEST, "bad_parameter"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::QuorumNotMet { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
-            ApiError::InsufficientReplicas { .. } => (StatusCode::SERVICE_UNAVAILABLE, "insufficient_replicas"),
+            ApiError::Quorum(kv_coordinator::Error::InsufficientReplicas { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "insufficient_replicas")
+            }
+            ApiError::Quorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
             ApiError::Forming { .. } => (StatusCode::SERVICE_UNAVAILABLE, "cluster_forming"),
             ApiError::NotServing(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_serving"),
             ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
@@ -146,14 +127,10 @@ impl ApiError {
 impl From<kv_coordinator::Error> for ApiError {
     fn from(e: kv_coordinator::Error) -> Self {
         match e {
-            kv_coordinator::Error::QuorumNotMet { op, required, acks, replicas } => {
-                ApiError::QuorumNotMet { op, required, acks, replicas }
-            }
+            quorum @ (kv_coordinator::Error::QuorumNotMet { .. }
+            | kv_coordinator::Error::InsufficientReplicas { .. }) => ApiError::Quorum(quorum),
             kv_coordinator::Error::BadQuorum(message) => ApiError::BadParameter(message),
             kv_coordinator::Error::BadContext(message) => ApiError::BadContext(message),
-            kv_coordinator::Error::InsufficientReplicas { op, required, replicas, n } => {
-                ApiError::InsufficientReplicas { op, required, replicas, n }
-            }
             kv_coordinator::Error::NoMembers => ApiError::NotReady,
             kv_coordinator::Error::TooManySiblings(message) => ApiError::TooManySiblings(message),
             refused @ kv_coordinator::Error::Refused { .. } => ApiError::Internal(refused.to_string()),
@@ -168,23 +145,22 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, code, "request failed");
         }
         let mut body = json!({ "error": code, "message": self.to_string() });
-        if let ApiError::QuorumNotMet { required, acks, replicas, .. } = &self {
+        let counts = match &self {
+            ApiError::Quorum(kv_coordinator::Error::QuorumNotMet { required, acks, replicas, .. }) => {
+                Some((*required, *acks, *replicas))
+            }
+            ApiError::Quorum(kv_coordinator::Error::InsufficientReplicas { required, replicas, .. }) => {
+                Some((*required, 0, *replicas))
+            }
+            _ => None,
+        };
+        if let Some((required, acks, replicas)) = counts {
             body["required"] = json!(required);
             body["acks"] = json!(acks);
             body["replicas"] = json!(replicas);
         }
-        if let ApiError::InsufficientReplicas { required, replicas, .. } = &self {
-            body["required"] = json!(required);
-            body["acks"] = json!(0);
-            body["replicas"] = json!(replicas);
-        }
         let mut response = (status, Json(body)).into_response();
-        let replicas = match &self {
-            ApiError::QuorumNotMet { acks, replicas, .. } => Some((*acks, *replicas)),
-            ApiError::InsufficientReplicas { replicas, .. } => Some((0, *replicas)),
-            _ => None,
-        };
-        if let Some(value) = replicas.and_then(|(a, r)| axum::http::HeaderValue::from_str(&format!("{a}/{r}")).ok()) {
+        if let Some(value) = counts.and_then(|(_, a, r)| axum::http::HeaderValue::from_str(&format!("{a}/{r}")).ok()) {
             response.headers_mut().insert(crate::api::X_REPLICAS.clone(), value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

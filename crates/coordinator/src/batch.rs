@@ -2,7 +2,7 @@
 //!
 //! Every replicated operation costs a few replica calls, and on a small machine the cost of a
 //! call is mostly its HTTP exchange (syscalls, wake-ups, headers), not its work. A `Batcher`
-//! queues the calls for one peer and sends them as one batch ([`crate::wire::BATCH_PATH`]):
+//! queues the calls for one peer and sends them as one batch ([`kv_proto::BATCH_PATH`]):
 //!
 //! - At most `in_flight` batches are outstanding per peer. While they are, new calls wait in the
 //!   queue, and the next batch takes everything queued (up to [`MAX_BATCH_CALLS`] calls or
@@ -35,8 +35,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::BoxFuture;
-use crate::wire::{Call, Reply};
 use crate::ReplicaError;
+use kv_proto::{Call, Reply};
 
 /// Most calls a client puts in one batch: enough that 64-256 concurrent operations need only a
 /// few requests, small enough that one batch's storage work stays well under a millisecond or
@@ -259,7 +259,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::wire::ReadRequest;
+    use kv_proto::ReadRequest;
     use kv_worker::{Stage, Supervisor};
 
     /// A batcher whose worker runs under a supervisor (the task outlives the handle).
@@ -287,10 +287,7 @@ mod tests {
                 if fail.load(Ordering::SeqCst) > 0 {
                     return Err(ReplicaError::Unreachable("down".into()));
                 }
-                Ok(calls
-                    .iter()
-                    .map(|c| Reply::Failed { status: c.key().len() as u16, message: String::new() })
-                    .collect())
+                Ok(calls.iter().map(|c| Reply::Refused(kv_proto::Refusal::Failed(c.key().len().to_string()))).collect())
             })
         })
     }
@@ -300,7 +297,7 @@ mod tests {
         let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let batcher = Arc::new(spawn(slow_peer(batches.clone(), Arc::new(AtomicUsize::new(0))), 1, None));
         let started = tokio::time::Instant::now();
-        assert!(matches!(batcher.call(read("k")).await, Ok(Reply::Failed { status: 1, .. })));
+        assert!(matches!(batcher.call(read("k")).await, Ok(Reply::Refused(kv_proto::Refusal::Failed(m))) if m == "1"));
         assert_eq!(started.elapsed(), Duration::from_millis(10), "no waiting for company");
 
         let mut handles = Vec::new();
@@ -310,7 +307,9 @@ mod tests {
         }
         for (i, handle) in handles.into_iter().enumerate() {
             // Each caller gets its own reply, not a neighbour's.
-            assert!(matches!(handle.await.unwrap(), Ok(Reply::Failed { status, .. }) if status as usize == i + 1));
+            assert!(
+                matches!(handle.await.unwrap(), Ok(Reply::Refused(kv_proto::Refusal::Failed(m))) if m == (i + 1).to_string())
+            );
         }
         let sizes = batches.lock().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 101);

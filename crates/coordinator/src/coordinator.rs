@@ -14,9 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
-use crate::wire::{is_stale, merge_records, Ticket, Write};
-use crate::wire::{CoordinateResponse, IMPOSSIBLE_CONTEXT, OUTSTANDING, STORE_FAILED, TOO_MANY_SIBLINGS};
 use crate::{Error, Quorum, ReplicaError};
+use kv_proto::{is_stale, merge_records, Ticket, Write};
+use kv_proto::{CoordinateResponse, Refusal};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -331,7 +331,7 @@ impl Coordinator {
     /// coordinate call stores nothing (rule 15 of docs/consistency.md): whatever became of one,
     /// no version of this write exists until the front stores one, so the next replica may
     /// create it. Replicas whose last version of the key is still on its way to their own copy
-    /// (`OUTSTANDING`) are asked again after a short pause, within one replica timeout.
+    /// (`Refusal::Outstanding`) are asked again after a short pause, within one replica timeout.
     async fn create(
         &self,
         peers: &[Peer],
@@ -350,23 +350,15 @@ impl Coordinator {
                 let ticket = Ticket { write_id, deadline_ms: (self.clock)() + timeout_ms };
                 match self.call(Op::Coordinate, self.client.coordinate(peer, key, write, &ticket)).await {
                     Ok(response) => return Ok(Some((index, response))),
-                    Err(ReplicaError::Refused { status: IMPOSSIBLE_CONTEXT, message }) => {
+                    Err(ReplicaError::Refused(Refusal::ImpossibleContext(message))) => {
                         return Err(Error::BadContext(message))
                     }
-                    Err(ReplicaError::Refused { status: TOO_MANY_SIBLINGS, message }) => {
+                    Err(ReplicaError::Refused(Refusal::TooManySiblings(message))) => {
                         return Err(Error::TooManySiblings(message))
                     }
-                    Err(ReplicaError::Refused { status: OUTSTANDING, .. }) => busy.push(index),
+                    Err(ReplicaError::Refused(Refusal::Outstanding(_))) => busy.push(index),
                     // Our own replica created the version and may hold it: not elsewhere too.
-                    Err(ReplicaError::Failed { status: STORE_FAILED, message }) => {
-                        return Err(Error::Refused { node: peer.id.clone(), message })
-                    }
-                    // A `401`: the replica refused the signature (e.g. our clocks differ by
-                    // more than the skew it accepts).
-                    Err(ReplicaError::Refused { status: 401, message: reason }) => {
-                        tracing::debug!(peer = %peer.id, %reason, "replica did not coordinate; trying the next")
-                    }
-                    Err(ReplicaError::Refused { message, .. }) => {
+                    Err(ReplicaError::Refused(Refusal::StoreFailed(message) | Refusal::Malformed(message))) => {
                         return Err(Error::Refused { node: peer.id.clone(), message })
                     }
                     // One that did not answer is asked last for a while.
@@ -620,11 +612,11 @@ impl Coordinator {
         let outcome = match &result {
             Ok(_) => 0,
             Err(ReplicaError::Unreachable(_)) => 1,
-            Err(ReplicaError::Failed { .. }) => 2,
-            Err(ReplicaError::Refused { .. }) => 3,
-            Err(ReplicaError::Decode(_)) => 4,
-            Err(ReplicaError::NotOwner(_)) => 5,
             Err(ReplicaError::NotSent(_)) => 1,
+            Err(ReplicaError::Refused(Refusal::NotOwner(_))) => 5,
+            Err(ReplicaError::Refused(refusal)) if refusal.is_retryable() => 2,
+            Err(ReplicaError::Refused(_)) => 3,
+            Err(ReplicaError::Decode(_)) => 4,
         };
         let handles = &self.call_metrics[op as usize];
         handles.seconds.observe(started.elapsed().as_secs_f64());

@@ -5,7 +5,7 @@
 //! (Dynamo §4.5):
 //!
 //! - **Write:** the first replica of the preference list that answers *coordinates*: under the
-//!   key's lock it builds the new version ([`wire::new_version`]: a dot above every counter it
+//!   key's lock it builds the new version ([`kv_proto::new_version`]: a dot above every counter it
 //!   has seen for itself, the client's context) and stores it. The coordinator then sends that
 //!   replica's whole sibling set to the other N-1 replicas in parallel and answers after W
 //!   acknowledgements in total; the rest complete in the background. Only storage nodes ever
@@ -28,13 +28,12 @@
 //! of HTTP and fsync is shared by many operations under load, and a lone call is not delayed.
 //!
 //! The crate knows nothing of HTTP: replicas are reached through the [`ReplicaClient`] trait,
-//! which the node implements over its internal API ([`wire`]) and tests implement with slow,
+//! which the node implements over its internal API ([`kv_proto`]) and tests implement with slow,
 //! failing and lying replicas.
 //!
 //! # Layout
 //! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
-//! - [`wire`] — internal protocol messages, version building, merging.
 //! - [`plan`] — which ranges move on a join, leave or removal, from whom and to whom.
 //! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
@@ -48,14 +47,13 @@ pub mod metrics;
 pub mod plan;
 pub mod quorum;
 pub mod topology;
-pub mod wire;
 
 pub use coordinator::{Clock, Coordinator, GetOutcome, Options, PutOutcome};
 pub use error::{Error, ReplicaError};
+pub use kv_proto::Write;
 pub use metrics::CoordinatorMetrics;
 pub use quorum::{Need, Quorum, Tally};
 pub use topology::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaClient, Topology};
-pub use wire::Write;
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {

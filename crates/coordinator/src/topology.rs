@@ -8,11 +8,11 @@ use kv_ring::Ring;
 use kv_types::{Record, Version};
 use kv_vclock::Dot;
 
-use crate::wire::{
+use crate::ReplicaError;
+use kv_proto::{
     Call, CoordinateRequest, CoordinateResponse, HintRequest, MerkleRequest, MerkleResponse, PurgeRequest, ReadRequest,
     Reply, ScanRequest, ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
 };
-use crate::ReplicaError;
 
 /// A member as the coordinator calls it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! The inputs, and where each comes from in a running process:
 //!
 //! - [`context_token`]: the `X-Context` header of a client request (`kv_api::context`).
-//! - [`peer_messages`]: the bodies of peer requests and their answers (`kv_coordinator::wire`:
+//! - [`peer_messages`]: the bodies of peer requests and their answers (`kv_proto`:
 //!   batches of replica calls, scans, store batches, Merkle requests).
 //! - [`gossip`]: a gossip exchange's body, decoded and merged into a member's view.
 //! - [`signature`]: the signature header of a peer or admin request ([`kv_transport::Verifier`]).
@@ -26,12 +26,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use kv_coordinator::wire::{
-    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
-};
 use kv_coordinator::{BoxFuture, CallPeer, Coordinator, CoordinatorMetrics, Peer, Quorum, ReplicaError};
 use kv_gossip::{Digest, MemberState, Status};
 use kv_membership::Membership;
+use kv_proto::{
+    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
+};
 use kv_transport::{Secrets, Signer, Verifier};
 use tower::ServiceExt as _;
 

@@ -34,7 +34,7 @@ proptest! {
 
     #[test]
     fn real_messages_with_bytes_flipped(flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4)) {
-        use kv_coordinator::wire::{encode, Call, ReadRequest, ScanRequest};
+        use kv_proto::{encode, Call, ReadRequest, ScanRequest};
         let calls = vec![Call::Read(ReadRequest { key: b"some-key".to_vec() })];
         let scan = ScanRequest { first_hash: 1, last_hash: u64::MAX, after: Some(b"k".to_vec()), limit: 10 };
         for (kind, body) in [(0u8, encode(&calls)), (2, encode(&scan))] {
@@ -50,7 +50,7 @@ proptest! {
     }
 
     #[test]
-    fn signatures(header in "v5 [0-9a-f]{0,8} [0-9]{0,14} [0-9a-f]{0,16}\\.[0-9]{0,5} [!-~]{0,20} (-|n[0-9]~[0-9a-f]{16}) [0-9a-f]{0,64} [0-9a-f]{0,64}", body in ".{0,50}") {
+    fn signatures(header in "v6 [0-9a-f]{0,8} [0-9]{0,14} [0-9a-f]{0,16}\\.[0-9]{0,5} [!-~]{0,20} (-|n[0-9]~[0-9a-f]{16}) [0-9a-f]{0,64} [0-9a-f]{0,64}", body in ".{0,50}") {
         kv_fuzzing::signature(format!("{header}\n{body}").as_bytes());
     }
 

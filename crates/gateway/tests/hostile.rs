@@ -216,7 +216,7 @@ fn forged_signature_heads_are_refused_before_their_bodies_and_block_no_replicati
     let head = |to: &str, i: usize| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
         let header = format!(
-            "v5 {key_id} {now} {:016x}.{} {to} - {} {}",
+            "v6 {key_id} {now} {:016x}.{} {to} - {} {}",
             0xfeed_u64 + i as u64,
             i + 1,
             "0".repeat(64),

@@ -639,7 +639,7 @@ fn s7c_an_impossible_context_is_a_bad_context() {
 /// Scenario 7d: a node that is still joining does not coordinate writes.
 #[test]
 fn s7d_a_joining_node_does_not_coordinate() {
-    use kv_coordinator::wire::{decode, encode, Call, CoordinateRequest, Reply, Ticket, Write, BATCH_PATH};
+    use kv_proto::{decode, encode, Call, CoordinateRequest, Reply, Ticket, Write, BATCH_PATH};
     use kv_transport::SIGNATURE_HEADER;
     let mut cluster = Cluster::start(3, 0, &[]);
     // A slow-gossiping joiner stays joining for several seconds.
@@ -666,7 +666,7 @@ fn s7d_a_joining_node_does_not_coordinate() {
     let status = statuses(joiner).get("n4").cloned();
     let replies: Vec<Reply> = decode(&response.bytes().unwrap()).unwrap_or_default();
     println!("scenario 7d: asked to coordinate while {status:?}, the joining node answered {replies:?}");
-    assert!(matches!(replies.as_slice(), [Reply::Failed { status: 421, .. }]), "{replies:?}");
+    assert!(matches!(replies.as_slice(), [Reply::Refused(kv_proto::Refusal::NotOwner(_))]), "{replies:?}");
 }
 
 /// Node `id`'s store lease as `observer` sees it (0 if unknown).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use kv_coordinator::wire::{encode, Call, ReadRequest, BATCH_PATH};
+use kv_proto::{encode, Call, ReadRequest, BATCH_PATH};
 use kv_testkit::tls::TestCa;
 use kv_testkit::{binary, metric, secret, sign_peer, signer, statuses, Cluster, Ports, Proc};
 use kv_transport::{Secrets, Signer, SIGNATURE_HEADER};

@@ -10,6 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::contact::Contact;
 use kv_coordinator::{ReplicaError, Topology};
 use kv_gossip::{Digest, Gossip, MemberState, MemberView, Rng, Status};
+use kv_proto::Refusal;
 use kv_ring::{Node, Ring};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -788,7 +789,7 @@ impl Exchanger {
                         return probe;
                     }
                 }
-                Err(ReplicaError::Refused { status: 401, message }) => {
+                Err(ReplicaError::Refused(Refusal::Unauthenticated(message))) => {
                     tracing::warn!(%target, %message, "a peer refused this process's credentials (cluster secret)");
                     probe.unauthorized.push((target.clone(), message));
                 }
@@ -841,7 +842,7 @@ impl Exchanger {
         let received = kv_transport::signer::now_ms();
         let their_clock = match &result {
             Ok(answer) => answer.clock_ms,
-            Err(ReplicaError::Refused { status: 401, message }) => refusal_clock(message),
+            Err(ReplicaError::Refused(Refusal::Unauthenticated(message))) => refusal_clock(message),
             Err(_) => 0,
         };
         if their_clock != 0 {

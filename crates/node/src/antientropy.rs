@@ -22,12 +22,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_coordinator::wire::{
-    encode, Entry, MerkleQuery, MerkleRequest, ScanRequest, StoreBatchRequest, MAX_MERKLE_QUERIES,
-};
 use kv_coordinator::{Peer, RangeClient, Topology};
 use kv_membership::Membership;
 use kv_merkle::FANOUT;
+use kv_proto::{encode, Entry, MerkleQuery, MerkleRequest, ScanRequest, StoreBatchRequest, MAX_MERKLE_QUERIES};
 use kv_replica::trees::{segments, TREE_DEPTH};
 use kv_replica::{RangeTrees, ReplicaCore};
 use kv_transport::HttpReplicaClient;
@@ -325,7 +323,7 @@ impl AntiEntropy {
         let mine: Vec<Entry> = tokio::task::spawn_blocking(move || core.scan(first, last, None, usize::MAX))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|r| r.message)?;
+            .map_err(|r| r.to_string())?;
         let mine_by_key: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
             mine.iter().map(|(k, v)| (k.as_slice(), v)).collect();
         let theirs_by_key: BTreeMap<&[u8], &Vec<kv_storage::Version>> =
@@ -346,7 +344,7 @@ impl AntiEntropy {
             tokio::task::spawn_blocking(move || core.store_stream_until(to_me, deadline_ms, kv_coordinator::now_ms()))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|r| r.message)?;
+                .map_err(|r| r.to_string())?;
         }
         let mut sent = 0;
         if !to_them.is_empty() {

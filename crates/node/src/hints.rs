@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::plan::hand_off;
-use kv_coordinator::wire::StoreBatchRequest;
 use kv_coordinator::{now_ms, Coordinator, Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
 use kv_membership::Membership;
+use kv_proto::{Refusal, StoreBatchRequest};
 use kv_storage::{Hint, HintStore};
 use kv_transport::HttpReplicaClient;
 use kv_worker::{Worker, WorkerState};
@@ -206,12 +206,12 @@ impl HintDispatcher {
                     .store_batch(&peer, StoreBatchRequest { entries, begin: None, complete: None, deadline_ms: 0 })
                     .await
             }
-            None => Err(ReplicaError::NotOwner(format!("{target} is no longer a member"))),
+            None => Err(Refusal::NotOwner(format!("{target} is no longer a member")).into()),
         };
         match sent {
             Ok(()) => {}
             // The target no longer holds these keys: hand each to its current replicas.
-            Err(ReplicaError::NotOwner(reason)) => {
+            Err(ReplicaError::Refused(Refusal::NotOwner(reason))) => {
                 tracing::info!(target, %reason, hints = deliver.len(), "re-routing hints to the keys' current replicas");
                 let kept = self.reroute(topology, &deliver).await;
                 if !kept.is_empty() {

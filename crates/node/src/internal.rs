@@ -7,11 +7,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use kv_coordinator::wire::{
-    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
+use kv_gossip::Digest;
+use kv_proto::{
+    decode, encode, Call, MerkleRequest, MerkleResponse, Refusal, ScanRequest, ScanResponse, StoreBatchRequest,
     MAX_BATCH_CALLS, MAX_MERKLE_QUERIES,
 };
-use kv_gossip::Digest;
 use kv_transport::signer::Signed;
 use serde::de::DeserializeOwned;
 
@@ -49,7 +49,7 @@ pub async fn batch(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<R
     for (i, call) in calls.into_iter().enumerate() {
         match check_key(call.key()) {
             Ok(()) => good.push(call),
-            Err(e) => bad.push((i, Reply::Failed { status: e.status(), message: e.to_string() })),
+            Err(e) => bad.push((i, Refusal::Malformed(e.to_string()).into())),
         }
     }
     let mut replies = replica.execute(good).await;

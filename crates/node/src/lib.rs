@@ -94,7 +94,7 @@ pub fn peer_body_limit(max_value_bytes: usize) -> usize {
 /// gossip, whose replay is harmless and which is sent to seed addresses that may not be the
 /// advertised one.
 pub fn peer_bound(_method: &axum::http::Method, path: &str) -> bool {
-    path != kv_coordinator::wire::GOSSIP_PATH
+    path != kv_proto::GOSSIP_PATH
 }
 
 /// The peer listener's routes: `/internal/*` only, every request's signature checked first
@@ -102,11 +102,11 @@ pub fn peer_bound(_method: &axum::http::Method, path: &str) -> bool {
 pub fn peer_router(state: Arc<NodeState>, verify: VerifyState) -> Router {
     let body_limit = verify.body_limit;
     Router::new()
-        .route(kv_coordinator::wire::BATCH_PATH, post(internal::batch))
-        .route(kv_coordinator::wire::SCAN_PATH, post(internal::scan))
-        .route(kv_coordinator::wire::STORE_BATCH_PATH, post(internal::store_batch))
-        .route(kv_coordinator::wire::GOSSIP_PATH, post(internal::gossip))
-        .route(kv_coordinator::wire::MERKLE_PATH, post(internal::merkle))
+        .route(kv_proto::BATCH_PATH, post(internal::batch))
+        .route(kv_proto::SCAN_PATH, post(internal::scan))
+        .route(kv_proto::STORE_BATCH_PATH, post(internal::store_batch))
+        .route(kv_proto::GOSSIP_PATH, post(internal::gossip))
+        .route(kv_proto::MERKLE_PATH, post(internal::merkle))
         // Inside the signature check: it runs on requests whose sender is known.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), members_only))
         .route_layer(axum::middleware::from_fn_with_state(verify, kv_transport::verify))
@@ -127,7 +127,7 @@ async fn members_only(
 ) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    if request.uri().path() == kv_coordinator::wire::GOSSIP_PATH {
+    if request.uri().path() == kv_proto::GOSSIP_PATH {
         return next.run(request).await;
     }
     let refuse = |status: StatusCode, code: &str, message: String| {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use kv_coordinator::batch::{Batcher, SendBatch};
-use kv_coordinator::wire::{Call, Reply};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError};
+use kv_proto::{Call, Reply};
 use kv_transport::HttpReplicaClient;
 use kv_worker::{Stage, Supervisor};
 use prometheus::Histogram;

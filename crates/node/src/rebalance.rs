@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use kv_coordinator::now_ms;
 use kv_coordinator::plan::{self, Move};
-use kv_coordinator::wire::{Entry, ScanRequest, StoreBatchRequest};
 use kv_coordinator::{Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
 use kv_merkle::MerkleTree;
+use kv_proto::{Entry, Refusal, ScanRequest, StoreBatchRequest};
 use kv_replica::trees::segments;
 use kv_ring::{Intervals, Ring};
 use parking_lot::Mutex;
@@ -140,7 +140,7 @@ pub struct RebalancerOptions {
 
 /// Why a copy from a source failed.
 enum CopyError {
-    /// The source owns the range but is filling it too ([`kv_coordinator::wire::GAINING_TOO`]):
+    /// The source owns the range but is filling it too ([`kv_proto::GAINING_TOO`]):
     /// it gained it as we did, so it is not one of the owners that can hold an acknowledged
     /// write the others lack. (A source that does not own the range in its view is a
     /// [`CopyError::Failed`]: its view lags or leads ours, and we retry.)
@@ -548,7 +548,7 @@ impl Rebalancer {
             let request = ScanRequest { first_hash: lo, last_hash: hi, after: after.clone(), limit: PAGE };
             let page = match self.client.scan(source, request).await {
                 Ok(page) => page,
-                Err(ReplicaError::NotOwner(e)) if e.contains(kv_coordinator::wire::GAINING_TOO) => {
+                Err(ReplicaError::Refused(Refusal::NotOwner(e))) if e.contains(kv_proto::GAINING_TOO) => {
                     return Err(CopyError::NotComplete(e))
                 }
                 Err(e) => return Err(CopyError::Failed(e.to_string())),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use kv_coordinator::now_ms;
-use kv_coordinator::wire::{Call, Reply};
+use kv_proto::{Call, Refusal, Reply};
 use kv_replica::replica::ReplicaCore;
 use kv_storage::{Engine, Record, Version};
 
@@ -139,7 +139,7 @@ impl Replica {
             Err(e) => {
                 let message = format!("storage task failed: {e}");
                 tracing::error!(error = %message, "replica batch failed");
-                (0..count).map(|_| Reply::Failed { status: 500, message: message.clone() }).collect()
+                (0..count).map(|_| Refusal::Failed(message.clone()).into()).collect()
             }
         }
     }
@@ -154,11 +154,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 }
 
 /// The error a replica's refusal becomes.
-pub fn from_refusal(refusal: kv_replica::replica::Refusal) -> ApiError {
-    match refusal.status {
-        kv_replica::replica::MISDIRECTED => ApiError::Misdirected(refusal.message),
-        503 => ApiError::Unavailable(refusal.message),
-        _ => ApiError::Internal(refusal.message),
+pub fn from_refusal(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::NotOwner(message) => ApiError::Misdirected(message),
+        Refusal::Unavailable(message) => ApiError::Unavailable(message),
+        Refusal::Malformed(message) => ApiError::BadRequest(message),
+        other => ApiError::Internal(other.to_string()),
     }
 }
 

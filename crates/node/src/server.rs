@@ -407,10 +407,10 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let peer_limit = crate::peer_body_limit(server.max_value_bytes);
     let peer_check = verify("peer", "/", crate::peer_bound as BoundCheck, peer_limit);
     let peer_options = ListenerOptions {
-        unshed: &[kv_coordinator::wire::GOSSIP_PATH],
+        unshed: &[kv_proto::GOSSIP_PATH],
         body_max: peer_limit,
         too_large_code: "body_too_large",
-        precheck: Some(prechecked(peer_check.clone(), Some((kv_coordinator::wire::GOSSIP_PATH, GOSSIP_BODY_LIMIT)))),
+        precheck: Some(prechecked(peer_check.clone(), Some((kv_proto::GOSSIP_PATH, GOSSIP_BODY_LIMIT)))),
     };
     let peer = crate::peer_router(node, peer_check);
     let (client, client_precheck) =

@@ -233,8 +233,8 @@ fn config_file_env_and_flags_layer() {
 
 #[test]
 fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
-    use kv_coordinator::wire::{
-        decode, encode, Call, CoordinateRequest, ReadRequest, Reply, StoreRequest, Ticket, Write, BATCH_PATH,
+    use kv_proto::{
+        decode, encode, Call, CoordinateRequest, ReadRequest, Refusal, Reply, StoreRequest, Ticket, Write, BATCH_PATH,
         MAX_BATCH_CALLS,
     };
     use kv_testkit::sign_peer;
@@ -276,16 +276,16 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         Reply::Coordinated(c) if c.created.value == b"v" => c.clone(),
         other => panic!("{other:?}"),
     };
-    assert!(matches!(&replies[1], Reply::Failed { status: 400, .. }), "empty key fails alone: {:?}", replies[1]);
-    assert!(matches!(&replies[2], Reply::Failed { status: 400, .. }), "long key fails alone: {:?}", replies[2]);
+    assert!(matches!(&replies[1], Reply::Refused(Refusal::Malformed(_))), "empty key fails alone: {:?}", replies[1]);
+    assert!(matches!(&replies[2], Reply::Refused(Refusal::Malformed(_))), "long key fails alone: {:?}", replies[2]);
     // A coordinate call stores nothing, and no second dot is issued for the key until the
     // first version is stored here (rule 15 of docs/consistency.md): the front asks another
     // replica.
-    assert!(matches!(&replies[3], Reply::Failed { status: 425, .. }), "{:?}", replies[3]);
+    assert!(matches!(&replies[3], Reply::Refused(Refusal::Outstanding(_))), "{:?}", replies[3]);
     assert!(matches!(&replies[4], Reply::Read(versions) if versions.is_empty()), "{:?}", replies[4]);
     // The front's store of the set, then the second write in the same batch: two blind writes
     // through one node are siblings.
-    let store = |c: &kv_coordinator::wire::CoordinateResponse| {
+    let store = |c: &kv_proto::CoordinateResponse| {
         Call::Store(StoreRequest {
             key: b"a".to_vec(),
             versions: c.record.versions().to_vec(),
@@ -320,7 +320,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         matches!(&replies[0], Reply::Coordinated(c) if c.created.value == b"v" && c.record.len() == 2),
         "{replies:?}"
     );
-    assert!(matches!(&replies[1], Reply::Failed { status: 504, .. }), "{replies:?}");
+    assert!(matches!(&replies[1], Reply::Refused(Refusal::TooLate(_))), "{replies:?}");
 
     let too_many = vec![Call::Read(ReadRequest { key: b"a".to_vec() }); MAX_BATCH_CALLS + 1];
     assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);

@@ -8,7 +8,7 @@
 //!
 //! It is one implementation, shared by `kvnode` (behind its internal API) and the model checker
 //! (`kv-sim`), so the rules the simulation checks are the rules that run. It knows nothing of
-//! HTTP or gossip: calls arrive as [`kv_coordinator::wire::Call`]s and views as
+//! HTTP or gossip: calls arrive as [`kv_proto::Call`]s and views as
 //! [`kv_coordinator::Topology`]s. The stateless gateway does not link it.
 //!
 //! The invariants it enforces are stated in [`replica`] and argued in docs/consistency.md.

@@ -7,7 +7,7 @@
 //!   makes it one of the key's replicas, now or once the moves in progress complete, and the
 //!   key's range is not being dropped; it serves reads, scans and purges only of ranges it holds
 //!   completely (owned now, not being filled after a gain). Anything else is refused as
-//!   misdirected ([`MISDIRECTED`]): a write it accepted for a range it no longer owns would be
+//!   misdirected ([`Refusal::NotOwner`]): a write it accepted for a range it no longer owns would be
 //!   an acknowledgement it cannot keep, a stale copy it served would bring back what the real
 //!   owners have since deleted, and an incomplete copy would answer a read without writes a
 //!   quorum acknowledged.
@@ -16,7 +16,7 @@
 //!   what superseded them): a joining node lacks data, a leaving one is handing it off, and a
 //!   node that regained a range has not merged it yet.
 //! - **One client write, one version.** A coordinate call carries its write's id and deadline
-//!   ([`kv_coordinator::wire::Ticket`]); past the deadline it is refused (the front has given up on it),
+//!   ([`kv_proto::Ticket`]); past the deadline it is refused (the front has given up on it),
 //!   and a version of the same write (the same write id) already held is reused.
 //! - **Dots never repeat.** New dots come from the store's counter ([`Engine::issue_counter`]),
 //!   above every counter the store ever issued and every counter of ours the key's versions
@@ -25,7 +25,7 @@
 //! - **An acknowledgement is a promise.** The version a write created must be held after the
 //!   merge. If it is not, because a held version covers its dot although that version was
 //!   created before it (so its writer cannot have read it), the dot was issued twice: the
-//!   replica refuses ([`NOT_KEPT`]) instead of acknowledging, so a counter bug becomes a visible
+//!   replica refuses ([`Refusal::NotKept`]) instead of acknowledging, so a counter bug becomes a visible
 //!   error, not a silent loss. A covering version created at or after it is a later write whose
 //!   client read it (the new version reached a reader before this replica): that is a
 //!   supersession, and the replica acknowledges, since it holds what replaced the write.
@@ -41,13 +41,9 @@ use kv_storage::{Added, Engine, Hint, HintStore, Record, Version};
 use kv_vclock::{Dot, Versioned};
 use parking_lot::{Mutex, RwLock};
 
-use kv_coordinator::wire::{
-    counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, HintRequest, Reply,
-    GAINING_TOO, HINTS_FULL,
-};
-
-pub use kv_coordinator::wire::{
-    IMPOSSIBLE_CONTEXT, MISDIRECTED, NOT_KEPT, OUTSTANDING, STORE_FAILED, TOO_LATE, TOO_MANY_SIBLINGS,
+use kv_proto::{
+    counter_floor, new_version, reusable, Call, CoordinateRequest, CoordinateResponse, Entry, HintRequest, Refusal,
+    Reply, GAINING_TOO,
 };
 
 /// What a replica believes about its own place in the cluster.
@@ -261,31 +257,17 @@ pub fn actor_name(node_id: &str, incarnation: u64, epoch: u64) -> String {
     }
 }
 
-fn failed(status: u16, message: impl Into<String>) -> Reply {
-    Reply::Failed { status, message: message.into() }
-}
-
-/// Why a stream or scan call was refused: an HTTP-style status ([`MISDIRECTED`], 5xx) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// HTTP-style status.
-    pub status: u16,
-    /// Why.
-    pub message: String,
-}
-
-impl From<Reply> for Refusal {
-    fn from(reply: Reply) -> Refusal {
-        match reply {
-            Reply::Failed { status, message } => Refusal { status, message },
-            _ => Refusal { status: 500, message: "not a refusal".into() },
-        }
+/// The refusal a storage failure becomes: one that may pass (I/O) or one that will not.
+fn storage_refusal(e: &kv_storage::Error) -> Refusal {
+    if e.is_retryable() {
+        Refusal::Unavailable(e.to_string())
+    } else {
+        Refusal::Failed(e.to_string())
     }
 }
 
 fn storage_failed(e: &kv_storage::Error) -> Reply {
-    let status = if e.is_retryable() { 503 } else { 500 };
-    failed(status, e.to_string())
+    storage_refusal(e).into()
 }
 
 /// A store call of a batch, once its key is split off: the versions and the fresh dot.
@@ -401,13 +383,14 @@ impl ReplicaCore {
         *self.view.write() = Arc::new(view);
     }
 
-    fn refuse(&self, reason: &str, status: u16, message: String) -> Reply {
+    /// `refusal`, counted in `kv_replica_refusals_total{reason}`.
+    fn refuse(&self, reason: &str, refusal: Refusal) -> Refusal {
         self.metrics.refusals.with_label_values(&[reason]).inc();
-        failed(status, message)
+        refusal
     }
 
-    fn misdirected(&self, what: &str) -> Reply {
-        self.refuse("misdirected", MISDIRECTED, format!("{what}: not a replica of this key's range here"))
+    fn misdirected(&self, what: &str) -> Refusal {
+        self.refuse("misdirected", Refusal::NotOwner(format!("{what}: not a replica of this key's range here")))
     }
 
     /// Moves our counter past any dot of ours that `versions` carry: we created them, so if we
@@ -459,19 +442,19 @@ impl ReplicaCore {
             let hash = kv_ring::hash_key(call.key());
             let reply = match call {
                 Call::Read(_) | Call::Purge(_) if !view.serves(hash) => {
-                    Some(self.misdirected("reading requires a complete copy of the key's range"))
+                    Some(self.misdirected("reading requires a complete copy of the key's range").into())
                 }
                 Call::Read(c) if keys.contains(&c.key) => {
                     deferred.push((i, c.key));
                     None
                 }
-                Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key")),
+                Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key").into()),
                 Call::Hint(h) => {
                     hints.push((i, h));
                     None
                 }
                 Call::Coordinate(_) if !view.may_coordinate(hash) => {
-                    Some(self.misdirected("coordinating requires a normal owner of the key"))
+                    Some(self.misdirected("coordinating requires a normal owner of the key").into())
                 }
                 Call::Read(c) => Some(
                     self.engine.get(&c.key).map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())),
@@ -481,27 +464,31 @@ impl ReplicaCore {
                         .purge_tombstones(&c.key, &c.tombstones)
                         .map_or_else(|e| storage_failed(&e), |_| Reply::Purged),
                 ),
-                Call::Coordinate(c) if c.ticket.deadline_ms < now_ms => Some(self.refuse(
-                    "too_late",
-                    TOO_LATE,
-                    format!("deadline passed {} ms ago", now_ms - c.ticket.deadline_ms),
-                )),
-                Call::Coordinate(c) if c.write.context.get(&self.actor()) >= self.engine.counter_ceiling() => {
-                    Some(self.refuse(
+                Call::Coordinate(c) if c.ticket.deadline_ms < now_ms => Some(
+                    self.refuse(
+                        "too_late",
+                        Refusal::TooLate(format!("deadline passed {} ms ago", now_ms - c.ticket.deadline_ms)),
+                    )
+                    .into(),
+                ),
+                Call::Coordinate(c) if c.write.context.get(&self.actor()) >= self.engine.counter_ceiling() => Some(
+                    self.refuse(
                         "impossible_context",
-                        IMPOSSIBLE_CONTEXT,
-                        format!(
+                        Refusal::ImpossibleContext(format!(
                             "the context names event {} of {}, which never happened",
                             c.write.context.get(&self.actor()),
                             self.actor()
-                        ),
-                    ))
-                }
-                Call::Store(c) if c.deadline_ms != 0 && c.deadline_ms < now_ms => Some(self.refuse(
-                    "too_late",
-                    TOO_LATE,
-                    format!("store deadline passed {} ms ago", now_ms - c.deadline_ms),
-                )),
+                        )),
+                    )
+                    .into(),
+                ),
+                Call::Store(c) if c.deadline_ms != 0 && c.deadline_ms < now_ms => Some(
+                    self.refuse(
+                        "too_late",
+                        Refusal::TooLate(format!("store deadline passed {} ms ago", now_ms - c.deadline_ms)),
+                    )
+                    .into(),
+                ),
                 Call::Coordinate(c) => {
                     coordinates.push((i, c));
                     None
@@ -541,10 +528,9 @@ impl ReplicaCore {
                         response.stored = true;
                         Reply::Coordinated(response)
                     }
-                    (Some(Reply::Failed { message, .. }), _) => failed(
-                        STORE_FAILED,
-                        format!("the new version was created but storing it here failed: {message}"),
-                    ),
+                    (Some(Reply::Refused(refusal)), _) => Reply::Refused(Refusal::StoreFailed(format!(
+                        "the new version was created but storing it here failed: {refusal}"
+                    ))),
                     (_, reply) => reply,
                 });
             }
@@ -565,7 +551,7 @@ impl ReplicaCore {
         if !hints.is_empty() {
             self.keep_hints(hints, now_ms, &mut replies);
         }
-        replies.into_iter().map(|r| r.unwrap_or_else(|| failed(500, "call was not run"))).collect()
+        replies.into_iter().map(|r| r.unwrap_or_else(|| Refusal::Failed("call was not run".into()).into())).collect()
     }
 
     /// Moves this run to the next epoch, a new actor, under the lock of the outstanding dots,
@@ -591,7 +577,7 @@ impl ReplicaCore {
     fn coordinate(&self, c: CoordinateRequest, now_ms: u64) -> Reply {
         let mut issued = self.issued.lock();
         if issued.closed {
-            return self.misdirected("coordinating: this node is stopping");
+            return self.misdirected("coordinating: this node is stopping").into();
         }
         let current = match self.engine.get(&c.key) {
             Ok(record) => record,
@@ -610,11 +596,15 @@ impl ReplicaCore {
             // The key's own store of our last version of it is still on its way: the front
             // asks again shortly, or asks another replica.
             Some(false) => {
-                return self.refuse(
-                    "outstanding_dot",
-                    OUTSTANDING,
-                    "coordinating: a version of this key created here is on its way to this replica's copy".into(),
-                )
+                return self
+                    .refuse(
+                        "outstanding_dot",
+                        Refusal::Outstanding(
+                            "coordinating: a version of this key created here is on its way to this replica's copy"
+                                .into(),
+                        ),
+                    )
+                    .into()
             }
             // It can only come as a hint now, if at all: a new epoch makes every dot of the old
             // one moot (the new actor's counters cover none of them). So does a full map.
@@ -656,7 +646,7 @@ impl ReplicaCore {
         };
         if let Some(why) = refusal {
             let message = format!("{why}; read it and write back with its X-Context to resolve them");
-            return self.refuse("too_many_siblings", TOO_MANY_SIBLINGS, message);
+            return self.refuse("too_many_siblings", Refusal::TooManySiblings(message)).into();
         }
         if next.len() > self.siblings.warn {
             self.sibling_warning(&c.key, next.len(), now_ms);
@@ -718,23 +708,27 @@ impl ReplicaCore {
     fn keep_hints(&self, hints: Vec<(usize, HintRequest)>, now_ms: u64, replies: &mut [Option<Reply>]) {
         let Some((store, max_age)) = &self.hints else {
             for (i, _) in hints {
-                replies[i] = Some(failed(501, "this replica keeps no hints"));
+                replies[i] = Some(Refusal::Failed("this replica keeps no hints".into()).into());
             }
             return;
         };
         let mut by_target: std::collections::BTreeMap<String, Vec<(usize, Hint)>> = Default::default();
         for (i, h) in hints {
             if h.target == self.node_id {
-                replies[i] = Some(failed(400, "a hint for the node that would keep it"));
+                replies[i] = Some(Refusal::Malformed("a hint for the node that would keep it".into()).into());
                 continue;
             }
             let oldest = h.versions.iter().map(|v| v.written_at).min().unwrap_or(now_ms);
             if now_ms.saturating_sub(oldest) > *max_age {
-                replies[i] = Some(self.refuse(
-                    "hint_too_old",
-                    HINTS_FULL,
-                    "the key holds a version too old to hand off before the hint would expire".into(),
-                ));
+                replies[i] = Some(
+                    self.refuse(
+                        "hint_too_old",
+                        Refusal::HintsFull(
+                            "the key holds a version too old to hand off before the hint would expire".into(),
+                        ),
+                    )
+                    .into(),
+                );
                 continue;
             }
             by_target
@@ -749,9 +743,9 @@ impl ReplicaCore {
                     for (i, added) in indexes.into_iter().zip(added) {
                         replies[i] = Some(match added {
                             Added::Stored(_) => Reply::Stored,
-                            Added::Full => {
-                                self.refuse("hints_full", HINTS_FULL, format!("hints for {target} are full"))
-                            }
+                            Added::Full => self
+                                .refuse("hints_full", Refusal::HintsFull(format!("hints for {target} are full")))
+                                .into(),
                         });
                     }
                 }
@@ -798,9 +792,9 @@ impl ReplicaCore {
         );
         self.refuse(
             "not_kept",
-            NOT_KEPT,
-            format!("version {}:{} is covered by versions that never saw it", dot.node, dot.counter),
+            Refusal::NotKept(format!("version {}:{} is covered by versions that never saw it", dot.node, dot.counter)),
         )
+        .into()
     }
 
     /// Merges many keys' versions (a range streamed in), refusing the whole batch if any key is
@@ -814,19 +808,20 @@ impl ReplicaCore {
     pub fn store_stream_until(&self, entries: Vec<Entry>, deadline_ms: u64, now_ms: u64) -> Result<(), Refusal> {
         let view = self.view.read();
         if entries.iter().any(|(key, _)| !view.accepts(kv_ring::hash_key(key))) {
-            return Err(self.misdirected("streamed keys").into());
+            return Err(self.misdirected("streamed keys"));
         }
         if deadline_ms != 0 && deadline_ms < now_ms {
-            return Err(self
-                .refuse("too_late", TOO_LATE, format!("store-batch deadline passed {} ms ago", now_ms - deadline_ms))
-                .into());
+            return Err(self.refuse(
+                "too_late",
+                Refusal::TooLate(format!("store-batch deadline passed {} ms ago", now_ms - deadline_ms)),
+            ));
         }
         for (_, versions) in &entries {
-            self.observe(versions).map_err(|e| Refusal::from(storage_failed(&e)))?;
+            self.observe(versions).map_err(|e| storage_refusal(&e))?;
         }
         let result = self.engine.put_batch(entries);
         drop(view);
-        result.map_err(|e| storage_failed(&e).into())
+        result.map_err(|e| storage_refusal(&e))
     }
 
     /// Up to `limit` records with key hashes in `lo..=hi` after key `after`, refused unless this
@@ -835,11 +830,11 @@ impl ReplicaCore {
         let view = self.view.read();
         if !view.serves_range(lo, hi) {
             if view.filling_range(lo, hi) {
-                return Err(self.refuse("misdirected", MISDIRECTED, format!("range: {GAINING_TOO}")).into());
+                return Err(self.refuse("misdirected", Refusal::NotOwner(format!("range: {GAINING_TOO}"))));
             }
-            return Err(self.misdirected("range").into());
+            return Err(self.misdirected("range"));
         }
-        let page = self.engine.scan(lo, hi, after, limit).map_err(|e| Refusal::from(storage_failed(&e)))?;
+        let page = self.engine.scan(lo, hi, after, limit).map_err(|e| storage_refusal(&e))?;
         drop(view);
         Ok(page.into_iter().map(|(k, record)| (k, record.into_versions())).collect())
     }
@@ -860,7 +855,7 @@ fn repeated_dot(record: &Record, version: &Version) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kv_coordinator::wire::{PurgeRequest, ReadRequest, StoreRequest, Ticket, Write};
+    use kv_proto::{PurgeRequest, ReadRequest, StoreRequest, Ticket, Write};
     use kv_ring::Node;
     use kv_storage::{StorageMetrics, SyncMode};
     use kv_vclock::VClock;
@@ -906,7 +901,7 @@ mod tests {
         let repeated = version("a", 1, &[], 10, false);
         let dot = repeated.dot.clone();
         let replies = core.execute(vec![store(b"k", vec![repeated], Some(dot))], 100);
-        assert!(matches!(&replies[0], Reply::Failed { status: NOT_KEPT, .. }), "{replies:?}");
+        assert!(matches!(&replies[0], Reply::Refused(Refusal::NotKept(_))), "{replies:?}");
         // A version a client read and overwrote before this replica got it (the overwrite is
         // younger than it): a supersession, acknowledged.
         let fresh = version("a", 2, &[], 20, false);
@@ -938,7 +933,7 @@ mod tests {
         let read = Call::Read(ReadRequest { key: b"k".to_vec() });
         let purge = Call::Purge(PurgeRequest { key: b"k".to_vec(), tombstones: Vec::new() });
         for reply in outside.execute(vec![read.clone(), store(b"k", Vec::new(), None), purge.clone()], 1) {
-            assert!(matches!(reply, Reply::Failed { status: MISDIRECTED, .. }), "{reply:?}");
+            assert!(matches!(reply, Reply::Refused(Refusal::NotOwner(_))), "{reply:?}");
         }
         assert!(outside.scan(0, u64::MAX, None, 10).is_err());
         assert!(outside.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_err());
@@ -951,7 +946,7 @@ mod tests {
             ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
         });
         let replies = filling.execute(vec![read, purge, coordinate, store(b"k", Vec::new(), None)], 1);
-        assert!(replies[..3].iter().all(|r| matches!(r, Reply::Failed { status: MISDIRECTED, .. })), "{replies:?}");
+        assert!(replies[..3].iter().all(|r| matches!(r, Reply::Refused(Refusal::NotOwner(_)))), "{replies:?}");
         assert!(matches!(replies[3], Reply::Stored));
         assert!(filling.scan(0, u64::MAX, None, 10).is_err());
         assert!(filling.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_ok());
@@ -990,7 +985,7 @@ mod tests {
         assert_eq!(core.outstanding_keys(), 1);
         // Its set would lack the first version, whose dot the new one's counter covers.
         let refused = core.execute(vec![call(2)], 1);
-        assert!(matches!(&refused[0], Reply::Failed { status: OUTSTANDING, .. }), "{refused:?}");
+        assert!(matches!(&refused[0], Reply::Refused(Refusal::Outstanding(_))), "{refused:?}");
         // Another key is not held up.
         assert!(matches!(coordinate_and_store(&core, blind(b"other", 3)), Reply::Coordinated(_)));
         // Once the first version is stored here (in the same batch, before the call), the key
@@ -1008,7 +1003,7 @@ mod tests {
         let before = core.actor();
         assert!(matches!(core.execute(vec![call(1)], 1)[0], Reply::Coordinated(_)));
         let refused = core.execute(vec![call(2)], 1_000);
-        assert!(matches!(&refused[0], Reply::Failed { status: OUTSTANDING, .. }), "{refused:?}");
+        assert!(matches!(&refused[0], Reply::Refused(Refusal::Outstanding(_))), "{refused:?}");
         // Past the bound only a hint could bring it: the next dot is a new actor's, which
         // covers none of the old one's.
         let replies = core.execute(vec![call(3)], 1_002);
@@ -1021,7 +1016,7 @@ mod tests {
         // After close, nothing is coordinated: the count it gave stays true.
         assert_eq!(core.close(), 1);
         let closed = core.execute(vec![call(4)], 1_003);
-        assert!(matches!(&closed[0], Reply::Failed { status: MISDIRECTED, .. }), "{closed:?}");
+        assert!(matches!(&closed[0], Reply::Refused(Refusal::NotOwner(_))), "{closed:?}");
     }
 
     fn core_with(limits: SiblingLimits) -> ReplicaCore {
@@ -1042,7 +1037,7 @@ mod tests {
             assert!(matches!(coordinate_and_store(&core, blind("v", id, VClock::new())), Reply::Coordinated(_)));
         }
         let refused = core.execute(vec![blind("fourth", 4, VClock::new())], 1);
-        assert!(matches!(&refused[0], Reply::Failed { status: TOO_MANY_SIBLINGS, .. }), "{refused:?}");
+        assert!(matches!(&refused[0], Reply::Refused(Refusal::TooManySiblings(_))), "{refused:?}");
         assert_eq!(core.engine().get(b"k").unwrap().len(), 3, "the refused write left nothing");
         assert_eq!(core.metrics.siblings_over_warning.get(), 1, "the third sibling passed the warning level");
         // Replication and repair merge whatever they carry.
@@ -1059,9 +1054,7 @@ mod tests {
             assert!(matches!(coordinate_and_store(&core, blind("123456", id, VClock::new())), Reply::Coordinated(_)));
         }
         let refused = core.execute(vec![blind("123456", 3, VClock::new())], 1);
-        assert!(
-            matches!(&refused[0], Reply::Failed { status: TOO_MANY_SIBLINGS, message } if message.contains("bytes"))
-        );
+        assert!(matches!(&refused[0], Reply::Refused(Refusal::TooManySiblings(message)) if message.contains("bytes")));
     }
 
     #[test]
@@ -1069,7 +1062,7 @@ mod tests {
         let core = core(true, false);
         let entries = vec![(b"k".to_vec(), vec![version("a", 1, &[], 5, false)])];
         let late = core.store_stream_until(entries.clone(), 100, 101);
-        assert!(late.is_err_and(|r| r.status == TOO_LATE));
+        assert!(late.is_err_and(|r| matches!(r, Refusal::TooLate(_))));
         assert!(core.engine().get(b"k").unwrap().is_empty(), "nothing of a late batch is applied");
         assert!(core.store_stream_until(entries, 100, 100).is_ok());
         assert_eq!(core.engine().get(b"k").unwrap().len(), 1);
@@ -1087,7 +1080,7 @@ mod tests {
             ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
         });
         let replies = core.execute(vec![call], 1);
-        assert!(matches!(&replies[0], Reply::Failed { status: IMPOSSIBLE_CONTEXT, .. }), "{replies:?}");
+        assert!(matches!(&replies[0], Reply::Refused(Refusal::ImpossibleContext(_))), "{replies:?}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use kv_vclock::VClock;
 use tokio::sync::watch;
 
 use crate::replica::{ReplicaCore, ReplicaMetrics, ReplicaView};
-use kv_coordinator::wire::{Call, Write};
 use kv_coordinator::*;
+use kv_proto::{Call, Write};
 
 /// One simulated replica: the real replica logic on a memory store, and fault switches.
 struct SimReplica {
@@ -58,7 +58,7 @@ struct SimCluster {
 }
 
 impl CallPeer for SimCluster {
-    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<wire::Reply, ReplicaError>> {
+    fn call<'a>(&'a self, peer: &'a Peer, call: Call) -> BoxFuture<'a, Result<kv_proto::Reply, ReplicaError>> {
         Box::pin(self.send(peer, call))
     }
 }
@@ -79,7 +79,7 @@ impl SimCluster {
         Arc::new(SimCluster { replicas, clock, stores: parking_lot::Mutex::new(Vec::new()) })
     }
 
-    async fn send(&self, peer: &Peer, call: Call) -> Result<wire::Reply, ReplicaError> {
+    async fn send(&self, peer: &Peer, call: Call) -> Result<kv_proto::Reply, ReplicaError> {
         let replica = &self.replicas[&peer.id];
         if replica.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(3600)).await;

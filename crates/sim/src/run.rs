@@ -444,7 +444,7 @@ async fn quiesce(world: &Arc<World>, fronts: &[Arc<Coordinator>], keys: &[Vec<u8
     for key in keys {
         let owners: Vec<String> = ring.preference_list(key, N).iter().map(|n| n.id.clone()).collect();
         let copies: Vec<kv_storage::Record> = owners.iter().map(|o| world.record(o, key)).collect();
-        let merged = kv_coordinator::wire::merge_records(copies.iter());
+        let merged = kv_proto::merge_records(copies.iter());
         let mut all = seen(&merged);
         all.sort();
         for (owner, copy) in owners.iter().zip(&copies) {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_coordinator::plan::{self, Move};
-use kv_coordinator::wire::{Call, Entry, Reply, StoreRequest, MISDIRECTED};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, ReplicaError, Topology};
+use kv_proto::{Call, Entry, Refusal, Reply, StoreRequest};
 use kv_replica::ownership::Ownership;
 use kv_replica::replica::{ReplicaCore, ReplicaMetrics};
 use kv_replica::trees::segments;
@@ -501,7 +501,7 @@ impl World {
                     });
                     match self.deliver(id, to, call) {
                         Delivery::Reply(Reply::Stored) => Some(true),
-                        Delivery::Reply(Reply::Failed { status: MISDIRECTED, .. }) => Some(false),
+                        Delivery::Reply(Reply::Refused(Refusal::NotOwner(_))) => Some(false),
                         _ => None,
                     }
                 };
@@ -638,7 +638,7 @@ impl World {
             core.forget_outstanding_dots();
         }
         let mut replies = core.execute(vec![call], self.clock_ms(to));
-        let reply = replies.pop().unwrap_or(Reply::Failed { status: 500, message: "no reply".into() });
+        let reply = replies.pop().unwrap_or(Reply::Refused(Refusal::Failed("no reply".into())));
         self.trace(|| format!("{from} -> {to}: {what} => {}", describe_reply(&reply)));
         if let Reply::Coordinated(response) = &reply {
             let v = &response.created;
@@ -657,7 +657,7 @@ impl World {
         }
         // Only a source filling the range too is counted out (`GAINING_TOO`); one that does
         // not own it in its view (a lagging view) is retried.
-        core.scan(lo, hi, after, PAGE).map_err(|e| e.message.contains(kv_coordinator::wire::GAINING_TOO))
+        core.scan(lo, hi, after, PAGE).map_err(|e| e.message().contains(kv_proto::GAINING_TOO))
     }
 
     /// Streams `entries` from `from` into `to` (`false` if it cannot or `to` refuses).
@@ -1204,7 +1204,7 @@ fn describe_reply(reply: &Reply) -> String {
         Reply::Stored => "stored".into(),
         Reply::Read(v) => format!("read {}", versions_text(v)),
         Reply::Purged => "purged".into(),
-        Reply::Failed { status, message } => format!("failed {status} {message}"),
+        Reply::Refused(refusal) => format!("refused {} {}", refusal.reason(), refusal.message()),
     }
 }
 

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_coordinator::wire::{
+use kv_gossip::Digest;
+use kv_proto::{
     decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
     BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, SCAN_PATH, STORE_BATCH_PATH,
 };
-use kv_coordinator::ReplicaError;
-use kv_gossip::Digest;
+use kv_proto::{Refusal, ReplicaError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -304,7 +304,22 @@ impl PeerTransport {
             }
             return Err(ReplicaError::NotSent(format!("{address} refused this node as no longer a member: {message}")));
         }
-        Err(ReplicaError::from_status(status.as_u16(), message))
+        Err(ReplicaError::Refused(refusal_of(status, message)))
+    }
+}
+
+/// The refusal a peer's answer with HTTP `status` to a whole request stands for: the one place
+/// where an HTTP status becomes a protocol refusal (single calls are refused typed, inside a
+/// batch's answer).
+fn refusal_of(status: reqwest::StatusCode, message: String) -> Refusal {
+    match status.as_u16() {
+        421 => Refusal::NotOwner(message),
+        401 => Refusal::Unauthenticated(message),
+        409 => Refusal::TooManySiblings(message),
+        504 => Refusal::TooLate(message),
+        400..=499 => Refusal::Malformed(message),
+        503 => Refusal::Unavailable(message),
+        _ => Refusal::Failed(message),
     }
 }
 

@@ -3,7 +3,7 @@
 //! One place for everything two processes of the cluster say to each other: replica batches,
 //! range streams (scans and store batches), gossip exchanges, and later hints and Merkle
 //! exchanges. A call is a typed request ([`PeerRequest`]: its path and its reply type) with a
-//! postcard body; its failure is a typed [`kv_coordinator::ReplicaError`], which says whether
+//! postcard body; its failure is a typed [`kv_proto::ReplicaError`], which says whether
 //! the call may have been applied and whether a retry may help.
 //!
 //! - **Client** ([`PeerTransport`]): the one HTTP client for peers: pooled keep-alive

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kv_coordinator::batch::{BatchLimits, Batcher, SendBatch};
-use kv_coordinator::wire::{Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest};
 use kv_coordinator::{BoxFuture, CallPeer, Peer, RangeClient, ReplicaError};
+use kv_proto::{Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest};
 use kv_worker::{Stage, Supervisor};
 use parking_lot::Mutex;
 use prometheus::Histogram;

@@ -4,7 +4,7 @@
 //! is accepted once. It is sent in [`SIGNATURE_HEADER`] as
 //!
 //! ```text
-//! v5 <key id> <timestamp ms> <sender>.<seq> <to> <from> <body sha-256> <hmac>
+//! v6 <key id> <timestamp ms> <sender>.<seq> <to> <from> <body sha-256> <hmac>
 //! ```
 //!
 //! where the HMAC-SHA256, under a key derived from the cluster secret ([`crate::Secrets`]),
@@ -45,9 +45,10 @@ pub const SIGNATURE_HEADER: &str = "x-kv-internal";
 /// Protocol version written first: `v4` since the head is authenticated on its own (the MAC
 /// covers the declared body digest); `v5` since a coordinate call stores nothing and the front
 /// stores the new version on the coordinating replica too (rule 15 of docs/consistency.md: a
-/// `v4` front would count that replica's copy without sending it). Processes of other
-/// versions are refused with a clear message.
-const PROTOCOL: &str = "v5";
+/// `v4` front would count that replica's copy without sending it); `v6` since a refused call
+/// says why as a typed `kv_proto::Refusal`, not an HTTP status. Processes of other versions
+/// are refused with a clear message.
+const PROTOCOL: &str = "v6";
 
 /// The purpose the signing key is derived for.
 const PURPOSE: &str = "requests-v4";

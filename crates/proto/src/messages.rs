@@ -6,57 +6,28 @@
 //! speaking another version instead of misreading it.
 
 use kv_types::{Record, Version};
-
-use crate::ReplicaError;
-use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
+use kv_vclock::{Dot, Siblings, VClock};
 use serde::{Deserialize, Serialize};
 
-/// Status of a refusal because the key's range is not this replica's (HTTP 421 Misdirected).
-pub const MISDIRECTED: u16 = 421;
+use crate::{Refusal, ReplicaError};
 
-/// Status of a coordinate call refused because its deadline passed (HTTP 504: the front has
-/// given up on it). The write was certainly not applied.
-pub const TOO_LATE: u16 = 504;
-
-/// Status of a coordinate call whose context names an event of this replica's actor that never
-/// happened (a counter above all it has issued): a forged or corrupted context (HTTP 422).
-pub const IMPOSSIBLE_CONTEXT: u16 = 422;
-
-/// What a scan refusal (a [`MISDIRECTED`] answer) says when the replica owns the range but is
+/// What a scan refusal (a [`Refusal::NotOwner`]) says when the replica owns the range but is
 /// filling it (gaining it from its other owners, as the caller is): it is not one of the owners
 /// that can hold an acknowledged write the others lack, so a filler need not wait for it
-/// ([`crate::plan::copies_needed_without`]). Any other refusal (the source does not own the
+/// (`kv_coordinator::plan::copies_needed_without`). Any other refusal (the source does not own the
 /// range in its view: its view lags behind the caller's, or leads it) is retried, never
 /// counted out: a source that has not yet learned it owns a range may be the only one that
 /// holds its writes (a join completing while a removal's gainers fill).
 pub const GAINING_TOO: &str = "filling it too: gaining it from its other owners";
 
-/// Status of a coordinate call refused because a version of the key this replica created is
-/// still on its way to its own copy (HTTP 425 Too Early; rule 15 of docs/consistency.md):
-/// certainly nothing was created; ask again shortly, or ask another replica.
-pub const OUTSTANDING: u16 = 425;
-
-/// Status of a coordinate call from a front in the replica's own process whose store of the
-/// new version failed (508): the version may be held there, so the front must not create
-/// another elsewhere (rule 6); the client gets an error.
-pub const STORE_FAILED: u16 = 508;
-
-/// Status of a write refused because the replica would not keep the version it vouches for.
-pub const NOT_KEPT: u16 = 500;
-
-/// Status of a coordinate call refused because the key already holds `--max-siblings`
-/// siblings and the write would add one (HTTP 409): certainly not applied; the client must
-/// resolve the siblings (read, then write with the context).
-pub const TOO_MANY_SIBLINGS: u16 = 409;
-
 /// Path of the batch call: many [`Call`]s (coordinate, store, read, purge) in one request,
 /// answered by as many [`Reply`]s in the same order. Replica calls travel only this way: a
 /// caller coalesces the calls that are queued for one peer at the moment it sends (see
-/// [`crate::batch`]), so under load one HTTP exchange and one fsync serve many operations.
+/// `kv_coordinator::batch`), so under load one HTTP exchange and one fsync serve many operations.
 pub const BATCH_PATH: &str = "/internal/v1/batch";
 
 /// Most calls in one batch. A bigger batch is refused (400): it would hold one blocking
-/// storage task too long. Callers send at most [`crate::batch::MAX_BATCH_CALLS`].
+/// storage task too long. Callers send at most `kv_coordinator::batch::MAX_BATCH_CALLS`.
 pub const MAX_BATCH_CALLS: usize = 1024;
 
 /// Path of the scan call: a page of this replica's records in a range of key hashes.
@@ -67,10 +38,6 @@ pub const STORE_BATCH_PATH: &str = "/internal/v1/store-batch";
 pub const GOSSIP_PATH: &str = "/internal/v1/gossip";
 /// Path of the Merkle exchange: node values of the replica's segment trees (anti-entropy).
 pub const MERKLE_PATH: &str = "/internal/v1/merkle";
-
-/// Status of a hint refused because the receiver keeps no more hints for its target (HTTP 507
-/// Insufficient Storage): the write is not held for that owner here.
-pub const HINTS_FULL: u16 = 507;
 
 /// Most queries in one Merkle request.
 pub const MAX_MERKLE_QUERIES: usize = 8192;
@@ -294,27 +261,21 @@ pub enum Reply {
     Read(Vec<Version>),
     /// A purge call ran (whether or not the key was still purgeable).
     Purged,
-    /// The call failed; `status` is what the HTTP status of a single call would have been
-    /// (4xx: the call itself is wrong, 5xx: the replica could not do it now).
-    Failed {
-        /// HTTP-style status.
-        status: u16,
-        /// Why.
-        message: String,
-    },
+    /// The replica did not do the call, and says why.
+    Refused(Refusal),
 }
 
 impl Reply {
     fn unexpected(self, wanted: &str) -> ReplicaError {
         match self {
-            Reply::Failed { status, message } => ReplicaError::from_status(status, message),
+            Reply::Refused(refusal) => ReplicaError::Refused(refusal),
             other => {
                 let kind = match other {
                     Reply::Coordinated(_) => "coordinated",
                     Reply::Stored => "stored",
                     Reply::Read(_) => "read",
                     Reply::Purged => "purged",
-                    Reply::Failed { .. } => "failed",
+                    Reply::Refused(_) => "refused",
                 };
                 ReplicaError::Decode(format!("reply {kind:?} does not answer a {wanted} call"))
             }
@@ -371,110 +332,5 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
         Ok(value)
     } else {
         Err(format!("{} trailing bytes", rest.len()))
-    }
-}
-
-/// The version of the same client write (`write_id`) already in `current`, which this write
-/// must reuse instead of creating a second version of itself (the same request reaching this
-/// replica again). Only the write id identifies a write: two writes with the same value and
-/// context are two writes (a later blind write of a value equal to a superseded one must not be
-/// swallowed by it).
-pub fn reusable(current: &Record, write_id: u128) -> Option<Version> {
-    if write_id == 0 {
-        return None;
-    }
-    current.versions().iter().find(|v| v.write_id == write_id).cloned()
-}
-
-/// The counter a new dot of `actor` must exceed on top of `current`: every dot of `actor` the
-/// key's stored versions carry. The store's own counter is above all it ever issued
-/// (`kv_storage::Engine::issue_counter`); this floor only matters when the store forgot (a
-/// restored copy). Contexts never move the counter: they come from clients, and a forged one
-/// could exhaust it.
-pub fn counter_floor(actor: &str, current: &Record) -> u64 {
-    current.versions().iter().filter(|v| v.dot.node == actor).map(|v| v.dot.counter).max().unwrap_or(0)
-}
-
-/// The version a write coordinated by `actor` creates, with the dot counter the store issued.
-pub fn new_version(actor: &str, counter: u64, write: &Write, write_id: u128, now_ms: u64) -> Version {
-    Version {
-        dot: Dot { node: actor.to_owned(), counter, timestamp: now_ms },
-        context: pruned_context(write),
-        value: write.value.clone(),
-        content_type: write.content_type.clone(),
-        tombstone: write.tombstone,
-        written_at: now_ms,
-        write_id,
-    }
-}
-
-fn pruned_context(write: &Write) -> VClock {
-    let mut context = write.context.clone();
-    context.prune(DEFAULT_MAX_ENTRIES, None);
-    context
-}
-
-/// Whether `replica` lacks something `merged` has (a stale or missing replica to repair).
-pub fn is_stale(replica: &Record, merged: &Record) -> bool {
-    merged.versions().iter().any(|m| !replica.versions().iter().any(|r| r.dot() == m.dot()))
-}
-
-/// Merges replica answers into one sibling set.
-pub fn merge_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Record {
-    let mut merged = Siblings::new();
-    for record in records {
-        merged.merge(record.versions().iter().cloned());
-    }
-    merged
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(value: &str, context: &VClock) -> Write {
-        Write { value: value.into(), content_type: "text/plain".into(), context: context.clone(), tombstone: false }
-    }
-
-    fn version(record: &Record, write: &Write, write_id: u128, counter: u64) -> Version {
-        reusable(record, write_id).unwrap_or_else(|| new_version("n1", counter, write, write_id, 1))
-    }
-
-    #[test]
-    fn only_the_same_write_reuses_a_version() {
-        let mut record = Record::new();
-        let first = version(&record, &write("v", &VClock::new()), 7, 1);
-        record.insert(first.clone());
-        // The same write id (the same request again) reuses it; the same content is a new write.
-        assert_eq!(version(&record, &write("other", &VClock::new()), 7, 3), first);
-        let again = version(&record, &write("v", &VClock::new()), 8, 2);
-        assert_ne!(again.dot, first.dot);
-        assert!(record.insert(again));
-        assert_eq!(record.len(), 2);
-        // The floor is what the stored dots carry, never a context.
-        let mut context = VClock::new();
-        context.set("n1", 1_000, 1);
-        record.insert(version(&record, &write("w", &context), 9, 4));
-        assert_eq!(counter_floor("n1", &record), 4);
-    }
-
-    #[test]
-    fn messages_round_trip_and_reject_garbage() {
-        let request = StoreRequest { key: b"k".to_vec(), versions: vec![], fresh: None, deadline_ms: 0 };
-        let bytes = encode(&request);
-        let back: StoreRequest = decode(&bytes).unwrap();
-        assert_eq!(back.key, b"k");
-        assert!(decode::<StoreRequest>(&[0xff, 0xff, 0xff]).is_err());
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(decode::<StoreRequest>(&long).is_err());
-    }
-
-    #[test]
-    fn stale_means_missing_a_merged_version() {
-        let mut full = Record::new();
-        full.insert(new_version("n1", 1, &write("a", &VClock::new()), 1, 1));
-        assert!(is_stale(&Record::new(), &full));
-        assert!(!is_stale(&full, &full));
     }
 }
