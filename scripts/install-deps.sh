@@ -30,11 +30,11 @@ if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq iptables
 fi
 # libfaketime runs one node of the clock-skew test with its wall clock ahead
-# (crates/gateway/tests/lifecycle.rs, s4).
+# (crates/cluster-tests/tests/lifecycle.rs, s4).
 if [ "$(id -u)" = 0 ] && [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime
 fi
-# promtool checks the live metrics of both binaries (crates/gateway/tests/observability.rs),
+# promtool checks the live metrics of both binaries (crates/cluster-tests/tests/observability.rs),
 # the alert rules and the dashboard's queries (scripts/check-observability.sh).
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

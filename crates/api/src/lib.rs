@@ -15,6 +15,7 @@
 //! - [`cluster`] — `/cluster/members`, `/cluster/ring`.
 //! - [`context`] — [`context::ContextSealer`]: context tokens with a MAC under the cluster secret.
 //! - [`error`] — [`ApiError`] and its HTTP mapping.
+//! - [`process`] — what a kvnode and a kvgateway both start, once.
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub mod api;
 pub mod cluster;
 pub mod context;
 pub mod error;
+pub mod process;
 
 pub use error::ApiError;
 

@@ -11,6 +11,7 @@ use kv_vclock::{Dot, Versioned};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
+use crate::fanout::{self, Answer};
 use crate::metrics::CoordinatorMetrics;
 use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
@@ -106,7 +107,24 @@ impl WriteIds {
     }
 }
 
-type ReadResult = (Peer, Result<Record, ReplicaError>);
+/// What [`Coordinator::replicate`] stores where.
+struct Replication {
+    key: Vec<u8>,
+    /// The key's new sibling set.
+    versions: Vec<Version>,
+    /// The new version's dot, which the stores vouch for.
+    fresh: Dot,
+    /// The replicas to store on, with their positions in the preference list.
+    targets: Vec<(usize, Peer)>,
+    /// Future owners of a moving range.
+    pending: Vec<Peer>,
+    /// Nodes that keep hints for replicas that miss the write.
+    fallbacks: Vec<Peer>,
+    /// The replica that created the version: the hint keeper of last resort.
+    holder: Peer,
+    /// Replicas known down.
+    down: std::collections::HashSet<String>,
+}
 
 /// A kind of replica call, indexing [`CallMetrics`].
 #[derive(Clone, Copy)]
@@ -236,7 +254,10 @@ impl Coordinator {
         let op = if write.tombstone { "delete" } else { "put" };
         let topology = self.topology();
         let n = self.options.quorum.n;
-        let peers = topology.preference_list(&key, n);
+        // The key is hashed once here: the preference list, the pending owners and the
+        // fallbacks are all found from its ring position.
+        let hash = kv_ring::hash_key(&key);
+        let peers = topology.preference_list_at(hash, n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
@@ -246,84 +267,93 @@ impl Coordinator {
         // hint alone is not a replica's copy, and the replica that creates the version stores
         // it only with the others.
         let mut tally = self.tally(&topology, &peers, need, pw.unwrap_or(0).max(1), op)?;
-        let pending = topology.pending_replicas(&key, n, &peers);
+        let pending = topology.pending_replicas_at(hash, n, &peers);
         let write_id = self.write_ids.next();
 
-        let mut order: Vec<usize> = (0..replicas).collect();
-        let stalled = self.stalled_peers();
-        order.sort_by_key(|&i| {
-            let id = &peers[i].id;
-            (topology.down.contains(id), stalled.contains(id), topology.leaving.contains(id))
-        });
+        let order = self.coordination_order(&topology, &peers);
         let Some((index, response)) = self.create(&peers, order, &key, &write, write_id).await? else {
             return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
-        let fresh = response.created.dot.clone();
-
         // A replica in our own process may have stored it already (it counts, and gets no store).
         let stored_at = response.stored.then_some(index);
         if let Some(index) = stored_at {
             tally.add(&peers[index].id, true);
         }
-        let versions: Vec<Version> = response.record.into_versions();
-        let siblings = versions.len();
-        // One background task per write drives every store and hint (so replication past W
-        // outlives the client's answer); it reports the nodes that acknowledged.
-        let (acks, mut ack_rx) = mpsc::channel(replicas * 2);
-        let holder = peers[index].clone();
-        let fallbacks = topology.fallbacks(&key, n);
-        // Every replica stores the new sibling set, the one that created it too, at once: one
-        // durable write per replica, all in parallel (rule 15).
-        let targets: Vec<(usize, Peer)> =
-            peers.iter().cloned().enumerate().filter(|(i, _)| Some(*i) != stored_at).collect();
-        let down = topology.down.clone();
+        let siblings = response.record.len();
+        let created = response.created_version().cloned().ok_or_else(|| Error::Refused {
+            node: peers[index].id.clone(),
+            message: "the sibling set answered lacks the version created".into(),
+        })?;
+        let job = Replication {
+            versions: response.record.into_versions(),
+            fresh: response.created,
+            // Every replica stores the new sibling set, the one that created it too, at once:
+            // one durable write per replica, all in parallel (rule 15).
+            targets: peers.iter().cloned().enumerate().filter(|(i, _)| Some(*i) != stored_at).collect(),
+            pending,
+            fallbacks: topology.fallbacks_at(hash, n),
+            holder: peers[index].clone(),
+            down: topology.down.clone(),
+            key,
+        };
         let this = self.clone();
-        self.tasks.spawn(async move {
-            let stores = FuturesUnordered::new();
-            let (key, versions, fresh) = (key.as_slice(), versions.as_slice(), &fresh);
-            for (position, peer) in targets {
-                let (this, down, fallbacks, holder, acks) = (&this, &down, &fallbacks, &holder, &acks);
-                stores.push(async move {
-                    // A replica known down is not tried: its store would only wait out the
-                    // timeout (and hold a call slot) before the hint.
-                    if !down.contains(&peer.id) {
-                        let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
-                        let store = this.client.store(&peer, key, versions, Some(fresh), deadline);
-                        if this.call(Op::Store, store).await.is_ok() {
-                            let _ = acks.send((peer.id.clone(), None)).await;
-                            return;
-                        }
-                    }
-                    if !this.options.hinted_handoff {
-                        return;
-                    }
-                    if let Some((by, fallback)) = this.hint(&peer, position, key, versions, fallbacks, holder).await {
-                        let _ = acks.send((by, Some(fallback && this.options.sloppy_quorum))).await;
-                    }
-                });
-            }
-            // Future owners of a moving range get the write too; they do not count toward W.
-            let moving = FuturesUnordered::new();
-            for peer in pending {
-                let this = &this;
-                moving.push(async move {
-                    let deadline = (this.clock)() + this.options.replica_timeout.as_millis() as u64;
-                    let _ = this.call(Op::Store, this.client.store(&peer, key, versions, Some(fresh), deadline)).await;
-                });
-            }
-            futures::join!(stores.collect::<Vec<()>>(), moving.collect::<Vec<()>>());
-        });
-        while !tally.met() {
-            match ack_rx.recv().await {
-                Some((id, None)) => tally.add(&id, true),
-                Some((id, Some(counts))) => tally.add_hint(&id, counts),
-                None => break,
-            }
-        }
+        let mut answers = fanout::spawn(&self.tasks, replicas * 2, |acks| this.replicate(job, acks));
+        fanout::until_met(&mut tally, &mut answers).await;
         if !tally.met() {
             return Err(self.quorum_failure(op, tally.required(), tally.acks(), replicas));
         }
-        Ok(PutOutcome { created: response.created, acked: tally.ids(), replicas, siblings })
+        Ok(PutOutcome { created, acked: tally.ids(), replicas, siblings })
+    }
+
+    /// The order in which `peers` are asked to coordinate a write: normal replicas first, then
+    /// those that left a call unanswered lately, then leaving ones, then those known down.
+    fn coordination_order(&self, topology: &Topology, peers: &[Peer]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..peers.len()).collect();
+        let stalled = self.stalled_peers();
+        order.sort_by_key(|&i| {
+            let id = &peers[i].id;
+            (topology.down.contains(id), stalled.contains(id), topology.leaving.contains(id))
+        });
+        order
+    }
+
+    /// Stores a write's new sibling set on every replica of `job` at once, a hint for each that
+    /// cannot take it, and on the future owners of a moving range (which do not count toward
+    /// W), passing on every acknowledgement. Runs in the background: replication past W
+    /// outlives the client's answer.
+    async fn replicate(self: Arc<Self>, job: Replication, acks: mpsc::Sender<Answer<()>>) {
+        let (key, versions, fresh) = (job.key.as_slice(), job.versions.as_slice(), &job.fresh);
+        let deadline = || (self.clock)() + self.options.replica_timeout.as_millis() as u64;
+        let stores: FuturesUnordered<_> = job
+            .targets
+            .iter()
+            .map(|(position, peer)| async {
+                // A replica known down is not tried: its store would only wait out the
+                // timeout (and hold a call slot) before the hint.
+                if !job.down.contains(&peer.id) {
+                    let store = self.client.store(peer, key, versions, Some(fresh), deadline());
+                    if self.call(Op::Store, store).await.is_ok() {
+                        let _ = acks.send(Answer::Replica(peer.id.clone(), ())).await;
+                        return;
+                    }
+                }
+                if !self.options.hinted_handoff {
+                    return;
+                }
+                let kept = self.hint(peer, *position, key, versions, &job.fallbacks, &job.holder).await;
+                if let Some((by, fallback)) = kept {
+                    let _ = acks.send(Answer::Hint { by, counts: fallback && self.options.sloppy_quorum }).await;
+                }
+            })
+            .collect();
+        let moving: FuturesUnordered<_> = job
+            .pending
+            .iter()
+            .map(|peer| async {
+                let _ = self.call(Op::Store, self.client.store(peer, key, versions, Some(fresh), deadline())).await;
+            })
+            .collect();
+        futures::join!(stores.collect::<Vec<()>>(), moving.collect::<Vec<()>>());
     }
 
     /// Asks the replicas at `order` in `peers`, one at a time, to create the version of
@@ -443,52 +473,55 @@ impl Coordinator {
             Need::Count(required) if !self.options.read_all => required,
             _ => replicas,
         };
-        // One background task per read asks the replicas (one more for each that fails),
-        // passes every answer on, and once all have answered repairs the stale ones.
-        let (results, mut results_rx) = mpsc::channel::<ReadResult>(replicas);
         let this = self.clone();
-        let read_started = (self.clock)();
-        self.tasks.spawn(async move {
-            let key: &[u8] = &key;
-            let read = |peer: Peer| {
-                let this = &this;
-                async move {
-                    let result = this.call(Op::Read, this.client.read(&peer, key)).await;
-                    (peer, result)
-                }
-            };
-            let mut reads: FuturesUnordered<_> = peers[..first_wave].iter().cloned().map(read).collect();
-            let mut next = first_wave;
-            let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
-            while let Some((peer, result)) = reads.next().await {
-                match &result {
-                    Ok(record) => answers.push((peer.clone(), record.clone())),
-                    Err(_) if next < replicas => {
-                        reads.push(read(peers[next].clone()));
-                        next += 1;
-                    }
-                    Err(_) => {}
-                }
-                let _ = results.send((peer, result)).await;
-            }
-            drop(results);
-            let merged = merge_records(answers.iter().map(|(_, r)| r));
-            this.repair(key, answers, merged, read_started).await;
-        });
-        let mut answers: Vec<(Peer, Record)> = Vec::with_capacity(replicas);
-        while !tally.met() {
-            let Some((peer, result)) = results_rx.recv().await else { break };
-            if let Ok(record) = result {
-                tally.add(&peer.id, true);
-                answers.push((peer, record));
-            }
-        }
+        let mut answers = fanout::spawn(&self.tasks, replicas, |answers| this.read(key, peers, first_wave, answers));
+        let answers = fanout::until_met(&mut tally, &mut answers).await;
         if !tally.met() {
             return Err(self.quorum_failure("get", tally.required(), answers.len(), replicas));
         }
         let record = merge_records(answers.iter().map(|(_, r)| r));
-        let answered = answers.into_iter().map(|(p, _)| p.id).collect();
+        let answered = answers.into_iter().map(|(id, _)| id).collect();
         Ok(GetOutcome { record, answered, replicas })
+    }
+
+    /// Reads `key` from the first `first_wave` of `peers` (one more for each that fails),
+    /// passing every answer on; once all have answered, repairs the stale ones. Runs in the
+    /// background: read repair outlives the client's answer.
+    async fn read(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        peers: Vec<Peer>,
+        first_wave: usize,
+        answers: mpsc::Sender<Answer<Record>>,
+    ) {
+        let read_started = (self.clock)();
+        let key: &[u8] = &key;
+        let read = |peer: Peer| {
+            let this = &self;
+            async move {
+                let result = this.call(Op::Read, this.client.read(&peer, key)).await;
+                (peer, result)
+            }
+        };
+        let mut reads: FuturesUnordered<_> = peers[..first_wave].iter().cloned().map(read).collect();
+        let mut next = first_wave;
+        let mut records: Vec<(Peer, Record)> = Vec::with_capacity(peers.len());
+        while let Some((peer, result)) = reads.next().await {
+            match result {
+                Ok(record) => {
+                    let _ = answers.send(Answer::Replica(peer.id.clone(), record.clone())).await;
+                    records.push((peer, record));
+                }
+                Err(_) if next < peers.len() => {
+                    reads.push(read(peers[next].clone()));
+                    next += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        drop(answers);
+        let merged = merge_records(records.iter().map(|(_, r)| r));
+        self.repair(key, records, merged, read_started).await;
     }
 
     /// Tombstone collection for one key (the node's garbage-collection worker calls it; reads

@@ -35,6 +35,8 @@
 //! - [`coordinator`] — [`Coordinator`], [`PutOutcome`], [`GetOutcome`].
 //! - [`topology`] — [`Topology`], [`Peer`], the [`ReplicaClient`] trait.
 //! - [`plan`] — which ranges move on a join, leave or removal, from whom and to whom.
+//! - [`fanout`] — one request's calls to a key's replicas, counted until the quorum is met,
+//!   the rest completed in the background.
 //! - [`batch`] — [`batch::Batcher`]: concurrent calls to one peer coalesced into one request.
 //! - [`quorum`] — [`Quorum`]: N, R, W and per-request values.
 //! - [`metrics`] — [`CoordinatorMetrics`].
@@ -43,6 +45,7 @@
 pub mod batch;
 pub mod coordinator;
 pub mod error;
+pub mod fanout;
 pub mod metrics;
 pub mod plan;
 pub mod quorum;

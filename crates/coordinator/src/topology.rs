@@ -60,7 +60,13 @@ impl Topology {
 
     /// The replicas of `key`, in preference order.
     pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<Peer> {
-        self.ring.preference_list(key, n).into_iter().map(|node| self.peer(&node.id)).collect()
+        self.preference_list_at(kv_ring::hash_key(key), n)
+    }
+
+    /// The replicas of the key at ring position `hash` ([`kv_ring::hash_key`]), in preference
+    /// order: a request hashes its key once and carries the hash.
+    pub fn preference_list_at(&self, hash: u64, n: usize) -> Vec<Peer> {
+        self.ring.preference_list_at(hash, n).into_iter().map(|node| self.peer(&node.id)).collect()
     }
 
     /// The zone of member `id` (empty if unknown).
@@ -71,8 +77,13 @@ impl Topology {
     /// Fallbacks for `key` (sloppy quorum): the members after its first `n` replicas, clockwise
     /// from the key, that are not known down and not leaving, nearest first.
     pub fn fallbacks(&self, key: &[u8], n: usize) -> Vec<Peer> {
+        self.fallbacks_at(kv_ring::hash_key(key), n)
+    }
+
+    /// [`Topology::fallbacks`] of the key at ring position `hash`.
+    pub fn fallbacks_at(&self, hash: u64, n: usize) -> Vec<Peer> {
         self.ring
-            .preference_list(key, self.ring.nodes().len())
+            .preference_list_at(hash, self.ring.nodes().len())
             .into_iter()
             .skip(n)
             .filter(|node| !self.down.contains(&node.id) && !self.leaving.contains(&node.id))
@@ -82,9 +93,14 @@ impl Topology {
 
     /// Replicas of `key` in the pending ring that are not among its current replicas.
     pub fn pending_replicas(&self, key: &[u8], n: usize, current: &[Peer]) -> Vec<Peer> {
+        self.pending_replicas_at(kv_ring::hash_key(key), n, current)
+    }
+
+    /// [`Topology::pending_replicas`] of the key at ring position `hash`.
+    pub fn pending_replicas_at(&self, hash: u64, n: usize, current: &[Peer]) -> Vec<Peer> {
         let Some(pending) = &self.pending else { return Vec::new() };
         pending
-            .preference_list(key, n)
+            .preference_list_at(hash, n)
             .into_iter()
             .filter(|node| !current.iter().any(|p| p.id == node.id))
             .map(|node| self.peer(&node.id))

@@ -20,20 +20,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use kv_api::context::ContextSealer;
-use kv_api::ApiState;
-use kv_coordinator::{Coordinator, CoordinatorMetrics};
-use kv_membership::{GossipDriver, Membership, MembershipMetrics};
-use kv_server::admin::{AdminState, ReadyCheck};
-use kv_server::config::{settings_file, ClusterSettings, ServerSettings};
-use kv_server::http::{layered, HttpMetrics, ListenerOptions};
-use kv_server::listen::{ConnectionMetrics, ListenerTls};
+use kv_api::process::{exit, metric_error, Process};
+use kv_coordinator::Coordinator;
+use kv_membership::{GossipDriver, Membership};
+use kv_server::admin::ReadyCheck;
+use kv_server::config::{load, ClusterSettings, Layered, ServerSettings};
 use kv_server::security::SecuritySettings;
-use kv_server::serve::{bind, cancel_on_signal, init_logging, serve, stop_in_order, Listener, RunError};
-use kv_server::tls::Tls;
-use kv_transport::{HttpReplicaClient, PeerTransport, Signer, TransportOptions, Verifier, VerifyState};
-use kv_worker::{Stage, Supervisor};
-use prometheus::Registry;
+use kv_server::serve::{cancel_on_signal, init_logging, RunError};
+use kv_transport::Verifier;
+use kv_worker::Stage;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -71,33 +66,28 @@ struct Settings {
 }
 
 fn main() -> ExitCode {
-    match start() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Startup(message)) => {
-            eprintln!("kvgateway: error: {message}");
-            ExitCode::from(2)
-        }
-        Err(RunError::Runtime(e)) => {
-            eprintln!("kvgateway: error: {e:#}");
-            ExitCode::from(1)
-        }
+    exit("kvgateway", start())
+}
+
+impl Layered for Settings {
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+
+    fn layer_over(&mut self, lower: &mut Settings) {
+        self.server.layer_over(&mut lower.server);
+        self.cluster.layer_over(&mut lower.cluster);
+        self.security.layer_over(&mut lower.security);
+        kv_server::layer!(self, lower, zone);
     }
 }
 
 fn start() -> Result<(), RunError> {
-    let mut settings = Settings::parse();
-    let mut file_zone = None;
-    if let Some(path) = settings.config.clone() {
-        let mut file: Settings = settings_file(&path).map_err(RunError::Startup)?;
-        settings.server.layer_over(&mut file.server);
-        settings.cluster.layer_over(&mut file.cluster);
-        settings.security.layer_over(&mut file.security);
-        file_zone = file.zone;
-    }
+    let settings = load::<Settings>().map_err(RunError::Startup)?;
     let server = settings.server.validate(DEFAULT_LISTEN, DEFAULT_ADMIN_LISTEN).map_err(RunError::Startup)?;
     let mut cluster = settings.cluster.validate().map_err(RunError::Startup)?;
     let security = settings.security.validate().map_err(RunError::Startup)?;
-    let zone = settings.zone.or(file_zone).unwrap_or_else(|| "default".to_owned());
+    let zone = settings.zone.unwrap_or_else(|| "default".to_owned());
     kv_membership::validate_node_id(&zone).map_err(|e| RunError::Startup(format!("--zone: {e}")))?;
     cluster.coordinator.zone = zone;
     if cluster.seeds.is_empty() {
@@ -108,46 +98,32 @@ fn start() -> Result<(), RunError> {
     init_logging(server.log_format);
     let runtime = server.runtime().map_err(|e| RunError::Startup(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
-        let registry = Registry::new();
-        let metric_error = |e: prometheus::Error| RunError::Startup(format!("metrics: {e}"));
-        let coordinator_metrics = CoordinatorMetrics::register(&registry).map_err(metric_error)?;
-        kv_server::admin::register_process(&registry, "kvgateway").map_err(metric_error)?;
-        let http_metrics = HttpMetrics::register(&registry).map_err(metric_error)?;
-        let membership_metrics =
-            MembershipMetrics::register(&registry, cluster.coordinator.quorum.n).map_err(metric_error)?;
-        let supervisor = Supervisor::with_metrics(&registry).map_err(metric_error)?;
-        let connection_metrics = ConnectionMetrics::register(&registry).map_err(metric_error)?;
-        kv_server::serve::raise_fd_limit(2 * server.limits.max_connections as u64 + 2048);
-        if security.secrets.is_insecure() {
-            tracing::warn!("--insecure: no cluster secret; this gateway's calls to nodes are not authenticated");
-        }
-        let signer = Signer::new(&security.secrets);
-        let contexts = Arc::new(ContextSealer::new(&security.secrets));
-        let tls = security.tls.as_ref().map(Tls::load).transpose().map_err(RunError::Startup)?.map(Arc::new);
-        let (membership, _) =
-            Membership::new(None, None, cluster.suspect_after, Some(membership_metrics), cluster.expect_nodes)
-                .map_err(RunError::Startup)?;
+        let process = Process::start(
+            "kvgateway",
+            &cluster,
+            &security,
+            2 * server.limits.max_connections as u64 + 2048,
+            "this gateway's calls to nodes are not authenticated",
+        )?;
+        let (membership, _) = Membership::new(
+            None,
+            None,
+            cluster.suspect_after,
+            Some(process.membership_metrics.clone()),
+            cluster.expect_nodes,
+        )
+        .map_err(RunError::Startup)?;
         // Measured, never fenced: a gateway stamps no version and judges no age.
-        membership.enable_clock(None, Some(kv_membership::ClockMetrics::register(&registry).map_err(metric_error)?));
-        let options = TransportOptions {
-            timeout: cluster.coordinator.replica_timeout,
-            max_in_flight: cluster.max_replica_calls.get(),
-            signer: signer.clone(),
-            local_address: Some(server.listen.ip()).filter(|ip| !ip.is_unspecified()),
-            tls: tls.as_ref().map(|t| t.client_config()),
-            pool_idle: server.limits.idle_timeout / 2,
-            gate: None,
-            on_not_member: None,
-        };
-        let transport = PeerTransport::new(options, Some(&registry)).map_err(RunError::Startup)?;
-        let client = Arc::new(HttpReplicaClient::new(
-            transport.clone(),
-            supervisor.clone(),
-            cluster.batch_limits(),
-            Some(coordinator_metrics.batch_calls.clone()),
-        ));
-        let coordinator =
-            Coordinator::new(client, membership.subscribe(), cluster.coordinator.clone(), coordinator_metrics);
+        let clock_metrics = kv_membership::ClockMetrics::register(&process.registry).map_err(metric_error)?;
+        membership.enable_clock(None, Some(clock_metrics));
+        let transport = process.transport(&cluster, &server, server.listen.ip(), None, None)?;
+        let client = process.replica_client(&transport, &cluster);
+        let coordinator = Coordinator::new(
+            client,
+            membership.subscribe(),
+            cluster.coordinator.clone(),
+            process.coordinator_metrics.clone(),
+        );
         let gossip = GossipDriver::new(
             membership.clone(),
             cluster.seeds.clone(),
@@ -155,21 +131,9 @@ fn start() -> Result<(), RunError> {
             cluster.gossip_fanout,
             transport.clone(),
         );
-        supervisor.spawn(Stage::Membership, gossip);
-        let on_secrets = {
-            let (signer, contexts) = (signer.clone(), contexts.clone());
-            Box::new(move |secrets: &kv_transport::Secrets| {
-                signer.reload(secrets);
-                contexts.reload(secrets);
-            })
-        };
-        kv_server::reload::spawn_reloaders(&supervisor, &security, on_secrets, tls.as_ref(), &transport);
-        let api = Arc::new(ApiState {
-            max_value_bytes: server.max_value_bytes,
-            coordinator: coordinator.clone(),
-            membership: membership.clone(),
-            contexts,
-        });
+        process.supervisor.spawn(Stage::Membership, gossip);
+        process.spawn_reloaders(&security, &transport);
+        let api = process.api(&server, &coordinator, &membership);
         let serving = Arc::new(AtomicBool::new(true));
         let ready: ReadyCheck = {
             let membership = membership.clone();
@@ -183,51 +147,20 @@ fn start() -> Result<(), RunError> {
                 Ok(())
             })
         };
-        let admin_state = AdminState {
-            registry: registry.clone(),
-            supervisor: supervisor.clone(),
-            serving: serving.clone(),
-            ready,
-            on_scrape: None,
-            id: "gateway".into(),
+        let check = if security.secrets.is_insecure() {
+            None
+        } else {
+            let metrics = kv_transport::AuthMetrics::register(&process.registry).map_err(metric_error)?;
+            let verifier = Arc::new(Verifier::new(&process.signer, security.max_skew));
+            let names = Arc::new(vec!["gateway".to_owned()]);
+            let every = kv_transport::verify::every as kv_transport::BoundCheck;
+            let body_limit = kv_api::process::ADMIN_BODY_LIMIT;
+            Some(Process::verify_state(&verifier, &names, "admin", "/admin/", every, body_limit, &metrics))
         };
-        let mut admin = kv_server::admin::router(admin_state).merge(kv_api::cluster_router(api.clone()));
-        let mut admin_options = ListenerOptions::bodies(64 * 1024);
-        if !security.secrets.is_insecure() {
-            let auth_metrics = kv_transport::AuthMetrics::register(&registry).map_err(metric_error)?;
-            let check = VerifyState {
-                verifier: Arc::new(Verifier::new(&signer, security.max_skew)),
-                body_limit: 64 * 1024,
-                names: Arc::new(vec!["gateway".into()]),
-                bound: kv_transport::verify::every,
-                metrics: Some(auth_metrics),
-                listener: "admin",
-                prefix: "/admin/",
-            };
-            admin_options.precheck = Some(kv_transport::verify::precheck_fn(check.clone()));
-            admin = kv_transport::verify::guard(admin, check);
-        }
-        let (client, client_precheck) =
-            kv_server::tokens::protect(kv_api::client_router(api), &security, &registry).map_err(metric_error)?;
-        let client_options = ListenerOptions {
-            too_large_code: "value_too_large",
-            precheck: client_precheck,
-            ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
-        };
-        let listener_tls = || tls.clone().map(|tls| ListenerTls { tls, peer: false });
+        let admin_state = process.admin_state(&serving, ready, None, "gateway".into());
         let listeners = vec![
-            Listener {
-                name: "client",
-                socket: bind("--listen", server.listen).await?,
-                router: layered(client, "client", &server, &http_metrics, client_options),
-                tls: listener_tls(),
-            },
-            Listener {
-                name: "admin",
-                socket: bind("--admin-listen", server.admin_listen).await?,
-                router: layered(admin, "admin", &server, &http_metrics, admin_options),
-                tls: listener_tls(),
-            },
+            process.client_listener(&server, &security, api.clone()).await?,
+            process.admin_listener(&server, admin_state, api, None, check, kv_transport::verify::precheck_fn).await?,
         ];
         tracing::info!(
             listen = %server.listen, admin_listen = %server.admin_listen, seeds = ?cluster.seeds,
@@ -235,9 +168,7 @@ fn start() -> Result<(), RunError> {
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let deadline =
-            serve(listeners, serving, shutdown, server.shutdown_timeout, server.limits, connection_metrics).await?;
-        stop_in_order(&supervisor, &coordinator, deadline).await;
+        process.serve(listeners, serving, shutdown, &server, &coordinator).await?;
         tracing::info!("shutdown complete");
         Ok(())
     })

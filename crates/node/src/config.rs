@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use kv_membership::validate_node_id;
-use kv_server::config::{
-    duration_setting, parse_addr, settings_file, ClusterConfig, ClusterSettings, ServerConfig, ServerSettings,
-};
+use kv_server::config::{duration_setting, parse_addr, ClusterConfig, ClusterSettings, ServerConfig, ServerSettings};
 use kv_server::layer;
 use kv_server::security::{SecurityConfig, SecuritySettings};
 use kv_storage::{Compression, EngineKind, SyncMode};
@@ -185,19 +183,12 @@ pub struct Config {
     pub siblings: kv_replica::replica::SiblingLimits,
 }
 
-impl Settings {
-    /// Parses flags and environment, then fills gaps from the `--config` file.
-    pub fn load() -> Result<Settings, String> {
-        let mut settings = Settings::parse();
-        if let Some(path) = settings.config.clone() {
-            let mut file: Settings = settings_file(&path)?;
-            settings.layer_over(&mut file);
-        }
-        Ok(settings)
+impl kv_server::config::Layered for Settings {
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone()
     }
 
-    /// Fills every unset field of `self` from `lower`.
-    pub fn layer_over(&mut self, lower: &mut Settings) {
+    fn layer_over(&mut self, lower: &mut Settings) {
         layer!(
             self,
             lower,
@@ -227,7 +218,9 @@ impl Settings {
         self.cluster.layer_over(&mut lower.cluster);
         self.security.layer_over(&mut lower.security);
     }
+}
 
+impl Settings {
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, String> {
         if let Some(id) = &self.node_id {
@@ -420,7 +413,7 @@ pub fn engine_dir(data_dir: &Path, engine: EngineKind) -> Result<PathBuf, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kv_server::config::parse_duration;
+    use kv_server::config::{parse_duration, settings_file, Layered};
     use std::time::Duration;
 
     /// Settings with `--insecure` (no secret needed) and nothing else set.

@@ -15,7 +15,7 @@
 //! As a replica it answers replica calls over its storage engine ([`kv_replica`],
 //! [`kv_storage`]). Members find each other by gossip ([`kv_membership`]); a new node streams in
 //! the ranges it gains, a leaving one hands its ranges off, and the ranges of a removed one are
-//! re-replicated ([`rebalance`], over the pure plans of [`kv_coordinator::plan`]).
+//! re-replicated ([`workers::rebalance`], over the pure plans of [`kv_coordinator::plan`]).
 //!
 //! The stateless `kvgateway` (crate `kv-gateway`) serves the same client API from the same
 //! crates without this one: it links no storage.
@@ -27,17 +27,19 @@
 //! Ctrl-C the node reports not ready, stops accepting, drains in-flight requests, stops the
 //! upkeep workers, lets background replication and read repair finish, stops the batchers and
 //! then gossip, all within `--shutdown-timeout` counted from the signal, syncs storage and
-//! exits 0 ([`server`]).
+//! exits 0 ([`start`]).
 //!
 //! # Layout
 //! - [`config`] — flags, environment and file, validated.
 //! - [`internal`] — the replica API for other nodes (peer listener).
 //! - [`admin`] — `/admin/local/{key}`, `/admin/keys`, `/admin/leave`, `/admin/remove/{id}`.
-//! - [`rebalance`] — streaming ranges on join, leave and removal; dropping lost ranges.
+//! - [`workers`] — the background workers (rebalancing, hints, anti-entropy, tombstone
+//!   collection, ownership) and their metrics.
 //! - [`replica`] — local reads, stores and write coordination off the async workers.
 //! - [`peer_client`] — the coordinator's replica client (local shortcut, else the transport).
 //! - [`metrics`] — the node's own metrics.
-//! - [`server`] — start-up, serving and graceful shutdown.
+//! - [`start`] — start-up (the object graph, the workers, the listeners), serving and
+//!   graceful shutdown.
 
 use std::sync::Arc;
 
@@ -49,16 +51,13 @@ use kv_replica::ownership::Ownership;
 use kv_transport::VerifyState;
 
 pub mod admin;
-pub mod antientropy;
 pub mod config;
-pub mod gc;
-pub mod hints;
 pub mod internal;
 pub mod metrics;
 pub mod peer_client;
-pub mod rebalance;
 pub mod replica;
-pub mod server;
+pub mod start;
+pub mod workers;
 
 /// What the peer and admin handlers of a node read.
 pub struct NodeState {
@@ -73,7 +72,7 @@ pub struct NodeState {
     /// Merkle trees of the segments it holds.
     pub trees: Arc<kv_replica::RangeTrees>,
     /// Asks the anti-entropy worker for a round now.
-    pub repair: tokio::sync::mpsc::Sender<antientropy::RepairRequest>,
+    pub repair: tokio::sync::mpsc::Sender<workers::antientropy::RepairRequest>,
     /// Seals context tokens (shown by `/admin/local`).
     pub contexts: Arc<kv_api::context::ContextSealer>,
 }

@@ -273,7 +273,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     let replies: Vec<Reply> = decode(&response.bytes().unwrap()).unwrap();
     assert_eq!(replies.len(), calls.len());
     let first = match &replies[0] {
-        Reply::Coordinated(c) if c.created.value == b"v" => c.clone(),
+        Reply::Coordinated(c) if c.created_version().unwrap().value == b"v" => c.clone(),
         other => panic!("{other:?}"),
     };
     assert!(matches!(&replies[1], Reply::Refused(Refusal::Malformed(_))), "empty key fails alone: {:?}", replies[1]);
@@ -289,7 +289,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
         Call::Store(StoreRequest {
             key: b"a".to_vec(),
             versions: c.record.versions().to_vec(),
-            fresh: Some(c.created.dot.clone()),
+            fresh: Some(c.created.clone()),
             deadline_ms: 0,
         })
     };
@@ -317,7 +317,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     });
     let replies: Vec<Reply> = decode(&post(&[again, late]).bytes().unwrap()).unwrap();
     assert!(
-        matches!(&replies[0], Reply::Coordinated(c) if c.created.value == b"v" && c.record.len() == 2),
+        matches!(&replies[0], Reply::Coordinated(c) if c.created_version().unwrap().value == b"v" && c.record.len() == 2),
         "{replies:?}"
     );
     assert!(matches!(&replies[1], Reply::Refused(Refusal::TooLate(_))), "{replies:?}");

@@ -151,15 +151,24 @@ pub struct Ticket {
 /// Answer to a coordinate call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordinateResponse {
-    /// The replica's whole sibling set after the write: what the coordinator replicates.
+    /// The replica's whole sibling set after the write: what the coordinator replicates. It
+    /// holds the created version: the value crosses the wire once.
     pub record: Record,
-    /// The version this write created (or the identical one it reused).
-    pub created: Version,
+    /// The dot of the version this write created (or of the identical one it reused), which
+    /// `record` holds.
+    pub created: Dot,
     /// Whether the replica stored `record` durably too: only a front in the replica's own
     /// process asks for that (its answer cannot be lost on the way); a remote coordinate call
     /// stores nothing (rule 15 of docs/consistency.md).
     #[serde(default)]
     pub stored: bool,
+}
+
+impl CoordinateResponse {
+    /// The version created, from the sibling set.
+    pub fn created_version(&self) -> Option<&Version> {
+        self.record.versions().iter().find(|v| v.dot == self.created)
+    }
 }
 
 /// A [`Call::Store`]: merge versions into a replica.
@@ -288,6 +297,9 @@ impl Reply {
         match self {
             Reply::Coordinated(mut response) => {
                 response.record = Siblings::from_versions(response.record.into_versions());
+                if response.created_version().is_none() {
+                    return Err(ReplicaError::Decode("the sibling set answered lacks the version created".into()));
+                }
                 Ok(response)
             }
             other => Err(other.unexpected("coordinate")),

@@ -2,7 +2,7 @@
 //! the replicas share.
 
 use kv_types::{Record, Version};
-use kv_vclock::{Dot, Siblings, VClock, Versioned, DEFAULT_MAX_ENTRIES};
+use kv_vclock::{Dot, Siblings, Versioned, DEFAULT_MAX_ENTRIES};
 
 use crate::Write;
 
@@ -28,22 +28,19 @@ pub fn counter_floor(actor: &str, current: &Record) -> u64 {
 }
 
 /// The version a write coordinated by `actor` creates, with the dot counter the store issued.
-pub fn new_version(actor: &str, counter: u64, write: &Write, write_id: u128, now_ms: u64) -> Version {
+/// It takes the write's value and content type over (no copy).
+pub fn new_version(actor: &str, counter: u64, write: Write, write_id: u128, now_ms: u64) -> Version {
+    let mut context = write.context;
+    context.prune(DEFAULT_MAX_ENTRIES, None);
     Version {
         dot: Dot { node: actor.to_owned(), counter, timestamp: now_ms },
-        context: pruned_context(write),
-        value: write.value.clone(),
-        content_type: write.content_type.clone(),
+        context,
+        value: write.value,
+        content_type: write.content_type,
         tombstone: write.tombstone,
         written_at: now_ms,
         write_id,
     }
-}
-
-fn pruned_context(write: &Write) -> VClock {
-    let mut context = write.context.clone();
-    context.prune(DEFAULT_MAX_ENTRIES, None);
-    context
 }
 
 /// Whether `replica` lacks something `merged` has (a stale or missing replica to repair).
@@ -64,13 +61,14 @@ pub fn merge_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Recor
 mod tests {
     use super::*;
     use crate::{decode, encode, StoreRequest};
+    use kv_vclock::VClock;
 
     fn write(value: &str, context: &VClock) -> Write {
         Write { value: value.into(), content_type: "text/plain".into(), context: context.clone(), tombstone: false }
     }
 
     fn version(record: &Record, write: &Write, write_id: u128, counter: u64) -> Version {
-        reusable(record, write_id).unwrap_or_else(|| new_version("n1", counter, write, write_id, 1))
+        reusable(record, write_id).unwrap_or_else(|| new_version("n1", counter, write.clone(), write_id, 1))
     }
 
     #[test]
@@ -106,7 +104,7 @@ mod tests {
     #[test]
     fn stale_means_missing_a_merged_version() {
         let mut full = Record::new();
-        full.insert(new_version("n1", 1, &write("a", &VClock::new()), 1, 1));
+        full.insert(new_version("n1", 1, write("a", &VClock::new()), 1, 1));
         assert!(is_stale(&Record::new(), &full));
         assert!(!is_stale(&full, &full));
     }

@@ -513,7 +513,7 @@ impl ReplicaCore {
                 if let Reply::Coordinated(response) = &reply {
                     indexes.push(i);
                     keys.push(key);
-                    payloads.push(Some((response.record.versions().to_vec(), Some(response.created.dot.clone()))));
+                    payloads.push(Some((response.record.versions().to_vec(), Some(response.created.clone()))));
                     created.push((i, reply));
                 } else {
                     replies[i] = Some(reply);
@@ -621,20 +621,18 @@ impl ReplicaCore {
         let (version, issued_now) = match reusable(&current, c.ticket.write_id) {
             Some(same) => (same, false),
             None => match self.engine.issue_counter(counter_floor(&actor, &current)) {
-                Ok(counter) => (new_version(&actor, counter, &c.write, c.ticket.write_id, now_ms), true),
+                Ok(counter) => (new_version(&actor, counter, c.write, c.ticket.write_id, now_ms), true),
                 Err(e) => return storage_failed(&e),
             },
         };
-        let mut next = current.clone();
-        next.insert(version.clone());
         let value_bytes = |s: &Record| s.versions().iter().map(|v| v.value.len()).sum::<usize>();
-        let (bytes, held) = (value_bytes(&next), value_bytes(&current));
-        let refusal = if next.len() > self.siblings.max && next.len() > current.len() {
-            Some(format!(
-                "the key holds {} siblings, the most allowed (--max-siblings {})",
-                current.len(),
-                self.siblings.max
-            ))
+        let (held, holds) = (value_bytes(&current), current.len());
+        let mut next = current;
+        let created = version.dot.clone();
+        next.insert(version);
+        let bytes = value_bytes(&next);
+        let refusal = if next.len() > self.siblings.max && next.len() > holds {
+            Some(format!("the key holds {holds} siblings, the most allowed (--max-siblings {})", self.siblings.max))
         } else if bytes > self.siblings.max_bytes && bytes > held {
             Some(format!(
                 "the key's siblings would hold {bytes} bytes of values, more than the {} allowed \
@@ -652,9 +650,9 @@ impl ReplicaCore {
             self.sibling_warning(&c.key, next.len(), now_ms);
         }
         if issued_now {
-            issued.keys.entry(c.key).or_default().push((version.dot.counter, now_ms));
+            issued.keys.entry(c.key).or_default().push((created.counter, now_ms));
         }
-        Reply::Coordinated(CoordinateResponse { record: next, created: version, stored: false })
+        Reply::Coordinated(CoordinateResponse { record: next, created, stored: false })
     }
 
     /// Applies a batch's stores with one durability wait, and answers each.
@@ -958,7 +956,7 @@ mod tests {
         let key = call.key().to_vec();
         let reply = core.execute(vec![call], 1).remove(0);
         if let Reply::Coordinated(c) = &reply {
-            let stored = core.execute(vec![store(&key, c.record.versions().to_vec(), Some(c.created.dot.clone()))], 1);
+            let stored = core.execute(vec![store(&key, c.record.versions().to_vec(), Some(c.created.clone()))], 1);
             assert!(matches!(stored[0], Reply::Stored), "{stored:?}");
         }
         reply
@@ -990,7 +988,7 @@ mod tests {
         assert!(matches!(coordinate_and_store(&core, blind(b"other", 3)), Reply::Coordinated(_)));
         // Once the first version is stored here (in the same batch, before the call), the key
         // coordinates again, and its set holds the first version.
-        let batch = vec![store(b"k", first.record.versions().to_vec(), Some(first.created.dot.clone())), call(4)];
+        let batch = vec![store(b"k", first.record.versions().to_vec(), Some(first.created.clone())), call(4)];
         let replies = core.execute(batch, 1);
         assert!(matches!(&replies[1], Reply::Coordinated(c) if c.record.len() == 2), "{replies:?}");
         assert_eq!(core.outstanding_keys(), 1, "the second write's dot is outstanding now");
@@ -1008,7 +1006,7 @@ mod tests {
         // covers none of the old one's.
         let replies = core.execute(vec![call(3)], 1_002);
         assert!(
-            matches!(&replies[0], Reply::Coordinated(c) if *c.created.dot.node == *format!("{before}.1")),
+            matches!(&replies[0], Reply::Coordinated(c) if *c.created.node == *format!("{before}.1")),
             "{replies:?}"
         );
         assert_eq!(core.engine().identity().epoch, 1);
@@ -1100,17 +1098,17 @@ mod tests {
             })
         };
         let first = match coordinate_and_store(&core, coordinate(b"a", "x", 1)) {
-            Reply::Coordinated(c) => c.created.dot.counter,
+            Reply::Coordinated(c) => c.created.counter,
             other => panic!("{other:?}"),
         };
         // Another key, and the same key after its record is gone: counters keep rising.
         let second = match coordinate_and_store(&core, coordinate(b"b", "y", 2)) {
-            Reply::Coordinated(c) => c.created.dot.counter,
+            Reply::Coordinated(c) => c.created.counter,
             other => panic!("{other:?}"),
         };
         core.engine().remove(&[b"a".to_vec()]).unwrap();
         let third = match coordinate_and_store(&core, coordinate(b"a", "z", 3)) {
-            Reply::Coordinated(c) => c.created.dot.counter,
+            Reply::Coordinated(c) => c.created.counter,
             other => panic!("{other:?}"),
         };
         assert!(first < second && second < third, "{first} {second} {third}");

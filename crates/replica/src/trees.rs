@@ -78,8 +78,7 @@ pub struct RangeTrees {
 }
 
 impl Observer for RangeTrees {
-    fn changed(&self, key: &[u8], old: &Record, new: &Record) {
-        let hash = kv_ring::hash_key(key);
+    fn changed(&self, key: &[u8], hash: u64, old: &Record, new: &Record) {
         let mut trees = self.trees.lock();
         if let Some((_, tree)) = trees.range_mut(..=hash).next_back() {
             tree.update(hash, record_digest(key, old), record_digest(key, new));

@@ -234,6 +234,24 @@ macro_rules! layer {
     };
 }
 
+/// A binary's settings: flags and `KV_*` environment variables layered over a `--config` file.
+pub trait Layered: clap::Parser + DeserializeOwned {
+    /// The `--config` file, if any.
+    fn config_file(&self) -> Option<std::path::PathBuf>;
+    /// Fills every unset field of `self` from `lower`.
+    fn layer_over(&mut self, lower: &mut Self);
+}
+
+/// Parses flags and environment, then fills gaps from the `--config` file.
+pub fn load<T: Layered>() -> Result<T, String> {
+    let mut settings = T::parse();
+    if let Some(path) = settings.config_file() {
+        let mut file: T = settings_file(&path)?;
+        settings.layer_over(&mut file);
+    }
+    Ok(settings)
+}
+
 /// Reads a TOML settings file for the command `T`, refusing keys that are not among `T`'s long
 /// flags (a typo must stop the process, not be ignored).
 pub fn settings_file<T: DeserializeOwned + CommandFactory>(path: &Path) -> Result<T, String> {

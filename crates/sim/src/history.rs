@@ -348,6 +348,16 @@ impl History {
     }
 }
 
+/// The `i`th key the clients share.
+pub fn key(i: usize) -> Vec<u8> {
+    format!("k{i}").into_bytes()
+}
+
+/// The index of a key made by [`key`].
+pub fn key_index(key: &[u8]) -> Option<usize> {
+    std::str::from_utf8(key).ok()?.strip_prefix('k')?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

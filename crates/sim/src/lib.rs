@@ -37,14 +37,19 @@
 //!
 //! # Layout
 //! - [`rng`] — [`rng::Rng`], the one source of randomness.
-//! - [`world`] — nodes, the network, faults and membership changes.
+//! - [`world`] — nodes and their clocks (`world`), the network and the fronts' view of it
+//!   (`world::network`), hints and anti-entropy (`world::repair`), membership changes
+//!   (`world::changes`), stores that break a rule (`world::mutant`).
+//! - [`mutation`] — [`Mutation`], the rules the checker can break on purpose.
 //! - [`history`] — what clients did and saw, and the checks.
 //! - [`run`] — [`run_history`]: one seeded history, start to verdict.
 
 pub mod history;
+pub mod mutation;
 pub mod rng;
 pub mod run;
 pub mod world;
 
 pub use history::Counts;
-pub use run::{run_history, run_late_drop, run_regained_range, run_skewed_drop, Config, Mutation, Report};
+pub use mutation::Mutation;
+pub use run::{run_history, run_late_drop, run_regained_range, run_skewed_drop, Config, Report};

@@ -182,8 +182,9 @@ pub trait Engine: Send + Sync {
 
 /// Told of every change to a record ([`Engine::observe`]).
 pub trait Observer: Send + Sync {
-    /// `key` changed from `old` to `new` (an empty record: the key is gone).
-    fn changed(&self, key: &[u8], old: &Record, new: &Record);
+    /// `key`, at ring position `hash`, changed from `old` to `new` (an empty record: the key
+    /// is gone).
+    fn changed(&self, key: &[u8], hash: u64, old: &Record, new: &Record);
 }
 
 /// Which backend stores the bytes.
@@ -305,6 +306,11 @@ pub fn storage_key(key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&kv_ring::hash_key(key).to_be_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// The ring hash a storage key starts with (the key is hashed once per operation).
+pub fn storage_hash(storage_key: &[u8]) -> u64 {
+    storage_key.get(..8).and_then(|h| h.try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// The user key inside a storage key; `None` when it is too short to hold the hash.

@@ -13,8 +13,8 @@ use crate::identity::DotCounter;
 use crate::metrics::StorageMetrics;
 use crate::version::{decode, encode};
 use crate::{
-    meta_key, storage_key, user_key, Compression, Engine, EngineKind, Identity, Record, Result, SyncMode, Version,
-    RESERVED_KEY_MAX,
+    meta_key, storage_hash, storage_key, user_key, Compression, Engine, EngineKind, Identity, Record, Result, SyncMode,
+    Version, RESERVED_KEY_MAX,
 };
 
 /// Number of lock stripes. Two keys share a lock with probability 1/4096, which costs only a
@@ -97,7 +97,8 @@ impl Store {
     /// Under the key's lock: read, replace with what `apply` returns, write if it changed.
     fn apply_one(&self, key: &[u8], apply: &mut dyn FnMut(&Record) -> Record) -> Result<(Record, u64)> {
         let skey = storage_key(key);
-        let _guard = self.locks[stripe(key)].lock();
+        let hash = storage_hash(&skey);
+        let _guard = self.locks[hash as usize % LOCK_STRIPES].lock();
         let current = self.read(&skey)?;
         let merged = apply(&current);
         if merged == current {
@@ -107,21 +108,16 @@ impl Store {
         } else {
             let _applying = self.applying.read();
             self.backend.put(&skey, &encode(&merged, self.compression))?;
-            self.changed(key, &current, &merged);
+            self.changed(key, hash, &current, &merged);
             Ok((merged, self.commit.written()))
         }
     }
 
-    fn changed(&self, key: &[u8], old: &Record, new: &Record) {
+    fn changed(&self, key: &[u8], hash: u64, old: &Record, new: &Record) {
         if let Some(observer) = self.observer.get() {
-            observer.changed(key, old, new);
+            observer.changed(key, hash, old, new);
         }
     }
-}
-
-/// The lock stripe of `key`.
-fn stripe(key: &[u8]) -> usize {
-    (kv_ring::hash_key(key) as usize) % LOCK_STRIPES
 }
 
 impl Engine for Store {
@@ -220,7 +216,8 @@ impl Engine for Store {
         self.timed("purge", || {
             self.commit.check()?;
             let skey = storage_key(key);
-            let _guard = self.locks[stripe(key)].lock();
+            let hash = storage_hash(&skey);
+            let _guard = self.locks[hash as usize % LOCK_STRIPES].lock();
             let current = self.read(&skey)?;
             let exact = !current.is_empty()
                 && current.len() == dots.len()
@@ -228,7 +225,7 @@ impl Engine for Store {
             if exact {
                 let _applying = self.applying.read();
                 self.backend.delete(&skey)?;
-                self.changed(key, &current, &Siblings::new());
+                self.changed(key, hash, &current, &Siblings::new());
             }
             Ok(exact)
         })
@@ -241,7 +238,8 @@ impl Engine for Store {
             let mut ticket = 0;
             for key in keys {
                 let skey = storage_key(key);
-                let _guard = self.locks[stripe(key)].lock();
+                let hash = storage_hash(&skey);
+                let _guard = self.locks[hash as usize % LOCK_STRIPES].lock();
                 if let Some(bytes) = self.backend.get(&skey)? {
                     // Decoded before the delete: a record that cannot be decoded stays, rather
                     // than vanish unreported to the observer.
@@ -249,7 +247,7 @@ impl Engine for Store {
                     let _applying = self.applying.read();
                     self.backend.delete(&skey)?;
                     if let Some(old) = old {
-                        self.changed(key, &old, &Siblings::new());
+                        self.changed(key, hash, &old, &Siblings::new());
                     }
                     removed += 1;
                     ticket = self.commit.written();

@@ -480,7 +480,7 @@ impl Rebalancer {
     /// Merges into our store everything `source` holds of `lo..=hi` that we lack, as a full copy
     /// would, but moving only what differs: for each segment of the current ring that overlaps
     /// the range (the source keeps a tree per segment), a tree of our store over the segment is
-    /// built now and compared with the source's ([`crate::antientropy::differing_buckets`]),
+    /// built now and compared with the source's ([`crate::workers::antientropy::differing_buckets`]),
     /// and of each differing bucket the part inside `lo..=hi` is copied. A bucket whose trees
     /// are equal holds the same versions on both sides (our store loses a version in a range it
     /// fills only to one that supersedes it: no purge happens while a replica fills). Segments the source cannot compare (no complete
@@ -507,11 +507,12 @@ impl Rebalancer {
         .map_err(|e| CopyError::Failed(e.to_string()))?
         .map_err(|e| CopyError::Failed(e.to_string()))?;
         let tree = |a: u64, b: u64| trees.get(&a).filter(|t| *t.range().end() == b);
-        let found = crate::antientropy::differing_buckets(&*self.client, source, &segs, |a, b, level, indices| {
-            tree(a, b).map(|t| t.values(level, indices))
-        })
-        .await
-        .map_err(CopyError::Failed)?;
+        let found =
+            crate::workers::antientropy::differing_buckets(&*self.client, source, &segs, |a, b, level, indices| {
+                tree(a, b).map(|t| t.values(level, indices))
+            })
+            .await
+            .map_err(CopyError::Failed)?;
         tracing::debug!(
             source = %source.id, segments = segs.len(), unanswered = found.unanswered.len(),
             buckets = found.buckets.len(), "fill: merged a further copy by Merkle comparison"

@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::workers::metrics::HintMetrics;
 use kv_coordinator::plan::hand_off;
 use kv_coordinator::{now_ms, Coordinator, Peer, RangeClient, ReplicaError, Topology};
 use kv_gossip::Status;
@@ -38,7 +39,6 @@ use kv_proto::{Refusal, StoreBatchRequest};
 use kv_storage::{Hint, HintStore};
 use kv_transport::HttpReplicaClient;
 use kv_worker::{Worker, WorkerState};
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// Hinted-handoff settings.
@@ -50,44 +50,6 @@ pub struct HintOptions {
     pub replicas: usize,
     /// Tombstone grace (ms): a hint holding a version older than half of it is not delivered.
     pub grace_ms: u64,
-}
-
-/// Hinted-handoff metrics.
-#[derive(Clone)]
-pub struct HintMetrics {
-    pending: IntGaugeVec,
-    pending_bytes: IntGaugeVec,
-    oldest: IntGaugeVec,
-    delivered: IntCounter,
-    dropped: IntCounterVec,
-}
-
-impl HintMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = HintMetrics {
-            pending: IntGaugeVec::new(Opts::new("kv_hints_pending", "Hints kept for a target"), &["target"])?,
-            pending_bytes: IntGaugeVec::new(
-                Opts::new("kv_hints_pending_bytes", "Encoded bytes of hints kept for a target"),
-                &["target"],
-            )?,
-            oldest: IntGaugeVec::new(
-                Opts::new("kv_hints_oldest_seconds", "Age of the oldest hint kept for a target"),
-                &["target"],
-            )?,
-            delivered: IntCounter::new("kv_hints_delivered_total", "Hints merged by their owner and deleted")?,
-            dropped: IntCounterVec::new(
-                Opts::new("kv_hints_dropped_total", "Hints dropped undelivered, by reason (expired, too_old)"),
-                &["reason"],
-            )?,
-        };
-        registry.register(Box::new(m.pending.clone()))?;
-        registry.register(Box::new(m.pending_bytes.clone()))?;
-        registry.register(Box::new(m.oldest.clone()))?;
-        registry.register(Box::new(m.delivered.clone()))?;
-        registry.register(Box::new(m.dropped.clone()))?;
-        Ok(m)
-    }
 }
 
 /// Hints sent to a target in one request.

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::workers::metrics::GcMetrics;
 use futures::stream::{self, StreamExt};
 use kv_coordinator::{now_ms, Coordinator};
 use kv_membership::Membership;
 use kv_replica::trees::segments;
 use kv_replica::ReplicaCore;
 use kv_worker::{Worker, WorkerState};
-use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
 
 /// Keys collected at once (each waits two replica timeouts between its reads).
@@ -26,32 +26,6 @@ const CONCURRENCY: usize = 64;
 
 /// Records read per page while looking for candidates.
 const PAGE: usize = 4096;
-
-/// Collector metrics.
-#[derive(Clone)]
-pub struct GcMetrics {
-    rounds: IntCounter,
-    candidates: IntCounter,
-    collected: IntCounter,
-}
-
-impl GcMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = GcMetrics {
-            rounds: IntCounter::new("kv_gc_rounds_total", "Tombstone collection passes")?,
-            candidates: IntCounter::new(
-                "kv_gc_candidates_total",
-                "Keys found holding only tombstones older than the grace",
-            )?,
-            collected: IntCounter::new("kv_gc_keys_collected_total", "Keys purged from every replica")?,
-        };
-        registry.register(Box::new(m.rounds.clone()))?;
-        registry.register(Box::new(m.candidates.clone()))?;
-        registry.register(Box::new(m.collected.clone()))?;
-        Ok(m)
-    }
-}
 
 /// Worker: tombstone garbage collection.
 pub struct TombstoneCollector {

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::workers::metrics::RepairMetrics;
 use kv_coordinator::{Peer, RangeClient, Topology};
 use kv_membership::Membership;
 use kv_merkle::FANOUT;
@@ -30,7 +31,6 @@ use kv_replica::trees::{segments, TREE_DEPTH};
 use kv_replica::{RangeTrees, ReplicaCore};
 use kv_transport::HttpReplicaClient;
 use kv_worker::{Worker, WorkerState};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -76,44 +76,6 @@ pub struct AntiEntropyOptions {
     /// How long after it began reading a bucket an exchange's stores may still be applied, on
     /// either side (one replica timeout: rule 8 of docs/consistency.md).
     pub store_deadline: Duration,
-}
-
-/// Anti-entropy metrics.
-#[derive(Clone)]
-pub struct RepairMetrics {
-    rounds: IntCounter,
-    keys: IntCounterVec,
-    bytes: IntCounterVec,
-    oldest_sync: IntGauge,
-    segments: IntGauge,
-}
-
-impl RepairMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = RepairMetrics {
-            rounds: IntCounter::new("kv_repair_rounds_total", "Anti-entropy rounds run")?,
-            keys: IntCounterVec::new(
-                Opts::new("kv_repair_keys_total", "Keys repaired by anti-entropy, by direction (in, out)"),
-                &["direction"],
-            )?,
-            bytes: IntCounterVec::new(
-                Opts::new("kv_repair_bytes_total", "Record bytes moved by anti-entropy, by direction (in, out)"),
-                &["direction"],
-            )?,
-            oldest_sync: IntGauge::new(
-                "kv_repair_oldest_sync_seconds",
-                "Seconds since the segment least recently found in sync with every other replica was",
-            )?,
-            segments: IntGauge::new("kv_repair_segments", "Segments this node holds completely and keeps trees for")?,
-        };
-        registry.register(Box::new(m.rounds.clone()))?;
-        registry.register(Box::new(m.keys.clone()))?;
-        registry.register(Box::new(m.bytes.clone()))?;
-        registry.register(Box::new(m.oldest_sync.clone()))?;
-        registry.register(Box::new(m.segments.clone()))?;
-        Ok(m)
-    }
 }
 
 /// A request for a round now, answered with its report.
