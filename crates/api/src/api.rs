@@ -55,8 +55,9 @@ pub async fn put(
         return Err(ApiError::TooLarge { limit: state.max_value_bytes });
     }
     let write = Write {
-        // Copy: keeping the request's `Bytes` would pin hyper's read buffer.
-        value: body.to_vec(),
+        // The value's one copy on its way to the replicas (docs/architecture.md, "The critical
+        // path of a write"): keeping the request's `Bytes` would pin hyper's read buffer.
+        value: Bytes::copy_from_slice(&body),
         content_type: content_type(&headers)?,
         context: context(&state, &key, &headers)?,
         tombstone: false,
@@ -106,7 +107,7 @@ pub async fn delete(
         Some(_) => context(&state, &key, &headers)?,
         None => state.coordinator.get(key.clone(), None).await?.record.context(),
     };
-    let write = Write { value: Vec::new(), content_type: String::new(), context, tombstone: true };
+    let write = Write { value: Bytes::new(), content_type: String::new(), context, tombstone: true };
     let outcome = state.coordinator.put_with(key.clone(), write, w, count(pw)).await?;
     Ok(written(&key, outcome, &state.contexts))
 }

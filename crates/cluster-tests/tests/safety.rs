@@ -649,13 +649,13 @@ fn s7d_a_joining_node_does_not_coordinate() {
         statuses(joiner).get("n4").map(String::as_str) == Some("joining")
     });
     let write = Write {
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         content_type: "text/plain".into(),
         context: kv_vclock::VClock::new(),
         tombstone: false,
     };
     let ticket = Ticket { write_id: 1, deadline_ms: kv_coordinator::now_ms() + 60_000 };
-    let calls = vec![Call::Coordinate(CoordinateRequest { key: b"k".to_vec(), write, ticket })];
+    let calls = vec![Call::Coordinate(CoordinateRequest::new(b"k".to_vec(), write, ticket))];
     let body = encode(&calls);
     let response = client()
         .post(joiner.url(BATCH_PATH))

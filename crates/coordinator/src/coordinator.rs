@@ -280,12 +280,19 @@ impl Coordinator {
             tally.add(&peers[index].id, true);
         }
         let siblings = response.record.len();
-        let created = response.created_version().cloned().ok_or_else(|| Error::Refused {
-            node: peers[index].id.clone(),
-            message: "the sibling set answered lacks the version created".into(),
-        })?;
+        // The replica created the version without its value (a coordinate call carries only its
+        // length): the value is put in here, shared, not copied.
+        let mut versions = response.record.into_versions();
+        let Some(created) = versions.iter_mut().find(|v| v.dot == response.created) else {
+            let message = "the sibling set answered lacks the version created".into();
+            return Err(Error::Refused { node: peers[index].id.clone(), message });
+        };
+        if created.value.len() != write.value.len() {
+            created.value = write.value.clone();
+        }
+        let created = created.clone();
         let job = Replication {
-            versions: response.record.into_versions(),
+            versions,
             fresh: response.created,
             // Every replica stores the new sibling set, the one that created it too, at once:
             // one durable write per replica, all in parallel (rule 15).

@@ -187,7 +187,7 @@ impl<T: CallPeer> ReplicaClient for T {
         ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest { key: key.to_vec(), write: write.clone(), ticket: *ticket });
+            let call = Call::Coordinate(CoordinateRequest::new(key.to_vec(), write.clone(), *ticket));
             self.call(peer, call).await?.into_coordinated()
         })
     }

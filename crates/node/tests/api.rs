@@ -252,28 +252,30 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
             .unwrap()
     };
     let write = Write {
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         content_type: "text/plain".into(),
         context: kv_vclock::VClock::new(),
         tombstone: false,
     };
     let calls = [
-        Call::Coordinate(CoordinateRequest { key: b"a".to_vec(), write: write.clone(), ticket: ticket(1) }),
+        Call::Coordinate(CoordinateRequest::new(b"a".to_vec(), write.clone(), ticket(1))),
         Call::Read(ReadRequest { key: Vec::new() }),
         Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new(), fresh: None, deadline_ms: 0 }),
-        Call::Coordinate(CoordinateRequest {
-            key: b"a".to_vec(),
-            write: Write { value: b"w".to_vec(), ..write.clone() },
-            ticket: ticket(2),
-        }),
+        Call::Coordinate(CoordinateRequest::new(
+            b"a".to_vec(),
+            Write { value: b"w".to_vec().into(), ..write.clone() },
+            ticket(2),
+        )),
         Call::Read(ReadRequest { key: b"a".to_vec() }),
     ];
     let response = post(&calls);
     assert_eq!(response.status(), StatusCode::OK);
     let replies: Vec<Reply> = decode(&response.bytes().unwrap()).unwrap();
     assert_eq!(replies.len(), calls.len());
+    // The value stays with the front: the call carried its length, the version comes back
+    // without it, and the front puts it in before it stores the set.
     let first = match &replies[0] {
-        Reply::Coordinated(c) if c.created_version().unwrap().value == b"v" => c.clone(),
+        Reply::Coordinated(c) if c.created_version().is_some_and(|v| v.value.is_empty()) => c.clone(),
         other => panic!("{other:?}"),
     };
     assert!(matches!(&replies[1], Reply::Refused(Refusal::Malformed(_))), "empty key fails alone: {:?}", replies[1]);
@@ -285,39 +287,36 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     assert!(matches!(&replies[4], Reply::Read(versions) if versions.is_empty()), "{:?}", replies[4]);
     // The front's store of the set, then the second write in the same batch: two blind writes
     // through one node are siblings.
-    let store = |c: &kv_proto::CoordinateResponse| {
-        Call::Store(StoreRequest {
-            key: b"a".to_vec(),
-            versions: c.record.versions().to_vec(),
-            fresh: Some(c.created.clone()),
-            deadline_ms: 0,
-        })
+    let store = |c: &kv_proto::CoordinateResponse, value: &'static [u8]| {
+        let mut versions = c.record.versions().to_vec();
+        versions.iter_mut().filter(|v| v.dot == c.created).for_each(|v| v.value = value.into());
+        Call::Store(StoreRequest { key: b"a".to_vec(), versions, fresh: Some(c.created.clone()), deadline_ms: 0 })
     };
-    let replies: Vec<Reply> = decode(&post(&[store(&first), calls[3].clone()]).bytes().unwrap()).unwrap();
+    let replies: Vec<Reply> = decode(&post(&[store(&first, b"v"), calls[3].clone()]).bytes().unwrap()).unwrap();
     assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
     let second = match &replies[1] {
         Reply::Coordinated(c) if c.record.len() == 2 => c.clone(),
         other => panic!("{other:?}"),
     };
-    let replies: Vec<Reply> = decode(&post(&[store(&second)]).bytes().unwrap()).unwrap();
+    let replies: Vec<Reply> = decode(&post(&[store(&second, b"w")]).bytes().unwrap()).unwrap();
     assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
     let replies: Vec<Reply> = decode(&post(&calls[4..]).bytes().unwrap()).unwrap();
     assert!(matches!(&replies[..], [Reply::Read(versions)] if versions.len() == 2), "{replies:?}");
-    // The same write again (a front's retry, same write id) reuses its version; a write whose
-    // deadline passed is not applied.
-    let again = Call::Coordinate(CoordinateRequest {
-        key: b"a".to_vec(),
-        write: Write { value: b"different".to_vec(), ..write.clone() },
-        ticket: ticket(1),
-    });
-    let late = Call::Coordinate(CoordinateRequest {
-        key: b"a".to_vec(),
-        write: Write { value: b"late".to_vec(), ..write.clone() },
-        ticket: Ticket { write_id: 3, deadline_ms: kv_coordinator::now_ms() - 1 },
-    });
+    // The same write again (a front's retry, same write id) reuses its version, value and all
+    // (it is stored here now); a write whose deadline passed is not applied.
+    let again = Call::Coordinate(CoordinateRequest::new(
+        b"a".to_vec(),
+        Write { value: b"different".to_vec().into(), ..write.clone() },
+        ticket(1),
+    ));
+    let late = Call::Coordinate(CoordinateRequest::new(
+        b"a".to_vec(),
+        Write { value: b"late".to_vec().into(), ..write.clone() },
+        Ticket { write_id: 3, deadline_ms: kv_coordinator::now_ms() - 1 },
+    ));
     let replies: Vec<Reply> = decode(&post(&[again, late]).bytes().unwrap()).unwrap();
     assert!(
-        matches!(&replies[0], Reply::Coordinated(c) if c.created_version().unwrap().value == b"v" && c.record.len() == 2),
+        matches!(&replies[0], Reply::Coordinated(c) if c.created_version().unwrap().value == b"v"[..] && c.record.len() == 2),
         "{replies:?}"
     );
     assert!(matches!(&replies[1], Reply::Refused(Refusal::TooLate(_))), "{replies:?}");

@@ -112,11 +112,12 @@ pub struct StoreBatchRequest {
     pub deadline_ms: u64,
 }
 
-/// A client's write, as the coordinator forwards it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A client's write, as the coordinator forwards it. It crosses the wire only inside a
+/// [`CoordinateRequest`], without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
-    /// The value (empty for a delete).
-    pub value: Vec<u8>,
+    /// The value (empty for a delete), shared with the versions made of it.
+    pub value: bytes::Bytes,
     /// Its Content-Type.
     pub content_type: String,
     /// What the client had read; empty for a blind write.
@@ -126,14 +127,49 @@ pub struct Write {
 }
 
 /// A [`Call::Coordinate`]: create a version from a client's write.
+///
+/// The value stays with the front: a coordinating replica stores nothing (rule 15 of
+/// docs/consistency.md), so it needs only the value's length (for the sibling limits), and the
+/// front puts its own copy of the value into the version it stores everywhere. On the wire the
+/// write travels without its value ([`write_without_value`]); in the replica's own process (the
+/// front beside it coordinates and stores in one step) it is whole.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoordinateRequest {
     /// The key.
     pub key: Vec<u8>,
-    /// The write.
+    /// The write; its value is empty on a replica that got the call over the wire.
+    #[serde(with = "write_without_value")]
     pub write: Write,
     /// Which client write this is, and until when it may be applied.
     pub ticket: Ticket,
+    /// The value's length in bytes.
+    pub value_len: u64,
+}
+
+impl CoordinateRequest {
+    /// The call that asks a replica to create the version of `write` to `key`.
+    pub fn new(key: Vec<u8>, write: Write, ticket: Ticket) -> CoordinateRequest {
+        let value_len = write.value.len() as u64;
+        CoordinateRequest { key, write, ticket, value_len }
+    }
+}
+
+/// How a [`CoordinateRequest`]'s write travels: everything but the value.
+pub mod write_without_value {
+    use super::Write;
+    use kv_vclock::VClock;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes the content type, context and tombstone flag.
+    pub fn serialize<S: Serializer>(write: &Write, serializer: S) -> Result<S::Ok, S::Error> {
+        (&write.content_type, &write.context, write.tombstone).serialize(serializer)
+    }
+
+    /// Reads them back, with an empty value.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Write, D::Error> {
+        let (content_type, context, tombstone) = <(String, VClock, bool)>::deserialize(deserializer)?;
+        Ok(Write { value: bytes::Bytes::new(), content_type, context, tombstone })
+    }
 }
 
 /// The identity and deadline of one client write, as its front sends it to a coordinating
@@ -250,7 +286,7 @@ impl Call {
     /// key and values, plus [`CALL_OVERHEAD`] per version for dots, clocks and content types.
     pub fn weight(&self) -> usize {
         let values = match self {
-            Call::Coordinate(c) => c.write.value.len() + CALL_OVERHEAD,
+            Call::Coordinate(_) => CALL_OVERHEAD,
             Call::Store(c) => c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum(),
             Call::Hint(c) => c.target.len() + c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum::<usize>(),
             Call::Read(_) | Call::Purge(_) => 0,

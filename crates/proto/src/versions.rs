@@ -64,7 +64,12 @@ mod tests {
     use kv_vclock::VClock;
 
     fn write(value: &str, context: &VClock) -> Write {
-        Write { value: value.into(), content_type: "text/plain".into(), context: context.clone(), tombstone: false }
+        Write {
+            value: value.as_bytes().to_vec().into(),
+            content_type: "text/plain".into(),
+            context: context.clone(),
+            tombstone: false,
+        }
     }
 
     fn version(record: &Record, write: &Write, write_id: u128, counter: u64) -> Version {

@@ -575,6 +575,7 @@ impl ReplicaCore {
     /// every version of ours that may exist (rule 4). Runs under the lock of the outstanding
     /// dots, so a store that accounts for one is seen by the next coordination of its key.
     fn coordinate(&self, c: CoordinateRequest, now_ms: u64) -> Reply {
+        let value_len = c.value_len;
         let mut issued = self.issued.lock();
         if issued.closed {
             return self.misdirected("coordinating: this node is stopping").into();
@@ -627,10 +628,12 @@ impl ReplicaCore {
         };
         let value_bytes = |s: &Record| s.versions().iter().map(|v| v.value.len()).sum::<usize>();
         let (held, holds) = (value_bytes(&current), current.len());
+        // A call over the wire carries the value's length, not the value (the front keeps it).
+        let left_at_front = usize::try_from(value_len).unwrap_or(usize::MAX).saturating_sub(version.value.len());
         let mut next = current;
         let created = version.dot.clone();
         next.insert(version);
-        let bytes = value_bytes(&next);
+        let bytes = value_bytes(&next).saturating_add(left_at_front);
         let refusal = if next.len() > self.siblings.max && next.len() > holds {
             Some(format!("the key holds {holds} siblings, the most allowed (--max-siblings {})", self.siblings.max))
         } else if bytes > self.siblings.max_bytes && bytes > held {
@@ -877,7 +880,7 @@ mod tests {
         Version {
             dot: Dot { node: actor.into(), counter, timestamp: written_at },
             context: clock,
-            value: if tombstone { Vec::new() } else { b"v".to_vec() },
+            value: if tombstone { Vec::new() } else { b"v".to_vec() }.into(),
             content_type: "t".into(),
             tombstone,
             written_at,
@@ -937,12 +940,13 @@ mod tests {
         assert!(outside.store_stream(vec![(b"k".to_vec(), Vec::new())]).is_err());
         // Filling: writes and streams are accepted, reads, scans, purges and coordination are not.
         let filling = core(true, true);
-        let write = Write { value: b"v".to_vec(), content_type: "t".into(), context: VClock::new(), tombstone: false };
-        let coordinate = Call::Coordinate(CoordinateRequest {
-            key: b"k".to_vec(),
+        let write =
+            Write { value: b"v".to_vec().into(), content_type: "t".into(), context: VClock::new(), tombstone: false };
+        let coordinate = Call::Coordinate(CoordinateRequest::new(
+            b"k".to_vec(),
             write,
-            ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
-        });
+            Ticket { write_id: 1, deadline_ms: u64::MAX },
+        ));
         let replies = filling.execute(vec![read, purge, coordinate, store(b"k", Vec::new(), None)], 1);
         assert!(replies[..3].iter().all(|r| matches!(r, Reply::Refused(Refusal::NotOwner(_)))), "{replies:?}");
         assert!(matches!(replies[3], Reply::Stored));
@@ -964,11 +968,11 @@ mod tests {
 
     /// A client's blind write of `key` with write id `id` and no deadline, as a coordinate call.
     fn blind(key: &[u8], id: u128) -> Call {
-        Call::Coordinate(CoordinateRequest {
-            key: key.to_vec(),
-            write: Write { value: b"v".to_vec(), content_type: "t".into(), context: VClock::new(), tombstone: false },
-            ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
-        })
+        Call::Coordinate(CoordinateRequest::new(
+            key.to_vec(),
+            Write { value: b"v".to_vec().into(), content_type: "t".into(), context: VClock::new(), tombstone: false },
+            Ticket { write_id: id, deadline_ms: u64::MAX },
+        ))
     }
 
     #[test]
@@ -1025,11 +1029,11 @@ mod tests {
     fn a_client_write_past_the_sibling_cap_is_refused_and_stores_never_are() {
         let core = core(true, false).with_sibling_limits(SiblingLimits { max: 3, warn: 2, max_bytes: 1 << 20 });
         let blind = |value: &str, id: u128, context: VClock| {
-            Call::Coordinate(CoordinateRequest {
-                key: b"k".to_vec(),
-                write: Write { value: value.into(), content_type: "t".into(), context, tombstone: false },
-                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
-            })
+            Call::Coordinate(CoordinateRequest::new(
+                b"k".to_vec(),
+                Write { value: value.as_bytes().to_vec().into(), content_type: "t".into(), context, tombstone: false },
+                Ticket { write_id: id, deadline_ms: u64::MAX },
+            ))
         };
         for id in 1..=3 {
             assert!(matches!(coordinate_and_store(&core, blind("v", id, VClock::new())), Reply::Coordinated(_)));
@@ -1071,12 +1075,12 @@ mod tests {
         let core = core(true, false);
         let mut context = VClock::new();
         context.set(&core.actor(), 1_000_000, 1);
-        let write = Write { value: b"v".to_vec(), content_type: "t".into(), context, tombstone: false };
-        let call = Call::Coordinate(CoordinateRequest {
-            key: b"k".to_vec(),
+        let write = Write { value: b"v".to_vec().into(), content_type: "t".into(), context, tombstone: false };
+        let call = Call::Coordinate(CoordinateRequest::new(
+            b"k".to_vec(),
             write,
-            ticket: Ticket { write_id: 1, deadline_ms: u64::MAX },
-        });
+            Ticket { write_id: 1, deadline_ms: u64::MAX },
+        ));
         let replies = core.execute(vec![call], 1);
         assert!(matches!(&replies[0], Reply::Refused(Refusal::ImpossibleContext(_))), "{replies:?}");
     }
@@ -1085,17 +1089,17 @@ mod tests {
     fn dots_come_from_the_store_counter_not_from_the_key() {
         let core = core(true, false);
         let write = |value: &str| Write {
-            value: value.into(),
+            value: value.as_bytes().to_vec().into(),
             content_type: "t".into(),
             context: VClock::new(),
             tombstone: false,
         };
         let coordinate = |key: &[u8], value: &str, id: u128| {
-            Call::Coordinate(CoordinateRequest {
-                key: key.to_vec(),
-                write: write(value),
-                ticket: Ticket { write_id: id, deadline_ms: u64::MAX },
-            })
+            Call::Coordinate(CoordinateRequest::new(
+                key.to_vec(),
+                write(value),
+                Ticket { write_id: id, deadline_ms: u64::MAX },
+            ))
         };
         let first = match coordinate_and_store(&core, coordinate(b"a", "x", 1)) {
             Reply::Coordinated(c) => c.created.counter,

@@ -127,7 +127,7 @@ fn setup(grace: Duration) -> (Arc<SimCluster>, Arc<Coordinator>, Vec<String>) {
 }
 
 fn write(value: &str, context: VClock) -> Write {
-    Write { value: value.into(), content_type: "text/plain".into(), context, tombstone: false }
+    Write { value: value.as_bytes().to_vec().into(), content_type: "text/plain".into(), context, tombstone: false }
 }
 
 fn holders(cluster: &SimCluster, key: &[u8]) -> Vec<usize> {

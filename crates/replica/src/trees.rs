@@ -192,7 +192,7 @@ mod tests {
         Version {
             dot: Dot { node: node.into(), counter, timestamp: 1 },
             context: VClock::new(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             content_type: "t".into(),
             tombstone: false,
             written_at: 1,

@@ -502,7 +502,7 @@ async fn write(
 ) {
     let started = world.now_ms();
     let index = world.history(|h| h.begin_write(tag.clone(), key, tombstone, saw, w, started));
-    let value = if tombstone { Vec::new() } else { tag.clone().into_bytes() };
+    let value = if tombstone { Vec::new() } else { tag.clone().into_bytes() }.into();
     let write = Write { value, content_type: tag, context, tombstone };
     match front.put(crate::run::key(key), write, Some(w)).await {
         Ok(outcome) => {

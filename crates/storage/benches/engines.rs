@@ -28,7 +28,7 @@ fn version(counter: u64, value: Vec<u8>) -> Version {
     Version {
         dot: Dot { node: "bench".into(), counter, timestamp: counter },
         context: VClock::new(),
-        value,
+        value: value.into(),
         content_type: "application/octet-stream".into(),
         tombstone: false,
         written_at: counter,

@@ -107,7 +107,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record> {
         versions.push(Version {
             dot: s.dot,
             context: s.context,
-            value,
+            value: value.into(),
             content_type: s.content_type,
             tombstone: s.tombstone,
             written_at: s.written_at,
@@ -146,7 +146,7 @@ mod tests {
         Version {
             dot: Dot { node: "n1".into(), counter: 1, timestamp: 7 },
             context: VClock::new(),
-            value: value.to_vec(),
+            value: value.to_vec().into(),
             content_type: "text/plain".into(),
             tombstone: false,
             written_at: 7,
@@ -173,7 +173,7 @@ mod tests {
             dot: v.dot.clone(),
             context: v.context.clone(),
             codec: 0,
-            value: v.value.clone(),
+            value: v.value.to_vec(),
             content_type: v.content_type.clone(),
             tombstone: false,
             written_at: 7,

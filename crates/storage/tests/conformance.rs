@@ -46,7 +46,7 @@ fn coordinate(engine: &dyn Engine, key: &[u8], node: &str, context: &VClock, val
             vec![Version {
                 dot: Dot { node: node.into(), counter, timestamp: counter },
                 context: context.clone(),
-                value: value.clone(),
+                value: value.clone().into(),
                 content_type: "application/octet-stream".into(),
                 tombstone,
                 written_at: 1,
@@ -57,7 +57,7 @@ fn coordinate(engine: &dyn Engine, key: &[u8], node: &str, context: &VClock, val
 }
 
 fn values(record: &Record) -> BTreeSet<Vec<u8>> {
-    record.versions().iter().map(|v| v.value.clone()).collect()
+    record.versions().iter().map(|v| v.value.to_vec()).collect()
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn put_versions_drops_only_obsolete_versions() {
         let v2 = Version {
             dot: Dot { node: "n2".into(), counter: 1, timestamp: 2 },
             context: v1.clock(),
-            value: b"v2".to_vec(),
+            value: b"v2".to_vec().into(),
             ..v1.clone()
         };
         let merged = engine.put_versions(b"k", vec![v2.clone()]).unwrap();
@@ -115,7 +115,7 @@ fn put_versions_drops_only_obsolete_versions() {
         let v3 = Version {
             dot: Dot { node: "n3".into(), counter: 1, timestamp: 3 },
             context: VClock::new(),
-            value: b"v3".to_vec(),
+            value: b"v3".to_vec().into(),
             ..v2
         };
         assert_eq!(engine.put_versions(b"k", vec![v3]).unwrap().len(), 2, "{kind}");
@@ -156,7 +156,7 @@ fn put_batch_merges_every_key() {
         let theirs = |value: &str| Version {
             dot: Dot { node: "n2".into(), counter: 1, timestamp: 1 },
             context: VClock::new(),
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec().into(),
             content_type: "text/plain".into(),
             tombstone: false,
             written_at: 1,
@@ -182,7 +182,7 @@ fn update_many_builds_each_key_in_order_and_sees_earlier_writes() {
             next.insert(Version {
                 dot: Dot { node: "n1".into(), counter, timestamp: counter },
                 context: VClock::new(),
-                value: format!("batch{i}").into_bytes(),
+                value: format!("batch{i}").into_bytes().into(),
                 content_type: "text/plain".into(),
                 tombstone: false,
                 written_at: 1,
@@ -346,7 +346,7 @@ fn hint(key: &str, value: &[u8], created_ms: u64) -> kv_storage::Hint {
         versions: vec![Version {
             dot: Dot { node: "n1".into(), counter: 1, timestamp: 1 },
             context: VClock::new(),
-            value: value.to_vec(),
+            value: value.to_vec().into(),
             content_type: "text/plain".into(),
             tombstone: false,
             written_at: created_ms,

@@ -19,8 +19,9 @@ pub struct Version {
     pub dot: Dot,
     /// What its writer had read; see [`kv_vclock`] for why this is kept apart from the dot.
     pub context: VClock,
-    /// The value bytes; empty for a tombstone.
-    pub value: Vec<u8>,
+    /// The value bytes; empty for a tombstone. Shared, not copied, as the version moves from
+    /// the client's request to the replicas' stores.
+    pub value: bytes::Bytes,
     /// The Content-Type the client sent, echoed on reads.
     pub content_type: String,
     /// Whether this version records a delete.

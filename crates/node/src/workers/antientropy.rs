@@ -528,7 +528,7 @@ mod tests {
         kv_storage::Version {
             dot: Dot { node: actor.into(), counter, timestamp: 1 },
             context: clock,
-            value: if tombstone { Vec::new() } else { b"v".to_vec() },
+            value: if tombstone { Vec::new() } else { b"v".to_vec() }.into(),
             content_type: "t".into(),
             tombstone,
             written_at: 1,

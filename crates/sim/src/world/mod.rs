@@ -465,7 +465,17 @@ impl World {
     }
 }
 
-/// A record as the checker sees it.
+/// A record as the checker sees it: each version by its write's tag (its content type). A
+/// value is its tag's bytes: a version whose value is not (lost or mixed up on the way) is seen
+/// under another name, so the write it should hold counts as lost.
 pub fn seen(record: &Record) -> Vec<Seen> {
-    record.versions().iter().map(|v| (v.content_type.clone(), v.tombstone)).collect()
+    record
+        .versions()
+        .iter()
+        .map(|v| {
+            let intact = v.tombstone || v.value == v.content_type.as_bytes();
+            let tag = if intact { v.content_type.clone() } else { format!("{} with a wrong value", v.content_type) };
+            (tag, v.tombstone)
+        })
+        .collect()
 }
