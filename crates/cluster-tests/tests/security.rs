@@ -67,7 +67,7 @@ fn unsigned_wrongly_signed_altered_replayed_and_misdirected_requests_are_refused
     let cluster = Cluster::start(3, 0, &[]);
     let n1 = &cluster.nodes[0];
     let c = client();
-    let read = encode(&vec![Call::Read(ReadRequest { key: b"k".to_vec() })]);
+    let read = encode(&vec![Call::Read(ReadRequest::new(b"k".to_vec()))]);
     let post = |signature: Option<&str>, body: &[u8]| {
         let mut request = c.post(n1.url(BATCH_PATH)).body(body.to_vec());
         if let Some(signature) = signature {
@@ -381,7 +381,7 @@ fn the_signature_is_checked_before_the_body_and_a_misdirected_request_is_not_rec
     stream.write_all(big.as_bytes()).unwrap();
     assert_eq!(status_within(&mut stream, Duration::from_secs(3)), Some(413), "gossip bodies are small");
     // Signed for n2, sent to n1 first: refused there, and still taken by n2.
-    let read = encode(&vec![Call::Read(ReadRequest { key: b"k".to_vec() })]);
+    let read = encode(&vec![Call::Read(ReadRequest::new(b"k".to_vec()))]);
     let for_n2 = sign_peer(n2, BATCH_PATH, &read);
     let c = client();
     let at_n1 = c.post(n1.url(BATCH_PATH)).header(SIGNATURE_HEADER, &for_n2).body(read.clone()).send().unwrap();

@@ -272,7 +272,7 @@ mod tests {
     }
 
     fn read(key: &str) -> Call {
-        Call::Read(ReadRequest { key: key.as_bytes().to_vec() })
+        Call::Read(ReadRequest::new(key.as_bytes().to_vec()))
     }
 
     /// A peer that takes 10 ms per batch and answers each read with one version-less reply

@@ -17,7 +17,7 @@ use crate::quorum::{Need, Tally};
 use crate::topology::{Peer, ReplicaClient, Topology};
 use crate::{Error, Quorum, ReplicaError};
 use kv_proto::{is_stale, merge_records, Ticket, Write};
-use kv_proto::{CoordinateResponse, Refusal};
+use kv_proto::{CoordinateResponse, KeyRef, Refusal};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -110,6 +110,8 @@ impl WriteIds {
 /// What [`Coordinator::replicate`] stores where.
 struct Replication {
     key: Vec<u8>,
+    /// The key's ring hash.
+    hash: u64,
     /// The key's new sibling set.
     versions: Vec<Version>,
     /// The new version's dot, which the stores vouch for.
@@ -271,7 +273,9 @@ impl Coordinator {
         let write_id = self.write_ids.next();
 
         let order = self.coordination_order(&topology, &peers);
-        let Some((index, response)) = self.create(&peers, order, &key, &write, write_id).await? else {
+        let Some((index, response)) =
+            self.create(&peers, order, KeyRef { bytes: &key, hash }, &write, write_id).await?
+        else {
             return Err(self.quorum_failure(op, tally.required(), 0, replicas));
         };
         // A replica in our own process may have stored it already (it counts, and gets no store).
@@ -302,6 +306,7 @@ impl Coordinator {
             holder: peers[index].clone(),
             down: topology.down.clone(),
             key,
+            hash,
         };
         let this = self.clone();
         let mut answers = fanout::spawn(&self.tasks, replicas * 2, |acks| this.replicate(job, acks));
@@ -329,7 +334,8 @@ impl Coordinator {
     /// W), passing on every acknowledgement. Runs in the background: replication past W
     /// outlives the client's answer.
     async fn replicate(self: Arc<Self>, job: Replication, acks: mpsc::Sender<Answer<()>>) {
-        let (key, versions, fresh) = (job.key.as_slice(), job.versions.as_slice(), &job.fresh);
+        let key = KeyRef { bytes: &job.key, hash: job.hash };
+        let (versions, fresh) = (job.versions.as_slice(), &job.fresh);
         let deadline = || (self.clock)() + self.options.replica_timeout.as_millis() as u64;
         let stores: FuturesUnordered<_> = job
             .targets
@@ -347,7 +353,7 @@ impl Coordinator {
                 if !self.options.hinted_handoff {
                     return;
                 }
-                let kept = self.hint(peer, *position, key, versions, &job.fallbacks, &job.holder).await;
+                let kept = self.hint(peer, *position, key.bytes, versions, &job.fallbacks, &job.holder).await;
                 if let Some((by, fallback)) = kept {
                     let _ = acks.send(Answer::Hint { by, counts: fallback && self.options.sloppy_quorum }).await;
                 }
@@ -373,7 +379,7 @@ impl Coordinator {
         &self,
         peers: &[Peer],
         mut order: Vec<usize>,
-        key: &[u8],
+        key: KeyRef<'_>,
         write: &Write,
         write_id: u128,
     ) -> Result<Option<(usize, CoordinateResponse)>, Error> {
@@ -468,7 +474,8 @@ impl Coordinator {
     /// background.
     pub async fn get_with(self: &Arc<Self>, key: Vec<u8>, r: Option<Need>) -> Result<GetOutcome, Error> {
         let topology = self.topology();
-        let peers = topology.preference_list(&key, self.options.quorum.n);
+        let hash = kv_ring::hash_key(&key);
+        let peers = topology.preference_list_at(hash, self.options.quorum.n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
@@ -481,7 +488,8 @@ impl Coordinator {
             _ => replicas,
         };
         let this = self.clone();
-        let mut answers = fanout::spawn(&self.tasks, replicas, |answers| this.read(key, peers, first_wave, answers));
+        let mut answers =
+            fanout::spawn(&self.tasks, replicas, |answers| this.read(key, hash, peers, first_wave, answers));
         let answers = fanout::until_met(&mut tally, &mut answers).await;
         if !tally.met() {
             return Err(self.quorum_failure("get", tally.required(), answers.len(), replicas));
@@ -497,12 +505,13 @@ impl Coordinator {
     async fn read(
         self: Arc<Self>,
         key: Vec<u8>,
+        hash: u64,
         peers: Vec<Peer>,
         first_wave: usize,
         answers: mpsc::Sender<Answer<Record>>,
     ) {
         let read_started = (self.clock)();
-        let key: &[u8] = &key;
+        let key = KeyRef { bytes: &key, hash };
         let read = |peer: Peer| {
             let this = &self;
             async move {
@@ -544,6 +553,7 @@ impl Coordinator {
     /// within one more (its deadline), so after two timeouts it has landed while the tombstone
     /// was still everywhere to supersede it, or it is dropped.
     pub async fn collect(self: &Arc<Self>, key: &[u8]) -> Result<bool, Error> {
+        let key = KeyRef::new(key);
         let Some((dots, peers)) = self.settled_tombstones(key, true).await? else { return Ok(false) };
         tokio::time::sleep(self.options.replica_timeout * 2 + self.options.max_clock_skew).await;
         // The same replicas, holding the same tombstones: those read are the ones purged.
@@ -565,7 +575,7 @@ impl Coordinator {
     /// a key whose hint was dropped undelivered, so that its replicas agree without waiting for
     /// anti-entropy.
     pub async fn read_repair(self: &Arc<Self>, key: &[u8]) -> Result<(), Error> {
-        self.settled_tombstones(key, true).await.map(|_| ())
+        self.settled_tombstones(KeyRef::new(key), true).await.map(|_| ())
     }
 
     /// Reads every replica of `key` (repairing stale ones when `repair`) and returns the dots
@@ -573,10 +583,10 @@ impl Coordinator {
     /// tombstones older than the grace, and the key's range is not moving.
     async fn settled_tombstones(
         self: &Arc<Self>,
-        key: &[u8],
+        key: KeyRef<'_>,
         repair: bool,
     ) -> Result<Option<(Vec<Dot>, Vec<Peer>)>, Error> {
-        let peers = self.topology().preference_list(key, self.options.quorum.n);
+        let peers = self.topology().preference_list_at(key.hash, self.options.quorum.n);
         if peers.is_empty() {
             return Err(Error::NoMembers);
         }
@@ -613,10 +623,10 @@ impl Coordinator {
 
     /// Whether the key's range is moving: a future owner may hold a copy a tombstone has not
     /// reached (its pending store was lost), so purging now would let that copy come back.
-    fn moving(&self, key: &[u8]) -> bool {
+    fn moving(&self, key: KeyRef<'_>) -> bool {
         let topology = self.topology();
-        let current = topology.preference_list(key, self.options.quorum.n);
-        !topology.pending_replicas(key, self.options.quorum.n, &current).is_empty()
+        let current = topology.preference_list_at(key.hash, self.options.quorum.n);
+        !topology.pending_replicas_at(key.hash, self.options.quorum.n, &current).is_empty()
     }
 
     /// Read repair: sends the merged versions to every replica that answered without some.
@@ -627,7 +637,7 @@ impl Coordinator {
     /// what superseded that version read the same replica holding the tombstone later still, and
     /// purges only after a second look two replica timeouts after that (rule 8 of
     /// docs/consistency.md): the repair lands before the purge or not at all.
-    async fn repair(&self, key: &[u8], answers: Vec<(Peer, Record)>, merged: Record, read_started: u64) {
+    async fn repair(&self, key: KeyRef<'_>, answers: Vec<(Peer, Record)>, merged: Record, read_started: u64) {
         let versions = merged.versions().to_vec();
         let deadline = read_started + 2 * self.options.replica_timeout.as_millis() as u64;
         for (peer, record) in &answers {

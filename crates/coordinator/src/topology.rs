@@ -10,8 +10,8 @@ use kv_vclock::Dot;
 
 use crate::ReplicaError;
 use kv_proto::{
-    Call, CoordinateRequest, CoordinateResponse, HintRequest, MerkleRequest, MerkleResponse, PurgeRequest, ReadRequest,
-    Reply, ScanRequest, ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
+    Call, CoordinateRequest, CoordinateResponse, HintRequest, KeyRef, MerkleRequest, MerkleResponse, PurgeRequest,
+    ReadRequest, Reply, ScanRequest, ScanResponse, StoreBatchRequest, StoreRequest, Ticket, Write,
 };
 
 /// A member as the coordinator calls it.
@@ -119,7 +119,7 @@ pub trait ReplicaClient: Send + Sync + 'static {
     fn coordinate<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         write: &'a Write,
         ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>>;
@@ -129,18 +129,18 @@ pub trait ReplicaClient: Send + Sync + 'static {
     fn store<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         versions: &'a [Version],
         fresh: Option<&'a Dot>,
         deadline_ms: u64,
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// Reads `peer`'s versions of `key`.
-    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>>;
+    fn read<'a>(&'a self, peer: &'a Peer, key: KeyRef<'a>) -> BoxFuture<'a, Result<Record, ReplicaError>>;
     /// Asks `peer` to drop `key` if its only versions are exactly `tombstones`.
     fn purge<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// Asks `peer` to keep `versions` of `key` durably for `target` (a hint) and hand them to it
@@ -182,12 +182,12 @@ impl<T: CallPeer> ReplicaClient for T {
     fn coordinate<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         write: &'a Write,
         ticket: &'a Ticket,
     ) -> BoxFuture<'a, Result<CoordinateResponse, ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Coordinate(CoordinateRequest::new(key.to_vec(), write.clone(), *ticket));
+            let call = Call::Coordinate(CoordinateRequest::at(key.hash, key.bytes.to_vec(), write.clone(), *ticket));
             self.call(peer, call).await?.into_coordinated()
         })
     }
@@ -195,14 +195,15 @@ impl<T: CallPeer> ReplicaClient for T {
     fn store<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         versions: &'a [Version],
         fresh: Option<&'a Dot>,
         deadline_ms: u64,
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
             let call = Call::Store(StoreRequest {
-                key: key.to_vec(),
+                key: key.bytes.to_vec(),
+                hash: key.hash,
                 versions: versions.to_vec(),
                 fresh: fresh.cloned(),
                 deadline_ms,
@@ -211,18 +212,20 @@ impl<T: CallPeer> ReplicaClient for T {
         })
     }
 
-    fn read<'a>(&'a self, peer: &'a Peer, key: &'a [u8]) -> BoxFuture<'a, Result<Record, ReplicaError>> {
-        Box::pin(async move { self.call(peer, Call::Read(ReadRequest { key: key.to_vec() })).await?.into_read() })
+    fn read<'a>(&'a self, peer: &'a Peer, key: KeyRef<'a>) -> BoxFuture<'a, Result<Record, ReplicaError>> {
+        let call = Call::Read(ReadRequest { key: key.bytes.to_vec(), hash: key.hash });
+        Box::pin(async move { self.call(peer, call).await?.into_read() })
     }
 
     fn purge<'a>(
         &'a self,
         peer: &'a Peer,
-        key: &'a [u8],
+        key: KeyRef<'a>,
         tombstones: &'a [Dot],
     ) -> BoxFuture<'a, Result<(), ReplicaError>> {
         Box::pin(async move {
-            let call = Call::Purge(PurgeRequest { key: key.to_vec(), tombstones: tombstones.to_vec() });
+            let call =
+                Call::Purge(PurgeRequest { key: key.bytes.to_vec(), hash: key.hash, tombstones: tombstones.to_vec() });
             self.call(peer, call).await?.into_purged()
         })
     }

@@ -35,7 +35,7 @@ proptest! {
     #[test]
     fn real_messages_with_bytes_flipped(flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4)) {
         use kv_proto::{encode, Call, ReadRequest, ScanRequest};
-        let calls = vec![Call::Read(ReadRequest { key: b"some-key".to_vec() })];
+        let calls = vec![Call::Read(ReadRequest::new(b"some-key".to_vec()))];
         let scan = ScanRequest { first_hash: 1, last_hash: u64::MAX, after: Some(b"k".to_vec()), limit: 10 };
         for (kind, body) in [(0u8, encode(&calls)), (2, encode(&scan))] {
             let mut data = vec![kind];

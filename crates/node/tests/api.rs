@@ -259,14 +259,14 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     };
     let calls = [
         Call::Coordinate(CoordinateRequest::new(b"a".to_vec(), write.clone(), ticket(1))),
-        Call::Read(ReadRequest { key: Vec::new() }),
-        Call::Store(StoreRequest { key: vec![b'k'; 2000], versions: Vec::new(), fresh: None, deadline_ms: 0 }),
+        Call::Read(ReadRequest::new(Vec::new())),
+        Call::Store(StoreRequest::new(vec![b'k'; 2000], Vec::new(), None, 0)),
         Call::Coordinate(CoordinateRequest::new(
             b"a".to_vec(),
             Write { value: b"w".to_vec().into(), ..write.clone() },
             ticket(2),
         )),
-        Call::Read(ReadRequest { key: b"a".to_vec() }),
+        Call::Read(ReadRequest::new(b"a".to_vec())),
     ];
     let response = post(&calls);
     assert_eq!(response.status(), StatusCode::OK);
@@ -290,7 +290,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     let store = |c: &kv_proto::CoordinateResponse, value: &'static [u8]| {
         let mut versions = c.record.versions().to_vec();
         versions.iter_mut().filter(|v| v.dot == c.created).for_each(|v| v.value = value.into());
-        Call::Store(StoreRequest { key: b"a".to_vec(), versions, fresh: Some(c.created.clone()), deadline_ms: 0 })
+        Call::Store(StoreRequest::new(b"a".to_vec(), versions, Some(c.created.clone()), 0))
     };
     let replies: Vec<Reply> = decode(&post(&[store(&first, b"v"), calls[3].clone()]).bytes().unwrap()).unwrap();
     assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
@@ -321,7 +321,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     );
     assert!(matches!(&replies[1], Reply::Refused(Refusal::TooLate(_))), "{replies:?}");
 
-    let too_many = vec![Call::Read(ReadRequest { key: b"a".to_vec() }); MAX_BATCH_CALLS + 1];
+    let too_many = vec![Call::Read(ReadRequest::new(b"a".to_vec())); MAX_BATCH_CALLS + 1];
     assert_eq!(post(&too_many).status(), StatusCode::BAD_REQUEST);
     let garbage = client
         .post(node.url(BATCH_PATH))
@@ -334,7 +334,7 @@ fn internal_batches_answer_each_call_in_order_and_refuse_bad_batches() {
     assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
     // One byte changed after signing: refused at the transport's check, before any handler
     // (the read below would otherwise succeed).
-    let read = encode(&vec![Call::Read(ReadRequest { key: b"a".to_vec() })]);
+    let read = encode(&vec![Call::Read(ReadRequest::new(b"a".to_vec()))]);
     let signature = sign_peer(&node, BATCH_PATH, &read);
     let honest = client.post(node.url(BATCH_PATH)).header(SIGNATURE_HEADER, &signature).body(read.clone()).send();
     assert_eq!(honest.unwrap().status(), StatusCode::OK);

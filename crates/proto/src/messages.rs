@@ -112,6 +112,26 @@ pub struct StoreBatchRequest {
     pub deadline_ms: u64,
 }
 
+/// A key and its ring position: the front hashes a key once ([`kv_ring::hash_key`]) and the
+/// hash travels with every call about it, to the replica's ownership check and its storage
+/// key, so no replica hashes it again (TiKV and Cassandra carry the token the same way). The
+/// peer that sends it is authenticated and speaks this protocol version, so the hash is taken
+/// as sent; debug builds check it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    /// The key.
+    pub bytes: &'a [u8],
+    /// Its ring hash.
+    pub hash: u64,
+}
+
+impl<'a> KeyRef<'a> {
+    /// `bytes`, hashed.
+    pub fn new(bytes: &'a [u8]) -> KeyRef<'a> {
+        KeyRef { bytes, hash: kv_ring::hash_key(bytes) }
+    }
+}
+
 /// A client's write, as the coordinator forwards it. It crosses the wire only inside a
 /// [`CoordinateRequest`], without its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +157,8 @@ pub struct Write {
 pub struct CoordinateRequest {
     /// The key.
     pub key: Vec<u8>,
+    /// Its ring hash ([`kv_ring::hash_key`]), computed once by the front.
+    pub hash: u64,
     /// The write; its value is empty on a replica that got the call over the wire.
     #[serde(with = "write_without_value")]
     pub write: Write,
@@ -149,8 +171,13 @@ pub struct CoordinateRequest {
 impl CoordinateRequest {
     /// The call that asks a replica to create the version of `write` to `key`.
     pub fn new(key: Vec<u8>, write: Write, ticket: Ticket) -> CoordinateRequest {
+        CoordinateRequest::at(KeyRef::new(&key).hash, key, write, ticket)
+    }
+
+    /// [`CoordinateRequest::new`] for a key whose hash is known.
+    pub fn at(hash: u64, key: Vec<u8>, write: Write, ticket: Ticket) -> CoordinateRequest {
         let value_len = write.value.len() as u64;
-        CoordinateRequest { key, write, ticket, value_len }
+        CoordinateRequest { key, hash, write, ticket, value_len }
     }
 }
 
@@ -212,6 +239,8 @@ impl CoordinateResponse {
 pub struct StoreRequest {
     /// The key.
     pub key: Vec<u8>,
+    /// Its ring hash, computed once by the front.
+    pub hash: u64,
     /// Versions to merge in.
     pub versions: Vec<Version>,
     /// Set when this store replicates a client write that counts toward W: the dot of the
@@ -222,11 +251,27 @@ pub struct StoreRequest {
     pub deadline_ms: u64,
 }
 
+impl StoreRequest {
+    /// A store of `versions` into `key`.
+    pub fn new(key: Vec<u8>, versions: Vec<Version>, fresh: Option<Dot>, deadline_ms: u64) -> StoreRequest {
+        StoreRequest { hash: KeyRef::new(&key).hash, key, versions, fresh, deadline_ms }
+    }
+}
+
 /// A [`Call::Read`]: a replica's versions of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadRequest {
     /// The key.
     pub key: Vec<u8>,
+    /// Its ring hash, computed once by the front.
+    pub hash: u64,
+}
+
+impl ReadRequest {
+    /// A read of `key`.
+    pub fn new(key: Vec<u8>) -> ReadRequest {
+        ReadRequest { hash: KeyRef::new(&key).hash, key }
+    }
 }
 
 /// A [`Call::Purge`]: drop a key whose only versions are old tombstones.
@@ -234,9 +279,18 @@ pub struct ReadRequest {
 pub struct PurgeRequest {
     /// The key.
     pub key: Vec<u8>,
+    /// Its ring hash, computed once by the front.
+    pub hash: u64,
     /// The tombstones the caller saw on every replica; the key is dropped only if they are
     /// still its only versions.
     pub tombstones: Vec<Dot>,
+}
+
+impl PurgeRequest {
+    /// A purge of `key` if its only versions are `tombstones`.
+    pub fn new(key: Vec<u8>, tombstones: Vec<Dot>) -> PurgeRequest {
+        PurgeRequest { hash: KeyRef::new(&key).hash, key, tombstones }
+    }
 }
 
 /// A [`Call::Hint`]: keep versions of a key for another replica that could not take them now
@@ -271,6 +325,18 @@ pub enum Call {
 }
 
 impl Call {
+    /// The ring hash of the call's key, as its sender computed it ([`kv_ring::hash_key`];
+    /// `None` for a hint, which is not placed by it).
+    pub fn hash(&self) -> Option<u64> {
+        match self {
+            Call::Coordinate(c) => Some(c.hash),
+            Call::Store(c) => Some(c.hash),
+            Call::Read(c) => Some(c.hash),
+            Call::Purge(c) => Some(c.hash),
+            Call::Hint(_) => None,
+        }
+    }
+
     /// The key the call is about.
     pub fn key(&self) -> &[u8] {
         match self {

@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_reject_garbage() {
-        let request = StoreRequest { key: b"k".to_vec(), versions: vec![], fresh: None, deadline_ms: 0 };
+        let request = StoreRequest::new(b"k".to_vec(), vec![], None, 0);
         let bytes = encode(&request);
         let back: StoreRequest = decode(&bytes).unwrap();
         assert_eq!(back.key, b"k");

@@ -428,7 +428,8 @@ impl ReplicaCore {
         let view = self.view.read();
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(calls.len());
         let mut indexes = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
+        // The keys the batch stores, with the ring hashes their calls carry.
+        let mut keys: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut payloads: Vec<Option<StoreCall>> = Vec::new();
         let mut coordinates: Vec<(usize, CoordinateRequest)> = Vec::new();
         let mut hints: Vec<(usize, HintRequest)> = Vec::new();
@@ -437,15 +438,17 @@ impl ReplicaCore {
         // see it, as it would in separate requests. A client whose write was acknowledged by
         // its coordinator and a fallback, and whose next read shared a batch with this
         // replica's store of it, read the key as it was before (once, with a replica frozen).
-        let mut deferred: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut deferred: Vec<(usize, u64, Vec<u8>)> = Vec::new();
         for (i, call) in calls.into_iter().enumerate() {
-            let hash = kv_ring::hash_key(call.key());
+            // The front hashed the key once; a hint is placed by its target, not its hash.
+            let hash = call.hash().unwrap_or_else(|| kv_ring::hash_key(call.key()));
+            debug_assert_eq!(hash, kv_ring::hash_key(call.key()), "a call carried another key's hash");
             let reply = match call {
                 Call::Read(_) | Call::Purge(_) if !view.serves(hash) => {
                     Some(self.misdirected("reading requires a complete copy of the key's range").into())
                 }
-                Call::Read(c) if keys.contains(&c.key) => {
-                    deferred.push((i, c.key));
+                Call::Read(c) if keys.iter().any(|(_, key)| *key == c.key) => {
+                    deferred.push((i, hash, c.key));
                     None
                 }
                 Call::Store(_) if !view.accepts(hash) => Some(self.misdirected("key").into()),
@@ -457,7 +460,9 @@ impl ReplicaCore {
                     Some(self.misdirected("coordinating requires a normal owner of the key").into())
                 }
                 Call::Read(c) => Some(
-                    self.engine.get(&c.key).map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())),
+                    self.engine
+                        .get_at(hash, &c.key)
+                        .map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())),
                 ),
                 Call::Purge(c) => Some(
                     self.engine
@@ -497,7 +502,7 @@ impl ReplicaCore {
                     Err(e) => Some(storage_failed(&e)),
                     Ok(()) => {
                         indexes.push(i);
-                        keys.push(c.key);
+                        keys.push((hash, c.key));
                         payloads.push(Some((c.versions, c.fresh)));
                         None
                     }
@@ -509,7 +514,7 @@ impl ReplicaCore {
             // Coordinated first, then stored with the batch's stores.
             let mut created = Vec::new();
             for (i, c) in coordinates {
-                let (key, reply) = (c.key.clone(), self.coordinate(c, now_ms));
+                let (key, reply) = ((c.hash, c.key.clone()), self.coordinate(c, now_ms));
                 if let Reply::Coordinated(response) = &reply {
                     indexes.push(i);
                     keys.push(key);
@@ -543,9 +548,9 @@ impl ReplicaCore {
                 replies[i] = Some(self.coordinate(c, now_ms));
             }
         }
-        for (i, key) in deferred {
-            replies[i] =
-                Some(self.engine.get(&key).map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())));
+        for (i, hash, key) in deferred {
+            let read = self.engine.get_at(hash, &key);
+            replies[i] = Some(read.map_or_else(|e| storage_failed(&e), |r| Reply::Read(r.into_versions())));
         }
         drop(view);
         if !hints.is_empty() {
@@ -580,7 +585,7 @@ impl ReplicaCore {
         if issued.closed {
             return self.misdirected("coordinating: this node is stopping").into();
         }
-        let current = match self.engine.get(&c.key) {
+        let current = match self.engine.get_at(c.hash, &c.key) {
             Ok(record) => record,
             Err(e) => return storage_failed(&e),
         };
@@ -661,15 +666,16 @@ impl ReplicaCore {
     /// Applies a batch's stores with one durability wait, and answers each.
     fn write(
         &self,
-        keys: &[Vec<u8>],
+        keys: &[(u64, Vec<u8>)],
         mut payloads: Vec<Option<StoreCall>>,
         indexes: &[usize],
         replies: &mut [Option<Reply>],
     ) {
-        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let hashed: Vec<(u64, &[u8])> = keys.iter().map(|(hash, key)| (*hash, key.as_slice())).collect();
+        let keys: Vec<&[u8]> = hashed.iter().map(|(_, key)| *key).collect();
         // Per store: the version it vouches for.
         let mut vouched: Vec<Option<Version>> = vec![None; keys.len()];
-        let results = self.engine.update_many(&keys, &mut |j, current| {
+        let results = self.engine.update_many_at(&hashed, &mut |j, current| {
             let mut next = current.clone();
             if let Some((versions, fresh)) = payloads[j].take() {
                 vouched[j] = fresh.and_then(|dot| versions.iter().find(|v| v.dot == dot).cloned());
@@ -889,7 +895,7 @@ mod tests {
     }
 
     fn store(key: &[u8], versions: Vec<Version>, fresh: Option<Dot>) -> Call {
-        Call::Store(StoreRequest { key: key.to_vec(), versions, fresh, deadline_ms: 0 })
+        Call::Store(StoreRequest::new(key.to_vec(), versions, fresh, 0))
     }
 
     #[test]
@@ -916,7 +922,7 @@ mod tests {
     #[test]
     fn a_read_after_a_store_of_its_key_in_one_batch_sees_the_store() {
         let core = core(true, false);
-        let read = |key: &[u8]| Call::Read(ReadRequest { key: key.to_vec() });
+        let read = |key: &[u8]| Call::Read(ReadRequest::new(key.to_vec()));
         let value = version("a", 1, &[], 5, false);
         // A read of another key before the store, the store, a read of its key after it.
         let replies = core.execute(vec![read(b"other"), store(b"k", vec![value], None), read(b"k")], 100);
@@ -931,8 +937,8 @@ mod tests {
     #[test]
     fn calls_outside_the_view_are_misdirected_and_filling_ranges_serve_no_read() {
         let outside = core(false, false);
-        let read = Call::Read(ReadRequest { key: b"k".to_vec() });
-        let purge = Call::Purge(PurgeRequest { key: b"k".to_vec(), tombstones: Vec::new() });
+        let read = Call::Read(ReadRequest::new(b"k".to_vec()));
+        let purge = Call::Purge(PurgeRequest::new(b"k".to_vec(), Vec::new()));
         for reply in outside.execute(vec![read.clone(), store(b"k", Vec::new(), None), purge.clone()], 1) {
             assert!(matches!(reply, Reply::Refused(Refusal::NotOwner(_))), "{reply:?}");
         }

@@ -78,6 +78,13 @@ pub trait Engine: Send + Sync {
     /// The live versions of `key`; empty when never written (tombstones are versions too).
     fn get(&self, key: &[u8]) -> Result<Record>;
 
+    /// [`Engine::get`] of a key whose ring hash ([`kv_ring::hash_key`]) the caller carries: a
+    /// store places records by it, and does not hash the key again.
+    fn get_at(&self, hash: u64, key: &[u8]) -> Result<Record> {
+        let _ = hash;
+        self.get(key)
+    }
+
     /// Atomically: read `key`'s versions, call `build` with them, merge what it returns, store
     /// the result, and return it once durable under the store's [`SyncMode`].
     fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record>;
@@ -90,6 +97,16 @@ pub trait Engine: Send + Sync {
     /// removal, a second version of one client write (see `kv_replica::replica`).
     /// Concurrent writers coalesce this way into one fsync and one blocking hand-off.
     fn update_many(&self, keys: &[&[u8]], apply: &mut dyn FnMut(usize, &Record) -> Record) -> Vec<Result<Record>>;
+
+    /// [`Engine::update_many`] of keys whose ring hashes the caller carries (not hashed again).
+    fn update_many_at(
+        &self,
+        keys: &[(u64, &[u8])],
+        apply: &mut dyn FnMut(usize, &Record) -> Record,
+    ) -> Vec<Result<Record>> {
+        let keys: Vec<&[u8]> = keys.iter().map(|(_, key)| *key).collect();
+        self.update_many(&keys, apply)
+    }
 
     /// The counter [`Engine::issue_counter`] would issue next without a floor: every counter
     /// this store has issued is below it.
@@ -302,8 +319,14 @@ pub(crate) fn meta_key(name: &str) -> Vec<u8> {
 
 /// Where `key` is stored: its ring hash, big-endian, then the key.
 pub fn storage_key(key: &[u8]) -> Vec<u8> {
+    storage_key_at(kv_ring::hash_key(key), key)
+}
+
+/// [`storage_key`] of a key whose ring hash is known.
+pub fn storage_key_at(hash: u64, key: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(hash, kv_ring::hash_key(key), "a key carried with another key's hash");
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&kv_ring::hash_key(key).to_be_bytes());
+    out.extend_from_slice(&hash.to_be_bytes());
     out.extend_from_slice(key);
     out
 }

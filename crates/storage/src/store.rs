@@ -13,8 +13,8 @@ use crate::identity::DotCounter;
 use crate::metrics::StorageMetrics;
 use crate::version::{decode, encode};
 use crate::{
-    meta_key, storage_hash, storage_key, user_key, Compression, Engine, EngineKind, Identity, Record, Result, SyncMode,
-    Version, RESERVED_KEY_MAX,
+    meta_key, storage_hash, storage_key, storage_key_at, user_key, Compression, Engine, EngineKind, Identity, Record,
+    Result, SyncMode, Version, RESERVED_KEY_MAX,
 };
 
 /// Number of lock stripes. Two keys share a lock with probability 1/4096, which costs only a
@@ -87,7 +87,7 @@ impl Store {
     /// Under the key's lock: read, merge what `build` returns, write if anything changed.
     /// Returns the merged versions and the ticket to wait on for durability.
     fn merge_one(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<(Record, u64)> {
-        self.apply_one(key, &mut |current| {
+        self.apply_one(kv_ring::hash_key(key), key, &mut |current| {
             let mut merged = current.clone();
             merged.merge(build(current));
             merged
@@ -95,9 +95,8 @@ impl Store {
     }
 
     /// Under the key's lock: read, replace with what `apply` returns, write if it changed.
-    fn apply_one(&self, key: &[u8], apply: &mut dyn FnMut(&Record) -> Record) -> Result<(Record, u64)> {
-        let skey = storage_key(key);
-        let hash = storage_hash(&skey);
+    fn apply_one(&self, hash: u64, key: &[u8], apply: &mut dyn FnMut(&Record) -> Record) -> Result<(Record, u64)> {
+        let skey = storage_key_at(hash, key);
         let _guard = self.locks[hash as usize % LOCK_STRIPES].lock();
         let current = self.read(&skey)?;
         let merged = apply(&current);
@@ -126,7 +125,11 @@ impl Engine for Store {
     }
 
     fn get(&self, key: &[u8]) -> Result<Record> {
-        self.timed("get", || self.read(&storage_key(key)))
+        self.get_at(kv_ring::hash_key(key), key)
+    }
+
+    fn get_at(&self, hash: u64, key: &[u8]) -> Result<Record> {
+        self.timed("get", || self.read(&storage_key_at(hash, key)))
     }
 
     fn update(&self, key: &[u8], build: &mut dyn FnMut(&Record) -> Vec<Version>) -> Result<Record> {
@@ -139,6 +142,15 @@ impl Engine for Store {
     }
 
     fn update_many(&self, keys: &[&[u8]], apply: &mut dyn FnMut(usize, &Record) -> Record) -> Vec<Result<Record>> {
+        let keys: Vec<(u64, &[u8])> = keys.iter().map(|key| (kv_ring::hash_key(key), *key)).collect();
+        self.update_many_at(&keys, apply)
+    }
+
+    fn update_many_at(
+        &self,
+        keys: &[(u64, &[u8])],
+        apply: &mut dyn FnMut(usize, &Record) -> Record,
+    ) -> Vec<Result<Record>> {
         let started = Instant::now();
         if let Err(e) = self.commit.check() {
             return keys.iter().map(|_| Err(e.clone())).collect();
@@ -147,8 +159,8 @@ impl Engine for Store {
         let mut results: Vec<Result<Record>> = keys
             .iter()
             .enumerate()
-            .map(|(i, key)| {
-                let (merged, t) = self.apply_one(key, &mut |current| apply(i, current))?;
+            .map(|(i, (hash, key))| {
+                let (merged, t) = self.apply_one(*hash, key, &mut |current| apply(i, current))?;
                 ticket = ticket.max(t);
                 Ok(merged)
             })

@@ -29,12 +29,7 @@ impl World {
                     continue;
                 }
                 let store = |to: &str| {
-                    let call = Call::Store(StoreRequest {
-                        key: hint.key.clone(),
-                        versions: hint.versions.clone(),
-                        fresh: None,
-                        deadline_ms: 0,
-                    });
+                    let call = Call::Store(StoreRequest::new(hint.key.clone(), hint.versions.clone(), None, 0));
                     match self.deliver(id, to, call) {
                         Delivery::Reply(Reply::Stored) => Some(true),
                         Delivery::Reply(Reply::Refused(Refusal::NotOwner(_))) => Some(false),
