@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-storage build bins release clean image test-docker test-scale-local
+.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-scale bench-storage build bins release clean image test-docker test-scale-local
 
 CARGO ?= cargo
 
@@ -97,6 +97,12 @@ test-scale-local:
 
 bench:
 	./scripts/bench.sh
+
+# Growth: one node at 1,000,000 and 10,000,000 keys (memory, reads), and a fourth node joining
+# three that hold 2,000,000 keys (time, bytes streamed against the disk's rate). 15-20 minutes;
+# not in `make test` (scripts/bench-scale.sh).
+bench-scale:
+	./scripts/bench-scale.sh
 
 bench-storage:
 	$(CARGO) bench -p kv-storage --bench engines

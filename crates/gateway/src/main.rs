@@ -39,11 +39,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 /// Every kvgateway setting: flags, `KV_*` environment variables or `--config` file keys.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(
-    name = "kvgateway",
-    version,
-    about = "Stateless coordinator of the kv store: the client API in front of the nodes"
-)]
+#[command(name = "kvgateway", version, about = "Stateless coordinator: the client API in front of the nodes")]
 #[serde(rename_all = "kebab-case")]
 struct Settings {
     /// TOML file with any of the settings below, keyed by long flag name.
