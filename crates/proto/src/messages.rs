@@ -113,10 +113,11 @@ pub struct StoreBatchRequest {
 }
 
 /// A key and its ring position: the front hashes a key once ([`kv_ring::hash_key`]) and the
-/// hash travels with every call about it, to the replica's ownership check and its storage
-/// key, so no replica hashes it again (TiKV and Cassandra carry the token the same way). The
-/// peer that sends it is authenticated and speaks this protocol version, so the hash is taken
-/// as sent; debug builds check it.
+/// hash travels with every call about it (TiKV and Cassandra carry the token the same way).
+/// A replica hashes the key once too and refuses a call whose hash differs (`Malformed`): a
+/// sender that places keys differently, by a bug or another hash function, is refused rather
+/// than served from another ring position; its ownership check, storage key, lock stripe and
+/// Merkle tree share that one hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyRef<'a> {
     /// The key.
@@ -352,7 +353,9 @@ impl Call {
     /// key and values, plus [`CALL_OVERHEAD`] per version for dots, clocks and content types.
     pub fn weight(&self) -> usize {
         let values = match self {
-            Call::Coordinate(_) => CALL_OVERHEAD,
+            // Over the wire the value stays behind, but a node's own batcher passes it along:
+            // an upper estimate counts it.
+            Call::Coordinate(c) => c.write.value.len() + CALL_OVERHEAD,
             Call::Store(c) => c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum(),
             Call::Hint(c) => c.target.len() + c.versions.iter().map(|v| v.value.len() + CALL_OVERHEAD).sum::<usize>(),
             Call::Read(_) | Call::Purge(_) => 0,

@@ -440,9 +440,21 @@ impl ReplicaCore {
         // replica's store of it, read the key as it was before (once, with a replica frozen).
         let mut deferred: Vec<(usize, u64, Vec<u8>)> = Vec::new();
         for (i, call) in calls.into_iter().enumerate() {
-            // The front hashed the key once; a hint is placed by its target, not its hash.
-            let hash = call.hash().unwrap_or_else(|| kv_ring::hash_key(call.key()));
-            debug_assert_eq!(hash, kv_ring::hash_key(call.key()), "a call carried another key's hash");
+            // The key is hashed once here, and checked against the hash the front placed it by
+            // (a peer that disagrees is refused, never served from another ring position); the
+            // ownership check, the storage key, the lock stripe and the Merkle tree share it.
+            let hash = kv_ring::hash_key(call.key());
+            if call.hash().is_some_and(|carried| carried != hash) {
+                replies.push(Some(
+                    Refusal::Malformed(format!(
+                        "the call's key hash {:016x} is not its key's ({hash:016x}): the sender places keys \
+                         differently",
+                        call.hash().unwrap_or_default()
+                    ))
+                    .into(),
+                ));
+                continue;
+            }
             let reply = match call {
                 Call::Read(_) | Call::Purge(_) if !view.serves(hash) => {
                     Some(self.misdirected("reading requires a complete copy of the key's range").into())
@@ -917,6 +929,21 @@ mod tests {
         let dot = fresh.dot.clone();
         let replies = core.execute(vec![store(b"j", vec![fresh], Some(dot))], 100);
         assert!(matches!(&replies[0], Reply::Stored), "{replies:?}");
+    }
+
+    #[test]
+    fn a_call_placed_by_another_hash_than_its_keys_is_refused_and_stores_nothing() {
+        let core = core(true, false);
+        let v = version("a", 1, &[], 10, false);
+        let Call::Store(mut misplaced) = store(b"k", vec![v.clone()], Some(v.dot.clone())) else { unreachable!() };
+        misplaced.hash ^= 1;
+        let mut read = ReadRequest::new(b"k".to_vec());
+        read.hash = misplaced.hash;
+        let replies = core.execute(vec![Call::Store(misplaced), Call::Read(read)], 100);
+        assert!(replies.iter().all(|r| matches!(r, Reply::Refused(Refusal::Malformed(_)))), "{replies:?}");
+        assert!(core.engine.get(b"k").unwrap().is_empty());
+        // The same store with its key's own hash is taken.
+        assert!(matches!(core.execute(vec![store(b"k", vec![v], None)], 100)[0], Reply::Stored));
     }
 
     #[test]
