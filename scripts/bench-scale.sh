@@ -42,6 +42,7 @@ cargo build --release --bins
 bin=./target/release
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 300); do curl -fsS -m 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench-scale: $1 not ready" >&2; return 1; }
+num() { python3 -c "import sys; print(f'{int(sys.argv[1]):,}')" "$1"; } # 1234567 -> 1,234,567
 metric() { # admin-url name [label-filter]
   curl -fsS "$1/metrics" |
     awk -v n="$2" -v f="${3:-}" '($1 == n || index($1, n "{") == 1) && index($1, f) { s += $2 } END { printf "%d", s }'
@@ -72,7 +73,7 @@ one_node() { # keys
   stored=$(metric "http://127.0.0.1:$a" kv_storage_keys)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   printf '| one node, %s keys of 100 B (%s stored; load and reads took %s s) | %s MB (peak %s MB) | %s |\n' \
-    "$(printf "%'d" "$keys")" "$(printf "%'d" "$stored")" "$took" "$rss" "$hwm" "$(printf "%'d" "$reads")" >>"$rows"
+    "$(num "$keys")" "$(num "$stored")" "$took" "$rss" "$hwm" "$(num "$reads")" >>"$rows"
   echo "$reads"
 }
 r_small=$(one_node "$small")
@@ -98,9 +99,9 @@ dd_rate=$(dd if=/dev/zero of="$work/dd.bin" bs=1M count=256 oflag=direct conv=fs
 rm -f "$work/dd.bin"
 rate=$(python3 -c "print(f'{$in_bytes / max($took, 0.1) / 1e6:.1f}')")
 printf '| a 4th node joins 3 holding %s keys | %s s | %s keys, %s MB of values streamed in (%s MB/s); this disk writes %s with fsync |\n' \
-  "$(printf "%'d" "$join_keys")" "$took" "$(printf "%'d" "$in_keys")" "$((in_bytes / 1000000))" "$rate" "$dd_rate" >>"$rows"
+  "$(num "$join_keys")" "$took" "$(num "$in_keys")" "$((in_bytes / 1000000))" "$rate" "$dd_rate" >>"$rows"
 ratio=$(python3 -c "print(f'{$r_large / max($r_small, 1):.2f}')")
-printf '| reads at %s keys against %s keys | %sx | |\n' "$(printf "%'d" "$large")" "$(printf "%'d" "$small")" "$ratio" >>"$rows"
+printf '| reads at %s keys against %s keys | %sx | |\n' "$(num "$large")" "$(num "$small")" "$ratio" >>"$rows"
 
 table=$(printf '| row | result | reads/s |\n|---|---|---|\n'; cat "$rows")
 echo "$table"
