@@ -224,7 +224,7 @@ def flags_in_sources():
     return names
 
 
-def check_pod(label, owner):
+def check_pod(label, owner, values):
     spec = owner["spec"]["template"]["spec"]
     name = owner["metadata"]["name"]
     psc = spec.get("securityContext", {})
@@ -245,6 +245,8 @@ def check_pod(label, owner):
                 fail(f"{label}: {name}/{c['name']}: needs cpu and memory {part}")
         if c["image"].endswith(":latest") or (":" not in c["image"] and "@" not in c["image"]):
             fail(f"{label}: {name}/{c['name']}: image must be pinned: {c['image']}")
+        if "@" not in c["image"] and c["image"].rsplit(":", 1)[1] != expected_tag(values):
+            fail(f"{label}: {name}/{c['name']}: image {c['image']}: the tag must be image.tag, else appVersion")
     spread = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", [])}
     if spread != {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}:
         fail(f"{label}: {name}: must spread over zones and hosts, has {spread}")
@@ -254,6 +256,23 @@ def check_pod(label, owner):
             if "secretKeyRef" in e.get("valueFrom", {}):
                 fail(f"{label}: {name}/{c['name']}: secret {e['name']} in the environment")
     return spec
+
+
+def expected_tag(values):
+    """The image tag a rendering must use: image.tag, else the chart's appVersion."""
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        app_version = str(yaml.safe_load(f)["appVersion"])
+    return values.get("image", {}).get("tag") or app_version
+
+
+def check_links(path):
+    """Every relative link of a Markdown file names a file that exists."""
+    text = open(path).read()
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        if not os.path.exists(os.path.join(os.path.dirname(path), target)):
+            fail(f"{os.path.relpath(path, ROOT)}: link to {target}, which does not exist")
 
 
 def check_properties(label, objects, values, namespace):
@@ -271,7 +290,7 @@ def check_properties(label, objects, values, namespace):
         fail(f"{label}: podManagementPolicy must be OrderedReady (one membership change at a time)")
     if spec["persistentVolumeClaimRetentionPolicy"] != {"whenScaled": "Delete", "whenDeleted": "Retain"}:
         fail(f"{label}: PVC retention must be whenScaled Delete, whenDeleted Retain")
-    pod = check_pod(label, sts)
+    pod = check_pod(label, sts, values)
     node = next(c for c in pod["containers"] if c["name"] == "kvnode")
     env = env_of(node)
     if env["POD_NAME"] != {"fieldRef": {"fieldPath": "metadata.name"}} or env["KV_NODE_ID"] != "$(POD_NAME)":
@@ -334,7 +353,7 @@ def check_properties(label, objects, values, namespace):
 
     # The gateway joins the same cluster.
     deploy = one(objects, "Deployment")
-    gpod = check_pod(label, deploy)
+    gpod = check_pod(label, deploy, values)
     gw = next(c for c in gpod["containers"] if c["name"] == "kvgateway")
     genv = env_of(gw)
     for var in ("KV_SEEDS", "KV_REPLICAS", "KV_EXPECT_NODES", "KV_CLUSTER_SECRET_FILE"):
@@ -367,8 +386,19 @@ def check_properties(label, objects, values, namespace):
             if key == "client-tokens" and not re.fullmatch(r"write [!-~]{16,256} default\n", text):
                 fail(f"{label}: the generated tokens file is not one `write TOKEN default` line")
 
-    # Only nodes and gateways reach the peer port.
+    # Only nodes and gateways reach the peer port; Prometheus's namespace reaches the admin ports
+    # (by default `monitoring`), the client namespaces the client ports.
     if values.get("networkPolicy", {}).get("enabled", True):
+        np_values = values.get("networkPolicy", {})
+        for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+            for ports, key, default in (({7200, 8081}, "scrapeNamespaces", ["monitoring"]),
+                                        ({7000, 8080}, "clientNamespaces", [])):
+                rules = [r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} & ports]
+                admitted = {f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                            for r in rules for f in r["from"]}
+                if not set(np_values.get(key, default)) <= admitted:
+                    fail(f"{label}: {policy['metadata']['name']}: ports {sorted(ports)} must admit the namespaces "
+                         f"{np_values.get(key, default)} ({key}), admit {sorted(a for a in admitted if a)}")
         policy = one(objects, "NetworkPolicy", sts["metadata"]["name"])
         if policy["spec"]["podSelector"]["matchLabels"] != spec["selector"]["matchLabels"]:
             fail(f"{label}: the nodes' NetworkPolicy must select the node pods")
@@ -577,6 +607,7 @@ def main():
     lint({}, "default values")
     for path in CI_VALUES:
         lint(load_values(path), os.path.relpath(path, ROOT))
+    check_links(os.path.join(ROOT, "deploy", "k8s", "README.md"))
 
     ci5 = load_values(os.path.join(CHART, "ci", "values-5-nodes-3-zones.yaml"))
     renderings = [

@@ -18,7 +18,7 @@ does not contain the chart's), cut to 63 characters less room for the suffixes u
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+app.kubernetes.io/version: {{ include "kvstore.tag" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
@@ -29,11 +29,14 @@ app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* The image tag: image.tag, else the chart's appVersion. */}}
+{{- define "kvstore.tag" -}}{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+
 {{- define "kvstore.image" -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
 {{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{ .Values.image.repository }}:{{ include "kvstore.tag" . }}
 {{- end -}}
 {{- end -}}
 
