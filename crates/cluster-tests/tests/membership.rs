@@ -154,7 +154,12 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
 fn a_killed_node_is_marked_down_and_rejoins_with_its_data_when_restarted() {
     let mut cluster = Cluster::start(3, 1, &[]);
     let c = client();
-    c.put(format!("{}?w=3", cluster.gateways[0].key_url("before"))).body("kept").send().unwrap();
+    // Acknowledged by all three replicas, n3 included (under a loaded test run a first attempt
+    // can miss w=3 within the replica timeout: only an acknowledged write is the premise).
+    wait_for("the write to be acknowledged by all three", Duration::from_secs(15), || {
+        let response = c.put(format!("{}?w=3", cluster.gateways[0].key_url("before"))).body("kept").send().unwrap();
+        response.status() == StatusCode::NO_CONTENT
+    });
     cluster.node("n3").kill9();
     let observers: Vec<&Proc> = cluster.nodes[..2].iter().chain(&cluster.gateways).collect();
     let took = wait_for("n3 to be marked down", Duration::from_secs(15), || {
@@ -171,7 +176,9 @@ fn a_killed_node_is_marked_down_and_rejoins_with_its_data_when_restarted() {
         wait_for("n3 normal again everywhere", Duration::from_secs(15), || all_normal(&procs, &["n1", "n2", "n3"]));
     println!("restart: n3 normal again everywhere {:.1} s after restart", back.as_secs_f64());
     let local = cluster.local(2, "before");
-    assert_eq!(local["versions"].as_array().unwrap().len(), 1, "n3 kept its data");
+    let versions = local["versions"].as_array().unwrap();
+    // ("a2VwdA==" is "kept"; a retried first attempt may have left a second, equal sibling.)
+    assert!(!versions.is_empty() && versions.iter().all(|v| v["value"] == "a2VwdA=="), "n3 kept its data: {local}");
 }
 
 /// Writes with production gossip settings (1 s rounds, suspect after 5 s) for `KV_SOAK_SECS`
