@@ -92,7 +92,7 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
         let started = Instant::now();
         let index = cluster.add_node(&[]);
         let procs: Vec<&Proc> = cluster.nodes.iter().chain(&cluster.gateways).collect();
-        wait_for("4 normal members everywhere", Duration::from_secs(30), || {
+        wait_for("4 normal members everywhere", Duration::from_secs(60), || {
             all_normal(&procs, &["n1", "n2", "n3", "n4"])
         });
         let join_time = started.elapsed();
@@ -102,9 +102,10 @@ fn a_fourth_node_joins_streams_only_its_ranges_and_reads_never_miss() {
         let (reads, failures) = reading.join().unwrap();
         (reads, failures, join_time)
     });
-    // A bound against a stuck join, not a speed goal (that is a benchmark's): debug builds on
-    // two shared cores took 8 to 12 s.
-    assert!(join_time < Duration::from_secs(30), "the join took {join_time:?}, over 30 s");
+    // A bound against a stuck join, not a speed goal (that is a benchmark's, `make
+    // bench-scale`): debug builds on two shared cores took 8 to 14 s alone, and 30.1 s in a
+    // fresh `make test` on the same machine at a load average of 20.
+    assert!(join_time < Duration::from_secs(60), "the join took {join_time:?}, over 60 s");
     assert!(
         failures.is_empty(),
         "{} of {reads} reads failed during the join, e.g. {:?}",
