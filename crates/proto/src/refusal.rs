@@ -140,12 +140,6 @@ impl ReplicaError {
             ReplicaError::Unreachable(_) | ReplicaError::NotSent(_) => true,
         }
     }
-
-    /// Whether the replica refused as not an owner of the key's range (its answer never counts
-    /// toward a quorum; ask another).
-    pub fn is_not_owner(&self) -> bool {
-        matches!(self, ReplicaError::Refused(Refusal::NotOwner(_)))
-    }
 }
 
 impl From<Refusal> for ReplicaError {
@@ -179,6 +173,9 @@ mod tests {
         }
         assert!(!ReplicaError::Refused(Refusal::Malformed(String::new())).is_retryable());
         assert!(ReplicaError::Refused(Refusal::Outstanding(String::new())).is_retryable());
-        assert!(ReplicaError::from(Refusal::NotOwner(String::new())).is_not_owner());
+        assert_eq!(
+            ReplicaError::from(Refusal::NotOwner(String::new())),
+            ReplicaError::Refused(Refusal::NotOwner(String::new()))
+        );
     }
 }
