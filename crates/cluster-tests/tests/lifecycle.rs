@@ -937,6 +937,10 @@ fn s4_a_fast_clock_brings_back_no_deleted_value() {
         cluster.nodes.push(proc);
     }
     cluster.wait_for_members(4);
+    // Nodes started at once gain all ranges first, then fill what the ring leaves them: a
+    // replica that has not filled a key's range serves no purge of it (a loaded CI run timed
+    // out waiting for the purge with n2 still filling).
+    cluster.wait_until_filled(Duration::from_secs(60));
     // n1's clock jumps 20 s ahead (a restart under libfaketime, on its data directory).
     cluster.nodes[0].kill9();
     let ports = cluster.nodes[0].ports;
@@ -1013,6 +1017,10 @@ fn s4_a_fast_clock_brings_back_no_deleted_value() {
     }
     let deleted = t0.elapsed();
     let replicas: Vec<&Proc> = cluster.nodes[..3].iter().collect();
+    let filling = || replicas.iter().map(|p| p.worker_status("rebalancer")).collect::<Vec<_>>();
+    if wait_until(Duration::from_secs(30), || filling().iter().all(|s| s.as_deref() == Some("idle"))).is_none() {
+        panic!("n1, n2, n3 still filling after 30 s: {:?}", filling());
+    }
     let purged = wait_for("the tombstones purged on n1, n2, n3", Duration::from_secs(40), || {
         keys.iter().all(|k| replicas.iter().all(|p| local(p, k).is_empty()))
     });

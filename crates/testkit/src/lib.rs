@@ -315,6 +315,17 @@ impl Proc {
         format!("{}://{}:{}{}", self.scheme(), self.ports.host, self.ports.admin, path)
     }
 
+    /// The status line of the worker `name` (`/admin/workers`), if the process answers.
+    pub fn worker_status(&self, name: &str) -> Option<String> {
+        let workers: Value = self.admin(reqwest::Method::GET, "/admin/workers").send().ok()?.json().ok()?;
+        workers["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["name"] == name)
+            .and_then(|w| w["status"].as_str())
+            .map(str::to_owned)
+    }
+
     /// A request to `path` (with its query) on the admin listener, signed with the test run's
     /// cluster secret for this process (its id, from `/health/live`).
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
@@ -673,6 +684,26 @@ impl Cluster {
         args.extend(self.gateway_args.iter().cloned());
         let log = self.dir.path().join(format!("{name}.log"));
         self.gateways.push(Proc::start(binary("kvgateway"), args, ports, log));
+    }
+
+    /// Waits until no running node has gained ranges left to fill (its rebalancer is `idle`):
+    /// a node that formed the cluster or restarted serves a range's reads and purges only
+    /// once it holds all of it. Panics with each node's rebalancer status after `timeout`.
+    pub fn wait_until_filled(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<(String, String)> = self
+                .nodes
+                .iter()
+                .filter(|p| p.is_running())
+                .map(|p| (p.address(), p.worker_status("rebalancer").unwrap_or_else(|| "unknown".into())))
+                .collect();
+            if statuses.iter().all(|(_, s)| s == "idle") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gained ranges still filling after {timeout:?}: {statuses:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until every running process lists `count` members with status `normal`.

@@ -266,7 +266,10 @@ async fn drive<W: Worker>(
             let mut info = info.lock();
             info.units += 1;
             let failed = outcome.is_err();
-            if failed || status_at.elapsed() >= STATUS_EVERY || matches!(outcome, Ok(WorkerState::Done)) {
+            // Before waiting (idle) or ending, always: the status must not name work that is over
+            // (a join's status outlived the join, so `/admin/workers` said "joining" for ever).
+            let settles = matches!(outcome, Ok(WorkerState::Idle | WorkerState::Done));
+            if failed || settles || status_at.elapsed() >= STATUS_EVERY {
                 info.status = worker.status();
                 status_at = Instant::now();
             }
@@ -364,6 +367,38 @@ mod tests {
         let metrics = supervisor.metrics.as_ref().unwrap();
         let count = |state: &str| metrics.gauge(state).get();
         assert_eq!((count("done"), count("idle"), count("busy"), count("retrying")), (1, 0, 0, 0));
+    }
+
+    /// Busy for two units ("joining"), then idle for ever ("idle"): a join, then nothing.
+    struct Joins {
+        units: u32,
+    }
+
+    impl Worker for Joins {
+        fn name(&self) -> String {
+            "joins".into()
+        }
+        fn status(&self) -> String {
+            (if self.units < 2 { "joining" } else { "idle" }).into()
+        }
+        async fn work(&mut self, _shutdown: &CancellationToken) -> Result<WorkerState, String> {
+            self.units += 1;
+            Ok(if self.units < 2 { WorkerState::Busy } else { WorkerState::Idle })
+        }
+        async fn wait_for_work(&mut self) {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// The status refresh is rate-limited for busy workers, but a worker that goes idle shows
+    /// its status of then: `/admin/workers` said "joining" for ever after a join.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_shows_its_status_of_then() {
+        let supervisor = Supervisor::new();
+        supervisor.spawn(Stage::Upkeep, Joins { units: 0 });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let w = &supervisor.workers()[0];
+        assert_eq!((w.state, w.units, w.status.as_str()), ("idle", 2, "idle"), "{w:?}");
     }
 
     /// Idle until stopped.
