@@ -29,6 +29,7 @@ import argparse
 import base64
 import difflib
 import glob
+import http.server
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 from importlib.metadata import version as helm_version
 
@@ -52,7 +54,10 @@ RELEASE = "kvstore"
 # The chart's minimum (Chart.yaml kubeVersion) and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 # Kinds kubernetes-validate has no schema for (CRDs): checked by assertions below instead.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Files of deploy/ the chart renders from its own copies (Helm reads only the chart's files).
+COPIES = [(os.path.join(ROOT, "deploy", "prometheus", "alerts.yml"), os.path.join(CHART, "files", "alerts.yml")),
+          (os.path.join(ROOT, "deploy", "grafana", "kvstore.json"), os.path.join(CHART, "files", "kvstore.json"))]
 
 # checkov checks that do not apply, each with the reason. Everything else must pass.
 CHECKOV_SKIPS = {
@@ -62,6 +67,11 @@ CHECKOV_SKIPS = {
     # The tag is pinned to the chart's appVersion (and the schema refuses `latest`); a digest
     # is one value away (image.digest), but a chart cannot know the digest of a future build.
     "CKV_K8S_43": "Image should use digest",
+}
+# Only for the OpenShift rendering: its values leave the UID out on purpose.
+CHECKOV_SKIPS_OPENSHIFT = {
+    # OpenShift's restricted SCC assigns each namespace's pods a UID from a high range of its own.
+    "CKV_K8S_40": "Containers should run as a high UID to avoid host conflict",
 }
 # Only for deploy/k8s/kvstore.yaml: it is rendered for the `default` namespace on purpose
 # (what `kubectl apply -f` without -n uses; the addresses inside name the namespace).
@@ -141,7 +151,10 @@ def check_values(chart):
         ({"node": {"replicas": 0}}, "node.replicas 0", "replicas"),
         ({"node": {"replcas": 3}}, "a misspelt key", "replcas"),
         ({"node": {"topologySpread": {"zone": "Sometimes"}}}, "an unknown spread mode", "zone"),
-        ({"node": {"replicas": 2}}, "2 nodes for N = 3", "must be at least replication.replicas"),
+        ({"node": {"replicas": 2}}, "2 nodes for N = 3", "must be at least replication.factor"),
+        ({"replication": {"replicas": 3}}, "the old name of the replication factor", "renamed replication.factor"),
+        ({"clusterSecret": {"generate": False}}, "no cluster secret at all", "clusterSecret: set existingSecret"),
+        ({"clientTokens": {"generate": False}}, "tokens on without tokens", "clientTokens: set existingSecret"),
         ({"replication": {"writeQuorum": 4}}, "W above N", "must not exceed"),
         ({"tls": {"enabled": True}}, "TLS without a Secret", "tls.existingSecret"),
         ({"node": {"autoscaling": {"enabled": True, "minReplicas": 2}}}, "an HPA below N",
@@ -160,9 +173,10 @@ def kind_rank(kind):
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
-def render(chart, values, namespace):
-    """Renders the chart as `helm template` would; returns (text, objects) in install order."""
-    manifests = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+def render(chart, values, namespace, upgrade=False):
+    """Renders the chart as `helm template` would (`--is-upgrade` with upgrade); returns (text,
+    objects) in install order."""
+    manifests = chart.render(values, name=RELEASE, namespace=namespace, is_install=not upgrade, is_upgrade=upgrade)
     docs = []
     for source, text in manifests.items():
         if source.endswith("NOTES.txt"):
@@ -224,13 +238,18 @@ def flags_in_sources():
     return names
 
 
-def check_pod(label, owner, values):
+def check_pod(label, owner, values, spread=True):
     spec = owner["spec"]["template"]["spec"]
     name = owner["metadata"]["name"]
     psc = spec.get("securityContext", {})
-    if not (psc.get("runAsNonRoot") and psc.get("runAsUser", 0) >= 10000 and psc.get("fsGroup")
+    # OpenShift: the UID, GID and fsGroup are the SCC's (set to null in the values).
+    openshift = values.get("podSecurityContext", {}).get("runAsUser", 10001) is None
+    if not (psc.get("runAsNonRoot") and (openshift or (psc.get("runAsUser", 0) >= 10000 and psc.get("fsGroup")))
             and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"):
         fail(f"{label}: {name}: pod securityContext is not non-root with fsGroup and RuntimeDefault")
+    if openshift and {"runAsUser", "runAsGroup", "fsGroup"} & (set(psc) | {
+            k for c in spec["containers"] for k in c.get("securityContext", {})}):
+        fail(f"{label}: {name}: a UID, GID or fsGroup is set although the values removed them (OpenShift)")
     if spec.get("automountServiceAccountToken") is not False:
         fail(f"{label}: {name}: the service account token must not be mounted automatically")
     for c in spec.get("initContainers", []) + spec["containers"]:
@@ -247,9 +266,9 @@ def check_pod(label, owner, values):
             fail(f"{label}: {name}/{c['name']}: image must be pinned: {c['image']}")
         if "@" not in c["image"] and c["image"].rsplit(":", 1)[1] != expected_tag(values):
             fail(f"{label}: {name}/{c['name']}: image {c['image']}: the tag must be image.tag, else appVersion")
-    spread = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", [])}
-    if spread != {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}:
-        fail(f"{label}: {name}: must spread over zones and hosts, has {spread}")
+    keys = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", [])}
+    if spread and keys != {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}:
+        fail(f"{label}: {name}: must spread over zones and hosts, has {keys}")
     # Credentials are files; the API token only where a script uses it.
     for c in spec["containers"] + spec.get("initContainers", []):
         for e in c.get("env", []):
@@ -265,6 +284,71 @@ def expected_tag(values):
     return values.get("image", {}).get("tag") or app_version
 
 
+README = os.path.join(CHART, "README.md")
+README_BEGIN = "<!-- values: generated from values.yaml by scripts/check-deploy.sh --write -->"
+README_END = "<!-- end of values -->"
+
+
+def values_table():
+    """Every value of values.yaml (leaves: scalars, lists, flow maps, empty maps) with its
+    default and the comment above it, as Markdown; a map's comment is a row of its own."""
+    rows, stack, comment = [], [], []
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped:
+            comment = []
+            continue
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        m = re.match(r"^( *)([A-Za-z0-9_]+):(.*)$", line)
+        if not m:
+            comment = []
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).split(" #")[0].strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        own = " ".join(comment)
+        comment = []
+        nxt = next((x for x in lines[i + 1:] if x.strip() and not x.strip().startswith("#")), "")
+        nested = not rest and len(nxt) - len(nxt.lstrip()) > indent
+        if nested:
+            stack.append((indent, key))
+            if own:
+                rows.append((path, "", own))
+        else:
+            default = rest if rest else "{}"
+            rows.append((path, default, own))
+    out = ["| value | default | meaning |", "|---|---|---|"]
+    for path, default, own in rows:
+        text = own.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        shown = default.replace("|", "\\|")
+        out.append(f"| `{path}` | {'`' + shown + '`' if shown else ''} | {text} |")
+    return "\n".join(out) + "\n"
+
+
+def check_readme(write):
+    """The chart README's values table is values.yaml's, so the two cannot drift."""
+    text = open(README).read()
+    if README_BEGIN not in text or README_END not in text:
+        fail(f"{os.path.relpath(README, ROOT)} lacks the values markers")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    fresh = f"{head}{README_BEGIN}\n{values_table()}{README_END}{tail}"
+    if write:
+        with open(README, "w") as f:
+            f.write(fresh)
+        step(f"wrote the values table of {os.path.relpath(README, ROOT)}")
+    elif fresh != text:
+        fail(f"{os.path.relpath(README, ROOT)}: its values table differs from values.yaml; "
+             "regenerate it with scripts/check-deploy.sh --write")
+    check_links(README)
+    step(f"{os.path.relpath(README, ROOT)}: every value of values.yaml, links ok")
+
+
 def check_links(path):
     """Every relative link of a Markdown file names a file that exists."""
     text = open(path).read()
@@ -276,11 +360,11 @@ def check_links(path):
 
 
 def check_properties(label, objects, values, namespace):
-    n = values.get("replication", {}).get("replicas", 3)
+    n = values.get("replication", {}).get("factor", 3)
     node_values = values.get("node", {})
     replicas = node_values.get("replicas", 3)
     decommission = node_values.get("decommissionOnScaleDown", True)
-    from_label = values.get("zone", {}).get("fromNodeLabel", True)
+    from_label = values.get("zone", {}).get("fromNodeLabel", False)
     sts = one(objects, "StatefulSet")
     spec = sts["spec"]
     headless = one(objects, "Service", spec["serviceName"])
@@ -288,11 +372,15 @@ def check_properties(label, objects, values, namespace):
         fail(f"{label}: {headless['metadata']['name']} must be headless and publish not-ready addresses")
     if spec["podManagementPolicy"] != "OrderedReady":
         fail(f"{label}: podManagementPolicy must be OrderedReady (one membership change at a time)")
-    if spec["persistentVolumeClaimRetentionPolicy"] != {"whenScaled": "Delete", "whenDeleted": "Retain"}:
-        fail(f"{label}: PVC retention must be whenScaled Delete, whenDeleted Retain")
+    # No scaling (not even to zero) and no uninstall deletes a data volume.
+    if spec["persistentVolumeClaimRetentionPolicy"] != {"whenScaled": "Retain", "whenDeleted": "Retain"}:
+        fail(f"{label}: PVC retention must be whenScaled Retain, whenDeleted Retain (no scaling deletes data)")
     pod = check_pod(label, sts, values)
     node = next(c for c in pod["containers"] if c["name"] == "kvnode")
     env = env_of(node)
+    rejoin = "true" if node_values.get("rejoinAfterLeave", True) else "false"
+    if env.get("REJOIN_AFTER_LEAVE") != rejoin:
+        fail(f"{label}: REJOIN_AFTER_LEAVE must be {rejoin} (node.rejoinAfterLeave)")
     if env["POD_NAME"] != {"fieldRef": {"fieldPath": "metadata.name"}} or env["KV_NODE_ID"] != "$(POD_NAME)":
         fail(f"{label}: KV_NODE_ID must be the pod name (downward API)")
     domain = f"{headless['metadata']['name']}.{namespace}.svc.{values.get('clusterDomain', 'cluster.local')}"
@@ -320,7 +408,7 @@ def check_properties(label, objects, values, namespace):
             fail(f"{label}: the preStop hook must run prestop.sh, has {prestop}")
         if pod["terminationGracePeriodSeconds"] < 300:
             fail(f"{label}: terminationGracePeriodSeconds too short for a decommission")
-        role = one(objects, "Role")
+        role = one(objects, "Role", f"{sts['metadata']['name']}-scale-reader")
         if role["rules"] != [{"apiGroups": ["apps"], "resources": ["statefulsets/scale"],
                               "resourceNames": [sts["metadata"]["name"]], "verbs": ["get"]}]:
             fail(f"{label}: the preStop Role must allow only get on this StatefulSet's scale")
@@ -330,6 +418,10 @@ def check_properties(label, objects, values, namespace):
         fail(f"{label}: no preStop hook and no API token without decommissionOnScaleDown")
     if from_label != bool(pod.get("initContainers")):
         fail(f"{label}: the zone init container must run exactly when zone.fromNodeLabel")
+    # Namespace-scoped RBAC unless the zone must be read from the Kubernetes node.
+    cluster_scoped = sorted(o["kind"] for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding"))
+    if cluster_scoped != (["ClusterRole", "ClusterRoleBinding"] if from_label else []):
+        fail(f"{label}: cluster-scoped RBAC {cluster_scoped} with zone.fromNodeLabel {from_label}")
 
     pdb = one(objects, "PodDisruptionBudget", sts["metadata"]["name"])
     if pdb["spec"].get("maxUnavailable") != 1 or pdb["spec"]["selector"] != spec["selector"]:
@@ -369,28 +461,77 @@ def check_properties(label, objects, values, namespace):
         if unknown:
             fail(f"{label}: {c['name']} sets variables no binary reads: {unknown}")
 
-    # Credentials: every Secret referenced exists here or is named in the values.
-    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    # Credentials: no rendering holds a secret (a GitOps renderer would make a new one at every
+    # sync); every Secret a pod mounts is named in the values or made once by the hook Job.
+    if any(o["kind"] == "Secret" for o in objects):
+        fail(f"{label}: a Secret is rendered: `helm template` would make a new one at every rendering")
     external = {values.get(k, {}).get("existingSecret") for k in ("clusterSecret", "clientTokens", "tls")} - {None, ""}
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    made = set()
+    for job in jobs:
+        hooks = job["metadata"].get("annotations", {})
+        if hooks.get("helm.sh/hook") != "pre-install,pre-upgrade" \
+                or "before-hook-creation" not in hooks.get("helm.sh/hook-delete-policy", ""):
+            fail(f"{label}: Job {job['metadata']['name']} must be a pre-install,pre-upgrade hook: {hooks}")
+        args = job["spec"]["template"]["spec"]["containers"][0]["command"][4:]
+        made |= {args[i] for i in range(0, len(args), 3)}
+        check_pod(label, job, values, spread=False)
     for p in (pod, gpod):
         for vol in p["volumes"]:
             for src in vol.get("projected", {}).get("sources", []):
                 ref = src.get("secret", {}).get("name")
-                if ref and ref not in secrets and ref not in external:
-                    fail(f"{label}: volume {vol['name']} names Secret {ref}, which is neither rendered nor given")
-    for name, secret in secrets.items():
-        for key, data in secret["data"].items():
-            text = base64.b64decode(data).decode()
-            if key == "cluster-secret" and not re.fullmatch(r"[!-~]{32,1024}", text):
-                fail(f"{label}: the generated cluster secret is not 32-1024 visible characters")
-            if key == "client-tokens" and not re.fullmatch(r"write [!-~]{16,256} default\n", text):
-                fail(f"{label}: the generated tokens file is not one `write TOKEN default` line")
+                if ref and ref not in made and ref not in external:
+                    fail(f"{label}: volume {vol['name']} names Secret {ref}, which is neither made by the hook Job nor given")
+
+    # Replicas are always rendered (never null on an upgrade with an HPA: helm/helm#12650).
+    for owner in (sts, deploy):
+        if not isinstance(owner["spec"].get("replicas"), int) or owner["spec"]["replicas"] < 1:
+            fail(f"{label}: {owner['kind']} {owner['metadata']['name']} replicas {owner['spec'].get('replicas')!r}")
+
+    # podLabels on every pod; extra volumes where asked.
+    for owner in [sts, deploy] + jobs:
+        pod_labels = owner["spec"]["template"]["metadata"]["labels"]
+        missing = {k: v for k, v in values.get("podLabels", {}).items() if pod_labels.get(k) != v}
+        if missing:
+            fail(f"{label}: {owner['metadata']['name']}: pod labels lack {missing}")
+    for owner, component, container in ((sts, "node", node), (deploy, "gateway", gw)):
+        extra = values.get(component, {})
+        names = {v["name"] for v in owner["spec"]["template"]["spec"]["volumes"]}
+        mounts_of = {m["name"] for m in container["volumeMounts"]}
+        if not {v["name"] for v in extra.get("extraVolumes", [])} <= names \
+                or not {m["name"] for m in extra.get("extraVolumeMounts", [])} <= mounts_of:
+            fail(f"{label}: {component}.extraVolumes or extraVolumeMounts not rendered")
+
+    # Opt-in monitoring objects, rendered from the files in deploy/.
+    rules = [o for o in objects if o["kind"] == "PrometheusRule"]
+    if bool(rules) != values.get("prometheusRule", {}).get("enabled", False):
+        fail(f"{label}: a PrometheusRule exactly when prometheusRule.enabled")
+    for rule in rules:
+        with open(os.path.join(ROOT, "deploy", "prometheus", "alerts.yml")) as f:
+            if rule["spec"] != yaml.safe_load(f):
+                fail(f"{label}: the PrometheusRule's groups differ from deploy/prometheus/alerts.yml")
+    boards = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    if bool(boards) != values.get("grafanaDashboard", {}).get("enabled", False):
+        fail(f"{label}: a dashboard ConfigMap exactly when grafanaDashboard.enabled")
+    for board in boards:
+        with open(os.path.join(ROOT, "deploy", "grafana", "kvstore.json")) as f:
+            if json.loads(board["data"]["kvstore.json"]) != json.load(f):
+                fail(f"{label}: the dashboard ConfigMap differs from deploy/grafana/kvstore.json")
+        wanted = values.get("grafanaDashboard", {}).get("labels", {"grafana_dashboard": "1"})
+        if any(board["metadata"]["labels"].get(k) != v for k, v in wanted.items()):
+            fail(f"{label}: the dashboard ConfigMap lacks the sidecar's labels {wanted}")
 
     # Only nodes and gateways reach the peer port; Prometheus's namespace reaches the admin ports
     # (by default `monitoring`), the client namespaces the client ports.
     if values.get("networkPolicy", {}).get("enabled", True):
         np_values = values.get("networkPolicy", {})
-        for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        for job in jobs:
+            policy = one(objects, "NetworkPolicy", job["metadata"]["name"])
+            job_labels = job["spec"]["template"]["metadata"]["labels"]
+            selected = all(job_labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+            if policy["spec"].get("ingress") != [] or not selected:
+                fail(f"{label}: the hook Job's pods must be selected by a NetworkPolicy admitting nothing")
+        for policy in (o for o in objects if o["kind"] == "NetworkPolicy" and o["spec"].get("ingress")):
             for ports, key, default in (({7200, 8081}, "scrapeNamespaces", ["monitoring"]),
                                         ({7000, 8080}, "clientNamespaces", [])):
                 rules = [r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} & ports]
@@ -474,6 +615,142 @@ def run_script(script, env_extra, stub_dir):
     return result, calls
 
 
+class FakeApi(http.server.BaseHTTPRequestHandler):
+    """The Secrets part of a Kubernetes API: GET one by name, POST one (409 if it exists)."""
+    secrets = {}
+    fail_reads = False
+    calls = []
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        FakeApi.calls.append(("GET", self.path, self.headers.get("Authorization")))
+        name = self.path.rsplit("/", 1)[-1]
+        if FakeApi.fail_reads:
+            self.answer(500, {"kind": "Status", "code": 500})
+        elif name in FakeApi.secrets:
+            self.answer(200, FakeApi.secrets[name])
+        else:
+            self.answer(404, {"kind": "Status", "code": 404})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeApi.calls.append(("POST", self.path, self.headers.get("Authorization")))
+        name = body["metadata"]["name"]
+        if name in FakeApi.secrets:
+            self.answer(409, {"kind": "Status", "code": 409})
+        else:
+            FakeApi.secrets[name] = body
+            self.answer(201, body)
+
+
+def check_secrets_script(stub_dir):
+    """files/secrets.sh as the hook Job runs it, with the real curl against a fake API."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = open(os.path.join(CHART, "files", "secrets.sh")).read()
+    args = ["kv-cluster-secret", "cluster-secret", "cluster", "kv-client-tokens", "client-tokens", "tokens"]
+
+    def run():
+        FakeApi.calls = []
+        env = {"PATH": "/usr/bin:/bin", "POD_NAMESPACE": "kv", "SERVICE_ACCOUNT_DIR": stub_dir,
+               "KUBERNETES_API": f"http://127.0.0.1:{server.server_port}",
+               "SECRET_LABELS": '{"app.kubernetes.io/name":"kvstore"}', "RETRY_DELAY": "0"}
+        return subprocess.run(["/bin/sh", "-c", script, "secrets.sh"] + args, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def data(name, key):
+        return base64.b64decode(FakeApi.secrets[name]["data"][key]).decode()
+
+    try:
+        first = run()
+        posts = [c for c in FakeApi.calls if c[0] == "POST"]
+        if first.returncode != 0 or len(posts) != 2 or any(c[2] != "Bearer x" for c in FakeApi.calls):
+            fail(f"secrets.sh, nothing there: exit {first.returncode}, calls {FakeApi.calls}: {first.stderr}")
+        secret, tokens = data("kv-cluster-secret", "cluster-secret"), data("kv-client-tokens", "client-tokens")
+        if not re.fullmatch(r"[A-Za-z0-9]{64}", secret) or not re.fullmatch(r"write [A-Za-z0-9]{48} default\n", tokens):
+            fail(f"secrets.sh made {secret!r} and {tokens!r}")
+        meta = FakeApi.secrets["kv-cluster-secret"]["metadata"]
+        if meta["annotations"] != {"helm.sh/resource-policy": "keep"} or meta["labels"] != {"app.kubernetes.io/name": "kvstore"}:
+            fail(f"secrets.sh: the Secret's metadata {meta}")
+        again = run()
+        if again.returncode != 0 or any(c[0] == "POST" for c in FakeApi.calls) \
+                or data("kv-cluster-secret", "cluster-secret") != secret:
+            fail(f"secrets.sh, both there: exit {again.returncode}, calls {FakeApi.calls}: {again.stderr}")
+        # Another run made one meanwhile: the GET said absent, the POST finds it (409): kept.
+        del FakeApi.secrets["kv-client-tokens"]
+        FakeApi.secrets["kv-client-tokens"] = None
+        original = FakeApi.do_GET
+
+        def get_absent(self):
+            FakeApi.calls.append(("GET", self.path, self.headers.get("Authorization")))
+            self.answer(404, {"kind": "Status", "code": 404})
+        FakeApi.do_GET = get_absent
+        raced = run()
+        FakeApi.do_GET = original
+        if raced.returncode != 0 or FakeApi.secrets["kv-client-tokens"] is not None \
+                or data("kv-cluster-secret", "cluster-secret") != secret:
+            fail(f"secrets.sh, a race: exit {raced.returncode}: {raced.stderr}")
+        FakeApi.secrets.clear()
+        FakeApi.fail_reads = True
+        broken = run()
+        FakeApi.fail_reads = False
+        reads = sum(c[0] == "GET" for c in FakeApi.calls)
+        if broken.returncode == 0 or FakeApi.secrets or "HTTP 500" not in broken.stderr or reads != 10:
+            fail(f"secrets.sh, the API failing: exit {broken.returncode}, {reads} reads (5 a Secret), "
+                 f"made {list(FakeApi.secrets)}: {broken.stderr}")
+        step("secrets.sh (real curl, a fake API): makes both Secrets once, keeps them on every later run "
+             "and on a race, makes nothing when the API fails")
+    finally:
+        server.shutdown()
+
+
+def check_start_script(stub_dir):
+    """start.sh: a node that left gets an empty data directory with REJOIN_AFTER_LEAVE only."""
+    def run(rejoin, program, marker):
+        data = tempfile.mkdtemp(prefix="kv-data.", dir=stub_dir)
+        os.makedirs(os.path.join(data, "lost+found"))
+        for name in ("members.json", "generation"):
+            open(os.path.join(data, name), "w").write("x")
+        os.makedirs(os.path.join(data, "fjall", "partitions"))
+        if marker:
+            open(os.path.join(data, "LEFT"), "w").write("left\n")
+        env = {"PATH": "/usr/bin:/bin", "KV_DATA_DIR": data, "REJOIN_AFTER_LEAVE": rejoin,
+               "ZONE_FILE": os.path.join(stub_dir, "no-zone")}
+        result = subprocess.run(["sh", os.path.join(CHART, "files", "start.sh"), os.path.join(bin_dir, program)],
+                                env=env, capture_output=True, text=True)
+        return result.returncode, sorted(result.stdout.split())
+
+    # Stub programs that list the data directory they were started with.
+    bin_dir = os.path.join(stub_dir, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    for program in ("kvnode", "kvgateway"):
+        with open(os.path.join(bin_dir, program), "w") as f:
+            f.write('#!/bin/sh\nls -A "$KV_DATA_DIR"\n')
+        os.chmod(os.path.join(bin_dir, program), 0o755)
+    everything = ["LEFT", "fjall", "generation", "lost+found", "members.json"]
+    cases = [
+        ("left, rejoin on", "kvnode", "true", True, ["lost+found"]),
+        ("left, rejoin off", "kvnode", "false", True, everything),
+        ("not left", "kvnode", "true", False, everything[1:]),
+        ("a gateway", "kvgateway", "true", True, everything),
+    ]
+    for what, program, rejoin, marker, want in cases:
+        rc, left = run(rejoin, program, marker)
+        if rc != 0 or left != want:
+            fail(f"start.sh, {what}: exit {rc}, the data directory holds {left}, expected {want}")
+    step(f"start.sh: {len(cases)} cases: only a node that left, with rejoinAfterLeave, gets an empty directory")
+
+
 def check_scripts():
     stub_dir = tempfile.mkdtemp(prefix="kv-deploy-stubs.")
     try:
@@ -548,6 +825,8 @@ def check_scripts():
         if (result.stdout, result2.stdout) != ("fallback\n", "z2\n"):
             fail(f"start.sh: KV_ZONE {result.stdout!r} without a zone file, {result2.stdout!r} with one")
         step(f"zone.sh and start.sh: {len(zcases) + 2} cases")
+        check_secrets_script(stub_dir)
+        check_start_script(stub_dir)
     finally:
         shutil.rmtree(stub_dir)
 
@@ -608,23 +887,48 @@ def main():
     for path in CI_VALUES:
         lint(load_values(path), os.path.relpath(path, ROOT))
     check_links(os.path.join(ROOT, "deploy", "k8s", "README.md"))
+    check_readme(args.write)
+
+    for source, copy in COPIES:
+        if args.write:
+            shutil.copyfile(source, copy)
+        elif open(source, "rb").read() != open(copy, "rb").read():
+            fail(f"{os.path.relpath(copy, ROOT)} differs from {os.path.relpath(source, ROOT)}: "
+                 "scripts/check-deploy.sh --write copies it")
+    step(f"the chart's copies of {len(COPIES)} files of deploy/ are the same")
 
     ci5 = load_values(os.path.join(CHART, "ci", "values-5-nodes-3-zones.yaml"))
+    extra_volume = {"extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+                    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corporate-ca", "readOnly": True}]}
     renderings = [
-        ("default values", {}, "kvstore"),
-        ("5 nodes, 3 zones", ci5, "kvstore"),
+        # (label, values, namespace, rendered as an upgrade)
+        ("default values", {}, "kvstore", False),
+        # helm/helm#12650: an upgrade that leaves replicas out resets them to 1.
+        ("HPAs on, an upgrade", {"node": {"autoscaling": {"enabled": True}}}, "kvstore", True),
+        ("overrides, OpenShift, monitoring", {
+            "fullnameOverride": "store", "podLabels": {"team": "data"},
+            "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+            "securityContext": {"runAsUser": None, "runAsGroup": None},
+            "node": extra_volume, "gateway": extra_volume, "zone": {"fromNodeLabel": True},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+            "grafanaDashboard": {"enabled": True}, "serviceMonitor": {"enabled": True}}, "kvstore", False),
+        ("5 nodes, 3 zones", ci5, "kvstore", False),
         ("TLS, no API access", {"tls": {"enabled": True, "existingSecret": "kvstore-tls"},
                                 "zone": {"fromNodeLabel": False}, "node": {"decommissionOnScaleDown": False},
-                                "clientTokens": {"enabled": False}, "serviceMonitor": {"enabled": True}}, "db"),
-        ("deploy/k8s", load_values(K8S_VALUES), "default"),
+                                "clientTokens": {"enabled": False}, "serviceMonitor": {"enabled": True}}, "db", False),
+        ("deploy/k8s", load_values(K8S_VALUES), "default", False),
     ]
     out_dir = tempfile.mkdtemp(prefix="kv-deploy.")
     try:
         with helm.Chart.load(CHART) as chart:
             check_values(chart)
             files = {}
-            for label, values, namespace in renderings:
-                text, objects = render(chart, values, namespace)
+            for label, values, namespace, upgrade in renderings:
+                text, objects = render(chart, values, namespace, upgrade)
+                # GitOps (Argo CD renders with `helm template` at every sync): the same values
+                # render the same manifests, so no sync replaces a secret or anything else.
+                if render(chart, values, namespace, upgrade)[0] != text:
+                    fail(f"{label}: two renderings of the same values differ")
                 validate(objects, label)
                 check_properties(label, objects, values, namespace)
                 path = os.path.join(out_dir, re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".yaml")
@@ -648,8 +952,10 @@ def main():
                      "regenerate it with scripts/check-deploy.sh --write")
             step("deploy/k8s/kvstore.yaml matches the chart")
 
-        chart_files = [p for label, (p, _) in files.items() if label != "deploy/k8s"]
+        openshift = "overrides, OpenShift, monitoring"
+        chart_files = [p for label, (p, _) in files.items() if label not in ("deploy/k8s", openshift)]
         checkov(args.checkov, chart_files, CHECKOV_SKIPS, "chart renderings")
+        checkov(args.checkov, [files[openshift][0]], {**CHECKOV_SKIPS, **CHECKOV_SKIPS_OPENSHIFT}, openshift)
         checkov(args.checkov, [K8S_MANIFEST], {**CHECKOV_SKIPS, **CHECKOV_SKIPS_K8S}, "deploy/k8s/kvstore.yaml")
     finally:
         shutil.rmtree(out_dir)

@@ -482,6 +482,27 @@ fn s2_a_formed_cluster_stays_formed_after_a_leave_and_a_restart() {
     );
     assert_eq!(n1_put, StatusCode::NO_CONTENT);
     assert!(failures.is_empty(), "a formed cluster fell back to forming: {failures:?}");
+
+    // n4's volume comes back (a StatefulSet scaled down, then up: the chart retains volumes).
+    // kvnode refuses the data of a node that left and marks it; the chart's start wrapper
+    // then empties it and n4 joins again as a new member, serving what the others hold.
+    let n4 = &mut cluster.nodes[3];
+    let refused = n4.restart_may_refuse(Duration::from_secs(30));
+    let data_dir = PathBuf::from(n4.arg("--data-dir").unwrap());
+    assert_eq!(refused.and_then(|s| s.code()), Some(2), "a node that left must refuse its data: {}", n4.log_text());
+    assert!(data_dir.join("LEFT").exists(), "no LEFT marker in {}", data_dir.display());
+    let start_sh = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/kvstore/files/start.sh");
+    let data = data_dir.display().to_string();
+    let rejoined = n4.start_through(&start_sh, &[("KV_DATA_DIR", &data), ("REJOIN_AFTER_LEAVE", "true")]);
+    cluster.nodes[3] = rejoined;
+    let all: Vec<&Proc> = cluster.nodes.iter().collect();
+    let rejoined_in = wait_for("n4 normal again everywhere", Duration::from_secs(60), || all_see(&all, "n4", "normal"));
+    let read = c.get(format!("{}?r=3", cluster.nodes[3].key_url("before"))).send().unwrap();
+    let (status, body) = (read.status(), read.text().unwrap_or_default());
+    println!("s2: n4 restarted on its old volume refused it (exit 2, LEFT written); through start.sh it joined again in {:.1} s; a read through it: {status} {body}", rejoined_in.as_secs_f64());
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v"));
+    assert!(!data_dir.join("LEFT").exists(), "the marker survived the clean-up");
+    assert!(cluster.nodes[3].log_text().contains("emptying"), "start.sh did not say what it did");
 }
 
 /// "Formed" was latched only when a client request arrived while all `--expect-nodes` members

@@ -260,6 +260,22 @@ impl Proc {
         self.args.iter().position(|a| a == flag).and_then(|i| self.args.get(i + 1)).map(String::as_str)
     }
 
+    /// The same program and arguments started again through the shell script `wrapper` (as a
+    /// container's entry point would: `sh WRAPPER PROGRAM ARGS...`, with `env` set), logging
+    /// to the same file; waits until it is live. This process must have exited.
+    pub fn start_through(&self, wrapper: &std::path::Path, env: &[(&str, &str)]) -> Proc {
+        assert!(self.child.is_none(), "{} is still running", self.program.display());
+        let assignments: Vec<String> = env.iter().map(|(k, v)| format!("{k}='{v}'")).collect();
+        let mut args = vec![
+            "-c".to_owned(),
+            format!("{} exec sh '{}' \"$@\"", assignments.join(" "), wrapper.display()),
+            "wrapper".to_owned(),
+            self.program.display().to_string(),
+        ];
+        args.extend(self.args.iter().cloned());
+        Proc::start(PathBuf::from("sh"), args, self.ports, self.log.clone())
+    }
+
     /// What the process wrote to stderr.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

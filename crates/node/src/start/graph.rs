@@ -231,7 +231,8 @@ fn membership(
     .map_err(RunError::Startup)?;
     let clock_metrics = kv_membership::ClockMetrics::register(&process.registry).map_err(metric_error)?;
     membership.enable_clock(Some(config.cluster.max_clock_offset), Some(clock_metrics));
-    let status = start_status(node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())?;
+    let status = start_status(node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())
+        .inspect_err(|_| mark_if_left(&config.data_dir, previous.as_ref()))?;
     membership.set_status(status);
     // Our own state as last recorded, from a later run than our store: an older copy.
     if let Some(recorded) = previous.as_ref().filter(|p| p.incarnation == identity.incarnation) {
@@ -242,6 +243,22 @@ fn membership(
     let lease_engine = engine.clone();
     membership.publish_lease(identity.lease_at_open, move || lease_engine.counter_lease());
     Ok((membership, status))
+}
+
+/// The file a node that left writes when it refuses to start on its data directory: its ranges
+/// were handed off, nothing in it is needed, and a supervisor may empty the directory so that
+/// the node joins again as a new member (the Helm chart's start.sh does, after a scale-down
+/// then a scale-up gave the pod its old volume back).
+pub const LEFT_MARKER: &str = "LEFT";
+
+fn mark_if_left(data_dir: &std::path::Path, previous: Option<&MemberState>) {
+    if previous.is_some_and(|p| p.status == Status::Left) {
+        let text = "this node left the cluster (its ranges were handed off): this directory holds nothing needed; \
+                    empty it to join again as a new member\n";
+        if let Err(e) = std::fs::write(data_dir.join(LEFT_MARKER), text) {
+            tracing::warn!(error = %e, "cannot write the left marker");
+        }
+    }
 }
 
 /// What a node asks before it sends a peer anything but gossip: nothing once a peer refused it

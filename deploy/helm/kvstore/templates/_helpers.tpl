@@ -1,12 +1,18 @@
 {{/*
-Names. Every object is named after the release (or <release>-kvstore when the release name
-does not contain the chart's), cut to 63 characters less room for the suffixes used here.
+Names. Every object is named after the release (or <release>-<name> when the release name
+does not contain the chart's name, or nameOverride), or fullnameOverride; cut to 40
+characters, leaving room for the suffixes used here within 63.
 */}}
 {{- define "kvstore.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := .Values.nameOverride | default .Chart.Name -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -74,12 +80,15 @@ others join, one at a time (OrderedReady).
 
 {{/* Refuses combinations that would make a cluster that cannot work. */}}
 {{- define "kvstore.validate" -}}
-{{- $n := int .Values.replication.replicas -}}
+{{- if not (kindIs "invalid" .Values.replication.replicas) -}}
+{{- fail "replication.replicas was renamed replication.factor in chart 0.2.0 (copies of each key; node.replicas is the number of storage pods): move the value" -}}
+{{- end -}}
+{{- $n := int .Values.replication.factor -}}
 {{- if lt (int .Values.node.replicas) $n -}}
-{{- fail (printf "node.replicas (%d) must be at least replication.replicas (%d): a smaller cluster refuses every write" (int .Values.node.replicas) $n) -}}
+{{- fail (printf "node.replicas (%d) must be at least replication.factor (%d): a smaller cluster refuses every write" (int .Values.node.replicas) $n) -}}
 {{- end -}}
 {{- if and .Values.node.autoscaling.enabled (lt (int .Values.node.autoscaling.minReplicas) $n) -}}
-{{- fail "node.autoscaling.minReplicas must be at least replication.replicas" -}}
+{{- fail "node.autoscaling.minReplicas must be at least replication.factor" -}}
 {{- end -}}
 {{- if lt (int .Values.node.autoscaling.maxReplicas) (int .Values.node.autoscaling.minReplicas) -}}
 {{- fail "node.autoscaling.maxReplicas must be at least node.autoscaling.minReplicas" -}}
@@ -90,7 +99,7 @@ others join, one at a time (OrderedReady).
 {{- range $q := list "readQuorum" "writeQuorum" -}}
 {{- $v := index $.Values.replication $q -}}
 {{- if and (not (kindIs "invalid" $v)) (gt (int $v) $n) -}}
-{{- fail (printf "replication.%s (%d) must not exceed replication.replicas (%d)" $q (int $v) $n) -}}
+{{- fail (printf "replication.%s (%d) must not exceed replication.factor (%d)" $q (int $v) $n) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
@@ -103,9 +112,9 @@ others join, one at a time (OrderedReady).
 - name: KV_SEEDS
   value: {{ include "kvstore.seeds" . | quote }}
 - name: KV_EXPECT_NODES
-  value: {{ .Values.node.expectNodes | default (min (int .Values.node.replicas) (int .Values.replication.replicas)) | quote }}
+  value: {{ .Values.node.expectNodes | default (min (int .Values.node.replicas) (int .Values.replication.factor)) | quote }}
 - name: KV_REPLICAS
-  value: {{ .Values.replication.replicas | quote }}
+  value: {{ .Values.replication.factor | quote }}
 {{- with .Values.replication.readQuorum }}
 - name: KV_READ_QUORUM
   value: {{ . | quote }}
@@ -132,28 +141,61 @@ others join, one at a time (OrderedReady).
 {{- end }}
 {{- end -}}
 
-{{/* Pod and container security: non-root (the image's user 10001), nothing writable but volumes. */}}
+{{/*
+Pod and container security: podSecurityContext and securityContext (values.yaml: non-root as
+the image's user 10001, nothing writable but volumes); a key set to null is left out.
+*/}}
 {{- define "kvstore.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-fsGroupChangePolicy: OnRootMismatch
-seccompProfile:
-  type: RuntimeDefault
+{{- include "kvstore.compact" .Values.podSecurityContext -}}
 {{- end -}}
 
 {{- define "kvstore.securityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-readOnlyRootFilesystem: true
-allowPrivilegeEscalation: false
-privileged: false
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- include "kvstore.compact" .Values.securityContext -}}
+{{- end -}}
+
+{{/* A map as YAML without its null entries ({} when nothing is left). */}}
+{{- define "kvstore.compact" -}}
+{{- $out := dict -}}
+{{- range $k, $v := . -}}
+{{- if not (kindIs "invalid" $v) -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Labels of one component's pods: selector labels, the chart's, podLabels. */}}
+{{- define "kvstore.podLabels" -}}
+{{- $ := index . 0 -}}
+{{- include "kvstore.labels" $ }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- with $.Values.podLabels }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The replicas of a scalable workload: include "kvstore.replicas" (list . "StatefulSet" name
+configured hpa). Always rendered, never null: with an HPA, an upgrade that left the field out
+made Helm's three-way merge reset it to 1 (helm/helm#12650), and a node StatefulSet cut to one
+pod decommissions the others. With an HPA, the live object's replicas (what the HPA chose)
+when Helm can look it up; else (install, `helm template`) the configured count, at least
+the HPA's minimum.
+*/}}
+{{- define "kvstore.replicas" -}}
+{{- $ := index . 0 -}}
+{{- $configured := int (index . 3) -}}
+{{- $hpa := index . 4 -}}
+{{- if $hpa.enabled -}}
+{{- $live := lookup "apps/v1" (index . 1) $.Release.Namespace (index . 2) -}}
+{{- if and $live $live.spec (hasKey $live.spec "replicas") -}}
+{{- int $live.spec.replicas -}}
+{{- else -}}
+{{- max $configured (int $hpa.minReplicas) -}}
+{{- end -}}
+{{- else -}}
+{{- $configured -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
