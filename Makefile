@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-scale bench-storage build bins release clean image test-docker test-scale-local
+.PHONY: run test test-long test-upgrade deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-scale bench-storage build bins release clean image test-docker test-scale-local
 
 CARGO ?= cargo
 
@@ -70,6 +70,12 @@ fuzz:
 
 test:
 	./scripts/test.sh
+
+# A rolling upgrade from the previous release (RELEASES) under load: 3 nodes and 2 gateways
+# replaced one at a time, one node downgraded and upgraded again; 0 failed requests and 0 lost
+# writes (scripts/test-upgrade.sh). CI runs it after `make test`.
+test-upgrade: deps
+	./scripts/test-upgrade.sh
 
 # Long runs kept out of `make test`: 200,000 model-checker histories, a 2-minute soak
 # without false failure detections, anti-entropy over 100,000 keys, and a join and a leave

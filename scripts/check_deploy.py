@@ -453,6 +453,13 @@ def check_properties(label, objects, values, namespace):
             fail(f"{label}: gateway and nodes disagree on {var}")
     if any(m["mountPath"].startswith("/var/run/secrets/kubernetes.io") for m in gw["volumeMounts"]):
         fail(f"{label}: the gateway container needs no API token")
+    # A rolling restart: a stopping gateway serves on while it leaves the Service's endpoints.
+    wait = values.get("gateway", {}).get("preStopSeconds", 5)
+    gw_prestop = gw.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if (gw_prestop != ["sleep", str(wait)]) if wait else gw_prestop:
+        fail(f"{label}: the gateway's preStop must wait {wait} s, is {gw_prestop}")
+    if wait and wait >= gpod["terminationGracePeriodSeconds"]:
+        fail(f"{label}: the gateway's preStop wait leaves no time to drain")
 
     # Every KV_ variable is a real flag of a binary.
     known = flags_in_sources()

@@ -99,6 +99,8 @@ fn member(id: &str, status: Status) -> MemberState {
         heartbeat: 1,
         suspects: Vec::new(),
         formed: false,
+        release: String::new(),
+        protocol: 0,
     }
 }
 

@@ -123,6 +123,16 @@ pub struct MemberState {
     /// starts later learns it from any member's state. False in states recorded before.
     #[serde(default)]
     pub formed: bool,
+    /// The release its process runs (`0.2.0`); empty for a process of a release before 0.2.0
+    /// (peer protocol v6, whose states do not carry it). Operators see who is upgraded.
+    #[serde(default)]
+    pub release: String,
+    /// The newest peer protocol its process speaks (`kv_proto::PROTOCOL`); 0 when unknown (a
+    /// process of a release before 0.2.0, which speaks only v6). A feature that needs every
+    /// member to speak a version turns on once every member's state says so
+    /// (`kv_membership::Membership::cluster_protocol`).
+    #[serde(default)]
+    pub protocol: u32,
 }
 
 impl MemberState {
@@ -153,6 +163,115 @@ pub struct Digest {
     /// another frozen member.
     #[serde(default)]
     pub frozen: bool,
+}
+
+impl Digest {
+    /// The body of a gossip exchange in peer protocol `version` (`kv_proto::PROTOCOL_MIN` up to
+    /// `kv_proto::PROTOCOL`): v6 has no `release` in member states.
+    pub fn encode_as(&self, version: u32) -> Vec<u8> {
+        let bytes = if version <= 6 { postcard::to_stdvec(&v6::Digest::from(self)) } else { postcard::to_stdvec(self) };
+        // Serialising plain owned data into a Vec cannot fail.
+        bytes.unwrap_or_default()
+    }
+
+    /// Decodes the body of a gossip exchange sent in peer protocol `version`, refusing
+    /// trailing bytes.
+    pub fn decode_as(bytes: &[u8], version: u32) -> Result<Digest, String> {
+        fn whole<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+            let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+            if rest.is_empty() {
+                Ok(value)
+            } else {
+                Err(format!("{} trailing bytes", rest.len()))
+            }
+        }
+        if version <= 6 {
+            whole::<v6::Digest>(bytes).map(Digest::from)
+        } else {
+            whole(bytes)
+        }
+    }
+}
+
+/// The shapes of peer protocol v6 (release 0.1.0), for peers that have not upgraded: postcard
+/// writes fields in order, so a state with `release` and `protocol` cannot be read by them,
+/// nor theirs as one.
+mod v6 {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct MemberState {
+        id: String,
+        address: String,
+        zone: String,
+        weight: u32,
+        status: super::Status,
+        incarnation: u64,
+        lease: u64,
+        run: u64,
+        generation: u64,
+        heartbeat: u64,
+        suspects: Vec<(String, u64)>,
+        formed: bool,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Digest {
+        states: Vec<MemberState>,
+        removed: Vec<(String, u64)>,
+        clock_ms: u64,
+        frozen: bool,
+    }
+
+    impl From<&super::Digest> for Digest {
+        fn from(d: &super::Digest) -> Self {
+            let states = d
+                .states
+                .iter()
+                .map(|s| MemberState {
+                    id: s.id.clone(),
+                    address: s.address.clone(),
+                    zone: s.zone.clone(),
+                    weight: s.weight,
+                    status: s.status,
+                    incarnation: s.incarnation,
+                    lease: s.lease,
+                    run: s.run,
+                    generation: s.generation,
+                    heartbeat: s.heartbeat,
+                    suspects: s.suspects.clone(),
+                    formed: s.formed,
+                })
+                .collect();
+            Digest { states, removed: d.removed.clone(), clock_ms: d.clock_ms, frozen: d.frozen }
+        }
+    }
+
+    impl From<Digest> for super::Digest {
+        fn from(d: Digest) -> Self {
+            let states = d
+                .states
+                .into_iter()
+                .map(|s| super::MemberState {
+                    id: s.id,
+                    address: s.address,
+                    zone: s.zone,
+                    weight: s.weight,
+                    status: s.status,
+                    incarnation: s.incarnation,
+                    lease: s.lease,
+                    run: s.run,
+                    generation: s.generation,
+                    heartbeat: s.heartbeat,
+                    suspects: s.suspects,
+                    formed: s.formed,
+                    release: String::new(),
+                    protocol: 0,
+                })
+                .collect();
+            super::Digest { states, removed: d.removed, clock_ms: d.clock_ms, frozen: d.frozen }
+        }
+    }
 }
 
 /// A member as an observer sees it.
@@ -424,6 +543,16 @@ impl Gossip {
                 None => true,
             };
             if newer {
+                // A state relayed by a process of an older release lost its release field:
+                // the member's own run did not change it.
+                if let Some(current) = self.members.get(&state.id).filter(|c| c.run == state.run) {
+                    if state.release.is_empty() {
+                        state.release.clone_from(&current.release);
+                    }
+                    if state.protocol == 0 {
+                        state.protocol = current.protocol;
+                    }
+                }
                 self.detector.heard(&state.id, state.version(), now_ms);
                 self.members.insert(state.id.clone(), state);
                 self.heard_others += 1;

@@ -16,6 +16,8 @@ fn state(id: &str, generation: u64) -> MemberState {
         heartbeat: 0,
         suspects: Vec::new(),
         formed: false,
+        release: String::new(),
+        protocol: 0,
     }
 }
 
@@ -464,4 +466,41 @@ fn the_lease_spreads_and_old_states_without_one_still_decode() {
     let json = r#"{"id":"b","address":"b:7000","zone":"z","weight":1,"status":"Normal","incarnation":1,"generation":1,"heartbeat":1,"suspects":[]}"#;
     let old: MemberState = serde_json::from_str(json).unwrap();
     assert_eq!(old.lease, 0);
+}
+
+/// Protocol v6 (release 0.1.0) has no `release` in member states: a v7 body cannot be read as
+/// a v6 one (postcard writes fields in order), which is why each version keeps its shape; a
+/// digest survives both encodings, losing only the release in v6.
+#[test]
+fn a_digest_is_encoded_in_each_protocol_version_and_only_v7_carries_the_release() {
+    let mut a = state("a", 3);
+    a.release = "0.2.0".into();
+    a.suspects = vec![("b".into(), 7)];
+    let digest =
+        Digest { states: vec![a.clone(), state("b", 1)], removed: vec![("c".into(), 9)], clock_ms: 42, frozen: true };
+    let v7 = digest.encode_as(7);
+    let v6 = digest.encode_as(6);
+    assert_eq!(Digest::decode_as(&v7, 7).unwrap(), digest);
+    let old = Digest::decode_as(&v6, 6).unwrap();
+    let mut expected = digest.clone();
+    expected.states[0].release = String::new();
+    assert_eq!(old, expected);
+    assert!(Digest::decode_as(&v7, 6).is_err(), "a v6 reader must not take a v7 body");
+    assert!(Digest::decode_as(&v6, 7).is_err(), "a v7 reader must not take a v6 body");
+}
+
+/// A state relayed through a member of the older release lost its release: the member's own
+/// run did not change it, so the view keeps what it knew.
+#[test]
+fn a_release_is_not_forgotten_through_an_older_relay() {
+    let mut g = Gossip::new(None, SUSPECT_MS, 0);
+    let mut a = state("a", 1);
+    a.release = "0.2.0".into();
+    g.merge(vec![a.clone()], 0);
+    let mut relayed = a.clone();
+    relayed.release = String::new();
+    relayed.heartbeat = 5;
+    g.merge(vec![relayed], 10);
+    let seen = g.views(10).into_iter().find(|v| v.state.id == "a").unwrap();
+    assert_eq!((seen.state.heartbeat, seen.state.release.as_str()), (5, "0.2.0"));
 }

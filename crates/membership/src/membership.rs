@@ -59,6 +59,12 @@ pub struct MemberInfo {
     pub suspected: bool,
     /// Milliseconds since its heartbeat last rose, as seen here (`None` for ourselves).
     pub last_seen_ms_ago: Option<u64>,
+    /// The release it runs (`0.2.0`); empty for a release before 0.2.0, which does not say.
+    #[serde(default)]
+    pub release: String,
+    /// The newest peer protocol it speaks (6 for a release before 0.2.0, which does not say).
+    #[serde(default)]
+    pub protocol: u32,
 }
 
 /// Body of `GET /cluster/members`.
@@ -91,6 +97,10 @@ pub fn validate_state(state: &MemberState) -> Result<(), String> {
     }
     if state.suspects.len() > MAX_MEMBERS {
         return Err(format!("{} reports too many suspects", state.id));
+    }
+    let version_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+');
+    if state.release.len() > 64 || !state.release.chars().all(version_char) {
+        return Err(format!("release of {} is not a version (at most 64 of [0-9A-Za-z.+-])", state.id));
     }
     Ok(())
 }
@@ -611,6 +621,13 @@ impl Membership {
         self.gossip.lock().targets(fanout, self.now_ms(), rng)
     }
 
+    /// The newest peer protocol every member (every state not left or removed) speaks: a
+    /// feature that needs every member upgraded turns on only when this reaches its version.
+    pub fn cluster_protocol(&self) -> u32 {
+        let now = self.now_ms();
+        cluster_protocol(self.gossip.lock().views(now).iter().map(|v| &v.state))
+    }
+
     /// Every member as `/cluster/members` shows it.
     pub fn members(&self) -> Vec<MemberInfo> {
         let now = self.now_ms();
@@ -648,6 +665,9 @@ impl Membership {
             self.topology.send_replace(Arc::new(build_topology(&views)));
         }
         drop(current);
+        if let Some(metrics) = &self.metrics {
+            metrics.cluster_protocol.set(i64::from(cluster_protocol(views.iter().map(|v| &v.state))));
+        }
         if changed {
             if let Some(metrics) = &self.metrics {
                 // Outside the lock (a walk over every range of the ring), from the newest
@@ -699,7 +719,19 @@ fn info(view: MemberView, now: u64) -> MemberInfo {
         generation: s.generation,
         suspected: view.suspected,
         last_seen_ms_ago: view.last_seen_ms.map(|t| now.saturating_sub(t)),
+        release: s.release,
+        protocol: s.protocol.max(kv_proto::PROTOCOL_MIN),
     }
+}
+
+/// The newest peer protocol all of `states` that are members speak (a state that does not say,
+/// of a release before 0.2.0, speaks `PROTOCOL_MIN`); this release's when there is none.
+fn cluster_protocol<'a>(states: impl Iterator<Item = &'a MemberState>) -> u32 {
+    states
+        .filter(|s| s.status.is_member())
+        .map(|s| s.protocol.clamp(kv_proto::PROTOCOL_MIN, kv_proto::PROTOCOL))
+        .min()
+        .unwrap_or(kv_proto::PROTOCOL)
 }
 
 /// A ring of the members whose status passes `include`.
@@ -990,11 +1022,27 @@ mod tests {
             heartbeat: 1,
             suspects: Vec::new(),
             formed: false,
+            release: String::new(),
+            protocol: 0,
         }
     }
 
     fn digest(states: Vec<MemberState>) -> Digest {
         Digest { states, ..Digest::default() }
+    }
+
+    /// Every member speaks v7 only once the last one of the previous release (which does not
+    /// say) is upgraded; members that left or were removed do not count.
+    #[test]
+    fn the_cluster_protocol_is_the_oldest_any_member_speaks() {
+        let speaking = |id: &str, status: Status, protocol: u32| MemberState { protocol, ..state(id, status) };
+        let mixed =
+            [speaking("a", Status::Normal, 7), speaking("b", Status::Normal, 0), speaking("c", Status::Joining, 7)];
+        assert_eq!(cluster_protocol(mixed.iter()), kv_proto::PROTOCOL_MIN);
+        let upgraded =
+            [speaking("a", Status::Normal, 7), speaking("b", Status::Left, 0), speaking("c", Status::Normal, 7)];
+        assert_eq!(cluster_protocol(upgraded.iter()), 7);
+        assert_eq!(cluster_protocol([].iter()), kv_proto::PROTOCOL);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct MembershipMetrics {
     pub under_replicated: IntGauge,
     /// N, the replicas per key.
     pub replicas: usize,
+    /// `kv_cluster_protocol_version`: the newest peer protocol every member speaks (what a
+    /// feature that needs every member upgraded waits for).
+    pub cluster_protocol: IntGauge,
 }
 
 impl MembershipMetrics {
@@ -37,8 +40,13 @@ impl MembershipMetrics {
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(gossip_rounds.clone()))?;
         registry.register(Box::new(ownership.clone()))?;
+        let cluster_protocol = IntGauge::new(
+            "kv_cluster_protocol_version",
+            "The newest peer protocol every member speaks, as seen here (below this release's during an upgrade)",
+        )?;
         registry.register(Box::new(under_replicated.clone()))?;
-        Ok(MembershipMetrics { members, gossip_rounds, ownership, under_replicated, replicas })
+        registry.register(Box::new(cluster_protocol.clone()))?;
+        Ok(MembershipMetrics { members, gossip_rounds, ownership, under_replicated, replicas, cluster_protocol })
     }
 
     /// Sets the ring's gauges from a new topology.

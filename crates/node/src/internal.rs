@@ -119,7 +119,10 @@ pub async fn gossip(
             ));
         }
     }
-    let digest: Digest = message(&body)?;
+    // In the caller's protocol version, and so is the answer (v6 states carry no release).
+    let version = signed.as_ref().map_or(kv_proto::PROTOCOL_MIN, |s| s.version);
+    let digest =
+        Digest::decode_as(&body, version).map_err(|e| ApiError::BadRequest(format!("malformed gossip: {e}")))?;
     // Our view as it was before the caller's: what it sends about itself cannot hide what we
     // knew of it (a node started on an older copy of its store learns of its later run so).
     let mut reply = state.membership.digest();
@@ -128,7 +131,7 @@ pub async fn gossip(
     // A frozen node's view may predate what the cluster did meanwhile: it confirms no one.
     reply.frozen = state.membership.frozen();
     state.membership.merge(digest);
-    Ok(binary(encode(&reply)))
+    Ok(binary(reply.encode_as(version)))
 }
 
 /// Most node values one Merkle request may ask for (all leaves of many segments).

@@ -1,15 +1,42 @@
 //! The internal replica protocol: messages between coordinators and replicas.
 //!
 //! Bodies are postcard (compact binary), not JSON: values travel as raw bytes instead of
-//! base64 text, and clocks stay small. Every message type is versioned by the URL prefix
-//! (`/internal/v1/...`) and by the signature header of `kv-transport`'s `Signer`, so a node refuses a peer
-//! speaking another version instead of misreading it.
+//! base64 text, and clocks stay small. postcard is not self-describing (a field added to a
+//! message breaks every reader of the old shape), so every request says the protocol version
+//! its body is in (the signature header of `kv-transport`'s `Signer`), every answer is in the
+//! version it was asked in, and a message that changes keeps its old shape for peers that have
+//! not upgraded ([`PROTOCOL`], [`PROTOCOL_MIN`]).
 
 use kv_types::{Record, Version};
 use kv_vclock::{Dot, Siblings, VClock};
 use serde::{Deserialize, Serialize};
 
 use crate::{Refusal, ReplicaError};
+
+/// The newest peer protocol this release speaks. A process speaks every version from
+/// [`PROTOCOL_MIN`] up to this one: it accepts a request in any of them and answers in the
+/// request's version, and it sends a peer the newest version both speak, learnt from the
+/// [`PROTOCOL_HEADER`] of the peer's answers (a peer that has not answered yet, or answers
+/// without the header, is sent [`PROTOCOL_MIN`]). So one release upgrades to the next one
+/// process at a time, and back.
+///
+/// History: `v4` authenticates the head on its own; `v5` has the front store the new version
+/// on the coordinating replica too (rule 15 of docs/consistency.md); `v6` refuses a call with
+/// a typed [`Refusal`]; `v7` (release 0.2.0) carries each member's release in gossip
+/// (`kv_gossip::MemberState::release`), and versions its messages.
+pub const PROTOCOL: u32 = 7;
+
+/// The oldest peer protocol this release still speaks: the previous release's.
+pub const PROTOCOL_MIN: u32 = 6;
+
+/// Response header of every answer of a peer listener: the newest protocol the process speaks.
+pub const PROTOCOL_HEADER: &str = "x-kv-protocol";
+
+/// The protocol version named `v<N>` in a signature header, if this release speaks it.
+pub fn spoken_version(name: &str) -> Option<u32> {
+    let version: u32 = name.strip_prefix('v')?.parse().ok()?;
+    (PROTOCOL_MIN..=PROTOCOL).contains(&version).then_some(version)
+}
 
 /// What a scan refusal (a [`Refusal::NotOwner`]) says when the replica owns the range but is
 /// filling it (gaining it from its other owners, as the caller is): it is not one of the owners

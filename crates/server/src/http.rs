@@ -75,6 +75,7 @@ pub fn layered(
         body_max: options.body_max,
         too_large: options.too_large_code,
         precheck: options.precheck,
+        stamp: options.stamp,
         limits: server.limits,
         timeout: server.request_timeout,
     };
@@ -122,6 +123,7 @@ struct Guard {
     body_max: usize,
     too_large: &'static str,
     precheck: Option<Precheck>,
+    stamp: Option<(axum::http::HeaderName, axum::http::HeaderValue)>,
     limits: crate::listen::ConnectionLimits,
     timeout: std::time::Duration,
 }
@@ -174,7 +176,7 @@ impl Guard {
         let route = request.extensions().get::<MatchedPath>().cloned();
         let method = request.method().clone();
         let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let response = match self.admit(request, activity.as_ref()).await {
+        let mut response = match self.admit(request, activity.as_ref()).await {
             Err(refused) => refused,
             Ok((request, held)) => {
                 // Latency from the body in to the answer: what the store spent, not the
@@ -191,6 +193,9 @@ impl Guard {
         self.requests
             .with_label_values(&[self.listener, route_name, method.as_str(), response.status().as_str()])
             .inc();
+        if let Some((name, value)) = &self.stamp {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
         response
     }
 }
@@ -210,12 +215,15 @@ pub struct ListenerOptions {
     pub too_large_code: &'static str,
     /// Checked before the body is read.
     pub precheck: Option<Precheck>,
+    /// A header every answer carries, refusals included (the peer listener: the newest peer
+    /// protocol the process speaks, `x-kv-protocol`).
+    pub stamp: Option<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 impl ListenerOptions {
     /// Bodies up to `body_max` bytes, nothing else special.
     pub fn bodies(body_max: usize) -> ListenerOptions {
-        ListenerOptions { unshed: &[], body_max, too_large_code: "body_too_large", precheck: None }
+        ListenerOptions { unshed: &[], body_max, too_large_code: "body_too_large", precheck: None, stamp: None }
     }
 }
 

@@ -422,6 +422,23 @@ impl Proc {
         }
     }
 
+    /// Stops the process gracefully (SIGTERM, as a rolling restart does) and starts `program`
+    /// in its place with the same arguments, ports, data and log; waits until it is live.
+    /// Returns how long the process was not answering.
+    pub fn replace_program(&mut self, program: PathBuf) -> Duration {
+        let stopped = Instant::now();
+        let status = self.terminate();
+        assert!(status.success(), "{} stopped with {status} on SIGTERM:\n{}", self.program.display(), self.log_text());
+        self.program = program;
+        self.spawn();
+        stopped.elapsed()
+    }
+
+    /// The program this process runs.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
     /// Waits for the process to exit by itself (within `limit`, else SIGKILL and panic).
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("process running");

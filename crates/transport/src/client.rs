@@ -6,7 +6,7 @@ use std::time::Duration;
 use kv_gossip::Digest;
 use kv_proto::{
     decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
-    BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, SCAN_PATH, STORE_BATCH_PATH,
+    BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, PROTOCOL, PROTOCOL_HEADER, PROTOCOL_MIN, SCAN_PATH, STORE_BATCH_PATH,
 };
 use kv_proto::{Refusal, ReplicaError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::signer::{Signer, SIGNATURE_HEADER};
 
 /// A request one process sends another: where it goes and what comes back.
-pub trait PeerRequest: Serialize {
+pub trait PeerRequest: Serialize + Sized {
     /// The internal path it is posted to.
     const PATH: &'static str;
     /// Short name for metric labels.
@@ -28,6 +28,17 @@ pub trait PeerRequest: Serialize {
     const BOUNDED: bool = true;
     /// The answer's type.
     type Reply: DeserializeOwned;
+
+    /// The body in peer protocol `version` (a message whose shape changed keeps its old one
+    /// for peers that have not upgraded).
+    fn encode_as(&self, _version: u32) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes the answer, which is in the version the request was sent in.
+    fn decode_reply(bytes: &[u8], _version: u32) -> Result<Self::Reply, String> {
+        decode(bytes)
+    }
 }
 
 impl PeerRequest for Vec<Call> {
@@ -59,6 +70,14 @@ impl PeerRequest for Digest {
     const NAME: &'static str = "gossip";
     const BOUNDED: bool = false;
     type Reply = Digest;
+
+    fn encode_as(&self, version: u32) -> Vec<u8> {
+        Digest::encode_as(self, version)
+    }
+
+    fn decode_reply(bytes: &[u8], version: u32) -> Result<Digest, String> {
+        Digest::decode_as(bytes, version)
+    }
 }
 
 /// How the transport calls peers.
@@ -174,6 +193,8 @@ pub struct PeerTransport {
     signer: Signer,
     /// Shared by every clone (the transport is cloned per batch sent).
     metrics: Option<Arc<TransportMetrics>>,
+    /// The newest peer protocol each peer (by address) said it speaks in its last answer.
+    versions: Arc<parking_lot::RwLock<std::collections::HashMap<String, u32>>>,
 }
 
 impl PeerTransport {
@@ -190,6 +211,7 @@ impl PeerTransport {
             signer: options.signer.clone(),
             options: Arc::new(options),
             metrics,
+            versions: Arc::default(),
         })
     }
 
@@ -205,12 +227,50 @@ impl PeerTransport {
 
     /// Sends `request` to the peer at `address` (`host:port` of its peer listener) and decodes
     /// its answer.
+    ///
+    /// In the newest protocol both speak: the peer's last answer said which ([`PROTOCOL_HEADER`];
+    /// none yet, or an answer without it, means [`PROTOCOL_MIN`]).
     pub async fn request<R: PeerRequest>(&self, address: &str, request: &R) -> Result<R::Reply, ReplicaError> {
-        let bytes = self.post(address, R::PATH, R::NAME, R::BOUNDED, encode(request), None).await?;
-        decode(&bytes).map_err(ReplicaError::Decode)
+        let mut version = self.version_of(address);
+        loop {
+            let sent =
+                self.post(address, R::PATH, R::NAME, R::BOUNDED, request.encode_as(version), version, None).await;
+            match sent {
+                // The peer went back to an older release (a downgrade, a rollback): it refused
+                // the newer version before doing anything and its answer said what it speaks.
+                Err(ReplicaError::Refused(Refusal::Unauthenticated(_))) if self.version_of(address) < version => {
+                    version = self.version_of(address);
+                }
+                sent => return R::decode_reply(&sent?, version).map_err(ReplicaError::Decode),
+            }
+        }
+    }
+
+    /// The protocol this transport sends the peer at `address` in.
+    pub fn version_of(&self, address: &str) -> u32 {
+        self.versions.read().get(address).copied().unwrap_or(PROTOCOL_MIN)
+    }
+
+    /// Every peer this transport heard from, with the newest protocol it speaks.
+    pub fn peer_versions(&self) -> Vec<(String, u32)> {
+        let mut versions: Vec<(String, u32)> = self.versions.read().iter().map(|(a, v)| (a.clone(), *v)).collect();
+        versions.sort();
+        versions
+    }
+
+    fn learn(&self, address: &str, headers: &reqwest::header::HeaderMap) {
+        let spoken = headers
+            .get(PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(PROTOCOL_MIN, |v| v.clamp(PROTOCOL_MIN, PROTOCOL));
+        if self.versions.read().get(address) != Some(&spoken) {
+            self.versions.write().insert(address.to_owned(), spoken);
+        }
     }
 
     /// Posts a signed body, the one way any request leaves this process for a peer.
+    #[allow(clippy::too_many_arguments)]
     async fn post(
         &self,
         address: &str,
@@ -218,10 +278,11 @@ impl PeerTransport {
         name: &str,
         bounded: bool,
         body: Vec<u8>,
+        version: u32,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReplicaError> {
         let sent = body.len() as u64;
-        let result = self.post_unmetered(address, path, bounded, body, timeout).await;
+        let result = self.post_unmetered(address, path, bounded, body, version, timeout).await;
         if let Some(metrics) = &self.metrics {
             metrics.record(name, &result, sent);
         }
@@ -234,6 +295,7 @@ impl PeerTransport {
         path: &str,
         bounded: bool,
         body: Vec<u8>,
+        version: u32,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReplicaError> {
         if path != GOSSIP_PATH {
@@ -251,7 +313,7 @@ impl PeerTransport {
         } else {
             None
         };
-        let signature = self.signer.sign("POST", path, address, &body);
+        let signature = self.signer.sign_as(version, "POST", path, address, &body);
         let http = self.http.read().clone();
         let mut post = http.post(format!("{}://{address}{path}", self.scheme));
         if let Some(timeout) = timeout {
@@ -272,6 +334,7 @@ impl PeerTransport {
                 }
             })?;
         let status = response.status();
+        self.learn(address, response.headers());
         let bytes = response.bytes().await.map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
         if status.is_success() {
             return Ok(bytes.to_vec());

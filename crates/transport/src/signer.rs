@@ -4,7 +4,7 @@
 //! is accepted once. It is sent in [`SIGNATURE_HEADER`] as
 //!
 //! ```text
-//! v6 <key id> <timestamp ms> <sender>.<seq> <to> <from> <body sha-256> <hmac>
+//! v7 <key id> <timestamp ms> <sender>.<seq> <to> <from> <body sha-256> <hmac>
 //! ```
 //!
 //! where the HMAC-SHA256, under a key derived from the cluster secret ([`crate::Secrets`]),
@@ -42,13 +42,10 @@ use crate::secret::Secrets;
 /// Header carrying a request's signature.
 pub const SIGNATURE_HEADER: &str = "x-kv-internal";
 
-/// Protocol version written first: `v4` since the head is authenticated on its own (the MAC
-/// covers the declared body digest); `v5` since a coordinate call stores nothing and the front
-/// stores the new version on the coordinating replica too (rule 15 of docs/consistency.md: a
-/// `v4` front would count that replica's copy without sending it); `v6` since a refused call
-/// says why as a typed `kv_proto::Refusal`, not an HTTP status. Processes of other versions
-/// are refused with a clear message.
-const PROTOCOL: &str = "v6";
+// The protocol version is written first (`v7`): the version the body is in, one of those this
+// release speaks (`kv_proto::PROTOCOL_MIN` to `kv_proto::PROTOCOL`; their history is there).
+// Requests in other versions are refused with a clear message.
+use kv_proto::{spoken_version, PROTOCOL, PROTOCOL_MIN};
 
 /// The purpose the signing key is derived for.
 const PURPOSE: &str = "requests-v4";
@@ -117,12 +114,24 @@ impl Signer {
 
     /// The header value for a request to `to` (the address dialed, or the node id: no
     /// whitespace, at most 256 bytes), now.
+    ///
+    /// In the oldest protocol this release speaks: admin and client requests carry no body
+    /// whose shape changed, so kvctl of this release also talks to processes of the previous.
     pub fn sign(&self, method: &str, path: &str, to: &str, body: &[u8]) -> String {
         self.sign_at(method, path, to, body, now_ms())
     }
 
+    /// [`Signer::sign`] of a body in peer protocol `version`.
+    pub fn sign_as(&self, version: u32, method: &str, path: &str, to: &str, body: &[u8]) -> String {
+        self.sign_full(version, method, path, to, body, now_ms())
+    }
+
     /// [`Signer::sign`] at a given time.
     pub fn sign_at(&self, method: &str, path: &str, to: &str, body: &[u8], now_ms: u64) -> String {
+        self.sign_full(PROTOCOL_MIN, method, path, to, body, now_ms)
+    }
+
+    fn sign_full(&self, version: u32, method: &str, path: &str, to: &str, body: &[u8], now_ms: u64) -> String {
         let keys = self.keys.read().clone();
         let seq = {
             let mut seqs = self.seqs.lock();
@@ -141,8 +150,10 @@ impl Signer {
         let from = self.member.get().map_or("-", String::as_str);
         let (id, key) = &keys.sign;
         let digest = hex(&Sha256::digest(body));
-        let tag = mac(key, &Head { id, ts: now_ms, nonce: &nonce, to, from, digest: &digest }, method, path);
-        format!("{PROTOCOL} {id} {now_ms} {nonce} {to} {from} {digest} {}", hex(&tag))
+        let version = format!("v{version}");
+        let head = Head { version: &version, id, ts: now_ms, nonce: &nonce, to, from, digest: &digest };
+        let tag = mac(key, &head, method, path);
+        format!("{version} {id} {now_ms} {nonce} {to} {from} {digest} {}", hex(&tag))
     }
 }
 
@@ -169,6 +180,8 @@ pub struct Signed {
     pub from: Option<(String, u64)>,
     /// The time it was signed at, by the sender's clock (ms since the epoch).
     pub signed_ms: u64,
+    /// The peer protocol version its body is in (and its answer must be in).
+    pub version: u32,
     /// The SHA-256 of the body the head declared (and its MAC covers).
     digest: [u8; 32],
     sender: u64,
@@ -238,10 +251,10 @@ impl Verifier {
     /// as seen ([`Verifier::accept_once`]); the body is checked once in
     /// ([`Verifier::check_body`]).
     pub fn check_head(&self, header: Option<&str>, method: &str, path: &str, now_ms: u64) -> Result<Signed, AuthError> {
-        let Parsed { id, ts, nonce, sender, seq, to, from, digest, tag } = parse(header)?;
+        let Parsed { version_name, version, id, ts, nonce, sender, seq, to, from, digest, tag } = parse(header)?;
         let keys = self.keys.read().clone();
         let Some((_, key)) = keys.all.iter().find(|(k, _)| k == id) else { return Err(unknown_key(id)) };
-        let expected = mac(key, &Head { id, ts, nonce, to, from, digest }, method, path);
+        let expected = mac(key, &Head { version: version_name, id, ts, nonce, to, from, digest }, method, path);
         if !constant_time_eq(&expected, &tag) {
             return Err(AuthError::new(
                 "bad_signature",
@@ -261,7 +274,7 @@ impl Verifier {
         }
         let from = parse_member(from).map(|(id, incarnation)| (id.to_owned(), incarnation));
         let digest = from_hex(digest).ok_or_else(|| AuthError::new("malformed", "malformed signature header"))?;
-        Ok(Signed { to: to.to_owned(), from, signed_ms: ts, digest, sender, seq })
+        Ok(Signed { to: to.to_owned(), from, signed_ms: ts, version, digest, sender, seq })
     }
 
     /// Checks the body a head declared: its SHA-256 must be the digest the head's MAC covers.
@@ -305,6 +318,8 @@ impl Verifier {
 
 /// The fields of a signature header.
 struct Parsed<'a> {
+    version_name: &'a str,
+    version: u32,
     id: &'a str,
     ts: u64,
     nonce: &'a str,
@@ -318,6 +333,8 @@ struct Parsed<'a> {
 
 /// The fields of a head the MAC covers, besides the method and path.
 struct Head<'a> {
+    /// `v<N>`.
+    version: &'a str,
     id: &'a str,
     ts: u64,
     nonce: &'a str,
@@ -346,17 +363,17 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
             )
         })?;
         let fields: Vec<&str> = header.split(' ').collect();
-        if fields.first() != Some(&PROTOCOL) {
-            let theirs = fields.first().copied().unwrap_or("");
+        let version_name = fields.first().copied().unwrap_or("");
+        let Some(version) = spoken_version(version_name) else {
             return Err(AuthError::new(
                 "protocol",
                 format!(
-                    "request protocol {:?} not supported; this process speaks {PROTOCOL} (all processes of a cluster \
-                     must run the same release)",
-                    theirs.chars().take(16).collect::<String>()
+                    "request protocol {:?} not supported; this process speaks v{PROTOCOL_MIN} to v{PROTOCOL} (a rolling \
+                     upgrade spans one release: upgrade through each release in turn)",
+                    version_name.chars().take(16).collect::<String>()
                 ),
             ));
-        }
+        };
         let malformed = || AuthError::new("malformed", "malformed signature header");
         let [_, id, ts, nonce, to, from, digest, tag] = fields.as_slice() else { return Err(malformed()) };
         let ts: u64 = ts.parse().map_err(|_| malformed())?;
@@ -374,14 +391,14 @@ fn parse(header: Option<&str>) -> Result<Parsed<'_>, AuthError> {
             return Err(malformed());
         }
         let tag = from_hex(tag).ok_or_else(malformed)?;
-        Ok(Parsed { id, ts, nonce, sender, seq, to, from, digest, tag })
+        Ok(Parsed { version_name, version, id, ts, nonce, sender, seq, to, from, digest, tag })
     }
 }
 
 fn mac(key: &Hmac<Sha256>, head: &Head<'_>, method: &str, path: &str) -> [u8; 32] {
     let mut mac = key.clone();
     let ts = head.ts.to_string();
-    for field in [PROTOCOL, head.id, &ts, head.nonce, head.to, head.from, method, path, head.digest] {
+    for field in [head.version, head.id, &ts, head.nonce, head.to, head.from, method, path, head.digest] {
         mac.update(field.as_bytes());
         mac.update(b"\n");
     }
@@ -465,6 +482,17 @@ mod tests {
         assert_eq!(missing.reason, "missing");
         let old = verifier.verify(Some("v2 00"), "POST", "/", &body, 1000).unwrap_err();
         assert!(old.message.contains("protocol"), "{old:?}");
+        // Every version this release speaks is accepted and named; the version is under the MAC.
+        for version in [PROTOCOL_MIN, PROTOCOL] {
+            let header = signer.sign_full(version, "POST", "/x", "n1:7100", &body, 1000);
+            let signed = verifier.verify(Some(&header), "POST", "/x", &body, 1000).unwrap();
+            assert_eq!(signed.version, version);
+        }
+        let newer = signer.sign_full(PROTOCOL + 1, "POST", "/x", "n1:7100", &body, 1000);
+        assert_eq!(verifier.verify(Some(&newer), "POST", "/x", &body, 1000).unwrap_err().reason, "protocol");
+        let header = signer.sign_full(PROTOCOL, "POST", "/x", "n1:7100", &body, 1000);
+        let downgraded = header.replacen(&format!("v{PROTOCOL}"), &format!("v{PROTOCOL_MIN}"), 1);
+        assert_eq!(verifier.verify(Some(&downgraded), "POST", "/x", &body, 1000).unwrap_err().reason, "bad_signature");
         let other = Signer::new(&secrets('b')).sign_at("POST", "/x", "*", &body, 1000);
         assert_eq!(verifier.verify(Some(&other), "POST", "/x", &body, 1000).unwrap_err().reason, "unknown_key");
     }

@@ -203,20 +203,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Members => {
             let members = client.members()?;
             println!(
-                "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>14} {:>9}",
-                "id", "address", "zone", "weight", "status", "heartbeat", "generation", "seen ago"
+                "{:<12} {:<22} {:<10} {:>6} {:<8} {:<9} {:>10} {:>14} {:>9}",
+                "id", "address", "zone", "weight", "status", "release", "heartbeat", "generation", "seen ago"
             );
             for m in members["members"].as_array().into_iter().flatten() {
                 let seen =
                     m["last_seen_ms_ago"].as_u64().map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
                 // Numbers as text: a JSON value ignores width and alignment.
+                // A member of a release before 0.2.0 does not say its release.
+                let release = m["release"].as_str().filter(|r| !r.is_empty()).unwrap_or("<0.2.0");
                 println!(
-                    "{:<12} {:<22} {:<10} {:>6} {:<8} {:>10} {:>14} {:>9}",
+                    "{:<12} {:<22} {:<10} {:>6} {:<8} {:<9} {:>10} {:>14} {:>9}",
                     text(&m["id"]),
                     text(&m["address"]),
                     text(&m["zone"]),
                     m["weight"].to_string(),
                     text(&m["status"]),
+                    release,
                     m["heartbeat"].to_string(),
                     m["generation"].to_string(),
                     seen

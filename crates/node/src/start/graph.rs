@@ -220,6 +220,8 @@ fn membership(
         heartbeat: 0,
         suspects: Vec::new(),
         formed: false,
+        release: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: kv_proto::PROTOCOL,
     };
     let (membership, previous) = Membership::new(
         Some(me),

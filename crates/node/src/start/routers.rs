@@ -38,6 +38,12 @@ pub async fn listeners(
         body_max: peer_limit,
         too_large_code: "body_too_large",
         precheck: Some(prechecked(peer_check.clone(), Some((kv_proto::GOSSIP_PATH, GOSSIP_BODY_LIMIT)))),
+        // Every answer says the newest protocol this process speaks: callers send the newest
+        // both speak (a rolling upgrade, docs/operations.md#upgrading).
+        stamp: Some((
+            axum::http::HeaderName::from_static(kv_proto::PROTOCOL_HEADER),
+            axum::http::HeaderValue::from(kv_proto::PROTOCOL),
+        )),
     };
     let peer = crate::peer_router(node.clone(), peer_check);
     // With --insecure, admin requests are not signed (curl works); peer requests still are,
