@@ -491,6 +491,10 @@ fn s2_a_formed_cluster_stays_formed_after_a_leave_and_a_restart() {
     let data_dir = PathBuf::from(n4.arg("--data-dir").unwrap());
     assert_eq!(refused.and_then(|s| s.code()), Some(2), "a node that left must refuse its data: {}", n4.log_text());
     assert!(data_dir.join("LEFT").exists(), "no LEFT marker in {}", data_dir.display());
+    // And at every start, not only the first (the first recorded `joining` over `left`, and a
+    // second start on the same directory passed with the old data).
+    let again = n4.restart_may_refuse(Duration::from_secs(30));
+    assert_eq!(again.and_then(|s| s.code()), Some(2), "a second start of a node that left must refuse too");
     let start_sh = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/kvstore/files/start.sh");
     let data = data_dir.display().to_string();
     let rejoined = n4.start_through(&start_sh, &[("KV_DATA_DIR", &data), ("REJOIN_AFTER_LEAVE", "true")]);

@@ -50,8 +50,8 @@ pub mod metrics;
 
 pub use clock::ClockMetrics;
 pub use membership::{
-    owns_later, owns_now, resolve, ring_of, validate_state, Exchanger, GossipDriver, MemberInfo, MemberList,
-    Membership, NotServing, Probe,
+    owns_later, owns_now, read_recorded, resolve, ring_of, validate_state, Exchanger, GossipDriver, MemberInfo,
+    MemberList, Membership, NotServing, Probe,
 };
 pub use metrics::MembershipMetrics;
 

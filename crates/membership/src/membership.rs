@@ -180,6 +180,23 @@ impl std::fmt::Display for NotServing {
     }
 }
 
+/// The member states and removed set recorded in `path` (`members.json`; empty when there is
+/// no such file), without changing it: a node checks its own recorded status with this before
+/// [`Membership::new`] records the state it starts in.
+pub fn read_recorded(path: &std::path::Path) -> Result<Digest, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Digest::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let recorded = match serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))? {
+        Recorded::Digest { states, removed } => Digest { states, removed, ..Digest::default() },
+        Recorded::States(states) => Digest { states, ..Digest::default() },
+    };
+    validate_digest(&recorded).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(recorded)
+}
+
 impl Membership {
     /// A node's membership (`local` is its own state) or an observer's (`None`), restoring the
     /// states recorded in `state_file`. Returns it and our own status as last recorded.
@@ -190,20 +207,10 @@ impl Membership {
         metrics: Option<MembershipMetrics>,
         expect_nodes: usize,
     ) -> Result<(Arc<Membership>, Option<MemberState>), String> {
-        let mut recorded = Digest::default();
-        if let Some(path) = &state_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    recorded = match serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))? {
-                        Recorded::Digest { states, removed } => Digest { states, removed, ..Digest::default() },
-                        Recorded::States(states) => Digest { states, ..Digest::default() },
-                    };
-                    validate_digest(&recorded).map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-            }
-        }
+        let recorded = match &state_file {
+            Some(path) => read_recorded(path)?,
+            None => Digest::default(),
+        };
         let previous = local.as_ref().and_then(|me| recorded.states.iter().find(|s| s.id == me.id)).cloned();
         let mut gossip = Gossip::new(local, suspect_after.as_millis() as u64, 0);
         gossip.merge_digest(recorded, 0);

@@ -39,6 +39,10 @@ use parking_lot::Mutex;
 /// Name of the metadata entry holding the ownership record.
 const OWNERSHIP_META: &str = "own";
 
+/// The format of the ownership record (a `kv_storage::format` record; 0.1.0's was bare
+/// postcard of the same shape).
+const OWNERSHIP_FORMAT: u8 = 1;
+
 /// What decides the view: members of the two rings, and whether we are normal.
 type Signature = (Vec<String>, Option<Vec<String>>, bool);
 
@@ -93,7 +97,7 @@ impl Ownership {
         dropping_gauge: prometheus::IntGauge,
     ) -> Result<Ownership, String> {
         let record = match core.engine().get_meta(OWNERSHIP_META).map_err(|e| e.to_string())? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| format!("recorded ownership: {e}"))?,
+            Some(bytes) => kv_storage::format::decode(&bytes, OWNERSHIP_FORMAT, |r: Record| r, "recorded ownership")?,
             None => Record::default(),
         };
         Ok(Ownership {
@@ -278,7 +282,7 @@ impl Ownership {
     }
 
     fn record(&self, record: &Record) -> Result<(), String> {
-        let bytes = postcard::to_stdvec(record).map_err(|e| e.to_string())?;
+        let bytes = kv_storage::format::encode(OWNERSHIP_FORMAT, record);
         self.core.engine().put_meta(OWNERSHIP_META, &bytes).map_err(|e| format!("cannot record ownership: {e}"))
     }
 }

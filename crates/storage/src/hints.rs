@@ -127,8 +127,12 @@ fn parse_key(key: &[u8]) -> Option<(String, u64)> {
     Some((String::from_utf8(target.to_vec()).ok()?, seq))
 }
 
+/// The format of a stored hint (a [`crate::format`] record; 0.1.0's were bare postcard of the
+/// same shape).
+const HINT_FORMAT: u8 = 1;
+
 fn decode(bytes: &[u8]) -> Result<Hint> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("hint: {e}")))
+    crate::format::decode(bytes, HINT_FORMAT, |h: Hint| h, "hint").map_err(Error::Corrupt)
 }
 
 /// Pairs scanned per page when the index is rebuilt at open.
@@ -164,7 +168,7 @@ impl HintStore {
         {
             let mut index = self.index.lock();
             for hint in hints {
-                let value = postcard::to_stdvec(hint).map_err(|e| Error::Corrupt(format!("hint: {e}")))?;
+                let value = crate::format::encode(HINT_FORMAT, hint);
                 let held = index.targets.get(target).map_or(0, |t| t.bytes);
                 if held + value.len() as u64 > self.limits.max_bytes_per_target {
                     outcomes.push(Added::Full);

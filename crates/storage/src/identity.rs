@@ -43,6 +43,11 @@ pub(crate) const IDENTITY_META: &str = "ident";
 /// Name of the reserved key holding the run's epoch and whether the last run ended clean.
 pub(crate) const RUN_META: &str = "run";
 
+/// The formats of the identity and run records ([`crate::format`]; 0.1.0's were bare postcard
+/// of the same shapes).
+const IDENTITY_FORMAT: u8 = 1;
+const RUN_FORMAT: u8 = 1;
+
 /// Counters issued per recorded lease: one durable write per 65,536 dots. A restart skips what
 /// was left of the lease; at this size a node restarted every second for a century uses 2^47 of
 /// the 2^56 counters a clock may hold ([`kv_vclock::MAX_COUNTER`]).
@@ -101,8 +106,9 @@ impl DotCounter {
         let key = crate::meta_key(IDENTITY_META);
         let (recorded, fresh) = match backend.get(&key)? {
             Some(bytes) => {
-                let recorded: Recorded = postcard::from_bytes(&bytes)
-                    .map_err(|e| Error::Corrupt(format!("store identity does not decode: {e}")))?;
+                let recorded: Recorded =
+                    crate::format::decode(&bytes, IDENTITY_FORMAT, |r: Recorded| r, "store identity")
+                        .map_err(|e| Error::Corrupt(format!("store identity does not decode: {e}")))?;
                 (recorded, false)
             }
             None => {
@@ -131,12 +137,12 @@ impl DotCounter {
     pub(crate) fn begin_run(&self, backend: &dyn Backend) -> Result<()> {
         let key = crate::meta_key(RUN_META);
         let last = match backend.get(&key)? {
-            Some(bytes) => postcard::from_bytes::<Run>(&bytes)
+            Some(bytes) => crate::format::decode(&bytes, RUN_FORMAT, |r: Run| r, "store run record")
                 .map_err(|e| Error::Corrupt(format!("store run record does not decode: {e}")))?,
             None => Run { epoch: 0, clean: true },
         };
         let epoch = if last.clean { last.epoch } else { last.epoch + 1 };
-        backend.put(&key, &postcard::to_stdvec(&Run { epoch, clean: false }).unwrap_or_default())?;
+        backend.put(&key, &crate::format::encode(RUN_FORMAT, &Run { epoch, clean: false }))?;
         self.identity.lock().epoch = epoch;
         let mut counter = self.counter.lock();
         let resume = counter.lease_end;
@@ -149,7 +155,7 @@ impl DotCounter {
     /// the epoch.
     pub(crate) fn mark_clean(&self, backend: &dyn Backend) -> Result<()> {
         let run = Run { epoch: self.identity().epoch, clean: true };
-        backend.put(&crate::meta_key(RUN_META), &postcard::to_stdvec(&run).unwrap_or_default())?;
+        backend.put(&crate::meta_key(RUN_META), &crate::format::encode(RUN_FORMAT, &run))?;
         backend.sync()
     }
 
@@ -213,8 +219,7 @@ impl DotCounter {
 
 /// Records `recorded` durably.
 fn write(backend: &dyn Backend, recorded: &Recorded) -> Result<()> {
-    // Serialising two integers cannot fail.
-    let bytes = postcard::to_stdvec(recorded).unwrap_or_default();
+    let bytes = crate::format::encode(IDENTITY_FORMAT, recorded);
     backend.put(&crate::meta_key(IDENTITY_META), &bytes)?;
     backend.sync()
 }

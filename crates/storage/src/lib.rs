@@ -57,6 +57,7 @@ use std::sync::Arc;
 pub mod backend;
 pub mod commit;
 pub mod error;
+pub mod format;
 pub mod hints;
 pub mod identity;
 pub mod metrics;

@@ -109,7 +109,7 @@ impl Graph {
         if !trees.attach(&*engine) {
             return Err(RunError::Startup("the store already has an observer".into()));
         }
-        let (membership, status) = membership(config, &node_id, generation, &engine, identity, &process)?;
+        let (membership, status) = membership(config, &node_id, generation, &engine, identity, &hints, &process)?;
         let replica = Replica::new(node_id.clone(), core.clone());
         let n = config.cluster.coordinator.quorum.n;
         let ownership = Arc::new(
@@ -205,8 +205,20 @@ fn membership(
     generation: u64,
     engine: &Arc<dyn kv_storage::Engine>,
     identity: Identity,
+    hints: &HintStore,
     process: &Process,
 ) -> Result<(Arc<Membership>, Status), RunError> {
+    // Our recorded status, checked before `Membership::new` records the state we start in: a
+    // node that left must refuse its data at every start, not only the first (the first start
+    // recorded `joining` over `left`, and the second passed).
+    let members_file = config.data_dir.join("members.json");
+    let recorded = kv_membership::read_recorded(&members_file).map_err(RunError::Startup)?;
+    let previous = recorded.states.into_iter().find(|s| s.id == node_id);
+    let status = start_status(node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())
+        .inspect_err(|_| mark_if_left(&config.data_dir, previous.as_ref(), hints))?;
+    // Started: a marker left from an earlier refusal is stale (the directory was emptied by
+    // hand, or the node joined again), and must not empty a member's directory later.
+    let _ = std::fs::remove_file(config.data_dir.join(LEFT_MARKER));
     let me = MemberState {
         id: node_id.to_owned(),
         address: config.advertise.clone(),
@@ -223,9 +235,9 @@ fn membership(
         release: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: kv_proto::PROTOCOL,
     };
-    let (membership, previous) = Membership::new(
+    let (membership, _) = Membership::new(
         Some(me),
-        Some(config.data_dir.join("members.json")),
+        Some(members_file),
         config.cluster.suspect_after,
         Some(process.membership_metrics.clone()),
         config.cluster.expect_nodes,
@@ -233,8 +245,6 @@ fn membership(
     .map_err(RunError::Startup)?;
     let clock_metrics = kv_membership::ClockMetrics::register(&process.registry).map_err(metric_error)?;
     membership.enable_clock(Some(config.cluster.max_clock_offset), Some(clock_metrics));
-    let status = start_status(node_id, identity, previous.as_ref(), config.cluster.seeds.is_empty())
-        .inspect_err(|_| mark_if_left(&config.data_dir, previous.as_ref()))?;
     membership.set_status(status);
     // Our own state as last recorded, from a later run than our store: an older copy.
     if let Some(recorded) = previous.as_ref().filter(|p| p.incarnation == identity.incarnation) {
@@ -253,13 +263,30 @@ fn membership(
 /// then a scale-up gave the pod its old volume back).
 pub const LEFT_MARKER: &str = "LEFT";
 
-fn mark_if_left(data_dir: &std::path::Path, previous: Option<&MemberState>) {
-    if previous.is_some_and(|p| p.status == Status::Left) {
-        let text = "this node left the cluster (its ranges were handed off): this directory holds nothing needed; \
-                    empty it to join again as a new member\n";
-        if let Err(e) = std::fs::write(data_dir.join(LEFT_MARKER), text) {
-            tracing::warn!(error = %e, "cannot write the left marker");
-        }
+///
+/// Not while it holds hints: a leave hands off ranges, not the hints kept for a member that was
+/// down, and those may be the only copy of an acknowledged write besides one replica. Such a
+/// node keeps refusing, saying why, until an operator decides.
+fn mark_if_left(data_dir: &std::path::Path, previous: Option<&MemberState>, hints: &HintStore) {
+    if previous.is_none_or(|p| p.status != Status::Left) {
+        return;
+    }
+    let held: u64 = hints.pending().values().map(|p| p.count).sum();
+    if held > 0 {
+        tracing::error!(
+            hints = held,
+            "this node left the cluster but holds hints for members that were down: its directory is not marked to \
+             be emptied (a hint may be the only copy of a write besides one replica); once every member is up and \
+             `kvctl repair` ran on them (anti-entropy spreads what one replica holds), empty it by hand"
+        );
+        return;
+    }
+    let text = "this node left the cluster (its ranges were handed off, it held no hints): this directory holds \
+                nothing needed; empty it to join again as a new member\n";
+    let marked = std::fs::File::create(data_dir.join(LEFT_MARKER))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all()));
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "cannot write the left marker");
     }
 }
 
