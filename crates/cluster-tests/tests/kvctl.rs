@@ -62,10 +62,27 @@ fn put_get_siblings_resolve_delete_and_exit_codes() {
     assert!(widths.iter().all(|w| *w == widths[0]), "misaligned:\n{}", stdout(&members));
     let ring = kvctl_at(g, &["ring"]);
     assert!(stdout(&ring).contains("N = 3"), "{}", stdout(&ring));
-    // Removing a live member is refused (409) unless forced.
+    // Removing a live member is refused (409) unless forced, saying which flag forces it.
     let node = &cluster.nodes[0];
-    assert_eq!(kvctl_at(node, &["remove", "n2"]).status.code(), Some(4));
+    let live = kvctl_at(node, &["remove", "n2"]);
+    assert_eq!(live.status.code(), Some(4));
+    assert!(stderr(&live).contains("add --force"), "{}", stderr(&live));
     assert_eq!(kvctl_at(node, &["remove", "nobody"]).status.code(), Some(4));
+    // A node's admin command sent to a gateway, and one without the secret: each says what to do.
+    let at_gateway = kvctl_at(g, &["repair"]);
+    assert_eq!(at_gateway.status.code(), Some(4));
+    assert!(stderr(&at_gateway).contains("point --admin-url at a node"), "{}", stderr(&at_gateway));
+    let unsigned = Command::new(binary("kvctl"))
+        .env_remove("KV_CLUSTER_SECRET")
+        .args(["--url", &node.client_url(""), "--admin-url", &node.admin_url(""), "repair"])
+        .output()
+        .unwrap();
+    assert_eq!(unsigned.status.code(), Some(4), "{}", stderr(&unsigned));
+    assert!(stderr(&unsigned).contains("--cluster-secret-file"), "{}", stderr(&unsigned));
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -128,6 +128,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("kvctl: error: {e:#}");
+            if let Some(advice) = advice(&e) {
+                eprintln!("kvctl: {advice}");
+            }
             let code = match e.downcast_ref::<Error>() {
                 Some(err) if err.is_retryable() => EXIT_UNAVAILABLE,
                 Some(Error::Server { .. }) => EXIT_REFUSED,
@@ -136,6 +139,25 @@ fn main() -> ExitCode {
             };
             ExitCode::from(code)
         }
+    }
+}
+
+/// What to do about an error, where the server's own message names an HTTP detail rather than
+/// kvctl's flag.
+fn advice(e: &anyhow::Error) -> Option<&'static str> {
+    let Some(Error::Server { status, code, message }) = e.downcast_ref::<Error>() else { return None };
+    match status {
+        404 if code == "no_route" => Some(
+            "leave, remove and repair are a node's admin endpoints, not a gateway's: point --admin-url at a node's \
+             admin listener (its --admin-listen, port 7200 by default)",
+        ),
+        401 if message.contains(kv_transport::SIGNATURE_HEADER) => Some(
+            "admin requests are signed with the cluster secret: pass --cluster-secret-file FILE (or KV_CLUSTER_SECRET)",
+        ),
+        409 if message.contains("force=true") => {
+            Some("to remove a member that is not down anyway (its replicas are discarded), add --force")
+        }
+        _ => None,
     }
 }
 
