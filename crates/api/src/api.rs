@@ -219,7 +219,13 @@ pub fn read_response(key: &[u8], record: &Record, contexts: &ContextSealer) -> R
             let siblings: Vec<serde_json::Value> = many
                 .iter()
                 .map(|v| {
-                    let mut sibling = json!({ "value": STANDARD.encode(&v.value), "content_type": v.content_type });
+                    // When its version was written, by the coordinating node's clock: a hint for a
+                    // resolver (newest wins), not an order (docs/api.md).
+                    let mut sibling = json!({
+                        "value": STANDARD.encode(&v.value),
+                        "content_type": v.content_type,
+                        "written_at": v.written_at,
+                    });
                     if v.tombstone {
                         sibling["deleted"] = json!(true);
                     }

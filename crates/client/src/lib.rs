@@ -71,6 +71,9 @@ pub struct Sibling {
     pub content_type: String,
     /// Whether this sibling is a delete.
     pub deleted: bool,
+    /// When its version was written (ms since the epoch, by the coordinating node's clock; 0
+    /// from a server that does not say): a hint for a resolver, not an order.
+    pub written_at_ms: u64,
 }
 
 /// The outcome of a read.
@@ -111,6 +114,8 @@ struct SiblingBody {
     content_type: String,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    written_at: u64,
 }
 
 #[derive(Deserialize)]
@@ -336,7 +341,12 @@ impl Client {
                     let value = base64::engine::general_purpose::STANDARD
                         .decode(&s.value)
                         .map_err(|e| Error::Protocol(format!("sibling value is not base64: {e}")))?;
-                    siblings.push(Sibling { value, content_type: s.content_type, deleted: s.deleted });
+                    siblings.push(Sibling {
+                        value,
+                        content_type: s.content_type,
+                        deleted: s.deleted,
+                        written_at_ms: s.written_at,
+                    });
                 }
                 Ok(Read::Siblings { context: body.context, siblings })
             }

@@ -235,6 +235,12 @@ fn concurrent_blind_writes_through_two_gateways_become_siblings_until_resolved()
         })
         .collect();
     assert_eq!(values, ["from-g0".to_owned(), "from-g1".to_owned()].into());
+    // Each sibling says when it was written (a hint for resolvers): within this test's run.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for sibling in body["siblings"].as_array().unwrap() {
+        let written = sibling["written_at"].as_u64().unwrap_or_default();
+        assert!(now.saturating_sub(written) < 120_000 && written <= now + 1_000, "{sibling}");
+    }
     let resolve =
         c.put(cluster.gateways[1].key_url("shared")).header("x-context", context).body("merged").send().unwrap();
     assert_eq!(resolve.status(), StatusCode::NO_CONTENT);
