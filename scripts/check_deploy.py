@@ -467,12 +467,15 @@ def check_properties(label, objects, values, namespace):
         unknown = sorted(v for v in env_of(c) if v.startswith("KV_") and v not in known)
         if unknown:
             fail(f"{label}: {c['name']} sets variables no binary reads: {unknown}")
+        admin_tokens = bool(values.get("adminTokens", {}).get("existingSecret"))
+        if ("KV_ADMIN_TOKENS_FILE" in env_of(c)) != admin_tokens:
+            fail(f"{label}: {c['name']} must read admin tokens exactly when adminTokens.existingSecret is set")
 
     # Credentials: no rendering holds a secret (a GitOps renderer would make a new one at every
     # sync); every Secret a pod mounts is named in the values or made once by the hook Job.
     if any(o["kind"] == "Secret" for o in objects):
         fail(f"{label}: a Secret is rendered: `helm template` would make a new one at every rendering")
-    external = {values.get(k, {}).get("existingSecret") for k in ("clusterSecret", "clientTokens", "tls")} - {None, ""}
+    external = {values.get(k, {}).get("existingSecret") for k in ("clusterSecret", "clientTokens", "adminTokens", "tls")} - {None, ""}
     jobs = [o for o in objects if o["kind"] == "Job"]
     made = set()
     for job in jobs:
@@ -922,7 +925,8 @@ def main():
         ("5 nodes, 3 zones", ci5, "kvstore", False),
         ("TLS, no API access", {"tls": {"enabled": True, "existingSecret": "kvstore-tls"},
                                 "zone": {"fromNodeLabel": False}, "node": {"decommissionOnScaleDown": False},
-                                "clientTokens": {"enabled": False}, "serviceMonitor": {"enabled": True}}, "db", False),
+                                "clientTokens": {"enabled": False}, "serviceMonitor": {"enabled": True},
+                                "adminTokens": {"existingSecret": "kvstore-admin-tokens"}}, "db", False),
         ("deploy/k8s", load_values(K8S_VALUES), "default", False),
     ]
     out_dir = tempfile.mkdtemp(prefix="kv-deploy.")

@@ -184,7 +184,18 @@ impl Process {
             metrics: Some(metrics.clone()),
             listener,
             prefix,
+            bearer: None,
         }
+    }
+
+    /// The admin listener's check: signed requests, and the admin tokens of `security` when
+    /// it has some (`--admin-tokens-file`).
+    pub fn admin_check(mut check: VerifyState, security: &SecurityConfig) -> VerifyState {
+        check.bearer = security
+            .admin_tokens
+            .as_ref()
+            .map(|(_, tokens)| kv_server::tokens::admin_bearer(tokens.clone(), check.metrics.clone()));
+        check
     }
 
     /// The client listener on `--listen`: the client API behind client tokens when they are on.

@@ -262,6 +262,76 @@ fn client_tokens_gate_reads_and_writes_and_are_reloaded_on_sighup() {
     println!("client tokens: none 401, unknown 401, read GET 200, read PUT/DELETE 403, write PUT 204; SIGHUP reloaded the file in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// Acceptance (issue 22): admin tokens for people, beside signed requests: `curl -H
+/// "Authorization: Bearer ..." NODE/admin/workers` works with a read or admin token, a change
+/// needs an admin token (`403` with a read one), an unknown token or none is `401`, signed
+/// requests (kvctl with the secret) still work, kvctl takes `--admin-token`, and the file is
+/// reloaded on SIGHUP.
+#[test]
+fn admin_tokens_let_people_use_the_admin_api_with_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, "read viewer-0123456789abcdef grafana\nadmin operator-0123456789abcdef ops\n").unwrap();
+    let path = tokens.display().to_string();
+    let cluster = Cluster::start_with(3, 1, &["--admin-tokens-file", &path], &["--admin-tokens-file", &path]);
+    let c = client();
+    let (node, gateway) = (&cluster.nodes[0], &cluster.gateways[0]);
+    let bearer = |token: &str, method: Method, url: &str| c.request(method, url).bearer_auth(token).send().unwrap();
+    for proc in [node, gateway] {
+        let workers = proc.admin_url("/admin/workers");
+        assert_eq!(bearer("viewer-0123456789abcdef", Method::GET, &workers).status(), StatusCode::OK, "read token");
+        assert_eq!(bearer("operator-0123456789abcdef", Method::GET, &workers).status(), StatusCode::OK, "admin token");
+        let (status, text) = message(bearer("stranger-0123456789abcdef", Method::GET, &workers));
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "unknown token: {text}");
+        assert_eq!(c.get(&workers).send().unwrap().status(), StatusCode::UNAUTHORIZED, "neither token nor signature");
+        assert_eq!(proc.admin(Method::GET, "/admin/workers").send().unwrap().status(), StatusCode::OK, "signed");
+    }
+    // A change: a read token is refused 403, an admin token runs it.
+    let repair = node.admin_url("/admin/repair");
+    let (status, text) = message(bearer("viewer-0123456789abcdef", Method::POST, &repair));
+    assert_eq!(status, StatusCode::FORBIDDEN, "a read token cannot repair: {text}");
+    let ran = bearer("operator-0123456789abcdef", Method::POST, &repair).status();
+    assert!(ran == StatusCode::OK || ran == StatusCode::ACCEPTED, "an admin token repairs: {ran}");
+    assert!(metric(node, "kv_auth_failures_total", "listener=\"admin\",reason=\"read_only_token\"") >= 1.0);
+    // A key's versions (data) with a read token.
+    assert_eq!(c.put(node.key_url("k")).body("v").send().unwrap().status(), StatusCode::NO_CONTENT);
+    let local = bearer("viewer-0123456789abcdef", Method::GET, &node.admin_url("/admin/local/k"));
+    assert_eq!(local.status(), StatusCode::OK);
+    // kvctl with --admin-token and no secret.
+    let kvctl = |token: &str| {
+        Command::new(binary("kvctl"))
+            .args(["--admin-url", &node.admin_url(""), "--admin-token", token, "admin", "get", "/admin/workers"])
+            .env_remove("KV_CLUSTER_SECRET")
+            .env_remove("KV_CLUSTER_SECRET_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = kvctl("viewer-0123456789abcdef");
+    assert!(out.status.success(), "kvctl --admin-token: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workers"));
+    // Rotation: the read token replaced; SIGHUP makes every process take the new file.
+    std::fs::write(&tokens, "read viewer2-0123456789abcdef\nadmin operator-0123456789abcdef ops\n").unwrap();
+    for proc in cluster.gateways.iter().chain(&cluster.nodes) {
+        proc.signal("HUP");
+    }
+    let workers = gateway.admin_url("/admin/workers");
+    let started = Instant::now();
+    loop {
+        let old = bearer("viewer-0123456789abcdef", Method::GET, &workers).status();
+        let new = bearer("viewer2-0123456789abcdef", Method::GET, &workers).status();
+        if old == StatusCode::UNAUTHORIZED && new == StatusCode::OK {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "admin tokens not reloaded: old {old}, new {new}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "admin tokens: read GET 200, admin GET 200, unknown 401, none 401, signed 200, read POST 403, admin POST {ran}; \
+         kvctl --admin-token ok; SIGHUP reloaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// The certificate a TLS listener presents now.
 fn served_certificate(port: u16, ca: &std::path::Path) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;

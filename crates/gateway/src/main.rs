@@ -151,7 +151,8 @@ fn start() -> Result<(), RunError> {
             let names = Arc::new(vec!["gateway".to_owned()]);
             let every = kv_transport::verify::every as kv_transport::BoundCheck;
             let body_limit = kv_api::process::ADMIN_BODY_LIMIT;
-            Some(Process::verify_state(&verifier, &names, "admin", "/admin/", every, body_limit, &metrics))
+            let check = Process::verify_state(&verifier, &names, "admin", "/admin/", every, body_limit, &metrics);
+            Some(Process::admin_check(check, &security))
         };
         let admin_state = process.admin_state(&serving, ready, None, "gateway".into());
         let listeners = vec![

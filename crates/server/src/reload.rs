@@ -1,4 +1,4 @@
-//! [`HangupReloader`]: on SIGHUP, reads the cluster secret file and the client tokens file again.
+//! [`HangupReloader`]: on SIGHUP, reads the cluster secret file and the token files again.
 //!
 //! Rotation without downtime (docs/security.md): put the new secret second in every process's
 //! file and SIGHUP them all (each now accepts both), then put it first and SIGHUP again (each
@@ -20,7 +20,7 @@ pub type OnSecrets = Box<dyn Fn(&Secrets) + Send + Sync>;
 pub struct HangupReloader {
     secret_file: Option<PathBuf>,
     on_secrets: OnSecrets,
-    tokens: Option<(PathBuf, Arc<ClientTokens>)>,
+    tokens: Vec<(PathBuf, Arc<ClientTokens>)>,
     #[cfg(unix)]
     signal: Option<tokio::signal::unix::Signal>,
     reloads: u64,
@@ -30,11 +30,12 @@ pub struct HangupReloader {
 }
 
 impl HangupReloader {
-    /// A reloader of `secret_file` (calling `on_secrets` with what it reads) and `tokens`.
+    /// A reloader of `secret_file` (calling `on_secrets` with what it reads) and of each token
+    /// file in `tokens` (the client's, the admin's).
     pub fn new(
         secret_file: Option<PathBuf>,
         on_secrets: OnSecrets,
-        tokens: Option<(PathBuf, Arc<ClientTokens>)>,
+        tokens: Vec<(PathBuf, Arc<ClientTokens>)>,
     ) -> HangupReloader {
         #[cfg(unix)]
         let signal = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -68,9 +69,9 @@ impl HangupReloader {
                 Err(e) => errors.push(e),
             }
         }
-        if let Some((path, tokens)) = &self.tokens {
+        for (path, tokens) in &self.tokens {
             match tokens.reload(path) {
-                Ok(count) => tracing::info!(count, "SIGHUP: client tokens reloaded"),
+                Ok(count) => tracing::info!(count, file = %path.display(), "SIGHUP: tokens reloaded"),
                 Err(e) => errors.push(e),
             }
         }
@@ -123,8 +124,9 @@ pub fn spawn_reloaders(
     tls: Option<&Arc<crate::tls::Tls>>,
     transport: &kv_transport::PeerTransport,
 ) {
-    if security.secret_file.is_some() || security.client_tokens.is_some() {
-        let reloader = HangupReloader::new(security.secret_file.clone(), on_secrets, security.client_tokens.clone());
+    let tokens: Vec<_> = security.client_tokens.iter().chain(&security.admin_tokens).cloned().collect();
+    if security.secret_file.is_some() || !tokens.is_empty() {
+        let reloader = HangupReloader::new(security.secret_file.clone(), on_secrets, tokens);
         supervisor.spawn(kv_worker::Stage::Upkeep, reloader);
     }
     if let Some(tls) = tls {

@@ -6,6 +6,8 @@
 //!   Never a flag: command lines are visible to every user of the machine. Without either a
 //!   process refuses to start, unless `--insecure` is given.
 //! - **Client tokens**: `--client-tokens-file FILE` ([`ClientTokens`]), reloaded on SIGHUP.
+//! - **Admin tokens**: `--admin-tokens-file FILE` (people's bearer tokens on `/admin/*`, beside
+//!   signed requests), reloaded on SIGHUP.
 //! - **TLS**: `--tls-cert`, `--tls-key`, `--tls-ca` ([`crate::tls`]), reloaded when the files
 //!   change.
 
@@ -18,7 +20,7 @@ use kv_transport::Secrets;
 use serde::Deserialize;
 
 use crate::config::duration_setting;
-use crate::tokens::ClientTokens;
+use crate::tokens::{ClientTokens, TokenFile};
 
 /// Environment variable holding the cluster secret(s), comma-separated, when no file is given.
 pub const SECRET_ENV: &str = "KV_CLUSTER_SECRET";
@@ -47,6 +49,11 @@ pub struct SecuritySettings {
     /// read token. Reloaded on SIGHUP [default: none, no client authentication].
     #[arg(long, env = "KV_CLIENT_TOKENS_FILE", value_name = "FILE")]
     pub client_tokens_file: Option<PathBuf>,
+    /// File of admin tokens for people (`read TOKEN [name]` or `admin TOKEN [name]` per line):
+    /// `/admin/*` then also takes `Authorization: Bearer TOKEN` beside signed requests (a read
+    /// token may only GET). Reloaded on SIGHUP [default: none, signed requests only].
+    #[arg(long, env = "KV_ADMIN_TOKENS_FILE", value_name = "FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
     /// PEM certificate chain of this process: TLS on every listener (with --tls-key and
     /// --tls-ca). Reloaded when the file changes.
     #[arg(long, env = "KV_TLS_CERT", value_name = "FILE")]
@@ -82,6 +89,8 @@ pub struct SecurityConfig {
     pub max_skew: Duration,
     /// Client tokens, when client authentication is on.
     pub client_tokens: Option<(PathBuf, Arc<ClientTokens>)>,
+    /// Admin tokens, when people may use the admin API with a bearer token.
+    pub admin_tokens: Option<(PathBuf, Arc<ClientTokens>)>,
     /// TLS files, when TLS is on.
     pub tls: Option<TlsFiles>,
 }
@@ -96,6 +105,7 @@ impl SecuritySettings {
             insecure,
             auth_max_skew,
             client_tokens_file,
+            admin_tokens_file,
             tls_cert,
             tls_key,
             tls_ca
@@ -138,12 +148,25 @@ impl SecuritySettings {
             }
             None => None,
         };
+        let admin_tokens = match self.admin_tokens_file {
+            Some(_) if insecure => {
+                return Err(
+                    "--admin-tokens-file: with --insecure the admin API takes every request; drop one of them".into()
+                );
+            }
+            Some(path) => {
+                let tokens =
+                    ClientTokens::read(TokenFile::Admin, &path).map_err(|e| format!("--admin-tokens-file: {e}"))?;
+                Some((path, Arc::new(tokens)))
+            }
+            None => None,
+        };
         let tls = match (self.tls_cert, self.tls_key, self.tls_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
             _ => return Err("--tls-cert, --tls-key and --tls-ca: give all three, or none".into()),
         };
-        Ok(SecurityConfig { secrets, secret_file, max_skew, client_tokens, tls })
+        Ok(SecurityConfig { secrets, secret_file, max_skew, client_tokens, admin_tokens, tls })
     }
 }
 
@@ -195,6 +218,28 @@ fn process_gids() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Admin tokens with --insecure are refused at start-up (the admin API would take every
+    /// request anyway); a bad admin file names its line; a client-token role is refused there.
+    #[test]
+    fn admin_tokens_are_validated_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin");
+        std::fs::write(&path, "admin a-token-0123456789abcdef\n").unwrap();
+        let settings = |insecure, file: &std::path::Path| SecuritySettings {
+            insecure: Some(insecure),
+            admin_tokens_file: Some(file.to_owned()),
+            ..SecuritySettings::default()
+        };
+        let refused = settings(true, &path).validate().unwrap_err();
+        assert!(refused.contains("--admin-tokens-file") && refused.contains("--insecure"), "{refused}");
+        std::fs::write(&path, "write a-token-0123456789abcdef\n").unwrap();
+        let mut secured = settings(false, &path);
+        secured.cluster_secret_file = Some(dir.path().join("secret"));
+        std::fs::write(dir.path().join("secret"), "s".repeat(40)).unwrap();
+        let refused = secured.validate().unwrap_err();
+        assert!(refused.contains("line 1") && refused.contains("`read` or `admin`"), "{refused}");
+    }
 
     /// A secret readable by anyone, or by a group the process is not in, is flagged; one
     /// readable by the owner, or by the process's own group (Kubernetes' `fsGroup` mounts, mode

@@ -40,4 +40,4 @@ pub use client::{Gate, OnNotMember, PeerRequest, PeerTransport, TransportOptions
 pub use replica_client::HttpReplicaClient;
 pub use secret::Secrets;
 pub use signer::{AuthError, Signer, Verifier, SIGNATURE_HEADER};
-pub use verify::{verify, AuthMetrics, BoundCheck, VerifyState};
+pub use verify::{verify, AuthMetrics, BearerCheck, BoundCheck, VerifyState};

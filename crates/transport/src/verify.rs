@@ -37,7 +37,20 @@ pub struct VerifyState {
     /// Only paths starting with this are checked (`/` for the peer listener, `/admin/` for
     /// the admin listener, whose `/metrics`, `/health/*` and `/cluster/*` stay open).
     pub prefix: &'static str,
+    /// Bearer tokens accepted instead of a signature (the admin listener's
+    /// `--admin-tokens-file`, for people with curl), if any.
+    pub bearer: Option<BearerCheck>,
 }
+
+/// A check of a request's head by bearer token, instead of its signature: `None` when the
+/// request is to be checked as signed (it carries no token, or carries a signature), else
+/// whether its token admits it (`Err`: the refusal to answer).
+pub type BearerCheck = Arc<dyn Fn(&Method, &axum::http::HeaderMap) -> Option<Result<(), Box<Response>>> + Send + Sync>;
+
+/// In a request's extensions: its bearer token admitted it ([`VerifyState::bearer`]); it has
+/// no signature, and no [`Signed`].
+#[derive(Debug, Clone, Copy)]
+pub struct BearerAdmitted;
 
 /// Bound: requests that change something (every method but `GET`).
 pub fn changes(method: &Method, _path: &str) -> bool {
@@ -87,8 +100,14 @@ impl AuthMetrics {
 /// behind it see the same body, and who signed it ([`crate::signer::Signed`] in the request's
 /// extensions).
 pub async fn verify(State(state): State<VerifyState>, request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with(state.prefix) {
+    if !request.uri().path().starts_with(state.prefix) || request.extensions().get::<BearerAdmitted>().is_some() {
         return next.run(request).await;
+    }
+    if let Some(admitted) = state.bearer.as_ref().and_then(|check| check(request.method(), request.headers())) {
+        return match admitted {
+            Ok(()) => next.run(request).await,
+            Err(refused) => *refused,
+        };
     }
     let (mut parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.body_limit).await {
@@ -137,6 +156,11 @@ fn head_checked(state: &VerifyState, parts: &axum::http::request::Parts, now: u6
 pub fn precheck(state: &VerifyState, parts: &mut axum::http::request::Parts) -> Result<(), Box<Response>> {
     let path = parts.uri.path();
     if !path.starts_with(state.prefix) {
+        return Ok(());
+    }
+    if let Some(admitted) = state.bearer.as_ref().and_then(|check| check(&parts.method, &parts.headers)) {
+        admitted?;
+        parts.extensions.insert(BearerAdmitted);
         return Ok(());
     }
     match head_checked(state, parts, now_ms()) {

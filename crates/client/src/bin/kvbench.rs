@@ -119,6 +119,10 @@ struct Args {
     /// CA certificate (PEM) to trust for an https:// URL.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Client token sent as `Authorization: Bearer TOKEN` (a cluster with client tokens on, the
+    /// chart's default); or set KV_TOKEN.
+    #[arg(long, env = "KV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// A connection's byte stream: plain TCP, or TLS over it.
@@ -177,6 +181,8 @@ enum Conn {
         w: String,
         /// The last context seen per key (`kv` without `--blind`).
         contexts: Option<Arc<Contexts>>,
+        /// Header lines sent with every request (the token's `authorization`), or empty.
+        headers: String,
     },
     Redis {
         reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -236,6 +242,7 @@ impl Conn {
             r: q("r", &args.r),
             w: q("w", &args.w),
             contexts: (args.protocol == Protocol::Kv && !args.blind).then(|| contexts.clone()),
+            headers: args.token.as_ref().map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n")),
         })
     }
 
@@ -254,7 +261,7 @@ impl Conn {
 
     async fn op_inner(&mut self, write: bool, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
-            Conn::Http { address, dialer, stream, protocol, base_path, r, w, contexts } => {
+            Conn::Http { address, dialer, stream, protocol, base_path, r, w, contexts, headers } => {
                 let (method, path, body) = match (*protocol, write) {
                     (Protocol::Kv, true) => ("PUT", format!("{base_path}/kv/{key}{w}"), value.to_vec()),
                     (Protocol::Kv, false) => ("GET", format!("{base_path}/kv/{key}{r}"), Vec::new()),
@@ -273,7 +280,8 @@ impl Conn {
                 }
                 let conn = stream.as_mut().ok_or("connection")?;
                 let context = if write { contexts.as_ref().and_then(|c| c.get(key)) } else { None };
-                let result = http_exchange(conn, address, method, &path, &body, context.as_deref()).await;
+                let head = Head { host: address, headers, context: context.as_deref() };
+                let result = http_exchange(conn, &head, method, &path, &body).await;
                 match result {
                     Ok((status, keep_alive, context)) => {
                         if !keep_alive {
@@ -334,21 +342,30 @@ async fn read_line(conn: &mut BufReader<Box<dyn Stream>>, line: &mut String) -> 
     }
 }
 
+/// The header lines of one request besides its length.
+struct Head<'a> {
+    host: &'a str,
+    /// Lines sent with every request (`authorization`), each ending `\r\n`.
+    headers: &'a str,
+    /// The key's last `x-context`, if any.
+    context: Option<&'a str>,
+}
+
 /// One HTTP/1.1 request (with `x-context` if given) and its whole response (body read and
 /// dropped). Returns the status, whether the connection stays open, and the response's
 /// `x-context`; `Err` is an error kind.
 async fn http_exchange(
     conn: &mut BufReader<Box<dyn Stream>>,
-    host: &str,
+    head: &Head<'_>,
     method: &str,
     path: &str,
     body: &[u8],
-    context: Option<&str>,
 ) -> Result<(u16, bool, Option<String>), String> {
     let mut request = Vec::with_capacity(256 + body.len());
-    let context = context.map_or(String::new(), |c| format!("x-context: {c}\r\n"));
+    let context = head.context.map_or(String::new(), |c| format!("x-context: {c}\r\n"));
+    let (host, headers) = (head.host, head.headers);
     request.extend_from_slice(
-        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n{context}content-length: {}\r\n\r\n", body.len())
+        format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n{headers}{context}content-length: {}\r\n\r\n", body.len())
             .as_bytes(),
     );
     request.extend_from_slice(body);

@@ -43,6 +43,10 @@ struct Cli {
     /// KV_CLUSTER_SECRET. `make run` writes one to data/cluster.secret.
     #[arg(long, env = "KV_CLUSTER_SECRET_FILE", value_name = "FILE", global = true)]
     cluster_secret_file: Option<PathBuf>,
+    /// Admin token (`Authorization: Bearer` on /admin/*, the processes' --admin-tokens-file),
+    /// instead of the cluster secret; the secret wins when both are given.
+    #[arg(long, env = "KV_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    admin_token: Option<String>,
     /// Client token (`Authorization: Bearer`), when the cluster has client tokens on.
     #[arg(long, env = "KV_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -152,8 +156,12 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
              admin listener (its --admin-listen, port 7200 by default)",
         ),
         401 if message.contains(kv_transport::SIGNATURE_HEADER) => Some(
-            "admin requests are signed with the cluster secret: pass --cluster-secret-file FILE (or KV_CLUSTER_SECRET)",
+            "admin requests are signed with the cluster secret: pass --cluster-secret-file FILE (or KV_CLUSTER_SECRET), \
+             or an admin token with --admin-token (KV_ADMIN_TOKEN)",
         ),
+        403 if message.contains("admin token may only read") => {
+            Some("this admin token is a `read` token: changes need an `admin` token or the cluster secret")
+        }
         409 if message.contains("force=true") => {
             Some("to remove a member that is not down anyway (its replicas are discarded), add --force")
         }
@@ -174,7 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         .with_quorum(cli.r, cli.w)
         .with_admin(&cli.admin_url)
         .with_token(cli.token.clone())
-        .with_secrets(secrets.as_ref());
+        .with_secrets(secrets.as_ref())
+        .with_admin_token(cli.admin_token.clone());
     match cli.command {
         Command::Put { key, value, file, content_type, context } => {
             let bytes = match (value, file) {

@@ -49,7 +49,8 @@ pub async fn listeners(
     // With --insecure, admin requests are not signed (curl works); peer requests still are,
     // with the built-in key, which catches corruption and other protocol versions.
     let admin_check = (!security.secrets.is_insecure())
-        .then(|| verify("admin", "/admin/", kv_transport::verify::every as BoundCheck, ADMIN_BODY_LIMIT));
+        .then(|| verify("admin", "/admin/", kv_transport::verify::every as BoundCheck, ADMIN_BODY_LIMIT))
+        .map(|check| Process::admin_check(check, security));
     let (scraped, scraped_metrics, data_dir) = (graph.engine.clone(), graph.metrics.clone(), config.data_dir.clone());
     let on_scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         scraped.refresh_gauges();

@@ -131,6 +131,10 @@ others join, one at a time (OrderedReady).
 - name: KV_CLIENT_TOKENS_FILE
   value: /etc/kvstore/secret/client-tokens
 {{- end }}
+{{- if .Values.adminTokens.existingSecret }}
+- name: KV_ADMIN_TOKENS_FILE
+  value: /etc/kvstore/secret/admin-tokens
+{{- end }}
 {{- if .Values.tls.enabled }}
 - name: KV_TLS_CERT
   value: /etc/kvstore/secret/tls.crt
@@ -254,6 +258,11 @@ account token: pods never get one automatically.
       - secret:
           name: {{ include "kvstore.clientTokensName" $ }}
           items: [{ key: {{ $.Values.clientTokens.key }}, path: client-tokens }]
+      {{- end }}
+      {{- if $.Values.adminTokens.existingSecret }}
+      - secret:
+          name: {{ $.Values.adminTokens.existingSecret }}
+          items: [{ key: {{ $.Values.adminTokens.key }}, path: admin-tokens }]
       {{- end }}
       {{- if $.Values.tls.enabled }}
       - secret:
