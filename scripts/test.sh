@@ -36,6 +36,7 @@ run_stage lint lint
 run_stage unit unit
 run_stage docs-check docs-check
 run_stage contract contract
+run_stage python-client python-client
 run_stage observability observability-check
 run_stage deploy deploy-check
 summary

@@ -1,0 +1,151 @@
+"""Real kvnode and kvgateway processes for the client's tests: free ports, a temporary directory,
+every child killed at the end (also when a test fails). Binaries from $KV_BIN (default
+../../target/debug, what `cargo build --workspace --bins` makes)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("KV_BIN", ROOT / "target" / "debug")).resolve()
+FAST = ["--gossip-interval", "200ms", "--suspect-after", "2s", "--replica-timeout", "2s"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TestCa:
+    """A CA and one certificate it signs for 127.0.0.1 and localhost, server and client use,
+    made with the openssl command."""
+
+    def __init__(self, directory: Path):
+        self.ca = directory / "ca.pem"
+        self.cert, self.key = directory / "cert.pem", directory / "cert.key"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+        run("req", "-x509", *ec, "-keyout", str(directory / "ca.key"), "-out", str(self.ca), "-days", "2",
+            "-subj", "/CN=kvstore test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        run("req", *ec, "-keyout", str(self.key), "-out", str(directory / "cert.csr"), "-subj", "/CN=member")
+        ext = directory / "cert.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+                       "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+        run("x509", "-req", "-in", str(directory / "cert.csr"), "-CA", str(self.ca), "-CAkey",
+            str(directory / "ca.key"), "-CAcreateserial", "-out", str(self.cert), "-days", "2", "-extfile", str(ext))
+
+    def args(self) -> List[str]:
+        return ["--tls-cert", str(self.cert), "--tls-key", str(self.key), "--tls-ca", str(self.ca)]
+
+
+class Proc:
+    def __init__(self, name: str, args: List[str], env: dict, log: Path, client: int, admin: int, scheme: str):
+        self.name, self.args, self.env, self.log = name, args, env, log
+        self.client_port, self.admin_port, self.scheme = client, admin, scheme
+        self.child: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.admin_port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.child = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def kill(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.send_signal(signal.SIGKILL)
+            self.child.wait()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:]) if self.log.exists() else ""
+
+
+class Cluster:
+    """`nodes` kvnodes and a kvgateway, all with `args` (TLS when `tls`); the first `started`
+    nodes (all by default) are started at once and the cluster is awaited only when all are."""
+
+    def __init__(self, directory: Path, nodes: int = 3, args: Sequence[str] = (), tls: Optional[TestCa] = None,
+                 gateway: bool = True, started: Optional[int] = None):
+        self.directory, self.tls = directory, tls
+        self.scheme = "https" if tls else "http"
+        self.secret = secrets.token_hex(32)
+        env = dict(os.environ, KV_CLUSTER_SECRET=self.secret, RUST_LOG=os.environ.get("KV_TEST_LOG", "warn"))
+        extra = list(args) + (tls.args() if tls else [])
+        ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        seeds = ",".join(f"127.0.0.1:{peer}" for _, peer, _ in ports)
+        self.nodes: List[Proc] = []
+        for i, (client, peer, admin) in enumerate(ports, start=1):
+            argv = [str(BIN / "kvnode"), "--node-id", f"n{i}", "--listen", f"127.0.0.1:{client}",
+                    "--peer-listen", f"127.0.0.1:{peer}", "--admin-listen", f"127.0.0.1:{admin}",
+                    "--data-dir", str(directory / f"n{i}"), "--seeds", seeds, "--expect-nodes", str(nodes),
+                    *FAST, *extra]
+            self.nodes.append(Proc(f"n{i}", argv, env, directory / f"n{i}.log", client, admin, self.scheme))
+        self.gateway: Optional[Proc] = None
+        if gateway:
+            client, admin = free_port(), free_port()
+            argv = [str(BIN / "kvgateway"), "--listen", f"127.0.0.1:{client}", "--admin-listen",
+                    f"127.0.0.1:{admin}", "--seeds", seeds, "--expect-nodes", str(nodes), *FAST, *extra]
+            self.gateway = Proc("gateway", argv, env, directory / "gateway.log", client, admin, self.scheme)
+        self.http = httpx.Client(timeout=2.0, verify=ssl.create_default_context(cafile=str(tls.ca)) if tls else True)
+        try:
+            for node in self.nodes[: nodes if started is None else started]:
+                node.start()
+            if started is None or started == nodes:
+                self.start_rest()
+            else:
+                self._await(self.nodes[:started], "/health/live")
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_rest(self) -> None:
+        """Starts the nodes not started yet and the gateway; waits until every process is ready."""
+        for proc in self.procs():
+            if proc.child is None:
+                proc.start()
+        self._await(self.procs(), "/health/ready")
+
+    def _await(self, procs: List[Proc], path: str) -> None:
+        deadline = time.monotonic() + 60
+        for proc in procs:
+            while not self._answers(proc, path):
+                if proc.child.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited {proc.child.returncode}:\n{proc.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{proc.name} not ready in 60 s:\n{proc.log_tail()}")
+                time.sleep(0.1)
+
+    def _answers(self, proc: Proc, path: str) -> bool:
+        try:
+            return self.http.get(proc.admin_url + path).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def procs(self) -> List[Proc]:
+        return self.nodes + ([self.gateway] if self.gateway else [])
+
+    @property
+    def node_urls(self) -> List[str]:
+        return [n.url for n in self.nodes]
+
+    def stop(self) -> None:
+        for proc in self.procs():
+            proc.kill()
+        self.http.close()
