@@ -4,7 +4,7 @@
 #               kvgateway (client API 127.0.0.1:8080, admin 8081); data and logs in ./data
 #   make test   install what the checks need, then run formatting, lints, every test and the
 #               docs' curl examples, printing each stage's time (scripts/test.sh)
-.PHONY: run test test-long test-upgrade deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-scale bench-storage build bins release clean image test-docker test-scale-local
+.PHONY: python-client run test test-long test-upgrade deps fmt lint structure-check unit docs-check contract deploy-check observability-check fuzz bench bench-scale bench-storage build bins release clean image test-docker test-scale-local
 
 CARGO ?= cargo
 
@@ -30,12 +30,15 @@ lint: structure-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The structure the code keeps: the gateway links no storage and not the node; only the peer
-# transport builds an HTTP client for peers; no HTTP status crosses the internal protocol.
+# transport builds an HTTP client for peers; no HTTP status crosses the internal protocol; the
+# client library pulls in no server crate.
 structure-check:
 	@if $(CARGO) tree -p kv-gateway --prefix none | grep -E '^(kv-storage|kv-node|fjall|sled) '; then \
 	  echo "structure-check: kv-gateway must not depend on storage or kv-node"; exit 1; fi
-	@if grep -rln 'reqwest::Client::builder' crates/*/src | grep -v '^crates/transport/'; then \
-	  echo "structure-check: peer HTTP clients are built only in crates/transport"; exit 1; fi
+	@if grep -rln 'reqwest::Client::builder' crates/*/src | grep -vE '^crates/(transport|client|cli)/'; then \
+	  echo "structure-check: peer HTTP clients are built only in crates/transport (client-API ones in client and cli)"; exit 1; fi
+	@if $(CARGO) tree -p kv-client --prefix none -e normal | grep -E '^kv-(transport|server|api|node|coordinator) '; then \
+	  echo "structure-check: kv-client depends on no server crate"; exit 1; fi
 	@if grep -rnE '\bu16\b|StatusCode|axum|reqwest' crates/proto/src crates/proto/Cargo.toml; then \
 	  echo "structure-check: kv-proto carries typed refusals, never an HTTP status"; exit 1; fi
 	@echo "structure-check: ok"
@@ -46,6 +49,11 @@ unit:
 # The doc examples run against the debug binaries `make unit` built (no second, release build).
 docs-check: bins
 	KV_BIN=./target/debug python3 scripts/check_doc_examples.py README.md docs/api.md
+
+# The Python client (clients/python): pip-installed into .venv, its tests against real processes
+# (siblings, resolvers, a node down, Retry-After, tokens, TLS, asyncio).
+python-client: bins
+	./scripts/test-python-client.sh
 
 # docs/openapi.yaml against a live 3-node cluster and gateway (schemathesis, in .venv).
 contract: bins

@@ -1,4 +1,5 @@
-//! The cluster views, served on the admin listener: `/cluster/members`, `/cluster/ring`.
+//! The cluster views, served on the admin listener: `/cluster/members`, `/cluster/ring`, and
+//! `/admin/status` (every member's load and transfers, asked of each).
 
 use std::sync::Arc;
 
@@ -51,4 +52,50 @@ pub async fn ring(State(state): State<Arc<ApiState>>) -> Json<Value> {
         "moving_ranges": moving.len(),
         "moving": moving.into_iter().take(100).collect::<Vec<_>>(),
     }))
+}
+
+/// How long `/admin/status` waits for each member's answer.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /admin/status`: one row per member (not left or removed): its membership (status,
+/// zone, release), its share of the ring as any of N replicas, and what it reports itself
+/// ([`kv_proto::NodeStatus`]: keys, disk, hints, ranges being filled and dropped with the
+/// rebalancer's progress), asked of every member at once; `error` instead for one that does
+/// not answer within 3 s. `kvctl status` prints it as a table.
+pub async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let n = state.coordinator.quorum().n;
+    let topology = state.membership.topology();
+    let shares = topology.ring.ownership(n);
+    let members: Vec<_> =
+        state.membership.members().into_iter().filter(|m| !matches!(m.status.as_str(), "left" | "removed")).collect();
+    let asked = members.iter().map(|m| {
+        let transport = state.transport.clone();
+        let address = m.address.clone();
+        async move {
+            let Some(transport) = transport else { return Err("this process calls no members".to_owned()) };
+            match tokio::time::timeout(STATUS_WAIT, transport.request(&address, &kv_proto::StatusRequest {})).await {
+                Ok(Ok(status)) => Ok(status),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer in {} s", STATUS_WAIT.as_secs())),
+            }
+        }
+    });
+    let answers = futures::future::join_all(asked).await;
+    let rows: Vec<Value> = members
+        .iter()
+        .zip(answers)
+        .map(|(m, answer)| {
+            let mut row = json!({
+                "id": m.id, "address": m.address, "zone": m.zone, "status": m.status, "release": m.release,
+                "replica_share": shares.get(&m.id).copied().unwrap_or(0.0),
+            });
+            match answer {
+                Ok(load) => row["load"] = json!(load),
+                Err(e) => row["error"] = json!(e),
+            }
+            row
+        })
+        .collect();
+    let moving = topology.pending.as_ref().map_or(0, |pending| kv_ring::diff(&topology.ring, pending, n).len());
+    Json(json!({ "replicas": n, "moving_ranges": moving, "members": rows }))
 }

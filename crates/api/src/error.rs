@@ -21,7 +21,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// The body is larger than `--max-value-bytes`.
-    #[error("value is larger than the limit of {limit} bytes")]
+    #[error("{}", kv_server::http::too_large_message(*limit))]
     TooLarge {
         /// The configured limit.
         limit: usize,

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub membership: Arc<Membership>,
     /// Seals and opens context tokens.
     pub contexts: Arc<context::ContextSealer>,
+    /// Calls to members (`/admin/status` asks each its load), when the process has them.
+    pub transport: Option<kv_transport::PeerTransport>,
 }
 
 /// The client listener's routes: `/kv/{key}` (and `/noop`, the benchmarks' HTTP ceiling).
@@ -64,5 +66,6 @@ pub fn cluster_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring))
+        .route("/admin/status", get(cluster::status))
         .with_state(state)
 }

@@ -73,18 +73,20 @@ pub struct Process {
 }
 
 impl Process {
-    /// Registers the process-wide metrics (`kind`: `kvnode` or `kvgateway`), raises the file
+    /// Registers the process-wide metrics (`kind`: `kvnode` or `kvgateway`; `node`: a node's id,
+    /// a gateway's host name, in `kv_build_info`), raises the file
     /// limit to `files`, loads the secrets and TLS files. `insecure` is what `--insecure` means
     /// for this kind of process, logged as a warning.
     pub fn start(
         kind: &str,
+        node: &str,
         cluster: &ClusterConfig,
         security: &SecurityConfig,
         files: u64,
         insecure: &str,
     ) -> Result<Process, RunError> {
         let registry = Registry::new();
-        kv_server::admin::register_process(&registry, kind).map_err(metric_error)?;
+        kv_server::admin::register_process(&registry, kind, node).map_err(metric_error)?;
         let process = Process {
             coordinator_metrics: CoordinatorMetrics::register(&registry).map_err(metric_error)?,
             membership_metrics: MembershipMetrics::register(&registry, cluster.coordinator.quorum.n)
@@ -156,12 +158,14 @@ impl Process {
         server: &ServerConfig,
         coordinator: &Arc<Coordinator>,
         membership: &Arc<Membership>,
+        transport: &PeerTransport,
     ) -> Arc<ApiState> {
         Arc::new(ApiState {
             max_value_bytes: server.max_value_bytes,
             coordinator: coordinator.clone(),
             membership: membership.clone(),
             contexts: self.contexts.clone(),
+            transport: Some(transport.clone()),
         })
     }
 
@@ -210,7 +214,7 @@ impl Process {
         let options = ListenerOptions {
             too_large_code: "value_too_large",
             precheck,
-            ..ListenerOptions::bodies(server.max_value_bytes.saturating_add(1))
+            ..ListenerOptions::bodies(server.max_value_bytes)
         };
         self.listener("client", "--listen", server.listen, client, server, options, false).await
     }
@@ -291,4 +295,14 @@ impl Process {
         stop_in_order(&self.supervisor, coordinator, deadline).await;
         Ok(())
     }
+}
+
+/// This machine's host name (a pod's name on Kubernetes), or `unknown`: what names a gateway in
+/// `kv_build_info`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

@@ -1,34 +1,59 @@
-//! # A typed client for the store's HTTP API
+//! # An async client for the store's HTTP API
 //!
-//! [`Client`] speaks the client API of a `kvgateway` or any `kvnode`: `PUT`,
-//! `GET` and `DELETE` on `/kv/{key}` with the `X-Context` causal token. Reads come back as a
-//! [`Read`]: one value, siblings to reconcile, or nothing. To resolve siblings, write the value
-//! you want with the context of the read that returned them.
+//! [`Client`] speaks the client API of `kvgateway`s and `kvnode`s: `PUT`, `GET` and `DELETE`
+//! on `/kv/{key}` with the `X-Context` causal token. Reads come back as a [`Read`]: one value,
+//! siblings to reconcile, or nothing. To resolve siblings, write the value you want with the
+//! context of the read that returned them ([`Client::resolve`] does it with a merge function).
 //!
-//! The client is blocking (reqwest's blocking client) because its users, `kvctl` and tests, are
-//! sequential; it keeps connections alive between calls.
+//! ```no_run
+//! # async fn example() -> Result<(), kv_client::Error> {
+//! let client = kv_client::Client::builder(["http://127.0.0.1:8080"]).build()?;
+//! client.put("greeting", "hello", "text/plain", None).await?;
+//! match client.get("greeting").await? {
+//!     kv_client::Read::Value { value, .. } => assert_eq!(value, "hello"),
+//!     other => println!("{other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
 //!
-//! Security (docs/security.md): [`Client::with_token`] sends a client token
-//! (`Authorization: Bearer`), [`Client::with_secrets`] signs admin requests (`/admin/*`) with
-//! the cluster secret for the node at the admin URL (its id, which `GET /health/live` tells),
-//! and [`ClientOptions::ca`] trusts a CA for `https://` URLs.
+//! - **Endpoints and failover**: several gateways or nodes; the first that answers is used
+//!   until it fails, then the next ([`ClientBuilder`]).
+//! - **Retries**: a failed attempt (no connection, a timeout, a `503`) moves to the next
+//!   endpoint at once; once every endpoint failed in a round, the client waits for the server's
+//!   `Retry-After` (or an exponential backoff) before the next. A retried write is a new write:
+//!   when both attempts were applied a read shows siblings (docs/api.md).
+//! - **Security**: a client token ([`ClientBuilder::token`]) and the cluster's CA for `https://`
+//!   endpoints ([`ClientBuilder::ca_pem`]).
+//! - [`blocking::Client`]: the same calls for programs without an async runtime.
 //!
 //! # Layout
-//! - [`Client`], [`Read`], [`Sibling`] and [`Error`] are all in this file.
+//! - this file: [`Client`], [`ClientBuilder`], [`Read`], [`Sibling`], [`Error`];
+//! - [`blocking`]: the blocking wrapper.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use reqwest::StatusCode;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Deserialize;
+
+pub mod blocking;
 
 /// Header carrying the causal context token.
 pub const CONTEXT_HEADER: &str = "x-context";
 
+/// Longest wait a `Retry-After` may impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server could not be reached, or the connection failed. May succeed if retried.
+    /// No endpoint could be reached, or the connection failed. May succeed if retried.
     #[error("cannot reach {url}: {reason}")]
     Transport {
         /// The URL called.
@@ -46,7 +71,7 @@ pub enum Error {
         /// Human-readable message.
         message: String,
     },
-    /// The answer did not follow the API.
+    /// The answer did not follow the API, or the client was set up wrong.
     #[error("unexpected answer: {0}")]
     Protocol(String),
 }
@@ -60,13 +85,36 @@ impl Error {
             Error::Protocol(_) => false,
         }
     }
+
+    /// A transport failure calling `url`, said once: the root cause of `e`, not the chain of
+    /// wrappers each repeating the one below.
+    pub fn transport(url: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+        let mut root = e;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        Error::Transport { url: url.to_owned(), reason: root.to_string() }
+    }
+
+    /// The error a server's answer of `status` says: its JSON body (`{"error", "message"}`), or
+    /// the start of its text.
+    pub fn from_answer(status: u16, body: &[u8]) -> Error {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(body) => Error::Server { status, code: body.error, message: body.message },
+            Err(_) => Error::Server {
+                status,
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(body).chars().take(200).collect(),
+            },
+        }
+    }
 }
 
 /// One of several concurrent versions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sibling {
     /// The value bytes.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Its Content-Type.
     pub content_type: String,
     /// Whether this sibling is a delete.
@@ -82,7 +130,7 @@ pub enum Read {
     /// Exactly one live version.
     Value {
         /// The value bytes.
-        value: Vec<u8>,
+        value: Bytes,
         /// Its Content-Type.
         content_type: String,
         /// Context token to send with a write that replaces it.
@@ -100,6 +148,26 @@ pub enum Read {
         /// Context token, when the key has tombstones.
         context: Option<String>,
     },
+}
+
+/// What a merge function of [`Client::resolve`] decides for a key's siblings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Write this value (with this Content-Type) over every sibling.
+    Keep(Bytes, String),
+    /// Delete the key.
+    Delete,
+}
+
+/// A ready merge function: keeps the sibling written last by its `written_at_ms` (a delete if
+/// that one is a delete). The times come from the coordinating nodes' clocks, which may differ
+/// by up to the cluster's `--max-clock-offset`: two writes closer than that may be kept in
+/// either order.
+pub fn newest_wins(siblings: &[Sibling]) -> Resolution {
+    match siblings.iter().max_by_key(|s| (s.written_at_ms, !s.deleted)) {
+        Some(s) if !s.deleted => Resolution::Keep(s.value.clone(), s.content_type.clone()),
+        _ => Resolution::Delete,
+    }
 }
 
 #[derive(Deserialize)]
@@ -124,239 +192,236 @@ struct ErrorBody {
     message: String,
 }
 
-impl Error {
-    /// A transport failure calling `url`, said once: the root cause of `e`, not the chain of
-    /// wrappers each repeating the one below.
-    fn transport(url: &str, e: reqwest::Error) -> Error {
-        let reason = if e.is_timeout() {
-            "timed out".to_owned()
-        } else {
-            let mut root: &dyn std::error::Error = &e;
-            while let Some(next) = root.source() {
-                root = next;
-            }
-            root.to_string()
-        };
-        Error::Transport { url: url.to_owned(), reason }
-    }
-}
-
-/// A client for one base URL (a node or a gateway), and its admin URL for the cluster commands.
-pub struct Client {
-    base: String,
-    admin: String,
-    http: reqwest::blocking::Client,
+/// How a [`Client`] is made: [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+    max_backoff: Duration,
     r: Option<String>,
     w: Option<String>,
-    token: Option<String>,
-    signer: Option<kv_transport::Signer>,
-    /// An admin token (`--admin-tokens-file` of the processes), sent instead of a signature.
-    admin_token: Option<String>,
-    /// The id of the process at the admin URL, once asked.
-    admin_id: std::sync::OnceLock<String>,
 }
 
-/// How a [`Client`] connects.
-#[derive(Debug, Default, Clone)]
-pub struct ClientOptions {
-    /// PEM file of a CA to trust for `https://` URLs (the cluster's own CA).
-    pub ca: Option<std::path::PathBuf>,
-}
-
-impl Client {
-    /// A client for the client API at `base_url` (e.g. `http://127.0.0.1:8080`) with a per-call
-    /// `timeout`; the cluster commands go to the same URL until [`Client::with_admin`].
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Client, Error> {
-        Client::with_options(base_url, timeout, &ClientOptions::default())
-    }
-
-    /// [`Client::new`] with connection options.
-    pub fn with_options(base_url: &str, timeout: Duration, options: &ClientOptions) -> Result<Client, Error> {
-        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
-        if let Some(ca) = &options.ca {
-            let pem = std::fs::read(ca).map_err(|e| Error::Protocol(format!("cannot read {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Protocol(format!("{}: not PEM certificates: {e}", ca.display())))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| Error::transport(base_url, e))?;
-        let base = base_url.trim_end_matches('/').to_owned();
-        Ok(Client {
-            admin: base.clone(),
-            base,
-            http,
-            r: None,
-            w: None,
-            token: None,
-            signer: None,
-            admin_token: None,
-            admin_id: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// Sends `token` as `Authorization: Bearer` with every client API call.
-    pub fn with_token(mut self, token: Option<String>) -> Client {
+impl ClientBuilder {
+    /// Sends `token` as `Authorization: Bearer` (a cluster with client tokens on).
+    pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
     }
 
-    /// Signs admin requests with `secrets` (the cluster secret), as a cluster with
-    /// authentication requires.
-    pub fn with_secrets(mut self, secrets: Option<&kv_transport::Secrets>) -> Client {
-        self.signer = secrets.map(kv_transport::Signer::new);
+    /// Trusts the CA certificates of this PEM text for `https://` endpoints (the cluster's CA).
+    pub fn ca_pem(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.ca_pem = pem;
         self
     }
 
-    /// Sends `token` as `Authorization: Bearer` with every admin request instead of signing it
-    /// (an admin token of the processes' `--admin-tokens-file`); a signer, if also given, wins.
-    pub fn with_admin_token(mut self, token: Option<String>) -> Client {
-        self.admin_token = token;
+    /// Time allowed for each attempt [default: 10 s]; a connection must open within 2 s (or
+    /// this, if shorter).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
-    /// Sends the cluster commands (members, ring, leave, remove) to the admin listener at
-    /// `admin_url` (e.g. `http://127.0.0.1:8081`).
-    pub fn with_admin(mut self, admin_url: &str) -> Client {
-        self.admin = admin_url.trim_end_matches('/').to_owned();
+    /// Attempts after a failed one [default: 3].
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
         self
     }
 
-    /// Per-request quorums for every later call: `r` for reads, `w` for writes (`1..=N`, `one`,
-    /// `quorum` or `all`; `None` for the cluster default).
-    pub fn with_quorum(mut self, r: Option<String>, w: Option<String>) -> Client {
+    /// The first wait between two rounds over every endpoint when the server gave no
+    /// `Retry-After`, doubled each round up to 2 s [default: 100 ms].
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Quorums for every call: `r` for reads, `w` for writes (`1..=N`, `one`, `quorum`, `all`;
+    /// `None` for the cluster's default).
+    pub fn quorum(mut self, r: Option<String>, w: Option<String>) -> Self {
         self.r = r;
         self.w = w;
         self
     }
 
-    fn with_param(url: String, name: &str, value: &Option<String>) -> String {
-        match value {
-            Some(v) => format!("{url}?{name}={}", encode_key(v)),
-            None => url,
+    /// The client.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.endpoints.is_empty()
+            || !self.endpoints.iter().all(|e| e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(Error::Protocol(format!(
+                "endpoints are http(s)://host:port URLs of gateways or nodes, got {:?}",
+                self.endpoints
+            )));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(pem) => {
+                use rustls::pki_types::pem::PemObject as _;
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| Error::Protocol(format!("the CA is not PEM certificates: {e}")))?;
+                    roots.add(cert).map_err(|e| Error::Protocol(format!("the CA certificate: {e}")))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Protocol(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(self.connect_timeout.min(self.timeout)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let token = match &self.token {
+            Some(token) => Some(
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| Error::Protocol("a token is visible ASCII".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Client { http, token, current: AtomicUsize::new(0), retried: AtomicUsize::new(0), options: self })
+    }
+}
+
+/// The HTTP client inside: hyper's, over TCP or TLS.
+type Http = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client of a cluster: cheap to share (`Arc`) across tasks; connections are kept alive.
+#[derive(Debug)]
+pub struct Client {
+    http: Http,
+    /// `Authorization: Bearer TOKEN`, if a token was given.
+    token: Option<HeaderValue>,
+    options: ClientBuilder,
+    /// The endpoint in use (an index into the endpoints).
+    current: AtomicUsize,
+    /// Attempts made after a failed one, over the client's life.
+    retried: AtomicUsize,
+}
+
+/// An answer, read whole.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    fn error(&self) -> Error {
+        Error::from_answer(self.status.as_u16(), &self.body)
+    }
+}
+
+/// One request, before it is sent to an endpoint.
+struct Request {
+    method: Method,
+    /// `/kv/<key>?...`.
+    path: String,
+    content_type: Option<String>,
+    context: Option<String>,
+    body: Bytes,
+}
+
+impl Client {
+    /// A builder for a client of `endpoints` (`http://host:port` or `https://`, gateways or
+    /// nodes).
+    pub fn builder<I: IntoIterator<Item = S>, S: AsRef<str>>(endpoints: I) -> ClientBuilder {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(|e| e.as_ref().trim_end_matches('/').to_owned()).collect(),
+            token: None,
+            ca_pem: None,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            retries: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            r: None,
+            w: None,
         }
     }
 
-    /// `GET /cluster/members` as JSON.
-    pub fn members(&self) -> Result<serde_json::Value, Error> {
-        self.json(&format!("{}/cluster/members", self.admin))
+    /// Attempts made after a failed one, over this client's life.
+    pub fn retried(&self) -> usize {
+        self.retried.load(Ordering::Relaxed)
     }
 
-    /// `GET /cluster/ring` as JSON.
-    pub fn ring(&self) -> Result<serde_json::Value, Error> {
-        self.json(&format!("{}/cluster/ring", self.admin))
+    /// The endpoint calls go to now.
+    pub fn endpoint(&self) -> &str {
+        let endpoints = &self.options.endpoints;
+        &endpoints[self.current.load(Ordering::Relaxed) % endpoints.len()]
     }
 
-    /// `POST /admin/leave` on the node at the admin URL: it hands off its ranges and exits.
-    pub fn leave(&self) -> Result<serde_json::Value, Error> {
-        let response = expect_status(self.admin_call("POST", "/admin/leave")?, StatusCode::ACCEPTED)?;
-        response.json().map_err(|e| Error::Protocol(e.to_string()))
-    }
-
-    /// `POST /admin/repair` on the node at the admin URL: an anti-entropy round now; its report
-    /// (or `{"status": "running"}` if it takes longer than the node waits).
-    pub fn repair(&self) -> Result<serde_json::Value, Error> {
-        let response = self.admin_call("POST", "/admin/repair")?;
-        let response =
-            if response.status() == StatusCode::ACCEPTED { response } else { expect_status(response, StatusCode::OK)? };
-        response.json().map_err(|e| Error::Protocol(e.to_string()))
-    }
-
-    /// `POST /admin/remove/{id}`: declare member `id` permanently failed (`force` even if it is
-    /// not down).
-    pub fn remove(&self, id: &str, force: bool) -> Result<serde_json::Value, Error> {
-        let mut path = format!("/admin/remove/{}", encode_key(id));
-        if force {
-            path.push_str("?force=true");
+    /// Stores `value`; with `context` (from a read) it replaces exactly what that read saw,
+    /// without it is kept beside versions it did not see. Returns the new version's context,
+    /// or `None` when the write left siblings (read, then write with the read's context).
+    pub async fn put(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        content_type: &str,
+        context: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let request = Request {
+            method: Method::PUT,
+            path: key_path(key, "w", self.options.w.as_deref()),
+            content_type: Some(content_type.to_owned()),
+            context: context.map(str::to_owned),
+            body: value.into(),
+        };
+        let answer = self.send(&request).await?;
+        if answer.status != StatusCode::NO_CONTENT {
+            return Err(answer.error());
         }
-        let response = expect_status(self.admin_call("POST", &path)?, StatusCode::OK)?;
-        response.json().map_err(|e| Error::Protocol(e.to_string()))
-    }
-
-    /// Any admin request (`GET` or `POST` on a path under `/admin/`, with its query), signed
-    /// when the client has the cluster secret; the answer as JSON on success.
-    pub fn admin(&self, method: &str, path: &str) -> Result<serde_json::Value, Error> {
-        let response = self.admin_call(method, path)?;
-        if !response.status().is_success() {
-            return Err(server_error(response));
-        }
-        response.json().map_err(|e| Error::Protocol(e.to_string()))
-    }
-
-    /// Sends an admin request, signed for the process at the admin URL.
-    fn admin_call(&self, method: &str, path: &str) -> Result<reqwest::blocking::Response, Error> {
-        if !path.starts_with('/') {
-            return Err(Error::Protocol(format!("an admin path starts with /, got {path:?}")));
-        }
-        let url = format!("{}{path}", self.admin);
-        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| Error::Protocol(format!("not an HTTP method: {method:?}")))?;
-        let mut request = self.http.request(method.clone(), &url);
-        if let Some(signer) = &self.signer {
-            let to = self.admin_id()?;
-            request = request.header(kv_transport::SIGNATURE_HEADER, signer.sign(method.as_str(), path, &to, b""));
-        } else if let Some(token) = &self.admin_token {
-            request = request.bearer_auth(token);
-        }
-        // Not `send`: the client token is for the client API, and would be taken for an admin
-        // token here.
-        request.send().map_err(|e| Error::transport(&url, e))
-    }
-
-    /// The id of the process at the admin URL (`GET /health/live`), which admin requests are
-    /// signed for: a request captured on the way to one node cannot be replayed to another.
-    fn admin_id(&self) -> Result<String, Error> {
-        if let Some(id) = self.admin_id.get() {
-            return Ok(id.clone());
-        }
-        let body = self.json(&format!("{}/health/live", self.admin))?;
-        let id = body["id"].as_str().ok_or_else(|| Error::Protocol("/health/live names no id".into()))?.to_owned();
-        Ok(self.admin_id.get_or_init(|| id).clone())
-    }
-
-    fn json(&self, url: &str) -> Result<serde_json::Value, Error> {
-        let response = expect_status(self.send(url, self.http.get(url))?, StatusCode::OK)?;
-        response.json().map_err(|e| Error::Protocol(e.to_string()))
-    }
-
-    /// The URL of `key`, percent-encoded.
-    pub fn key_url(&self, key: &str) -> String {
-        format!("{}/kv/{}", self.base, encode_key(key))
-    }
-
-    /// Stores `value`; with `context` it replaces exactly what that read saw. Returns the new
-    /// version's context.
-    pub fn put(&self, key: &str, value: Vec<u8>, content_type: &str, context: Option<&str>) -> Result<String, Error> {
-        let url = Self::with_param(self.key_url(key), "w", &self.w);
-        let mut request = self.http.put(&url).header("content-type", content_type).body(value);
-        if let Some(context) = context {
-            request = request.header(CONTEXT_HEADER, context);
-        }
-        let response = self.send(&url, request)?;
-        expect_status(response, StatusCode::NO_CONTENT).map(|r| header(&r, CONTEXT_HEADER).unwrap_or_default())
+        Ok(if answer.headers.contains_key("x-siblings") { None } else { answer.header(CONTEXT_HEADER) })
     }
 
     /// Reads `key`.
-    pub fn get(&self, key: &str) -> Result<Read, Error> {
-        let url = Self::with_param(self.key_url(key), "r", &self.r);
-        let response = self.send(&url, self.http.get(&url))?;
-        let context = header(&response, CONTEXT_HEADER);
-        match response.status() {
+    pub async fn get(&self, key: &str) -> Result<Read, Error> {
+        let request = Request {
+            method: Method::GET,
+            path: key_path(key, "r", self.options.r.as_deref()),
+            content_type: None,
+            context: None,
+            body: Bytes::new(),
+        };
+        let answer = self.send(&request).await?;
+        let context = answer.header(CONTEXT_HEADER);
+        match answer.status {
             StatusCode::OK => {
-                let content_type = header(&response, "content-type").unwrap_or_default();
-                let value = response.bytes().map_err(|e| Error::transport(&url, e))?.to_vec();
-                Ok(Read::Value { value, content_type, context: context.unwrap_or_default() })
+                let content_type = answer.header("content-type").unwrap_or_default();
+                Ok(Read::Value { value: answer.body, content_type, context: context.unwrap_or_default() })
             }
             StatusCode::MULTIPLE_CHOICES => {
-                let body: SiblingsBody = response.json().map_err(|e| Error::Protocol(format!("siblings body: {e}")))?;
+                let body: SiblingsBody =
+                    serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol(format!("siblings body: {e}")))?;
                 let mut siblings = Vec::with_capacity(body.siblings.len());
                 for s in body.siblings {
                     let value = base64::engine::general_purpose::STANDARD
                         .decode(&s.value)
                         .map_err(|e| Error::Protocol(format!("sibling value is not base64: {e}")))?;
                     siblings.push(Sibling {
-                        value,
+                        value: value.into(),
                         content_type: s.content_type,
                         deleted: s.deleted,
                         written_at_ms: s.written_at,
@@ -364,79 +429,133 @@ impl Client {
                 }
                 Ok(Read::Siblings { context: body.context, siblings })
             }
-            StatusCode::NOT_FOUND => {
-                let status = response.status();
-                let body: ErrorBody = response.json().map_err(|e| Error::Protocol(format!("404 body: {e}")))?;
-                if body.error == "not_found" {
-                    Ok(Read::NotFound { context })
-                } else {
-                    Err(Error::Server { status: status.as_u16(), code: body.error, message: body.message })
+            StatusCode::NOT_FOUND => match answer.error() {
+                Error::Server { code, .. } if code == "not_found" => Ok(Read::NotFound { context }),
+                other => Err(other),
+            },
+            _ => Err(answer.error()),
+        }
+    }
+
+    /// Deletes `key`: with `context`, exactly what that read saw; without, every version the
+    /// coordinating node finds.
+    pub async fn delete(&self, key: &str, context: Option<&str>) -> Result<(), Error> {
+        let request = Request {
+            method: Method::DELETE,
+            path: key_path(key, "w", self.options.w.as_deref()),
+            content_type: None,
+            context: context.map(str::to_owned),
+            body: Bytes::new(),
+        };
+        let answer = self.send(&request).await?;
+        if answer.status != StatusCode::NO_CONTENT {
+            return Err(answer.error());
+        }
+        Ok(())
+    }
+
+    /// Reads `key` and, when it has siblings, writes `merge(siblings)` with the read's context
+    /// (again, up to 5 times, if new siblings appeared meanwhile). Returns the key's read after
+    /// it. [`newest_wins`] is a ready merge function.
+    pub async fn resolve(&self, key: &str, merge: impl Fn(&[Sibling]) -> Resolution) -> Result<Read, Error> {
+        for _ in 0..5 {
+            let (context, siblings) = match self.get(key).await? {
+                Read::Siblings { context, siblings } => (context, siblings),
+                other => return Ok(other),
+            };
+            match merge(&siblings) {
+                Resolution::Delete => {
+                    self.delete(key, Some(&context)).await?;
+                    return Ok(Read::NotFound { context: None });
+                }
+                Resolution::Keep(value, content_type) => {
+                    if let Some(context) = self.put(key, value.clone(), &content_type, Some(&context)).await? {
+                        return Ok(Read::Value { value, content_type, context });
+                    }
                 }
             }
-            _ => Err(server_error(response)),
+        }
+        Err(Error::Protocol(format!("{key:?}: new siblings kept appearing over 5 resolutions")))
+    }
+
+    /// Sends `request` to the endpoint in use, failing over and retrying as the builder says.
+    /// Returns the first answer that is not a `502`/`503`/`504`, or the last failure.
+    async fn send(&self, request: &Request) -> Result<Answer, Error> {
+        let endpoints = &self.options.endpoints;
+        let (mut attempt, mut in_round, mut round) = (0u32, 0usize, 0u32);
+        loop {
+            let url = format!("{}{}", self.endpoint(), request.path);
+            let (failure, asked) = match self.attempt(&url, request).await {
+                Ok(answer) if !matches!(answer.status.as_u16(), 502..=504) => return Ok(answer),
+                Ok(answer) => {
+                    let asked = answer
+                        .header("retry-after")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                    (answer.error(), asked)
+                }
+                Err(e) => (e, None),
+            };
+            if attempt >= self.options.retries {
+                return Err(failure);
+            }
+            attempt += 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            self.current.fetch_add(1, Ordering::Relaxed);
+            in_round += 1;
+            if in_round < endpoints.len() {
+                continue;
+            }
+            in_round = 0;
+            round += 1;
+            let backoff = self.options.backoff.saturating_mul(1 << (round - 1).min(16)).min(self.options.max_backoff);
+            tokio::time::sleep(asked.unwrap_or(backoff)).await;
         }
     }
 
-    /// Deletes `key`: with `context`, exactly what that read saw; without, whatever the
-    /// coordinating node holds.
-    pub fn delete(&self, key: &str, context: Option<&str>) -> Result<(), Error> {
-        let url = Self::with_param(self.key_url(key), "w", &self.w);
-        let mut request = self.http.delete(&url);
-        if let Some(context) = context {
-            request = request.header(CONTEXT_HEADER, context);
-        }
-        let response = self.send(&url, request)?;
-        expect_status(response, StatusCode::NO_CONTENT).map(drop)
-    }
-
-    fn send(
-        &self,
-        url: &str,
-        mut request: reqwest::blocking::RequestBuilder,
-    ) -> Result<reqwest::blocking::Response, Error> {
+    /// One attempt at `url`, its answer read whole within the timeout.
+    async fn attempt(&self, url: &str, request: &Request) -> Result<Answer, Error> {
+        let mut builder = hyper::Request::builder().method(request.method.clone()).uri(url);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            builder = builder.header(AUTHORIZATION, token.clone());
         }
-        request.send().map_err(|e| Error::transport(url, e))
+        if let Some(content_type) = &request.content_type {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        if let Some(context) = &request.context {
+            builder = builder.header(CONTEXT_HEADER, context);
+        }
+        let call = builder
+            .body(Full::new(request.body.clone()))
+            .map_err(|e| Error::Protocol(format!("a request to {url}: {e}")))?;
+        let exchange = async {
+            let response = self.http.request(call).await.map_err(|e| Error::transport(url, &e))?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| Error::transport(url, &e))?.to_bytes();
+            Ok(Answer { status: parts.status, headers: parts.headers, body })
+        };
+        match tokio::time::timeout(self.options.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Transport { url: url.to_owned(), reason: "timed out".into() }),
+        }
     }
 }
 
-fn header(response: &reqwest::blocking::Response, name: &str) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-fn expect_status(
-    response: reqwest::blocking::Response,
-    expected: StatusCode,
-) -> Result<reqwest::blocking::Response, Error> {
-    if response.status() == expected {
-        Ok(response)
-    } else {
-        Err(server_error(response))
+/// `/kv/<key>`, the key percent-encoded (a `/` in a key is `%2F`), with `name=value` if given.
+fn key_path(key: &str, name: &str, value: Option<&str>) -> String {
+    let mut path = format!("/kv/{}", encode_key(key));
+    if let Some(value) = value {
+        path.push_str(&format!("?{name}={}", encode_key(value)));
     }
+    path
 }
 
-fn server_error(response: reqwest::blocking::Response) -> Error {
-    let status = response.status().as_u16();
-    let text = response.text().unwrap_or_default();
-    match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(body) => Error::Server { status, code: body.error, message: body.message },
-        Err(_) => Error::Server { status, code: "unknown".into(), message: text.chars().take(200).collect() },
-    }
-}
-
-/// Percent-encodes every byte of `key` outside RFC 3986's unreserved set, so any UTF-8 key
-/// (slashes, spaces, `?`) is one path segment.
+/// Every byte of `key` outside RFC 3986's unreserved set percent-encoded, so that any UTF-8
+/// key (slashes, spaces, `?`) is one path segment.
 pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const RESERVED: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(key, RESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -447,5 +566,26 @@ mod tests {
     fn keys_become_one_segment() {
         assert_eq!(encode_key("a/b c?é"), "a%2Fb%20c%3F%C3%A9");
         assert_eq!(encode_key("plain-key_1.~"), "plain-key_1.~");
+        assert_eq!(key_path("k", "w", Some("all")), "/kv/k?w=all");
+    }
+
+    #[test]
+    fn newest_wins_keeps_the_last_write_or_deletes() {
+        let sibling = |value: &'static str, at, deleted| Sibling {
+            value: Bytes::from_static(value.as_bytes()),
+            content_type: "text/plain".into(),
+            deleted,
+            written_at_ms: at,
+        };
+        let kept = newest_wins(&[sibling("old", 1, false), sibling("new", 2, false)]);
+        assert_eq!(kept, Resolution::Keep(Bytes::from_static(b"new"), "text/plain".into()));
+        assert_eq!(newest_wins(&[sibling("old", 1, false), sibling("", 2, true)]), Resolution::Delete);
+    }
+
+    #[test]
+    fn a_client_needs_http_endpoints() {
+        assert!(Client::builder(["127.0.0.1:8080"]).build().is_err());
+        assert!(Client::builder(Vec::<String>::new()).build().is_err());
+        assert!(Client::builder(["http://127.0.0.1:8080"]).build().is_ok());
     }
 }

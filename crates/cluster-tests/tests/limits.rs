@@ -211,6 +211,24 @@ fn limits_refuse_with_clear_json_errors() {
     );
     let (status, body) = json(c.put(&url).body(vec![0u8; 2 << 20]).send().unwrap());
     assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("value_too_large")), "{body}");
+    let limit = "the body is larger than the limit of 1048576 bytes";
+    assert_eq!(body["message"].as_str(), Some(limit), "the --max-value-bytes default, as configured");
+    // A body declared over the limit is refused at once, before any of it is sent, with the
+    // same limit in the same words.
+    let mut declared = TcpStream::connect(("127.0.0.1", node.ports.client)).unwrap();
+    declared.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let head = format!("PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", (1 << 20) + 1);
+    declared.write_all(head.as_bytes()).unwrap();
+    let asked = Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = std::io::Read::read(&mut declared, &mut answer).expect("answered without the body being sent");
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains(limit), "{answer}");
+    println!("413 for a declared length in {:.0} ms", asked.elapsed().as_secs_f64() * 1e3);
+    // One byte over, streamed without a declared length: the same message.
+    let chunked = c.put(&url).body(reqwest::blocking::Body::new(std::io::Cursor::new(vec![1u8; (1 << 20) + 1])));
+    let (status, body) = json(chunked.send().unwrap());
+    assert_eq!((status, body["message"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some(limit)), "{body}");
     // Uploads in progress hold the listener's 16 MiB budget of bodies in memory (sixteen of
     // them, 1 MiB each, not finished): the next body is shed at once.
     let slow: Vec<TcpStream> = (0..16)

@@ -114,6 +114,12 @@ fn both_binaries_export_clean_metrics_that_follow_the_cluster() {
         (1..=3).map(|i| metric(&cluster.nodes[0], "kv_ring_ownership_ratio", &format!("member=\"n{i}\""))).sum();
     assert!((shares - 1.0).abs() < 1e-6, "ownership shares sum to {shares}");
     assert_eq!(metric(&cluster.nodes[0], "kv_ranges_under_replicated", ""), 0.0);
+    // Each process names its node (a gateway its host name), and replica batches are timed
+    // per peer on the coordinators, the gateway included.
+    assert_eq!(metric(&cluster.nodes[0], "kv_build_info", "binary=\"kvnode\",node=\"n1\""), 1.0);
+    assert_eq!(metric(&cluster.nodes[1], "kv_build_info", "binary=\"kvnode\",node=\"n2\""), 1.0);
+    let n1_peer = format!("peer=\"{}\"", cluster.nodes[0].address());
+    assert!(metric(g, "kv_peer_batch_duration_seconds_count", &n1_peer) >= 1.0, "the gateway times its batches to n1");
     assert!(metric(&cluster.nodes[0], "kv_storage_disk_capacity_bytes", "") > 0.0);
     assert!(metric(&cluster.nodes[0], "kv_storage_disk_free_bytes", "") > 0.0);
 

@@ -189,6 +189,7 @@ fn api() -> &'static Api {
                 coordinator,
                 membership,
                 contexts: Arc::new(kv_api::context::ContextSealer::new(&secrets())),
+                transport: None,
             });
             // With the layers every listener has (fallbacks, limits, deadline), as served.
             let server = kv_server::config::ServerSettings::default()

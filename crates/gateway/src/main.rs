@@ -96,6 +96,7 @@ fn start() -> Result<(), RunError> {
     runtime.block_on(async {
         let process = Process::start(
             "kvgateway",
+            &kv_api::process::host_name(),
             &cluster,
             &security,
             2 * server.limits.max_connections as u64 + 2048,
@@ -129,7 +130,7 @@ fn start() -> Result<(), RunError> {
         );
         process.supervisor.spawn(Stage::Membership, gossip);
         process.spawn_reloaders(&security, &transport);
-        let api = process.api(&server, &coordinator, &membership);
+        let api = process.api(&server, &coordinator, &membership, &transport);
         let serving = Arc::new(AtomicBool::new(true));
         let ready: ReadyCheck = {
             let membership = membership.clone();

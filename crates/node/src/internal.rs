@@ -161,3 +161,43 @@ pub async fn merkle(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
         .collect();
     Ok(binary(encode(&MerkleResponse { answers })))
 }
+
+/// `POST /internal/v1/status`: this node's load and transfers ([`kv_proto::NodeStatus`]), for
+/// `/admin/status` on any member or gateway (`kvctl status`).
+pub async fn status(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
+    let _: kv_proto::StatusRequest = message(&body)?;
+    Ok(binary(encode(&node_status(&state))))
+}
+
+/// What [`status`] answers.
+pub fn node_status(state: &NodeState) -> kv_proto::NodeStatus {
+    let (keys, disk_bytes) = state.engine.size();
+    let pending = state.hints.pending();
+    let worker = |name: &str| {
+        state.supervisor.workers().into_iter().find(|w| w.name == name).map(|w| w.status).unwrap_or_default()
+    };
+    let (transfer, transfer_ranges, transfer_done, transfer_keys) = state.transfers.now();
+    kv_proto::NodeStatus {
+        transfer: transfer.to_owned(),
+        transfer_ranges,
+        transfer_done,
+        transfer_keys,
+        node_id: state.replica.node_id().to_owned(),
+        status: state.membership.my_status().map_or("unknown", |s| s.name()).to_owned(),
+        keys,
+        disk_bytes,
+        disk_free_bytes: crate::metrics::disk_space(&state.data_dir).map_or(0, |(free, _)| free),
+        hints: pending.values().map(|p| p.count).sum(),
+        hint_bytes: pending.values().map(|p| p.bytes).sum(),
+        filling_share: share(&state.ownership.filling()),
+        dropping_share: share(&state.ownership.dropping()),
+        rebalancer: worker("rebalancer"),
+        dropper: worker("dropper"),
+    }
+}
+
+/// The fraction of the ring's hash space that `intervals` cover.
+fn share(intervals: &kv_ring::Intervals) -> f64 {
+    let width: f64 = intervals.spans().iter().map(|(lo, hi)| (hi - lo) as f64 + 1.0).sum();
+    (width / 2f64.powi(64)).min(1.0)
+}

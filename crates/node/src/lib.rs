@@ -75,6 +75,16 @@ pub struct NodeState {
     pub repair: tokio::sync::mpsc::Sender<workers::antientropy::RepairRequest>,
     /// Seals context tokens (shown by `/admin/local`).
     pub contexts: Arc<kv_api::context::ContextSealer>,
+    /// The storage engine (its size, for `/internal/v1/status`).
+    pub engine: Arc<dyn kv_storage::Engine>,
+    /// Hints kept for other nodes.
+    pub hints: Arc<kv_storage::HintStore>,
+    /// The node's workers (the rebalancer's and dropper's progress).
+    pub supervisor: kv_worker::Supervisor,
+    /// What the rebalancer is moving now.
+    pub transfers: Arc<workers::rebalance::Transfers>,
+    /// Its data directory (the free space of its filesystem).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Internal messages carry a key's whole sibling set; allow this many values' worth (plus a
@@ -106,6 +116,7 @@ pub fn peer_router(state: Arc<NodeState>, verify: VerifyState) -> Router {
         .route(kv_proto::STORE_BATCH_PATH, post(internal::store_batch))
         .route(kv_proto::GOSSIP_PATH, post(internal::gossip))
         .route(kv_proto::MERKLE_PATH, post(internal::merkle))
+        .route(kv_proto::STATUS_PATH, post(internal::status))
         // Inside the signature check: it runs on requests whose sender is known.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), members_only))
         .route_layer(axum::middleware::from_fn_with_state(verify, kv_transport::verify))

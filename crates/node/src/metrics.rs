@@ -96,9 +96,16 @@ impl NodeMetrics {
     /// Refreshes the disk gauges from the filesystem holding `dir` (left as they were if it
     /// cannot be read).
     pub fn refresh_disk(&self, dir: &std::path::Path) {
-        if let (Ok(free), Ok(total)) = (fs2::available_space(dir), fs2::total_space(dir)) {
+        if let Some((free, total)) = disk_space(dir) {
             self.disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
             self.disk_capacity.set(i64::try_from(total).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// Free and total bytes of the filesystem holding `dir` (`statvfs`), if it can be read.
+pub fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    let block = stat.f_frsize;
+    Some((stat.f_bavail.saturating_mul(block), stat.f_blocks.saturating_mul(block)))
 }

@@ -65,6 +65,48 @@ pub const STORE_BATCH_PATH: &str = "/internal/v1/store-batch";
 pub const GOSSIP_PATH: &str = "/internal/v1/gossip";
 /// Path of the Merkle exchange: node values of the replica's segment trees (anti-entropy).
 pub const MERKLE_PATH: &str = "/internal/v1/merkle";
+/// Path of a node's load and transfers ([`StatusRequest`], protocol 7): `kvctl status` asks
+/// one process, which asks every member.
+pub const STATUS_PATH: &str = "/internal/v1/status";
+
+/// `POST /internal/v1/status` (protocol 7): what a node holds and moves, for `/admin/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusRequest {}
+
+/// A node's load and transfers, as `nodetool status` and `riak admin transfers` show them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its id.
+    pub node_id: String,
+    /// Its own membership status (`normal`, `joining`, `leaving`, ...).
+    pub status: String,
+    /// Stored keys, live or deleted (the engine's estimate).
+    pub keys: u64,
+    /// Bytes of its storage files.
+    pub disk_bytes: u64,
+    /// Free bytes on the filesystem of its data directory.
+    pub disk_free_bytes: u64,
+    /// Hints it keeps for other nodes, and their bytes.
+    pub hints: u64,
+    /// Encoded bytes of those hints.
+    pub hint_bytes: u64,
+    /// Share of the ring (0 to 1) it is gaining and has not filled yet (a join, a removal).
+    pub filling_share: f64,
+    /// Share of the ring it has lost and not yet handed off and dropped (a leave, a join).
+    pub dropping_share: f64,
+    /// What its rebalancer is doing (`/admin/workers`).
+    pub rebalancer: String,
+    /// What its dropper is doing.
+    pub dropper: String,
+    /// The transfer its rebalancer runs now, or ran last (`leaving: handing off ranges`, ...).
+    pub transfer: String,
+    /// Ranges in that transfer.
+    pub transfer_ranges: u64,
+    /// Of them, those done.
+    pub transfer_done: u64,
+    /// Keys moved by it so far.
+    pub transfer_keys: u64,
+}
 
 /// Most queries in one Merkle request.
 pub const MAX_MERKLE_QUERIES: usize = 8192;

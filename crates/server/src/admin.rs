@@ -75,15 +75,17 @@ async fn ready(State(state): State<AdminState>) -> Response {
 
 /// Registers what every process exports besides its own metrics: the process collector
 /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`,
-/// `process_max_fds`, `process_start_time_seconds`, ...) and `kv_build_info{binary, version}`
-/// (always 1: which release each process runs, for upgrades).
-pub fn register_process(registry: &Registry, binary: &str) -> prometheus::Result<()> {
+/// `process_max_fds`, `process_start_time_seconds`, ...) and `kv_build_info{binary, version,
+/// node}` (always 1: which release each process runs, for upgrades, and which node it is:
+/// `node` is a node's id, a gateway's host name, so that a dashboard can join any series of an
+/// `instance` to the node it names).
+pub fn register_process(registry: &Registry, binary: &str, node: &str) -> prometheus::Result<()> {
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
     let info = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new("kv_build_info", "The binary and release this process runs (always 1)"),
-        &["binary", "version"],
+        prometheus::Opts::new("kv_build_info", "The binary, release and node of this process (always 1)"),
+        &["binary", "version", "node"],
     )?;
-    info.with_label_values(&[binary, env!("CARGO_PKG_VERSION")]).set(1);
+    info.with_label_values(&[binary, env!("CARGO_PKG_VERSION"), node]).set(1);
     registry.register(Box::new(info))
 }
 

@@ -258,8 +258,11 @@ impl Guard {
             .headers
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&length| length <= self.body_max);
+            .and_then(|v| v.parse::<usize>().ok());
+        // A body declared over the limit is refused at once, before a byte of it is read.
+        if declared.is_some_and(|length| length > self.body_max) {
+            return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, self.too_large, &too_large_message(self.body_max)));
+        }
         let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
         let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
@@ -288,7 +291,7 @@ impl Guard {
                 return Err(json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     self.too_large,
-                    &format!("request body over the limit of {} bytes", self.body_max),
+                    &too_large_message(self.body_max),
                 ));
             }
             bytes.extend_from_slice(&data);
@@ -348,6 +351,12 @@ fn overloaded(message: &str) -> Response {
     let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, OVERLOADED, message);
     response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// The message of every `413`: the listener's guard (a declared length, or a body that grew
+/// past it) and the client API's own check say the same limit in the same words.
+pub fn too_large_message(limit: usize) -> String {
+    format!("the body is larger than the limit of {limit} bytes")
 }
 
 /// A request with more headers than `--max-headers`, or a head larger than

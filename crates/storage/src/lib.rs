@@ -181,6 +181,10 @@ pub trait Engine: Send + Sync {
     /// Refreshes size gauges (disk bytes, key count) in the metrics.
     fn refresh_gauges(&self);
 
+    /// The store's size now: `(keys, disk bytes)`, the key count an estimate (live and deleted
+    /// keys).
+    fn size(&self) -> (u64, u64);
+
     /// Registers the store's one observer, told of every change to a record from now on
     /// (merges, purges, removals), under the key's lock, after the change is written and before
     /// it is durable. Returns `false` if one is registered already. Anti-entropy keeps its

@@ -315,8 +315,13 @@ impl Engine for Store {
     }
 
     fn refresh_gauges(&self) {
-        self.metrics.disk_bytes.set(self.backend.disk_bytes() as i64);
-        self.metrics.keys.set(self.backend.approximate_len() as i64);
+        let (keys, disk_bytes) = self.size();
+        self.metrics.disk_bytes.set(i64::try_from(disk_bytes).unwrap_or(i64::MAX));
+        self.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    fn size(&self) -> (u64, u64) {
+        (self.backend.approximate_len(), self.backend.disk_bytes())
     }
 
     fn observe(&self, observer: Arc<dyn crate::Observer>) -> bool {

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use kv_gossip::Digest;
 use kv_proto::{
-    decode, encode, Call, MerkleRequest, MerkleResponse, Reply, ScanRequest, ScanResponse, StoreBatchRequest,
-    BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, PROTOCOL, PROTOCOL_HEADER, PROTOCOL_MIN, SCAN_PATH, STORE_BATCH_PATH,
+    decode, encode, Call, MerkleRequest, MerkleResponse, NodeStatus, Reply, ScanRequest, ScanResponse, StatusRequest,
+    StoreBatchRequest, BATCH_PATH, GOSSIP_PATH, MERKLE_PATH, PROTOCOL, PROTOCOL_HEADER, PROTOCOL_MIN, SCAN_PATH,
+    STATUS_PATH, STORE_BATCH_PATH,
 };
 use kv_proto::{Refusal, ReplicaError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -63,6 +64,14 @@ impl PeerRequest for MerkleRequest {
     const PATH: &'static str = MERKLE_PATH;
     const NAME: &'static str = "merkle";
     type Reply = MerkleResponse;
+}
+
+impl PeerRequest for StatusRequest {
+    const PATH: &'static str = STATUS_PATH;
+    const NAME: &'static str = "status";
+    // Small and rare, and asked of a member whose transfers may hold every permit.
+    const BOUNDED: bool = false;
+    type Reply = NodeStatus;
 }
 
 impl PeerRequest for Digest {
@@ -124,6 +133,9 @@ pub const NOT_SERVING: &str = "not_serving";
 struct TransportMetrics {
     requests: IntCounterVec,
     bytes: IntCounterVec,
+    /// `kv_peer_batch_duration_seconds{peer}`: the time of each replica batch by peer address,
+    /// so that a slow replica can be found from its coordinators.
+    batch_seconds: prometheus::HistogramVec,
     /// The series of every request kind, looked up once (one request per batch is a hot path).
     kinds: Vec<KindMetrics>,
 }
@@ -138,8 +150,14 @@ struct KindMetrics {
 }
 
 /// Request kinds: every [`PeerRequest::NAME`].
-const KINDS: [&str; 5] =
-    [<Vec<Call>>::NAME, ScanRequest::NAME, StoreBatchRequest::NAME, MerkleRequest::NAME, Digest::NAME];
+const KINDS: [&str; 6] = [
+    <Vec<Call>>::NAME,
+    ScanRequest::NAME,
+    StoreBatchRequest::NAME,
+    MerkleRequest::NAME,
+    Digest::NAME,
+    StatusRequest::NAME,
+];
 
 /// `outcome` labels of `kv_peer_requests_total`.
 const OUTCOMES: [&str; 4] = ["ok", "not_sent", "unreachable", "refused"];
@@ -282,9 +300,13 @@ impl PeerTransport {
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ReplicaError> {
         let sent = body.len() as u64;
+        let started = std::time::Instant::now();
         let result = self.post_unmetered(address, path, bounded, body, version, timeout).await;
         if let Some(metrics) = &self.metrics {
             metrics.record(name, &result, sent);
+            if path == BATCH_PATH && result.is_ok() {
+                metrics.batch_seconds.with_label_values(&[address]).observe(started.elapsed().as_secs_f64());
+            }
         }
         result
     }
@@ -413,8 +435,17 @@ fn register(registry: &Registry) -> prometheus::Result<TransportMetrics> {
         Opts::new("kv_peer_bytes_total", "Request and answer body bytes exchanged with peers"),
         &["request", "direction"],
     )?;
+    let batch_seconds = prometheus::HistogramVec::new(
+        prometheus::HistogramOpts::new(
+            "kv_peer_batch_duration_seconds",
+            "Time of answered replica batches by peer address: a slow replica shows in its coordinators' series",
+        )
+        .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 14)?),
+        &["peer"],
+    )?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(bytes.clone()))?;
+    registry.register(Box::new(batch_seconds.clone()))?;
     let kinds = KINDS.iter().map(|name| kind_metrics(&requests, &bytes, name)).collect();
-    Ok(TransportMetrics { requests, bytes, kinds })
+    Ok(TransportMetrics { requests, bytes, kinds, batch_seconds })
 }

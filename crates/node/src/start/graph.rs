@@ -45,6 +45,8 @@ pub struct Graph {
     pub status: Status,
     /// Where range-stream progress is recorded.
     pub progress_file: PathBuf,
+    /// What the rebalancer is moving now (`/internal/v1/status`).
+    pub transfers: Arc<crate::workers::rebalance::Transfers>,
     /// Hints kept for other nodes.
     pub hints: Arc<HintStore>,
     /// The replica's rules over the store.
@@ -76,6 +78,7 @@ impl Graph {
         // Three listeners at their caps, the store's files and the calls to peers.
         let process = Process::start(
             "kvnode",
+            &node_id,
             &config.cluster,
             security,
             3 * config.server.limits.max_connections as u64 + 4096,
@@ -159,6 +162,7 @@ impl Graph {
             identity,
             status,
             progress_file,
+            transfers: Arc::default(),
             hints,
             core,
             trees,

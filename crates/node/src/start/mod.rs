@@ -37,7 +37,7 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
     let shutdown = CancellationToken::new();
     let repair = workers::spawn(&graph, &config, gossip, &shutdown);
     graph.process.spawn_reloaders(&config.security, &graph.transport);
-    let api = graph.process.api(&config.server, &graph.coordinator, &graph.membership);
+    let api = graph.process.api(&config.server, &graph.coordinator, &graph.membership, &graph.transport);
     let node = Arc::new(NodeState {
         replica: graph.replica.clone(),
         ownership: graph.ownership.clone(),
@@ -46,6 +46,11 @@ pub async fn run(config: Config, signal: CancellationToken) -> Result<(), RunErr
         trees: graph.trees.clone(),
         repair,
         contexts: graph.process.contexts.clone(),
+        engine: graph.engine.clone(),
+        hints: graph.hints.clone(),
+        supervisor: graph.process.supervisor.clone(),
+        transfers: graph.transfers.clone(),
+        data_dir: config.data_dir.clone(),
     });
     let serving = Arc::new(AtomicBool::new(true));
     let listeners = routers::listeners(&graph, &config, node, api, &serving).await?;

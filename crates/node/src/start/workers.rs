@@ -40,6 +40,7 @@ pub fn spawn(
             gossip_interval: cluster.gossip_interval,
             concurrency: config.stream_concurrency.get(),
             progress_file: graph.progress_file.clone(),
+            transfers: graph.transfers.clone(),
         },
         graph.metrics.clone(),
         shutdown.clone(),

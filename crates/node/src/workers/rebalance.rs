@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt as _;
 use kv_coordinator::now_ms;
 use kv_coordinator::plan::{self, Move};
 use kv_coordinator::{Peer, RangeClient, ReplicaError, Topology};
@@ -122,6 +123,44 @@ pub struct Rebalancer {
     ownership_changes: watch::Receiver<u64>,
     /// What it is doing, for `/admin/workers`.
     doing: &'static str,
+    /// The ranges it is moving now, read live (`kvctl status`, `kvctl leave --wait`).
+    transfers: Arc<Transfers>,
+}
+
+/// What a [`Rebalancer`] is moving now: the ranges of the current fill, leave or hand-off, how
+/// many are done and the keys moved, updated as each range completes and read live by
+/// `/internal/v1/status` (a worker's status line is only taken between units of work, and a
+/// whole leave is one).
+#[derive(Debug, Default)]
+pub struct Transfers {
+    what: Mutex<&'static str>,
+    ranges: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    keys: std::sync::atomic::AtomicU64,
+}
+
+impl Transfers {
+    /// `(what, ranges, ranges done, keys moved)` of the transfer in progress, or of the last.
+    pub fn now(&self) -> (&'static str, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (*self.what.lock(), self.ranges.load(Relaxed), self.done.load(Relaxed), self.keys.load(Relaxed))
+    }
+
+    fn begin(&self, what: &'static str, ranges: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        *self.what.lock() = what;
+        self.ranges.store(ranges as u64, Relaxed);
+        self.done.store(0, Relaxed);
+        self.keys.store(0, Relaxed);
+    }
+
+    fn finished(&self, moved: &Result<Moved, String>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Ok(moved) = moved {
+            self.done.fetch_add(1, Relaxed);
+            self.keys.fetch_add(moved.keys, Relaxed);
+        }
+    }
 }
 
 /// How a [`Rebalancer`] is set up.
@@ -136,6 +175,8 @@ pub struct RebalancerOptions {
     pub concurrency: usize,
     /// `data-dir/streams.json`.
     pub progress_file: PathBuf,
+    /// Where it shows what it is moving.
+    pub transfers: Arc<Transfers>,
 }
 
 /// Why a copy from a source failed.
@@ -187,6 +228,7 @@ impl Rebalancer {
             metrics,
             exit,
             doing: "starting",
+            transfers: options.transfers,
         }
     }
 
@@ -392,7 +434,12 @@ impl Rebalancer {
         shutdown: &CancellationToken,
     ) -> Result<Moved, String> {
         let jobs = jobs(&moves, &self.membership.topology(), |m| plan::sources(m, exclude));
-        self.run_all(jobs, |lo, hi, sources| {
+        let what = match op {
+            "join" => "joining: pulling gained ranges",
+            "leave" => "leaving: merging the other owners' copies first",
+            _ => "filling gained ranges",
+        };
+        self.run_all(what, jobs, |lo, hi, sources| {
             let needed = needed(sources.len());
             self.pull(op, lo, hi, sources, move |_| needed, shutdown)
         })
@@ -400,15 +447,22 @@ impl Rebalancer {
     }
 
     /// Runs `job` for every interval, [`Rebalancer::concurrency`] at a time, and adds up what
-    /// moved; the first failure fails the whole (it is retried from its progress).
-    async fn run_all<F, Fut>(&self, jobs: Vec<(u64, u64, Vec<Peer>)>, job: F) -> Result<Moved, String>
+    /// moved; the first failure fails the whole (it is retried from its progress). `what` names
+    /// the transfer in [`Transfers`].
+    async fn run_all<F, Fut>(
+        &self,
+        what: &'static str,
+        jobs: Vec<(u64, u64, Vec<Peer>)>,
+        job: F,
+    ) -> Result<Moved, String>
     where
         F: Fn(u64, u64, Vec<Peer>) -> Fut,
         Fut: std::future::Future<Output = Result<Moved, String>>,
     {
         let ranges = jobs.len();
+        self.transfers.begin(what, ranges);
         let results: Vec<Result<Moved, String>> = stream::iter(jobs)
-            .map(|(lo, hi, peers)| job(lo, hi, peers))
+            .map(|(lo, hi, peers)| job(lo, hi, peers).inspect(|moved| self.transfers.finished(moved)))
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -584,7 +638,7 @@ impl Rebalancer {
         self.pull_all("leave", moves.clone(), exclude, &|sources| plan::copies_needed(needed, sources), shutdown)
             .await?;
         let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained.clone());
-        self.run_all(jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
+        self.run_all("leaving: handing off ranges", jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
     }
 
     async fn push(&self, lo: u64, hi: u64, targets: Vec<Peer>, shutdown: &CancellationToken) -> Result<Moved, String> {

@@ -74,6 +74,9 @@ impl Engine for PerKeyCounters {
     fn refresh_gauges(&self) {
         self.0.refresh_gauges()
     }
+    fn size(&self) -> (u64, u64) {
+        self.0.size()
+    }
     fn open_hints(&self, limits: kv_storage::HintLimits) -> kv_storage::Result<kv_storage::HintStore> {
         self.0.open_hints(limits)
     }

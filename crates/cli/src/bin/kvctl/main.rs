@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kv_client::{Client, ClientOptions, Error, Read};
+use kv_client::{Client, Error, Read};
+
+mod admin;
+mod status;
+
+use admin::Admin;
 
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_SIBLINGS: u8 = 3;
@@ -92,7 +97,15 @@ enum Command {
     /// List the cluster's members: status, heartbeat, generation, last seen.
     Members,
     /// Decommission the node at --admin-url: it hands its ranges to their new owners and exits.
-    Leave,
+    Leave {
+        /// Show the hand-off's progress and return once the node has left.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every member's status, zone, release, share of the ring, keys, disk, hints pending and
+    /// the ranges it is moving (joins, leaves), asked of each through --admin-url (a node or a
+    /// gateway).
+    Status,
     /// Declare a member permanently failed; the others re-replicate its ranges.
     Remove {
         /// The member's id.
@@ -126,9 +139,10 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("kvctl: error: {e:#}");
@@ -169,7 +183,7 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let secrets = match (&cli.cluster_secret_file, std::env::var("KV_CLUSTER_SECRET").ok().filter(|v| !v.is_empty())) {
         (Some(path), _) => Some(kv_transport::Secrets::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         (None, Some(text)) => {
@@ -177,13 +191,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         (None, None) => None,
     };
-    let options = ClientOptions { ca: cli.tls_ca.clone() };
-    let client = Client::with_options(&cli.url, Duration::from_secs(cli.timeout), &options)?
-        .with_quorum(cli.r, cli.w)
-        .with_admin(&cli.admin_url)
-        .with_token(cli.token.clone())
-        .with_secrets(secrets.as_ref())
-        .with_admin_token(cli.admin_token.clone());
+    let ca_pem = match &cli.tls_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", path.display()))?),
+        None => None,
+    };
+    let timeout = Duration::from_secs(cli.timeout);
+    // One attempt: kvctl reports what happened, and a script decides whether to retry (exit 5).
+    let client = Client::builder([&cli.url])
+        .quorum(cli.r, cli.w)
+        .token(cli.token.clone())
+        .ca_pem(ca_pem.clone())
+        .timeout(timeout)
+        .retries(0)
+        .build()?;
+    let admin = Admin::new(&cli.admin_url, timeout, ca_pem.as_deref(), secrets.as_ref(), cli.admin_token.clone())?;
     match cli.command {
         Command::Put { key, value, file, content_type, context } => {
             let bytes = match (value, file) {
@@ -198,11 +219,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 (None, None) => anyhow::bail!("give a VALUE or --file"),
             };
-            let context = client.put(&key, bytes, &content_type, context.as_deref())?;
-            eprintln!("context: {context}");
+            match client.put(&key, bytes, &content_type, context.as_deref()).await? {
+                Some(context) => eprintln!("context: {context}"),
+                None => eprintln!("written beside concurrent versions: `kvctl get {key:?}` lists the siblings"),
+            }
             Ok(0)
         }
-        Command::Get { key } => match client.get(&key)? {
+        Command::Get { key } => match client.get(&key).await? {
             Read::Value { value, context, .. } => {
                 std::io::stdout().write_all(&value)?;
                 eprintln!("context: {context}");
@@ -214,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     let shown = if s.deleted {
                         "<deleted>".to_owned()
                     } else {
-                        String::from_utf8(s.value.clone())
+                        String::from_utf8(s.value.to_vec())
                             .unwrap_or_else(|_| format!("<{} bytes of binary>", s.value.len()))
                     };
                     println!("  [{}] {} ({})", i + 1, shown, s.content_type);
@@ -228,11 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Command::Delete { key, context } => {
-            client.delete(&key, context.as_deref())?;
+            client.delete(&key, context.as_deref()).await?;
             Ok(0)
         }
         Command::Members => {
-            let members = client.members()?;
+            let members = admin.view("/cluster/members").await?;
             println!(
                 "{:<12} {:<22} {:<10} {:>6} {:<8} {:<9} {:>10} {:>14} {:>9}",
                 "id", "address", "zone", "weight", "status", "release", "heartbeat", "generation", "seen ago"
@@ -258,23 +281,33 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Leave => {
-            client.leave()?;
-            println!("leaving: the node hands off its ranges, then exits");
+        Command::Leave { wait } => {
+            let id = admin.id().await?;
+            admin.call("POST", "/admin/leave", &[reqwest::StatusCode::ACCEPTED]).await?;
+            println!("{id} is leaving: it hands off its ranges, then exits");
+            if wait {
+                status::wait_for_leave(&admin, &id).await?;
+            }
             Ok(0)
         }
+        Command::Status => Ok(if status::print(&admin).await? > 0 { EXIT_UNAVAILABLE } else { 0 }),
         Command::Repair => {
-            let report = client.repair()?;
+            let report =
+                admin.call("POST", "/admin/repair", &[reqwest::StatusCode::OK, reqwest::StatusCode::ACCEPTED]).await?;
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             Ok(0)
         }
         Command::Remove { id, force } => {
-            client.remove(&id, force)?;
+            let mut path = format!("/admin/remove/{}", kv_client::encode_key(&id));
+            if force {
+                path.push_str("?force=true");
+            }
+            admin.call("POST", &path, &[reqwest::StatusCode::OK]).await?;
             println!("{id} removed: its ranges are being re-replicated");
             Ok(0)
         }
         Command::Ring => {
-            let ring = client.ring()?;
+            let ring = admin.view("/cluster/ring").await?;
             println!("N = {}, zones = {}", ring["replicas"], ring["zones"]);
             println!("{:<16} {:<12} {:>7} {:>9} {:>9}", "id", "zone", "vnodes", "primary", "replica");
             for n in ring["nodes"].as_array().into_iter().flatten() {
@@ -290,16 +323,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Admin { method, path } => {
-            let answer = client.admin(&method, &path)?;
+            let answer = admin.call(&method, &path, &[reqwest::StatusCode::OK]).await?;
             println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
             Ok(0)
         }
         Command::Resolve { key, value, content_type } => {
-            let context = match client.get(&key)? {
+            let context = match client.get(&key).await? {
                 Read::Value { context, .. } | Read::Siblings { context, .. } => Some(context),
                 Read::NotFound { context } => context,
             };
-            client.put(&key, value.into_bytes(), &content_type, context.as_deref())?;
+            client.put(&key, value.into_bytes(), &content_type, context.as_deref()).await?;
             Ok(0)
         }
     }
