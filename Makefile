@@ -86,13 +86,14 @@ test-upgrade: deps
 	./scripts/test-upgrade.sh
 
 # Long runs kept out of `make test`: 200,000 model-checker histories, a 2-minute soak
-# without false failure detections, anti-entropy over 100,000 keys, and a join and a leave
-# with 20,000 keys (5,000 in `make test`).
+# without false failure detections, anti-entropy over 100,000 keys, a join and a leave
+# with 20,000 keys (5,000 in `make test`), and a backup round trip of 100,000 keys (10,000).
 test-long: deps bins
 	KV_SIM_HISTORIES=200000 $(CARGO) test -p kv-sim --test model figures_model_checker -- --nocapture
 	KV_SOAK_SECS=120 $(CARGO) test -p kv-cluster-tests --test membership no_member_is_marked_down_falsely -- --nocapture
 	KV_AE_KEYS=100000 $(CARGO) test -p kv-cluster-tests --test failures one_round_moves_only_the_differing_buckets -- --nocapture
 	KV_MEMBERSHIP_KEYS=20000 $(CARGO) test -p kv-cluster-tests --test membership -- --test-threads 1 --nocapture a_fourth_node_joins decommissioning_one_of_four
+	KV_BACKUP_KEYS=100000 $(CARGO) test -p kv-cluster-tests --test backup -- --nocapture
 
 # The container image kvstore:dev (and kvstore:<version>) without a registry: a Debian base
 # made with debootstrap, the release binaries, deploy/docker/Dockerfile.local (scripts/image.sh;

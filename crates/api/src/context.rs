@@ -110,7 +110,7 @@ impl ContextSealer {
             return Err("not a context of this cluster (made with another cluster secret)".into());
         };
         let expected = mac(mac_key, body, key);
-        if expected.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
             return Err(
                 "altered, forged, or read from another key: its MAC does not match (send the context a read of \
                  this key returned, as it was)"

@@ -26,6 +26,7 @@ use kv_coordinator::Coordinator;
 use kv_membership::Membership;
 
 pub mod api;
+pub mod backup;
 pub mod cluster;
 pub mod context;
 pub mod error;
@@ -67,5 +68,8 @@ pub fn cluster_router(state: Arc<ApiState>) -> Router {
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring))
         .route("/admin/status", get(cluster::status))
+        .route("/admin/backup/ranges", get(backup::ranges))
+        .route("/admin/backup/scan", get(backup::scan))
+        .route("/admin/restore", axum::routing::post(backup::restore))
         .with_state(state)
 }

@@ -26,8 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::context::ContextSealer;
 use crate::ApiState;
 
-/// Largest body of an admin request (they carry none but a small JSON at most).
-pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+/// Largest body of an admin request: a restore page (`POST /admin/restore`) carries whole
+/// records, each up to 8 × `--max-value-bytes` of values (the sibling bytes cap), with room for
+/// their clocks; every other admin request carries a small JSON at most.
+pub fn admin_body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes.saturating_add(1).saturating_mul(8).saturating_add(1 << 20)
+}
 
 /// The error a metric registration fails with: a start-up error.
 pub fn metric_error(e: prometheus::Error) -> RunError {
@@ -234,7 +238,7 @@ impl Process {
         if let Some(extra) = extra {
             admin = admin.merge(extra);
         }
-        let mut options = ListenerOptions::bodies(ADMIN_BODY_LIMIT);
+        let mut options = ListenerOptions::bodies(admin_body_limit(server.max_value_bytes));
         if let Some(check) = check {
             options.precheck = Some(precheck(check.clone()));
             admin = kv_transport::verify::guard(admin, check);

@@ -39,6 +39,12 @@ fn put_get_siblings_resolve_delete_and_exit_codes() {
             && stdout(&siblings).contains("one")
             && stdout(&siblings).contains("two")
     );
+    // `kvctl siblings`: each with when it was written, newest first (one machine's clock here).
+    let listed = kvctl_at(g, &["siblings", "k"]);
+    let text = stdout(&listed);
+    assert_eq!(listed.status.code(), Some(3), "{text}");
+    assert!(text.contains("written at") && text.contains("kvctl put"), "{text}");
+    assert!(text.find("two").unwrap() < text.find("one").unwrap(), "newest first: {text}");
     assert_eq!(kvctl_at(g, &["resolve", "k", "both"]).status.code(), Some(0));
     assert_eq!(stdout(&kvctl_at(g, &["get", "k"])), "both");
     assert_eq!(kvctl_at(g, &["delete", "k"]).status.code(), Some(0));

@@ -151,7 +151,7 @@ fn start() -> Result<(), RunError> {
             let verifier = Arc::new(Verifier::new(&process.signer, security.max_skew));
             let names = Arc::new(vec!["gateway".to_owned()]);
             let every = kv_transport::verify::every as kv_transport::BoundCheck;
-            let body_limit = kv_api::process::ADMIN_BODY_LIMIT;
+            let body_limit = kv_api::process::admin_body_limit(server.max_value_bytes);
             let check = Process::verify_state(&verifier, &names, "admin", "/admin/", every, body_limit, &metrics);
             Some(Process::admin_check(check, &security))
         };

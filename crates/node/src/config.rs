@@ -515,6 +515,7 @@ mod tests {
         let security = &mut settings.security;
         security.cluster_secret_file = file("secret", &"s".repeat(64));
         security.client_tokens_file = file("tokens", "read r-0123456789abcdef\nwrite w-0123456789abcdef\n");
+        security.admin_tokens_file = file("admin-tokens", "read v-0123456789abcdef\nadmin a-0123456789abcdef\n");
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         security.tls_cert = file("crt", &ca.cert.pem());
         security.tls_key = file("key", &ca.key_pair.serialize_pem());
@@ -529,7 +530,11 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("10d").unwrap(), Duration::from_secs(864_000));
-        assert!(parse_duration("1w").is_err());
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(604_800));
+        let refused = parse_duration("10 fortnights").unwrap_err();
+        assert!(refused.contains("1h30m"), "{refused}");
+        assert!(parse_duration("-5s").is_err());
     }
 
     #[test]

@@ -164,6 +164,16 @@ pub struct ScanResponse {
     pub done: bool,
 }
 
+/// A page of one ring arc for a backup (`GET /admin/backup/scan` on the admin listener), each
+/// record merged from R replicas.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackupPage {
+    /// Records in (hash, key) order.
+    pub entries: Vec<Entry>,
+    /// The key to continue after; `None` once the arc is done.
+    pub next: Option<Vec<u8>>,
+}
+
 /// `POST /internal/v1/store-batch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreBatchRequest {

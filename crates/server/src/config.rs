@@ -515,20 +515,13 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
-/// Parses `250ms`, `10s`, `2m`, `12h`, `10d` or a plain number of seconds.
+/// Parses a duration as `humantime` writes them (`250ms`, `10s`, `1h30m`, `10d`, `2w`), or a
+/// plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 2m, 12h or 10d"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
-        _ => Err(format!("{text:?}: unit must be ms, s, m, h or d")),
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
     }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 10s, 2m, 1h30m or 10d ({e})"))
 }

@@ -120,15 +120,7 @@ pub fn sign_peer(proc: &Proc, path: &str, body: &[u8]) -> String {
 
 /// Percent-encodes every byte outside the unreserved set, so any key is one path segment.
 pub fn encode_key(key: &str) -> String {
-    key.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    kv_client::encode_key(key)
 }
 
 const LOCALHOST: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;

@@ -119,14 +119,14 @@ pub struct DerivedKey {
 /// The id of `secret`'s key for `purpose`: the first 4 bytes of SHA-256 over both, in hex.
 fn key_id(secret: &[u8], purpose: &str) -> String {
     let digest = Sha256::new().chain_update(b"kv key id\n").chain_update(purpose).chain_update(secret).finalize();
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..4])
 }
 
 /// A new random secret (64 hex digits), for `make run` and tests.
 pub fn generate() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a secret: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

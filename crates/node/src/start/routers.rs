@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use kv_api::process::{Process, ADMIN_BODY_LIMIT};
+use kv_api::process::{admin_body_limit, Process};
 use kv_api::ApiState;
 use kv_gossip::Status;
 use kv_server::admin::ReadyCheck;
@@ -49,7 +49,14 @@ pub async fn listeners(
     // With --insecure, admin requests are not signed (curl works); peer requests still are,
     // with the built-in key, which catches corruption and other protocol versions.
     let admin_check = (!security.secrets.is_insecure())
-        .then(|| verify("admin", "/admin/", kv_transport::verify::every as BoundCheck, ADMIN_BODY_LIMIT))
+        .then(|| {
+            verify(
+                "admin",
+                "/admin/",
+                kv_transport::verify::every as BoundCheck,
+                admin_body_limit(server.max_value_bytes),
+            )
+        })
         .map(|check| Process::admin_check(check, security));
     let (scraped, scraped_metrics, data_dir) = (graph.engine.clone(), graph.metrics.clone(), config.data_dir.clone());
     let on_scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {

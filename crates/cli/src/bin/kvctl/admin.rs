@@ -68,21 +68,36 @@ impl Admin {
     /// An admin request (`GET` or `POST` on a path under `/admin/`, with its query): its JSON
     /// answer when its status is one of `expected`.
     pub async fn call(&self, method: &str, path: &str, expected: &[StatusCode]) -> Result<Value, Error> {
-        if !path.starts_with('/') {
-            return Err(Error::Protocol(format!("an admin path starts with /, got {path:?}")));
-        }
+        let body = self.bytes(method, path, Vec::new(), expected).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("{path}: {e}")))
+    }
+
+    /// An admin request with a body (signed over it), its answer's bytes when its status is one
+    /// of `expected`.
+    pub async fn bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        expected: &[StatusCode],
+    ) -> Result<Vec<u8>, Error> {
         let url = format!("{}{path}", self.url);
         let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| Error::Protocol(format!("not an HTTP method: {method:?}")))?;
         let mut request = self.http.request(method.clone(), &url);
         if let Some(signer) = &self.signer {
             let to = self.id().await?;
-            request = request.header(kv_transport::SIGNATURE_HEADER, signer.sign(method.as_str(), path, &to, b""));
+            request = request.header(kv_transport::SIGNATURE_HEADER, signer.sign(method.as_str(), path, &to, &body));
         } else if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| Error::transport(&url, &e))?;
-        json(response, expected).await
+        let response = request.body(body).send().await.map_err(|e| Error::transport(&url, &e))?;
+        let status = response.status();
+        let answer = response.bytes().await.map_err(|e| Error::transport(&url, &e))?;
+        if !expected.contains(&status) {
+            return Err(Error::from_answer(status.as_u16(), &answer));
+        }
+        Ok(answer.to_vec())
     }
 
     /// [`Admin::call`] expecting `200`.

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use kv_client::{Client, Error, Read};
 
 mod admin;
+mod backup;
 mod status;
 
 use admin::Admin;
@@ -86,6 +87,12 @@ enum Command {
         /// The key.
         key: String,
     },
+    /// List a key's siblings with when each was written (a hint for resolving, not an order);
+    /// exit 3 when there are several, 0 for one value, 1 when the key has none.
+    Siblings {
+        /// The key.
+        key: String,
+    },
     /// Delete a key.
     Delete {
         /// The key.
@@ -119,6 +126,25 @@ enum Command {
     Repair,
     /// Show each member's share of the ring.
     Ring,
+    /// Back up every record of the cluster into DIR (a new directory): parallel range scans
+    /// through --admin-url (a node or gateway), each record read from R replicas and merged,
+    /// siblings and tombstones kept as they are.
+    Backup {
+        /// The directory to create.
+        dir: std::path::PathBuf,
+        /// Ranges read at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
+    /// Restore a backup made by `kvctl backup` into the cluster: every record merged into its
+    /// replicas (into a non-empty cluster, what is there is kept beside it, as siblings).
+    Restore {
+        /// The backup's directory.
+        dir: std::path::PathBuf,
+        /// Files restored at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
     /// Any admin request to the process at --admin-url, signed, its JSON answer printed:
     /// e.g. `kvctl admin get /admin/workers`, `kvctl admin get /admin/local/KEY`.
     Admin {
@@ -234,15 +260,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Read::Siblings { context, siblings } => {
                 println!("{} siblings (resolve with: kvctl put {key:?} VALUE --context {context})", siblings.len());
                 for (i, s) in siblings.iter().enumerate() {
-                    let shown = if s.deleted {
-                        "<deleted>".to_owned()
-                    } else {
-                        String::from_utf8(s.value.to_vec())
-                            .unwrap_or_else(|_| format!("<{} bytes of binary>", s.value.len()))
-                    };
+                    let shown = if s.deleted { "<deleted>".to_owned() } else { shown(&s.value) };
                     println!("  [{}] {} ({})", i + 1, shown, s.content_type);
                 }
                 println!("context: {context}");
+                Ok(EXIT_SIBLINGS)
+            }
+            Read::NotFound { .. } => {
+                eprintln!("not found: {key}");
+                Ok(EXIT_NOT_FOUND)
+            }
+        },
+        Command::Siblings { key } => match client.get(&key).await? {
+            Read::Value { value, content_type, .. } => {
+                println!("1 value, no siblings: {} ({content_type})", shown(&value));
+                Ok(0)
+            }
+            Read::Siblings { context, siblings } => {
+                println!("{} siblings of {key:?}, newest first:", siblings.len());
+                let mut siblings = siblings;
+                siblings.sort_by_key(|s| std::cmp::Reverse(s.written_at_ms));
+                for s in &siblings {
+                    let what = if s.deleted { "<deleted>".to_owned() } else { shown(&s.value) };
+                    println!("  written at {} ms: {what} ({})", s.written_at_ms, s.content_type);
+                }
+                println!("resolve with: kvctl put {key:?} VALUE --context {context}");
                 Ok(EXIT_SIBLINGS)
             }
             Read::NotFound { .. } => {
@@ -288,6 +330,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if wait {
                 status::wait_for_leave(&admin, &id).await?;
             }
+            Ok(0)
+        }
+        Command::Backup { dir, parallel } => {
+            backup::backup(std::sync::Arc::new(admin), &dir, parallel).await?;
+            Ok(0)
+        }
+        Command::Restore { dir, parallel } => {
+            backup::restore(std::sync::Arc::new(admin), &dir, parallel).await?;
             Ok(0)
         }
         Command::Status => Ok(if status::print(&admin).await? > 0 { EXIT_UNAVAILABLE } else { 0 }),
@@ -336,6 +386,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A value as text when it is UTF-8, else its size.
+fn shown(value: &[u8]) -> String {
+    String::from_utf8(value.to_vec()).unwrap_or_else(|_| format!("<{} bytes of binary>", value.len()))
 }
 
 fn text(value: &serde_json::Value) -> &str {
