@@ -87,7 +87,7 @@ test-upgrade: deps
 
 # Long runs kept out of `make test`: 200,000 model-checker histories, a 2-minute soak
 # without false failure detections, anti-entropy over 100,000 keys, a join and a leave
-# with 20,000 keys (5,000 in `make test`), and a backup round trip of 100,000 keys (10,000).
+# with 20,000 keys (5,000 in `make test`), and a backup round trip of 100,000 keys (2,000).
 test-long: deps bins
 	KV_SIM_HISTORIES=200000 $(CARGO) test -p kv-sim --test model figures_model_checker -- --nocapture
 	KV_SOAK_SECS=120 $(CARGO) test -p kv-cluster-tests --test membership no_member_is_marked_down_falsely -- --nocapture

@@ -98,6 +98,9 @@ pub async fn scan(
     if query.lo > query.hi || limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadParameter(format!("lo <= hi and a limit of 1 to {MAX_PAGE}")));
     }
+    if after.as_deref().is_some_and(|key| !(query.lo..=query.hi).contains(&kv_ring::hash_key(key))) {
+        return Err(ApiError::BadParameter("after: a key of the arc lo..=hi".into()));
+    }
     let quorum = state.coordinator.quorum();
     let replicas: Vec<String> =
         topology.ring.preference_list_at(query.hi, quorum.n).into_iter().map(|n| n.id.clone()).collect();
@@ -176,7 +179,21 @@ pub async fn restore(State(state): State<Arc<ApiState>>, body: Bytes) -> Result<
             key.len()
         )));
     }
+    // A version from the future would look young for ever: hand-offs and hints would deliver it
+    // again after its key was purged (rule 13 bounds written_at by the clock offset).
+    let now = kv_coordinator::now_ms();
+    let limit = now + state.coordinator.max_clock_skew().as_millis() as u64;
+    if let Some((key, _)) = entries.iter().find(|(_, versions)| versions.iter().any(|v| v.written_at > limit)) {
+        return Err(ApiError::BadRequest(format!(
+            "a restored version of {:?} was written in the future (written_at past this process's clock plus \
+             --max-clock-offset): not a backup of a cluster whose clocks agreed with this one's",
+            String::from_utf8_lossy(key)
+        )));
+    }
     let keys = entries.len();
+    // Applied within one replica timeout of now, or not at all (as anti-entropy's store-batches):
+    // a batch stalled on its way must not land after the tombstone collector's second look.
+    let deadline_ms = now + state.coordinator.replica_timeout().as_millis() as u64;
     // The records of each preference list, sent to all of its replicas at once.
     let mut groups: BTreeMap<Vec<String>, Vec<Entry>> = BTreeMap::new();
     for entry in entries {
@@ -185,7 +202,7 @@ pub async fn restore(State(state): State<Arc<ApiState>>, body: Bytes) -> Result<
     }
     let transport = state.transport.as_ref().ok_or(ApiError::NotReady)?;
     for (replicas, entries) in groups {
-        let request = StoreBatchRequest { entries, begin: None, complete: None, deadline_ms: 0 };
+        let request = StoreBatchRequest { entries, begin: None, complete: None, deadline_ms };
         let sent = replicas.iter().map(|id| {
             let address = topology.addresses.get(id).cloned().unwrap_or_default();
             let request = &request;

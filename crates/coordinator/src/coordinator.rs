@@ -210,6 +210,16 @@ impl Coordinator {
         self.options.quorum
     }
 
+    /// How long a replica call may take (`--replica-timeout`).
+    pub fn replica_timeout(&self) -> Duration {
+        self.options.replica_timeout
+    }
+
+    /// How far members' clocks may be apart (`--max-clock-offset`).
+    pub fn max_clock_skew(&self) -> Duration {
+        self.options.max_clock_skew
+    }
+
     /// Tombstones younger than this are never purged.
     pub fn tombstone_grace(&self) -> Duration {
         self.options.tombstone_grace

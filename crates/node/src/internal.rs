@@ -166,7 +166,11 @@ pub async fn merkle(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
 /// `/admin/status` on any member or gateway (`kvctl status`).
 pub async fn status(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<Response, ApiError> {
     let _: kv_proto::StatusRequest = message(&body)?;
-    Ok(binary(encode(&node_status(&state))))
+    // Off the async workers: it walks the hint index (under its lock) and asks the engine.
+    let status = tokio::task::spawn_blocking(move || node_status(&state))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(binary(encode(&status)))
 }
 
 /// What [`status`] answers.
@@ -177,7 +181,9 @@ pub fn node_status(state: &NodeState) -> kv_proto::NodeStatus {
         state.supervisor.workers().into_iter().find(|w| w.name == name).map(|w| w.status).unwrap_or_default()
     };
     let (transfer, transfer_ranges, transfer_done, transfer_keys) = state.transfers.now();
+    let holds_records = state.engine.scan(0, u64::MAX, None, 1).map_or(true, |page| !page.is_empty());
     kv_proto::NodeStatus {
+        holds_records,
         transfer: transfer.to_owned(),
         transfer_ranges,
         transfer_done,

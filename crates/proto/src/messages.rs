@@ -106,6 +106,9 @@ pub struct NodeStatus {
     pub transfer_done: u64,
     /// Keys moved by it so far.
     pub transfer_keys: u64,
+    /// Whether it stores any record at all (`keys` is the engine's estimate, metadata included):
+    /// `kvctl restore` refuses a cluster that does.
+    pub holds_records: bool,
 }
 
 /// Most queries in one Merkle request.

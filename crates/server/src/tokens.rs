@@ -244,13 +244,13 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// The admin listener's check of a request by a person (`--admin-tokens-file`), beside signed
 /// requests: `None` for a request that carries no bearer token or carries a signature (it is
 /// checked as signed), else whether its token admits it: any admin token for a `GET` or
-/// `HEAD`, an `admin` token for anything else; `401` for an unknown token, `403` for a change
-/// with a `read` token. Counted in `kv_auth_failures_total{listener="admin"}` by `metrics`.
+/// `HEAD`, an `admin` token for anything else and for `/admin/backup/*` (a copy of every
+/// record); `401` for an unknown token, `403` for those with a `read` token. Counted in `kv_auth_failures_total{listener="admin"}` by `metrics`.
 pub fn admin_bearer(
     tokens: Arc<ClientTokens>,
     metrics: Option<kv_transport::AuthMetrics>,
 ) -> kv_transport::BearerCheck {
-    Arc::new(move |method: &Method, headers: &axum::http::HeaderMap| {
+    Arc::new(move |method: &Method, path: &str, headers: &axum::http::HeaderMap| {
         if headers.contains_key(kv_transport::SIGNATURE_HEADER) {
             return None;
         }
@@ -265,10 +265,16 @@ pub fn admin_bearer(
                 refused("invalid_token");
                 Err(Box::new(unauthorized("unknown admin token")))
             }
-            Some((Role::Read, name)) if !matches!(*method, Method::GET | Method::HEAD) => {
+            Some((Role::Read, name))
+                if !matches!(*method, Method::GET | Method::HEAD) || path.starts_with("/admin/backup/") =>
+            {
                 refused("read_only_token");
-                tracing::info!(token = %name, %method, "refused a change with a read-only admin token");
-                Err(Box::new(json_error(StatusCode::FORBIDDEN, "forbidden", "this admin token may only read")))
+                tracing::info!(token = %name, %method, path, "refused a read-only admin token");
+                Err(Box::new(json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this admin token may only read (and not back up the cluster)",
+                )))
             }
             Some((_, name)) => {
                 tracing::debug!(token = %name, %method, "admin request by token");
@@ -321,15 +327,17 @@ mod tests {
             headers
         };
         let status = |method: Method, value: &str| {
-            check(&method, &headers(value)).map(|r| r.map_err(|response| response.status()))
+            check(&method, "/admin/workers", &headers(value)).map(|r| r.map_err(|response| response.status()))
         };
         assert_eq!(status(Method::GET, "Bearer r-token-0123456789"), Some(Ok(())));
         assert_eq!(status(Method::POST, "Bearer r-token-0123456789"), Some(Err(StatusCode::FORBIDDEN)));
         assert_eq!(status(Method::POST, "Bearer a-token-0123456789"), Some(Ok(())));
         assert_eq!(status(Method::GET, "Bearer x-token-0123456789"), Some(Err(StatusCode::UNAUTHORIZED)));
-        assert!(check(&Method::GET, &axum::http::HeaderMap::new()).is_none());
+        assert!(check(&Method::GET, "/admin/workers", &axum::http::HeaderMap::new()).is_none());
+        let backup = check(&Method::GET, "/admin/backup/scan", &headers("Bearer r-token-0123456789"));
+        assert_eq!(backup.map(|r| r.map_err(|response| response.status())), Some(Err(StatusCode::FORBIDDEN)), "a dump");
         let mut signed = headers("Bearer x-token-0123456789");
         signed.insert(kv_transport::SIGNATURE_HEADER, HeaderValue::from_static("v7 ..."));
-        assert!(check(&Method::GET, &signed).is_none(), "a signed request is checked as signed");
+        assert!(check(&Method::GET, "/admin/workers", &signed).is_none(), "a signed request is checked as signed");
     }
 }

@@ -315,6 +315,10 @@ pub fn open_memory(incarnation: u64, sync: SyncMode, metrics: StorageMetrics) ->
 /// an 8-byte hash followed by a key of at least one byte.
 pub(crate) const RESERVED_KEY_MAX: usize = 8;
 
+/// Most metadata keys a store holds (identity, lease, run, ownership, restore marker, ...):
+/// a scan reads this many items past its limit, so that metadata never shortens a page.
+pub(crate) const META_KEYS_MAX: usize = 32;
+
 /// The storage key of metadata `name` (at most 7 bytes, so it is never a record's key).
 pub(crate) fn meta_key(name: &str) -> Vec<u8> {
     let mut key = vec![0xff];

@@ -14,7 +14,7 @@ use crate::metrics::StorageMetrics;
 use crate::version::{decode, encode};
 use crate::{
     meta_key, storage_hash, storage_key, storage_key_at, user_key, Compression, Engine, EngineKind, Identity, Record,
-    Result, SyncMode, Version, RESERVED_KEY_MAX,
+    Result, SyncMode, Version, META_KEYS_MAX, RESERVED_KEY_MAX,
 };
 
 /// Number of lock stripes. Two keys share a lock with probability 1/4096, which costs only a
@@ -212,10 +212,25 @@ impl Engine for Store {
                 Some(h) => Bound::Excluded(h.as_slice()),
                 None => Bound::Unbounded,
             };
-            let mut out = Vec::new();
-            for (skey, bytes) in self.backend.scan(start, end, limit)? {
+            // A cursor past the range: nothing left (a backend's range with its start past its
+            // end may panic).
+            if let (Some(k), Some(h)) = (&after_key, &hi) {
+                if k.as_slice() >= h.as_slice() {
+                    return Ok(Vec::new());
+                }
+            }
+            // Metadata keys share the keyspace (they sort among records whose hash begins with
+            // 0xff): read past as many as there can be, so that `limit` records come back whenever
+            // the range holds them. A page one short of `limit` reads as the range's end to every
+            // caller (`paged`): a join, a fill or a backup would stop before the records after a
+            // metadata key.
+            let mut out = Vec::with_capacity(limit);
+            for (skey, bytes) in self.backend.scan(start, end, limit.saturating_add(META_KEYS_MAX))? {
                 if skey.len() <= RESERVED_KEY_MAX {
                     continue; // metadata, not a record
+                }
+                if out.len() == limit {
+                    break;
                 }
                 let key = user_key(&skey).ok_or_else(|| crate::Error::Corrupt("short storage key".into()))?;
                 out.push((key.to_vec(), decode(&bytes)?));

@@ -42,10 +42,11 @@ pub struct VerifyState {
     pub bearer: Option<BearerCheck>,
 }
 
-/// A check of a request's head by bearer token, instead of its signature: `None` when the
-/// request is to be checked as signed (it carries no token, or carries a signature), else
-/// whether its token admits it (`Err`: the refusal to answer).
-pub type BearerCheck = Arc<dyn Fn(&Method, &axum::http::HeaderMap) -> Option<Result<(), Box<Response>>> + Send + Sync>;
+/// A check of a request's head (method, path, headers) by bearer token, instead of its
+/// signature: `None` when the request is to be checked as signed (it carries no token, or
+/// carries a signature), else whether its token admits it (`Err`: the refusal to answer).
+pub type BearerCheck =
+    Arc<dyn Fn(&Method, &str, &axum::http::HeaderMap) -> Option<Result<(), Box<Response>>> + Send + Sync>;
 
 /// In a request's extensions: its bearer token admitted it ([`VerifyState::bearer`]); it has
 /// no signature, and no [`Signed`].
@@ -103,7 +104,9 @@ pub async fn verify(State(state): State<VerifyState>, request: Request, next: Ne
     if !request.uri().path().starts_with(state.prefix) || request.extensions().get::<BearerAdmitted>().is_some() {
         return next.run(request).await;
     }
-    if let Some(admitted) = state.bearer.as_ref().and_then(|check| check(request.method(), request.headers())) {
+    if let Some(admitted) =
+        state.bearer.as_ref().and_then(|check| check(request.method(), request.uri().path(), request.headers()))
+    {
         return match admitted {
             Ok(()) => next.run(request).await,
             Err(refused) => *refused,
@@ -158,7 +161,9 @@ pub fn precheck(state: &VerifyState, parts: &mut axum::http::request::Parts) -> 
     if !path.starts_with(state.prefix) {
         return Ok(());
     }
-    if let Some(admitted) = state.bearer.as_ref().and_then(|check| check(&parts.method, &parts.headers)) {
+    if let Some(admitted) =
+        state.bearer.as_ref().and_then(|check| check(&parts.method, parts.uri.path(), &parts.headers))
+    {
         admitted?;
         parts.extensions.insert(BearerAdmitted);
         return Ok(());

@@ -189,8 +189,27 @@ async fn backup_arc(admin: &Admin, dir: &Path, lo: u64, hi: u64, progress: &Prog
 }
 
 /// `kvctl restore DIR`: every record of a complete backup merged into the cluster, `parallel`
-/// files at a time.
-pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize) -> anyhow::Result<()> {
+/// files at a time; into an empty cluster unless `into_non_empty`.
+pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_empty: bool) -> anyhow::Result<()> {
+    if !into_non_empty {
+        let status = admin.get("/admin/status").await?;
+        for member in status["members"].as_array().into_iter().flatten() {
+            let id = member["id"].as_str().unwrap_or("?");
+            match member["load"]["holds_records"].as_bool() {
+                Some(false) => {}
+                Some(true) => anyhow::bail!(
+                    "{id} holds records: a restore merges the backup into what is there, and a value deleted after \
+                     the backup whose tombstone was since purged would come back. Restore into an empty cluster, or \
+                     pass --into-non-empty to merge anyway"
+                ),
+                None => anyhow::bail!(
+                    "{id} did not say whether it holds records ({}): restore once every member answers, or pass \
+                     --into-non-empty",
+                    member["error"].as_str().unwrap_or("an older release")
+                ),
+            }
+        }
+    }
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(dir.join("manifest.json"))
             .map_err(|e| anyhow::anyhow!("{}: no manifest.json ({e}): not a complete backup", dir.display()))?,

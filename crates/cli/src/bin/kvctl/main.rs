@@ -136,14 +136,18 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
-    /// Restore a backup made by `kvctl backup` into the cluster: every record merged into its
-    /// replicas (into a non-empty cluster, what is there is kept beside it, as siblings).
+    /// Restore a backup made by `kvctl backup` into an empty cluster: every record merged into
+    /// its replicas.
     Restore {
         /// The backup's directory.
         dir: std::path::PathBuf,
         /// Files restored at once.
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// Merge into a cluster that holds records (values deleted after the backup whose
+        /// tombstones were purged come back).
+        #[arg(long)]
+        into_non_empty: bool,
     },
     /// Any admin request to the process at --admin-url, signed, its JSON answer printed:
     /// e.g. `kvctl admin get /admin/workers`, `kvctl admin get /admin/local/KEY`.
@@ -336,8 +340,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             backup::backup(std::sync::Arc::new(admin), &dir, parallel).await?;
             Ok(0)
         }
-        Command::Restore { dir, parallel } => {
-            backup::restore(std::sync::Arc::new(admin), &dir, parallel).await?;
+        Command::Restore { dir, parallel, into_non_empty } => {
+            backup::restore(std::sync::Arc::new(admin), &dir, parallel, into_non_empty).await?;
             Ok(0)
         }
         Command::Status => Ok(if status::print(&admin).await? > 0 { EXIT_UNAVAILABLE } else { 0 }),
