@@ -224,7 +224,7 @@ impl Engine for Store {
             // the range holds them. A page one short of `limit` reads as the range's end to every
             // caller (`paged`): a join, a fill or a backup would stop before the records after a
             // metadata key.
-            let mut out = Vec::with_capacity(limit);
+            let mut out = Vec::with_capacity(limit.min(1024));
             for (skey, bytes) in self.backend.scan(start, end, limit.saturating_add(META_KEYS_MAX))? {
                 if skey.len() <= RESERVED_KEY_MAX {
                     continue; // metadata, not a record
