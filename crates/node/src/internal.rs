@@ -177,9 +177,8 @@ pub async fn status(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
 pub fn node_status(state: &NodeState) -> kv_proto::NodeStatus {
     let (keys, disk_bytes) = state.engine.size();
     let pending = state.hints.pending();
-    let worker = |name: &str| {
-        state.supervisor.workers().into_iter().find(|w| w.name == name).map(|w| w.status).unwrap_or_default()
-    };
+    let workers = state.supervisor.workers();
+    let worker = |name: &str| workers.iter().find(|w| w.name == name).map(|w| w.status.clone()).unwrap_or_default();
     let (transfer, transfer_ranges, transfer_done, transfer_keys) = state.transfers.now();
     let holds_records = state.engine.scan(0, u64::MAX, None, 1).map_or(true, |page| !page.is_empty());
     kv_proto::NodeStatus {
