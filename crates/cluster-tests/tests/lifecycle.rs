@@ -740,9 +740,11 @@ fn remove_n4_and_delete(cluster: &Cluster, survivors: &[&Proc], keys: &[String])
     assert_eq!(status, StatusCode::OK, "{body}");
     wait_for("n4 seen as removed", Duration::from_secs(15), || all_see(survivors, "n4", "removed"));
     let all: BTreeSet<String> = keys.iter().cloned().collect();
+    let started = std::time::Instant::now();
     wait_for("the keys back on 3 replicas", Duration::from_secs(30), || {
         survivors.iter().all(|p| stored_keys(p).is_superset(&all))
     });
+    println!("n4 removed: its keys back on 3 replicas after {:.1} s", started.elapsed().as_secs_f64());
     let c = client();
     let other = cluster.nodes[1].url("");
     for key in keys {

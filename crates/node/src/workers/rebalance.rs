@@ -29,7 +29,8 @@
 //! The [`Dropper`] hands off and removes the ranges this node lost ([`kv_replica::ownership`]): it
 //! pushes each key to its current owners and removes it once they hold it.
 //!
-//! A down member changes nothing here: temporary failures move no data.
+//! A down member changes nothing here: temporary failures move no data. A source confirmed down
+//! is not asked (it would fail after a replica timeout); a range that needs it waits for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Gossip rounds to wait before streaming in, so coordinators learn of the join first.
 const JOIN_DELAY_ROUNDS: u32 = 3;
+
+/// Most filled pieces marked complete with one fsync: those that finished together.
+const FILLED_AT_ONCE: usize = 64;
 
 /// Where one interval of a streamed range got to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -386,7 +390,10 @@ impl Rebalancer {
             })
             .collect();
         tracing::debug!(pieces = jobs.len(), epoch, "filling: merging gained ranges from their other owners");
-        let results: Vec<(u64, u64, Result<Moved, String>)> = stream::iter(jobs)
+        // Each piece is served as soon as it is filled, not once the slowest is: a piece whose
+        // source is unreachable fails only after a replica timeout, and with many such pieces
+        // a round took many of them (seen: 13 s rounds with one owner of 5 cut off).
+        let mut results = stream::iter(jobs)
             .map(|(lo, hi, sources)| async move {
                 let count = sources.len();
                 let copies = move |refused| plan::copies_needed_without(needed, count, refused);
@@ -394,28 +401,29 @@ impl Rebalancer {
                 (lo, hi, result)
             })
             .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
+            .ready_chunks(FILLED_AT_ONCE);
         let mut total = Moved::default();
-        let mut done = Vec::new();
         let mut first_error = None;
-        for (lo, hi, result) in results {
-            match result {
-                Ok(moved) => {
-                    self.forget_progress(&format!("fill:{lo:016x}-{hi:016x}@"));
-                    total.ranges += 1;
-                    total.keys += moved.keys;
-                    total.bytes += moved.bytes;
-                    done.push((lo, hi));
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        while let Some(chunk) = results.next().await {
+            let mut done = Vec::new();
+            for (lo, hi, result) in chunk {
+                match result {
+                    Ok(moved) => {
+                        self.forget_progress(&format!("fill:{lo:016x}-{hi:016x}@"));
+                        total.ranges += 1;
+                        total.keys += moved.keys;
+                        total.bytes += moved.bytes;
+                        done.push((lo, hi));
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        if !done.is_empty() {
-            let done = Intervals::from_spans(done);
-            self.blocking_ownership(move |o, t| o.filled(&done, epoch, t).map(|_| ())).await?;
+            if !done.is_empty() {
+                let done = Intervals::from_spans(done);
+                self.blocking_ownership(move |o, t| o.filled(&done, epoch, t).map(|_| ())).await?;
+            }
         }
         match first_error {
             Some(e) => Err(e),
@@ -498,6 +506,12 @@ impl Rebalancer {
             let name = format!("{op}:{lo:016x}-{hi:016x}@{}#{losses}", source.id);
             if self.progress.lock().get(&name).is_some_and(|c| c.done) {
                 copied += 1;
+                continue;
+            }
+            // A source confirmed down would only fail after a replica timeout: not asked (it
+            // counts as one that did not answer; the range is retried once it is back).
+            if self.membership.is_down(&source.id) {
+                errors.push(format!("{}: down, not asked", source.id));
                 continue;
             }
             // After one full copy, another source's copy is merged by Merkle comparison: only
