@@ -274,7 +274,8 @@ fn a_hint_older_than_half_the_grace_is_dropped_not_delivered() {
 /// from the second owner's comparison.
 #[test]
 fn a_join_merges_what_only_the_second_owner_holds() {
-    let args = ["--hinted-handoff=false", "--tombstone-grace", "4s", "--anti-entropy-interval", "1h"];
+    // The default tombstone grace: keys younger than half of it are handed off when dropped.
+    let args = ["--hinted-handoff=false", "--anti-entropy-interval", "1h"];
     let mut cluster = Cluster::start(3, 0, &args);
     // Through a node, which keeps no hints here (a gateway would).
     let base = cluster.nodes[1].client_url("");
@@ -284,6 +285,7 @@ fn a_join_merges_what_only_the_second_owner_holds() {
     cluster.nodes[0].restart();
     wait_for_status(&cluster, 1, "n1", "normal");
     std::thread::sleep(Duration::from_secs(3));
+    assert!(stored_keys(&cluster.nodes[0]).is_disjoint(&expected_keys(300)), "n1 missed the writes");
     cluster.add_node(&args);
     cluster.wait_for_members(4);
     let ring = kv_ring::Ring::new(["n1", "n2", "n3", "n4"].map(|m| kv_ring::Node::new(m, "default"))).unwrap();
@@ -294,11 +296,29 @@ fn a_join_merges_what_only_the_second_owner_holds() {
     let took = wait_for(Duration::from_secs(30), "n4 holds every key of its ranges", || {
         mine.is_subset(&stored_keys(&cluster.nodes[3]))
     });
-    let on_n1 = stored_keys(&cluster.nodes[0]);
-    assert!(on_n1.is_disjoint(&expected_keys(300)), "n1 missed the writes");
     println!(
         "n4 joined: holds all {} keys of its ranges {:.1} s after becoming normal (n1, one of its sources, holds none)",
         mine.len(),
         took.as_secs_f64()
     );
+    // n2 and n3 each lost a quarter of the ring to n4 and hand those keys to the owners left:
+    // n4 holds them (its tree says so: not sent again), n1 does not (its tree differs: sent).
+    let handed_to_n1: BTreeSet<String> =
+        mine.iter().filter(|k| ring.preference_list(k.as_bytes(), 3).iter().any(|n| n.id == "n1")).cloned().collect();
+    let took = wait_for(Duration::from_secs(30), "n1 holds the keys n2 and n3 handed to it", || {
+        handed_to_n1.is_subset(&stored_keys(&cluster.nodes[0]))
+    });
+    wait_for(Duration::from_secs(30), "n2 and n3 done dropping", || {
+        cluster.nodes[1..3].iter().all(|p| metric(p, "kv_ranges_dropping", "") == 0.0)
+    });
+    let sum = |name: &str, labels: &str| -> f64 { cluster.nodes[1..3].iter().map(|p| metric(p, name, labels)).sum() };
+    let (skipped, sent) =
+        (sum("kv_handoff_copies_skipped_total", ""), sum("kv_stream_keys_total", "direction=\"out\""));
+    println!(
+        "n2 and n3 dropped their lost ranges: n1 holds the {} keys handed to it after {:.1} s; copies sent {sent}, \
+         not sent because the owner's tree held them {skipped}",
+        handed_to_n1.len(),
+        took.as_secs_f64()
+    );
+    assert!(skipped > 0.0, "every copy was handed off, none found held by its owner's tree");
 }

@@ -147,18 +147,30 @@ pub async fn merkle(State(state): State<Arc<NodeState>>, body: Bytes) -> Result<
             "a merkle request asks at most {MAX_MERKLE_QUERIES} queries and {MAX_MERKLE_VALUES} values"
         )));
     }
-    let view = state.replica.core().view();
-    let answers = request
-        .queries
-        .iter()
-        .map(|q| {
-            let indices: Vec<usize> = q.indices.iter().map(|&i| i as usize).collect();
-            if q.lo > q.hi || !view.serves_range(q.lo, q.hi) {
-                return None;
-            }
-            state.trees.values(q.lo, q.hi, q.level, &indices)
-        })
-        .collect();
+    // Read with no change in progress, and answered only once what was read is durable: an
+    // old owner that finds a bucket equal to its own removes its copy instead of handing it
+    // over (the dropper), so what our tree shows must survive a crash of ours.
+    let answers = tokio::task::spawn_blocking(move || {
+        let view = state.replica.core().view();
+        let mut answers = Vec::new();
+        state.replica.engine().read_durable(&mut || {
+            answers = request
+                .queries
+                .iter()
+                .map(|q| {
+                    let indices: Vec<usize> = q.indices.iter().map(|&i| i as usize).collect();
+                    if q.lo > q.hi || !view.serves_range(q.lo, q.hi) {
+                        return None;
+                    }
+                    state.trees.values(q.lo, q.hi, q.level, &indices)
+                })
+                .collect();
+        })?;
+        Ok::<_, kv_storage::Error>(answers)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(format!("storage: {e}")))?;
     Ok(binary(encode(&MerkleResponse { answers })))
 }
 

@@ -20,6 +20,9 @@ pub struct NodeMetrics {
     /// `kv_keys_discarded_total`: keys of lost ranges holding a version older than half
     /// the tombstone grace, removed without being handed off.
     pub keys_discarded: IntCounter,
+    /// `kv_handoff_copies_skipped_total`: copies of keys of lost ranges not handed to an owner
+    /// because its Merkle tree showed it held the same versions already.
+    pub handoff_skipped: IntCounter,
     /// `kv_ranges_dropping`: spans of lost ranges not yet handed off and removed.
     pub ranges_dropping: IntGauge,
     /// `kv_storage_disk_free_bytes`: bytes free for this process on the data directory's
@@ -54,6 +57,11 @@ impl NodeMetrics {
             "kv_keys_discarded_total",
             "Keys of lost ranges holding a version older than half the tombstone grace, removed without hand-off",
         )?;
+        let handoff_skipped = IntCounter::new(
+            "kv_handoff_copies_skipped_total",
+            "Copies of keys of lost ranges not handed to an owner whose Merkle tree showed it held them already",
+        )?;
+        registry.register(Box::new(handoff_skipped.clone()))?;
         registry.register(Box::new(ranges_streaming.clone()))?;
         registry.register(Box::new(stream_keys.clone()))?;
         registry.register(Box::new(stream_bytes.clone()))?;
@@ -87,6 +95,7 @@ impl NodeMetrics {
             stream_bytes,
             keys_dropped,
             keys_discarded,
+            handoff_skipped,
             ranges_dropping,
             refused_members,
             replica: ReplicaMetrics::register(registry)?,

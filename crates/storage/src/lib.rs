@@ -197,6 +197,12 @@ pub trait Engine: Send + Sync {
     /// not write to the store (it would wait forever). Writers wait for as long as `f` runs.
     fn while_paused(&self, f: &mut dyn FnMut());
 
+    /// Runs `f` as [`Engine::while_paused`] does, then returns once every change `f` could
+    /// have seen is durable (under the store's [`SyncMode`]; at once if it already is). For
+    /// answers a peer acts on as if they were durable: a Merkle tree an old owner compares with
+    /// its own before it removes its copy instead of handing it over.
+    fn read_durable(&self, f: &mut dyn FnMut()) -> Result<()>;
+
     /// The store's hints, kept in their own keyspace of the same database (see [`hints`]).
     /// Open it once per store.
     fn open_hints(&self, limits: HintLimits) -> Result<HintStore>;

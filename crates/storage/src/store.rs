@@ -348,6 +348,18 @@ impl Engine for Store {
         f();
     }
 
+    fn read_durable(&self, f: &mut dyn FnMut()) -> Result<()> {
+        // A change takes its ticket while it holds `applying`, after it is written and
+        // reported: with no change in progress, every change `f` sees has a ticket at most
+        // `latest`.
+        let ticket = {
+            let _paused = self.applying.write();
+            f();
+            self.commit.latest()
+        };
+        self.commit.wait(ticket, &self.metrics, || self.backend.sync())
+    }
+
     fn open_hints(&self, limits: crate::HintLimits) -> Result<crate::HintStore> {
         crate::HintStore::open(self.backend.open_space(crate::hints::HINTS_SPACE)?, limits)
     }

@@ -562,34 +562,15 @@ impl Rebalancer {
         shutdown: &CancellationToken,
     ) -> Result<(), CopyError> {
         let ring = self.membership.topology().ring.clone();
-        let segs: Vec<(u64, u64)> = segments(&ring).into_iter().filter(|&(a, b)| a <= hi && b >= lo).collect();
-        let engine = self.replica.engine().clone();
-        let wanted = segs.clone();
-        let trees = tokio::task::spawn_blocking(move || {
-            wanted
-                .iter()
-                .map(|&(a, b)| kv_replica::trees::build(&*engine, a, b).map(|t| (a, t)))
-                .collect::<Result<BTreeMap<u64, MerkleTree>, kv_storage::Error>>()
-        })
-        .await
-        .map_err(|e| CopyError::Failed(e.to_string()))?
-        .map_err(|e| CopyError::Failed(e.to_string()))?;
-        let tree = |a: u64, b: u64| trees.get(&a).filter(|t| *t.range().end() == b);
-        let found =
-            crate::workers::antientropy::differing_buckets(&*self.client, source, &segs, |a, b, level, indices| {
-                tree(a, b).map(|t| t.values(level, indices))
-            })
-            .await
-            .map_err(CopyError::Failed)?;
+        let segs = segments_overlapping(&ring, lo, hi);
+        let trees = build_trees(self.replica.engine().clone(), segs.clone()).await.map_err(CopyError::Failed)?;
+        let (differing, unanswered) =
+            differing_ranges(&*self.client, source, &segs, &trees).await.map_err(CopyError::Failed)?;
         tracing::debug!(
-            source = %source.id, segments = segs.len(), unanswered = found.unanswered.len(),
-            buckets = found.buckets.len(), "fill: merged a further copy by Merkle comparison"
+            source = %source.id, segments = segs.len(), unanswered = unanswered.len(), buckets = differing.len(),
+            "fill: merged a further copy by Merkle comparison"
         );
-        let ranges = found.unanswered.into_iter().chain(found.buckets.into_iter().filter_map(|((a, b), bucket)| {
-            let range = tree(a, b)?.bucket_range(bucket);
-            Some((*range.start(), *range.end()))
-        }));
-        for (a, b) in ranges {
+        for (a, b) in unanswered.into_iter().chain(differing) {
             let (first, last) = (a.max(lo), b.min(hi));
             if first <= last {
                 self.copy(None, first, last, source, moved, shutdown).await?;
@@ -784,11 +765,16 @@ impl Dropper {
         let mut done = Vec::new();
         let mut keys_removed = 0;
         let mut first_error = None;
+        let segs: Vec<(u64, u64)> = segments(&topology.ring)
+            .into_iter()
+            .filter(|&(a, b)| dropping.spans().iter().any(|&(lo, hi)| a <= hi && b >= lo))
+            .collect();
+        let mut lacking = Lacking::new(segs);
         for &(lo, hi) in dropping.spans() {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.drop_span(lo, hi, &topology, &me).await {
+            match self.drop_span(lo, hi, &topology, &me, &mut lacking).await {
                 Ok(removed) => {
                     keys_removed += removed;
                     done.push((lo, hi));
@@ -812,8 +798,18 @@ impl Dropper {
     }
 
     /// Hands `lo..=hi` to its current owners page by page (only keys written recently enough to
-    /// matter, [`plan::hand_off`]) and removes each page once they hold it.
-    async fn drop_span(&self, lo: u64, hi: u64, topology: &Topology, me: &str) -> Result<u64, String> {
+    /// matter, [`plan::hand_off`], and to each owner only where its tree differs from ours:
+    /// [`Lacking`]) and removes each page once they hold it. Nothing writes into a dropping
+    /// range (rule 7), so our trees stay true while the span is handed off, and an owner whose
+    /// bucket was equal to ours can only supersede or purge (acknowledged GC) what it held.
+    async fn drop_span(
+        &self,
+        lo: u64,
+        hi: u64,
+        topology: &Topology,
+        me: &str,
+        lacking: &mut Lacking,
+    ) -> Result<u64, String> {
         let grace = self.tombstone_grace.as_millis() as u64;
         let mut removed = 0;
         loop {
@@ -824,6 +820,7 @@ impl Dropper {
             let now = now_ms();
             let mut by_target: HashMap<String, Vec<Entry>> = HashMap::new();
             let mut discarded = 0;
+            let mut held = 0;
             for (key, record) in &page {
                 if !plan::hand_off(record, now, grace) {
                     discarded += 1;
@@ -833,8 +830,13 @@ impl Dropper {
                 if targets.is_empty() {
                     return Err(format!("no live owner to hand {:?} to", String::from_utf8_lossy(key)));
                 }
+                let hash = kv_ring::hash_key(key);
                 for target in targets {
-                    by_target.entry(target.id).or_default().push((key.clone(), record.versions().to_vec()));
+                    if lacking.may_lack(self, topology, &target, hash).await {
+                        by_target.entry(target.id).or_default().push((key.clone(), record.versions().to_vec()));
+                    } else {
+                        held += 1;
+                    }
                 }
             }
             for (target, entries) in by_target {
@@ -848,6 +850,7 @@ impl Dropper {
             let count = self.replica.remove(keys).await.map_err(|e| e.to_string())? as u64;
             self.metrics.keys_dropped.inc_by(count.saturating_sub(discarded));
             self.metrics.keys_discarded.inc_by(discarded.min(count));
+            self.metrics.handoff_skipped.inc_by(held);
             removed += count;
         }
     }
@@ -922,6 +925,125 @@ fn jobs(moves: &[Move], topology: &Topology, peers_of: impl Fn(&Move) -> Vec<Str
         })
         .filter(|(_, _, peers)| !peers.is_empty())
         .collect()
+}
+
+/// The segments of `ring` (one Merkle tree each) that overlap `lo..=hi`.
+fn segments_overlapping(ring: &Ring, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    segments(ring).into_iter().filter(|&(a, b)| a <= hi && b >= lo).collect()
+}
+
+/// Trees of `engine`'s records over `segs`, keyed by their first hash (built off the async
+/// workers: each reads its segment whole).
+async fn build_trees(
+    engine: Arc<dyn kv_storage::Engine>,
+    segs: Vec<(u64, u64)>,
+) -> Result<BTreeMap<u64, MerkleTree>, String> {
+    tokio::task::spawn_blocking(move || {
+        segs.iter()
+            .map(|&(a, b)| kv_replica::trees::build(&*engine, a, b).map(|t| (a, t)))
+            .collect::<Result<BTreeMap<u64, MerkleTree>, kv_storage::Error>>()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Where `peer` may hold other versions of `segs` than `trees` (ours) say we hold: the hash
+/// ranges of its differing leaf buckets ([`crate::workers::antientropy::differing_buckets`]),
+/// and the segments it could not compare (no complete copy or no tree there yet). Everywhere
+/// else its copy holds exactly our versions: a bucket's value is the XOR of its records'
+/// digests, and a record's digest covers its dots, which name its versions (rule 1).
+async fn differing_ranges(
+    client: &dyn RangeClient,
+    peer: &Peer,
+    segs: &[(u64, u64)],
+    trees: &BTreeMap<u64, MerkleTree>,
+) -> Result<(Vec<(u64, u64)>, Vec<(u64, u64)>), String> {
+    let tree = |a: u64, b: u64| trees.get(&a).filter(|t| *t.range().end() == b);
+    let found = crate::workers::antientropy::differing_buckets(client, peer, segs, |a, b, level, indices| {
+        tree(a, b).map(|t| t.values(level, indices))
+    })
+    .await?;
+    let buckets = found
+        .buckets
+        .into_iter()
+        .filter_map(|((a, b), bucket)| {
+            let range = tree(a, b)?.bucket_range(bucket);
+            Some((*range.start(), *range.end()))
+        })
+        .collect();
+    Ok((buckets, found.unanswered))
+}
+
+/// Times a hand-off asks again for the trees an owner could not compare yet (an owner builds
+/// the trees of new segments within a second or so of a ring change, the change that made us
+/// drop), a second apart, before it hands that owner every key there.
+const TREE_ASKS: u32 = 3;
+
+/// What each owner of the dropping ranges may lack of them, learned by comparing our trees of
+/// its segments with its own the first time a key is to be handed to it. Where it cannot be
+/// compared (unreachable, no complete copy, no tree), it is handed every key, as a full
+/// hand-off would.
+struct Lacking {
+    segs: Vec<(u64, u64)>,
+    trees: Option<BTreeMap<u64, MerkleTree>>,
+    by_target: HashMap<String, Option<Intervals>>,
+}
+
+impl Lacking {
+    fn new(segs: Vec<(u64, u64)>) -> Self {
+        Lacking { segs, trees: None, by_target: HashMap::new() }
+    }
+
+    /// Whether `target` may lack what we hold at `hash` (a key's hash).
+    async fn may_lack(&mut self, dropper: &Dropper, topology: &Topology, target: &Peer, hash: u64) -> bool {
+        if !self.by_target.contains_key(&target.id) {
+            let lacking = match self.compare(dropper, topology, target).await {
+                Ok(ranges) => Some(Intervals::from_spans(ranges)),
+                Err(e) => {
+                    tracing::debug!(target = %target.id, error = %e, "hand-off: cannot compare trees; handing off every key");
+                    None
+                }
+            };
+            self.by_target.insert(target.id.clone(), lacking);
+        }
+        self.by_target[&target.id].as_ref().is_none_or(|ranges| ranges.contains(hash))
+    }
+
+    async fn compare(
+        &mut self,
+        dropper: &Dropper,
+        topology: &Topology,
+        target: &Peer,
+    ) -> Result<Vec<(u64, u64)>, String> {
+        if self.trees.is_none() {
+            self.trees = Some(build_trees(dropper.replica.engine().clone(), self.segs.clone()).await?);
+        }
+        let trees = self.trees.as_ref().expect("built above");
+        // Only the segments it owns: it answers for no other.
+        let mut ask: Vec<(u64, u64)> = self
+            .segs
+            .iter()
+            .copied()
+            .filter(|&(a, _)| {
+                let current = topology.preference_list_at(a, dropper.replicas);
+                let pending = topology.pending_replicas_at(a, dropper.replicas, &current);
+                current.iter().chain(&pending).any(|p| p.id == target.id)
+            })
+            .collect();
+        let mut lacking = Vec::new();
+        for asked in 1..=TREE_ASKS {
+            let (differing, unanswered) = differing_ranges(&*dropper.client, target, &ask, trees).await?;
+            lacking.extend(differing);
+            ask = unanswered;
+            if ask.is_empty() || asked == TREE_ASKS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        lacking.extend(ask);
+        Ok(lacking)
+    }
 }
 
 /// Sleeps `duration`; returns true if `shutdown` came first.

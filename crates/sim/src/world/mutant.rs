@@ -88,4 +88,7 @@ impl Engine for PerKeyCounters {
     fn while_paused(&self, f: &mut dyn FnMut()) {
         self.0.while_paused(f)
     }
+    fn read_durable(&self, f: &mut dyn FnMut()) -> kv_storage::Result<()> {
+        self.0.read_durable(f)
+    }
 }
