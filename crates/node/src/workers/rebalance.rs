@@ -995,32 +995,31 @@ impl Lacking {
         Lacking { segs, trees: None, by_target: HashMap::new() }
     }
 
-    /// Whether `target` may lack what we hold at `hash` (a key's hash).
+    /// Whether `target` may lack what we hold at `hash` (a key's hash): anywhere it is not
+    /// known to hold exactly our versions.
     async fn may_lack(&mut self, dropper: &Dropper, topology: &Topology, target: &Peer, hash: u64) -> bool {
         if !self.by_target.contains_key(&target.id) {
-            let lacking = match self.compare(dropper, topology, target).await {
-                Ok(ranges) => Some(Intervals::from_spans(ranges)),
+            let held = match self.compare(dropper, topology, target).await {
+                Ok(held) => Some(held),
                 Err(e) => {
                     tracing::debug!(target = %target.id, error = %e, "hand-off: cannot compare trees; handing off every key");
                     None
                 }
             };
-            self.by_target.insert(target.id.clone(), lacking);
+            self.by_target.insert(target.id.clone(), held);
         }
-        self.by_target[&target.id].as_ref().is_none_or(|ranges| ranges.contains(hash))
+        self.by_target[&target.id].as_ref().is_none_or(|held| !held.contains(hash))
     }
 
-    async fn compare(
-        &mut self,
-        dropper: &Dropper,
-        topology: &Topology,
-        target: &Peer,
-    ) -> Result<Vec<(u64, u64)>, String> {
+    /// Where `target` is known to hold exactly our versions: the segments it owns at their
+    /// first hash that it answered for, minus their differing buckets. Everything else (other
+    /// segments, and the parts of a segment where it is only a pending owner: a joiner's token
+    /// inside the segment changes the pending owners past it) is sent in full.
+    async fn compare(&mut self, dropper: &Dropper, topology: &Topology, target: &Peer) -> Result<Intervals, String> {
         if self.trees.is_none() {
             self.trees = Some(build_trees(dropper.replica.engine().clone(), self.segs.clone()).await?);
         }
         let trees = self.trees.as_ref().expect("built above");
-        // Only the segments it owns: it answers for no other.
         let mut ask: Vec<(u64, u64)> = self
             .segs
             .iter()
@@ -1031,18 +1030,20 @@ impl Lacking {
                 current.iter().chain(&pending).any(|p| p.id == target.id)
             })
             .collect();
-        let mut lacking = Vec::new();
+        let mut answered = Intervals::new();
+        let mut differing = Vec::new();
         for asked in 1..=TREE_ASKS {
-            let (differing, unanswered) = differing_ranges(&*dropper.client, target, &ask, trees).await?;
-            lacking.extend(differing);
+            let (buckets, unanswered) = differing_ranges(&*dropper.client, target, &ask, trees).await?;
+            differing.extend(buckets);
+            let unanswered_set = Intervals::from_spans(unanswered.iter().copied());
+            answered = answered.union(&Intervals::from_spans(ask.iter().copied()).difference(&unanswered_set));
             ask = unanswered;
             if ask.is_empty() || asked == TREE_ASKS {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        lacking.extend(ask);
-        Ok(lacking)
+        Ok(answered.difference(&Intervals::from_spans(differing)))
     }
 }
 
