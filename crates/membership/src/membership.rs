@@ -126,6 +126,9 @@ pub struct Membership {
     state_file: Option<PathBuf>,
     started: Instant,
     metrics: Option<MembershipMetrics>,
+    /// Held while the ring's gauges are set: two refreshes at once interleaved their resets and
+    /// sets (ownership shares summing to 1.34: an older ring's shares over a newer one's).
+    ring_metrics: Mutex<()>,
     /// Normal members needed at once before clients are served.
     expect_nodes: usize,
     /// Latched once `expect_nodes` normal members were seen.
@@ -226,6 +229,7 @@ impl Membership {
             state_file,
             started: Instant::now(),
             metrics,
+            ring_metrics: Mutex::new(()),
             expect_nodes: expect_nodes.max(1),
             formed: std::sync::atomic::AtomicBool::new(false),
             stop: CancellationToken::new(),
@@ -677,8 +681,9 @@ impl Membership {
         }
         if changed {
             if let Some(metrics) = &self.metrics {
-                // Outside the lock (a walk over every range of the ring), from the newest
-                // topology published.
+                // Outside the gossip lock (a walk over every range of the ring), one refresh
+                // at a time, from the newest topology published (read under that turn).
+                let _turn = self.ring_metrics.lock();
                 let topology = self.topology.borrow().clone();
                 metrics.ring(&topology);
                 let mut counts: BTreeMap<&str, i64> =
