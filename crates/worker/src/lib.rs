@@ -13,7 +13,7 @@
 //!   work first) or [`WorkerState::Done`] (the worker has finished for good);
 //! - an error is reported (log, `kv_worker_failures_total`, the worker's state at
 //!   `GET /admin/workers`) and the worker is retried after a backoff that doubles from
-//!   [`RETRY_FIRST`] to [`RETRY_MAX`]; a panic is caught and treated the same way;
+//!   [`RETRY_FIRST`] to [`RETRY_MAX`], with jitter (`backon`); a panic is caught and treated the same way;
 //! - its state (`busy`, `idle`, `retrying`, `done`, `stopped`), status line, units of work and
 //!   failures are visible through [`Supervisor::workers`] and in metrics.
 //!
@@ -30,6 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures::FutureExt as _;
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -245,7 +246,18 @@ async fn drive<W: Worker>(
     token: CancellationToken,
     metrics: Option<SupervisorMetrics>,
 ) {
-    let mut backoff = RETRY_FIRST;
+    // Doubling from RETRY_FIRST to RETRY_MAX, with jitter so that the workers of many nodes
+    // failing together (a peer down) do not retry in step; starts over after a success.
+    let schedule = || {
+        ExponentialBuilder::new()
+            .with_min_delay(RETRY_FIRST)
+            .with_max_delay(RETRY_MAX)
+            .without_max_times()
+            .with_jitter()
+            .build()
+    };
+    let mut backoff = schedule();
+    let mut retry_in = RETRY_FIRST;
     let mut status_at = Instant::now();
     loop {
         set_state(&mut info.lock(), "busy", metrics.as_ref());
@@ -275,7 +287,7 @@ async fn drive<W: Worker>(
             }
             match outcome {
                 Ok(state) => {
-                    backoff = RETRY_FIRST;
+                    backoff = schedule();
                     let name = match state {
                         WorkerState::Busy => "busy",
                         WorkerState::Idle => "idle",
@@ -287,7 +299,8 @@ async fn drive<W: Worker>(
                 Err(e) => {
                     info.failures += 1;
                     set_state(&mut info, "retrying", metrics.as_ref());
-                    tracing::warn!(worker = %info.name, error = %e, retry_in = ?backoff, "background worker failed");
+                    retry_in = backoff.next().unwrap_or(RETRY_MAX);
+                    tracing::warn!(worker = %info.name, error = %e, ?retry_in, "background worker failed");
                     if let Some(metrics) = &metrics {
                         metrics.failures.with_label_values(&[info.name.as_str()]).inc();
                     }
@@ -308,9 +321,8 @@ async fn drive<W: Worker>(
             None => {
                 tokio::select! {
                     () = token.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(retry_in) => {}
                 }
-                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
     }
