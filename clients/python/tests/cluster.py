@@ -70,7 +70,8 @@ class Proc:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.child = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+            # The processes log to stdout: kept, so that a failure can show what they said.
+            self.child = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         if self.child and self.child.poll() is None:
