@@ -765,10 +765,8 @@ impl Dropper {
         let mut done = Vec::new();
         let mut keys_removed = 0;
         let mut first_error = None;
-        let segs: Vec<(u64, u64)> = segments(&topology.ring)
-            .into_iter()
-            .filter(|&(a, b)| dropping.spans().iter().any(|&(lo, hi)| a <= hi && b >= lo))
-            .collect();
+        let segs: Vec<(u64, u64)> =
+            segments(&topology.ring).into_iter().filter(|&(a, b)| dropping.overlaps(a, b)).collect();
         let mut lacking = Lacking::new(segs);
         for &(lo, hi) in dropping.spans() {
             if shutdown.is_cancelled() {
