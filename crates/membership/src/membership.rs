@@ -317,7 +317,16 @@ impl Membership {
 
     /// A peer refused us as no longer a member (we left or were removed while we could not
     /// hear of it: paused, partitioned): we stop serving, and the process exits.
+    ///
+    /// A member that left on its own is not stopped here: a peer that heard it left refuses it
+    /// (as may its own peer listener, asked by its `/admin/status`), but it has handed off
+    /// everything, and its rebalancer stops it once `left` has had a few gossip rounds to
+    /// spread, while its own view still says `left` to `kvctl leave --wait`.
     pub fn fence(&self, reason: String) {
+        if self.my_status() == Some(Status::Left) && !self.removed_me() {
+            tracing::debug!(%reason, "refused as a member that left, as it did: it exits once `left` has spread");
+            return;
+        }
         if self.fenced.set(reason.clone()).is_ok() {
             tracing::error!(%reason, "a peer refused this node as no longer a member of the cluster: it stops serving and exits");
             self.stop.cancel();
@@ -1153,6 +1162,23 @@ mod tests {
         n1.fence("n2 refused this node: removed".into());
         assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));
         assert!(n1.stop_signal().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_member_that_left_on_its_own_is_not_stopped_by_a_peers_refusal() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        n1.set_status(Status::Leaving);
+        n1.set_status(Status::Left);
+        n1.fence("n2 refused this node: left".into());
+        assert!(!n1.stop_signal().is_cancelled(), "its rebalancer stops it once `left` has spread");
+        assert_eq!(n1.fenced(), None);
+        // One that is still leaving (or normal) and refused stops at once.
+        let (n2, _) =
+            Membership::new(Some(state("n2", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        n2.set_status(Status::Leaving);
+        n2.fence("n1 refused this node: left".into());
+        assert!(n2.stop_signal().is_cancelled());
     }
 
     #[tokio::test]

@@ -103,6 +103,9 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
     // dropper learns its ranges only once the new owners know of the leave).
     let (mut most, mut last_share, mut last_printed) = (0f64, None::<f64>, String::new());
     let mut unreachable_since: Option<Instant> = None;
+    // Whether its last hand-off was seen complete (every range handed off): it may set itself
+    // `left`, be refused by a peer that heard so and exit between two polls.
+    let mut handed_off = false;
     loop {
         match own_row(admin, id).await {
             // Its own view no longer lists it: it is `left` (or was removed meanwhile).
@@ -119,6 +122,9 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
                     left("every range handed off");
                     return Ok(());
                 }
+                handed_off |= text(&load["transfer"]) == HANDING_OFF
+                    && load["transfer_ranges"].as_u64().is_some_and(|ranges| ranges > 0)
+                    && load["transfer_done"] == load["transfer_ranges"];
                 let share = load["dropping_share"].as_f64().unwrap_or(0.0).max(0.0);
                 most = most.max(share);
                 last_share = Some(share);
@@ -142,6 +148,10 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(3) {
                     return match last_share {
+                        _ if handed_off => {
+                            left("it handed off every range and exited");
+                            Ok(())
+                        }
                         Some(share) if share <= 0.0 && most > 0.0 => {
                             left("it handed off every range and exited");
                             Ok(())
@@ -158,6 +168,10 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The rebalancer's transfer that hands a leaving node's ranges to their new owners
+/// (`Transfers` in kv-node); it counts a range done only once handed off.
+const HANDING_OFF: &str = "leaving: handing off ranges";
 
 /// The node's own row of its `/admin/status`; `None` once it no longer lists itself (a member
 /// that has left is not listed).
