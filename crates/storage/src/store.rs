@@ -364,3 +364,127 @@ impl Engine for Store {
         crate::HintStore::open(self.backend.open_space(crate::hints::HINTS_SPACE)?, limits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use kv_vclock::{Dot, VClock};
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{Backend, Pairs};
+
+    /// A memory backend whose fsyncs, once `armed`, wait until the test lets them through.
+    struct GatedSync {
+        inner: MemoryBackend,
+        armed: Arc<AtomicBool>,
+        /// Told when an fsync starts; the fsync then waits for one message on `release`.
+        started: Mutex<mpsc::Sender<()>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Backend for GatedSync {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &[u8]) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Pairs> {
+            self.inner.scan(start, end, limit)
+        }
+        fn sync(&self) -> Result<()> {
+            if !self.armed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.started.lock().send(()).unwrap();
+            self.release.lock().recv().unwrap();
+            Ok(())
+        }
+        fn disk_bytes(&self) -> u64 {
+            0
+        }
+        fn approximate_len(&self) -> u64 {
+            self.inner.approximate_len()
+        }
+        fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
+            self.inner.open_space(name)
+        }
+    }
+
+    fn version(value: &[u8]) -> Version {
+        Version {
+            dot: Dot { node: "n1".into(), counter: 1, timestamp: 1 },
+            context: VClock::default(),
+            value: value.to_vec().into(),
+            content_type: "application/octet-stream".into(),
+            tombstone: false,
+            written_at: 1,
+            write_id: 0,
+        }
+    }
+
+    /// Rule 7 of docs/consistency.md: a Merkle answer (what `read_durable` reads) vouches only
+    /// for writes already durable, because an old owner drops its copy of what compared equal.
+    /// A write applied but not yet synced is visible to the read, so the read must not return
+    /// before that write's fsync has ended.
+    #[test]
+    fn read_durable_returns_only_once_what_it_read_is_durable() {
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let armed = Arc::new(AtomicBool::new(false));
+        let backend = GatedSync {
+            inner: MemoryBackend::default(),
+            armed: armed.clone(),
+            started: Mutex::new(started_tx),
+            release: Mutex::new(release_rx),
+        };
+        let store = Store::open(
+            EngineKind::Memory,
+            Box::new(backend),
+            SyncMode::Batch,
+            Compression::None,
+            StorageMetrics::unregistered(),
+        )
+        .unwrap();
+        armed.store(true, Ordering::SeqCst);
+        // A writer applies its version, then waits in its fsync.
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.update(b"k", &mut |_| vec![version(b"v")]).unwrap())
+        };
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The read sees the version, and waits for it to be durable.
+        let (seen, returned) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let reader = {
+            let (store, seen, returned) = (store.clone(), seen.clone(), returned.clone());
+            std::thread::spawn(move || {
+                store
+                    .read_durable(&mut || {
+                        let record = store.backend.get(&storage_key(b"k")).unwrap();
+                        seen.store(record.is_some(), Ordering::SeqCst);
+                    })
+                    .unwrap();
+                returned.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(seen.load(Ordering::SeqCst), "the read saw the applied, not yet durable write");
+        assert!(!returned.load(Ordering::SeqCst), "read_durable returned before the write's fsync ended");
+        // The fsync ends: both return (a second release in case the read syncs once more).
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert!(returned.load(Ordering::SeqCst));
+    }
+}
