@@ -86,6 +86,11 @@ KV_WORKER_THREADS=1 KV_DATA="$work/cluster" KV_BASE_PORT=$base KV_GATEWAY_PORT=$
 for wl in a b c w; do
   bench "3 nodes+gw N=3 ${wl^^}" "http://127.0.0.1:$gw" kv "$wl" $([ "$wl" = a ] || [ "$wl" = w ] || echo --no-load)
 done
+# The same cluster with the client talking to one node, as etcd's rows talk to one member: that
+# node coordinates (Dynamo's client-driven coordination), stores its own copy in-process and
+# sends the version to the two others; no gateway hop.
+bench "3 nodes N=3 C, to a node" "http://127.0.0.1:$base" kv c --no-load
+bench "3 nodes N=3 W, to a node" "http://127.0.0.1:$base" kv w
 KV_DATA="$work/cluster" ./scripts/cluster.sh stop >/dev/null
 base=22001; gw=28090
 KV_DATA="$work/cluster2" KV_BASE_PORT=$base KV_GATEWAY_PORT=$gw ./scripts/cluster.sh start --nodes 3 >/dev/null

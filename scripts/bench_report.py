@@ -59,6 +59,7 @@ def main(path, secs, keys, conc, vsize, memory_path=None):
             f"| {r['label']} | {r['ops_per_sec']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cores} | {errors} |"
         )
     w, c = "3 nodes+gw N=3 W", "3 nodes+gw N=3 C"
+    wn, cn = "3 nodes N=3 W, to a node", "3 nodes N=3 C, to a node"
 
     def at_least(value, target, unit="x"):
         met = "met" if value >= target else "not met"
@@ -80,6 +81,12 @@ def main(path, secs, keys, conc, vsize, memory_path=None):
         f"| 1 node N=1 batch writes / ceiling PUT | {at_least(ratio('1 node N=1 W', 'ceiling PUT (noop)'), 0.5)} |",
         f"| N=3 W=2 writes p99 | {below(p99(w), 5)} |",
         f"| N=3 R=2 reads p99 | {below(p99(c), 3)} |",
+        f"| N=3 W=2 writes to a node (no gateway) / etcd puts | {ratio(wn, 'etcd 3 members PUT'):.2f}x | - | |",
+        f"| N=3 W=2 writes to a node / ceiling PUT | {ratio(wn, 'ceiling PUT (noop)'):.2f}x | - | |",
+        f"| N=3 R=2 reads from a node / etcd gets | {ratio(cn, 'etcd 3 members GET'):.2f}x | - | |",
+        f"| N=3 R=2 reads from a node / ceiling GET | {ratio(cn, 'ceiling GET (noop)'):.2f}x | - | |",
+        f"| N=3 W=2 writes to a node p99 | {p99(wn):.2f} ms | - | |",
+        f"| N=3 R=2 reads from a node p99 | {p99(cn):.2f} ms | - | |",
         f"| N=3 reads with TLS / without | {ratio(c + ', TLS', c):.2f}x | - | |",
         f"| N=3 writes with TLS / without | {ratio(w + ', TLS', w):.2f}x | - | |",
     ]
