@@ -26,7 +26,8 @@
 //! process (a restarted node, a new gateway) serves at once, whatever left since.
 //!
 //! A node is *fenced* when it must not act: a peer refused it as no longer a member (it left or
-//! was removed while it could not hear of it: [`Membership::fence`]), or its clock is off from
+//! was removed while it could not hear of it: [`Membership::fence`]; one that left on its own
+//! sends nothing but gossip from then on and stops once `left` has spread), or its clock is off from
 //! most members' ([`clock`]). [`Membership::confirm`], called before a node answers a client or
 //! a replica call, refuses then, and after this process was frozen (paused, its host asleep:
 //! `contact`) first exchanges views with the other members, so a node removed while it was

@@ -295,13 +295,17 @@ fn mark_if_left(data_dir: &std::path::Path, previous: Option<&MemberState>, hint
 }
 
 /// What a node asks before it sends a peer anything but gossip: nothing once a peer refused it
-/// as no longer a member, nor while its clock is fenced (its stamps and its judgements of age
-/// would break the rules of docs/consistency.md, "Clocks").
+/// as no longer a member, nor once it has left (its hand-off is done; it exits once `left` has
+/// spread), nor while its clock is fenced (its stamps and its judgements of age would break the
+/// rules of docs/consistency.md, "Clocks").
 fn send_gate(membership: &Arc<Membership>) -> kv_transport::Gate {
     let membership = membership.clone();
     Arc::new(move || {
         if let Some(reason) = membership.fenced() {
             return Err(format!("this node is no longer a member: {reason}"));
+        }
+        if membership.my_status() == Some(Status::Left) {
+            return Err("this node has left the cluster".into());
         }
         if membership.removed_me() || membership.my_status() == Some(Status::Removed) {
             return Err("this node was removed from the cluster".into());

@@ -145,17 +145,21 @@ pub struct Transfers {
 
 impl Transfers {
     /// `(what, ranges, ranges done, keys moved)` of the transfer in progress, or of the last.
+    /// Read under the lock [`Transfers::begin`] holds: never a new transfer's name with the last
+    /// one's counts (`kvctl leave --wait` takes a hand-off seen complete as left).
     pub fn now(&self) -> (&'static str, u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (*self.what.lock(), self.ranges.load(Relaxed), self.done.load(Relaxed), self.keys.load(Relaxed))
+        let what = self.what.lock();
+        (*what, self.ranges.load(Relaxed), self.done.load(Relaxed), self.keys.load(Relaxed))
     }
 
     fn begin(&self, what: &'static str, ranges: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        *self.what.lock() = what;
+        let mut current = self.what.lock();
         self.ranges.store(ranges as u64, Relaxed);
         self.done.store(0, Relaxed);
         self.keys.store(0, Relaxed);
+        *current = what;
     }
 
     fn finished(&self, moved: &Result<Moved, String>) {
