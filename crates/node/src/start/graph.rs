@@ -316,3 +316,39 @@ fn send_gate(membership: &Arc<Membership>) -> kv_transport::Gate {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Rule 12: a node that has left sends nothing but gossip (the gate is not asked for
+    /// gossip), so it draws no refusal and a removal it learns meanwhile still stops it.
+    #[test]
+    fn a_node_that_left_sends_nothing_but_gossip() {
+        let me = MemberState {
+            id: "n1".into(),
+            address: "127.0.0.1:7101".into(),
+            zone: "z".into(),
+            weight: 1,
+            status: Status::Normal,
+            incarnation: 7,
+            lease: 0,
+            run: 1,
+            generation: 1,
+            heartbeat: 1,
+            suspects: Vec::new(),
+            formed: false,
+            release: String::new(),
+            protocol: 0,
+        };
+        let (membership, _) = Membership::new(Some(me), None, std::time::Duration::from_secs(5), None, 1).unwrap();
+        let gate = send_gate(&membership);
+        assert_eq!(gate(), Ok(()));
+        membership.set_status(Status::Leaving);
+        assert_eq!(gate(), Ok(()), "a leaving node hands its ranges off");
+        membership.set_status(Status::Left);
+        assert!(gate().is_err(), "a node that has left sends nothing but gossip");
+    }
+}
