@@ -126,6 +126,16 @@ class Cluster:
             if proc.child is None:
                 proc.start()
         self._await(self.procs(), "/health/ready")
+        # Ready is each process's own view: wait until every one lists every node normal, as the
+        # Rust harness does. Otherwise a node killed at once may be the only one that saw the
+        # cluster form: the others, still holding it as joining, stay forming (503) for good.
+        deadline = time.monotonic() + 60
+        for proc in self.procs():
+            while self._normal(proc) < len(self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{proc.name} does not list {len(self.nodes)} normal members in 60 s:\n"
+                                       f"{self.diagnose(proc)}")
+                time.sleep(0.05)
 
     def _await(self, procs: List[Proc], path: str) -> None:
         deadline = time.monotonic() + 60
@@ -136,6 +146,27 @@ class Cluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{proc.name} not ready in 60 s:\n{proc.log_tail()}")
                 time.sleep(0.1)
+
+    def diagnose(self, proc: Proc) -> str:
+        """What `proc` answers now, for a failure's message: a PUT of its own, its readiness and
+        its view of the members."""
+        out = []
+        for method, url in (("PUT", proc.url + "/kv/diagnose"), ("GET", proc.admin_url + "/health/ready"),
+                            ("GET", proc.admin_url + "/cluster/members")):
+            try:
+                r = self.http.request(method, url, content=b"x" if method == "PUT" else None)
+                out.append(f"{method} {url}: {r.status_code} {r.text[:600]}")
+            except httpx.HTTPError as e:
+                out.append(f"{method} {url}: {type(e).__name__}: {e}")
+        return "\n".join(out)
+
+    def _normal(self, proc: Proc) -> int:
+        """How many members `proc` lists as normal."""
+        try:
+            members = self.http.get(proc.admin_url + "/cluster/members").json()["members"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return 0
+        return sum(1 for m in members if m.get("status") == "normal")
 
     def _answers(self, proc: Proc, path: str) -> bool:
         try:

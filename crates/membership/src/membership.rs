@@ -477,7 +477,7 @@ impl Membership {
         let _ = self.lease.set(Box::new(source));
     }
 
-    /// Whether the cluster has formed: `--expect-nodes` normal members were seen at once, here
+    /// Whether the cluster has formed: `--expect-nodes` members (joining or normal) were seen at once, here
     /// or by any member whose state we hold (it gossips `formed`, and records it across
     /// restarts). Once formed, always formed: a later failure, leave, removal or restart makes
     /// a degraded or smaller cluster, not a forming one. Evaluated on every change of the view
@@ -498,7 +498,10 @@ impl Membership {
     /// formed; otherwise returns how many normal members it shows.
     fn check_formed(&self, gossip: &mut Gossip) -> Option<usize> {
         use std::sync::atomic::Ordering;
-        let normal = gossip.states().iter().filter(|s| s.status == Status::Normal).count();
+        // A member seen joining counts: the state that says it became normal (and saw the
+        // cluster form) may never reach us. A node that formed, served a write and died before
+        // its next gossip round left the others forming, every request refused, for good.
+        let normal = gossip.states().iter().filter(|s| matches!(s.status, Status::Normal | Status::Joining)).count();
         if normal < self.expect_nodes && !gossip.formed_known() {
             return Some(normal);
         }
@@ -1099,6 +1102,23 @@ mod tests {
         n2.formed = true;
         gateway.merge(digest(vec![n2]));
         assert_eq!(gateway.formed(), Ok(()));
+    }
+
+    /// n1 saw the cluster form, served, and died before its next gossip round: the others
+    /// last heard of it joining. They form all the same.
+    #[test]
+    fn a_member_last_seen_joining_counts_toward_forming() {
+        let (n2, _) =
+            Membership::new(Some(state("n2", Status::Normal)), None, Duration::from_secs(5), None, 3).unwrap();
+        n2.merge(digest(vec![state("n1", Status::Joining)]));
+        assert_eq!(n2.formed(), Err((2, 3)), "two members seen: still forming");
+        n2.merge(digest(vec![state("n3", Status::Normal)]));
+        assert_eq!(n2.formed(), Ok(()));
+        // Members that left or were removed do not count.
+        let (n4, _) =
+            Membership::new(Some(state("n4", Status::Normal)), None, Duration::from_secs(5), None, 3).unwrap();
+        n4.merge(digest(vec![state("n5", Status::Left), state("n6", Status::Removed)]));
+        assert_eq!(n4.formed(), Err((1, 3)));
     }
 
     #[test]
