@@ -117,7 +117,7 @@ pub struct MemberState {
     pub heartbeat: u64,
     /// Members this member suspects, with the heartbeat of theirs it last saw.
     pub suspects: Vec<(String, u64)>,
-    /// This member has seen the cluster formed (`--expect-nodes` members at once, joining or normal, or a
+    /// This member has seen the cluster formed (`--expect-nodes` normal members at once, joining ones now down counted, or a
     /// member that had). Set once, never cleared, kept across restarts: a cluster that formed
     /// never forms again, whatever leaves, removals and restarts follow, and a process that
     /// starts later learns it from any member's state. False in states recorded before.

@@ -21,7 +21,7 @@
 //! forever; a node that learns it was removed stops serving ([`Membership::removed_me`]).
 //!
 //! A new cluster *forms* before it serves clients: until a process has seen `--expect-nodes`
-//! members at once (joining or normal), client requests are answered `503 cluster_forming`
+//! normal members at once (joining ones now down count), client requests are answered `503 cluster_forming`
 //! ([`Membership::formed`]). Formed is gossiped and recorded: once any member saw it, every
 //! process (a restarted node, a new gateway) serves at once, whatever left since.
 //!

@@ -477,7 +477,7 @@ impl Membership {
         let _ = self.lease.set(Box::new(source));
     }
 
-    /// Whether the cluster has formed: `--expect-nodes` members (joining or normal) were seen at once, here
+    /// Whether the cluster has formed: `--expect-nodes` normal members (or joining ones now down) were seen at once, here
     /// or by any member whose state we hold (it gossips `formed`, and records it across
     /// restarts). Once formed, always formed: a later failure, leave, removal or restart makes
     /// a degraded or smaller cluster, not a forming one. Evaluated on every change of the view
@@ -498,10 +498,17 @@ impl Membership {
     /// formed; otherwise returns how many normal members it shows.
     fn check_formed(&self, gossip: &mut Gossip) -> Option<usize> {
         use std::sync::atomic::Ordering;
-        // A member seen joining counts: the state that says it became normal (and saw the
-        // cluster form) may never reach us. A node that formed, served a write and died before
-        // its next gossip round left the others forming, every request refused, for good.
-        let normal = gossip.states().iter().filter(|s| matches!(s.status, Status::Normal | Status::Joining)).count();
+        // A member last seen joining and now down counts too: the state that says it became
+        // normal (and saw the cluster form) may never reach us. A node that formed, served a
+        // write and died before its next gossip round left the others forming, every request
+        // refused, for good. A joining member that is up does not: the start-up joins run
+        // before clients are served.
+        let now = self.now_ms();
+        let normal = gossip
+            .states()
+            .iter()
+            .filter(|s| s.status == Status::Normal || (s.status == Status::Joining && gossip.is_down(&s.id, now)))
+            .count();
         if normal < self.expect_nodes && !gossip.formed_known() {
             return Some(normal);
         }
@@ -1105,14 +1112,21 @@ mod tests {
     }
 
     /// n1 saw the cluster form, served, and died before its next gossip round: the others
-    /// last heard of it joining. They form all the same.
+    /// last heard of it joining. Once it is down they form all the same; while it is up (still
+    /// joining, as at every start-up) they wait for it.
     #[test]
-    fn a_member_last_seen_joining_counts_toward_forming() {
+    fn a_member_last_seen_joining_counts_toward_forming_once_down() {
         let (n2, _) =
-            Membership::new(Some(state("n2", Status::Normal)), None, Duration::from_secs(5), None, 3).unwrap();
-        n2.merge(digest(vec![state("n1", Status::Joining)]));
-        assert_eq!(n2.formed(), Err((2, 3)), "two members seen: still forming");
-        n2.merge(digest(vec![state("n3", Status::Normal)]));
+            Membership::new(Some(state("n2", Status::Normal)), None, Duration::from_millis(50), None, 3).unwrap();
+        let mut n3 = state("n3", Status::Normal);
+        n2.merge(digest(vec![state("n1", Status::Joining), n3.clone()]));
+        assert_eq!(n2.formed(), Err((2, 3)), "n1 joining and up: still forming");
+        // n1 goes silent; n3 keeps beating and suspects it too: n1 is down.
+        std::thread::sleep(Duration::from_millis(120));
+        n3.heartbeat = 2;
+        n3.suspects = vec![("n1".into(), 1)];
+        n2.merge(digest(vec![n3]));
+        assert!(n2.is_down("n1"));
         assert_eq!(n2.formed(), Ok(()));
         // Members that left or were removed do not count.
         let (n4, _) =
