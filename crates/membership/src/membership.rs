@@ -477,8 +477,8 @@ impl Membership {
         let _ = self.lease.set(Box::new(source));
     }
 
-    /// Whether the cluster has formed: `--expect-nodes` normal members (or joining ones now down) were seen at once, here
-    /// or by any member whose state we hold (it gossips `formed`, and records it across
+    /// Whether the cluster has formed: `--expect-nodes` normal members (or joining ones now
+    /// down) were seen at once, here or by any member whose state we hold (it gossips `formed`, and records it across
     /// restarts). Once formed, always formed: a later failure, leave, removal or restart makes
     /// a degraded or smaller cluster, not a forming one. Evaluated on every change of the view
     /// ([`Membership::refresh`]), not only when a request arrives.

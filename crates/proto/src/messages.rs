@@ -98,7 +98,7 @@ pub struct NodeStatus {
     pub rebalancer: String,
     /// What its dropper is doing.
     pub dropper: String,
-    /// The transfer its rebalancer runs now, or ran last (`leaving: handing off ranges`, ...).
+    /// The transfer its rebalancer runs now, or ran last ([`HANDING_OFF`], ...).
     pub transfer: String,
     /// Ranges in that transfer.
     pub transfer_ranges: u64,
@@ -110,6 +110,10 @@ pub struct NodeStatus {
     /// `kvctl restore` refuses a cluster that does.
     pub holds_records: bool,
 }
+
+/// [`NodeStatus::transfer`] of a leaving node handing its ranges to their new owners; a range
+/// counts done only once handed off (`kvctl leave --wait` takes it complete as left).
+pub const HANDING_OFF: &str = "leaving: handing off ranges";
 
 /// Most queries in one Merkle request.
 pub const MAX_MERKLE_QUERIES: usize = 8192;

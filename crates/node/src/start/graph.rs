@@ -304,10 +304,11 @@ fn send_gate(membership: &Arc<Membership>) -> kv_transport::Gate {
         if let Some(reason) = membership.fenced() {
             return Err(format!("this node is no longer a member: {reason}"));
         }
-        if membership.my_status() == Some(Status::Left) {
+        let status = membership.my_status();
+        if status == Some(Status::Left) {
             return Err("this node has left the cluster".into());
         }
-        if membership.removed_me() || membership.my_status() == Some(Status::Removed) {
+        if membership.removed_me() || status == Some(Status::Removed) {
             return Err("this node was removed from the cluster".into());
         }
         if membership.clock_fenced() {

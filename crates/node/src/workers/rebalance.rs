@@ -283,7 +283,7 @@ impl Rebalancer {
                 if pause(self.gossip_interval * JOIN_DELAY_ROUNDS, shutdown).await {
                     return WorkerState::Idle;
                 }
-                self.doing = "leaving: handing off ranges";
+                self.doing = kv_proto::HANDING_OFF;
                 let started = Instant::now();
                 match self.leave(shutdown).await {
                     Ok(moved) => {
@@ -637,7 +637,7 @@ impl Rebalancer {
         self.pull_all("leave", moves.clone(), exclude, &|sources| plan::copies_needed(needed, sources), shutdown)
             .await?;
         let jobs = jobs(&moves, &self.membership.topology(), |m| m.gained.clone());
-        self.run_all("leaving: handing off ranges", jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
+        self.run_all(kv_proto::HANDING_OFF, jobs, |lo, hi, targets| self.push(lo, hi, targets, shutdown)).await
     }
 
     async fn push(&self, lo: u64, hi: u64, targets: Vec<Peer>, shutdown: &CancellationToken) -> Result<Moved, String> {

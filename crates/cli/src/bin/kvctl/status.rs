@@ -122,7 +122,7 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
                     left("every range handed off");
                     return Ok(());
                 }
-                handed_off |= text(&load["transfer"]) == HANDING_OFF
+                handed_off |= text(&load["transfer"]) == kv_proto::HANDING_OFF
                     && load["transfer_ranges"].as_u64().is_some_and(|ranges| ranges > 0)
                     && load["transfer_done"] == load["transfer_ranges"];
                 let share = load["dropping_share"].as_f64().unwrap_or(0.0).max(0.0);
@@ -147,20 +147,15 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
                 // The node exits once it has left; a last answer may be missed.
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(3) {
-                    return match last_share {
-                        _ if handed_off => {
-                            left("it handed off every range and exited");
-                            Ok(())
-                        }
-                        Some(share) if share <= 0.0 && most > 0.0 => {
-                            left("it handed off every range and exited");
-                            Ok(())
-                        }
-                        _ => Err(anyhow::anyhow!(
-                            "{id} stopped answering before it had handed off every range: it may have crashed \
-                             (see its log); `kvctl members` shows whether it is leaving or down"
-                        )),
-                    };
+                    // Its hand-off was seen complete, or it had nothing left to hand off.
+                    if handed_off || (last_share.is_some_and(|share| share <= 0.0) && most > 0.0) {
+                        left("it handed off every range and exited");
+                        return Ok(());
+                    }
+                    return Err(anyhow::anyhow!(
+                        "{id} stopped answering before it had handed off every range: it may have crashed (see its \
+                         log); `kvctl members` shows whether it is leaving or down"
+                    ));
                 }
             }
             Err(e) => return Err(e.into()),
@@ -168,10 +163,6 @@ pub async fn wait_for_leave(admin: &Admin, id: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
-
-/// The rebalancer's transfer that hands a leaving node's ranges to their new owners
-/// (`Transfers` in kv-node); it counts a range done only once handed off.
-const HANDING_OFF: &str = "leaving: handing off ranges";
 
 /// The node's own row of its `/admin/status`; `None` once it no longer lists itself (a member
 /// that has left is not listed).
