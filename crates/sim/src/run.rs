@@ -186,7 +186,7 @@ fn cluster(config: &Config) -> (Arc<World>, Vec<Arc<Coordinator>>) {
         })
         .collect();
     world.publish(true);
-    world.set_collectors(fronts.clone());
+    world.set_collectors(&fronts);
     (world, fronts)
 }
 
@@ -645,5 +645,30 @@ async fn faults(world: Arc<World>, done: Arc<AtomicBool>, config: Config, keys: 
     }
     for change in running {
         let _ = change.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A world is freed once its history drops it: the model checker runs 10,000 histories in
+    /// one process, and a reference cycle (the world held its fronts, which hold the world) once
+    /// kept every one of them, 7.5 GB by the end, most of the run's time spent zeroing pages.
+    #[test]
+    fn a_world_is_freed_when_its_history_drops_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("invariant: a current-thread runtime builds");
+        let world = runtime.block_on(async {
+            let (world, fronts) = cluster(&Config::new(7));
+            let weak = Arc::downgrade(&world);
+            drop((world, fronts));
+            weak
+        });
+        drop(runtime);
+        assert!(world.upgrade().is_none(), "the world outlived its history");
     }
 }

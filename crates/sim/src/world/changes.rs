@@ -406,7 +406,7 @@ impl World {
         // Meanwhile the collectors purge what was deleted while it was paused.
         let started = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(self.config.grace_ms + 20)).await;
-        let collector = self.collectors.lock().first().cloned();
+        let collector = self.collectors.lock().first().and_then(std::sync::Weak::upgrade);
         if let Some(collector) = collector {
             for key in keys {
                 let _ = collector.collect(key).await;

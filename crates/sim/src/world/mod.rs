@@ -118,8 +118,10 @@ pub struct World {
     /// Set once the history quiesces: no more slow or lost messages.
     calm: std::sync::atomic::AtomicBool,
     /// The fronts, whose tombstone collectors a pause-across-removal runs while the node is
-    /// paused (as the nodes' collectors run every `--gc-interval`).
-    collectors: Mutex<Vec<Arc<kv_coordinator::Coordinator>>>,
+    /// paused (as the nodes' collectors run every `--gc-interval`). Held weakly: a front holds
+    /// the world (its network and clock), so a strong reference here would be a cycle that
+    /// keeps every history's world alive until the process ends.
+    collectors: Mutex<Vec<std::sync::Weak<kv_coordinator::Coordinator>>>,
 }
 
 /// What happened to a message at its destination.
@@ -171,8 +173,8 @@ impl World {
     }
 
     /// The fronts whose collectors run while a removed node is paused.
-    pub fn set_collectors(&self, fronts: Vec<Arc<kv_coordinator::Coordinator>>) {
-        *self.collectors.lock() = fronts;
+    pub fn set_collectors(&self, fronts: &[Arc<kv_coordinator::Coordinator>]) {
+        *self.collectors.lock() = fronts.iter().map(Arc::downgrade).collect();
     }
 
     /// Prints an event with the virtual time, in trace mode.
