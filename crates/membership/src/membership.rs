@@ -658,15 +658,19 @@ impl Membership {
         cluster_protocol(self.gossip.lock().views(now).iter().map(|v| &v.state))
     }
 
-    /// Every member as `/cluster/members` shows it.
+    /// Every member as `/cluster/members` shows it: the views the published topology was
+    /// built from. A merge changes the view before it publishes the topology, so reading the
+    /// view directly showed a member `normal` while requests were still routed without it (a
+    /// new gateway listing three normal members answered its first write `503 not_ready`).
     pub fn members(&self) -> Vec<MemberInfo> {
-        let now = self.now_ms();
-        self.gossip.lock().views(now).into_iter().map(|view| info(view, now)).collect()
+        let (views, now) = self.refresh(false);
+        views.into_iter().map(|view| info(view, now)).collect()
     }
 
     /// Rebuilds and publishes the topology if placement or liveness changed; records states
-    /// when `persist` or when the topology changed.
-    fn refresh(&self, persist: bool) {
+    /// when `persist` or when the topology changed. Returns the views the topology now
+    /// published matches, and when they were taken.
+    fn refresh(&self, persist: bool) -> (Vec<MemberView>, u64) {
         let now = self.now_ms();
         // Held until the topology is published: two refreshes racing (a gossip round and a
         // peer's exchange) must not publish an older view after a newer one.
@@ -718,6 +722,7 @@ impl Membership {
         if changed || persist || newly_formed {
             self.persist();
         }
+        (views, now)
     }
 
     fn persist(&self) {
@@ -1074,6 +1079,22 @@ mod tests {
             [speaking("a", Status::Normal, 7), speaking("b", Status::Left, 0), speaking("c", Status::Normal, 7)];
         assert_eq!(cluster_protocol(upgraded.iter()), 7);
         assert_eq!(cluster_protocol([].iter()), kv_proto::PROTOCOL);
+    }
+
+    /// `/cluster/members` never runs ahead of the topology that routes requests: a member it
+    /// lists as normal is in the ring. Here a digest lands in the view as a merge leaves it
+    /// just before it publishes (the window in which a gateway listed three normal members
+    /// and answered a write `503 not_ready`).
+    #[test]
+    fn the_members_listed_normal_are_in_the_published_ring() {
+        let (gateway, _) = Membership::new(None, None, Duration::from_secs(5), None, 3).unwrap();
+        let states = vec![state("n1", Status::Normal), state("n2", Status::Normal), state("n3", Status::Normal)];
+        gateway.gossip.lock().merge_digest(digest(states), gateway.now_ms());
+        let listed: Vec<String> =
+            gateway.members().into_iter().filter(|m| m.status == "normal").map(|m| m.id).collect();
+        assert_eq!(listed, ["n1", "n2", "n3"]);
+        let ring: Vec<String> = gateway.topology().ring.nodes().iter().map(|n| n.id.clone()).collect();
+        assert_eq!(ring, listed, "listed normal but not routed to");
     }
 
     #[test]
