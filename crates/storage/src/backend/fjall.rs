@@ -28,6 +28,20 @@ use crate::{Error, Result};
 /// Keyspace holding the versioned records.
 const RECORDS: &str = "records";
 
+/// The size at which a keyspace's memtable is sealed and flushed to a table file (fjall's
+/// default is 64 MiB). While keys stream in at full speed (a load, a join's pull), a sealed
+/// memtable waits for its flush beside the next active one, and both count in the process's
+/// memory: with 64 MiB, one node loading 10,000,000 keys of 100 bytes peaked at 360 MB
+/// resident, 316 MB with 48 MiB (the performance issue asks for under 350 MB). 32 MiB peaked
+/// at 289 MB but cost three nodes' short write bursts a flush that a larger memtable defers
+/// (docs/benchmarks.md). fjall records the size when it creates a keyspace: a data directory
+/// created by an earlier release keeps the size it was created with.
+const MEMTABLE_BYTES: u64 = 48 << 20;
+
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
 /// A fjall database and one of its keyspaces (the records, or another from
 /// [`Backend::open_space`]).
 pub struct FjallBackend {
@@ -50,7 +64,7 @@ impl FjallBackend {
             .manual_journal_persist(false)
             .open()
             .map_err(open_err)?;
-        let records = db.keyspace(RECORDS, KeyspaceCreateOptions::default).map_err(open_err)?;
+        let records = db.keyspace(RECORDS, keyspace_options).map_err(open_err)?;
         Ok(FjallBackend { db, records, dir: path.to_owned(), journal: Arc::new(Mutex::new(None)) })
     }
 
@@ -127,7 +141,7 @@ impl Backend for FjallBackend {
     }
 
     fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
-        let keyspace = self.db.keyspace(name, KeyspaceCreateOptions::default).map_err(io)?;
+        let keyspace = self.db.keyspace(name, keyspace_options).map_err(io)?;
         Ok(Box::new(FjallBackend {
             db: self.db.clone(),
             records: keyspace,
