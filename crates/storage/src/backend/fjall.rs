@@ -33,7 +33,7 @@ const RECORDS: &str = "records";
 /// memtable waits for its flush beside the next active one, and both count in the process's
 /// memory: with 64 MiB, one node loading 10,000,000 keys of 100 bytes peaked at 360 MB
 /// resident, 316 MB with 48 MiB (the performance issue asks for under 350 MB). 32 MiB peaked
-/// at 289 MB but cost three nodes' short write bursts a flush that a larger memtable defers
+/// at 289 MB, but three nodes wrote a median 0.78x with it in alternating rows, unexplained
 /// (docs/benchmarks.md). fjall records the size when it creates a keyspace: a data directory
 /// created by an earlier release keeps the size it was created with.
 const MEMTABLE_BYTES: u64 = 48 << 20;
