@@ -99,6 +99,9 @@ fn both_binaries_export_clean_metrics_that_follow_the_cluster() {
         "kv_storage_disk_capacity_bytes",
         "kv_storage_fsync_duration_seconds",
         "kv_storage_group_commit_writes",
+        "kv_storage_memtable_bytes",
+        "kv_storage_block_cache_bytes",
+        "kv_storage_flushes_pending",
     ] {
         assert!(node.contains(name), "kvnode lacks {name}");
     }

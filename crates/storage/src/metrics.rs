@@ -20,6 +20,15 @@ pub struct StorageMetrics {
     pub disk_bytes: IntGauge,
     /// `kv_storage_keys`: approximate number of keys, refreshed on scrape.
     pub keys: IntGauge,
+    /// `kv_storage_memtable_bytes`: bytes in the engine's memtables, the active ones and those
+    /// sealed and waiting for their flush (fjall; 0 for other engines), refreshed on scrape.
+    pub memtable_bytes: IntGauge,
+    /// `kv_storage_block_cache_bytes`: bytes in the engine's block cache (at most
+    /// `--cache-mb`), refreshed on scrape.
+    pub block_cache_bytes: IntGauge,
+    /// `kv_storage_flushes_pending`: sealed memtables waiting for their flush to a table file,
+    /// refreshed on scrape. fjall stalls writes at four.
+    pub flushes_pending: IntGauge,
 }
 
 impl StorageMetrics {
@@ -56,6 +65,21 @@ impl StorageMetrics {
                 .expect("invariant: valid metric"),
             keys: IntGauge::new("kv_storage_keys", "Approximate number of stored keys")
                 .expect("invariant: valid metric"),
+            memtable_bytes: IntGauge::new(
+                "kv_storage_memtable_bytes",
+                "Bytes in the storage engine's memtables (active and sealed, waiting for a flush)",
+            )
+            .expect("invariant: valid metric"),
+            block_cache_bytes: IntGauge::new(
+                "kv_storage_block_cache_bytes",
+                "Bytes in the storage engine's block cache",
+            )
+            .expect("invariant: valid metric"),
+            flushes_pending: IntGauge::new(
+                "kv_storage_flushes_pending",
+                "Sealed memtables waiting for their flush to a table file",
+            )
+            .expect("invariant: valid metric"),
         }
     }
 
@@ -68,6 +92,9 @@ impl StorageMetrics {
         registry.register(Box::new(m.group_commit_writes.clone()))?;
         registry.register(Box::new(m.disk_bytes.clone()))?;
         registry.register(Box::new(m.keys.clone()))?;
+        registry.register(Box::new(m.memtable_bytes.clone()))?;
+        registry.register(Box::new(m.block_cache_bytes.clone()))?;
+        registry.register(Box::new(m.flushes_pending.clone()))?;
         Ok(m)
     }
 }

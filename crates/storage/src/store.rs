@@ -333,6 +333,11 @@ impl Engine for Store {
         let (keys, disk_bytes) = self.size();
         self.metrics.disk_bytes.set(i64::try_from(disk_bytes).unwrap_or(i64::MAX));
         self.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        let memory = self.backend.memory();
+        let gauge = |g: &prometheus::IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.metrics.memtable_bytes, memory.memtable_bytes);
+        gauge(&self.metrics.block_cache_bytes, memory.block_cache_bytes);
+        gauge(&self.metrics.flushes_pending, memory.flushes_pending);
     }
 
     fn size(&self) -> (u64, u64) {

@@ -449,3 +449,26 @@ fn disk_engines_keep_hints_across_reopen_and_sequence_numbers_rise() {
         assert_eq!(engine.scan(0, u64::MAX, None, 100).unwrap().len(), 0, "{kind}: hints are not records");
     }
 }
+
+#[test]
+fn fjall_reports_its_memtables_and_block_cache_on_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        engine: EngineKind::Fjall,
+        sync: SyncMode::Batch,
+        compression: Compression::Lz4,
+        cache_bytes: 8 << 20,
+    };
+    let metrics = StorageMetrics::unregistered();
+    let engine = open(dir.path(), &options, metrics.clone()).unwrap();
+    engine.refresh_gauges();
+    let empty = metrics.memtable_bytes.get();
+    for i in 0..2_000u32 {
+        coordinate(&*engine, format!("key{i}").as_bytes(), "a", &VClock::new(), &[7; 100], false);
+    }
+    engine.refresh_gauges();
+    // 2,000 records of more than 100 bytes each are in the memtable, none flushed yet.
+    assert!(metrics.memtable_bytes.get() >= empty + 200_000, "memtable {} bytes", metrics.memtable_bytes.get());
+    assert_eq!(metrics.flushes_pending.get(), 0);
+    assert!(metrics.block_cache_bytes.get() <= 8 << 20);
+}

@@ -140,6 +140,16 @@ impl Backend for FjallBackend {
         self.records.approximate_len() as u64
     }
 
+    // fjall marks these accessors experimental (hidden from its docs); they are what it
+    // counts for its own write stalls and cache eviction.
+    fn memory(&self) -> super::EngineMemory {
+        super::EngineMemory {
+            memtable_bytes: self.db.write_buffer_size(),
+            block_cache_bytes: self.db.cache_size(),
+            flushes_pending: self.db.outstanding_flushes() as u64,
+        }
+    }
+
     fn open_space(&self, name: &str) -> Result<Box<dyn Backend>> {
         let keyspace = self.db.keyspace(name, keyspace_options).map_err(io)?;
         Ok(Box::new(FjallBackend {

@@ -15,6 +15,17 @@ pub mod sled;
 /// Key/value pairs returned by a scan.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// What [`Backend::memory`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Bytes in memtables, active and sealed.
+    pub memtable_bytes: u64,
+    /// Bytes in the block cache.
+    pub block_cache_bytes: u64,
+    /// Sealed memtables waiting for their flush.
+    pub flushes_pending: u64,
+}
+
 /// An ordered, persistent byte map.
 pub trait Backend: Send + Sync + 'static {
     /// The value under `key`.
@@ -31,6 +42,11 @@ pub trait Backend: Send + Sync + 'static {
     fn disk_bytes(&self) -> u64;
     /// Approximate number of keys.
     fn approximate_len(&self) -> u64;
+    /// Where the engine's own memory goes: bytes in memtables, bytes in the block cache, and
+    /// sealed memtables waiting for a flush. Zeros for an engine that does not say.
+    fn memory(&self) -> EngineMemory {
+        EngineMemory::default()
+    }
     /// Another keyspace of the same database, named `name` (created if new): its keys never
     /// mix with this one's (a scan of one never sees the other's), and [`Backend::sync`] on
     /// either makes both durable (one journal). The same name gives the same keyspace.
