@@ -330,11 +330,11 @@ impl Engine for Store {
     }
 
     fn refresh_gauges(&self) {
-        let (keys, disk_bytes) = self.size();
-        self.metrics.disk_bytes.set(i64::try_from(disk_bytes).unwrap_or(i64::MAX));
-        self.metrics.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
-        let memory = self.backend.memory();
         let gauge = |g: &prometheus::IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        let (keys, disk_bytes) = self.size();
+        gauge(&self.metrics.disk_bytes, disk_bytes);
+        gauge(&self.metrics.keys, keys);
+        let memory = self.backend.memory();
         gauge(&self.metrics.memtable_bytes, memory.memtable_bytes);
         gauge(&self.metrics.block_cache_bytes, memory.block_cache_bytes);
         gauge(&self.metrics.flushes_pending, memory.flushes_pending);

@@ -11,8 +11,12 @@ use kv_vclock::{Dot, VClock, Versioned};
 
 const ENGINES: [EngineKind; 3] = [EngineKind::Fjall, EngineKind::Sled, EngineKind::Memory];
 
+fn options(kind: EngineKind) -> Options {
+    Options { engine: kind, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 8 << 20 }
+}
+
 fn open_engine(kind: EngineKind, dir: &Path) -> Arc<dyn Engine> {
-    let options = Options { engine: kind, sync: SyncMode::Batch, compression: Compression::Lz4, cache_bytes: 8 << 20 };
+    let options = options(kind);
     // sled releases its directory lock only when its background flusher, which outlives the
     // dropped handle by a moment, lets go: a reopen in the same process may have to wait.
     for _ in 0..100 {
@@ -453,14 +457,8 @@ fn disk_engines_keep_hints_across_reopen_and_sequence_numbers_rise() {
 #[test]
 fn fjall_reports_its_memtables_and_block_cache_on_scrape() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        engine: EngineKind::Fjall,
-        sync: SyncMode::Batch,
-        compression: Compression::Lz4,
-        cache_bytes: 8 << 20,
-    };
     let metrics = StorageMetrics::unregistered();
-    let engine = open(dir.path(), &options, metrics.clone()).unwrap();
+    let engine = open(dir.path(), &options(EngineKind::Fjall), metrics.clone()).unwrap();
     engine.refresh_gauges();
     let empty = metrics.memtable_bytes.get();
     for i in 0..2_000u32 {
