@@ -32,7 +32,9 @@ const RECORDS: &str = "records";
 /// default is 64 MiB). While keys stream in at full speed (a load, a join's pull), a sealed
 /// memtable waits for its flush beside the next active one, and both count in the process's
 /// memory: with 64 MiB, one node loading 10,000,000 keys of 100 bytes peaked at 360 MB
-/// resident, 316 MB with 48 MiB (the performance issue asks for under 350 MB). 32 MiB peaked
+/// resident, 316 MB with 48 MiB (the performance issue asks for under 350 MB; later loads
+/// peaked at 303 to 352 MB, and the storage gauges then saw one memtable at a time, so most of
+/// what varies is memory the allocator keeps, not memtables). 32 MiB peaked
 /// at 289 MB, but three nodes wrote a median 0.78x with it in alternating rows, unexplained
 /// (docs/benchmarks.md). fjall records the size when it creates a keyspace: a data directory
 /// created by an earlier release keeps the size it was created with.
