@@ -7,6 +7,11 @@
 //!   of its replicas and merged (every version either held is kept: siblings and tombstones as
 //!   they are), so that every write acknowledged at W is in the backup (R + W > N). Binary: a
 //!   postcard [`BackupPage`].
+//! - `POST /admin/restore/begin[?into_non_empty=true]`: a restore ticket, which every
+//!   `POST /admin/restore` carries (`?ticket=`). Issued only if no member holds a
+//!   record, unless `into_non_empty` (rule 16: a value deleted after the backup whose tombstone
+//!   was purged would come back); valid for `--tombstone-grace` from its issue, sealed with the
+//!   cluster secret, so that any node or gateway accepts it.
 //! - `POST /admin/restore`: a postcard list of records, merged into every replica of each key
 //!   with the peer protocol's store-batch (as a leaving node hands its ranges off); answered
 //!   once W replicas of every key hold them durably.
@@ -45,6 +50,25 @@ pub struct ScanQuery {
     after: Option<String>,
     /// Most records [default and most: 1000].
     limit: Option<u32>,
+}
+
+/// What a restore ticket is sealed for.
+const RESTORE: &str = "restore";
+
+/// The query of `POST /admin/restore/begin`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeginQuery {
+    /// Merge into a cluster that holds records [default: false].
+    into_non_empty: Option<bool>,
+}
+
+/// The query of `POST /admin/restore`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreQuery {
+    /// The ticket `POST /admin/restore/begin` gave.
+    ticket: Option<String>,
 }
 
 fn settled(state: &ApiState) -> Result<Arc<kv_coordinator::Topology>, ApiError> {
@@ -164,9 +188,102 @@ fn merge_pages(pages: Vec<(Vec<Entry>, bool)>) -> BackupPage {
     BackupPage { entries, next }
 }
 
+/// `POST /admin/restore/begin`: `200 {"ticket", "into_non_empty", "valid_for_s"}` once every
+/// member said it holds no record (or `into_non_empty`); `409` if one does, `503` if one does
+/// not answer.
+pub async fn begin(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<BeginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    settled(&state)?;
+    let into_non_empty = query.into_non_empty.unwrap_or(false);
+    if !into_non_empty {
+        let (members, loads) = crate::cluster::member_loads(&state).await;
+        for (member, load) in members.iter().zip(loads) {
+            match load {
+                Ok(load) if !load.holds_records => {}
+                Ok(_) => {
+                    return Err(ApiError::Conflict(format!(
+                        "{} holds records: a restore merges the backup into what is there, and a value deleted \
+                         after the backup whose tombstone was since purged would come back. Restore into an empty \
+                         cluster, or begin with into_non_empty=true (kvctl restore --into-non-empty) to merge anyway",
+                        member.id
+                    )))
+                }
+                Err(e) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "{} did not say whether it holds records ({e}): restore once every member answers, or \
+                         begin with into_non_empty=true",
+                        member.id
+                    )))
+                }
+            }
+        }
+    }
+    let mut payload = kv_coordinator::now_ms().to_be_bytes().to_vec();
+    payload.push(u8::from(into_non_empty));
+    Ok(Json(json!({
+        "ticket": state.contexts.seal_ticket(RESTORE, &payload),
+        "into_non_empty": into_non_empty,
+        "valid_for_s": state.coordinator.tombstone_grace().as_secs(),
+    })))
+}
+
+/// Checks a restore batch's ticket: sealed by this cluster, issued no later than this
+/// process's clock allows and less than `--tombstone-grace` ago. Past that, a tombstone written
+/// over a key this restore stored may have been purged, and storing the key again (a batch
+/// retried, a file restored twice) would bring the deleted value back.
+fn check_ticket(state: &ApiState, ticket: Option<&str>) -> Result<(), ApiError> {
+    let ticket = ticket.ok_or_else(|| {
+        ApiError::BadParameter(
+            "a restore batch carries a ticket (?ticket=): get one with POST /admin/restore/begin (kvctl restore \
+             does)"
+                .into(),
+        )
+    })?;
+    let payload =
+        state.contexts.open_ticket(RESTORE, ticket).map_err(|e| ApiError::BadParameter(format!("ticket: {e}")))?;
+    let issued = payload
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| ApiError::BadParameter("ticket: not a restore ticket".into()))?;
+    ticket_in_time(
+        issued,
+        kv_coordinator::now_ms(),
+        state.coordinator.tombstone_grace().as_millis() as u64,
+        state.coordinator.max_clock_skew().as_millis() as u64,
+    )
+    .map_err(ApiError::Conflict)
+}
+
+/// Whether a ticket issued at `issued` (ms) is still good at `now`: less than `grace` ago, and
+/// not later than `now` plus the clocks' allowed `skew` (a ticket from the future would be
+/// good for longer than `grace`).
+fn ticket_in_time(issued: u64, now: u64, grace: u64, skew: u64) -> Result<(), String> {
+    if issued > now + skew || now.saturating_sub(issued) >= grace {
+        return Err(format!(
+            "the restore ticket was issued {} s ago, and a restore must end within --tombstone-grace ({} s) of its \
+             begin (a tombstone written since may have been purged): begin again (into_non_empty=true, as the \
+             cluster now holds what was restored)",
+            now.saturating_sub(issued) / 1000,
+            grace / 1000
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /admin/restore`: merges a postcard list of records into every replica of each key
-/// (store-batch); `200 {"keys": k}` once W replicas of every key hold them.
-pub async fn restore(State(state): State<Arc<ApiState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// (store-batch); `200 {"keys": k}` once W replicas of every key hold them. It carries a
+/// ticket from [`begin`].
+pub async fn restore(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<RestoreQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    check_ticket(&state, query.ticket.as_deref())?;
     let entries: Vec<Entry> = kv_proto::decode(&body)
         .map_err(|e| ApiError::BadRequest(format!("a restore body is postcard records: {e}")))?;
     let topology = settled(&state)?;
@@ -243,6 +360,17 @@ mod tests {
 
     /// A page stops at the first key one replica stopped at; versions of one key held by two
     /// replicas are merged, concurrent ones kept as siblings.
+    #[test]
+    fn a_restore_ticket_is_good_for_less_than_the_tombstone_grace() {
+        let (grace, skew) = (10_000, 500);
+        assert!(ticket_in_time(1_000_000, 1_000_000, grace, skew).is_ok());
+        assert!(ticket_in_time(1_000_000, 1_009_999, grace, skew).is_ok());
+        assert!(ticket_in_time(1_000_000, 1_010_000, grace, skew).unwrap_err().contains("issued 10 s ago"));
+        // Issued by a process whose clock is ahead, within the allowed offset, and beyond it.
+        assert!(ticket_in_time(1_000_500, 1_000_000, grace, skew).is_ok());
+        assert!(ticket_in_time(1_000_501, 1_000_000, grace, skew).is_err());
+    }
+
     #[test]
     fn pages_of_replicas_merge_up_to_the_first_stop() {
         let mut keys: Vec<Vec<u8>> = (0..6).map(|i| format!("k{i}").into_bytes()).collect();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use kv_membership::MemberList;
+use kv_membership::{MemberInfo as Member, MemberList};
 use serde_json::{json, Value};
 
 use crate::ApiState;
@@ -54,19 +54,10 @@ pub async fn ring(State(state): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
-/// How long `/admin/status` waits for each member's answer.
-const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// `GET /admin/status`: one row per member (not left or removed): its membership (status,
-/// zone, release), its share of the ring as any of N replicas, and what it reports itself
-/// ([`kv_proto::NodeStatus`]: keys, disk, hints, ranges being filled and dropped with the
-/// rebalancer's progress), asked of every member at once; `error` instead for one that does
-/// not answer within 3 s. `kvctl status` prints it as a table.
-pub async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    let n = state.coordinator.quorum().n;
-    let topology = state.membership.topology();
-    let shares = topology.ring.ownership(n);
-    let members: Vec<_> =
+/// Every member that has not left or been removed, and what each reports of itself (asked of
+/// all at once; an error for one that does not answer within [`STATUS_WAIT`]).
+pub(crate) async fn member_loads(state: &ApiState) -> (Vec<Member>, Vec<Result<kv_proto::NodeStatus, String>>) {
+    let members: Vec<Member> =
         state.membership.members().into_iter().filter(|m| !matches!(m.status.as_str(), "left" | "removed")).collect();
     let asked = members.iter().map(|m| {
         let transport = state.transport.clone();
@@ -81,6 +72,22 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
         }
     });
     let answers = futures::future::join_all(asked).await;
+    (members, answers)
+}
+
+/// How long `/admin/status` waits for each member's answer.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /admin/status`: one row per member (not left or removed): its membership (status,
+/// zone, release), its share of the ring as any of N replicas, and what it reports itself
+/// ([`kv_proto::NodeStatus`]: keys, disk, hints, ranges being filled and dropped with the
+/// rebalancer's progress), asked of every member at once; `error` instead for one that does
+/// not answer within 3 s. `kvctl status` prints it as a table.
+pub async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let n = state.coordinator.quorum().n;
+    let topology = state.membership.topology();
+    let shares = topology.ring.ownership(n);
+    let (members, answers) = member_loads(&state).await;
     let rows: Vec<Value> = members
         .iter()
         .zip(answers)

@@ -44,12 +44,21 @@ const MAC_BYTES: usize = 16;
 /// Purpose the context key is derived for (distinct from the request-signing key).
 const PURPOSE: &str = "context-tokens-v1";
 
+/// Purpose the ticket key is derived for (`POST /admin/restore/begin`): a ticket is never a
+/// context, nor a context a ticket.
+const TICKET_PURPOSE: &str = "admin-tickets-v1";
+
+/// Longest ticket accepted, in characters.
+const MAX_TICKET_CHARS: usize = 256;
+
 /// Longest token accepted, in characters.
 pub const MAX_TOKEN_CHARS: usize = kv_vclock::MAX_TOKEN_BYTES + 64;
 
 struct Keys {
     sign: ([u8; 4], Hmac<Sha256>),
     all: Vec<([u8; 4], Hmac<Sha256>)>,
+    /// The same, derived for tickets.
+    tickets: Vec<([u8; 4], Hmac<Sha256>)>,
 }
 
 /// Seals clocks into tokens and opens tokens back into clocks. Reloadable (rotation).
@@ -119,11 +128,53 @@ impl ContextSealer {
         }
         VClock::decode(&body[5..]).map_err(|e| e.to_string())
     }
+
+    /// A ticket that any process of this cluster opens: `payload`, for the purpose `what`, under
+    /// a MAC (the same format as a context token, under a key derived for tickets).
+    pub fn seal_ticket(&self, what: &str, payload: &[u8]) -> String {
+        let keys = self.keys.read().clone();
+        let (id, mac_key) = &keys.tickets[0];
+        let mut bytes = Vec::with_capacity(5 + payload.len() + MAC_BYTES);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(id);
+        bytes.extend_from_slice(payload);
+        let tag = mac(mac_key, &bytes, what.as_bytes());
+        bytes.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The payload of a ticket this cluster sealed for `what`.
+    pub fn open_ticket(&self, what: &str, ticket: &str) -> Result<Vec<u8>, String> {
+        let ticket = ticket.trim();
+        if ticket.len() > MAX_TICKET_CHARS {
+            return Err(format!("longer than {MAX_TICKET_CHARS} characters"));
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(ticket).map_err(|_| "not base64url".to_owned())?;
+        if bytes.len() < 1 + 4 + MAC_BYTES || bytes[0] != VERSION {
+            return Err("not a ticket of this release".into());
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
+        let keys = self.keys.read().clone();
+        let id: [u8; 4] = body[1..5].try_into().map_err(|_| "too short".to_owned())?;
+        let Some((_, mac_key)) = keys.tickets.iter().find(|(k, _)| *k == id) else {
+            return Err("not a ticket of this cluster (made with another cluster secret)".into());
+        };
+        let expected = mac(mac_key, body, what.as_bytes());
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
+            return Err(format!("altered, forged, or not a {what} ticket: its MAC does not match"));
+        }
+        Ok(body[5..].to_vec())
+    }
 }
 
 fn keys(secrets: &Secrets) -> Keys {
-    let all: Vec<([u8; 4], Hmac<Sha256>)> = secrets
-        .derive(PURPOSE)
+    let all = derived(secrets, PURPOSE);
+    Keys { sign: all[0].clone(), all, tickets: derived(secrets, TICKET_PURPOSE) }
+}
+
+fn derived(secrets: &Secrets, purpose: &str) -> Vec<([u8; 4], Hmac<Sha256>)> {
+    secrets
+        .derive(purpose)
         .into_iter()
         .map(|k| {
             let mut id = [0u8; 4];
@@ -132,8 +183,7 @@ fn keys(secrets: &Secrets) -> Keys {
             }
             (id, Hmac::new_from_slice(&k.key).expect("invariant: HMAC accepts any key length"))
         })
-        .collect();
-    Keys { sign: all[0].clone(), all }
+        .collect()
 }
 
 fn mac(mac_key: &Hmac<Sha256>, bytes: &[u8], key: &[u8]) -> [u8; MAC_BYTES] {
@@ -181,6 +231,25 @@ mod tests {
         assert!(sealer.open(b"k", "").unwrap().is_empty());
         // The unsealed token of the releases before: refused, with a reason.
         assert!(sealer.open(b"k", &clock().to_token()).is_err());
+    }
+
+    #[test]
+    fn a_ticket_opens_for_its_purpose_only_and_is_never_a_context() {
+        let (sealer, other) = (sealer('a'), sealer('b'));
+        let ticket = sealer.seal_ticket("restore", b"payload");
+        assert_eq!(sealer.open_ticket("restore", &ticket).unwrap(), b"payload");
+        let bytes = URL_SAFE_NO_PAD.decode(&ticket).unwrap();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            assert!(sealer.open_ticket("restore", &URL_SAFE_NO_PAD.encode(&changed)).is_err(), "byte {i} changed");
+        }
+        assert!(sealer.open_ticket("other", &ticket).is_err(), "a ticket of one purpose for another");
+        assert!(other.open_ticket("restore", &ticket).unwrap_err().contains("another cluster secret"));
+        // A context sealed over the same bytes is not a ticket, nor a ticket a context.
+        let context = sealer.seal(b"restore", &clock());
+        assert!(sealer.open_ticket("restore", &context).is_err());
+        assert!(sealer.open(b"restore", &ticket).is_err());
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub fn cluster_router(state: Arc<ApiState>) -> Router {
         .route("/admin/status", get(cluster::status))
         .route("/admin/backup/ranges", get(backup::ranges))
         .route("/admin/backup/scan", get(backup::scan))
+        .route("/admin/restore/begin", axum::routing::post(backup::begin))
         .route("/admin/restore", axum::routing::post(backup::restore))
         .with_state(state)
 }

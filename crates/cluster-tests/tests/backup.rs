@@ -21,6 +21,56 @@ fn kvctl(admin: &Proc, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A signed admin `POST` of `body` to `path` on `proc`: its status and answer.
+fn signed_post(proc: &Proc, path: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let id: serde_json::Value = kv_testkit::http_client(Duration::from_secs(5))
+        .get(proc.admin_url("/health/live"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let signature = kv_testkit::signer().sign("POST", path, id["id"].as_str().unwrap(), &body);
+    let answer = kv_testkit::http_client(Duration::from_secs(30))
+        .post(proc.admin_url(path))
+        .header(kv_transport::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .unwrap();
+    (answer.status(), answer.text().unwrap())
+}
+
+/// Restore batches sent by hand, as with curl (rule 16 holds on the server, not only in
+/// kvctl): without a ticket, or with one that is not this cluster's, nothing is stored; a
+/// cluster that holds records gives a ticket only when told to merge anyway.
+fn restore_batches_need_a_ticket(target: &Cluster, backup_dir: &std::path::Path) {
+    let front = &target.gateways[0];
+    let file = std::fs::read_dir(backup_dir.join("data")).unwrap().next().unwrap().unwrap().path();
+    let data = std::fs::read(file).unwrap();
+    let length = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize;
+    let mut entries: Vec<kv_proto::Entry> = kv_proto::decode(&data[4..4 + length]).unwrap();
+    entries.truncate(1);
+    entries[0].0 = b"restored/by-hand".to_vec();
+    let body = kv_proto::encode(&entries);
+    let stored = || stored_keys(&target.nodes[0]).contains("restored/by-hand");
+    let (status, said) = signed_post(front, "/admin/restore", body.clone());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a batch without a ticket: {said}");
+    assert!(said.contains("/admin/restore/begin"), "{said}");
+    let (status, said) = signed_post(front, "/admin/restore?ticket=AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", body.clone());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a forged ticket: {said}");
+    assert!(!stored(), "a refused batch stored nothing");
+    let (status, said) = signed_post(front, "/admin/restore/begin", Vec::new());
+    assert_eq!(status, StatusCode::CONFLICT, "begin on a cluster that holds records: {said}");
+    assert!(said.contains("holds records") && said.contains("into_non_empty"), "{said}");
+    let (status, said) = signed_post(front, "/admin/restore/begin?into_non_empty=true", Vec::new());
+    assert_eq!(status, StatusCode::OK, "{said}");
+    let ticket: serde_json::Value = serde_json::from_str(&said).unwrap();
+    let ticket = ticket["ticket"].as_str().unwrap();
+    // Sealed with the cluster secret: another process of the cluster (a node) takes it too.
+    let (status, said) = signed_post(&target.nodes[1], &format!("/admin/restore?ticket={ticket}"), body);
+    assert_eq!((status, said.as_str()), (StatusCode::OK, r#"{"keys":1}"#));
+    assert!(stored(), "a batch with a ticket is stored");
+}
+
 #[test]
 fn a_backup_restored_into_another_cluster_holds_the_same_records() {
     let keys: usize = std::env::var("KV_BACKUP_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
@@ -120,6 +170,7 @@ fn a_backup_restored_into_another_cluster_holds_the_same_records() {
     }
     // The same versions, dots included.
     assert_eq!(target.local(1, "key-77")["versions"], source.local(1, "key-77")["versions"]);
+    restore_batches_need_a_ticket(&target, &backup_dir);
     println!(
         "backup round trip of {} keys: loaded in {:.1} s; {said}{restored}backup {:.1} s, restore {:.1} s",
         keys + 150,

@@ -191,25 +191,6 @@ async fn backup_arc(admin: &Admin, dir: &Path, lo: u64, hi: u64, progress: &Prog
 /// `kvctl restore DIR`: every record of a complete backup merged into the cluster, `parallel`
 /// files at a time; into an empty cluster unless `into_non_empty`.
 pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_empty: bool) -> anyhow::Result<()> {
-    if !into_non_empty {
-        let status = admin.get("/admin/status").await?;
-        for member in status["members"].as_array().into_iter().flatten() {
-            let id = member["id"].as_str().unwrap_or("?");
-            match member["load"]["holds_records"].as_bool() {
-                Some(false) => {}
-                Some(true) => anyhow::bail!(
-                    "{id} holds records: a restore merges the backup into what is there, and a value deleted after \
-                     the backup whose tombstone was since purged would come back. Restore into an empty cluster, or \
-                     pass --into-non-empty to merge anyway"
-                ),
-                None => anyhow::bail!(
-                    "{id} did not say whether it holds records ({}): restore once every member answers, or pass \
-                     --into-non-empty",
-                    member["error"].as_str().unwrap_or("an older release")
-                ),
-            }
-        }
-    }
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(dir.join("manifest.json"))
             .map_err(|e| anyhow::anyhow!("{}: no manifest.json ({e}): not a complete backup", dir.display()))?,
@@ -226,9 +207,16 @@ pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_em
         std::fs::read_dir(dir.join("data"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     files.retain(|p| p.extension().is_some_and(|e| e == "kvb"));
     files.sort();
+    // The process checks, once, that no member holds a record (unless told otherwise), and
+    // gives a ticket every batch carries (rule 16).
+    let begin = if into_non_empty { "/admin/restore/begin?into_non_empty=true" } else { "/admin/restore/begin" };
+    let begun = admin.call("POST", begin, &[StatusCode::OK]).await.map_err(|e| {
+        anyhow::anyhow!("{e}{}", if into_non_empty { "" } else { " (kvctl restore --into-non-empty merges anyway)" })
+    })?;
+    let ticket = begun["ticket"].as_str().ok_or_else(|| anyhow::anyhow!("{begin} gave no ticket: {begun}"))?.to_owned();
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
-    in_parallel("restore", &files, parallel, &progress, |path| restore_file(&admin, path, &progress)).await?;
+    in_parallel("restore", &files, parallel, &progress, |path| restore_file(&admin, path, &ticket, &progress)).await?;
     let keys = progress.keys.load(Ordering::Relaxed);
     if Some(keys) != manifest["keys"].as_u64() {
         anyhow::bail!("restored {keys} keys where the manifest counts {}", manifest["keys"]);
@@ -243,7 +231,7 @@ pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_em
     Ok(())
 }
 
-async fn restore_file(admin: &Admin, path: &Path, progress: &Progress) -> anyhow::Result<()> {
+async fn restore_file(admin: &Admin, path: &Path, ticket: &str, progress: &Progress) -> anyhow::Result<()> {
     let mut data = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut data)?;
     let mut batch: Vec<Entry> = Vec::new();
@@ -261,22 +249,22 @@ async fn restore_file(admin: &Admin, path: &Path, progress: &Progress) -> anyhow
             batch_bytes += entry.0.len() + entry.1.iter().map(|v| v.value.len() + 64).sum::<usize>();
             batch.push(entry);
             if batch_bytes >= RESTORE_BATCH_BYTES {
-                send(admin, std::mem::take(&mut batch), progress).await?;
+                send(admin, std::mem::take(&mut batch), ticket, progress).await?;
                 batch_bytes = 0;
             }
         }
     }
     if !batch.is_empty() {
-        send(admin, batch, progress).await?;
+        send(admin, batch, ticket, progress).await?;
     }
     progress.parts.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
-async fn send(admin: &Admin, batch: Vec<Entry>, progress: &Progress) -> anyhow::Result<()> {
+async fn send(admin: &Admin, batch: Vec<Entry>, ticket: &str, progress: &Progress) -> anyhow::Result<()> {
     let body = kv_proto::encode(&batch);
     let bytes = body.len();
-    admin.bytes("POST", "/admin/restore", body, &[StatusCode::OK]).await?;
+    admin.bytes("POST", &format!("/admin/restore?ticket={ticket}"), body, &[StatusCode::OK]).await?;
     progress.add(&batch, bytes);
     Ok(())
 }
