@@ -7,7 +7,8 @@
 //! - `s1*`: nodes started at once into a running cluster, and a leave during a join.
 //! - `s2*`: the "formed" latch of `--expect-nodes` after a leave and a restart.
 //! - `s3*`: a node frozen (SIGSTOP) through its removal, its deleted keys purged meanwhile (and,
-//!   in `s3b`, cut off from its peers by iptables when it resumes).
+//!   in `s3b`, cut off from its peers by iptables when it resumes); `s3e`: one member down and
+//!   the others frozen at once, thawed by an operator.
 //! - `s4*`: one node's wall clock 20 s ahead (libfaketime: `apt-get install -y faketime`), and
 //!   a configuration whose grace, hint age and clock bound contradict each other.
 //! - `s5*`: a replica frozen, or killed, for 8 s under load at the default timings.
@@ -717,6 +718,76 @@ fn s3d_two_nodes_paused_together_do_not_vouch_for_each_other() {
     assert!(later.iter().all(|s| !s.is_success()), "n4 served later reads: {later:?}");
     assert!(n4_exit.is_some(), "the removed node still runs after the partition healed");
     assert!(n5_back.is_some(), "n5 did not serve again after the partition healed");
+}
+
+/// One member down and the other two frozen at once (a host-wide stall): neither can confirm
+/// (the one member that was not frozen is down), so both refuse clients (rule 12; the limit in
+/// "What this does not promise"). `kvctl thaw --no-removal` on one of them is the operator's
+/// word that no member was removed meanwhile: it serves again, and the other confirms through
+/// it. Without `--no-removal` kvctl refuses, and on a node that was not frozen it does nothing.
+#[test]
+fn s3e_one_member_down_and_the_others_frozen_serve_again_once_one_is_thawed() {
+    let mut cluster = Cluster::start(3, 0, &["--suspect-after", "2s"]);
+    cluster.wait_for_members(3);
+    let c = client();
+    assert_eq!(
+        c.put(format!("{}?w=3", cluster.nodes[0].key_url("thaw/before"))).body("v").send().unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    cluster.nodes[0].kill9();
+    cluster.nodes[1].pause();
+    cluster.nodes[2].pause();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.nodes[1].resume();
+    cluster.nodes[2].resume();
+    let (n2, n3) = (&cluster.nodes[1], &cluster.nodes[2]);
+    let write = |node: &Proc, i: usize| {
+        let answer = c.put(node.key_url(&format!("thaw/{i}"))).body("v").send().unwrap();
+        (answer.status(), answer.text().unwrap())
+    };
+    // Refused for a while: nothing but the operator lets them serve.
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let (status, said) = write(n2, refused);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a write at n2 before the thaw: {said}");
+        assert!(said.contains("not_serving"), "{said}");
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kvctl = |node: &Proc, args: &[&str]| {
+        let out = std::process::Command::new(binary("kvctl"))
+            .env("KV_CLUSTER_SECRET", kv_testkit::secret())
+            .args(["--admin-url", &node.admin_url("")])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, said) = kvctl(n2, &["thaw"]);
+    assert!(!ok && said.contains("--no-removal"), "{said}");
+    assert_eq!(write(n2, 1000).0, StatusCode::SERVICE_UNAVAILABLE, "still refused: kvctl sent nothing");
+    let (ok, said) = kvctl(n2, &["thaw", "--no-removal"]);
+    assert!(ok && said.contains("thawed"), "{said}");
+    // n2 serves; a write at w=2 needs n3 too, which confirms through n2's answer.
+    let mut failures = 0;
+    let served = wait_for("a write at n2 (w=2) to succeed after the thaw", Duration::from_secs(15), || {
+        let ok = write(n2, 2000 + failures).0 == StatusCode::NO_CONTENT;
+        failures += usize::from(!ok);
+        ok
+    });
+    let read = c.get(n3.key_url("thaw/before")).send().unwrap();
+    assert_eq!(read.status(), StatusCode::OK, "a read at n3 (r=2) after it confirmed through n2");
+    let (ok, said) = kvctl(n3, &["thaw", "--no-removal"]);
+    assert!(ok && said.contains("not frozen"), "{said}");
+    println!(
+        "s3e n1 killed, n2 and n3 frozen together for 3 s: {refused} writes at n2 refused over 4 s; after `kvctl thaw \
+         --no-removal` on n2 a w=2 write succeeded in {:.1} s ({failures} failed before), and n3 served r=2 reads",
+        served.as_secs_f64()
+    );
 }
 
 /// Writes `old-<key>` to every key through n1 at w=3; returns how many n4 holds.

@@ -165,6 +165,13 @@ impl Contact {
         }
     }
 
+    /// An operator vouched that no member was removed while this process was frozen: the
+    /// freezes seen until now are cleared as an answer would clear them. Whether one was.
+    pub(crate) fn vouched(&self) -> bool {
+        let frozen = (self.mark() << 1) | 1;
+        self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
     /// Marks the process frozen as if it had not run for longer than the limit (tests).
     #[cfg(test)]
     pub(crate) fn freeze(&self) {

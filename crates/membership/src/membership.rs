@@ -357,6 +357,27 @@ impl Membership {
         Ok(())
     }
 
+    /// An operator vouches that no member was removed while this process was frozen
+    /// (`POST /admin/thaw`): it serves again without the confirmation [`Membership::confirm`]
+    /// waits for, which no member can give when one is down and every other was frozen at the
+    /// same time (docs/consistency.md, rule 12). Its gossip answers then say it is not frozen,
+    /// so the others frozen with it confirm through it. Whether it was frozen; refused for a
+    /// node that knows it is no longer a member or whose clock is fenced.
+    pub fn thaw(&self) -> Result<bool, NotServing> {
+        self.serving_now()?;
+        if self.confirmation.get().is_none() {
+            return Ok(false);
+        }
+        let thawed = self.contact.vouched();
+        if thawed {
+            tracing::warn!(
+                "an operator vouched that no member was removed while this process was frozen: it serves again \
+                 without confirming"
+            );
+        }
+        Ok(thawed)
+    }
+
     /// Whether this process was frozen and has not confirmed since (what its gossip answers
     /// say, [`Digest::frozen`]).
     pub fn frozen(&self) -> bool {
@@ -1237,6 +1258,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_thaw_does_not_let_a_removed_member_serve() {
+        let (n1, _) =
+            Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
+        n1.merge(digest(vec![state("n2", Status::Normal)]));
+        n1.enable_confirmation(Exchanger::new(Vec::new(), test_transport()), Duration::from_millis(300), true).unwrap();
+        n1.contact.freeze();
+        n1.fence("n2 refused this node: removed".into());
+        assert!(matches!(n1.thaw(), Err(NotServing::NotMember(_))));
+        assert!(n1.frozen());
+        assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));
+    }
+
+    #[tokio::test]
     async fn an_isolated_member_serves_on_but_a_frozen_one_confirms_first() {
         let (n1, _) =
             Membership::new(Some(state("n1", Status::Normal)), None, Duration::from_secs(5), None, 1).unwrap();
@@ -1257,6 +1291,13 @@ mod tests {
         n1.merge(digest(vec![newer]));
         assert!(matches!(n1.confirm().await, Err(NotServing::NoContact(m)) if m.contains("did not run")));
         assert!(n1.ready().is_err());
+        assert!(n1.frozen(), "its gossip answers say it is frozen");
+        // An operator's thaw: it serves, and its answers no longer say frozen; a second thaw
+        // finds nothing to clear.
+        assert_eq!(n1.thaw(), Ok(true));
+        assert!(!n1.frozen());
+        assert_eq!(n1.confirm().await, Ok(()));
+        assert_eq!(n1.thaw(), Ok(false));
         // Alone in its view, there is no one to confirm with: it serves.
         let mut gone = state("n2", Status::Left);
         gone.heartbeat = 3;

@@ -65,6 +65,28 @@ pub async fn leave(State(state): State<Arc<NodeState>>) -> Result<(StatusCode, J
     }
 }
 
+/// `POST /admin/thaw?no_removal=true`: the operator vouches that no member was removed while
+/// this node was frozen, and it serves again without waiting for a member that was not frozen
+/// to answer it (rule 12's way out when one member is down and the others were all frozen at
+/// once). `200 {"was_frozen": bool}`; `409` for a node that knows it is no longer a member.
+pub async fn thaw(
+    State(state): State<Arc<NodeState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(other) = params.keys().find(|k| k.as_str() != "no_removal") {
+        return Err(ApiError::BadParameter(format!("unknown parameter {other:?}")));
+    }
+    if params.get("no_removal").is_none_or(|v| v != "true") {
+        return Err(ApiError::BadParameter(
+            "no_removal=true: you vouch that no member was removed while this node was frozen (if one was, this node \
+             may answer values deleted since; docs/consistency.md, rule 12)"
+                .into(),
+        ));
+    }
+    let was_frozen = state.membership.thaw().map_err(|e| ApiError::Conflict(e.to_string()))?;
+    Ok(Json(json!({ "was_frozen": was_frozen })))
+}
+
 /// `POST /admin/remove/{id}?force=true`: declare a member permanently failed; the others
 /// re-replicate its ranges. Refused for a member that is not down unless `force=true`.
 pub async fn remove(

@@ -124,6 +124,15 @@ enum Command {
     /// Run an anti-entropy round on the node at --admin-url now (Merkle comparison with every
     /// other replica) and print what it moved.
     Repair,
+    /// Let the node at --admin-url serve again after it was frozen, without a member that was not
+    /// frozen confirming it: for when one member is down and all the others were frozen at once
+    /// (docs/consistency.md, rule 12). The others frozen with it then confirm through it.
+    Thaw {
+        /// You vouch that no member was removed while the node was frozen (if one was, the node
+        /// may answer values deleted since). Required.
+        #[arg(long)]
+        no_removal: bool,
+    },
     /// Show each member's share of the ring.
     Ring,
     /// Back up every record of the cluster into DIR (a new directory): parallel range scans
@@ -196,7 +205,7 @@ fn advice(e: &anyhow::Error) -> Option<&'static str> {
     let Some(Error::Server { status, code, message }) = e.downcast_ref::<Error>() else { return None };
     match status {
         404 if code == "no_route" => Some(
-            "leave, remove and repair are a node's admin endpoints, not a gateway's: point --admin-url at a node's \
+            "leave, remove, repair and thaw are a node's admin endpoints, not a gateway's: point --admin-url at a node's \
              admin listener (its --admin-listen, port 7200 by default)",
         ),
         401 if message.contains(kv_transport::SIGNATURE_HEADER) => Some(
@@ -349,6 +358,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let report =
                 admin.call("POST", "/admin/repair", &[reqwest::StatusCode::OK, reqwest::StatusCode::ACCEPTED]).await?;
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Thaw { no_removal } => {
+            if !no_removal {
+                anyhow::bail!(
+                    "thaw needs --no-removal: you vouch that no member was removed while the node was frozen (if one \
+                     was, it may answer values deleted since)"
+                );
+            }
+            let answer = admin.call("POST", "/admin/thaw?no_removal=true", &[reqwest::StatusCode::OK]).await?;
+            println!(
+                "{}",
+                if answer["was_frozen"] == true {
+                    "thawed: it serves again"
+                } else {
+                    "it was not frozen: nothing to do"
+                }
+            );
             Ok(0)
         }
         Command::Remove { id, force } => {
