@@ -8,7 +8,7 @@
 //!   they are), so that every write acknowledged at W is in the backup (R + W > N). Binary: a
 //!   postcard [`BackupPage`].
 //! - `POST /admin/restore/begin[?into_non_empty=true]`: a restore ticket, which every
-//!   `POST /admin/restore` carries (`?ticket=`). Issued only if no member holds a
+//!   `POST /admin/restore` carries (`?ticket=`, [`crate::ticket`]). Issued only if no member holds a
 //!   record, unless `into_non_empty` (rule 16: a value deleted after the backup whose tombstone
 //!   was purged would come back); valid for `--tombstone-grace` from its issue, sealed with the
 //!   cluster secret, so that any node or gateway accepts it.
@@ -33,6 +33,7 @@ use kv_types::Record;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ticket::{self, RestoreTicket};
 use crate::{ApiError, ApiState};
 
 /// Most records in one backup page.
@@ -51,9 +52,6 @@ pub struct ScanQuery {
     /// Most records [default and most: 1000].
     limit: Option<u32>,
 }
-
-/// What a restore ticket is sealed for.
-const RESTORE: &str = "restore";
 
 /// The query of `POST /admin/restore/begin`.
 #[derive(Debug, Deserialize)]
@@ -148,7 +146,7 @@ pub async fn scan(
         }
     }
     if pages.len() < quorum.r {
-        return Err(ApiError::Unavailable(format!(
+        return Err(ApiError::MembersUnavailable(format!(
             "{} of the {} replicas of {:016x}..={:016x} answered, {} needed: {}",
             pages.len(),
             replicas.len(),
@@ -190,13 +188,18 @@ fn merge_pages(pages: Vec<(Vec<Entry>, bool)>) -> BackupPage {
 
 /// `POST /admin/restore/begin`: `200 {"ticket", "into_non_empty", "valid_for_s"}` once every
 /// member said it holds no record (or `into_non_empty`); `409` if one does, `503` if one does
-/// not answer.
+/// not answer or this node's clock is fenced.
 pub async fn begin(
     State(state): State<Arc<ApiState>>,
     query: Result<Query<BeginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
     settled(&state)?;
+    if state.membership.clock_fenced() {
+        return Err(ApiError::MembersUnavailable(
+            "this node's clock is off from the cluster's: a ticket is stamped with it; ask another process".into(),
+        ));
+    }
     let into_non_empty = query.into_non_empty.unwrap_or(false);
     if !into_non_empty {
         let (members, loads) = crate::cluster::member_loads(&state).await;
@@ -212,66 +215,20 @@ pub async fn begin(
                     )))
                 }
                 Err(e) => {
-                    return Err(ApiError::Unavailable(format!(
-                        "{} did not say whether it holds records ({e}): restore once every member answers, or \
-                         begin with into_non_empty=true",
+                    return Err(ApiError::MembersUnavailable(format!(
+                        "{} did not say whether it holds records ({e}): restore once every member answers",
                         member.id
                     )))
                 }
             }
         }
     }
-    let mut payload = kv_coordinator::now_ms().to_be_bytes().to_vec();
-    payload.push(u8::from(into_non_empty));
+    let ticket = RestoreTicket::issue(&state, into_non_empty);
     Ok(Json(json!({
-        "ticket": state.contexts.seal_ticket(RESTORE, &payload),
+        "ticket": ticket.seal(&state.contexts),
         "into_non_empty": into_non_empty,
-        "valid_for_s": state.coordinator.tombstone_grace().as_secs(),
+        "valid_for_s": (ticket.expires_ms - ticket.issued_ms) / 1000,
     })))
-}
-
-/// Checks a restore batch's ticket: sealed by this cluster, issued no later than this
-/// process's clock allows and less than `--tombstone-grace` ago. Past that, a tombstone written
-/// over a key this restore stored may have been purged, and storing the key again (a batch
-/// retried, a file restored twice) would bring the deleted value back.
-fn check_ticket(state: &ApiState, ticket: Option<&str>) -> Result<(), ApiError> {
-    let ticket = ticket.ok_or_else(|| {
-        ApiError::BadParameter(
-            "a restore batch carries a ticket (?ticket=): get one with POST /admin/restore/begin (kvctl restore \
-             does)"
-                .into(),
-        )
-    })?;
-    let payload =
-        state.contexts.open_ticket(RESTORE, ticket).map_err(|e| ApiError::BadParameter(format!("ticket: {e}")))?;
-    let issued = payload
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| ApiError::BadParameter("ticket: not a restore ticket".into()))?;
-    ticket_in_time(
-        issued,
-        kv_coordinator::now_ms(),
-        state.coordinator.tombstone_grace().as_millis() as u64,
-        state.coordinator.max_clock_skew().as_millis() as u64,
-    )
-    .map_err(ApiError::Conflict)
-}
-
-/// Whether a ticket issued at `issued` (ms) is still good at `now`: less than `grace` ago, and
-/// not later than `now` plus the clocks' allowed `skew` (a ticket from the future would be
-/// good for longer than `grace`).
-fn ticket_in_time(issued: u64, now: u64, grace: u64, skew: u64) -> Result<(), String> {
-    if issued > now + skew || now.saturating_sub(issued) >= grace {
-        return Err(format!(
-            "the restore ticket was issued {} s ago, and a restore must end within --tombstone-grace ({} s) of its \
-             begin (a tombstone written since may have been purged): begin again (into_non_empty=true, as the \
-             cluster now holds what was restored)",
-            now.saturating_sub(issued) / 1000,
-            grace / 1000
-        ));
-    }
-    Ok(())
 }
 
 /// `POST /admin/restore`: merges a postcard list of records into every replica of each key
@@ -283,7 +240,22 @@ pub async fn restore(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
-    check_ticket(&state, query.ticket.as_deref())?;
+    let ticket = query.ticket.as_deref().ok_or_else(|| {
+        ApiError::BadParameter(
+            "a restore batch carries a ticket (?ticket=): get one with POST /admin/restore/begin (kvctl restore \
+             does)"
+                .into(),
+        )
+    })?;
+    let ticket = RestoreTicket::open(&state.contexts, ticket)?;
+    let grace = state.coordinator.tombstone_grace().as_millis() as u64;
+    let cluster_now = ticket::cluster_now(&state);
+    ticket.check(
+        cluster_now,
+        ticket::members_digest(&state),
+        grace,
+        state.coordinator.max_clock_skew().as_millis() as u64,
+    )?;
     let entries: Vec<Entry> = kv_proto::decode(&body)
         .map_err(|e| ApiError::BadRequest(format!("a restore body is postcard records: {e}")))?;
     let topology = settled(&state)?;
@@ -309,7 +281,10 @@ pub async fn restore(
     let keys = entries.len();
     // Applied within one replica timeout of now, or not at all (as anti-entropy's store-batches):
     // a batch stalled on its way must not land after the tombstone collector's second look.
-    let deadline_ms = now + state.coordinator.replica_timeout().as_millis() as u64;
+    // ... and never after the ticket expires (in this process's clock; the replicas judge it).
+    let offset = state.membership.clock_offset_ms();
+    let deadline_ms = (now + state.coordinator.replica_timeout().as_millis() as u64)
+        .min(ticket.good_until(grace).saturating_add_signed(-offset));
     // The records of each preference list, sent to all of its replicas at once.
     let mut groups: BTreeMap<Vec<String>, Vec<Entry>> = BTreeMap::new();
     for entry in entries {
@@ -329,7 +304,7 @@ pub async fn restore(
         if acks < quorum.w {
             let failures: Vec<String> =
                 answers.iter().filter_map(|(id, a)| a.as_ref().err().map(|e| format!("{id}: {e}"))).collect();
-            return Err(ApiError::Unavailable(format!(
+            return Err(ApiError::MembersUnavailable(format!(
                 "{acks} of {} replicas stored a restore batch, {} needed: {}",
                 replicas.len(),
                 quorum.w,
@@ -360,17 +335,6 @@ mod tests {
 
     /// A page stops at the first key one replica stopped at; versions of one key held by two
     /// replicas are merged, concurrent ones kept as siblings.
-    #[test]
-    fn a_restore_ticket_is_good_for_less_than_the_tombstone_grace() {
-        let (grace, skew) = (10_000, 500);
-        assert!(ticket_in_time(1_000_000, 1_000_000, grace, skew).is_ok());
-        assert!(ticket_in_time(1_000_000, 1_009_999, grace, skew).is_ok());
-        assert!(ticket_in_time(1_000_000, 1_010_000, grace, skew).unwrap_err().contains("issued 10 s ago"));
-        // Issued by a process whose clock is ahead, within the allowed offset, and beyond it.
-        assert!(ticket_in_time(1_000_500, 1_000_000, grace, skew).is_ok());
-        assert!(ticket_in_time(1_000_501, 1_000_000, grace, skew).is_err());
-    }
-
     #[test]
     fn pages_of_replicas_merge_up_to_the_first_stop() {
         let mut keys: Vec<Vec<u8>> = (0..6).map(|i| format!("k{i}").into_bytes()).collect();

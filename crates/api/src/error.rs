@@ -77,6 +77,10 @@ pub enum ApiError {
     /// Storage failed in a way that may pass (I/O error).
     #[error("storage temporarily unavailable")]
     Unavailable(String),
+    /// Members an admin request needs did not answer (a backup page, a restore batch, a
+    /// restore's begin); says which and why.
+    #[error("{0}")]
+    MembersUnavailable(String),
     /// Anything else; the string is logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -118,7 +122,9 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::MembersUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

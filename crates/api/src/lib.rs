@@ -16,6 +16,7 @@
 //! - [`context`] — [`context::ContextSealer`]: context tokens with a MAC under the cluster secret.
 //! - [`error`] — [`ApiError`] and its HTTP mapping.
 //! - [`process`] — what a kvnode and a kvgateway both start, once.
+//! - [`backup`], [`ticket`] — backup by range scans, restore, and restore tickets.
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod context;
 pub mod error;
 pub mod process;
+pub mod ticket;
 
 pub use error::ApiError;
 

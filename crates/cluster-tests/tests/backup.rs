@@ -39,25 +39,29 @@ fn signed_post(proc: &Proc, path: &str, body: Vec<u8>) -> (StatusCode, String) {
     (answer.status(), answer.text().unwrap())
 }
 
-/// Restore batches sent by hand, as with curl (rule 16 holds on the server, not only in
-/// kvctl): without a ticket, or with one that is not this cluster's, nothing is stored; a
-/// cluster that holds records gives a ticket only when told to merge anyway.
-fn restore_batches_need_a_ticket(target: &Cluster, backup_dir: &std::path::Path) {
-    let front = &target.gateways[0];
+/// A restore batch of one record of the backup, under another `key`.
+fn one_record(backup_dir: &std::path::Path, key: &str) -> Vec<u8> {
     let file = std::fs::read_dir(backup_dir.join("data")).unwrap().next().unwrap().unwrap().path();
     let data = std::fs::read(file).unwrap();
     let length = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize;
     let mut entries: Vec<kv_proto::Entry> = kv_proto::decode(&data[4..4 + length]).unwrap();
     entries.truncate(1);
-    entries[0].0 = b"restored/by-hand".to_vec();
-    let body = kv_proto::encode(&entries);
+    entries[0].0 = key.as_bytes().to_vec();
+    kv_proto::encode(&entries)
+}
+
+/// Restore batches sent by hand, as with curl (rule 16 holds on the server, not only in
+/// kvctl): without a ticket, or with one that is not this cluster's, nothing is stored; a
+/// cluster that holds records gives a ticket only when told to merge anyway.
+fn restore_batches_need_a_ticket(target: &Cluster, backup_dir: &std::path::Path) -> String {
+    let front = &target.gateways[0];
+    let body = one_record(backup_dir, "restored/by-hand");
     let stored = || stored_keys(&target.nodes[0]).contains("restored/by-hand");
     let (status, said) = signed_post(front, "/admin/restore", body.clone());
     assert_eq!(status, StatusCode::BAD_REQUEST, "a batch without a ticket: {said}");
     assert!(said.contains("/admin/restore/begin"), "{said}");
     let (status, said) = signed_post(front, "/admin/restore?ticket=AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", body.clone());
-    assert_eq!(status, StatusCode::BAD_REQUEST, "a forged ticket: {said}");
-    assert!(!stored(), "a refused batch stored nothing");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a made-up ticket: {said}");
     let (status, said) = signed_post(front, "/admin/restore/begin", Vec::new());
     assert_eq!(status, StatusCode::CONFLICT, "begin on a cluster that holds records: {said}");
     assert!(said.contains("holds records") && said.contains("into_non_empty"), "{said}");
@@ -65,10 +69,49 @@ fn restore_batches_need_a_ticket(target: &Cluster, backup_dir: &std::path::Path)
     assert_eq!(status, StatusCode::OK, "{said}");
     let ticket: serde_json::Value = serde_json::from_str(&said).unwrap();
     let ticket = ticket["ticket"].as_str().unwrap();
+    // The real ticket with one bit of its MAC changed.
+    use base64::Engine as _;
+    let mut forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(ticket).unwrap();
+    *forged.last_mut().unwrap() ^= 0x01;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+    let (status, said) = signed_post(front, &format!("/admin/restore?ticket={forged}"), body.clone());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a forged ticket: {said}");
+    assert!(said.contains("MAC"), "{said}");
+    assert!(!stored(), "a refused batch stored nothing");
     // Sealed with the cluster secret: another process of the cluster (a node) takes it too.
     let (status, said) = signed_post(&target.nodes[1], &format!("/admin/restore?ticket={ticket}"), body);
     assert_eq!((status, said.as_str()), (StatusCode::OK, r#"{"keys":1}"#));
     assert!(stored(), "a batch with a ticket is stored");
+    ticket.to_owned()
+}
+
+/// A restore ticket is good for its cluster's members only, for `--tombstone-grace` from its
+/// issue; `begin` answers `503` while a member does not say whether it holds records. (A
+/// second cluster that shares the test's secret, with a grace of 5 s.)
+fn restore_tickets_expire_and_name_their_cluster(other_clusters_ticket: &str, body: Vec<u8>) {
+    let mut short =
+        Cluster::start_with(3, 1, &["--tombstone-grace", "5s", "--hint-max-age", "1s"], &["--tombstone-grace", "5s"]);
+    let front = &short.gateways[0];
+    let (status, said) = signed_post(front, "/admin/restore/begin", Vec::new());
+    assert_eq!(status, StatusCode::OK, "an empty cluster: {said}");
+    let begun: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(begun["valid_for_s"], 5, "{begun}");
+    let ticket = begun["ticket"].as_str().unwrap().to_owned();
+    let issued = Instant::now();
+    let (status, said) = signed_post(front, &format!("/admin/restore?ticket={other_clusters_ticket}"), body.clone());
+    assert_eq!(status, StatusCode::CONFLICT, "another cluster's ticket (the same secret): {said}");
+    assert!(said.contains("other members"), "{said}");
+    let (status, said) = signed_post(front, &format!("/admin/restore?ticket={ticket}"), body.clone());
+    assert_eq!(status, StatusCode::OK, "{said}");
+    std::thread::sleep(Duration::from_millis(5_500).saturating_sub(issued.elapsed()));
+    let (status, said) = signed_post(&short.nodes[0], &format!("/admin/restore?ticket={ticket}"), body);
+    assert_eq!(status, StatusCode::CONFLICT, "a batch after the grace: {said}");
+    assert!(said.contains("expired"), "{said}");
+    // A member that does not answer cannot say it holds nothing.
+    short.nodes[0].kill9();
+    let (status, said) = signed_post(front, "/admin/restore/begin", Vec::new());
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{said}");
+    assert!(said.contains("did not say whether it holds records"), "{said}");
 }
 
 #[test]
@@ -140,6 +183,11 @@ fn a_backup_restored_into_another_cluster_holds_the_same_records() {
     assert!(!again.status.success() && refusal.contains("--into-non-empty"), "{refusal}");
     let merged = kvctl(&target.gateways[0], &["restore", "--into-non-empty", &backup_dir_text]);
     assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+    // A retry under the first restore's ticket (what kvctl prints for a restore that fails).
+    let printed = String::from_utf8_lossy(&out.stderr).into_owned();
+    let first_ticket = printed.split("--ticket ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap();
+    let retried = kvctl(&target.nodes[2], &["restore", "--ticket", first_ticket, &backup_dir_text]);
+    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
     // The same keys on the same nodes' worth of replicas: each node of either cluster stores
     // every key (N = 3 of 3), deleted ones included.
     let expected: BTreeSet<String> = stored_keys(&source.nodes[0]);
@@ -170,7 +218,8 @@ fn a_backup_restored_into_another_cluster_holds_the_same_records() {
     }
     // The same versions, dots included.
     assert_eq!(target.local(1, "key-77")["versions"], source.local(1, "key-77")["versions"]);
-    restore_batches_need_a_ticket(&target, &backup_dir);
+    let ticket = restore_batches_need_a_ticket(&target, &backup_dir);
+    restore_tickets_expire_and_name_their_cluster(&ticket, one_record(&backup_dir, "restored/short"));
     println!(
         "backup round trip of {} keys: loaded in {:.1} s; {said}{restored}backup {:.1} s, restore {:.1} s",
         keys + 150,

@@ -110,7 +110,8 @@ fn start() -> Result<(), RunError> {
             cluster.expect_nodes,
         )
         .map_err(RunError::Startup)?;
-        // Measured, never fenced: a gateway stamps no version and judges no age.
+        // Measured, never fenced: a gateway stamps no version; the one age it judges, a restore
+        // ticket's, it reads on the members' clock (its own corrected by the offset measured).
         let clock_metrics = kv_membership::ClockMetrics::register(&process.registry).map_err(metric_error)?;
         membership.enable_clock(None, Some(clock_metrics));
         let transport = process.transport(&cluster, &server, server.listen.ip(), None, None)?;

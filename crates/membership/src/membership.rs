@@ -290,6 +290,12 @@ impl Membership {
         }
     }
 
+    /// The median of the offsets measured lately to the members' clocks (theirs minus ours, ms;
+    /// 0 if none): what to add to this process's clock to read the cluster's.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock().median_ms()
+    }
+
     /// Whether this member's clock is fenced (off from most members' by more than the bound).
     pub fn clock_fenced(&self) -> bool {
         self.clock().fenced()

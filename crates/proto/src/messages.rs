@@ -107,7 +107,7 @@ pub struct NodeStatus {
     /// Keys moved by it so far.
     pub transfer_keys: u64,
     /// Whether it stores any record at all (`keys` is the engine's estimate, metadata included):
-    /// `kvctl restore` refuses a cluster that does.
+    /// `POST /admin/restore/begin` gives no ticket while a member does (unless told to merge).
     pub holds_records: bool,
 }
 

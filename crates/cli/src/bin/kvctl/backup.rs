@@ -189,8 +189,15 @@ async fn backup_arc(admin: &Admin, dir: &Path, lo: u64, hi: u64, progress: &Prog
 }
 
 /// `kvctl restore DIR`: every record of a complete backup merged into the cluster, `parallel`
-/// files at a time; into an empty cluster unless `into_non_empty`.
-pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_empty: bool) -> anyhow::Result<()> {
+/// files at a time; into an empty cluster unless `into_non_empty`; under `ticket` (a retry) if
+/// given.
+pub async fn restore(
+    admin: Arc<Admin>,
+    dir: &Path,
+    parallel: usize,
+    into_non_empty: bool,
+    ticket: Option<String>,
+) -> anyhow::Result<()> {
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(dir.join("manifest.json"))
             .map_err(|e| anyhow::anyhow!("{}: no manifest.json ({e}): not a complete backup", dir.display()))?,
@@ -208,12 +215,22 @@ pub async fn restore(admin: Arc<Admin>, dir: &Path, parallel: usize, into_non_em
     files.retain(|p| p.extension().is_some_and(|e| e == "kvb"));
     files.sort();
     // The process checks, once, that no member holds a record (unless told otherwise), and
-    // gives a ticket every batch carries (rule 16).
-    let begin = if into_non_empty { "/admin/restore/begin?into_non_empty=true" } else { "/admin/restore/begin" };
-    let begun = admin.call("POST", begin, &[StatusCode::OK]).await.map_err(|e| {
-        anyhow::anyhow!("{e}{}", if into_non_empty { "" } else { " (kvctl restore --into-non-empty merges anyway)" })
-    })?;
-    let ticket = begun["ticket"].as_str().ok_or_else(|| anyhow::anyhow!("{begin} gave no ticket: {begun}"))?.to_owned();
+    // gives a ticket every batch carries (rule 16); a retry carries the first attempt's.
+    let ticket = match ticket {
+        Some(ticket) => ticket,
+        None => {
+            let begin =
+                if into_non_empty { "/admin/restore/begin?into_non_empty=true" } else { "/admin/restore/begin" };
+            let begun = admin.call("POST", begin, &[StatusCode::OK]).await?;
+            let ticket =
+                begun["ticket"].as_str().ok_or_else(|| anyhow::anyhow!("{begin} gave no ticket: {begun}"))?.to_owned();
+            eprintln!(
+                "restore ticket, good for {} s: if this restore fails, retry it with --ticket {ticket}",
+                begun["valid_for_s"]
+            );
+            ticket
+        }
+    };
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     in_parallel("restore", &files, parallel, &progress, |path| restore_file(&admin, path, &ticket, &progress)).await?;

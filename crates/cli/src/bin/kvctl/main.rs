@@ -157,6 +157,12 @@ enum Command {
         /// tombstones were purged come back).
         #[arg(long)]
         into_non_empty: bool,
+        /// Retry a restore that failed, under the ticket it printed (accepted until it expires,
+        /// `--tombstone-grace` after that restore began): every file is sent again, which the
+        /// merge makes harmless. A new restore into what the failed one stored would need
+        /// --into-non-empty instead.
+        #[arg(long, conflicts_with = "into_non_empty")]
+        ticket: Option<String>,
     },
     /// Any admin request to the process at --admin-url, signed, its JSON answer printed:
     /// e.g. `kvctl admin get /admin/workers`, `kvctl admin get /admin/local/KEY`.
@@ -349,8 +355,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             backup::backup(std::sync::Arc::new(admin), &dir, parallel).await?;
             Ok(0)
         }
-        Command::Restore { dir, parallel, into_non_empty } => {
-            backup::restore(std::sync::Arc::new(admin), &dir, parallel, into_non_empty).await?;
+        Command::Restore { dir, parallel, into_non_empty, ticket } => {
+            backup::restore(std::sync::Arc::new(admin), &dir, parallel, into_non_empty, ticket).await?;
             Ok(0)
         }
         Command::Status => Ok(if status::print(&admin).await? > 0 { EXIT_UNAVAILABLE } else { 0 }),
