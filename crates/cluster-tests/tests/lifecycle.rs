@@ -769,6 +769,11 @@ fn s3e_one_member_down_and_the_others_frozen_serve_again_once_one_is_thawed() {
     };
     let (ok, said) = kvctl(n2, &["thaw"]);
     assert!(!ok && said.contains("--no-removal"), "{said}");
+    // By hand: what the node shows, and a thaw that does not name the freezes seen.
+    let shown: Value = n2.admin(reqwest::Method::GET, "/admin/thaw").send().unwrap().json().unwrap();
+    assert_eq!((shown["frozen"].as_bool(), shown["serving"].as_bool()), (Some(true), Some(false)), "{shown}");
+    let unnamed = n2.admin(reqwest::Method::POST, "/admin/thaw?no_removal=true").send().unwrap();
+    assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(write(n2, 1000).0, StatusCode::SERVICE_UNAVAILABLE, "still refused: kvctl sent nothing");
     let (ok, said) = kvctl(n2, &["thaw", "--no-removal"]);
     assert!(ok && said.contains("thawed"), "{said}");

@@ -165,11 +165,23 @@ impl Contact {
         }
     }
 
-    /// An operator vouched that no member was removed while this process was frozen: the
-    /// freezes seen until now are cleared as an answer would clear them. Whether one was.
-    pub(crate) fn vouched(&self) -> bool {
-        let frozen = (self.mark() << 1) | 1;
-        self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    /// How many freezes this process has seen since it started.
+    pub(crate) fn freezes_seen(&self) -> u64 {
+        self.mark()
+    }
+
+    /// An operator who saw `seen` freezes ([`Contact::freezes_seen`]) vouched that no member was
+    /// removed while this process was frozen: the freeze is cleared as an answer would clear it,
+    /// unless another was seen since (that one the operator did not vouch for: `Err` with the
+    /// count now). Whether it was frozen.
+    pub(crate) fn vouched(&self, seen: u64) -> Result<bool, u64> {
+        self.check_now();
+        let frozen = (seen << 1) | 1;
+        match self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(true),
+            Err(now) if now & 1 == 0 => Ok(false),
+            Err(now) => Err(now >> 1),
+        }
     }
 
     /// Marks the process frozen as if it had not run for longer than the limit (tests).

@@ -65,26 +65,52 @@ pub async fn leave(State(state): State<Arc<NodeState>>) -> Result<(StatusCode, J
     }
 }
 
-/// `POST /admin/thaw?no_removal=true`: the operator vouches that no member was removed while
-/// this node was frozen, and it serves again without waiting for a member that was not frozen
-/// to answer it (rule 12's way out when one member is down and the others were all frozen at
-/// once). `200 {"was_frozen": bool}`; `409` for a node that knows it is no longer a member.
+/// `GET /admin/thaw`: `{"frozen", "freezes", "serving"}`: whether this node is frozen (rule 12),
+/// how many freezes it has seen since it started (what a thaw names), and whether it serves now
+/// (`not_serving` says why not).
+pub async fn frozen(State(state): State<Arc<NodeState>>) -> Json<Value> {
+    let (frozen, freezes) = state.membership.freezes();
+    Json(serving(json!({ "frozen": frozen, "freezes": freezes }), &state))
+}
+
+/// `POST /admin/thaw?no_removal=true&freezes=N`: the operator, who saw this node frozen with `N`
+/// freezes (`GET /admin/thaw`), vouches that no member was removed while it was frozen; it serves
+/// again without waiting for a member that was not frozen to answer it (rule 12's way out when
+/// one member is down and the others were all frozen at once). `200 {"was_frozen", "serving"}`;
+/// `409` if it froze again since (that freeze nobody vouched for), or knows it is no longer a
+/// member.
 pub async fn thaw(
     State(state): State<Arc<NodeState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(other) = params.keys().find(|k| k.as_str() != "no_removal") {
+    if let Some(other) = params.keys().find(|k| !matches!(k.as_str(), "no_removal" | "freezes")) {
         return Err(ApiError::BadParameter(format!("unknown parameter {other:?}")));
     }
     if params.get("no_removal").is_none_or(|v| v != "true") {
         return Err(ApiError::BadParameter(
             "no_removal=true: you vouch that no member was removed while this node was frozen (if one was, this node \
-             may answer values deleted since; docs/consistency.md, rule 12)"
+             and the members that confirm through it may answer values deleted since; docs/consistency.md, rule 12)"
                 .into(),
         ));
     }
-    let was_frozen = state.membership.thaw().map_err(|e| ApiError::Conflict(e.to_string()))?;
-    Ok(Json(json!({ "was_frozen": was_frozen })))
+    let seen = params.get("freezes").and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+        ApiError::BadParameter(
+            "freezes=N: the freezes GET /admin/thaw showed, so that a freeze seen after you looked is not thawed"
+                .into(),
+        )
+    })?;
+    let was_frozen = state.membership.thaw(seen).map_err(|(e, _)| ApiError::Conflict(e.to_string()))?;
+    Ok(Json(serving(json!({ "was_frozen": was_frozen }), &state)))
+}
+
+/// `answer` with `"serving"`, and `"not_serving"` (why) when it does not.
+fn serving(mut answer: Value, state: &NodeState) -> Value {
+    let ready = state.membership.ready();
+    answer["serving"] = json!(ready.is_ok());
+    if let Err(e) = ready {
+        answer["not_serving"] = json!(e.to_string());
+    }
+    answer
 }
 
 /// `POST /admin/remove/{id}?force=true`: declare a member permanently failed; the others

@@ -172,7 +172,7 @@ pub fn admin_router(state: Arc<NodeState>) -> Router {
         .route("/admin/leave", post(admin::leave))
         .route("/admin/remove/{id}", post(admin::remove))
         .route("/admin/repair", post(admin::repair))
-        .route("/admin/thaw", post(admin::thaw))
+        .route("/admin/thaw", get(admin::frozen).post(admin::thaw))
         .route("/admin/trees", get(admin::trees))
         .with_state(state)
 }

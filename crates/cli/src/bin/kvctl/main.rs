@@ -370,19 +370,27 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if !no_removal {
                 anyhow::bail!(
                     "thaw needs --no-removal: you vouch that no member was removed while the node was frozen (if one \
-                     was, it may answer values deleted since)"
+                     was, it, and the members that confirm through it, may answer values deleted since)"
                 );
             }
-            let answer = admin.call("POST", "/admin/thaw?no_removal=true", &[reqwest::StatusCode::OK]).await?;
-            println!(
-                "{}",
-                if answer["was_frozen"] == true {
-                    "thawed: it serves again"
-                } else {
-                    "it was not frozen: nothing to do"
-                }
-            );
-            Ok(0)
+            let seen = admin.get("/admin/thaw").await?;
+            if seen["frozen"] != true {
+                println!("it is not frozen: nothing to do (serving: {})", seen["serving"]);
+                return Ok(0);
+            }
+            let path = format!("/admin/thaw?no_removal=true&freezes={}", seen["freezes"]);
+            let answer = admin.call("POST", &path, &[reqwest::StatusCode::OK]).await?;
+            if answer["serving"] == true {
+                println!("thawed: it serves again, and the members frozen with it confirm through it");
+                Ok(0)
+            } else {
+                println!(
+                    "thawed (was frozen: {}), but it does not serve: {}",
+                    answer["was_frozen"],
+                    answer["not_serving"].as_str().unwrap_or("?")
+                );
+                Ok(EXIT_UNAVAILABLE)
+            }
         }
         Command::Remove { id, force } => {
             let mut path = format!("/admin/remove/{}", kv_client::encode_key(&id));
