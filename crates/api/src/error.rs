@@ -77,6 +77,10 @@ pub enum ApiError {
     /// Storage failed in a way that may pass (I/O error).
     #[error("storage temporarily unavailable")]
     Unavailable(String),
+    /// A peer's request arrived after its deadline (a store-batch stalled on its way): the
+    /// sender reads `504` as [`kv_proto::Refusal::TooLate`].
+    #[error("{0}")]
+    TooLate(String),
     /// Members an admin request needs did not answer (a backup page, a restore batch, a
     /// restore's begin); says which and why.
     #[error("{0}")]
@@ -122,6 +126,7 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::TooLate(_) => (StatusCode::GATEWAY_TIMEOUT, "too_late"),
             ApiError::Unavailable(_) | ApiError::MembersUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

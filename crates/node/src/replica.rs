@@ -167,6 +167,7 @@ pub fn from_refusal(refusal: Refusal) -> ApiError {
         Refusal::NotOwner(message) => ApiError::Misdirected(message),
         Refusal::Unavailable(message) => ApiError::Unavailable(message),
         Refusal::Malformed(message) => ApiError::BadRequest(message),
+        Refusal::TooLate(message) => ApiError::TooLate(message),
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -248,5 +249,15 @@ mod tests {
         assert_eq!((page.len(), done), (5, false));
         let (page, done) = paged(Some(vec![99]), 5, read, |s| *s).unwrap();
         assert_eq!((page.len(), done), (0, true));
+    }
+
+    #[test]
+    fn a_late_store_batch_answers_too_late_not_an_internal_error() {
+        use axum::response::IntoResponse as _;
+        let answer = from_refusal(Refusal::TooLate("store-batch deadline passed 5 ms ago".into())).into_response();
+        // 504 is what the sending transport reads as `Refusal::TooLate`.
+        assert_eq!(answer.status(), axum::http::StatusCode::GATEWAY_TIMEOUT);
+        let other = from_refusal(Refusal::Failed("disk".into())).into_response();
+        assert_eq!(other.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
