@@ -83,14 +83,7 @@ impl ContextSealer {
             return String::new();
         }
         let keys = self.keys.read().clone();
-        let (id, mac_key) = &keys.sign;
-        let mut bytes = Vec::with_capacity(64);
-        bytes.push(VERSION);
-        bytes.extend_from_slice(id);
-        bytes.extend_from_slice(&clock.encode());
-        let tag = mac(mac_key, &bytes, key);
-        bytes.extend_from_slice(&tag);
-        URL_SAFE_NO_PAD.encode(bytes)
+        sealed(&keys.sign, &clock.encode(), key)
     }
 
     /// The clock of a token this cluster made for `key`; surrounding whitespace is ignored, an
@@ -103,44 +96,24 @@ impl ContextSealer {
         if token.len() > MAX_TOKEN_CHARS {
             return Err(format!("longer than {MAX_TOKEN_CHARS} characters"));
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token.trim_end_matches('='))
-            .map_err(|_| "context token is not base64url".to_owned())?;
-        if bytes.len() < 1 + 4 + MAC_BYTES {
-            return Err("too short to be a context token".into());
-        }
-        if bytes[0] != VERSION {
-            return Err(format!("token version {} not supported (this cluster makes version {VERSION})", bytes[0]));
-        }
-        let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
         let keys = self.keys.read().clone();
-        let id: [u8; 4] = body[1..5].try_into().map_err(|_| "too short".to_owned())?;
-        let Some((_, mac_key)) = keys.all.iter().find(|(k, _)| *k == id) else {
-            return Err("not a context of this cluster (made with another cluster secret)".into());
-        };
-        let expected = mac(mac_key, body, key);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
-            return Err(
-                "altered, forged, or read from another key: its MAC does not match (send the context a read of \
-                 this key returned, as it was)"
-                    .into(),
-            );
-        }
-        VClock::decode(&body[5..]).map_err(|e| e.to_string())
+        let payload = unseal(&keys.all, token.trim_end_matches('='), key).map_err(|e| match e {
+            Unsealed::NotBase64 => "context token is not base64url".to_owned(),
+            Unsealed::TooShort => "too short to be a context token".to_owned(),
+            Unsealed::Version(v) => format!("token version {v} not supported (this cluster makes version {VERSION})"),
+            Unsealed::OtherSecret => "not a context of this cluster (made with another cluster secret)".to_owned(),
+            Unsealed::BadMac => "altered, forged, or read from another key: its MAC does not match (send the \
+                                 context a read of this key returned, as it was)"
+                .to_owned(),
+        })?;
+        VClock::decode(&payload).map_err(|e| e.to_string())
     }
 
     /// A ticket that any process of this cluster opens: `payload`, for the purpose `what`, under
     /// a MAC (the same format as a context token, under a key derived for tickets).
     pub fn seal_ticket(&self, what: &str, payload: &[u8]) -> String {
         let keys = self.keys.read().clone();
-        let (id, mac_key) = &keys.tickets[0];
-        let mut bytes = Vec::with_capacity(5 + payload.len() + MAC_BYTES);
-        bytes.push(VERSION);
-        bytes.extend_from_slice(id);
-        bytes.extend_from_slice(payload);
-        let tag = mac(mac_key, &bytes, what.as_bytes());
-        bytes.extend_from_slice(&tag);
-        URL_SAFE_NO_PAD.encode(bytes)
+        sealed(&keys.tickets[0], payload, what.as_bytes())
     }
 
     /// The payload of a ticket this cluster sealed for `what`.
@@ -149,21 +122,13 @@ impl ContextSealer {
         if ticket.len() > MAX_TICKET_CHARS {
             return Err(format!("longer than {MAX_TICKET_CHARS} characters"));
         }
-        let bytes = URL_SAFE_NO_PAD.decode(ticket).map_err(|_| "not base64url".to_owned())?;
-        if bytes.len() < 1 + 4 + MAC_BYTES || bytes[0] != VERSION {
-            return Err("not a ticket of this release".into());
-        }
-        let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
         let keys = self.keys.read().clone();
-        let id: [u8; 4] = body[1..5].try_into().map_err(|_| "too short".to_owned())?;
-        let Some((_, mac_key)) = keys.tickets.iter().find(|(k, _)| *k == id) else {
-            return Err("not a ticket of this cluster (made with another cluster secret)".into());
-        };
-        let expected = mac(mac_key, body, what.as_bytes());
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
-            return Err(format!("altered, forged, or not a {what} ticket: its MAC does not match"));
-        }
-        Ok(body[5..].to_vec())
+        unseal(&keys.tickets, ticket, what.as_bytes()).map_err(|e| match e {
+            Unsealed::NotBase64 => "not base64url".to_owned(),
+            Unsealed::TooShort | Unsealed::Version(_) => "not a ticket of this release".to_owned(),
+            Unsealed::OtherSecret => "not a ticket of this cluster (made with another cluster secret)".to_owned(),
+            Unsealed::BadMac => format!("altered, forged, or not a {what} ticket: its MAC does not match"),
+        })
     }
 }
 
@@ -184,6 +149,46 @@ fn derived(secrets: &Secrets, purpose: &str) -> Vec<([u8; 4], Hmac<Sha256>)> {
             (id, Hmac::new_from_slice(&k.key).expect("invariant: HMAC accepts any key length"))
         })
         .collect()
+}
+
+/// `VERSION | key id | payload | MAC` in base64url, the MAC over all of it and `binding` (the
+/// data key of a context, the purpose of a ticket).
+fn sealed((id, mac_key): &([u8; 4], Hmac<Sha256>), payload: &[u8], binding: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(5 + payload.len() + MAC_BYTES);
+    bytes.push(VERSION);
+    bytes.extend_from_slice(id);
+    bytes.extend_from_slice(payload);
+    let tag = mac(mac_key, &bytes, binding);
+    bytes.extend_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Why [`unseal`] refused a text.
+enum Unsealed {
+    NotBase64,
+    TooShort,
+    Version(u8),
+    OtherSecret,
+    BadMac,
+}
+
+/// The payload of what [`sealed`] made with one of `keys` for `binding`.
+fn unseal(keys: &[([u8; 4], Hmac<Sha256>)], text: &str, binding: &[u8]) -> Result<Vec<u8>, Unsealed> {
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| Unsealed::NotBase64)?;
+    if bytes.len() < 1 + 4 + MAC_BYTES {
+        return Err(Unsealed::TooShort);
+    }
+    if bytes[0] != VERSION {
+        return Err(Unsealed::Version(bytes[0]));
+    }
+    let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
+    let id: [u8; 4] = body[1..5].try_into().map_err(|_| Unsealed::TooShort)?;
+    let Some((_, mac_key)) = keys.iter().find(|(k, _)| *k == id) else { return Err(Unsealed::OtherSecret) };
+    let expected = mac(mac_key, body, binding);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)) {
+        return Err(Unsealed::BadMac);
+    }
+    Ok(body[5..].to_vec())
 }
 
 fn mac(mac_key: &Hmac<Sha256>, bytes: &[u8], key: &[u8]) -> [u8; MAC_BYTES] {
