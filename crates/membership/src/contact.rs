@@ -158,27 +158,26 @@ impl Contact {
     /// and now, the answer (merged before this call) tells what the cluster did while this
     /// process was frozen, and the freeze is cleared.
     pub(crate) fn answered(&self, mark: u64) {
-        self.check_now();
-        let frozen = (mark << 1) | 1;
-        if self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self.clear(mark).is_ok() {
             tracing::info!("another member answered since this process resumed: it serves again");
         }
     }
 
-    /// How many freezes this process has seen since it started.
-    pub(crate) fn freezes_seen(&self) -> u64 {
-        self.mark()
+    /// Clears the freeze if it is frozen with exactly `mark` freezes seen; else the word as it
+    /// is (freezes times two, plus one while frozen).
+    fn clear(&self, mark: u64) -> Result<(), u64> {
+        self.check_now();
+        let frozen = (mark << 1) | 1;
+        self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire).map(drop)
     }
 
-    /// An operator who saw `seen` freezes ([`Contact::freezes_seen`]) vouched that no member was
+    /// An operator who saw `seen` freezes ([`Contact::mark`]) vouched that no member was
     /// removed while this process was frozen: the freeze is cleared as an answer would clear it,
     /// unless another was seen since (that one the operator did not vouch for: `Err` with the
     /// count now). Whether it was frozen.
     pub(crate) fn vouched(&self, seen: u64) -> Result<bool, u64> {
-        self.check_now();
-        let frozen = (seen << 1) | 1;
-        match self.freezes.compare_exchange(frozen, frozen - 1, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Ok(true),
+        match self.clear(seen) {
+            Ok(()) => Ok(true),
             Err(now) if now & 1 == 0 => Ok(false),
             Err(now) => Err(now >> 1),
         }

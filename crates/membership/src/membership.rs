@@ -366,7 +366,7 @@ impl Membership {
     /// Whether this process is frozen now, and how many freezes it has seen since it started
     /// (what an operator's [`Membership::thaw`] names).
     pub fn freezes(&self) -> (bool, u64) {
-        (self.frozen(), self.contact.freezes_seen())
+        (self.frozen(), self.contact.mark())
     }
 
     /// An operator who saw `seen` freezes ([`Membership::freezes`]) vouches that no member was
@@ -374,16 +374,16 @@ impl Membership {
     /// confirmation [`Membership::confirm`] waits for, which no member can give when one is
     /// down and every other was frozen at the same time (docs/consistency.md, rule 12). Its
     /// gossip answers then say it is not frozen, so the others frozen with it confirm through
-    /// it. Whether it was frozen. Refused (`Err(None)` with the reason) for a node that knows it
-    /// is no longer a member or whose clock is fenced, and (`Err(Some(count))`) if it froze
-    /// again since the operator looked: that freeze nobody vouched for.
-    pub fn thaw(&self, seen: u64) -> Result<bool, (NotServing, Option<u64>)> {
-        self.serving_now().map_err(|e| (e, None))?;
+    /// it. Whether it was frozen. Refused for a node that knows it is no longer a member or
+    /// whose clock is fenced, and if it froze again since the operator looked: that freeze
+    /// nobody vouched for.
+    pub fn thaw(&self, seen: u64) -> Result<bool, NotServing> {
+        self.serving_now()?;
         if self.confirmation.get().is_none() {
             return Ok(false);
         }
         let thawed = self.contact.vouched(seen).map_err(|now| {
-            (NotServing::NoContact(format!("this node froze again since: {now} freezes seen, not {seen}")), Some(now))
+            NotServing::NoContact(format!("this node froze again since: {now} freezes seen, not {seen}"))
         })?;
         if thawed {
             tracing::warn!(
@@ -1282,7 +1282,7 @@ mod tests {
         n1.enable_confirmation(Exchanger::new(Vec::new(), test_transport()), Duration::from_millis(300), true).unwrap();
         n1.contact.freeze();
         n1.fence("n2 refused this node: removed".into());
-        assert!(matches!(n1.thaw(n1.freezes().1), Err((NotServing::NotMember(_), None))));
+        assert!(matches!(n1.thaw(n1.freezes().1), Err(NotServing::NotMember(_))));
         assert!(n1.frozen());
         assert!(matches!(n1.confirm().await, Err(NotServing::NotMember(_))));
     }
@@ -1315,7 +1315,8 @@ mod tests {
         assert!(frozen);
         // A freeze seen after the operator looked is not the one they vouched for.
         n1.contact.freeze();
-        assert!(matches!(n1.thaw(seen), Err((NotServing::NoContact(_), Some(now))) if now == seen + 1));
+        let again = format!("{} freezes seen, not {seen}", seen + 1);
+        assert!(matches!(n1.thaw(seen), Err(NotServing::NoContact(m)) if m.contains(&again)));
         assert!(n1.frozen());
         assert_eq!(n1.thaw(seen + 1), Ok(true));
         assert!(!n1.frozen());

@@ -99,7 +99,7 @@ pub async fn thaw(
                 .into(),
         )
     })?;
-    let was_frozen = state.membership.thaw(seen).map_err(|(e, _)| ApiError::Conflict(e.to_string()))?;
+    let was_frozen = state.membership.thaw(seen).map_err(|e| ApiError::Conflict(e.to_string()))?;
     Ok(Json(serving(json!({ "was_frozen": was_frozen }), &state)))
 }
 
