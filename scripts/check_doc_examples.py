@@ -14,6 +14,7 @@ Usage: scripts/check_doc_examples.py FILE.md [FILE.md ...]
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -56,10 +57,28 @@ def port_free(port):
             return False
 
 
+# Ports for the children: below the kernel's ephemeral range (32768 and up), which the
+# children's own outgoing connections draw from, so that a port picked here is not taken by one
+# of them before the listener it is meant for binds it (a node failed to start with "Address
+# already in use" on a port picked by binding port 0); never the same port twice in this process.
+_TEST_PORTS = range(10_000, 32_000)
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    start = secrets.randbelow(len(_TEST_PORTS))
+    for i in range(len(_TEST_PORTS)):
+        port = _TEST_PORTS[(start + i * 7919) % len(_TEST_PORTS)]
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free test port")
 
 
 def normalise(text):
